@@ -1,0 +1,1 @@
+"""qradaptor: per-layer bit-width and LoRA-rank allocation under a memory budget."""
