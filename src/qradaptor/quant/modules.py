@@ -1,0 +1,187 @@
+"""Modules whose frozen weight lives as packed k-bit codes: QuantLinear, QuantEmbedding.
+
+No dense copy of the weight is kept: the forward dequantises it, uses it and drops it,
+and the backward dequantises it again rather than saving it (a saved copy per layer would
+give back all the memory that quantisation saved). Gradients flow to the input only; the
+codes are frozen. Compute runs in ``compute_dtype`` (float32 on CPU, bfloat16 on CUDA).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qradaptor.quant.quantizer import QuantizedTensor, QuantMethod, dequantize_parts, quantize
+
+
+class _DequantLinear(torch.autograd.Function):
+    """y = x W^T + b with W dequantised in forward and again in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.dequantized_weight(x.dtype), layer.bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        weight = ctx.layer.dequantized_weight(grad_out.dtype)  # (out, in)
+        return grad_out @ weight, None
+
+
+class QuantLinear(nn.Module):
+    """A frozen linear layer stored as packed k-bit codes with per-group scale and zero.
+
+    Attributes:
+        in_features, out_features: as in ``nn.Linear``.
+        bits, group_size: the quantisation of the weight.
+        compute_dtype: dtype the weight is dequantised to (PEFT reads it for the adapters).
+    """
+
+    def __init__(self, qt: QuantizedTensor, bias: torch.Tensor | None, compute_dtype: torch.dtype):
+        super().__init__()
+        self.out_features, self.in_features = qt.shape
+        self.bits = qt.bits
+        self.group_size = qt.group_size
+        self.compute_dtype = compute_dtype
+        # Named `qweight` so PEFT finds the device (it looks for `weight`, then `qweight`).
+        self.register_buffer("qweight", qt.packed)
+        self.register_buffer("scale", qt.scale)
+        self.register_buffer("zero", qt.zero)
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        )
+
+    @classmethod
+    def from_weight(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        bits: int,
+        group_size: int = 64,
+        method: QuantMethod = "hqq",
+        compute_dtype: torch.dtype | None = None,
+    ) -> QuantLinear:
+        """Quantises a (out_features, in_features) weight into a new QuantLinear."""
+        qt = quantize(weight, bits, group_size, method)
+        return cls(qt, bias, compute_dtype or weight.dtype)
+
+    def quantized(self) -> QuantizedTensor:
+        """The stored weight as a QuantizedTensor (shares storage)."""
+        return QuantizedTensor(
+            self.qweight,
+            self.scale,
+            self.zero,
+            (self.out_features, self.in_features),
+            self.bits,
+            self.group_size,
+        )
+
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(out_features, in_features) dense weight, freshly dequantised."""
+        return dequantize_parts(
+            self.qweight,
+            self.scale,
+            self.zero,
+            self.bits,
+            self.in_features,
+            self.group_size,
+            dtype or self.compute_dtype,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _DequantLinear.apply(x.to(self.compute_dtype), self)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, bias={self.bias is not None}"
+        )
+
+
+class QuantEmbedding(nn.Module):
+    """A frozen embedding table stored as packed k-bit codes.
+
+    Rows are packed independently, so a lookup gathers and dequantises only the rows it
+    needs. ``as_linear`` gives a QuantLinear over the same buffers, for a tied LM head.
+    """
+
+    def __init__(
+        self, qt: QuantizedTensor, compute_dtype: torch.dtype, padding_idx: int | None = None
+    ):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = qt.shape
+        self.bits = qt.bits
+        self.group_size = qt.group_size
+        self.compute_dtype = compute_dtype
+        self.padding_idx = padding_idx
+        self.register_buffer("qweight", qt.packed)
+        self.register_buffer("scale", qt.scale)
+        self.register_buffer("zero", qt.zero)
+
+    @classmethod
+    def from_embedding(
+        cls, embedding: nn.Embedding, bits: int, group_size: int = 64, method: QuantMethod = "hqq"
+    ) -> QuantEmbedding:
+        """Quantises an ``nn.Embedding``'s table into a new QuantEmbedding."""
+        qt = quantize(embedding.weight, bits, group_size, method)
+        return cls(qt, embedding.weight.dtype, embedding.padding_idx)
+
+    def quantized(self) -> QuantizedTensor:
+        """The stored table as a QuantizedTensor (shares storage)."""
+        return QuantizedTensor(
+            self.qweight,
+            self.scale,
+            self.zero,
+            (self.num_embeddings, self.embedding_dim),
+            self.bits,
+            self.group_size,
+        )
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # (..., row_bytes), (..., groups) gathered rows -> (..., embedding_dim)
+        return dequantize_parts(
+            self.qweight[ids],
+            self.scale[ids],
+            self.zero[ids],
+            self.bits,
+            self.embedding_dim,
+            self.group_size,
+            self.compute_dtype,
+        )
+
+    def as_linear(self) -> QuantLinear:
+        """A QuantLinear sharing this table's buffers (a tied output head)."""
+        return QuantLinear(self.quantized(), None, self.compute_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}"
+
+
+def simulated_linear(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    bits: int,
+    group_size: int = 64,
+    method: QuantMethod = "hqq",
+) -> nn.Linear:
+    """A dense ``nn.Linear`` holding the quantise-then-dequantise weight.
+
+    Faster than QuantLinear (no unpacking per step) at the cost of dense storage: the
+    search uses it to score candidates; its outputs equal QuantLinear's.
+    """
+    layer = QuantLinear.from_weight(weight, bias, bits, group_size, method, weight.dtype)
+    out_features, in_features = weight.shape
+    dense = nn.Linear(
+        in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    with torch.no_grad():
+        dense.weight.copy_(layer.dequantized_weight(weight.dtype))
+        if bias is not None:
+            dense.bias.copy_(bias)
+    dense.requires_grad_(False)
+    return dense

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qradaptor.quant.modules import QuantEmbedding, QuantLinear, simulated_linear
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_forward_and_backward_equal_dense_with_dequantized_weight(bits: int) -> None:
+    torch.manual_seed(0)
+    w, b = torch.randn(96, 128), torch.randn(96)
+    layer = QuantLinear.from_weight(w, b, bits, 64, "hqq")
+    w_hat = layer.dequantized_weight()
+    x = torch.randn(3, 5, 128, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = layer(x), F.linear(x_ref, w_hat, b)
+    assert torch.allclose(y, y_ref, atol=1e-5)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y_ref.backward(grad)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    assert not any(p.requires_grad for p in layer.parameters())
+
+
+def test_holds_no_dense_copy() -> None:
+    layer = QuantLinear.from_weight(torch.randn(64, 128), None, 4)
+    stored = {name: t.dtype for name, t in layer.state_dict().items()}
+    assert stored == {"qweight": torch.uint8, "scale": torch.float16, "zero": torch.float16}
+    assert layer.qweight.numel() == 64 * 128 * 4 // 8
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_simulated_path_gives_the_same_outputs(bits: int) -> None:
+    torch.manual_seed(1)
+    w, b = torch.randn(32, 64), torch.randn(32)
+    packed = QuantLinear.from_weight(w, b, bits)
+    dense = simulated_linear(w, b, bits)
+    x = torch.randn(4, 64)
+    assert isinstance(dense, nn.Linear) and not dense.weight.requires_grad
+    assert torch.equal(packed(x), dense(x))
+
+
+def test_embedding_lookup_matches_dequantized_table_and_tied_head() -> None:
+    torch.manual_seed(2)
+    emb = nn.Embedding(100, 64)
+    qemb = QuantEmbedding.from_embedding(emb, 8)
+    head = qemb.as_linear()
+    table = head.dequantized_weight()
+    ids = torch.tensor([[0, 5, 99], [7, 7, 3]])
+    assert torch.equal(qemb(ids), table[ids])
+    assert (table - emb.weight).abs().max() < 0.05
+    assert head.qweight.data_ptr() == qemb.qweight.data_ptr()  # shared, not copied
+
+
+def test_bf16_compute() -> None:
+    layer = QuantLinear.from_weight(torch.randn(16, 64), None, 4, compute_dtype=torch.bfloat16)
+    assert layer(torch.randn(2, 64)).dtype == torch.bfloat16

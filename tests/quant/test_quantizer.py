@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qradaptor.quant.quantizer import dequantize, quantize, relative_error
+
+
+def heavy_tailed(rows: int = 256, cols: int = 512, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.distributions.StudentT(3.0).sample((rows, cols)) * 0.02
+
+
+@pytest.mark.parametrize("method", ["rtn", "hqq"])
+def test_error_falls_as_bits_rise(method: str) -> None:
+    w = heavy_tailed()
+    errors = [relative_error(w, quantize(w, b, 64, method)) for b in range(1, 9)]
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert errors[-1] < 0.01  # 8-bit is close to lossless
+
+
+def test_hqq_beats_rtn_at_two_and_three_bits() -> None:
+    w = heavy_tailed()
+    for bits, margin in [(2, 0.15), (3, 0.02)]:
+        rtn = relative_error(w, quantize(w, bits, 64, "rtn"))
+        hqq = relative_error(w, quantize(w, bits, 64, "hqq"))
+        assert hqq < rtn - margin, (bits, rtn, hqq)
+
+
+def test_codes_and_metadata_shapes_and_sizes() -> None:
+    w = torch.randn(48, 192)
+    qt = quantize(w, 3, 64, "rtn")
+    assert qt.packed.shape == (48, 3 * 192 // 8)
+    assert qt.scale.shape == qt.zero.shape == (48, 3)
+    assert qt.scale.dtype == qt.zero.dtype == torch.float16
+    # exactly 3 bits per weight plus two 16-bit numbers per group of 64
+    assert qt.nbytes == 48 * 192 * 3 // 8 + 2 * 2 * 48 * 3
+
+
+def test_rtn_reproduces_a_weight_on_its_grid_exactly() -> None:
+    # Each group holds exactly the 16 levels 0..15 scaled by 0.5: 4-bit RTN is lossless.
+    levels = torch.arange(16, dtype=torch.float32).repeat(4) * 0.5  # (64,)
+    w = torch.stack([levels, levels.flip(0)])
+    assert torch.equal(dequantize(quantize(w, 4, 64, "rtn")), w)
+
+
+def test_dequantize_dtype() -> None:
+    w = torch.randn(8, 64)
+    assert dequantize(quantize(w, 4), torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_group_size_must_divide_input() -> None:
+    with pytest.raises(
+        ValueError, match=r"group_size=64 does not divide the input size 96 .* e.g. \[32\]"
+    ):
+        quantize(torch.randn(4, 96), 4, 64)
+
+
+@pytest.mark.parametrize("bits", [0, 9, 16, 2.5])
+def test_bits_out_of_range(bits: object) -> None:
+    with pytest.raises(ValueError, match="bits must be an integer in 1..8"):
+        quantize(torch.randn(4, 64), bits)  # type: ignore[arg-type]
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(ValueError, match=r"method must be one of \('rtn', 'hqq'\), got 'gptq'"):
+        quantize(torch.randn(4, 64), 4, 64, "gptq")  # type: ignore[arg-type]
