@@ -1,0 +1,255 @@
+"""The memory model: bytes of a plan for a model, without building it (Eq. 5's Mem(q_l, r_l)).
+
+Weights and adapters are counted exactly, the way ``apply_plan`` stores them:
+    quantised weight  packed codes, ``bits * ceil(in / 8)`` bytes per output row, plus one
+                      16-bit scale and one 16-bit zero per group of ``group_size`` inputs
+    16-bit weight     ``numel * weight_bytes`` (2 for bf16/fp16; 4 when run in fp32 on CPU)
+    biases, norms     ``numel * weight_bytes``, never quantised
+    LoRA rank r       ``r * (in + out) * adapter_bytes`` (PEFT keeps adapters in fp32)
+so ``plan_memory(...).total_bytes`` equals ``model_tensor_bytes`` of the built model.
+
+"Avg. bits" (the paper's x-axis) is bits per block-linear weight including the scale and
+zero metadata: 4-bit at group 64 is 4 + 32/64 = 4.5. Training adds gradients and AdamW
+states of the adapters and an activation estimate (documented in ``training_memory``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qradaptor.models.structure import ModelStructure
+from qradaptor.plan import UNQUANTIZED, Plan
+from qradaptor.quant.bitpack import packed_nbytes
+
+META_BYTES = 2
+"""Bytes of one scale or zero (float16)."""
+
+
+def quantized_nbytes(rows: int, cols: int, bits: int, group_size: int) -> int:
+    """Bytes of a (rows, cols) weight stored at ``bits`` with 16-bit scale and zero per group."""
+    return packed_nbytes(rows, cols, bits) + 2 * META_BYTES * rows * (cols // group_size)
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    """Bytes of one linear of one block."""
+
+    path: str
+    """Full module path."""
+    bits: int
+    """Bits of its weight (16 = unquantised)."""
+    rank: int
+    """Adapter rank."""
+    numel: int
+    """Weights (bias excluded)."""
+    weight_bytes: int
+    """Codes + scales + zeros, or the dense 16-bit weight."""
+    bias_bytes: int
+    """Bias, if any."""
+    adapter_bytes: int
+    """LoRA A and B."""
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight with metadata; 16 for an unquantised layer."""
+        return (
+            float(UNQUANTIZED) if self.bits == UNQUANTIZED else 8 * self.weight_bytes / self.numel
+        )
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes of a plan applied to a model."""
+
+    layers: tuple[LayerMemory, ...]
+    """Every block linear."""
+    embed_bytes: int
+    """Input embedding (and the tied head)."""
+    head_bytes: int
+    """Output head when not tied, else 0."""
+    other_bytes: int
+    """Norms and other parameters outside the block linears."""
+    adapter_params: int
+    """Trainable LoRA parameters."""
+
+    @property
+    def linear_bytes(self) -> int:
+        """Block linears' weights and biases (no adapters)."""
+        return sum(m.weight_bytes + m.bias_bytes for m in self.layers)
+
+    @property
+    def adapter_bytes(self) -> int:
+        """All LoRA parameters."""
+        return sum(m.adapter_bytes for m in self.layers)
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything the built model stores: equals ``model_tensor_bytes`` of it."""
+        return (
+            self.linear_bytes
+            + self.adapter_bytes
+            + self.embed_bytes
+            + self.head_bytes
+            + self.other_bytes
+        )
+
+    @property
+    def avg_bits(self) -> float:
+        """Bits per block-linear weight, scales and zeros included (the paper's Avg. Bit).
+
+        Unquantised layers count 16 bits, whatever dtype they are run in.
+        """
+        numel = sum(m.numel for m in self.layers)
+        return sum(m.bits_per_weight * m.numel for m in self.layers) / numel
+
+    @property
+    def avg_rank(self) -> float:
+        """Mean adapter rank over block linears (0 for unadapted ones)."""
+        return sum(m.rank for m in self.layers) / len(self.layers)
+
+
+def plan_memory(
+    structure: ModelStructure,
+    plan: Plan,
+    *,
+    weight_bytes: int = 2,
+    adapter_bytes: int = 4,
+) -> MemoryReport:
+    """Bytes of ``plan`` on the model described by ``structure``, without building it.
+
+    Args:
+        structure: from ``inspect_model`` or ``structure_from_config``.
+        plan: the allocation; validated against ``structure``.
+        weight_bytes: bytes per unquantised weight (2 for bf16/fp16, 4 for fp32).
+        adapter_bytes: bytes per LoRA parameter (PEFT upcasts adapters to fp32: 4).
+
+    Returns:
+        A MemoryReport with per-layer and total bytes, avg bits and avg rank.
+    """
+    plan.validate(structure)
+    infos = {info.name: info for info in structure.linears}
+    layers = []
+    adapter_params = 0
+    for block, name, spec in plan.iter_modules(structure):
+        info = infos[name]
+        if spec.bits == UNQUANTIZED:
+            wbytes = info.numel * weight_bytes
+        else:
+            wbytes = quantized_nbytes(
+                info.out_features, info.in_features, spec.bits, plan.group_size
+            )
+        lora = spec.rank * (info.in_features + info.out_features)
+        adapter_params += lora
+        layers.append(
+            LayerMemory(
+                path=structure.module_path(block, name),
+                bits=spec.bits,
+                rank=spec.rank,
+                numel=info.numel,
+                weight_bytes=wbytes,
+                bias_bytes=info.out_features * weight_bytes if info.bias else 0,
+                adapter_bytes=lora * adapter_bytes,
+            )
+        )
+
+    def table_bytes(shape: tuple[int, int], bits: int) -> int:
+        rows, cols = shape
+        return (
+            rows * cols * weight_bytes
+            if bits == UNQUANTIZED
+            else quantized_nbytes(rows, cols, bits, plan.group_size)
+        )
+
+    head = 0
+    if structure.head_shape is not None and not structure.tied:
+        head = table_bytes(structure.head_shape, plan.head_bits)
+        head += structure.head_shape[0] * weight_bytes if structure.head_bias else 0
+    return MemoryReport(
+        layers=tuple(layers),
+        embed_bytes=table_bytes(structure.embed_shape, plan.embed_bits),
+        head_bytes=head,
+        other_bytes=structure.other_numel * weight_bytes,
+        adapter_params=adapter_params,
+    )
+
+
+def model_tensor_bytes(model: object) -> int:
+    """Bytes of every distinct tensor in a built model's state dict (shared storage once).
+
+    Non-persistent buffers (e.g. rotary tables, recomputed from the config) are not model
+    weights and are not counted, matching the memory model.
+    """
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for tensor in model.state_dict(keep_vars=True).values():  # type: ignore[attr-defined]
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Predicted peak bytes of a LoRA training step."""
+
+    weights: int
+    """Model weights and adapters (``MemoryReport.total_bytes``)."""
+    gradients: int
+    """Adapter gradients (same dtype as the adapters)."""
+    optimizer: int
+    """AdamW's two fp32 moments per adapter parameter."""
+    activations: int
+    """Estimate of tensors saved for the backward, and the logits."""
+
+    @property
+    def total(self) -> int:
+        """Sum of the parts."""
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def training_memory(
+    structure: ModelStructure,
+    report: MemoryReport,
+    *,
+    batch_size: int,
+    seq_len: int,
+    act_bytes: int = 2,
+    adapter_bytes: int = 4,
+    gradient_checkpointing: bool = False,
+) -> TrainingMemory:
+    """Predicted peak memory of one LoRA training step (an estimate, checked on the GPU).
+
+    Activations per token and block, in ``act_bytes`` each: the input of every linear
+    (once per distinct input: q/k/v share one, gate/up share one), the output of every
+    linear (rotary, attention, the activation function and the gating product all keep
+    their operands), two norm inputs of size hidden, and each adapter's rank-r
+    intermediate. With gradient checkpointing only each block's input is kept, plus one
+    block's worth during its recomputation. The logits add, per token, vocab values in
+    ``act_bytes`` plus two fp32 copies (the upcast for the loss and its gradient).
+    """
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    tokens = batch_size * seq_len
+    hidden = structure.embed_shape[1]
+    parents = {(info.name.rpartition(".")[0], info.in_features) for info in structure.linears}
+    inputs = sum(in_features for _, in_features in parents)
+    outputs = sum(info.out_features for info in structure.linears)
+    per_block = inputs + outputs + 2 * hidden
+    ranks_per_block = [0] * structure.num_blocks
+    for layer in report.layers:
+        block = int(layer.path[len(structure.blocks_path) + 1 :].split(".")[0])
+        ranks_per_block[block] += layer.rank
+    if gradient_checkpointing:
+        values = tokens * (structure.num_blocks * hidden + per_block + max(ranks_per_block))
+    else:
+        values = tokens * (structure.num_blocks * per_block + sum(ranks_per_block))
+    vocab = structure.head_shape[0] if structure.head_shape else structure.embed_shape[0]
+    logits = tokens * vocab * (act_bytes + 8)
+    return TrainingMemory(
+        weights=report.total_bytes,
+        gradients=report.adapter_params * adapter_bytes,
+        optimizer=report.adapter_params * 8,
+        activations=values * act_bytes + logits,
+    )

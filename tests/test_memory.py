@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from qradaptor.build import apply_plan
+from qradaptor.memory import model_tensor_bytes, plan_memory, quantized_nbytes, training_memory
+from qradaptor.models.structure import inspect_model
+from qradaptor.plan import Plan
+
+
+def test_quantized_bytes_by_hand() -> None:
+    # 3-bit 576x576 at group 64: 576*576*3/8 code bytes + 576*9 groups * 2 numbers * 2 bytes
+    assert quantized_nbytes(576, 576, 3, 64) == 124416 + 20736
+
+
+PLANS = [
+    Plan.uniform(3, 2, 0),
+    Plan.uniform(3, 3, 8),
+    Plan.uniform(3, 4, 16),
+    Plan.uniform(3, 8, 8),
+    Plan.uniform(3, 16, 16),
+    Plan.from_lists([2, 16, 4], [16, 0, 8]),
+    Plan.from_lists([8, 8, 8], [4, 4, 4], embed_bits=8, head_bits=8),
+]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.name or p.plan_hash)
+def test_predicted_bytes_equal_built_tensor_bytes(llama_factory, tied: bool, plan: Plan) -> None:
+    model = llama_factory(tied=tied)
+    predicted = plan_memory(inspect_model(model), plan, weight_bytes=4)
+    built = apply_plan(model, plan)
+    assert predicted.total_bytes == model_tensor_bytes(built)
+    trainable = sum(p.numel() for p in built.parameters() if p.requires_grad)
+    assert predicted.adapter_params == trainable
+
+
+def test_untied_quantized_head(llama_factory) -> None:
+    model = llama_factory(tied=False)
+    plan = Plan.uniform(3, 4, 8, head_bits=4)
+    assert plan_memory(
+        inspect_model(model), plan, weight_bytes=4
+    ).total_bytes == model_tensor_bytes(apply_plan(model, plan))
+
+
+def test_gpt2_bytes(tiny_gpt2) -> None:
+    plan = Plan.from_lists([3, 16], [4, 8])
+    predicted = plan_memory(inspect_model(tiny_gpt2), plan, weight_bytes=4)
+    assert predicted.total_bytes == model_tensor_bytes(apply_plan(tiny_gpt2, plan))
+
+
+def test_avg_bits_include_metadata(tiny_llama) -> None:
+    s = inspect_model(tiny_llama)
+    assert plan_memory(s, Plan.uniform(3, 4, 16)).avg_bits == pytest.approx(4.5)
+    assert plan_memory(s, Plan.uniform(3, 3, 16), weight_bytes=4).avg_bits == pytest.approx(3.5)
+    assert plan_memory(s, Plan.uniform(3, 16, 16), weight_bytes=4).avg_bits == 16
+    assert plan_memory(s, Plan.from_lists([4, 16, 2], [8, 0, 4])).avg_rank == 4
+
+
+def test_training_memory_parts(tiny_llama) -> None:
+    s = inspect_model(tiny_llama)
+    report = plan_memory(s, Plan.uniform(3, 4, 16))
+    t = training_memory(s, report, batch_size=2, seq_len=32)
+    assert t.gradients == report.adapter_params * 4 and t.optimizer == report.adapter_params * 8
+    assert t.total == t.weights + t.gradients + t.optimizer + t.activations
+    ckpt = training_memory(s, report, batch_size=2, seq_len=32, gradient_checkpointing=True)
+    assert ckpt.activations < t.activations
+    assert training_memory(s, report, batch_size=4, seq_len=32).activations == 2 * t.activations
+    with pytest.raises(ValueError, match="batch_size and seq_len must be >= 1"):
+        training_memory(s, report, batch_size=0, seq_len=32)
