@@ -1,0 +1,87 @@
+"""Pack documents into fixed-length token windows for calibration and perplexity.
+
+The documents are shuffled by seed, tokenized without special tokens, joined into
+one stream with the eos id between consecutive documents, and the stream is cut into
+non-overlapping windows of ``seq_len`` tokens; the incomplete tail is dropped::
+
+    doc_3 <eos> doc_0 <eos> doc_1 <eos> doc_2   ->   [w_0 | w_1 | ... | w_{N-1}] tail
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+_CHUNK = 256
+"""Documents tokenized per tokenizer call (fast tokenizers batch them in Rust)."""
+
+
+def pack_texts(
+    texts: Sequence[str],
+    tokenizer: Any,
+    seq_len: int,
+    *,
+    num_sequences: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Tokenize, join and cut ``texts`` into ``(N, seq_len)`` token windows.
+
+    Deterministic: the same texts, tokenizer, ``seq_len`` and ``seed`` give the same
+    tensor. Tokenization stops once ``num_sequences`` windows are filled, so asking
+    for a few windows from a large corpus is cheap.
+
+    Args:
+        texts: Documents; empty ones are skipped.
+        tokenizer: A Hugging Face tokenizer with an eos token (the separator).
+        seq_len: Tokens per window, at least 1.
+        num_sequences: Number of windows to return; None for as many as the text
+            fills.
+        seed: Seed of the document shuffle (``random.Random(seed)``).
+
+    Returns:
+        A ``torch.long`` tensor of shape ``(N, seq_len)``.
+
+    Raises:
+        ValueError: If ``seq_len`` or ``num_sequences`` is below 1, the tokenizer has
+            no eos token, or the texts hold fewer tokens than requested (the message
+            gives both counts).
+    """
+    import torch
+
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if num_sequences is not None and num_sequences < 1:
+        raise ValueError(f"num_sequences must be >= 1 or None, got {num_sequences}")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError(
+            "tokenizer must define eos_token_id (it separates documents), got None on "
+            f"{type(tokenizer).__name__}"
+        )
+
+    docs = [t for t in texts if t and t.strip()]
+    random.Random(seed).shuffle(docs)
+    needed = None if num_sequences is None else num_sequences * seq_len
+    stream: list[int] = []
+    for start in range(0, len(docs), _CHUNK):
+        batch = tokenizer(docs[start : start + _CHUNK], add_special_tokens=False)["input_ids"]
+        for ids in batch:
+            if stream:
+                stream.append(int(eos))
+            stream.extend(ids)
+        if needed is not None and len(stream) >= needed:
+            break
+
+    n_windows = len(stream) // seq_len if num_sequences is None else num_sequences
+    if n_windows == 0 or len(stream) < n_windows * seq_len:
+        want = max(n_windows, 1)
+        raise ValueError(
+            f"texts must give at least {want * seq_len} tokens ({want} window(s) of "
+            f"seq_len={seq_len}), got {len(stream)} tokens from {len(docs)} non-empty "
+            "document(s); pass more text, a smaller seq_len or fewer num_sequences"
+        )
+    return torch.tensor(stream[: n_windows * seq_len], dtype=torch.long).view(n_windows, seq_len)
