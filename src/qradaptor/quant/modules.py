@@ -8,6 +8,9 @@ codes are frozen. Compute runs in ``compute_dtype`` (float32 on CPU, bfloat16 on
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,6 +18,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from qradaptor.quant.quantizer import QuantizedTensor, QuantMethod, dequantize_parts, quantize
+
+COMPILE_ENV = "QRADAPTOR_COMPILE"
+"""Set to 0 to dequantise eagerly on CUDA too (the compiled kernel is the default there)."""
+
+
+@functools.cache
+def _compiled_dequantize() -> Callable[..., torch.Tensor]:
+    import torch._dynamo
+
+    # One specialisation per (bits, layer shape): a 30-block model with 4 shapes and 5
+    # bit-widths needs about 20, above dynamo's default limit of 8.
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 64))
+    return torch.compile(dequantize_parts, fullgraph=True, dynamic=False)
+
+
+def _dequantizer(device: torch.device) -> Callable[..., torch.Tensor]:
+    """Eager on CPU; on CUDA a compiled kernel that fuses unpacking and scaling.
+
+    Eager unpacking launches several kernels over bits x weights bytes each; fused, the
+    dequantisation reads the packed codes once and writes the dense weight once.
+    """
+    if device.type == "cuda" and os.environ.get(COMPILE_ENV, "1") != "0":
+        return _compiled_dequantize()
+    return dequantize_parts
 
 
 class _DequantLinear(torch.autograd.Function):
@@ -83,7 +112,7 @@ class QuantLinear(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """(out_features, in_features) dense weight, freshly dequantised."""
-        return dequantize_parts(
+        return _dequantizer(self.qweight.device)(
             self.qweight,
             self.scale,
             self.zero,
