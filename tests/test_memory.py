@@ -38,9 +38,9 @@ def test_predicted_bytes_equal_built_tensor_bytes(llama_factory, tied: bool, pla
 def test_untied_quantized_head(llama_factory) -> None:
     model = llama_factory(tied=False)
     plan = Plan.uniform(3, 4, 8, head_bits=4)
-    assert plan_memory(
-        inspect_model(model), plan, weight_bytes=4
-    ).total_bytes == model_tensor_bytes(apply_plan(model, plan))
+    assert plan_memory(inspect_model(model), plan, weight_bytes=4).total_bytes == model_tensor_bytes(
+        apply_plan(model, plan)
+    )
 
 
 def test_gpt2_bytes(tiny_gpt2) -> None:
@@ -68,3 +68,40 @@ def test_training_memory_parts(tiny_llama) -> None:
     assert training_memory(s, report, batch_size=4, seq_len=32).activations == 2 * t.activations
     with pytest.raises(ValueError, match="batch_size and seq_len must be >= 1"):
         training_memory(s, report, batch_size=0, seq_len=32)
+
+
+def _saved_bytes(model, ids) -> int:
+    """Bytes of the distinct non-parameter tensors autograd saves in one forward."""
+    import torch
+
+    params = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize(
+    "plan", [Plan.uniform(3, 16, 8), Plan.from_lists([4, 16, 2], [16, 0, 4])], ids=["lora16", "mixed"]
+)
+def test_activation_estimate_matches_saved_tensors(llama_factory, plan: Plan) -> None:
+    import torch
+
+    model = llama_factory()
+    s = inspect_model(model)
+    built = apply_plan(model, plan)
+    built.train()
+    batch, seq = 2, 32
+    ids = torch.randint(0, 256, (batch, seq), generator=torch.Generator().manual_seed(0))
+    measured_blocks = _saved_bytes(built, ids) - batch * seq * 256 * 4  # minus the log-softmax
+    report = plan_memory(s, plan, weight_bytes=4)
+    predicted = training_memory(s, report, batch_size=batch, seq_len=seq, act_bytes=4)
+    predicted_blocks = predicted.activations - batch * seq * 256 * (4 + 12)
+    assert 0.85 < predicted_blocks / measured_blocks < 1.15, (predicted_blocks, measured_blocks)

@@ -52,9 +52,7 @@ class LayerMemory:
     @property
     def bits_per_weight(self) -> float:
         """Stored bits per weight with metadata; 16 for an unquantised layer."""
-        return (
-            float(UNQUANTIZED) if self.bits == UNQUANTIZED else 8 * self.weight_bytes / self.numel
-        )
+        return float(UNQUANTIZED) if self.bits == UNQUANTIZED else 8 * self.weight_bytes / self.numel
 
 
 @dataclass(frozen=True)
@@ -85,13 +83,7 @@ class MemoryReport:
     @property
     def total_bytes(self) -> int:
         """Everything the built model stores: equals ``model_tensor_bytes`` of it."""
-        return (
-            self.linear_bytes
-            + self.adapter_bytes
-            + self.embed_bytes
-            + self.head_bytes
-            + self.other_bytes
-        )
+        return self.linear_bytes + self.adapter_bytes + self.embed_bytes + self.head_bytes + self.other_bytes
 
     @property
     def avg_bits(self) -> float:
@@ -135,9 +127,7 @@ def plan_memory(
         if spec.bits == UNQUANTIZED:
             wbytes = info.numel * weight_bytes
         else:
-            wbytes = quantized_nbytes(
-                info.out_features, info.in_features, spec.bits, plan.group_size
-            )
+            wbytes = quantized_nbytes(info.out_features, info.in_features, spec.bits, plan.group_size)
         lora = spec.rank * (info.in_features + info.out_features)
         adapter_params += lora
         layers.append(
@@ -221,35 +211,46 @@ def training_memory(
 ) -> TrainingMemory:
     """Predicted peak memory of one LoRA training step (an estimate, checked on the GPU).
 
-    Activations per token and block, in ``act_bytes`` each: the input of every linear
-    (once per distinct input: q/k/v share one, gate/up share one), the output of every
-    linear (rotary, attention, the activation function and the gating product all keep
-    their operands), two norm inputs of size hidden, and each adapter's rank-r
-    intermediate. With gradient checkpointing only each block's input is kept, plus one
-    block's worth during its recomputation. The logits add, per token, vocab values in
-    ``act_bytes`` plus two fp32 copies (the upcast for the loss and its gradient).
+    Tensors saved for the backward, per token and block (counted on SmolLM2 with
+    ``torch.autograd.graph.saved_tensors_hooks``, see docs/MEMORY.md):
+        * in ``act_bytes``: the input of every linear, once per distinct input (q/k/v share
+          one, gate/up share one); the output of every linear (rotary, attention, the
+          activation function and the gating product keep them); two norm outputs;
+        * in fp32: the two RMSNorm inputs (Llama-family norms upcast) and each adapter's
+          rank-r intermediate; when activations are not fp32, PEFT also keeps an fp32 copy
+          of each adapted module's input.
+    With gradient checkpointing only each block's input is kept, plus one block's worth
+    during its recomputation. The logits cost, per token and vocabulary entry, the
+    ``act_bytes`` logits plus three fp32 tensors at the loss (the saved log-softmax, its
+    gradient and the upcast gradient).
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
     tokens = batch_size * seq_len
     hidden = structure.embed_shape[1]
-    parents = {(info.name.rpartition(".")[0], info.in_features) for info in structure.linears}
-    inputs = sum(in_features for _, in_features in parents)
+    parents = {info.name: (info.name.rpartition(".")[0], info.in_features) for info in structure.linears}
+    inputs = sum(in_features for _, in_features in set(parents.values()))
     outputs = sum(info.out_features for info in structure.linears)
-    per_block = inputs + outputs + 2 * hidden
-    ranks_per_block = [0] * structure.num_blocks
+    dense_block = (inputs + outputs + 2 * hidden) * act_bytes + 2 * hidden * 4
+    block_bytes = [dense_block] * structure.num_blocks
+    adapted: list[set[tuple[str, int]]] = [set() for _ in range(structure.num_blocks)]
     for layer in report.layers:
-        block = int(layer.path[len(structure.blocks_path) + 1 :].split(".")[0])
-        ranks_per_block[block] += layer.rank
+        block, _, name = layer.path[len(structure.blocks_path) + 1 :].partition(".")
+        if layer.rank:
+            block_bytes[int(block)] += layer.rank * adapter_bytes
+            adapted[int(block)].add(parents[name])
+    if act_bytes != adapter_bytes:
+        for block, found in enumerate(adapted):
+            block_bytes[block] += sum(in_features for _, in_features in found) * adapter_bytes
     if gradient_checkpointing:
-        values = tokens * (structure.num_blocks * hidden + per_block + max(ranks_per_block))
+        per_token = structure.num_blocks * hidden * act_bytes + max(block_bytes)
     else:
-        values = tokens * (structure.num_blocks * per_block + sum(ranks_per_block))
+        per_token = sum(block_bytes)
     vocab = structure.head_shape[0] if structure.head_shape else structure.embed_shape[0]
-    logits = tokens * vocab * (act_bytes + 8)
+    logits = tokens * vocab * (act_bytes + 12)
     return TrainingMemory(
         weights=report.total_bytes,
         gradients=report.adapter_params * adapter_bytes,
         optimizer=report.adapter_params * 8,
-        activations=values * act_bytes + logits,
+        activations=tokens * per_token + logits,
     )

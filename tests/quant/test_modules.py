@@ -58,3 +58,18 @@ def test_embedding_lookup_matches_dequantized_table_and_tied_head() -> None:
 def test_bf16_compute() -> None:
     layer = QuantLinear.from_weight(torch.randn(16, 64), None, 4, compute_dtype=torch.bfloat16)
     assert layer(torch.randn(2, 64)).dtype == torch.bfloat16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
+def test_fused_cuda_kernels_equal_the_eager_dequantisation(bits: int) -> None:
+    from qradaptor.quant.modules import _compiled_dequantize, _triton_dequantize
+    from qradaptor.quant.quantizer import dequantize_parts, quantize
+
+    qt = quantize(torch.randn(96, 192, device="cuda"), bits, 64)
+    call = (qt.packed, qt.scale, qt.zero, bits, 192, 64, torch.bfloat16)
+    expected = dequantize_parts(*call)
+    assert torch.equal(_compiled_dequantize()(*call), expected)
+    kernel = _triton_dequantize()
+    if kernel is not None:
+        assert torch.equal(kernel(*call), expected)

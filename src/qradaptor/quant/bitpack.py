@@ -88,9 +88,11 @@ def unpack(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
             f"packed rows of {nbytes} bytes do not hold {cols} codes of {bits} bits "
             f"(expected {packed_row_bytes(cols, bits)} bytes)"
         )
-    p = packed.reshape(*lead, bits, -1, 1)  # (..., bits, cols/8, 1)
+    p = packed.reshape(*lead, bits, -1)  # (..., bits, cols/8)
     place = torch.arange(8, device=p.device, dtype=torch.uint8)
-    bit = (p >> place) & 1  # (..., bits, cols/8, 8)
-    planes = torch.arange(bits, device=p.device, dtype=torch.uint8).view(-1, 1, 1)
-    codes = (bit << planes).sum(dim=-3, dtype=torch.uint8)  # (..., cols/8, 8)
+    # One OR per plane, unrolled: purely elementwise, so torch.compile fuses the whole
+    # unpack (and the dequantisation after it) into one kernel.
+    codes = (p[..., 0, :, None] >> place) & 1  # (..., cols/8, 8)
+    for j in range(1, bits):
+        codes = codes | (((p[..., j, :, None] >> place) & 1) << j)
     return codes.reshape(*lead, -1)[..., :cols]

@@ -20,7 +20,7 @@ from torch import nn
 from qradaptor.quant.quantizer import QuantizedTensor, QuantMethod, dequantize_parts, quantize
 
 COMPILE_ENV = "QRADAPTOR_COMPILE"
-"""Set to 0 to dequantise eagerly on CUDA too (the compiled kernel is the default there)."""
+"""On CUDA: "0" dequantises eagerly, "compile" with torch.compile, default the Triton kernel."""
 
 
 @functools.cache
@@ -35,15 +35,32 @@ def _compiled_dequantize() -> Callable[..., torch.Tensor]:
     return torch.compile(dequantize_parts, fullgraph=True, dynamic=False)
 
 
+@functools.cache
+def _triton_dequantize() -> Callable[..., torch.Tensor] | None:
+    try:
+        from qradaptor.quant.triton_dequant import dequantize_triton
+    except ImportError:  # no Triton: fall back to torch.compile
+        return None
+    return dequantize_triton
+
+
 def _dequantizer(device: torch.device) -> Callable[..., torch.Tensor]:
-    """Eager on CPU; on CUDA a compiled kernel that fuses unpacking and scaling.
+    """Eager on CPU; on CUDA one fused kernel (Triton, else torch.compile).
 
     Eager unpacking launches several kernels over bits x weights bytes each; fused, the
     dequantisation reads the packed codes once and writes the dense weight once.
+    ``QRADAPTOR_COMPILE``: "0" eager, "compile" torch.compile, anything else the default.
     """
-    if device.type == "cuda" and os.environ.get(COMPILE_ENV, "1") != "0":
-        return _compiled_dequantize()
-    return dequantize_parts
+    if device.type != "cuda":
+        return dequantize_parts
+    mode = os.environ.get(COMPILE_ENV, "1")
+    if mode == "0":
+        return dequantize_parts
+    if mode != "compile":
+        kernel = _triton_dequantize()
+        if kernel is not None:
+            return kernel
+    return _compiled_dequantize()
 
 
 class _DequantLinear(torch.autograd.Function):

@@ -197,9 +197,11 @@ def dequantize_parts(
     """
     codes = unpack(packed, bits, cols)  # (..., cols) uint8
     lead = codes.shape[:-1]
-    q = codes.reshape(*lead, cols // group_size, group_size).to(dtype)
-    w = (q - zero.to(dtype).unsqueeze(-1)) * scale.to(dtype).unsqueeze(-1)
-    return w.reshape(*lead, cols)
+    q = codes.reshape(*lead, cols // group_size, group_size).float()
+    # In float32, rounded once at the end: a fused kernel and the eager ops then agree
+    # bit for bit (in bf16 the eager path would round (q - z) before the multiply).
+    w = (q - zero.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)
+    return w.reshape(*lead, cols).to(dtype)
 
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

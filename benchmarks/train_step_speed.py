@@ -1,0 +1,123 @@
+"""LoRA training step on SmolLM2-135M: packed plans vs a 16-bit base, and memory predicted vs measured.
+
+For each plan: build the model (bf16 on CUDA, fp32 on CPU), train its LoRA adapters with
+AdamW on packed BoolQ Wikipedia passages for a few steps, and report tokens/s (ratio to the
+16-bit base, measured in the same run), the measured peak of allocated CUDA memory, and the
+memory model's training-peak prediction (``training_memory``).
+
+    python benchmarks/train_step_speed.py                         # CUDA, batch 8 x 512
+    python benchmarks/train_step_speed.py --device cpu --batch-size 1 --seq-len 64 --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from qradaptor.build import apply_plan
+from qradaptor.data import load_texts, pack_texts
+from qradaptor.memory import plan_memory, training_memory
+from qradaptor.models import load_model
+from qradaptor.models.structure import inspect_model
+from qradaptor.plan import Plan
+from qradaptor.quant.modules import COMPILE_ENV
+
+MIB = 2**20
+
+
+def run_plan(args: argparse.Namespace, plan: Plan, batches: torch.Tensor, simulated: bool, compiled: bool):
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    os.environ[COMPILE_ENV] = "1" if compiled else "0"
+    model = load_model(args.model, dtype=dtype, device=device).model
+    structure = inspect_model(model)
+    model = apply_plan(model, plan, simulated=simulated)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    losses, t0 = [], 0.0
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        batch = batches[step % len(batches)].to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    tokens = args.steps * args.batch_size * args.seq_len
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+    weight_bytes = 2 if dtype == torch.bfloat16 else 4
+    report = plan_memory(structure, plan, weight_bytes=weight_bytes)
+    if simulated:  # dense copies of the dequantised weights: stored like a 16-bit base
+        report = plan_memory(
+            structure, Plan.uniform(plan.num_blocks, 16, plan.block_ranks()[0]), weight_bytes=weight_bytes
+        )
+    predicted = training_memory(
+        structure, report, batch_size=args.batch_size, seq_len=args.seq_len, act_bytes=weight_bytes
+    )
+    del model, opt
+    return tokens / seconds, peak, predicted, report, losses[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model source (default: embedded SmolLM2-135M)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rank", type=int, default=16)
+    args = parser.parse_args()
+    tokenizer = load_model(args.model, device="cpu").tokenizer
+    n = args.batch_size * 4
+    seqs = pack_texts(load_texts(None), tokenizer, args.seq_len, num_sequences=n, seed=0)
+    batches = seqs.view(4, args.batch_size, args.seq_len)
+    r = args.rank
+    runs = [
+        ("lora16 (16-bit base)", Plan.uniform(30, 16, r), False, False),
+        ("8-bit packed", Plan.uniform(30, 8, r), False, True),
+        ("4-bit packed", Plan.uniform(30, 4, r), False, True),
+        ("4-bit packed, eager dequant", Plan.uniform(30, 4, r), False, False),
+        ("3-bit packed", Plan.uniform(30, 3, r), False, True),
+        ("2-bit packed", Plan.uniform(30, 2, r), False, True),
+        ("4-bit simulated (dense)", Plan.uniform(30, 4, r), True, False),
+    ]
+    if args.device == "cpu":
+        runs = runs[:1] + runs[2:3]
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(
+        f"device: {name}; torch {torch.__version__}; batch {args.batch_size} x {args.seq_len}; "
+        f"rank {r}; {args.steps} timed steps after {args.warmup} warm-up"
+    )
+    print(
+        "| plan | avg bits | tokens/s | vs lora16 | last loss | peak MiB measured | predicted | "
+        "pred / meas | weights MiB (pred) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = None
+    for label, plan, simulated, compiled in runs:
+        tps, peak, pred, report, loss = run_plan(args, plan, batches, simulated, compiled)
+        base = base or tps
+        ratio = pred.total / peak if peak else float("nan")
+        print(
+            f"| {label} | {report.avg_bits:.2f} | {tps:,.0f} | {tps / base:.2f} | {loss:.3f} | "
+            f"{peak / MIB:,.0f} | {pred.total / MIB:,.0f} | {ratio:.2f} | {pred.weights / MIB:,.1f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
