@@ -1,0 +1,111 @@
+"""The ``qra`` command line: ``qra info``, ``qra plan`` and ``qra memory``.
+
+Each verb is a typed function in its own module (``info.py``, ``plan.py``, ``memory.py``)
+whose docstring is its help: the summary becomes the verb's description and the ``Args:``
+entries become the options' help. This module builds the argparse parser from them and
+turns every ``ValueError``/``OSError`` into one line ``qra <verb>: error: <message>`` on
+stderr with exit code 2 (``--debug`` re-raises instead, for the traceback).
+
+Only light modules are imported here, so ``qra --help`` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from qradaptor.cli import info as info_verb
+from qradaptor.cli import memory as memory_verb
+from qradaptor.cli import plan as plan_verb
+from qradaptor.cli.common import DEBUG_DEST, VERB_DEST, docstring_help
+
+USAGE_ERROR = 2
+"""Exit code of a bad input, as argparse uses."""
+VERBS = (info_verb, plan_verb, memory_verb)
+"""Modules that each define ``VERB`` (a function) and ``add_arguments(parser, help)``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like the verbs' errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qradaptor")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``qra`` parser with one subparser per verb."""
+    parser = _Parser(
+        prog="qra",
+        description="QR-Adaptor: per-layer bit-widths and LoRA ranks under a memory budget.",
+    )
+    parser.add_argument("--version", action="version", version=f"qra {_version()}")
+    parser.add_argument(
+        "--debug", dest=DEBUG_DEST, action="store_true", help="show tracebacks instead of one-line errors"
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: the verb's --debug must not reset a `qra --debug <verb>` to False.
+    common.add_argument(
+        "--debug", dest=DEBUG_DEST, action="store_true", default=argparse.SUPPRESS,
+        help="show tracebacks instead of one-line errors",
+    )
+    verbs = parser.add_subparsers(dest=VERB_DEST, metavar="VERB", parser_class=_Parser)
+    for module in VERBS:
+        summary, description, helps = docstring_help(module.VERB)
+        sub = verbs.add_parser(
+            module.VERB.__name__,
+            help=summary,
+            description=description,
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub, helps)
+        sub.set_defaults(_call=module.VERB)
+    return parser
+
+
+def _call(function: Callable[..., int], args: argparse.Namespace) -> int:
+    kwargs: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if k not in (VERB_DEST, DEBUG_DEST, "_call")
+    }
+    return function(**kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``qra`` with ``argv`` (default ``sys.argv[1:]``) and returns the exit code.
+
+    Args:
+        argv: the arguments after the program name.
+
+    Returns:
+        0 on success, 1 when ``memory --verify`` finds a mismatch, 2 on bad input.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version and usage errors
+        return stop.code if isinstance(stop.code, int) else USAGE_ERROR
+    if getattr(args, VERB_DEST) is None:
+        parser.print_help()
+        return 0
+    try:
+        return _call(args._call, args)
+    except (ValueError, OSError) as err:
+        if getattr(args, DEBUG_DEST):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"qra {getattr(args, VERB_DEST)}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,160 @@
+"""Pieces shared by the verbs: help from docstrings, model and plan input, safe file output."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qradaptor.models.loading import ResolvedSource
+    from qradaptor.models.structure import ModelStructure
+    from qradaptor.plan import Plan
+
+VERB_DEST = "_verb"
+"""Namespace attribute holding the chosen verb's name."""
+DEBUG_DEST = "_debug"
+"""Namespace attribute of the --debug flag."""
+QUANT_METHODS = ("rtn", "hqq")
+"""Copy of ``qradaptor.quant.quantizer.QUANT_METHODS``, which loads torch (a test checks they agree)."""
+_SHORTHAND = re.compile(r"^uniform:(\d+):(\d+)$")
+_UNITS = ("KiB", "MiB", "GiB", "TiB")
+
+
+def docstring_help(function: Callable[..., Any]) -> tuple[str, str, dict[str, str]]:
+    """Splits a Google-style docstring into (summary line, description, {arg: help}).
+
+    The description is everything before ``Args:``; each ``name: text`` entry of the Args
+    section (continuation lines indented deeper) becomes that argument's help.
+    """
+    doc = inspect.cleandoc(function.__doc__ or "")
+    head, _, rest = doc.partition("\nArgs:\n")
+    helps: dict[str, str] = {}
+    current: str | None = None
+    for line in rest.splitlines():
+        if line and not line.startswith(" "):
+            break  # Returns:, Raises:, ...
+        entry = re.match(r"^ {4}(\w+): (.*)$", line)
+        if entry:
+            current = entry.group(1)
+            helps[current] = entry.group(2)
+        elif current and line.strip():
+            helps[current] += " " + line.strip()
+    return head.splitlines()[0] if head else "", head.strip(), helps
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in binary units: 512 B, 1.50 KiB, 23.4 MiB."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in _UNITS:
+        value /= 1024
+        if value < 1024 or unit == _UNITS[-1]:
+            return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def load_structure(model: str | None) -> tuple[ResolvedSource, ModelStructure]:
+    """The resolved source and structure of ``model`` from its config alone (no weights).
+
+    Raises:
+        ValueError: if the source does not exist, is not a causal LM, or can't be mapped.
+    """
+    from qradaptor.models.loading import load_config, resolve_source
+    from qradaptor.models.structure import structure_from_config
+
+    resolved = resolve_source(model)
+    return resolved, structure_from_config(load_config(model))
+
+
+def parse_int_list(text: str, option: str) -> list[int]:
+    """``"4,4,2"`` -> [4, 4, 2]; raises ValueError naming ``option`` on anything else."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(re.fullmatch(r"-?\d+", p) for p in parts):
+        raise ValueError(f"{option} must be integers separated by commas (e.g. 4,4,2), got {text!r}")
+    return [int(p) for p in parts]
+
+
+def parse_shorthand(text: str) -> tuple[int, int]:
+    """``"uniform:4:16"`` -> (4, 16); raises ValueError if malformed or out of range."""
+    from qradaptor.plan import check_bits, check_rank
+
+    match = _SHORTHAND.match(text)
+    if match is None:
+        raise ValueError(f"--plan shorthand must be uniform:BITS:RANK (e.g. uniform:4:16), got {text!r}")
+    bits = check_bits(int(match.group(1)), f"BITS of --plan {text}")
+    return bits, check_rank(int(match.group(2)), f"RANK of --plan {text}")
+
+
+def read_plan(spec: str) -> Plan | tuple[int, int]:
+    """The plan named by ``spec``: a Plan read from a JSON file, or (bits, rank) of ``uniform:BITS:RANK``.
+
+    Called before the model is loaded, so a bad --plan fails at once; the caller turns a
+    (bits, rank) into a uniform plan for the model, and validates either against it.
+
+    Raises:
+        ValueError: if the file is missing, not a plan, or the shorthand is malformed.
+    """
+    from qradaptor.plan import Plan
+
+    path = Path(spec).expanduser()
+    if not path.exists() and spec.startswith("uniform:"):
+        return parse_shorthand(spec)
+    if not path.exists():
+        raise ValueError(
+            f"--plan file {spec!r} does not exist (expected a plan JSON file or uniform:BITS:RANK)"
+        )
+    if not path.is_file():
+        raise ValueError(f"--plan {spec!r} is not a file (expected a plan JSON file or uniform:BITS:RANK)")
+    try:
+        return Plan.from_json(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # name the file: the library message only names the field
+        raise ValueError(f"--plan file {spec!r}: {err}") from None
+
+
+def check_output(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """``path`` as a Path if a file may be written there, else ValueError naming why.
+
+    Raises:
+        ValueError: if ``path`` exists and ``force`` is False, names a folder, or its folder
+            does not exist.
+    """
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ValueError(f"output {os.fspath(path)!r} is a folder; give a file name")
+    if target.exists() and not force:
+        raise ValueError(f"output {os.fspath(path)!r} already exists; pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise ValueError(
+            f"output {os.fspath(path)!r} cannot be written: folder {str(target.parent)!r} does not exist"
+        )
+    return target
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, force: bool = False) -> Path:
+    """Writes ``text`` to ``path`` through a temp file in the same folder and ``os.replace``.
+
+    A crash never leaves a half-written file under ``path``.
+
+    Raises:
+        ValueError: as :func:`check_output`.
+        OSError: if the folder is not writable.
+    """
+    target = check_output(path, force=force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plan is not a secret
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
