@@ -35,13 +35,13 @@ def main() -> None:
     dense = w.to(torch.bfloat16)
     print(f"bf16 copy of the dense weight: {cuda_ms(lambda: dense.clone()):.4f} ms")
     compiled = _compiled_dequantize()
+    kernel = _triton_dequantize()
     for bits in [int(b) for b in args.bits.split(",")]:
         qt = quantize(w, bits, 64, "rtn")
         call = (qt.packed, qt.scale, qt.zero, bits, args.size, 64, torch.bfloat16)
         diff = (compiled(*call).float() - dequantize_parts(*call).float()).abs().max().item()
         eager = cuda_ms(lambda call=call: dequantize_parts(*call))
         comp = cuda_ms(lambda call=call: compiled(*call))
-        kernel = _triton_dequantize()
         tri = cuda_ms(lambda call=call: kernel(*call))
         tdiff = (kernel(*call).float() - dequantize_parts(*call).float()).abs().max().item()
         print(

@@ -31,7 +31,7 @@ MIB = 2**20
 def run_plan(args: argparse.Namespace, plan: Plan, batches: torch.Tensor, simulated: bool, compiled: bool):
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    os.environ[COMPILE_ENV] = "1" if compiled else "0"
+    os.environ[COMPILE_ENV] = "1" if compiled else "0"  # "1": the Triton kernel
     model = load_model(args.model, dtype=dtype, device=device).model
     structure = inspect_model(model)
     model = apply_plan(model, plan, simulated=simulated)
