@@ -222,8 +222,9 @@ def simulated_linear(
     """
     layer = QuantLinear.from_weight(weight, bias, bits, group_size, method, weight.dtype)
     out_features, in_features = weight.shape
-    dense = nn.Linear(
-        in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype
+    # skip_init: the weight is overwritten at once, so its random init would be wasted work.
+    dense = torch.nn.utils.skip_init(
+        nn.Linear, in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype
     )
     with torch.no_grad():
         dense.weight.copy_(layer.dequantized_weight(weight.dtype))
