@@ -53,15 +53,41 @@ def make_tiny_gpt2(seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
+def make_word_tokenizer():
+    """A word-level tokenizer of ``<unk> <eos> a b c``, built in-process (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<unk>", "<eos>", "a", "b", "c"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
+
+
 @pytest.fixture
 def tiny_llama():
     return make_tiny_llama()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def llama_factory():
     """make_tiny_llama itself, for tests that need several or untied ones."""
     return make_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer_factory():
+    """make_word_tokenizer itself."""
+    return make_word_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A folder holding the tiny tied Llama (seed 0) and the word tokenizer, as a model source."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama().save_pretrained(folder)
+    make_word_tokenizer().save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from qradaptor.cli import main
 from qradaptor.cli.common import QUANT_METHODS, format_bytes
@@ -17,41 +16,10 @@ from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
 
 
-def _tiny_llama(tied: bool = True):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tied,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(["<unk>", "<eos>", "a", "b", "c"])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
+def tiny(tiny_model_dir, llama_factory):
     """(model directory with config, weights and tokenizer; the model)."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model = _tiny_llama()
-    model.save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
-    return folder, model
+    return tiny_model_dir, llama_factory()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -133,8 +101,8 @@ def test_info_reports_the_models_numbers(capsys, tiny) -> None:
     assert f"{counts['total']:,}" in out
 
 
-def test_info_counts_an_untied_head(capsys, tmp_path: Path) -> None:
-    model = _tiny_llama(tied=False)
+def test_info_counts_an_untied_head(capsys, tmp_path: Path, llama_factory) -> None:
+    model = llama_factory(tied=False)
     model.save_pretrained(tmp_path)  # config only is read: no tokenizer needed
     data = run_json(capsys, "info", tmp_path)
     assert data["tied"] is False and data["parameters"]["head"] == 256 * 64
