@@ -1,4 +1,4 @@
-"""The ``qra`` command line: ``qra info``, ``qra plan`` and ``qra memory``.
+"""The ``qra`` command line: ``qra info``, ``qra plan``, ``qra memory`` and ``qra eval``.
 
 Each verb is a typed function in its own module (``info.py``, ``plan.py``, ``memory.py``)
 whose docstring is its help: the summary becomes the verb's description and the ``Args:``
@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from qradaptor.cli import eval as eval_verb
 from qradaptor.cli import info as info_verb
 from qradaptor.cli import memory as memory_verb
 from qradaptor.cli import plan as plan_verb
@@ -23,7 +24,7 @@ from qradaptor.cli.common import DEBUG_DEST, VERB_DEST, docstring_help
 
 USAGE_ERROR = 2
 """Exit code of a bad input, as argparse uses."""
-VERBS = (info_verb, plan_verb, memory_verb)
+VERBS = (info_verb, plan_verb, memory_verb, eval_verb)
 """Modules that each define ``VERB`` (a function) and ``add_arguments(parser, help)``."""
 
 

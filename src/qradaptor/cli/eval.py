@@ -1,0 +1,156 @@
+"""``qra eval``: perplexity and zero-shot accuracy of a (quantised, adapted) model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from qradaptor.cli.common import check_output, read_plan, write_text_atomic
+
+
+def eval(  # noqa: A001 - the verb's name is the command's
+    model: str | None = None,
+    *,
+    plan: str | None = None,
+    adapter: str | None = None,
+    tasks: str = "suite",
+    limit: int | None = None,
+    batch_size: int = 16,
+    seq_len: int = 512,
+    backend: str = "qradaptor",
+    device: str = "auto",
+    seed: int = 1234,
+    output: str | None = None,
+    force: bool = False,
+    as_json: bool = False,
+) -> int:
+    """Evaluate a model (quantised per plan, with or without a trained adapter) on the suite.
+
+    Perplexity on held-out BoolQ Wikipedia passages (ppl_wiki; not WikiText-2) and LAMBADA
+    passages (ppl_lambada), the seven zero-shot tasks scored as lm-evaluation-harness scores
+    them (arc_easy, arc_challenge, piqa, hellaswag, winogrande, boolq, openbookqa), GSM8K
+    8-shot (gsm8k) and MMLU 5-shot (mmlu), all from offline copies. Groups: suite (both
+    perplexities and the seven tasks), zeroshot, ppl, all.
+
+    Args:
+        model: a local model directory, a .gguf file or a hub id; omitted: the embedded
+            SmolLM2-135M-Instruct
+        plan: a plan JSON file or uniform:BITS:RANK; omitted: the base model as loaded (or, with
+            --adapter, the adapter's ranks on the unquantised base)
+        adapter: a PEFT adapter folder trained on this model and plan
+        tasks: comma-separated task names or groups, e.g. suite or arc_easy,ppl_wiki
+        limit: documents per task (windows for perplexity); omitted: all
+        batch_size: sequences per forward pass
+        seq_len: perplexity window in tokens
+        backend: qradaptor (our batched scorer) or harness (lm-evaluation-harness itself) for the
+            zero-shot tasks
+        device: auto (cuda if available), cpu or cuda; bf16 on cuda, fp32 on cpu
+        seed: random seed
+        output: write the results as JSON to this file (written atomically)
+        force: overwrite --output if it exists
+        as_json: print JSON instead of the table
+    """
+    from qradaptor.eval.suite import resolve_tasks
+
+    names = resolve_tasks([t.strip() for t in tasks.split(",") if t.strip()])
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be a positive number of documents, got {limit}")
+    if batch_size < 1 or seq_len < 2:
+        raise ValueError(f"--batch-size must be >= 1 and --seq-len >= 2, got {batch_size} and {seq_len}")
+    if backend not in ("qradaptor", "harness"):
+        raise ValueError(f"--backend must be qradaptor or harness, got {backend!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if output is not None:
+        check_output(output, force=force)  # fail now, not after an hour of evaluation
+    given = read_plan(plan) if plan else None
+
+    import torch
+
+    from qradaptor.assemble import assemble
+    from qradaptor.eval.results import format_table, to_json
+    from qradaptor.eval.suite import run_suite, zero_shot_average
+    from qradaptor.plan import Plan
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but CUDA is not available here")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    the_plan = given
+    if isinstance(given, tuple):
+        from qradaptor.cli.common import load_structure
+
+        the_plan = Plan.uniform(load_structure(model)[1].num_blocks, *given)
+    started = time.perf_counter()
+    built = assemble(model, the_plan, adapter, dtype=dtype, device=device)
+    records = run_suite(
+        built.model,
+        built.tokenizer,
+        names,
+        model_name=built.source,
+        plan_hash=built.plan.plan_hash,
+        adapter=built.adapter,
+        limit=limit,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        backend=backend,
+        seed=seed,
+        progress=sys.stderr.isatty(),
+    )
+    meta = {
+        "model": built.source,
+        "plan": built.plan.to_dict(),
+        "plan_hash": built.plan.plan_hash,
+        "adapter": built.adapter,
+        "tasks": names,
+        "limit": limit,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "backend": backend,
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - started, 2),
+        "zero_shot_avg_acc": zero_shot_average(records, "acc"),
+        "zero_shot_avg_acc_norm": zero_shot_average(records, "acc_norm"),
+        "note": "the embedded SmolLM2 weights are Q4_1 in the GGUF: its 16-bit base is them dequantised",
+    }
+    text = to_json(records, meta)
+    if output is not None:
+        write_text_atomic(output, text + "\n", force=force)
+    if as_json:
+        print(text)
+    else:
+        print(
+            f"model {built.source}  plan {built.plan.name or built.plan.plan_hash}  adapter {built.adapter}"
+        )
+        print(format_table(records))
+        avg = meta["zero_shot_avg_acc"]
+        if avg is not None:
+            print(f"zero-shot average acc {avg:.4f}  acc_norm {meta['zero_shot_avg_acc_norm']:.4f}")
+        print(f"{meta['seconds']:.1f} s on {device}")
+    return 0
+
+
+VERB = eval
+
+
+def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> None:
+    """Options of ``qra eval``."""
+    parser.add_argument("model", nargs="?", default=None, help=helps["model"])
+    parser.add_argument("--plan", metavar="FILE|uniform:BITS:RANK", help=helps["plan"])
+    parser.add_argument("--adapter", metavar="DIR", help=helps["adapter"])
+    parser.add_argument("--tasks", default="suite", help=helps["tasks"])
+    parser.add_argument("--limit", type=int, metavar="N", help=helps["limit"])
+    parser.add_argument("--batch-size", type=int, default=16, metavar="B", help=helps["batch_size"])
+    parser.add_argument("--seq-len", type=int, default=512, metavar="T", help=helps["seq_len"])
+    parser.add_argument(
+        "--backend", choices=("qradaptor", "harness"), default="qradaptor", help=helps["backend"]
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
+    parser.add_argument("--seed", type=int, default=1234, help=helps["seed"])
+    parser.add_argument("-o", "--output", metavar="FILE", help=helps["output"])
+    parser.add_argument("--force", action="store_true", help=helps["force"])
+    parser.add_argument("--json", dest="as_json", action="store_true", help=helps["as_json"])

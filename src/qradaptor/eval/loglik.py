@@ -1,0 +1,318 @@
+"""Log-likelihoods of (context, continuation) pairs, scored as lm-evaluation-harness does.
+
+For a request ``(c, x)`` tokenized into context ids ``c_1..c_m`` and continuation ids
+``x_1..x_n`` (see ``encode_pair``) the score is
+
+    log p(x | c) = sum_{i=1..n} log softmax(f(c, x_{<i}))[x_i]
+
+and the request is *greedy* when every ``x_i`` is the argmax of its distribution. The
+model sees ``(c + x)[:-1]``, left-truncated to ``max_length`` tokens; requests are
+deduplicated, requests with the same model input share one forward pass (multiple
+choice with one-token answers costs one pass per question), and inputs are batched
+longest first with right padding, so the scores agree with lm-eval's ``HFLM`` (0.4.13)
+to float tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MAX_LENGTH = 2048
+"""``max_length`` when the config names no context length (lm-eval's HFLM default too)."""
+
+
+@dataclass(frozen=True)
+class Loglik:
+    """The score of one (context, continuation) request."""
+
+    logprob: float
+    """Sum of the continuation tokens' log-probabilities (natural log, <= 0)."""
+    num_tokens: int
+    """Number of continuation tokens scored."""
+    is_greedy: bool
+    """Whether greedy decoding from the context reproduces the continuation exactly."""
+
+
+def _prefix_token_id(tokenizer: Any) -> int:
+    """The token that stands in for an empty context: BOS, else EOS (as ``HFLM``)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    token = bos if bos is not None else getattr(tokenizer, "eos_token_id", None)
+    if token is None:
+        raise ValueError(
+            "tokenizer must define bos_token_id or eos_token_id (an empty context is "
+            f"scored after it), got neither on {type(tokenizer).__name__}"
+        )
+    return int(token)
+
+
+def _tok_encode(tokenizer: Any, text: str, add_special_tokens: bool | None = None) -> list[int]:
+    """``HFLM.tok_encode``: the tokenizer's default special tokens, unless told otherwise.
+
+    A Llama-style tokenizer that adds BOS by default gets it here too; a string that
+    already starts with the BOS (prefix) token's text is encoded without adding another.
+    """
+    kwargs: dict[str, bool] = {}
+    if add_special_tokens is not None:
+        kwargs["add_special_tokens"] = add_special_tokens
+    elif text.startswith(tokenizer.decode(_prefix_token_id(tokenizer))):
+        kwargs["add_special_tokens"] = False
+    return list(tokenizer.encode(text, **kwargs))
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Tokenize a request exactly as lm-eval's ``HFLM.loglikelihood`` does.
+
+    * Trailing whitespace of the context moves to the front of the continuation.
+    * ``whole = encode(context + continuation)``, ``ctx = encode(context)`` and the
+      continuation is ``whole[len(ctx):]``, so merges across the boundary follow the
+      tokenizer, with its default special tokens (a BOS for Llama-style tokenizers).
+    * An empty context becomes ``[prefix]`` (BOS, else EOS) and the continuation is
+      encoded without special tokens; if it already starts with the prefix token, that
+      token is the context instead.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        context: The conditioning text; may be empty.
+        continuation: The text to score.
+
+    Returns:
+        ``(context_ids, continuation_ids)``, both non-empty.
+
+    Raises:
+        ValueError: If the continuation gives no tokens, or the context is whitespace
+            only and encodes to nothing (lm-eval asserts on both).
+    """
+    if context == "":
+        cont = _tok_encode(tokenizer, continuation, add_special_tokens=False)
+        prefix = _prefix_token_id(tokenizer)
+        ctx, cont = ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
+    else:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole = _tok_encode(tokenizer, context + continuation)
+        ctx = _tok_encode(tokenizer, context)
+        cont = whole[len(ctx) :]
+    if not ctx:
+        raise ValueError(
+            f"context must be empty or hold non-whitespace text that gives tokens, got {context!r}"
+        )
+    if not cont:
+        raise ValueError(
+            f"continuation must give at least one token after the context, got {continuation!r} "
+            f"(context {context[-40:]!r})"
+        )
+    return ctx, cont
+
+
+def default_max_length(model: Any) -> int:
+    """The model's context length from its config, as lm-eval's HFLM reads it.
+
+    Not capped: a cap would truncate long requests differently from the harness and the
+    scores would disagree (SmolLM2 says 8192).
+    """
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if value is not None:
+            return int(value)
+    return DEFAULT_MAX_LENGTH
+
+
+def model_device(model: Any) -> torch.device:
+    """Device of the model's first parameter (CPU for a model without parameters)."""
+    import torch
+
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def inference(model: Any) -> Iterator[None]:
+    """Eval mode and ``torch.inference_mode`` for the block; the training flag is restored."""
+    import torch
+
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _forward_params(model: Any) -> frozenset[str]:
+    """Keyword names the underlying model's forward takes (a PeftModel passes them on)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return frozenset(inspect.signature(base.forward).parameters)
+    except (TypeError, ValueError):  # builtins, odd wrappers
+        return frozenset()
+
+
+def forward_logits(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    keep_last: int | None = None,
+) -> torch.Tensor:
+    """Logits of the last ``keep_last`` positions (all when None), ``(B, K, V)``.
+
+    Uses the model's ``logits_to_keep`` when it has one, so the LM head and its
+    ``(B, T, V)`` output are spent only on the positions that are scored.
+    """
+    params = _forward_params(model)
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "use_cache" in params:
+        kwargs["use_cache"] = False
+    sliced = keep_last is not None and "logits_to_keep" in params
+    if sliced:
+        kwargs["logits_to_keep"] = keep_last
+    out = model(**kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T or K, V)
+    if keep_last is not None and not sliced:
+        logits = logits[:, -keep_last:]
+    return logits
+
+
+def _score_batch(
+    model: Any,
+    rows: list[tuple[int, ...]],
+    spans: list[tuple[int, int, list[int]]],
+    pad_id: int,
+    device: torch.device,
+) -> tuple[list[float], list[bool]]:
+    """Score ``spans`` = ``(row, start, continuation)`` against one padded batch of ``rows``."""
+    import torch
+
+    lengths = torch.tensor([len(r) for r in rows])
+    width = int(lengths.max())
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # (B, T)
+
+    row_of = torch.tensor([s[0] for s in spans])  # (R,)
+    start = torch.tensor([s[1] for s in spans])  # (R,) input position predicting token 1
+    n_tok = torch.tensor([len(s[2]) for s in spans])  # (R,)
+    keep = width - int(start.min())
+    logits = forward_logits(model, ids.to(device), mask.to(device), keep_last=keep)  # (B, K, V)
+
+    seg = torch.repeat_interleave(torch.arange(len(spans)), n_tok)  # (N,) request of each token
+    offset = torch.arange(int(n_tok.sum())) - torch.repeat_interleave(n_tok.cumsum(0) - n_tok, n_tok)
+    pos = start[seg] + offset - (width - keep)  # (N,) index into the kept positions
+    target = torch.tensor([t for s in spans for t in s[2]], dtype=torch.long)  # (N,)
+    seg, pos, target, row = seg.to(device), pos.to(device), target.to(device), row_of[seg].to(device)
+
+    logp = logits[row, pos].float().log_softmax(dim=-1)  # (N, V)
+    tok_logp = logp.gather(1, target[:, None]).squeeze(1)  # (N,)
+    missed = (logp.argmax(dim=-1) != target).long()  # (N,)
+    total = torch.zeros(len(spans), dtype=torch.float64, device=device).index_add_(0, seg, tok_logp.double())
+    misses = torch.zeros(len(spans), dtype=torch.long, device=device).index_add_(0, seg, missed)
+    return total.tolist(), (misses == 0).tolist()
+
+
+def loglikelihoods(
+    model: Any,
+    tokenizer: Any,
+    requests: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    desc: str = "loglikelihood",
+) -> list[Loglik]:
+    """Score ``log p(continuation | context)`` for each request, batched.
+
+    Each request is tokenized by ``encode_pair``; the model input is
+    ``(ctx + cont)[-(max_length + 1):][:-1]`` and the ``n`` continuation tokens are
+    scored from the last ``n`` positions (module docstring). Log-softmax runs in
+    float32 on the scored positions only (lm-eval's ``softmax_dtype="float32"``; the
+    same as its default for float32 models).
+
+    Args:
+        model: A causal LM (a PreTrainedModel, PeftModel or quantised one) called as
+            ``model(input_ids=..., attention_mask=...)``; put in eval mode for the call.
+        tokenizer: Its Hugging Face tokenizer.
+        requests: ``(context, continuation)`` pairs; the context may be empty.
+        batch_size: Model inputs per forward pass, at least 1.
+        max_length: Longest model input in tokens; longer requests lose tokens on the
+            left. None: the model's ``max_position_embeddings``, capped at 2048.
+        device: Where inputs go; None for the device of the model's first parameter.
+            The model is not moved.
+        progress: Show a tqdm bar (with ETA) over the requests.
+        desc: Label of the progress bar.
+
+    Returns:
+        One ``Loglik`` per request, in the order of ``requests``.
+
+    Raises:
+        ValueError: If ``batch_size`` or ``max_length`` is below 1, or a request cannot
+            be tokenized (see ``encode_pair``) or has a continuation longer than
+            ``max_length`` tokens.
+    """
+    import torch
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_length is None:
+        max_length = default_max_length(model)
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
+    device = model_device(model) if device is None else torch.device(device)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = int(pad_id if pad_id is not None else _prefix_token_id(tokenizer))
+
+    # Unique requests -> unique model inputs; a model input serves every request whose
+    # continuation ends right after it, whatever the split between context and continuation.
+    unique: dict[tuple[str, str], int] = {}
+    index = [unique.setdefault((ctx, cont), len(unique)) for ctx, cont in requests]
+    counts = [0] * len(unique)
+    for u in index:
+        counts[u] += 1
+    inputs: dict[tuple[int, ...], int] = {}
+    span_of: list[tuple[int, list[int]]] = []  # per unique request: (input id, continuation)
+    for ctx_text, cont_text in unique:
+        ctx, cont = encode_pair(tokenizer, ctx_text, cont_text)
+        if len(cont) > max_length:
+            raise ValueError(
+                f"continuation must be at most max_length={max_length} tokens, got {len(cont)} "
+                f"for continuation {cont_text[:40]!r}..."
+            )
+        inp = tuple((ctx + cont)[-(max_length + 1) :][:-1])
+        span_of.append((inputs.setdefault(inp, len(inputs)), cont))
+
+    by_input: list[list[int]] = [[] for _ in inputs]
+    for u, (i, _) in enumerate(span_of):
+        by_input[i].append(u)
+    rows = list(inputs)
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), rows[i]))  # longest first
+
+    logprob = [0.0] * len(unique)
+    greedy = [False] * len(unique)
+    with inference(model), tqdm(total=len(requests), desc=desc, disable=not progress) as bar:
+        for b in range(0, len(order), batch_size):
+            chunk = order[b : b + batch_size]
+            members = [u for i in chunk for u in by_input[i]]
+            spans = []
+            for local, i in enumerate(chunk):
+                for u in by_input[i]:
+                    cont = span_of[u][1]
+                    spans.append((local, len(rows[i]) - len(cont), cont))
+            sums, flags = _score_batch(model, [rows[i] for i in chunk], spans, pad_id, device)
+            for u, s, g in zip(members, sums, flags, strict=True):
+                logprob[u], greedy[u] = s, g
+            bar.update(sum(counts[u] for u in members))
+
+    return [Loglik(logprob[u], len(span_of[u][1]), greedy[u]) for u in index]

@@ -1,0 +1,55 @@
+"""Evaluation results: one record per (task, metric), as JSON and as a one-screen table."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """One measured number."""
+
+    task: str
+    """Task name, e.g. "arc_easy" or "ppl_wiki"."""
+    metric: str
+    """"acc", "acc_norm", "ppl", "exact_match_strict", ..."""
+    value: float
+    """The measurement."""
+    stderr: float | None
+    """Standard error of the mean where the metric has one (None for perplexity)."""
+    n: int
+    """Items (or scored tokens, for perplexity) it is computed over."""
+    model: str
+    """Model source."""
+    plan_hash: str
+    """Hash of the plan the model was built with."""
+    adapter: str | None
+    """Adapter folder, if any."""
+    seconds: float
+    """Wall time of the task (shared by its metrics)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Task-specific context: tokenizer and window for perplexity, backend, limit, ..."""
+
+
+def to_json(records: Sequence[EvalRecord], meta: dict[str, Any]) -> str:
+    """``{"meta": ..., "results": [...]}`` as pretty JSON (NaN written as null)."""
+
+    def clean(value: Any) -> Any:
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    rows = [{k: clean(v) for k, v in asdict(r).items()} for r in records]
+    return json.dumps({"meta": meta, "results": rows}, indent=2)
+
+
+def format_table(records: Sequence[EvalRecord]) -> str:
+    """A fixed-width table: task, metric, value, ± stderr, n, seconds."""
+    lines = [f"{'task':<16} {'metric':<22} {'value':>10} {'± stderr':>9} {'n':>8} {'s':>7}"]
+    for r in records:
+        value = f"{r.value:.4f}" if abs(r.value) < 1000 else f"{r.value:.1f}"
+        stderr = f"{r.stderr:.4f}" if r.stderr is not None else ""
+        lines.append(f"{r.task:<16} {r.metric:<22} {value:>10} {stderr:>9} {r.n:>8} {r.seconds:>7.1f}")
+    return "\n".join(lines)
