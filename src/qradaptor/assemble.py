@@ -48,7 +48,8 @@ def read_adapter_ranks(adapter_dir: str | Path) -> dict[str, int]:
         )
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.get("peft_type") != "LORA":
-        raise ValueError(f"adapter {str(adapter_dir)!r} is a {config.get('peft_type')} adapter; only LORA is supported")
+        kind = config.get("peft_type")
+        raise ValueError(f"adapter {str(adapter_dir)!r} is a {kind} adapter; only LORA is supported")
     pattern = dict(config.get("rank_pattern") or {})
     targets = config.get("target_modules") or []
     if isinstance(targets, str):

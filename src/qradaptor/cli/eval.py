@@ -18,6 +18,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     limit: int | None = None,
     batch_size: int = 16,
     seq_len: int = 512,
+    stride: int | None = None,
     backend: str = "qradaptor",
     device: str = "auto",
     seed: int = 1234,
@@ -43,6 +44,8 @@ def eval(  # noqa: A001 - the verb's name is the command's
         limit: documents per task (windows for perplexity); omitted: all
         batch_size: sequences per forward pass
         seq_len: perplexity window in tokens
+        stride: perplexity stride in tokens; omitted: non-overlapping windows (each token scored
+            once); smaller than --seq-len: overlapping windows that score their last STRIDE tokens
         backend: qradaptor (our batched scorer) or harness (lm-evaluation-harness itself) for the
             zero-shot tasks
         device: auto (cuda if available), cpu or cuda; bf16 on cuda, fp32 on cpu
@@ -95,6 +98,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         limit=limit,
         batch_size=batch_size,
         seq_len=seq_len,
+        stride=stride,
         backend=backend,
         seed=seed,
         progress=sys.stderr.isatty(),
@@ -108,6 +112,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         "limit": limit,
         "batch_size": batch_size,
         "seq_len": seq_len,
+        "stride": stride,
         "backend": backend,
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
@@ -146,6 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--limit", type=int, metavar="N", help=helps["limit"])
     parser.add_argument("--batch-size", type=int, default=16, metavar="B", help=helps["batch_size"])
     parser.add_argument("--seq-len", type=int, default=512, metavar="T", help=helps["seq_len"])
+    parser.add_argument("--stride", type=int, metavar="S", help=helps["stride"])
     parser.add_argument(
         "--backend", choices=("qradaptor", "harness"), default="qradaptor", help=helps["backend"]
     )

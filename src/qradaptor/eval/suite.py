@@ -94,6 +94,7 @@ def run_suite(
     limit: int | None = None,
     batch_size: int = 16,
     seq_len: int = 512,
+    stride: int | None = None,
     backend: Backend = "qradaptor",
     seed: int = 1234,
     progress: bool = True,
@@ -108,6 +109,8 @@ def run_suite(
         limit: documents per task (windows for perplexity); None for all.
         batch_size: sequences per forward pass.
         seq_len: perplexity window, in tokens.
+        stride: perplexity stride (None: non-overlapping windows; smaller: each window scores
+            only its last ``stride`` tokens, with the rest as context).
         backend: "qradaptor" (our batched scorer) or "harness" (lm-evaluation-harness itself)
             for the seven zero-shot tasks; both read the same offline files.
         seed: seeds torch before each task (scoring is deterministic; generation is greedy).
@@ -142,6 +145,7 @@ def run_suite(
                 tokenizer,
                 load_texts(source),
                 seq_len=seq_len,
+                stride=stride,
                 batch_size=batch_size,
                 max_windows=limit,
                 corpus=label,
