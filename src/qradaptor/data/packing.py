@@ -20,6 +20,35 @@ _CHUNK = 256
 """Documents tokenized per tokenizer call (fast tokenizers batch them in Rust)."""
 
 
+def token_stream(texts: Sequence[str], tokenizer: Any, needed: int | None = None) -> tuple[list[int], int]:
+    """Joins the non-empty documents, in the order given, into one token list with eos between.
+
+    Tokenization stops once ``needed`` tokens are there (None: all of them).
+
+    Returns:
+        (the token ids, the number of non-empty documents).
+
+    Raises:
+        ValueError: if the tokenizer has no eos token.
+    """
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError(
+            "tokenizer must define eos_token_id (it separates documents), got None on "
+            f"{type(tokenizer).__name__}"
+        )
+    docs = [t for t in texts if t and t.strip()]
+    stream: list[int] = []
+    for start in range(0, len(docs), _CHUNK):
+        for ids in tokenizer(docs[start : start + _CHUNK], add_special_tokens=False)["input_ids"]:
+            if stream:
+                stream.append(int(eos))
+            stream.extend(ids)
+        if needed is not None and len(stream) >= needed:
+            break
+    return stream, len(docs)
+
+
 def pack_texts(
     texts: Sequence[str],
     tokenizer: Any,
@@ -56,25 +85,10 @@ def pack_texts(
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     if num_sequences is not None and num_sequences < 1:
         raise ValueError(f"num_sequences must be >= 1 or None, got {num_sequences}")
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        raise ValueError(
-            "tokenizer must define eos_token_id (it separates documents), got None on "
-            f"{type(tokenizer).__name__}"
-        )
-
     docs = [t for t in texts if t and t.strip()]
     random.Random(seed).shuffle(docs)
     needed = None if num_sequences is None else num_sequences * seq_len
-    stream: list[int] = []
-    for start in range(0, len(docs), _CHUNK):
-        batch = tokenizer(docs[start : start + _CHUNK], add_special_tokens=False)["input_ids"]
-        for ids in batch:
-            if stream:
-                stream.append(int(eos))
-            stream.extend(ids)
-        if needed is not None and len(stream) >= needed:
-            break
+    stream, _ = token_stream(docs, tokenizer, needed)
 
     n_windows = len(stream) // seq_len if num_sequences is None else num_sequences
     if n_windows == 0 or len(stream) < n_windows * seq_len:

@@ -24,10 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qradaptor.data.packing import token_stream
 from qradaptor.eval.loglik import forward_logits, inference, model_device
-
-_CHUNK = 256
-"""Documents tokenized per tokenizer call."""
 
 
 @dataclass(frozen=True)
@@ -50,26 +48,6 @@ class PerplexityResult:
     """Name of the text source, as given by the caller."""
     tokenizer: str
     """The tokenizer's ``name_or_path``."""
-
-
-def _token_stream(texts: Sequence[str], tokenizer: Any, needed: int | None) -> tuple[list[int], int]:
-    """Join the non-empty documents with EOS; stop once ``needed`` tokens are there."""
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        raise ValueError(
-            "tokenizer must define eos_token_id (it separates documents), got None on "
-            f"{type(tokenizer).__name__}"
-        )
-    docs = [t for t in texts if t and t.strip()]
-    stream: list[int] = []
-    for start in range(0, len(docs), _CHUNK):
-        for ids in tokenizer(docs[start : start + _CHUNK], add_special_tokens=False)["input_ids"]:
-            if stream:
-                stream.append(int(eos))
-            stream.extend(ids)
-        if needed is not None and len(stream) >= needed:
-            break
-    return stream, len(docs)
 
 
 def perplexity(
@@ -129,7 +107,7 @@ def perplexity(
         raise ValueError(f"seq_len must be <= the model's max_position_embeddings={limit}, got {seq_len}")
 
     needed = None if max_windows is None else seq_len + (max_windows - 1) * stride
-    stream, n_docs = _token_stream(texts, tokenizer, needed)
+    stream, n_docs = token_stream(texts, tokenizer, needed)
     if len(stream) < seq_len:
         raise ValueError(
             f"texts must give at least seq_len={seq_len} tokens for one window, got {len(stream)} "
