@@ -1,0 +1,7 @@
+"""``python -m qradaptor`` is ``qra``."""
+
+import sys
+
+from qradaptor.cli import main
+
+sys.exit(main())
