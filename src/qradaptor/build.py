@@ -3,7 +3,8 @@
 Each linear of each block is quantised at its planned bits (a packed ``QuantLinear``, or a
 dense "simulated" copy of the dequantised weight for fast search-time scoring) and gets a
 PEFT LoRA adapter of its planned rank; embedding and head are quantised only when the plan
-says so; every other weight is frozen. This is the only module that changes a model.
+says so; every other weight is frozen. Only this module changes a model for good
+(sensitivity profiling swaps single blocks temporarily and puts them back).
 """
 
 from __future__ import annotations

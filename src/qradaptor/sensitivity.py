@@ -1,0 +1,386 @@
+"""Layer-wise sensitivity profiling: how much each block's quantisation moves the output.
+
+For every transformer block l and candidate bit-width b (§3.3, Eq. 6 of QR-Adaptor):
+
+    S_l(b) = 1/|D| * sum_{t in D} KL( P(y | x_<=t; W_fp) || P(y | x_<=t; W with only block l at b bits) )
+           = 1/|D| * sum_t sum_v p_fp(v) * (log p_fp(v) - log p_q(v))
+
+in nats per token, where D is every non-padding position of the calibration windows. The
+paper's S_l is the column at the lowest candidate bits (``SensitivityTable.min_bits_profile``);
+the normalised profile biases the search's initial population.
+
+Cost: one full-precision forward over the calibration set, then one forward per
+(block, bits). Each (block, bits) weight is quantised exactly once (a dense "simulated"
+copy, see ``quant.modules.simulated_linear``) and swapped in only while that block is scored;
+the original modules are put back, so the model is bit-identical afterwards.
+
+Memory: the full-precision log-probs are kept on the model's device in float32, N * T * V * 4
+bytes, e.g. 2048 tokens of SmolLM2 (V = 49152) take 403 MB, 4096 tokens 805 MB. Keeping them
+makes the result exact and saves re-running the full-precision model per (block, bits);
+``max_tokens`` caps the calibration set when that is too much.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from qradaptor.build import _dense_weight, _set_module
+from qradaptor.models.structure import inspect_model
+from qradaptor.plan import check_bits
+from qradaptor.quant.modules import simulated_linear
+
+if TYPE_CHECKING:
+    from qradaptor.models.structure import ModelStructure
+
+DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
+"""Candidate bit-widths profiled by default (the search space minus 16-bit)."""
+SENSITIVITY_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SensitivityTable:
+    """Mean per-token KL divergence caused by quantising one block at one bit-width (Eq. 6)."""
+
+    bits: tuple[int, ...]
+    """Candidate bit-widths, ascending; the column order of ``kl``."""
+    kl: tuple[tuple[float, ...], ...]
+    """kl[block][i]: mean KL(P_fp || P_q) in nats per token with only ``block`` at ``bits[i]``."""
+    tokens: int
+    """Calibration positions the mean runs over (padding excluded)."""
+    group_size: int
+    """Input columns per quantisation group used for the quantised weights."""
+    quant_method: str
+    """How the codes were fitted ("rtn" or "hqq")."""
+
+    def __post_init__(self) -> None:
+        if not self.bits:
+            raise ValueError("bits must name at least one bit-width, got ()")
+        for row in self.kl:
+            if len(row) != len(self.bits):
+                raise ValueError(
+                    f"kl rows must have one value per bit-width ({len(self.bits)}), got {len(row)}"
+                )
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of blocks profiled."""
+        return len(self.kl)
+
+    def column(self, bits: int) -> tuple[float, ...]:
+        """S_l at ``bits`` for every block l.
+
+        Raises:
+            ValueError: if ``bits`` was not profiled.
+        """
+        if bits not in self.bits:
+            raise ValueError(f"bits must be one of the profiled {self.bits}, got {bits!r}")
+        i = self.bits.index(bits)
+        return tuple(row[i] for row in self.kl)
+
+    def min_bits_profile(self) -> tuple[float, ...]:
+        """The paper's S_l (Eq. 6): KL per block at the lowest candidate bit-width."""
+        return self.column(min(self.bits))
+
+    def normalised(self, bits: int | None = None) -> tuple[float, ...]:
+        """S_l / sum_l S_l at ``bits`` (default: the lowest), for biasing the initial population.
+
+        A uniform profile is returned when every S_l is zero (nothing to prefer).
+        """
+        column = self.column(min(self.bits) if bits is None else bits)
+        total = sum(column)
+        if not total > 0:
+            return tuple(1.0 / len(column) for _ in column)
+        return tuple(value / total for value in column)
+
+    # ----- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``from_dict`` reads it back."""
+        return {
+            "format": SENSITIVITY_FORMAT,
+            "bits": list(self.bits),
+            "kl": [list(row) for row in self.kl],
+            "tokens": self.tokens,
+            "group_size": self.group_size,
+            "quant_method": self.quant_method,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SensitivityTable:
+        """Inverse of ``to_dict``.
+
+        Raises:
+            ValueError: if a field is missing or the format is unknown.
+        """
+        if data.get("format", SENSITIVITY_FORMAT) != SENSITIVITY_FORMAT:
+            raise ValueError(f"sensitivity format must be {SENSITIVITY_FORMAT}, got {data.get('format')!r}")
+        missing = [k for k in ("bits", "kl", "tokens", "group_size", "quant_method") if k not in data]
+        if missing:
+            raise ValueError(f"sensitivity dict must have fields {missing}, got keys {sorted(data)}")
+        return cls(
+            bits=tuple(int(b) for b in data["bits"]),
+            kl=tuple(tuple(float(v) for v in row) for row in data["kl"]),
+            tokens=int(data["tokens"]),
+            group_size=int(data["group_size"]),
+            quant_method=str(data["quant_method"]),
+        )
+
+    def to_csv(self) -> str:
+        """CSV text: a header ``block,kl_2bit,kl_3bit,...`` then one row per block."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["block", *(f"kl_{b}bit" for b in self.bits)])
+        for block, row in enumerate(self.kl):
+            writer.writerow([block, *(repr(v) for v in row)])
+        return out.getvalue()
+
+
+def _check_bits_list(bits: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(bits, int) or not bits:
+        raise ValueError(f"bits must be a non-empty sequence of bit-widths in 1..8, got {bits!r}")
+    for b in bits:
+        if check_bits(b, "each of bits") == 16:
+            raise ValueError(f"bits must be in 1..8 (16 is the reference itself), got {bits!r}")
+    if len(set(bits)) != len(bits):
+        raise ValueError(f"bits must not repeat a bit-width, got {bits!r}")
+    return tuple(sorted(bits))
+
+
+def _check_calibration(
+    calibration: torch.Tensor, attention_mask: torch.Tensor | None, max_tokens: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2:
+        shape = (
+            tuple(calibration.shape) if isinstance(calibration, torch.Tensor) else type(calibration).__name__
+        )
+        raise ValueError(f"calibration must be a 2-D (N, T) tensor of token ids, got {shape}")
+    if calibration.dtype not in (torch.long, torch.int32) or calibration.numel() == 0:
+        raise ValueError(
+            f"calibration must be a non-empty integer tensor, got dtype {calibration.dtype} "
+            f"shape {tuple(calibration.shape)}"
+        )
+    if attention_mask is not None and attention_mask.shape != calibration.shape:
+        raise ValueError(
+            f"attention_mask must have the calibration's shape {tuple(calibration.shape)}, "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+        keep = max(1, max_tokens // calibration.shape[1])  # whole windows only
+        calibration = calibration[:keep]
+        attention_mask = None if attention_mask is None else attention_mask[:keep]
+    return calibration, attention_mask
+
+
+def _logprobs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
+    return torch.log_softmax(logits.float(), dim=-1)  # (B, T, V) float32
+
+
+def _kl_sum(ref: torch.Tensor, test: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """sum over non-padding positions of KL(ref || test); both (B, T, V) log-probs."""
+    kl = (ref.exp() * (ref - test)).sum(dim=-1)  # (B, T)
+    if mask is not None:
+        kl = kl * mask.to(kl.dtype)
+    return float(kl.sum(dtype=torch.float64))
+
+
+def _block_quantised(
+    model: nn.Module, structure: ModelStructure, block: int, bits: int, group_size: int, method: str
+) -> dict[str, nn.Module]:
+    """Simulated-quantised copies of every linear of ``block``, keyed by full module path."""
+    out = {}
+    for info in structure.linears:
+        path = structure.module_path(block, info.name)
+        module = model.get_submodule(path)
+        bias = None if module.bias is None else module.bias.data
+        out[path] = simulated_linear(_dense_weight(module, info), bias, bits, group_size, method)  # type: ignore[arg-type]
+    return out
+
+
+def profile_sensitivity(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    *,
+    bits: Sequence[int] = DEFAULT_BITS,
+    group_size: int = 64,
+    quant_method: str = "hqq",
+    batch_size: int = 4,
+    attention_mask: torch.Tensor | None = None,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> SensitivityTable:
+    """Measures S_l(b) of Eq. 6 (§3.3) for every block l and every candidate bit-width b.
+
+    The full-precision log-probs are computed once and kept (float32, on the model's device);
+    then for each block and each bit-width that block's linears alone are replaced by
+    quantise-dequantise copies, the calibration set is run again, and the KL to the
+    full-precision distribution is averaged over tokens. The original modules are restored
+    (also on error), so the model's outputs are bit-identical afterwards.
+
+    Args:
+        model: a causal LM that ``inspect_model`` understands (Llama/Qwen/Mistral/GPT-2-style).
+        calibration: (N, T) token ids, e.g. from ``pack_texts``.
+        bits: candidate bit-widths, each 1..8.
+        group_size: input columns per quantisation group.
+        quant_method: "rtn" or "hqq".
+        batch_size: windows per forward pass.
+        attention_mask: optional (N, T) mask; positions where it is 0 are excluded.
+        max_tokens: keep only the first ``max_tokens // T`` windows (at least one), to bound
+            the N * T * V * 4 bytes of stored log-probs.
+        progress: show a tqdm bar over (block, bits).
+
+    Returns:
+        The table of mean KL (nats per token), blocks by bits.
+
+    Raises:
+        ValueError: for empty or out-of-range ``bits``, calibration that is not a non-empty
+            2-D integer tensor, a bad ``batch_size``/``max_tokens``/``quant_method``/
+            ``group_size``, or a model ``inspect_model`` cannot map.
+    """
+    from tqdm import tqdm
+
+    from qradaptor.quant.quantizer import QUANT_METHODS
+
+    bits_t = _check_bits_list(bits)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    if quant_method not in QUANT_METHODS:
+        raise ValueError(f"quant_method must be one of {QUANT_METHODS}, got {quant_method!r}")
+    calibration, attention_mask = _check_calibration(calibration, attention_mask, max_tokens)
+    structure = inspect_model(model)
+    device = next(model.parameters()).device
+    ids = calibration.to(device)  # (N, T)
+    mask = None if attention_mask is None else attention_mask.to(device)
+    batches = [
+        (ids[i : i + batch_size], None if mask is None else mask[i : i + batch_size])
+        for i in range(0, ids.shape[0], batch_size)
+    ]
+    tokens = ids.numel() if mask is None else int(mask.sum())
+    if tokens == 0:
+        raise ValueError("attention_mask must keep at least one position, got all zeros")
+
+    was_training = model.training
+    model.eval()
+    kl: list[list[float]] = [[0.0] * len(bits_t) for _ in range(structure.num_blocks)]
+    try:
+        with torch.inference_mode():
+            reference = [_logprobs(model, b_ids, b_mask) for b_ids, b_mask in batches]  # (B, T, V) each
+            bar = tqdm(total=structure.num_blocks * len(bits_t), desc="sensitivity", disable=not progress)
+            for block in range(structure.num_blocks):
+                paths = [structure.module_path(block, info.name) for info in structure.linears]
+                originals = {path: model.get_submodule(path) for path in paths}
+                try:
+                    for j, b in enumerate(bits_t):
+                        for path, new in _block_quantised(
+                            model, structure, block, b, group_size, quant_method
+                        ).items():
+                            _set_module(model, path, new)
+                        total = 0.0
+                        for (b_ids, b_mask), ref in zip(batches, reference, strict=True):
+                            total += _kl_sum(ref, _logprobs(model, b_ids, b_mask), b_mask)
+                        # KL >= 0 exactly; tiny negatives are float rounding of identical outputs.
+                        kl[block][j] = max(total / tokens, 0.0)
+                        # Put the originals back before quantising the next bit-width from them.
+                        for path, original in originals.items():
+                            _set_module(model, path, original)
+                        bar.update(1)
+                finally:
+                    for path, original in originals.items():
+                        _set_module(model, path, original)
+            bar.close()
+    finally:
+        model.train(was_training)
+    return SensitivityTable(
+        bits=bits_t,
+        kl=tuple(tuple(row) for row in kl),
+        tokens=tokens,
+        group_size=group_size,
+        quant_method=quant_method,
+    )
+
+
+def plot_sensitivity(table: SensitivityTable, path: str | os.PathLike[str]) -> None:
+    """Plots S_l by block depth, one line per bit-width, log y axis; writes ``path`` atomically.
+
+    The format follows the suffix (e.g. ``.png``, ``.pdf``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = os.fspath(path)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    blocks = list(range(table.num_blocks))
+    for b in table.bits:
+        # log axis: zero KL (possible at 8 bits on tiny models) would vanish, so floor it.
+        values = [max(v, 1e-12) for v in table.column(b)]
+        ax.plot(blocks, values, marker="o", markersize=3, label=f"{b}-bit")
+    ax.set_yscale("log")
+    ax.set_xlabel("block (depth)")
+    ax.set_ylabel("mean KL(P_fp || P_q), nats/token")
+    ax.set_title(
+        f"Block sensitivity (Eq. 6), {table.quant_method}, group {table.group_size}, {table.tokens} tokens"
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a line
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(target))
+    suffix = os.path.splitext(target)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sensitivity-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format=suffix.lstrip("."), dpi=120)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plot is not a secret
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); nan if either is constant."""
+
+    def ranks(values: Sequence[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    return pearson(ranks(x), ranks(y))
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; nan if either sequence is constant or they differ in length < 2."""
+    if len(x) != len(y) or len(x) < 2:
+        return math.nan
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx == 0 or syy == 0:
+        return math.nan
+    return sxy / math.sqrt(sxx * syy)
