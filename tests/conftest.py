@@ -15,8 +15,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def make_tiny_llama(*, tied: bool = True, layers: int = 3, seed: int = 0):
-    """A 3-block Llama small enough for every test (hidden 64, intermediate 128)."""
+def make_tiny_llama(*, tied: bool = True, layers: int = 3, seed: int = 0, **overrides):
+    """A 3-block Llama small enough for every test (hidden 64, intermediate 128).
+
+    ``overrides`` are further LlamaConfig fields (e.g. ``initializer_range``).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -29,6 +32,7 @@ def make_tiny_llama(*, tied: bool = True, layers: int = 3, seed: int = 0):
         num_key_value_heads=2,
         tie_word_embeddings=tied,
         max_position_embeddings=128,
+        **overrides,
     )
     return LlamaForCausalLM(config).eval()
 

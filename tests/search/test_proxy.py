@@ -33,25 +33,12 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def trained_llama():
+def trained_llama(llama_factory):
     """A tiny Llama fully trained on the pattern, so quantisation has something to hurt.
 
     A wider init (0.1) than the default makes the blocks carry the prediction.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.1,
-    )
-    model = LlamaForCausalLM(config)
+    model = llama_factory(tied=False, initializer_range=0.1)
     ids = pattern_ids(16, 0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()

@@ -20,20 +20,10 @@ from qradaptor.search.space import (
 
 
 @pytest.fixture(scope="module")
-def structure():
-    from transformers import LlamaConfig
+def structure(llama_factory):
+    from qradaptor.models.structure import inspect_model
 
-    from qradaptor.models.structure import structure_from_config
-
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return structure_from_config(config)
+    return inspect_model(llama_factory())
 
 
 @pytest.fixture(scope="module")
