@@ -18,12 +18,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def make_tiny_llama(*, tied: bool = True, layers: int = 3, seed: int = 0, **overrides):
     """A 3-block Llama small enough for every test (hidden 64, intermediate 128).
 
-    ``overrides`` are further LlamaConfig fields (e.g. ``initializer_range``).
+    ``overrides`` replace or add LlamaConfig fields (e.g. ``vocab_size``, ``initializer_range``).
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    fields = dict(
         vocab_size=256,
         hidden_size=64,
         intermediate_size=128,
@@ -32,8 +32,8 @@ def make_tiny_llama(*, tied: bool = True, layers: int = 3, seed: int = 0, **over
         num_key_value_heads=2,
         tie_word_embeddings=tied,
         max_position_embeddings=128,
-        **overrides,
     )
+    config = LlamaConfig(**{**fields, **overrides})
     return LlamaForCausalLM(config).eval()
 
 

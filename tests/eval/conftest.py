@@ -43,27 +43,6 @@ def build_tokenizer(*, bos: bool = False) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", **extra)
 
 
-def build_model(vocab_size: int, seed: int = 0) -> Any:
-    """A 2-block Llama (hidden 64) in eval mode."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=2,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
     """The tiny tokenizer without a BOS token (like SmolLM2's, it adds no special tokens)."""
@@ -77,17 +56,24 @@ def bos_tokenizer() -> Any:
 
 
 @pytest.fixture(scope="session")
-def model(tokenizer: Any) -> Any:
-    return build_model(len(tokenizer))
+def make_model(llama_factory: Any) -> Any:
+    """``make_model(vocab_size, seed=0, **overrides)``: a fresh 2-block Llama (hidden 64) in eval mode."""
+
+    def build(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+        fields = dict(
+            layers=2, tied=False, max_position_embeddings=256, bos_token_id=2, eos_token_id=0, pad_token_id=1
+        )
+        return llama_factory(vocab_size=vocab_size, seed=seed, **{**fields, **overrides})
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def model(tokenizer: Any, make_model: Any) -> Any:
+    return make_model(len(tokenizer))
 
 
 @pytest.fixture(scope="session")
 def make_tokenizer() -> Any:
     """``build_tokenizer`` itself, for tests that need a fresh (mutable) tokenizer."""
     return build_tokenizer
-
-
-@pytest.fixture(scope="session")
-def make_model() -> Any:
-    """``build_model`` itself, for tests that need a fresh model."""
-    return build_model

@@ -36,34 +36,20 @@ def _tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
 
 
-def _llama(vocab_size: int, seed: int = 0) -> Any:
-    """2 blocks, hidden 64; a wide init so greedy outputs vary from token to token."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
 def tok() -> Any:
     return _tokenizer()
 
 
 @pytest.fixture(scope="module")
-def llama(tok: Any) -> Any:
-    return _llama(len(tok))
+def llama_of(make_model: Any) -> Any:
+    """A Llama over ``tok``'s vocabulary; a wide init so greedy outputs vary token to token."""
+    return lambda vocab_size, seed=0: make_model(vocab_size, seed, initializer_range=0.2, bos_token_id=1)
+
+
+@pytest.fixture(scope="module")
+def llama(tok: Any, llama_of: Any) -> Any:
+    return llama_of(len(tok))
 
 
 def _reference(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
@@ -113,8 +99,8 @@ def test_batch_ends_early_when_every_row_has_stopped(llama: Any, tok: Any) -> No
     assert len(calls) < 30
 
 
-def test_stops_at_eos(tok: Any) -> None:
-    model = _llama(len(tok))
+def test_stops_at_eos(tok: Any, llama_of: Any) -> None:
+    model = llama_of(len(tok))
     plain = _reference(model, tok, PROMPTS[1], 20)
     # Make eos outscore the token generated third (its logit doubles wherever it is positive).
     third = tok(PROMPTS[1] + plain)["input_ids"][len(tok(PROMPTS[1])["input_ids"]) + 2]
@@ -126,10 +112,10 @@ def test_stops_at_eos(tok: Any) -> None:
     assert len(expected) < len(plain)
 
 
-def test_works_with_peft_model(tok: Any) -> None:
+def test_works_with_peft_model(tok: Any, llama_of: Any) -> None:
     from peft import LoraConfig, get_peft_model
 
-    base = _llama(len(tok), seed=1)
+    base = llama_of(len(tok), seed=1)
     expected = greedy_generate(base, tok, PROMPTS, max_new_tokens=8, until=[], batch_size=2, progress=False)
     peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     got = greedy_generate(peft_model, tok, PROMPTS, max_new_tokens=8, until=[], batch_size=2, progress=False)
