@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qradaptor.eval.results import mean_and_stderr
+
 FEWSHOT: tuple[tuple[str, str], ...] = (
     (
         "There are 15 trees in the grove. Grove workers will plant trees in the grove today. "
@@ -206,12 +208,7 @@ def mean_stderr(values: Sequence[float]) -> float:
 
     Returns NaN for fewer than two values, where it is undefined.
     """
-    n = len(values)
-    if n < 2:
-        return math.nan
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return math.sqrt(var / n)
+    return mean_and_stderr(values)[1] if len(values) else math.nan
 
 
 def score_gsm8k(items: Sequence[GSM8KItem], generations: Sequence[str]) -> dict[str, float]:

@@ -17,11 +17,11 @@ The log-likelihood function is injected, so the scoring is testable without a mo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from qradaptor.eval.results import mean_and_stderr
 from qradaptor.eval.tasks import MCItem, load_task
 
 if TYPE_CHECKING:
@@ -55,28 +55,6 @@ def argmax_first(values: Sequence[float]) -> int:
         if value > values[best]:
             best = i
     return best
-
-
-def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean, as the harness's ``mean`` and ``mean_stderr``.
-
-    Args:
-        values: Per-question scores (at least one).
-
-    Returns:
-        ``(mean, stderr)`` with ``stderr = sqrt(sum((x - mean)^2) / (n - 1)) / sqrt(n)``,
-        ``nan`` when ``n < 2``.
-
-    Raises:
-        ValueError: If ``values`` is empty.
-    """
-    n = len(values)
-    if n == 0:
-        raise ValueError("values must hold at least one score; got none")
-    mu = sum(values) / n
-    if n < 2:
-        return mu, float("nan")
-    return mu, math.sqrt(sum((x - mu) ** 2 for x in values) / (n - 1)) / math.sqrt(n)
 
 
 def item_correct(item: MCItem, logprobs: Sequence[float]) -> tuple[float, float]:

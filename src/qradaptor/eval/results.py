@@ -9,6 +9,28 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean, as the harness's ``mean`` and ``mean_stderr``.
+
+    Args:
+        values: Per-question scores (at least one).
+
+    Returns:
+        ``(mean, stderr)`` with ``stderr = sqrt(sum((x - mean)^2) / (n - 1)) / sqrt(n)``,
+        ``nan`` when ``n < 2``.
+
+    Raises:
+        ValueError: If ``values`` is empty.
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("values must hold at least one score; got none")
+    mu = sum(values) / n
+    if n < 2:
+        return mu, float("nan")
+    return mu, math.sqrt(sum((x - mu) ** 2 for x in values) / (n - 1)) / math.sqrt(n)
+
+
 @dataclass(frozen=True)
 class EvalRecord:
     """One measured number."""
