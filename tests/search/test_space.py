@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qradaptor.memory import plan_memory
-from qradaptor.plan import Plan
+from qradaptor.plan import LayerSpec, Plan
 from qradaptor.search.space import (
     Budget,
     MemoryTable,
@@ -39,8 +39,8 @@ def table(structure, space) -> MemoryTable:
 def random_genome(rng: np.random.Generator, space: SearchSpace) -> np.ndarray:
     return np.stack(
         [
-            rng.integers(0, len(space.bit_choices), space.num_blocks),
-            rng.integers(0, len(space.rank_choices), space.num_blocks),
+            rng.integers(0, len(space.bit_choices), space.num_units),
+            rng.integers(0, len(space.rank_choices), space.num_units),
         ],
         axis=1,
     )
@@ -63,6 +63,19 @@ def test_space_validation_errors() -> None:
     with pytest.raises(ValueError, match="fixed_bits must be an integer in 1..8 or 16"):
         SearchSpace(num_blocks=2, fixed_bits=9)
     assert SearchSpace(num_blocks=1, bits=(2, 4, 16), ranks=(0, 8)).bits == (2, 4, 16)
+    with pytest.raises(ValueError, match=r"modules must be a tuple of unique non-empty.*\('a', 'a'\)"):
+        SearchSpace(num_blocks=2, modules=("a", "a"))
+    with pytest.raises(ValueError, match=r"modules must be a tuple.*\['a'\]"):
+        SearchSpace(num_blocks=2, modules=["a"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="modules must be a tuple"):
+        SearchSpace(num_blocks=2, modules=("a", ""))
+
+
+def test_block_granularity_units(space: SearchSpace) -> None:
+    assert space.granularity == "block" and space.modules == ()
+    assert space.num_units == space.num_blocks == 3
+    assert space.unit_names == ("0", "1", "2")
+    assert space.unit_block.tolist() == [0, 1, 2]
 
 
 def test_plan_round_trip(space: SearchSpace) -> None:
@@ -81,6 +94,13 @@ def test_from_plan_rejects_values_outside_the_choices(space: SearchSpace) -> Non
         space.from_plan(Plan.from_lists([4, 4, 4], [32, 8, 8]))
     with pytest.raises(ValueError, match="genome indices must lie"):
         space.to_plan(np.array([[4, 0], [0, 0], [0, 0]]))
+    with pytest.raises(
+        ValueError, match=r"shape \(3, 2\) or \(n, 3, 2\), one row per block, got shape \(2, 2\)"
+    ):
+        space.to_plan(np.zeros((2, 2), dtype=int))
+    module_plan = Plan({"0.mlp.up_proj": LayerSpec(4, 8)}, 3)
+    with pytest.raises(ValueError, match="plan is per module, the search space per block"):
+        space.from_plan(module_plan)
 
 
 def test_fixed_choices_for_ablations() -> None:
@@ -95,8 +115,8 @@ def test_fixed_choices_for_ablations() -> None:
 def test_table_by_hand(table: MemoryTable) -> None:
     # 4-bit, group 64: q/o 64x64 -> 2304 B, k/v 32x64 -> 1152 B, gate/up 128x64 and down 64x128
     # -> 4608 B each: 20736 B. Rank 8 in fp32: 8 * 4 * sum(in + out) = 32 * 1024 = 32768 B.
-    assert table.block_bytes[0, 2, 1] == 20736 + 32768
-    assert (table.block_bytes == table.block_bytes[0]).all()  # identical blocks
+    assert table.unit_bytes[0, 2, 1] == 20736 + 32768
+    assert (table.unit_bytes == table.unit_bytes[0]).all()  # identical blocks
     assert table.avg_bits_of(np.array([[2, 0]] * 3)) == pytest.approx(4.5)
 
 

@@ -120,6 +120,7 @@ def run_nsga2(
     seed: int = 0,
     plan_kwargs: Mapping[str, Any] | None = None,
     on_evaluation: Callable[[Trial], None] | None = None,
+    on_generation: Callable[[int], None] | None = None,
 ) -> NSGA2Result:
     """Searches per-block (bits, rank) for low proxy loss and low memory under ``budget`` (§3.4).
 
@@ -140,11 +141,13 @@ def run_nsga2(
         offspring: O, children per generation (>= 1).
         generations: rounds of reproduction (>= 0; 0 scores only the initial population).
         mutation_rate: per-gene probability of a proximity step, in [0, 1]; None means 1 / L.
-        sensitivity: (L,) per-block sensitivity (Eq. 6) biasing the initial population and
-            the repair order; None for the "no profiling" ablation.
+        sensitivity: (L,) per-unit sensitivity (Eq. 6; ``unit_sensitivity`` of a block profile)
+            biasing the initial population and the repair order; None for the "no profiling" ablation.
         seed: seeds the search's random generator.
         plan_kwargs: passed to every Plan (group_size, alpha, ...), as in ``SearchSpace.to_plan``.
         on_evaluation: called with each new Trial as soon as it is scored (progress, logging).
+        on_generation: called with 0 before the initial population is scored and with g
+            before generation g's offspring are (so an objective can tag where plans came from).
 
     Returns:
         The trials, the final population, its first front and the best trial.
@@ -158,16 +161,17 @@ def run_nsga2(
     generations = _check_count(generations, "generations", 0)
     if table.space != space:
         raise ValueError(f"table must be built for the searched space {space}, got one for {table.space}")
-    n_blocks = space.num_blocks
-    rate = 1.0 / n_blocks if mutation_rate is None else mutation_rate
+    n_units = space.num_units  # genome rows: blocks, or modules
+    rate = 1.0 / n_units if mutation_rate is None else mutation_rate
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
         raise ValueError(f"mutation_rate must be a probability in [0, 1] or None, got {mutation_rate!r}")
     sens = None
     if sensitivity is not None:
         sens = np.asarray(sensitivity, dtype=np.float64)
-        if sens.shape != (n_blocks,) or not np.all(np.isfinite(sens)):
+        if sens.shape != (n_units,) or not np.all(np.isfinite(sens)):
             raise ValueError(
-                f"sensitivity must be {n_blocks} finite values, one per block, got shape {sens.shape}"
+                f"sensitivity must be {n_units} finite values, one per {space.granularity} "
+                f"(see space.unit_sensitivity), got shape {sens.shape}"
             )
     kwargs = dict(plan_kwargs or {})
     rng = np.random.default_rng(seed)
@@ -206,10 +210,14 @@ def run_nsga2(
         genomes = np.array([trials[i].genome for i in members], dtype=np.int64)  # (n, L, 2)
         return _selection_objectives(losses, used), violations(genomes, budget, table)
 
+    if on_generation is not None:
+        on_generation(0)
     start_genomes = initial_population(rng, population, table, budget, sens)
     members = [evaluate(genome, 0) for genome in start_genomes]  # trial numbers, may repeat
 
     for generation in range(1, generations + 1):
+        if on_generation is not None:
+            on_generation(generation)
         objectives, violation = scores(members)
         ranks, crowding = rank_and_crowding(objectives, violation)
         children: list[int] = []

@@ -1,15 +1,15 @@
 """The sensitivity-biased initial population of the search (QR-Adaptor §3.3).
 
 Notation:
-    L        blocks;  K_b, K_r  numbers of bit-width and rank choices
-    s_l      sensitivity of block l (e.g. its KL divergence at the lowest bit-width, Eq. 6),
-             min-max normalised over blocks to [0, 1]
-    x        a genome: (L, 2) choice indices [bits index, rank index] per block
+    L        units (blocks, or modules; see ``space``);  K_b, K_r  numbers of bit-width and rank choices
+    s_l      sensitivity of unit l (e.g. its block's KL divergence at the lowest bit-width, Eq. 6,
+             through ``space.unit_sensitivity``), min-max normalised over units to [0, 1]
+    x        a genome: (L, 2) choice indices [bits index, rank index] per unit
 
-Each block's choice index is drawn around a target that grows with its sensitivity:
+Each unit's choice index is drawn around a target that grows with its sensitivity:
     index_l ~ round( s_l * (K - 1) + spread * N(0, 1) ),  clipped to [0, K - 1]
 so the probability of a higher (bits, rank) grows with s_l (§3.3), and ``spread`` keeps the
-population diverse. Every individual is then repaired to the budget, least sensitive blocks
+population diverse. Every individual is then repaired to the budget, least sensitive units
 first. Without a sensitivity profile (the "no profiling" ablation) choices are uniform.
 """
 
@@ -39,15 +39,16 @@ def initial_population(
     *,
     spread: float = 1.0,
 ) -> npt.NDArray[np.int64]:
-    """``size`` feasible genomes, biased toward precision where blocks are sensitive.
+    """``size`` feasible genomes, biased toward precision where units are sensitive.
 
     Args:
         rng: the search's random generator.
         size: population size (>= 1).
         table: prices genomes; its ``space`` gives the choices.
         budget: every individual is repaired to meet it.
-        sensitivity: (L,) per-block sensitivity, or None for uniform random choices.
-        spread: standard deviation of the noise around each block's target, in choice steps.
+        sensitivity: (L,) per-unit sensitivity (``unit_sensitivity`` of a block profile), or
+            None for uniform random choices.
+        spread: standard deviation of the noise around each unit's target, in choice steps.
 
     Returns:
         (size, L, 2) int64 choice indices.
@@ -60,16 +61,18 @@ def initial_population(
     if spread < 0:
         raise ValueError(f"spread must be >= 0, got {spread}")
     space = table.space
-    n_blocks = space.num_blocks
+    n_units = space.num_units
     sizes = np.array([len(space.bit_choices), len(space.rank_choices)])  # (2,)
     if sensitivity is None:
-        raw = rng.integers(0, sizes, size=(size, n_blocks, 2))
+        raw = rng.integers(0, sizes, size=(size, n_units, 2))
         s = None
     else:
         s = normalise(sensitivity)
-        if s.shape != (n_blocks,):
-            raise ValueError(f"sensitivity must have one value per block ({n_blocks}), got {s.shape[0]}")
+        if s.shape != (n_units,):
+            raise ValueError(
+                f"sensitivity must have one value per {space.granularity} ({n_units}), got {s.shape[0]}"
+            )
         target = s[None, :, None] * (sizes - 1)  # (1, L, 2)
-        noise = spread * rng.standard_normal((size, n_blocks, 2))
+        noise = spread * rng.standard_normal((size, n_units, 2))
         raw = np.clip(np.rint(target + noise), 0, sizes - 1).astype(np.int64)
     return np.stack([repair(rng, genome, budget, table, s) for genome in raw])

@@ -1,16 +1,18 @@
-"""The search space of (bits, rank) per block, its exact memory table, and the budget constraint.
+"""The search space of (bits, rank) per block or module, its exact memory table, and the budget.
 
-QR-Adaptor (§3.4) searches one (bits, rank) per transformer block under a memory budget.
-A genome is an (L, 2) array of choice indices (see ``nsga2``); this module maps genomes to
-Plans and back, prices them with a table precomputed from the memory model (Eq. 5's
-Mem(q_l, r_l)), and turns the budget into a constraint violation and a repair step.
+QR-Adaptor (§3.4) searches one (bits, rank) per transformer block under a memory budget;
+at module granularity each linear module of each block gets its own. A genome is an (L, 2)
+array of choice indices (see ``nsga2``); this module maps genomes to Plans and back, prices
+them with a table precomputed from the memory model (Eq. 5's Mem(q_l, r_l)), and turns the
+budget into a constraint violation and a repair step.
 
 Notation:
-    L          blocks; genome row l = [bits index, rank index] of block l
+    L          units, the genome rows: blocks, or (block, module) pairs in block-major order
+               (unit u is block u // M, module ``modules[u % M]``, for M modules per block)
     B, R       the ordered bit-width and rank choices (ascending, so index 0 is cheapest)
-    T[l,i,j]   bytes of block l's linears (weights, biases, adapters) at (B[i], R[j])
+    T[u,i,j]   bytes of unit u's linears (weights, biases, adapters) at (B[i], R[j])
     C          bytes outside the block linears (embedding, head, norms): the same for every genome
-    Mem(g)     C + sum_l T[l, g[l,0], g[l,1]], equal to ``plan_memory(...).total_bytes``
+    Mem(g)     C + sum_u T[u, g[u,0], g[u,1]], equal to ``plan_memory(...).total_bytes``
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from qradaptor.plan import UNQUANTIZED, Plan, check_bits, check_rank
+from qradaptor.plan import UNQUANTIZED, Granularity, LayerSpec, Plan, check_bits, check_rank
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 Genome = npt.NDArray[np.int64]
 """(L, 2) choice indices, or (n, L, 2) for a population."""
 BudgetKind = Literal["avg_bits", "bytes"]
+DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
+"""The paper's bit-width choices."""
+DEFAULT_RANKS: tuple[int, ...] = (4, 8, 16)
+"""The paper's rank choices."""
+GRANULARITIES: tuple[Granularity, ...] = ("block", "module")
 
 
 def _check_choices(values: object, name: str, check: Any) -> tuple[int, ...]:
@@ -46,18 +53,21 @@ def _check_choices(values: object, name: str, check: Any) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The choices of bits and rank per block (§3.4); fixing one gives the ablations."""
+    """The choices of bits and rank per block or module (§3.4); fixing one gives the ablations."""
 
     num_blocks: int
-    """Blocks L of the model (genome rows)."""
-    bits: tuple[int, ...] = (2, 3, 4, 8)
+    """Blocks of the model."""
+    bits: tuple[int, ...] = DEFAULT_BITS
     """Ordered bit-width choices: each 1..8 or 16 (unquantised), ascending, unique."""
-    ranks: tuple[int, ...] = (4, 8, 16)
+    ranks: tuple[int, ...] = DEFAULT_RANKS
     """Ordered LoRA rank choices: each >= 0, ascending, unique."""
     fixed_bits: int | None = None
-    """If set, every block gets these bits and only ranks are searched (rank-only ablation)."""
+    """If set, every unit gets these bits and only ranks are searched (rank-only ablation)."""
     fixed_rank: int | None = None
-    """If set, every block gets this rank and only bits are searched (bits-only ablation)."""
+    """If set, every unit gets this rank and only bits are searched (bits-only ablation)."""
+    modules: tuple[str, ...] = ()
+    """Linear names of one block ("self_attn.q_proj", ...): empty searches per block (genome rows
+    are blocks); non-empty searches per module (rows are (block, module) units, block-major)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 1:
@@ -68,6 +78,64 @@ class SearchSpace:
             check_bits(self.fixed_bits, "fixed_bits")
         if self.fixed_rank is not None:
             check_rank(self.fixed_rank, "fixed_rank")
+        names = self.modules
+        if (
+            not isinstance(names, tuple)
+            or not all(isinstance(n, str) and n for n in names)
+            or len(set(names)) != len(names)
+        ):
+            raise ValueError(
+                f"modules must be a tuple of unique non-empty module names (empty for block "
+                f"granularity), got {names!r}"
+            )
+
+    @classmethod
+    def for_structure(
+        cls,
+        structure: ModelStructure,
+        granularity: Granularity = "block",
+        *,
+        bits: tuple[int, ...] = DEFAULT_BITS,
+        ranks: tuple[int, ...] = DEFAULT_RANKS,
+        fixed_bits: int | None = None,
+        fixed_rank: int | None = None,
+    ) -> SearchSpace:
+        """The space of a model: its block count and, per module, its linear names.
+
+        Args:
+            structure: the model's blocks and linears.
+            granularity: "block" (one choice per block, the paper's) or "module" (one per linear).
+            bits, ranks, fixed_bits, fixed_rank: as the fields of the same names.
+
+        Raises:
+            ValueError: for an unknown granularity, or invalid choices.
+        """
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        modules = structure.linear_names if granularity == "module" else ()
+        return cls(structure.num_blocks, bits, ranks, fixed_bits, fixed_rank, modules)
+
+    @property
+    def granularity(self) -> Granularity:
+        """ "block" (rows are blocks) or "module" (rows are (block, module) units)."""
+        return "module" if self.modules else "block"
+
+    @property
+    def num_units(self) -> int:
+        """L, the genome rows: blocks, or blocks x modules."""
+        return self.num_blocks * max(len(self.modules), 1)
+
+    @property
+    def unit_names(self) -> tuple[str, ...]:
+        """The Plan key of every row: "3" per block, "3.self_attn.q_proj" per module."""
+        if not self.modules:
+            return tuple(str(b) for b in range(self.num_blocks))
+        return tuple(f"{b}.{m}" for b in range(self.num_blocks) for m in self.modules)
+
+    @property
+    def unit_block(self) -> npt.NDArray[np.int64]:
+        """(L,) the block of every row."""
+        return np.arange(self.num_units, dtype=np.int64) // max(len(self.modules), 1)
 
     @property
     def bit_choices(self) -> tuple[int, ...]:
@@ -82,11 +150,12 @@ class SearchSpace:
     def check_genome(self, genome: npt.ArrayLike) -> Genome:
         """Returns ``genome`` as int64 if it is (L, 2) or (n, L, 2) with indices in range."""
         g = np.asarray(genome)
-        shape_ok = g.ndim in (2, 3) and g.shape[-2:] == (self.num_blocks, 2)
+        L = self.num_units
+        shape_ok = g.ndim in (2, 3) and g.shape[-2:] == (L, 2)
         if not shape_ok or not np.issubdtype(g.dtype, np.integer):
             raise ValueError(
-                f"genome must be an integer array of shape ({self.num_blocks}, 2) or "
-                f"(n, {self.num_blocks}, 2), got shape {g.shape} and dtype {g.dtype}"
+                f"genome must be an integer array of shape ({L}, 2) or (n, {L}, 2), one row per "
+                f"{self.granularity}, got shape {g.shape} and dtype {g.dtype}"
             )
         limits = np.array([len(self.bit_choices), len(self.rank_choices)])
         if (g < 0).any() or (g >= limits).any():
@@ -97,46 +166,64 @@ class SearchSpace:
         return g.astype(np.int64)
 
     def to_plan(self, genome: npt.ArrayLike, **plan_kwargs: Any) -> Plan:
-        """The block Plan of one genome; ``plan_kwargs`` go to ``Plan`` (group_size, alpha, ...)."""
+        """The Plan of one genome, of this space's granularity; ``plan_kwargs`` go to ``Plan``."""
         g = self.check_genome(genome)
         if g.ndim != 2:
             raise ValueError(f"to_plan takes one (L, 2) genome, got shape {g.shape}")
-        bits = [self.bit_choices[i] for i in g[:, 0]]
-        ranks = [self.rank_choices[j] for j in g[:, 1]]
-        return Plan.from_lists(bits, ranks, **plan_kwargs)
+        layers = {
+            key: LayerSpec(self.bit_choices[i], self.rank_choices[j])
+            for key, (i, j) in zip(self.unit_names, g.tolist(), strict=True)
+        }
+        return Plan(layers, self.num_blocks, **plan_kwargs)
 
     def from_plan(self, plan: Plan) -> Genome:
-        """The genome of a block plan whose every (bits, rank) is among this space's choices.
+        """The genome of a plan whose every (bits, rank) is among this space's choices.
+
+        A block space takes block plans; a module space takes module plans keyed by exactly
+        its ``unit_names``, or a block plan (each module gets its block's choice).
 
         Raises:
-            ValueError: if the plan has another block count, is per module, or uses a value
-                outside the choices.
+            ValueError: if the plan has another block count, another granularity or other
+                module keys, or uses a value outside the choices.
         """
         if plan.num_blocks != self.num_blocks:
             raise ValueError(f"plan has {plan.num_blocks} blocks, the search space {self.num_blocks}")
-        genome = np.zeros((self.num_blocks, 2), dtype=np.int64)
-        for block, (b, r) in enumerate(zip(plan.block_bits(), plan.block_ranks(), strict=True)):
-            if b not in self.bit_choices:
-                raise ValueError(f"block {block} has bits {b}, not among the choices {self.bit_choices}")
-            if r not in self.rank_choices:
-                raise ValueError(f"block {block} has rank {r}, not among the choices {self.rank_choices}")
-            genome[block] = (self.bit_choices.index(b), self.rank_choices.index(r))
+        if plan.granularity == "module":
+            if not self.modules:
+                raise ValueError("plan is per module, the search space per block")
+            missing = sorted(set(self.unit_names) - set(plan.layers))
+            extra = sorted(set(plan.layers) - set(self.unit_names))
+            if missing or extra:
+                raise ValueError(
+                    f"module plan keys must be exactly the search space's units: missing "
+                    f"{missing[:4]} ({len(missing)} in all), unexpected {extra[:4]} ({len(extra)} in all)"
+                )
+        genome = np.zeros((self.num_units, 2), dtype=np.int64)
+        for unit, key in enumerate(self.unit_names):
+            block, _, module = key.partition(".")
+            spec = plan.spec_for(int(block), module)
+            where = f"{self.granularity} {key}"
+            if spec.bits not in self.bit_choices:
+                raise ValueError(f"{where} has bits {spec.bits}, not among the choices {self.bit_choices}")
+            if spec.rank not in self.rank_choices:
+                raise ValueError(f"{where} has rank {spec.rank}, not among the choices {self.rank_choices}")
+            genome[unit] = (self.bit_choices.index(spec.bits), self.rank_choices.index(spec.rank))
         return genome
 
 
 @dataclass(frozen=True, eq=False)
 class MemoryTable:
-    """Exact bytes and weight bits of every (block, bits, rank) choice: Mem(q_l, r_l) of Eq. 5.
+    """Exact bytes and weight bits of every (unit, bits, rank) choice: Mem(q_l, r_l) of Eq. 5.
 
     Build with :meth:`build`; pricing a population is then array indexing.
     """
 
     space: SearchSpace
     """The choices the table's axes follow."""
-    block_bytes: npt.NDArray[np.int64]
-    """T: (L, len(bit_choices), len(rank_choices)) bytes of a block's linears and adapters."""
-    block_bit_weights: npt.NDArray[np.float64]
-    """(L, len(bit_choices)) stored bits x weights of a block's linears (scales and zeros included)."""
+    unit_bytes: npt.NDArray[np.int64]
+    """T: (L, len(bit_choices), len(rank_choices)) bytes of a unit's linears and adapters."""
+    unit_bit_weights: npt.NDArray[np.float64]
+    """(L, len(bit_choices)) stored bits x weights of a unit's linears (scales and zeros included)."""
     constant_bytes: int
     """C: embedding, head and other parameters, identical for every genome."""
     linear_numel: int
@@ -156,10 +243,14 @@ class MemoryTable:
 
         Args:
             structure: the model's blocks and linears.
-            space: the search space; ``space.num_blocks`` must equal the model's.
+            space: the search space; ``space.num_blocks`` must equal the model's and, per
+                module, ``space.modules`` its ``linear_names`` (see ``SearchSpace.for_structure``).
             weight_bytes: bytes per unquantised weight (as in ``plan_memory``).
             adapter_bytes: bytes per LoRA parameter (as in ``plan_memory``).
             **plan_kwargs: passed to every Plan (group_size, embed_bits, head_bits, ...).
+
+        Raises:
+            ValueError: if the space's blocks or modules are not the model's.
         """
         from qradaptor.memory import plan_memory
 
@@ -168,41 +259,49 @@ class MemoryTable:
                 f"space.num_blocks must equal the model's block count ({structure.num_blocks}), "
                 f"got {space.num_blocks}"
             )
+        if space.modules and space.modules != structure.linear_names:
+            raise ValueError(
+                f"space.modules must equal the model's linear names in order, "
+                f"{structure.linear_names}, got {space.modules}"
+            )
         plan_kwargs.pop("name", None)
-        L, nb, nr = space.num_blocks, len(space.bit_choices), len(space.rank_choices)
-        block_bytes = np.zeros((L, nb, nr), dtype=np.int64)
+        L, nb, nr = space.num_units, len(space.bit_choices), len(space.rank_choices)
+        unit_of = {key: u for u, key in enumerate(space.unit_names)}
+        unit_bytes = np.zeros((L, nb, nr), dtype=np.int64)
         bit_weights = np.zeros((L, nb), dtype=np.float64)
         prefix = structure.blocks_path + "."
         constant = numel = -1
+        # A linear's bytes depend only on its own (bits, rank), so uniform plans price every unit.
         for i, bits in enumerate(space.bit_choices):
             for j, rank in enumerate(space.rank_choices):
                 report = plan_memory(
                     structure,
-                    Plan.uniform(L, bits, rank, **plan_kwargs),
+                    Plan.uniform(space.num_blocks, bits, rank, **plan_kwargs),
                     weight_bytes=weight_bytes,
                     adapter_bytes=adapter_bytes,
                 )
                 for layer in report.layers:
-                    block = int(layer.path[len(prefix) :].partition(".")[0])
-                    block_bytes[block, i, j] += layer.weight_bytes + layer.bias_bytes + layer.adapter_bytes
+                    key = layer.path[len(prefix) :]  # "3.self_attn.q_proj"
+                    u = unit_of[key if space.modules else key.partition(".")[0]]
+                    unit_bytes[u, i, j] += layer.weight_bytes + layer.bias_bytes + layer.adapter_bytes
                     if j == 0:
-                        bit_weights[block, i] += layer.bits_per_weight * layer.numel
+                        bit_weights[u, i] += layer.bits_per_weight * layer.numel
                 constant = report.embed_bytes + report.head_bytes + report.other_bytes
                 numel = sum(layer.numel for layer in report.layers)
-        return cls(space, block_bytes, bit_weights, constant, numel)
+        return cls(space, unit_bytes, bit_weights, constant, numel)
 
     def bytes_of(self, genome: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Mem(g) in bytes: a 0-d array for one (L, 2) genome, (n,) for an (n, L, 2) population."""
         g = self.space.check_genome(genome)
-        blocks = np.arange(self.space.num_blocks)
-        per_block = self.block_bytes[blocks, g[..., 0], g[..., 1]]  # (..., L)
-        return per_block.sum(axis=-1) + self.constant_bytes
+        units = np.arange(self.space.num_units)
+        per_unit = self.unit_bytes[units, g[..., 0], g[..., 1]]  # (..., L)
+        return per_unit.sum(axis=-1) + self.constant_bytes
 
     def avg_bits_of(self, genome: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Average stored bits per block-linear weight (the paper's Avg. Bit), as ``bytes_of``."""
         g = self.space.check_genome(genome)
-        blocks = np.arange(self.space.num_blocks)
-        return self.block_bit_weights[blocks, g[..., 0]].sum(axis=-1) / self.linear_numel
+        units = np.arange(self.space.num_units)
+        return self.unit_bit_weights[units, g[..., 0]].sum(axis=-1) / self.linear_numel
 
 
 @dataclass(frozen=True)
@@ -291,18 +390,19 @@ def repair(
     table: MemoryTable,
     sensitivity: npt.ArrayLike | None = None,
 ) -> Genome:
-    """Steps the least sensitive blocks down one choice at a time until the budget holds.
+    """Steps the least sensitive units down one choice at a time until the budget holds.
 
-    Each step picks the block (least ``sensitivity`` first, ties by index; a random block
-    when ``sensitivity`` is None) that can still save memory, and lowers whichever of its
-    bits or rank index saves more (for an avg-bits budget only bits count).
+    Each step picks the unit (block or module; least ``sensitivity`` first, ties by index; a
+    random unit when ``sensitivity`` is None) that can still save memory, and lowers whichever
+    of its bits or rank index saves more (for an avg-bits budget only bits count).
 
     Args:
         rng: used only when ``sensitivity`` is None.
         genome: (L, 2) genome.
         budget: the constraint.
         table: prices genomes.
-        sensitivity: (L,) per-block importance (higher = keep precision longer), or None.
+        sensitivity: (L,) per-unit importance (higher = keep precision longer), or None; see
+            ``unit_sensitivity`` to spread a per-block profile over modules.
 
     Returns:
         A feasible (L, 2) genome (a copy; ``genome`` itself if already feasible).
@@ -315,52 +415,79 @@ def repair(
     g = space.check_genome(genome).copy()
     if g.ndim != 2:
         raise ValueError(f"repair takes one (L, 2) genome, got shape {g.shape}")
-    L = space.num_blocks
+    L = space.num_units
     floor = np.zeros((L, 2), dtype=np.int64)
     smallest = _used(floor, budget, table)
     if smallest > budget.value:
         unit = "avg bits" if budget.kind == "avg_bits" else "bytes"
         raise ValueError(
             f"budget {budget.describe()} cannot be met: the smallest achievable memory of this "
-            f"search space is {smallest:g} {unit} (every block at {space.bit_choices[0]} bits, "
+            f"search space is {smallest:g} {unit} (every {space.granularity} at {space.bit_choices[0]} bits, "
             f"rank {space.rank_choices[0]})"
         )
     if sensitivity is not None:
         sens = np.asarray(sensitivity, dtype=np.float64)
         if sens.shape != (L,):
-            raise ValueError(f"sensitivity must have shape ({L},), one value per block, got {sens.shape}")
+            raise ValueError(
+                f"sensitivity must have shape ({L},), one value per {space.granularity}, got {sens.shape}"
+            )
         order = np.lexsort((np.arange(L), sens))
-    blocks = np.arange(L)
+    units = np.arange(L)
     while _used(g, budget, table) > budget.value:
-        # saving of one step down per block and gene: (L, 2)
-        cur = table.block_bytes[blocks, g[:, 0], g[:, 1]]
+        # saving of one step down per unit and gene: (L, 2)
+        cur = table.unit_bytes[units, g[:, 0], g[:, 1]]
         if budget.kind == "avg_bits":
-            cur_w = table.block_bit_weights[blocks, g[:, 0]]
-            down_b = table.block_bit_weights[blocks, np.maximum(g[:, 0] - 1, 0)]
+            cur_w = table.unit_bit_weights[units, g[:, 0]]
+            down_b = table.unit_bit_weights[units, np.maximum(g[:, 0] - 1, 0)]
             saving = np.stack([cur_w - down_b, np.zeros(L)], axis=1)
         else:
-            down_b = table.block_bytes[blocks, np.maximum(g[:, 0] - 1, 0), g[:, 1]]
-            down_r = table.block_bytes[blocks, g[:, 0], np.maximum(g[:, 1] - 1, 0)]
+            down_b = table.unit_bytes[units, np.maximum(g[:, 0] - 1, 0), g[:, 1]]
+            down_r = table.unit_bytes[units, g[:, 0], np.maximum(g[:, 1] - 1, 0)]
             saving = np.stack([cur - down_b, cur - down_r], axis=1).astype(np.float64)
         can = (saving > 0).any(axis=1)
         assert can.any(), "the all-minimum genome fits, so some step must save memory"
         if sensitivity is None:
-            block = int(rng.choice(np.flatnonzero(can)))
+            unit = int(rng.choice(np.flatnonzero(can)))
         else:
-            block = int(next(b for b in order if can[b]))
-        gene = int(np.argmax(saving[block]))
-        g[block, gene] -= 1
+            unit = int(next(u for u in order if can[u]))
+        gene = int(np.argmax(saving[unit]))
+        g[unit, gene] -= 1
     return g
 
 
 def smallest_and_largest(table: MemoryTable, space: SearchSpace) -> tuple[Genome, Genome]:
-    """The cheapest genome (every block at the first choices) and the dearest (the last ones).
+    """The cheapest genome (every unit at the first choices) and the dearest (the last ones).
 
     Choices are ascending, so these bound Mem(g) over the space; useful to seed a population
     and to check a budget before searching.
     """
     if table.space != space:
         raise ValueError(f"table was built for {table.space}, not for {space}")
-    low = np.zeros((space.num_blocks, 2), dtype=np.int64)
-    high = np.tile(np.array([len(space.bit_choices) - 1, len(space.rank_choices) - 1]), (space.num_blocks, 1))
+    low = np.zeros((space.num_units, 2), dtype=np.int64)
+    high = np.tile(np.array([len(space.bit_choices) - 1, len(space.rank_choices) - 1]), (space.num_units, 1))
     return low, high.astype(np.int64)
+
+
+def unit_sensitivity(space: SearchSpace, block_sensitivity: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Per-unit sensitivity from a per-block profile: each block's value repeated for its modules.
+
+    The paper profiles per layer (Eq. 6, ``sensitivity.py``), so at module granularity every
+    module of a block shares the block's value (per-module profiling is future work); at block
+    granularity this is the identity.
+
+    Args:
+        space: the search space.
+        block_sensitivity: (num_blocks,) one value per block.
+
+    Returns:
+        (num_units,) float64, unit u taking the value of block ``space.unit_block[u]``.
+
+    Raises:
+        ValueError: if ``block_sensitivity`` is not one value per block.
+    """
+    s = np.asarray(block_sensitivity, dtype=np.float64)
+    if s.shape != (space.num_blocks,):
+        raise ValueError(
+            f"block_sensitivity must have one value per block ({space.num_blocks}), got shape {s.shape}"
+        )
+    return s[space.unit_block]
