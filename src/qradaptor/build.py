@@ -60,9 +60,7 @@ def quantize_model_(model: nn.Module, plan: Plan, *, simulated: bool = False) ->
         _set_module(model, path, new)
     embed = model.get_submodule(structure.embed_path)
     if plan.embed_bits != UNQUANTIZED:
-        qembed = QuantEmbedding.from_embedding(
-            embed, plan.embed_bits, plan.group_size, plan.quant_method
-        )  # type: ignore[arg-type]
+        qembed = QuantEmbedding.from_embedding(embed, plan.embed_bits, plan.group_size, plan.quant_method)  # type: ignore[arg-type]
         _set_module(model, structure.embed_path, qembed)
         if structure.tied and structure.head_path is not None:
             _set_module(model, structure.head_path, qembed.as_linear())  # shares the codes
@@ -109,6 +107,11 @@ def apply_plan(
     config = lora_config(plan, structure, dropout=lora_dropout)
     if config is None:
         return model
+    import warnings
+
     from peft import get_peft_model
 
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft 0.21 asks transformers 5 a deprecated question on every wrap; not ours to fix.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)

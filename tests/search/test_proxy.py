@@ -12,47 +12,9 @@ T = 32
 FAST = ProxyConfig(steps=8, batch_size=4, lr=1e-2, warmup=1, eval_batches=2)
 
 
-def pattern_ids(rows: int, offset: int) -> torch.Tensor:
-    """(rows, T) windows of one period-8 token cycle, each at its own phase.
-
-    Tokens repeat inside the cycle, so the next token depends on context, not only on the
-    current one: the blocks (which the plan quantises) matter, not just embedding and head.
-    """
-    cycle = torch.tensor([3, 41, 3, 97, 41, 3, 150, 97])
-    starts = (torch.arange(rows) * 3 + offset)[:, None]  # (rows, 1)
-    return cycle[(starts + torch.arange(T)) % len(cycle)]  # (rows, T)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine threads oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def trained_llama(llama_factory):
-    """A tiny Llama fully trained on the pattern, so quantisation has something to hurt.
-
-    A wider init (0.1) than the default makes the blocks carry the prediction.
-    """
-    model = llama_factory(tied=False, initializer_range=0.1)
-    ids = pattern_ids(16, 0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(60):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval().requires_grad_(False)
-
-
 @pytest.fixture
-def data():
-    return pattern_ids(16, 0), pattern_ids(8, 1)
+def data(pattern):
+    return pattern(16, 0), pattern(8, 1)
 
 
 def test_training_lowers_the_held_out_loss(tiny_llama, data) -> None:

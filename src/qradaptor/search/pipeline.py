@@ -1,0 +1,444 @@
+"""The whole QR-Adaptor search on one model: profile, evolve, refine, choose (§3.3–3.5).
+
+    1. sensitivity   KL of each block quantised alone (Eq. 6), unless given or switched off
+    2. references    uniform plans of the space, scored for comparison (optional)
+    3. initial       sensitivity-biased population, repaired to the budget (§3.3)
+    4. nsga2         generations of layer-wise crossover and proximity mutation (§3.4)
+    5. bayes         Matérn-5/2 GP + Expected Improvement near the Pareto front (§3.5)
+    6. choice        the lowest proxy loss within the budget
+
+Every proxy evaluation goes through a ``StudyObjective``: a plan is tuned once and stored
+in the Optuna study, so running the same search again resumes it (see ``study``). This is
+the one module of ``search`` that touches a model, and only to hand it to the profiler and
+to the ``ProxyEvaluator``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qradaptor.search.bayes import BayesConfig, front_members, refine
+from qradaptor.search.evolve import run_nsga2
+from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
+from qradaptor.search.records import SEARCH_PHASES, TrialRecord
+from qradaptor.search.space import (
+    Budget,
+    MemoryTable,
+    SearchSpace,
+    smallest_and_largest,
+    unit_sensitivity,
+    violations,
+)
+from qradaptor.search.study import DEFAULT_STUDY_NAME, StudyObjective, genome_of, open_study
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from qradaptor.plan import Plan
+    from qradaptor.sensitivity import SensitivityTable
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to search and how; the defaults follow the paper's main setting."""
+
+    budget: Budget
+    """The memory budget every returned plan meets."""
+    bits: tuple[int, ...] = (2, 3, 4, 8)
+    """Bit-width choices per unit."""
+    ranks: tuple[int, ...] = (4, 8, 16)
+    """LoRA rank choices per unit."""
+    granularity: str = "block"
+    """"block" (the paper's) or "module": one (bits, rank) per block or per linear."""
+    fixed_bits: int | None = None
+    """Rank-only ablation: every unit at these bits."""
+    fixed_rank: int | None = None
+    """Bits-only ablation (AMQ-like): every unit at this rank."""
+    profile: bool = True
+    """Use the sensitivity profile for the initial population and repair (False: random)."""
+    references: bool = True
+    """Score the uniform plans of the space at ``reference_rank`` for comparison."""
+    reference_rank: int = 16
+    """Rank of the reference uniform plans (the largest rank choice if not among them)."""
+    population: int = 5
+    """NSGA-II population size P."""
+    offspring: int = 1
+    """NSGA-II children per generation O."""
+    generations: int = 5
+    """NSGA-II generations."""
+    mutation_rate: float | None = None
+    """Per-gene proximity-mutation probability; None is 1 / units."""
+    bayes: BayesConfig = field(default_factory=BayesConfig)
+    """Refinement settings; ``BayesConfig(iterations=0)`` switches the stage off."""
+    seed: int = 0
+    """Seeds every random choice of the search."""
+    group_size: int = 64
+    """Quantisation group size of every plan."""
+    quant_method: str = "hqq"
+    """How codes are fitted: "hqq" or "rtn"."""
+    alpha: float = 16.0
+    """LoRA alpha of every plan (scaling alpha / r)."""
+
+    @property
+    def evaluations(self) -> int:
+        """Upper bound on the search's proxy evaluations (references excluded)."""
+        return self.population + self.offspring * self.generations + self.bayes.iterations
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What ``run_search`` found."""
+
+    records: tuple[TrialRecord, ...]
+    """Every distinct plan this run scored or replayed, in the order asked."""
+    pareto: tuple[int, ...]
+    """Trial numbers of the (loss, bytes) front of the feasible search trials, by bytes."""
+    chosen: TrialRecord
+    """The lowest proxy loss within the budget (ties: fewer bytes, then earlier)."""
+    plan: Plan
+    """The chosen plan."""
+    space: SearchSpace
+    """The searched space."""
+    unit_sensitivity: tuple[float, ...] | None
+    """Per-unit sensitivity used by the search (None without profiling)."""
+    sensitivity: SensitivityTable | None
+    """The full profile (None without profiling)."""
+    stage_seconds: dict[str, float]
+    """Wall time of each stage in this run (replayed trials cost almost nothing)."""
+    evaluated: int
+    """Plans proxy-tuned in this run."""
+    replayed: int
+    """Plans answered from the study."""
+    note: str = ""
+    """Why the search took a shortcut, e.g. a budget above the largest plan."""
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """sha256 (16 hex digits) of tensors' shapes and values: names the data a study was scored on."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def weights_digest(model: nn.Module, per_tensor: int = 4096) -> str:
+    """sha256 (16 hex digits) over every parameter's name, shape and first ``per_tensor`` values.
+
+    Cheap for any model size, and tells two checkpoints of one architecture apart.
+    """
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
+        digest.update(param.detach().flatten()[:per_tensor].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def search_fingerprint(
+    model: nn.Module,
+    structure_signature: str,
+    train_ids: torch.Tensor,
+    eval_ids: torch.Tensor,
+    config: SearchConfig,
+    proxy: ProxyConfig,
+) -> dict[str, Any]:
+    """Everything that decides a proxy score (see ``study``): a study is resumable under it."""
+    return {
+        "model_signature": structure_signature,
+        "weights": weights_digest(model),
+        "data": tensor_digest(train_ids, eval_ids),
+        "proxy": asdict(proxy),
+        "bits": list(config.bits) if config.fixed_bits is None else [config.fixed_bits],
+        "ranks": list(config.ranks) if config.fixed_rank is None else [config.fixed_rank],
+        "granularity": config.granularity,
+        "group_size": config.group_size,
+        "quant_method": config.quant_method,
+        "alpha": config.alpha,
+    }
+
+
+def check_budget(table: MemoryTable, budget: Budget) -> str:
+    """ "" when the budget lies within the space, "above" when even the largest plan fits.
+
+    Raises:
+        ValueError: if the smallest plan of the space exceeds the budget (it is named).
+    """
+    low, high = smallest_and_largest(table, table.space)
+    unit = "avg bits" if budget.kind == "avg_bits" else "bytes"
+    used = (
+        (lambda g: float(table.avg_bits_of(g)))
+        if budget.kind == "avg_bits"
+        else (lambda g: float(table.bytes_of(g)))
+    )
+    if violations(low, budget, table) > 0:
+        space = table.space
+        raise ValueError(
+            f"budget {budget.describe()} is below the smallest plan of the search space: "
+            f"{used(low):g} {unit} (every unit at {space.bit_choices[0]} bits, rank {space.rank_choices[0]}, "
+            f"{int(table.bytes_of(low))} bytes); raise the budget or add smaller bits/ranks"
+        )
+    if violations(high, budget, table) == 0:
+        return "above"
+    return ""
+
+
+def reference_plans(space: SearchSpace, config: SearchConfig, plan_kwargs: dict[str, Any]) -> list[Plan]:
+    """Uniform plans of every bit choice at the reference rank (or the largest rank choice)."""
+    ranks = space.rank_choices
+    rank = config.reference_rank if config.reference_rank in ranks else ranks[-1]
+    plans = []
+    for b in space.bit_choices:
+        genome = np.tile([space.bit_choices.index(b), ranks.index(rank)], (space.num_units, 1)).astype(
+            np.int64
+        )
+        plan = space.to_plan(genome, **plan_kwargs)
+        plans.append((plan, f"uniform-{b}bit-r{rank}"))
+    return plans
+
+
+def pareto_numbers(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> tuple[int, ...]:
+    """Trial numbers of the front of the feasible, finite search records, by ascending bytes."""
+    space = table.space
+    search = [r for r in records if r.phase in SEARCH_PHASES and math.isfinite(r.loss)]
+    if not search:
+        return ()
+    genomes = np.stack([genome_of(r, space) for r in search])
+    losses = np.array([r.loss for r in search])
+    feasible = violations(genomes, budget, table) == 0
+    if not feasible.any():
+        return ()
+    front = {g.tobytes() for g in front_members(genomes, losses, table, budget)}
+    chosen = [r for r, g in zip(search, genomes, strict=True) if g.tobytes() in front]
+    return tuple(r.number for r in sorted(chosen, key=lambda r: (r.bytes, r.number)))
+
+
+def run_search(
+    model: nn.Module,
+    train_ids: torch.Tensor,
+    eval_ids: torch.Tensor,
+    config: SearchConfig,
+    *,
+    storage: str,
+    proxy: ProxyConfig | None = None,
+    calibration: torch.Tensor | None = None,
+    sensitivity: SensitivityTable | None = None,
+    study_name: str = DEFAULT_STUDY_NAME,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    on_record: Callable[[TrialRecord, bool], None] | None = None,
+) -> SearchOutcome:
+    """Runs (or resumes) the QR-Adaptor search of ``model`` under ``config.budget``.
+
+    Args:
+        model: a causal LM ``apply_plan`` accepts; never changed.
+        train_ids: (N, T) proxy-training windows.
+        eval_ids: (M, T') held-out windows for the proxy score.
+        config: space, budget, search settings and ablation switches.
+        storage: Optuna storage URL of the study (e.g. ``sqlite_url("run/study.db")``).
+        proxy: proxy-tuning settings (``ProxyConfig()`` when None).
+        calibration: (N', T'') windows for the sensitivity profile; needed when profiling
+            and no ``sensitivity`` is given.
+        sensitivity: a profile to use instead of profiling (e.g. from ``qra profile``).
+        study_name: the study's name in the storage.
+        device: where proxy fine-tunes run (None: the model's device).
+        progress: show a tqdm bar over the evaluations.
+        on_record: called with (record, replayed) for every distinct plan.
+
+    Returns:
+        The records, the front, the chosen plan and the cost of each stage.
+
+    Raises:
+        ValueError: for a budget below the smallest plan, a study made for other scores
+            (see ``open_study``), a profile that lacks the searched bits or has another
+            block count, or profiling without calibration data.
+    """
+    from tqdm import tqdm
+
+    from qradaptor.models.structure import inspect_model
+
+    proxy = ProxyConfig() if proxy is None else proxy
+    structure = inspect_model(model)
+    space = SearchSpace.for_structure(
+        structure,
+        config.granularity,
+        bits=config.bits,
+        ranks=config.ranks,
+        fixed_bits=config.fixed_bits,
+        fixed_rank=config.fixed_rank,
+    )
+    plan_kwargs = {
+        "group_size": config.group_size,
+        "quant_method": config.quant_method,
+        "alpha": config.alpha,
+        "model_signature": structure.signature,
+    }
+    table = MemoryTable.build(structure, space, **plan_kwargs)
+    above = check_budget(table, config.budget)
+    fingerprint = search_fingerprint(model, structure.signature, train_ids, eval_ids, config, proxy)
+    study = open_study(storage, fingerprint, study_name)  # refuses before any expensive work
+    stages: dict[str, float] = {}
+
+    start = time.perf_counter()
+    unit_sens = None
+    if config.profile and not above:
+        sensitivity = _profile(model, structure, space, config, calibration, sensitivity, progress)
+        lowest = min(b for b in space.bit_choices)
+        block_sens = (
+            sensitivity.column(lowest) if lowest in sensitivity.bits else sensitivity.min_bits_profile()
+        )
+        unit_sens = unit_sensitivity(space, block_sens)
+    stages["sensitivity"] = time.perf_counter() - start
+
+    evaluator = ProxyEvaluator(model, train_ids, eval_ids, proxy, device=device)
+    total = (len(space.bit_choices) if config.references else 0) + (1 if above else config.evaluations)
+    bar = tqdm(total=total, desc="search", unit="plan", disable=not progress)
+
+    def record_hook(record: TrialRecord, replayed: bool) -> None:
+        bar.update(1)
+        searched = [r.loss for r in objective.records if r.phase in SEARCH_PHASES]
+        if searched:
+            bar.set_postfix(best=f"{min(searched):.4f}", refresh=False)
+        if on_record is not None:
+            on_record(record, replayed)
+
+    objective = StudyObjective(study, evaluator, table, on_record=record_hook)
+
+    start = time.perf_counter()
+    if config.references:
+        objective.phase, objective.generation = "reference", 0
+        for plan, name in reference_plans(space, config, plan_kwargs):
+            objective.name = name
+            objective.record(plan)
+        objective.name = ""
+    stages["references"] = time.perf_counter() - start
+
+    note = ""
+    if above:
+        _, high = smallest_and_largest(table, space)
+        objective.phase = "initial"
+        objective.record(space.to_plan(high, **plan_kwargs))
+        note = (
+            f"budget {config.budget.describe()} is above the largest plan of the search space "
+            f"({float(table.avg_bits_of(high)):g} avg bits, {int(table.bytes_of(high))} bytes): "
+            "returning the largest plan without searching"
+        )
+        stages["nsga2"] = stages["bayes"] = 0.0
+    else:
+        start = time.perf_counter()
+
+        def on_generation(generation: int) -> None:
+            objective.phase = "initial" if generation == 0 else "nsga2"
+            objective.generation = generation
+
+        run_nsga2(
+            objective,
+            space,
+            table,
+            config.budget,
+            population=config.population,
+            offspring=config.offspring,
+            generations=config.generations,
+            mutation_rate=config.mutation_rate,
+            sensitivity=unit_sens,
+            seed=config.seed,
+            plan_kwargs=plan_kwargs,
+            on_generation=on_generation,
+        )
+        stages["nsga2"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        if config.bayes.iterations:
+            objective.phase = "bayes"
+
+            def on_iteration(iteration: int) -> None:
+                objective.generation = iteration
+
+            history = [(genome_of(r, space), r.loss) for r in objective.records if _in_space(r, space)]
+            refine(
+                objective,
+                table,
+                config.budget,
+                history,
+                config=config.bayes,
+                seed=config.seed,
+                sensitivity=unit_sens,
+                plan_kwargs=plan_kwargs,
+                on_iteration=on_iteration,
+            )
+        stages["bayes"] = time.perf_counter() - start
+    bar.close()
+
+    records = list(objective.records)
+    chosen = _choose(records, table, config.budget)
+    return SearchOutcome(
+        records=tuple(records),
+        pareto=pareto_numbers(records, table, config.budget),
+        chosen=chosen,
+        plan=space.to_plan(genome_of(chosen, space), **plan_kwargs),
+        space=space,
+        unit_sensitivity=None if unit_sens is None else tuple(float(v) for v in unit_sens),
+        sensitivity=sensitivity if config.profile else None,
+        stage_seconds=stages,
+        evaluated=objective.evaluated,
+        replayed=objective.replayed,
+        note=note,
+    )
+
+
+def _in_space(record: TrialRecord, space: SearchSpace) -> bool:
+    return set(record.bits) <= set(space.bit_choices) and set(record.ranks) <= set(space.rank_choices)
+
+
+def _choose(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> TrialRecord:
+    """The lowest loss within the budget; references count too (a uniform plan may be best)."""
+    space = table.space
+    feasible = [r for r in records if violations(genome_of(r, space), budget, table) == 0]
+    assert feasible, "the search evaluates at least one feasible plan"
+    return min(feasible, key=lambda r: (r.loss, r.bytes, r.number))
+
+
+def _profile(
+    model: nn.Module,
+    structure: Any,
+    space: SearchSpace,
+    config: SearchConfig,
+    calibration: torch.Tensor | None,
+    sensitivity: SensitivityTable | None,
+    progress: bool,
+) -> SensitivityTable:
+    """The given profile after checking it fits, or a fresh one at the space's quantised bits."""
+    from qradaptor.plan import UNQUANTIZED
+    from qradaptor.sensitivity import profile_sensitivity
+
+    quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
+    if sensitivity is not None:
+        if sensitivity.num_blocks != structure.num_blocks:
+            raise ValueError(
+                f"sensitivity profile has {sensitivity.num_blocks} blocks, the model {structure.num_blocks}"
+            )
+        missing = [b for b in quantised if b not in sensitivity.bits]
+        if missing:
+            raise ValueError(
+                f"sensitivity profile lacks the searched bits {missing}; it has {sensitivity.bits}"
+            )
+        return sensitivity
+    if calibration is None:
+        raise ValueError(
+            "profiling needs calibration windows: pass calibration= or sensitivity=, or profile=False"
+        )
+    return profile_sensitivity(
+        model,
+        calibration,
+        bits=quantised,
+        group_size=config.group_size,
+        quant_method=config.quant_method,
+        progress=progress,
+    )

@@ -1,0 +1,53 @@
+"""Fixtures of the search tests: a tiny Llama trained on a token pattern, and that pattern."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+T = 32
+"""Tokens per pattern window."""
+
+
+def pattern_ids(rows: int, offset: int) -> torch.Tensor:
+    """(rows, T) windows of one period-8 token cycle, each at its own phase.
+
+    Tokens repeat inside the cycle, so the next token depends on context, not only on the
+    current one: the blocks (which the plan quantises) matter, not just embedding and head.
+    """
+    cycle = torch.tensor([3, 41, 3, 97, 41, 3, 150, 97])
+    starts = (torch.arange(rows) * 3 + offset)[:, None]  # (rows, 1)
+    return cycle[(starts + torch.arange(T)) % len(cycle)]  # (rows, T)
+
+
+@pytest.fixture(scope="session")
+def pattern():
+    """``pattern_ids`` itself: ``pattern(rows, offset)`` gives (rows, T) windows."""
+    return pattern_ids
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine threads oversubscribe."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_llama(llama_factory):
+    """A tiny Llama fully trained on the pattern, so quantisation has something to hurt.
+
+    A wider init (0.1) than the default makes the blocks carry the prediction.
+    """
+    model = llama_factory(tied=False, initializer_range=0.1)
+    ids = pattern_ids(16, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval().requires_grad_(False)

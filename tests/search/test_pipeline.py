@@ -1,0 +1,203 @@
+"""The whole search on a tiny trained Llama: budget, choice, references, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qradaptor.models.structure import inspect_model
+from qradaptor.search.bayes import BayesConfig
+from qradaptor.search.initial import initial_population
+from qradaptor.search.pipeline import SearchConfig, run_search
+from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
+from qradaptor.search.space import MemoryTable, SearchSpace, parse_budget, violation
+from qradaptor.search.study import genome_of, sqlite_url
+
+PROXY = ProxyConfig(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_batches=2)
+CONFIG = SearchConfig(
+    budget=parse_budget("3.6bits"),
+    bits=(2, 3, 4, 8),
+    ranks=(4, 8),
+    population=4,
+    generations=4,
+    bayes=BayesConfig(iterations=3, pool=64),
+    group_size=32,
+    references=False,
+)
+
+
+def search(model, pattern, storage: str, config: SearchConfig = CONFIG, **kwargs):
+    return run_search(
+        model,
+        pattern(16, 0),
+        pattern(8, 1),
+        config,
+        storage=storage,
+        proxy=PROXY,
+        calibration=pattern(4, 2),
+        progress=False,
+        **kwargs,
+    )
+
+
+def table_for(model, config: SearchConfig = CONFIG) -> MemoryTable:
+    structure = inspect_model(model)
+    space = SearchSpace.for_structure(structure, config.granularity, bits=config.bits, ranks=config.ranks)
+    return MemoryTable.build(structure, space, group_size=config.group_size)
+
+
+@pytest.mark.parametrize("budget", ["3.6bits", "4.2bits"])
+def test_search_beats_the_best_of_as_many_random_plans_for_every_seed(
+    trained_llama, pattern, tmp_path, budget
+) -> None:
+    config = replace(CONFIG, budget=parse_budget(budget))
+    table = table_for(trained_llama, config)
+    evaluator = ProxyEvaluator(trained_llama, pattern(16, 0), pattern(8, 1), PROXY)
+    genomes = initial_population(np.random.default_rng(99), 12, table, config.budget, None)
+    random_losses = [evaluator(table.space.to_plan(g, group_size=32)).loss for g in genomes]
+    for seed in range(3):
+        outcome = search(
+            trained_llama, pattern, sqlite_url(tmp_path / f"{seed}.db"), replace(config, seed=seed)
+        )
+        assert len(outcome.records) <= config.evaluations <= len(random_losses)
+        assert outcome.chosen.loss < min(random_losses), (seed, outcome.chosen.loss, sorted(random_losses))
+
+
+def test_chosen_plan_is_the_lowest_loss_within_the_budget(trained_llama, pattern, tmp_path) -> None:
+    outcome = search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), replace(CONFIG, references=True))
+    table = table_for(trained_llama)
+    phases = [r.phase for r in outcome.records]
+    assert phases[:4] == ["reference"] * 4 and {"initial", "nsga2", "bayes"} <= set(phases)
+    assert [r.name for r in outcome.records[:4]] == [f"uniform-{b}bit-r8" for b in (2, 3, 4, 8)]
+    feasible = [r for r in outcome.records if violation(genome_of(r, table.space), CONFIG.budget, table) == 0]
+    assert all(r.avg_bits <= 3.6 for r in feasible)
+    assert outcome.chosen == min(feasible, key=lambda r: (r.loss, r.bytes, r.number))
+    assert outcome.plan.plan_hash == outcome.chosen.plan_hash
+    assert outcome.plan.block_bits() == list(outcome.chosen.bits)
+    assert outcome.chosen.number in outcome.pareto or outcome.chosen.phase == "reference"
+    assert outcome.sensitivity is not None and len(outcome.unit_sensitivity) == 3
+    assert outcome.evaluated == len(outcome.records) and outcome.replayed == 0
+
+
+def test_running_again_replays_every_trial_and_tunes_nothing(trained_llama, pattern, tmp_path) -> None:
+    storage = sqlite_url(tmp_path / "s.db")
+    first = search(trained_llama, pattern, storage)
+    again = search(trained_llama, pattern, storage)
+    assert again.evaluated == 0 and again.replayed == len(first.records)
+    assert again.records == first.records and again.chosen == first.chosen
+
+
+def test_budget_below_the_smallest_plan_is_refused_before_any_work(trained_llama, pattern, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"below the smallest plan of the search space: 3 avg bits"):
+        search(
+            trained_llama,
+            pattern,
+            sqlite_url(tmp_path / "s.db"),
+            replace(CONFIG, budget=parse_budget("2.5bits")),
+        )
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_budget_above_the_largest_plan_returns_it_and_says_so(trained_llama, pattern, tmp_path) -> None:
+    outcome = search(
+        trained_llama, pattern, sqlite_url(tmp_path / "s.db"), replace(CONFIG, budget=parse_budget("16bits"))
+    )
+    assert "above the largest plan" in outcome.note and "9 avg bits" in outcome.note
+    assert outcome.chosen.bits == (8, 8, 8) and outcome.chosen.ranks == (8, 8, 8)
+    assert len(outcome.records) == 1
+
+
+def test_resume_with_another_search_space_is_refused_and_keeps_the_study(
+    trained_llama, pattern, tmp_path
+) -> None:
+    storage = sqlite_url(tmp_path / "s.db")
+    first = search(
+        trained_llama, pattern, storage, replace(CONFIG, generations=1, bayes=BayesConfig(iterations=0))
+    )
+    with pytest.raises(ValueError, match=r"ranks: study has \[4, 8\], this run has \[4, 8, 16\]"):
+        search(trained_llama, pattern, storage, replace(CONFIG, ranks=(4, 8, 16)))
+    again = search(
+        trained_llama, pattern, storage, replace(CONFIG, generations=1, bayes=BayesConfig(iterations=0))
+    )
+    assert again.evaluated == 0 and again.records == first.records
+
+
+def test_resume_on_another_model_is_refused(trained_llama, llama_factory, pattern, tmp_path) -> None:
+    storage = sqlite_url(tmp_path / "s.db")
+    search(trained_llama, pattern, storage, replace(CONFIG, generations=0, bayes=BayesConfig(iterations=0)))
+    other = llama_factory(tied=False, initializer_range=0.1, seed=1)
+    with pytest.raises(ValueError, match=r"weights: study has"):
+        search(other, pattern, storage, replace(CONFIG, generations=0, bayes=BayesConfig(iterations=0)))
+
+
+_CHILD = """
+import importlib.util, sys, torch
+
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+torch.set_num_threads(1)
+top = load("top_conftest", {tests!r} + "/conftest.py")
+here = load("search_conftest", {tests!r} + "/search/conftest.py")
+this = load("this_test", {tests!r} + "/search/test_pipeline.py")
+model = top.make_tiny_llama(tied=False, initializer_range=0.1)
+model.load_state_dict(torch.load({weights!r}))
+this.search(model.eval().requires_grad_(False), here.pattern_ids, {storage!r})
+"""
+
+
+def _complete_trials(db: Path) -> list[tuple[int, str]]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        try:
+            rows = conn.execute(
+                "select t.number, a.value_json from trials t join trial_user_attributes a "
+                "on a.trial_id = t.trial_id where t.state = 'COMPLETE' and a.key = 'plan_hash'"
+            ).fetchall()
+        except sqlite3.OperationalError:  # tables not created yet
+            return []
+    return sorted(rows)
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_run_resumes_without_losing_or_repeating_a_trial(
+    trained_llama, pattern, tmp_path
+) -> None:
+    uninterrupted = search(trained_llama, pattern, sqlite_url(tmp_path / "whole.db"))
+    # The child process runs the same search and is SIGKILLed after a few finished trials.
+    weights = tmp_path / "weights.pt"
+    torch.save(trained_llama.state_dict(), weights)
+    db = tmp_path / "killed.db"
+    script = _CHILD.format(tests=str(Path(__file__).parents[1]), weights=str(weights), storage=sqlite_url(db))
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(_complete_trials(db)) < 4 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    _, err = child.communicate()
+    before = _complete_trials(db)
+    assert child.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert 4 <= len(before) < len(uninterrupted.records)
+
+    resumed = search(trained_llama, pattern, sqlite_url(db))
+    after = _complete_trials(db)
+    assert after[: len(before)] == before  # nothing lost
+    assert len({h for _, h in after}) == len(after)  # nothing repeated
+    assert resumed.replayed == len(before) and resumed.evaluated == len(after) - len(before)
+    assert [(r.plan_hash, r.loss) for r in resumed.records] == [
+        (r.plan_hash, r.loss) for r in uninterrupted.records
+    ]
+    assert resumed.chosen.plan_hash == uninterrupted.chosen.plan_hash
