@@ -1,0 +1,216 @@
+"""``qra profile``: per-block KL sensitivity at each candidate bit-width (Eq. 6, §3.3)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qradaptor.cli.common import QUANT_METHODS, check_output, parse_int_list, write_text_atomic
+
+if TYPE_CHECKING:
+    from qradaptor.sensitivity import SensitivityTable
+
+OUTPUT_FILES = ("sensitivity.json", "sensitivity.csv", "sensitivity.png")
+"""What ``qra profile`` writes into OUT_DIR (the plot only if matplotlib is installed)."""
+_MAX_BITS = 8
+
+
+def parse_bits(text: str) -> list[int]:
+    """``"2,3,4,8"`` -> [2, 3, 4, 8], sorted; raises ValueError on anything else.
+
+    Raises:
+        ValueError: if ``text`` is empty, not comma-separated integers, has a bit-width
+            outside 1..8 (16 is the reference itself), or repeats one.
+    """
+    if not text.strip():
+        raise ValueError(f"--bits must name at least one bit-width in 1..8 (e.g. 2,3,4,8), got {text!r}")
+    bits = parse_int_list(text, "--bits")
+    bad = [b for b in bits if not 1 <= b <= _MAX_BITS]
+    if bad:
+        raise ValueError(
+            f"--bits must be bit-widths in 1..8 (16 is the full-precision reference), "
+            f"got {bad[0]} in {text!r}"
+        )
+    if len(set(bits)) != len(bits):
+        raise ValueError(f"--bits must not repeat a bit-width, got {text!r}")
+    return sorted(bits)
+
+
+def sensitivity_ranks(values: tuple[float, ...] | list[float]) -> list[int]:
+    """Rank of each block, 1 = most sensitive; equal values share the better rank (1, 2, 2, 4)."""
+    return [1 + sum(other > value for other in values) for value in values]
+
+
+def can_plot() -> bool:
+    """Whether matplotlib is installed (found without importing it)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _check_out_dir(out_dir: str, force: bool, plot: bool) -> Path:
+    folder = Path(out_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"-o {out_dir!r} is a file; give a folder (it is created if missing)")
+    if folder.is_dir():
+        for name in OUTPUT_FILES if plot else OUTPUT_FILES[:2]:
+            check_output(folder / name, force=force)
+    return folder
+
+
+def _render(data: dict[str, Any], table: SensitivityTable) -> str:
+    low = min(table.bits)
+    ranks = data["ranks"]
+    s = data["settings"]
+    lines = [
+        f"model  {data['model']} ({data['origin']})",
+        f"data   {table.tokens} tokens ({s['samples']} x {s['seq_len']}) of {s['data']}, seed {s['seed']}",
+        f"quant  {table.quant_method}, group {table.group_size}; {s['device']} {s['dtype']}",
+        "S_l(b): mean KL(P_fp || P_q) in nats per token with only block l at b bits (Eq. 6)",
+        "",
+        f"{'block':>5} " + " ".join(f"{f'{b}-bit':>10}" for b in table.bits) + f" {f'rank@{low}':>7}",
+    ]
+    for block, row in enumerate(table.kl):
+        lines.append(f"{block:>5} " + " ".join(f"{v:>10.4g}" for v in row) + f" {ranks[block]:>7}")
+    order = sorted(range(table.num_blocks), key=lambda i: ranks[i])
+    lines += ["", f"most sensitive at {low} bits: " + ", ".join(map(str, order[:5]))]
+    return "\n".join(lines)
+
+
+def profile(
+    model: str | None = None,
+    *,
+    output: str,
+    data: str | None = None,
+    bits: str = "2,3,4,8",
+    samples: int = 8,
+    seq_len: int = 256,
+    batch_size: int = 4,
+    group_size: int = 64,
+    method: str = "hqq",
+    device: str = "auto",
+    seed: int = 0,
+    force: bool = False,
+) -> int:
+    """Profile how much quantising each block alone moves the model's output (Eq. 6, §3.3).
+
+    For every block l and bit-width b, S_l(b) is the mean KL divergence (nats per token) from
+    the full-precision next-token distribution to the one with only block l quantised to b
+    bits, over calibration windows packed from --data. The column at the lowest bits is the
+    paper's S_l, which biases the search's initial population. Cost: one forward per (block,
+    bits) over SAMPLES x SEQ_LEN tokens, plus SAMPLES x SEQ_LEN x vocab x 4 bytes of stored
+    full-precision log-probs (403 MB for 2048 SmolLM2 tokens). Writes OUT_DIR/sensitivity.json
+    (the table, the model and the settings), sensitivity.csv and sensitivity.png (needs
+    matplotlib), and prints the table with each block's rank at the lowest bits.
+
+    Args:
+        model: a local model directory, a .gguf file or a hub id; omitted: the embedded
+            SmolLM2-135M-Instruct
+        output: folder for sensitivity.json, .csv and .png (created if missing)
+        data: calibration text: embedded:NAME (e.g. embedded:boolq-heldout), a .txt file
+            (documents separated by blank lines), a .json/.jsonl file with a text field, a
+            save_to_disk folder or a hub dataset id; omitted: the embedded BoolQ calibration
+            passages
+        bits: candidate bit-widths, comma-separated, each 1..8
+        samples: calibration windows
+        seq_len: tokens per calibration window
+        batch_size: windows per forward pass
+        group_size: input columns per quantisation group
+        method: how codes are fitted: rtn (min-max) or hqq (half-quadratic)
+        device: auto (cuda if available), cpu or cuda; fp32 on both, so the small KLs of
+            high bit-widths are not rounding noise
+        seed: seed of the document shuffle before packing
+        force: overwrite sensitivity.* files already in the folder
+    """
+    bits_list = parse_bits(bits)
+    if samples < 1 or seq_len < 1:
+        raise ValueError(f"--samples and --seq-len must be >= 1, got {samples} and {seq_len}")
+    if batch_size < 1 or group_size < 1:
+        raise ValueError(f"--batch-size and --group-size must be >= 1, got {batch_size} and {group_size}")
+    if method not in QUANT_METHODS:
+        raise ValueError(f"--method must be one of {', '.join(QUANT_METHODS)}, got {method!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    plot = can_plot()
+    folder = _check_out_dir(output, force, plot)  # fail now, not after the profile
+
+    from qradaptor.data import load_texts, pack_texts
+
+    texts = load_texts(data)  # a bad --data fails before the model loads
+
+    import torch
+
+    from qradaptor.models.loading import load_model
+    from qradaptor.sensitivity import plot_sensitivity, profile_sensitivity
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but CUDA is not available here")
+    loaded = load_model(model, dtype=torch.float32, device=device)
+    calibration = pack_texts(texts, loaded.tokenizer, seq_len, num_sequences=samples, seed=seed)  # (N, T)
+    started = time.perf_counter()
+    table = profile_sensitivity(
+        loaded.model,
+        calibration,
+        bits=bits_list,
+        group_size=group_size,
+        quant_method=method,
+        batch_size=batch_size,
+        progress=sys.stderr.isatty(),
+    )
+    seconds = round(time.perf_counter() - started, 2)
+    record: dict[str, Any] = {
+        **table.to_dict(),  # top level, so SensitivityTable.from_dict reads this file as is
+        "model": loaded.source,
+        "origin": loaded.origin,
+        "ranks": sensitivity_ranks(table.min_bits_profile()),
+        "settings": {
+            "data": data or "embedded:boolq-calibration",
+            "samples": samples,
+            "seq_len": seq_len,
+            "seed": seed,
+            "batch_size": batch_size,
+            "device": device,
+            "dtype": "float32",
+        },
+        "seconds": seconds,
+    }
+    if loaded.origin in ("embedded", "gguf"):
+        record["note"] = "GGUF weights dequantised to float32 are the full-precision reference"
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [
+        write_text_atomic(folder / "sensitivity.json", json.dumps(record, indent=2) + "\n", force=force),
+        write_text_atomic(folder / "sensitivity.csv", table.to_csv(), force=force),
+    ]
+    if plot:
+        plot_sensitivity(table, folder / "sensitivity.png")
+        written.append(folder / "sensitivity.png")
+    print(_render(record, table))
+    print(f"{seconds:.1f} s profiling on {device}; wrote " + ", ".join(str(p) for p in written))
+    if not plot:
+        print("note: matplotlib is not installed, so no sensitivity.png (pip install 'qradaptor[plot]')")
+    return 0
+
+
+VERB = profile
+
+
+def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> None:
+    """Options of ``qra profile``."""
+    parser.add_argument("model", nargs="?", default=None, help=helps["model"])
+    parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help=helps["output"])
+    parser.add_argument("--data", metavar="DATA", help=helps["data"])
+    parser.add_argument("--bits", default="2,3,4,8", metavar="B[,B...]", help=helps["bits"])
+    parser.add_argument("--samples", type=int, default=8, metavar="N", help=helps["samples"])
+    parser.add_argument("--seq-len", type=int, default=256, metavar="T", help=helps["seq_len"])
+    parser.add_argument("--batch-size", type=int, default=4, metavar="B", help=helps["batch_size"])
+    parser.add_argument("--group-size", type=int, default=64, metavar="G", help=helps["group_size"])
+    parser.add_argument("--method", choices=QUANT_METHODS, default="hqq", help=helps["method"])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
+    parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
+    parser.add_argument("--force", action="store_true", help=helps["force"])
