@@ -1,4 +1,4 @@
-"""The ``qra`` command line: ``qra info``, ``qra plan``, ``qra memory`` and ``qra eval``.
+"""The ``qra`` command line: ``qra info``, ``plan``, ``memory``, ``eval``, ``profile`` and ``search``.
 
 Each verb is a typed function in its own module (``info.py``, ``plan.py``, ``memory.py``)
 whose docstring is its help: the summary becomes the verb's description and the ``Args:``
@@ -20,11 +20,13 @@ from qradaptor.cli import eval as eval_verb
 from qradaptor.cli import info as info_verb
 from qradaptor.cli import memory as memory_verb
 from qradaptor.cli import plan as plan_verb
+from qradaptor.cli import profile as profile_verb
+from qradaptor.cli import search as search_verb
 from qradaptor.cli.common import DEBUG_DEST, VERB_DEST, docstring_help
 
 USAGE_ERROR = 2
 """Exit code of a bad input, as argparse uses."""
-VERBS = (info_verb, plan_verb, memory_verb, eval_verb)
+VERBS = (info_verb, plan_verb, memory_verb, eval_verb, profile_verb, search_verb)
 """Modules that each define ``VERB`` (a function) and ``add_arguments(parser, help)``."""
 
 
@@ -57,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: the verb's --debug must not reset a `qra --debug <verb>` to False.
     common.add_argument(
-        "--debug", dest=DEBUG_DEST, action="store_true", default=argparse.SUPPRESS,
+        "--debug",
+        dest=DEBUG_DEST,
+        action="store_true",
+        default=argparse.SUPPRESS,
         help="show tracebacks instead of one-line errors",
     )
     verbs = parser.add_subparsers(dest=VERB_DEST, metavar="VERB", parser_class=_Parser)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
     from qradaptor.sensitivity import SensitivityTable
 
@@ -190,6 +191,30 @@ def check_budget(table: MemoryTable, budget: Budget) -> str:
     return ""
 
 
+def search_space(
+    structure: ModelStructure, config: SearchConfig
+) -> tuple[SearchSpace, MemoryTable, dict[str, Any]]:
+    """The space, its memory table and the Plan settings of a search of ``config`` on a model.
+
+    Cheap (no weights needed): callers check a budget with it before loading anything heavy.
+    """
+    space = SearchSpace.for_structure(
+        structure,
+        config.granularity,
+        bits=config.bits,
+        ranks=config.ranks,
+        fixed_bits=config.fixed_bits,
+        fixed_rank=config.fixed_rank,
+    )
+    plan_kwargs = {
+        "group_size": config.group_size,
+        "quant_method": config.quant_method,
+        "alpha": config.alpha,
+        "model_signature": structure.signature,
+    }
+    return space, MemoryTable.build(structure, space, **plan_kwargs), plan_kwargs
+
+
 def reference_plans(space: SearchSpace, config: SearchConfig, plan_kwargs: dict[str, Any]) -> list[Plan]:
     """Uniform plans of every bit choice at the reference rank (or the largest rank choice)."""
     ranks = space.rank_choices
@@ -266,21 +291,7 @@ def run_search(
 
     proxy = ProxyConfig() if proxy is None else proxy
     structure = inspect_model(model)
-    space = SearchSpace.for_structure(
-        structure,
-        config.granularity,
-        bits=config.bits,
-        ranks=config.ranks,
-        fixed_bits=config.fixed_bits,
-        fixed_rank=config.fixed_rank,
-    )
-    plan_kwargs = {
-        "group_size": config.group_size,
-        "quant_method": config.quant_method,
-        "alpha": config.alpha,
-        "model_signature": structure.signature,
-    }
-    table = MemoryTable.build(structure, space, **plan_kwargs)
+    space, table, plan_kwargs = search_space(structure, config)
     above = check_budget(table, config.budget)
     fingerprint = search_fingerprint(model, structure.signature, train_ids, eval_ids, config, proxy)
     study = open_study(storage, fingerprint, study_name)  # refuses before any expensive work
@@ -320,11 +331,11 @@ def run_search(
         objective.name = ""
     stages["references"] = time.perf_counter() - start
 
-    note = ""
+    note, largest = "", None
     if above:
         _, high = smallest_and_largest(table, space)
         objective.phase = "initial"
-        objective.record(space.to_plan(high, **plan_kwargs))
+        largest = objective.record(space.to_plan(high, **plan_kwargs))
         note = (
             f"budget {config.budget.describe()} is above the largest plan of the search space "
             f"({float(table.avg_bits_of(high)):g} avg bits, {int(table.bytes_of(high))} bytes): "
@@ -377,7 +388,7 @@ def run_search(
     bar.close()
 
     records = list(objective.records)
-    chosen = _choose(records, table, config.budget)
+    chosen = largest if largest is not None else _choose(records, table, config.budget)
     return SearchOutcome(
         records=tuple(records),
         pareto=pareto_numbers(records, table, config.budget),

@@ -1,0 +1,368 @@
+"""``qra search``: find per-block bits and ranks under a memory budget, into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qradaptor.cli.common import load_structure, parse_int_list, write_text_atomic
+
+if TYPE_CHECKING:
+    from qradaptor.search.pipeline import SearchOutcome
+    from qradaptor.sensitivity import SensitivityTable
+
+GRANULARITIES = ("block", "module")
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _choices(text: str, option: str, check: Any) -> tuple[int, ...]:
+    if not text.strip():
+        raise ValueError(f"{option} must list at least one value, e.g. {option} 2,3,4,8; got an empty list")
+    values = parse_int_list(text, option)
+    for value in values:
+        check(value, f"every value of {option}")
+    return tuple(sorted(set(values)))
+
+
+def search(
+    model: str | None = None,
+    *,
+    budget: str,
+    output: str = "qra-search",
+    data: str | None = None,
+    eval_data: str = "embedded:boolq-heldout",
+    bits: str = "2,3,4,8",
+    ranks: str = "4,8,16",
+    granularity: str = "block",
+    seq_len: int = 512,
+    steps: int = 20,
+    batch_size: int = 4,
+    lr: float = 2e-4,
+    eval_batches: int = 4,
+    calibration_samples: int = 8,
+    population: int = 5,
+    offspring: int = 1,
+    generations: int = 5,
+    bayes_iterations: int = 5,
+    no_profile: bool = False,
+    sensitivity: str | None = None,
+    fixed_bits: int | None = None,
+    fixed_rank: int | None = None,
+    no_references: bool = False,
+    group_size: int = 64,
+    method: str = "hqq",
+    seed: int = 0,
+    device: str = "auto",
+) -> int:
+    """Search per-block bits and LoRA ranks under a memory budget (QR-Adaptor).
+
+    Profiles each block's sensitivity (KL, Eq. 6), evolves plans with NSGA-II (layer-wise
+    crossover, proximity mutation) scored by short proxy fine-tunes, refines near the Pareto
+    front with a Matérn-5/2 Gaussian process and Expected Improvement, and writes a run folder:
+    plan.json (the chosen plan, for qra eval --plan), trials.csv, pareto.json, summary.json,
+    sensitivity.json/csv, the Optuna study (study.db) and plots. Running the same command
+    again resumes the search: finished trials are read from study.db, never repeated.
+
+    Args:
+        model: a local model directory, a .gguf file or a hub id; omitted: the embedded
+            SmolLM2-135M-Instruct
+        budget: average stored bits per block weight, scales included (e.g. 4.0bits; uniform
+            4-bit with group 64 is 4.5), or total model bytes (e.g. 1.2GB, 120MiB)
+        output: the run folder (created; reused to resume)
+        data: proxy-training and calibration text: embedded:NAME, a .txt/.json/.jsonl file or a
+            dataset; omitted: the embedded BoolQ passages (calibration split)
+        eval_data: held-out text the proxy score is measured on
+        bits: comma-separated bit-width choices (1..8, or 16 for unquantised)
+        ranks: comma-separated LoRA rank choices (0 = no adapter)
+        granularity: block (one choice per transformer block, the paper's) or module (per linear)
+        seq_len: tokens per training and held-out window
+        steps: proxy fine-tuning steps per candidate
+        batch_size: windows per proxy step and per held-out batch
+        lr: peak learning rate of the proxy fine-tunes
+        eval_batches: held-out batches per proxy score
+        calibration_samples: windows of --data the sensitivity profile runs on
+        population: NSGA-II population size
+        offspring: NSGA-II children per generation
+        generations: NSGA-II generations
+        bayes_iterations: plans chosen by the Gaussian-process refinement (0: no refinement)
+        no_profile: ablation: random initial population, no sensitivity
+        sensitivity: a sensitivity.json from qra profile to use instead of profiling
+        fixed_bits: ablation: every block at these bits, search ranks only
+        fixed_rank: ablation: every block at this rank, search bits only (AMQ-like)
+        no_references: do not score the uniform reference plans
+        group_size: quantisation group size
+        method: hqq or rtn
+        seed: seed of the search (the proxy fine-tunes always use seed 0, so a study serves every search seed)
+        device: auto (cuda if available), cpu or cuda; proxy fine-tunes run in fp32
+    """
+    from qradaptor.plan import check_bits, check_rank
+    from qradaptor.search.space import parse_budget
+
+    the_budget = parse_budget(budget)
+    bit_choices = _choices(bits, "--bits", check_bits)
+    rank_choices = _choices(ranks, "--ranks", check_rank)
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"--granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    _check_positive(
+        seq_len=seq_len,
+        steps=steps,
+        batch_size=batch_size,
+        eval_batches=eval_batches,
+        calibration_samples=calibration_samples,
+        population=population,
+        offspring=offspring,
+    )
+    if generations < 0 or bayes_iterations < 0:
+        raise ValueError(
+            f"--generations and --bayes-iterations must be >= 0, got {generations}, {bayes_iterations}"
+        )
+    if fixed_bits is not None and fixed_rank is not None:
+        raise ValueError(
+            "give at most one of --fixed-bits and --fixed-rank: with both there is nothing to search"
+        )
+    if fixed_bits is not None:
+        check_bits(fixed_bits, "--fixed-bits")
+    if fixed_rank is not None:
+        check_rank(fixed_rank, "--fixed-rank")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    run_dir = Path(output).expanduser()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--output {output!r} is a file; give a folder for the run")
+    given_sensitivity = _read_sensitivity(sensitivity) if sensitivity else None
+
+    import torch
+
+    from qradaptor.data import load_texts, pack_texts
+    from qradaptor.models.loading import load_model
+    from qradaptor.search.bayes import BayesConfig
+    from qradaptor.search.pipeline import SearchConfig, check_budget, run_search, search_space
+    from qradaptor.search.proxy import ProxyConfig
+    from qradaptor.search.study import sqlite_url
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but CUDA is not available here")
+    config = SearchConfig(
+        budget=the_budget,
+        bits=bit_choices,
+        ranks=rank_choices,
+        granularity=granularity,
+        fixed_bits=fixed_bits,
+        fixed_rank=fixed_rank,
+        profile=not no_profile,
+        references=not no_references,
+        population=population,
+        offspring=offspring,
+        generations=generations,
+        bayes=BayesConfig(iterations=bayes_iterations),
+        seed=seed,
+        group_size=group_size,
+        quant_method=method,
+    )
+    proxy = ProxyConfig(steps=steps, batch_size=batch_size, lr=lr, eval_batches=eval_batches)
+
+    check_budget(search_space(load_structure(model)[1], config)[1], the_budget)  # before loading weights
+    started = time.perf_counter()
+    loaded = load_model(model, device=device)
+    train_windows = pack_texts(load_texts(data), loaded.tokenizer, seq_len, seed=0)  # the whole corpus
+    needed = steps * batch_size
+    train_ids = train_windows[:needed]
+    eval_ids = pack_texts(
+        load_texts(eval_data), loaded.tokenizer, seq_len, num_sequences=eval_batches * batch_size
+    )
+    calibration = train_windows[-calibration_samples:]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if given_sensitivity is None and not no_profile and (run_dir / "sensitivity.json").is_file():
+        given_sensitivity = _read_sensitivity(str(run_dir / "sensitivity.json"))  # resume: profiled already
+    settings = {
+        "model": loaded.source,
+        "budget": budget,
+        "command": " ".join(sys.argv),
+        "data": data or "embedded:boolq-calibration",
+        "eval_data": eval_data,
+        "epoch_tokens": int(train_windows.numel()),
+        "device": device,
+        "config": _jsonable(config),
+        "proxy": _jsonable(proxy),
+    }
+    write_text_atomic(run_dir / "config.json", json.dumps(settings, indent=2) + "\n", force=True)
+    try:
+        outcome = run_search(
+            loaded.model,
+            train_ids,
+            eval_ids,
+            config,
+            storage=sqlite_url(run_dir / "study.db"),
+            proxy=proxy,
+            calibration=calibration,
+            sensitivity=given_sensitivity,
+            device=device,
+            progress=sys.stderr.isatty(),
+        )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; finished trials are in {run_dir / 'study.db'}: run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    summary = write_run(run_dir, outcome, config, int(train_windows.numel()), time.perf_counter() - started)
+    _print(outcome, summary, run_dir)
+    return 0
+
+
+def _read_sensitivity(path: str) -> SensitivityTable:
+    from qradaptor.sensitivity import SensitivityTable
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(
+            f"--sensitivity file {path!r} does not exist (expected a sensitivity.json of qra profile)"
+        )
+    try:
+        return SensitivityTable.from_dict(json.loads(file.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--sensitivity file {path!r} is not a sensitivity table: {err}") from None
+
+
+def _jsonable(obj: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+
+    return json.loads(json.dumps(asdict(obj) if is_dataclass(obj) else obj, default=str))
+
+
+def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: int, seconds: float) -> dict:
+    """Writes the run folder's results (each file atomically) and returns the summary."""
+    from qradaptor.search import report
+    from qradaptor.search.records import records_to_csv
+
+    records = list(outcome.records)
+    summary = report.summarise(records, pareto=outcome.pareto, chosen_number=outcome.chosen.number)
+    proxy_tokens = sum(r.tokens for r in records if r.phase != "reference")
+    summary.update(
+        {
+            "budget": config.budget.describe(),
+            "note": outcome.note,
+            "evaluated_this_run": outcome.evaluated,
+            "replayed_from_study": outcome.replayed,
+            "stage_seconds": {k: round(v, 3) for k, v in outcome.stage_seconds.items()},
+            "wall_seconds": round(seconds, 3),
+            "proxy_tokens": proxy_tokens,
+            "epoch_tokens": epoch_tokens,
+            "search_cost_epochs": proxy_tokens / epoch_tokens if epoch_tokens else None,
+        }
+    )
+    if outcome.unit_sensitivity is not None:
+        summary["bits_sensitivity_pearson"] = report.bits_sensitivity_correlation(
+            outcome.chosen.bits, outcome.unit_sensitivity
+        )
+    write = lambda name, text: write_text_atomic(run_dir / name, text, force=True)  # noqa: E731
+    write("plan.json", outcome.plan.to_json() + "\n")
+    write("trials.csv", records_to_csv(records))
+    write("trials.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    by_number = {r.number: r for r in records}
+    write("pareto.json", json.dumps([by_number[n].to_dict() for n in outcome.pareto], indent=2) + "\n")
+    if outcome.sensitivity is not None:
+        write("sensitivity.json", json.dumps(outcome.sensitivity.to_dict(), indent=2) + "\n")
+        write("sensitivity.csv", outcome.sensitivity.to_csv())
+    write("summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    _plots(run_dir, outcome, config)
+    return summary
+
+
+def _plots(run_dir: Path, outcome: SearchOutcome, config: Any) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install 'qradaptor[plot]')", file=sys.stderr)
+        return
+    from qradaptor.search import report
+    from qradaptor.search.records import SEARCH_PHASES
+    from qradaptor.sensitivity import plot_sensitivity
+
+    records = list(outcome.records)
+    budget_bytes = config.budget.value if config.budget.kind == "bytes" else None
+    report.plot_pareto(records, run_dir / "pareto.png", pareto=outcome.pareto, budget_bytes=budget_bytes)
+    report.plot_plan_by_depth(
+        outcome.chosen.bits,
+        outcome.chosen.ranks,
+        run_dir / "plan_by_depth.png",
+        unit_names=outcome.space.unit_names,
+        title=f"chosen plan, {config.budget.describe()}",
+    )
+    if any(r.phase in SEARCH_PHASES for r in records):  # not when the budget let nothing be searched
+        report.plot_progress(records, run_dir / "progress.png")
+    if outcome.unit_sensitivity is not None:
+        report.plot_bits_vs_sensitivity(
+            outcome.chosen.bits, outcome.unit_sensitivity, run_dir / "bits_vs_sensitivity.png"
+        )
+    if outcome.sensitivity is not None:
+        plot_sensitivity(outcome.sensitivity, run_dir / "sensitivity.png")
+
+
+def _print(outcome: SearchOutcome, summary: dict, run_dir: Path) -> None:
+    from qradaptor.search import report
+
+    if outcome.note:
+        print(outcome.note)
+    print(report.format_summary(summary))
+    chosen = outcome.chosen
+    print(
+        f"chosen plan: proxy loss {chosen.loss:.4f}, {chosen.avg_bits:.3f} avg bits, {chosen.bytes} bytes; "
+        f"bits {' '.join(map(str, chosen.bits))}; ranks {' '.join(map(str, chosen.ranks))}"
+    )
+    print(
+        f"{outcome.evaluated} plans tuned, {outcome.replayed} read from the study; "
+        f"search cost {summary['search_cost_epochs']:.3f} epochs of the training data"
+    )
+    print(f"run folder: {run_dir}  (qra eval --plan {run_dir / 'plan.json'})")
+
+
+VERB = search
+
+
+def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> None:
+    """Options of ``qra search``."""
+    parser.add_argument("model", nargs="?", default=None, help=helps["model"])
+    parser.add_argument("--budget", required=True, metavar="3.5bits|1.2GB", help=helps["budget"])
+    parser.add_argument("-o", "--output", default="qra-search", metavar="DIR", help=helps["output"])
+    parser.add_argument("--data", metavar="SOURCE", help=helps["data"])
+    parser.add_argument(
+        "--eval-data", default="embedded:boolq-heldout", metavar="SOURCE", help=helps["eval_data"]
+    )
+    parser.add_argument("--bits", default="2,3,4,8", help=helps["bits"])
+    parser.add_argument("--ranks", default="4,8,16", help=helps["ranks"])
+    parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help=helps["granularity"])
+    for name, default in (
+        ("seq_len", 512),
+        ("steps", 20),
+        ("batch_size", 4),
+        ("eval_batches", 4),
+        ("calibration_samples", 8),
+        ("population", 5),
+        ("offspring", 1),
+        ("generations", 5),
+        ("bayes_iterations", 5),
+        ("group_size", 64),
+        ("seed", 0),
+    ):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=default, metavar="N", help=helps[name])
+    parser.add_argument("--lr", type=float, default=2e-4, help=helps["lr"])
+    parser.add_argument("--no-profile", action="store_true", help=helps["no_profile"])
+    parser.add_argument("--sensitivity", metavar="FILE", help=helps["sensitivity"])
+    parser.add_argument("--fixed-bits", type=int, metavar="B", help=helps["fixed_bits"])
+    parser.add_argument("--fixed-rank", type=int, metavar="R", help=helps["fixed_rank"])
+    parser.add_argument("--no-references", action="store_true", help=helps["no_references"])
+    parser.add_argument("--method", choices=("hqq", "rtn"), default="hqq", help=helps["method"])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])

@@ -1,0 +1,194 @@
+"""``qra search`` on the tiny Llama saved to disk: the run folder, resuming, and bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from qradaptor.cli import main
+from qradaptor.plan import Plan
+
+FAST = ["--seq-len", 16, "--steps", 2, "--batch-size", 2, "--eval-batches", 1, "--calibration-samples", 2]
+SMALL = ["--population", 3, "--generations", 2, "--bayes-iterations", 2, "--group-size", 32, "--ranks", "4,8"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def words(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A .txt corpus of the word tokenizer's words: 20 documents of 40 words."""
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice("abc") for _ in range(40)) for _ in range(20)]
+    path = tmp_path_factory.mktemp("data") / "words.txt"
+    path.write_text("\n\n".join(docs), encoding="utf-8")
+    return path
+
+
+def search(capsys, tiny_model_dir, words, out: Path, *extra: object) -> tuple[int, str, str]:
+    data = ["--data", words, "--eval-data", words]
+    return run(
+        capsys, "search", tiny_model_dir, "--budget", "3.6bits", "-o", out, *data, *FAST, *SMALL, *extra
+    )
+
+
+def test_help_names_the_budget_forms_and_the_ablations(capsys) -> None:
+    code, out, _ = run(capsys, "search", "--help")
+    assert code == 0
+    for option in [
+        "--budget",
+        "--bits",
+        "--ranks",
+        "--granularity",
+        "--no-profile",
+        "--fixed-bits",
+        "--fixed-rank",
+    ]:
+        assert option in out, option
+    assert "--bayes-iterations" in out and "resumes the search" in out
+
+
+def test_a_search_writes_its_run_folder_and_a_second_run_resumes_it(
+    capsys, tiny_model_dir, words, tmp_path
+) -> None:
+    out = tmp_path / "run"
+    code, stdout, err = search(capsys, tiny_model_dir, words, out)
+    assert code == 0, err
+    names = {p.name for p in out.iterdir()}
+    expected = {
+        "config.json",
+        "study.db",
+        "plan.json",
+        "trials.csv",
+        "trials.jsonl",
+        "pareto.json",
+        "summary.json",
+    }
+    plots = {"pareto.png", "plan_by_depth.png", "progress.png", "bits_vs_sensitivity.png", "sensitivity.png"}
+    assert expected | plots | {"sensitivity.json", "sensitivity.csv"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    plan = Plan.from_json((out / "plan.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    chosen = summary["chosen"]
+    assert plan.plan_hash == chosen["plan_hash"] and chosen["avg_bits"] <= 3.6
+    assert chosen["loss"] == min(t["loss"] for t in trials if t["avg_bits"] <= 3.6)
+    assert summary["evaluated_this_run"] == len(trials) and summary["replayed_from_study"] == 0
+    assert summary["search_cost_epochs"] == pytest.approx(
+        sum(t["tokens"] for t in trials if t["phase"] != "reference") / summary["epoch_tokens"]
+    )
+    assert -1.0 <= summary["bits_sensitivity_pearson"] <= 1.0 or summary["bits_sensitivity_pearson"] is None
+    assert "chosen plan: proxy loss" in stdout and f"qra eval --plan {out / 'plan.json'}" in stdout
+
+    code, stdout, err = search(capsys, tiny_model_dir, words, out)
+    assert code == 0, err
+    again = json.loads((out / "summary.json").read_text())
+    assert again["evaluated_this_run"] == 0 and again["replayed_from_study"] == len(trials)
+    assert again["chosen"] == chosen
+    assert f"0 plans tuned, {len(trials)} read from the study" in stdout
+
+    # The chosen plan goes straight into qra memory (and qra eval / train).
+    code, stdout, err = run(capsys, "memory", tiny_model_dir, "--plan", out / "plan.json")
+    assert code == 0, err
+
+
+def test_the_ablations_search_what_they_say(capsys, tiny_model_dir, words, tmp_path) -> None:
+    code, _, err = search(
+        capsys,
+        tiny_model_dir,
+        words,
+        tmp_path / "b",
+        "--fixed-rank",
+        8,
+        "--no-profile",
+        "--budget",
+        "4.2bits",
+    )
+    assert code == 0, err
+    trials = [json.loads(line) for line in (tmp_path / "b" / "trials.jsonl").read_text().splitlines()]
+    assert all(set(t["ranks"]) == {8} for t in trials)
+    assert not (tmp_path / "b" / "sensitivity.json").exists()
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["evaluations"]["bayes"] == 2 and "bits_sensitivity_pearson" not in summary
+
+    code, _, err = search(
+        capsys,
+        tiny_model_dir,
+        words,
+        tmp_path / "r",
+        "--fixed-bits",
+        4,
+        "--budget",
+        "200KiB",
+        "--bayes-iterations",
+        0,
+    )
+    assert code == 0, err
+    trials = [json.loads(line) for line in (tmp_path / "r" / "trials.jsonl").read_text().splitlines()]
+    assert all(set(t["bits"]) == {4} for t in trials)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["evaluations"]["bayes"] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--bits", ""], "--bits must list at least one value"),
+        (["--bits", "2,x"], "--bits must be integers separated by commas"),
+        (["--bits", "2,9"], "every value of --bits"),
+        (["--ranks", "-4"], "every value of --ranks"),
+        (["--budget", "3.5 parsecs"], "budget unit 'parsecs' is unknown"),
+        (["--budget", "2.5bits"], "below the smallest plan of the search space: 3 avg bits"),
+        (["--fixed-bits", "4", "--fixed-rank", "8"], "give at most one of --fixed-bits and --fixed-rank"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_study(
+    capsys, tiny_model_dir, words, tmp_path, extra, message
+) -> None:
+    code, _, err = search(capsys, tiny_model_dir, words, tmp_path / "run", *extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run" / "study.db").exists()
+
+
+def test_resuming_with_another_space_is_refused_and_the_study_is_kept(
+    capsys, tiny_model_dir, words, tmp_path
+) -> None:
+    out = tmp_path / "run"
+    assert search(capsys, tiny_model_dir, words, out, "--generations", 0, "--bayes-iterations", 0)[0] == 0
+    before = (out / "study.db").read_bytes()
+    code, _, err = search(capsys, tiny_model_dir, words, out, "--bits", "2,3,4")
+    assert code == 2 and "bits: study has [2, 3, 4, 8], this run has [2, 3, 4]" in err
+    assert (out / "study.db").read_bytes() == before
+
+
+def test_a_budget_above_the_largest_plan_returns_it_and_says_so(
+    capsys, tiny_model_dir, words, tmp_path
+) -> None:
+    code, stdout, err = search(capsys, tiny_model_dir, words, tmp_path / "run", "--budget", "16bits")
+    assert code == 0, err
+    assert "above the largest plan of the search space" in stdout
+    plan = Plan.from_json((tmp_path / "run" / "plan.json").read_text())
+    assert set(plan.block_bits()) == {8} and set(plan.block_ranks()) == {8}
+
+
+def test_an_output_that_is_a_file_is_refused(capsys, tiny_model_dir, words, tmp_path) -> None:
+    target = tmp_path / "file"
+    target.write_text("keep")
+    code, _, err = search(capsys, tiny_model_dir, words, target)
+    assert code == 2 and "is a file" in err and target.read_text() == "keep"
