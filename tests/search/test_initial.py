@@ -15,7 +15,7 @@ def table(llama_factory) -> MemoryTable:
 
 
 def test_sensitive_blocks_get_more_bits_and_rank(table) -> None:
-    budget = Budget("avg_bits", 16.0)  # loose: the bias is not repaired away
+    budget = Budget("avg_bits", 6.0)  # between uniform 4-bit (4.5) and 8-bit (8.5): who gets 8 bits?
     sensitivity = np.array([0.0, 0.1, 0.2, 0.5, 0.9, 1.0])
     pop = initial_population(np.random.default_rng(0), 400, table, budget, sensitivity)
     assert pop.shape == (400, 6, 2)
@@ -33,8 +33,21 @@ def test_every_individual_meets_the_budget(table) -> None:
         assert np.all(violations(pop, budget, table) == 0)
 
 
+def test_every_individual_is_filled_up_to_the_budget(table) -> None:
+    budget = Budget("avg_bits", 5.0)
+    pop = initial_population(np.random.default_rng(2), 30, table, budget, np.arange(6.0))
+    used = table.avg_bits_of(pop)
+    assert np.all(used <= 5.0)
+    for genome in pop:  # no single bits step up still fits
+        for unit in range(6):
+            if genome[unit, 0] < 3:
+                up = genome.copy()
+                up[unit, 0] += 1
+                assert table.avg_bits_of(up) > 5.0
+
+
 def test_deterministic_by_seed_and_uniform_without_profile(table) -> None:
-    budget = Budget("avg_bits", 16.0)
+    budget = Budget("avg_bits", 6.0)
     a = initial_population(np.random.default_rng(7), 20, table, budget, np.arange(6.0))
     b = initial_population(np.random.default_rng(7), 20, table, budget, np.arange(6.0))
     assert np.array_equal(a, b)

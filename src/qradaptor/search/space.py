@@ -455,6 +455,67 @@ def repair(
     return g
 
 
+def fill(
+    rng: np.random.Generator,
+    genome: npt.ArrayLike,
+    budget: Budget,
+    table: MemoryTable,
+    sensitivity: npt.ArrayLike | None = None,
+    *,
+    noise: float = 0.25,
+) -> Genome:
+    """Steps units up one choice at a time while the budget still holds: ``repair``'s converse.
+
+    A plan far under its budget leaves memory unused that more bits or rank would have put
+    to work, so the first population is filled up to the budget. Passes go over the units
+    in order of ``sensitivity + noise * N(0, 1)`` (most sensitive first; a random order
+    without a profile), raising bits, else rank, by one choice where the result still fits,
+    until a pass changes nothing. Under an avg-bits budget rank costs nothing, so only bits
+    are raised.
+
+    Args:
+        rng: draws the order noise.
+        genome: (U, 2) genome within the budget.
+        budget: the constraint.
+        table: prices genomes.
+        sensitivity: (U,) per-unit importance, ideally normalised to [0, 1], or None.
+        noise: standard deviation of the order noise, in units of sensitivity.
+
+    Returns:
+        A feasible (U, 2) genome (a copy) that no single step up keeps within the budget
+        in the order tried.
+    """
+    space = table.space
+    g = space.check_genome(genome).copy()
+    if g.ndim != 2:
+        raise ValueError(f"fill takes one (U, 2) genome, got shape {g.shape}")
+    if _used(g, budget, table) > budget.value:
+        raise ValueError("fill takes a genome within the budget; repair it first")
+    units = space.num_units
+    if sensitivity is None:
+        order = rng.permutation(units)
+    else:
+        sens = np.asarray(sensitivity, dtype=np.float64)
+        if sens.shape != (units,):
+            raise ValueError(f"sensitivity must have shape ({units},), got {sens.shape}")
+        order = np.argsort(-(sens + noise * rng.standard_normal(units)), kind="stable")
+    limits = (len(space.bit_choices) - 1, len(space.rank_choices) - 1)
+    genes = (0,) if budget.kind == "avg_bits" else (0, 1)
+    changed = True
+    while changed:
+        changed = False
+        for unit in order:
+            for gene in genes:
+                if g[unit, gene] >= limits[gene]:
+                    continue
+                g[unit, gene] += 1
+                if _used(g, budget, table) <= budget.value:
+                    changed = True
+                    break
+                g[unit, gene] -= 1
+    return g
+
+
 def smallest_and_largest(table: MemoryTable, space: SearchSpace) -> tuple[Genome, Genome]:
     """The cheapest genome (every unit at the first choices) and the dearest (the last ones).
 
