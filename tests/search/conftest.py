@@ -35,13 +35,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def trained_llama(llama_factory):
-    """A tiny Llama fully trained on the pattern, so quantisation has something to hurt.
-
-    A wider init (0.1) than the default makes the blocks carry the prediction.
-    """
-    model = llama_factory(tied=False, initializer_range=0.1)
+def train_on_pattern(model):
+    """Trains every weight of ``model`` on the pattern for 60 Adam steps; returns it frozen."""
     ids = pattern_ids(16, 0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
@@ -51,3 +46,18 @@ def trained_llama(llama_factory):
         opt.step()
         opt.zero_grad()
     return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def trained_llama(llama_factory):
+    """A tiny 3-block Llama fully trained on the pattern, so quantisation has something to hurt.
+
+    A wider init (0.1) than the default makes the blocks carry the prediction.
+    """
+    return train_on_pattern(llama_factory(tied=False, initializer_range=0.1))
+
+
+@pytest.fixture(scope="module")
+def trained_llama6(llama_factory):
+    """As ``trained_llama`` with 6 blocks: a search space large enough for random plans to differ."""
+    return train_on_pattern(llama_factory(tied=False, initializer_range=0.1, layers=6))
