@@ -33,10 +33,11 @@ from qradaptor.models.loading import load_model
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
 from qradaptor.search.bayes import BayesConfig
+from qradaptor.search.budget import parse_budget
 from qradaptor.search.initial import initial_population
 from qradaptor.search.pipeline import SearchConfig, run_search
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
-from qradaptor.search.space import MemoryTable, SearchSpace, parse_budget
+from qradaptor.search.space import MemoryTable, SearchSpace
 from qradaptor.search.study import sqlite_url
 from qradaptor.sensitivity import pearson, profile_sensitivity
 

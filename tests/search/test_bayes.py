@@ -15,8 +15,9 @@ from qradaptor.search.bayes import (
     neighbourhood,
     refine,
 )
+from qradaptor.search.budget import parse_budget, violations
 from qradaptor.search.initial import initial_population
-from qradaptor.search.space import MemoryTable, SearchSpace, parse_budget, violations
+from qradaptor.search.space import MemoryTable, SearchSpace
 
 L = 6
 

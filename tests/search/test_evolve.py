@@ -10,9 +10,10 @@ import torch
 
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
+from qradaptor.search.budget import Budget, repair, violations
 from qradaptor.search.evolve import NSGA2Result, Trial, run_nsga2
 from qradaptor.search.nsga2 import dominance_matrix
-from qradaptor.search.space import Budget, MemoryTable, SearchSpace, repair, violations
+from qradaptor.search.space import MemoryTable, SearchSpace
 
 L = 6
 WEIGHTS = np.linspace(1.0, 3.0, L)  # deeper blocks matter more

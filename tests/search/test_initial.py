@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from qradaptor.models.structure import inspect_model
+from qradaptor.search.budget import Budget, violations
 from qradaptor.search.initial import initial_population, normalise
-from qradaptor.search.space import Budget, MemoryTable, SearchSpace, violations
+from qradaptor.search.space import MemoryTable, SearchSpace
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,11 @@ import torch
 
 from qradaptor.models.structure import inspect_model
 from qradaptor.search.bayes import BayesConfig
+from qradaptor.search.budget import parse_budget, violation
 from qradaptor.search.initial import initial_population
 from qradaptor.search.pipeline import SearchConfig, run_search
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
-from qradaptor.search.space import MemoryTable, SearchSpace, parse_budget, violation
+from qradaptor.search.space import MemoryTable, SearchSpace
 from qradaptor.search.study import genome_of, sqlite_url
 
 PROXY = ProxyConfig(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_batches=2)

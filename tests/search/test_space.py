@@ -7,16 +7,8 @@ import pytest
 
 from qradaptor.memory import plan_memory
 from qradaptor.plan import LayerSpec, Plan
-from qradaptor.search.space import (
-    Budget,
-    MemoryTable,
-    SearchSpace,
-    parse_budget,
-    repair,
-    smallest_and_largest,
-    violation,
-    violations,
-)
+from qradaptor.search.budget import Budget, parse_budget, repair, violation, violations
+from qradaptor.search.space import MemoryTable, SearchSpace, smallest_and_largest
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,10 @@ import pytest
 from qradaptor.memory import plan_memory
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import LayerSpec, Plan
+from qradaptor.search.budget import Budget, repair, violations
 from qradaptor.search.evolve import run_nsga2
 from qradaptor.search.initial import initial_population
-from qradaptor.search.space import (
-    Budget,
-    MemoryTable,
-    SearchSpace,
-    repair,
-    smallest_and_largest,
-    unit_sensitivity,
-    violations,
-)
+from qradaptor.search.space import MemoryTable, SearchSpace, smallest_and_largest, unit_sensitivity
 
 NAMES = (
     "self_attn.q_proj",

@@ -105,7 +105,7 @@ def search(
         device: auto (cuda if available), cpu or cuda; proxy fine-tunes run in fp32
     """
     from qradaptor.plan import check_bits, check_rank
-    from qradaptor.search.space import parse_budget
+    from qradaptor.search.budget import parse_budget
 
     the_budget = parse_budget(budget)
     bit_choices = _choices(bits, "--bits", check_bits)

@@ -1,10 +1,16 @@
-"""Search for a per-block (bits, rank) plan under a memory budget (QR-Adaptor §3.3–3.4).
+"""Search for a per-block (bits, rank) plan under a memory budget (QR-Adaptor §3.3–3.5).
 
-``nsga2`` holds the pure NSGA-II kernels (Pareto ranks, crowding distance, constrained
-selection, layer-wise crossover, proximity mutation) on arrays of choice indices;
-``space`` maps those genomes to Plans, prices them exactly with a memory table, and turns a
-budget ("3.5bits", "1.2GB") into a constraint violation and a repair step; ``initial``
-draws the sensitivity-biased first population; ``evolve`` runs the NSGA-II generations
-against any objective ``Plan -> loss``; ``proxy`` is that objective for real: a short,
-seeded LoRA fine-tune of the candidate scored by held-out loss. Only ``proxy`` builds models.
+Pure parts (arrays of choice indices, no model):
+    nsga2      Pareto ranks, crowding distance, constrained selection, layer-wise crossover,
+               proximity mutation
+    space      genomes <-> Plans (block or module units) and their exact memory table
+    budget     "3.5bits" / "1.2GB" budgets: violation, repair down to them, fill up to them
+    initial    the sensitivity-biased first population
+    evolve     the NSGA-II generations against any objective ``Plan -> loss``
+    bayes      Matérn-5/2 GP + Expected Improvement near the Pareto front
+Glue:
+    proxy      the objective for real: a short, seeded LoRA fine-tune scored by held-out loss
+    study      an Optuna study as the score cache: one trial per plan, resume by replay
+    pipeline   ``run_search``: profile, references, NSGA-II, Bayes, choice
+    records, report   finished searches as plain records; plots and the summary
 """

@@ -32,8 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from qradaptor.plan import Plan
+from qradaptor.search.budget import Budget, repair, violations
 from qradaptor.search.nsga2 import layerwise_crossover, rank_and_crowding
-from qradaptor.search.space import Budget, Genome, MemoryTable, SearchSpace, repair, violations
+from qradaptor.search.space import Genome, MemoryTable, SearchSpace
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Notation:
     P        population size (``population``);  O  offspring per generation (``offspring``)
     L        blocks; genome (L, 2) = [bits index, rank index] per block
     F        (n, 2) objectives, both minimised: [proxy loss, Mem(g) bytes]
-    v        (n,) budget violation (``space.violations``); 0 after repair, kept so the
+    v        (n,) budget violation (``budget.violations``); 0 after repair, kept so the
              ranking stays Deb's constrained domination should an infeasible genome appear
 
 One generation (Deb et al. 2002, as adapted in §3.4):
@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qradaptor.plan import Plan
+from qradaptor.search.budget import Budget, repair, violations
 from qradaptor.search.initial import initial_population
 from qradaptor.search.nsga2 import (
     FloatArray,
@@ -39,7 +40,7 @@ from qradaptor.search.nsga2 import (
     rank_and_crowding,
     select_survivors,
 )
-from qradaptor.search.space import Budget, Genome, MemoryTable, SearchSpace, repair, violations
+from qradaptor.search.space import Genome, MemoryTable, SearchSpace
 
 GenomeTuple = tuple[tuple[int, int], ...]
 """A genome as nested tuples, ((bits index, rank index), ...) per block: hashable and JSON-able."""

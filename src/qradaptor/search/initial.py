@@ -10,7 +10,7 @@ Each unit's choice index is drawn around a target that grows with its sensitivit
     index_l ~ round( s_l * (K - 1) + spread * N(0, 1) ),  clipped to [0, K - 1]
 so the probability of a higher (bits, rank) grows with s_l (§3.3), and ``spread`` keeps the
 population diverse. Every individual is then repaired to the budget, least sensitive units
-first, and filled up to it, most sensitive units first (``space.fill``): normalised
+first, and filled up to it, most sensitive units first (``budget.fill``): normalised
 sensitivities are mostly small, so the raw draws sit far below a typical budget, and on
 SmolLM2 an unfilled population of 2-bit-heavy plans (3.0-3.3 of 4.0 avg bits) scored
 7-8 nats where filled ones could use the budget (docs/SEARCH.md). Without a sensitivity
@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from qradaptor.search.space import Budget, MemoryTable, fill, repair
+from qradaptor.search.budget import Budget, fill, repair
+from qradaptor.search.space import MemoryTable
 
 
 def normalise(sensitivity: npt.ArrayLike) -> npt.NDArray[np.float64]:

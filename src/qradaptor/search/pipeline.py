@@ -15,7 +15,6 @@ to the ``ProxyEvaluator``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -25,18 +24,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qradaptor.search.bayes import BayesConfig, front_members, refine
+from qradaptor.search.budget import Budget, violations
 from qradaptor.search.evolve import run_nsga2
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.records import SEARCH_PHASES, TrialRecord
-from qradaptor.search.space import (
-    Budget,
-    MemoryTable,
-    SearchSpace,
-    smallest_and_largest,
-    unit_sensitivity,
-    violations,
+from qradaptor.search.space import MemoryTable, SearchSpace, smallest_and_largest, unit_sensitivity
+from qradaptor.search.study import (
+    DEFAULT_STUDY_NAME,
+    StudyObjective,
+    genome_of,
+    open_study,
+    tensor_digest,
+    weights_digest,
 )
-from qradaptor.search.study import DEFAULT_STUDY_NAME, StudyObjective, genome_of, open_study
 
 if TYPE_CHECKING:
     import torch
@@ -120,27 +120,6 @@ class SearchOutcome:
     """Plans answered from the study."""
     note: str = ""
     """Why the search took a shortcut, e.g. a budget above the largest plan."""
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """sha256 (16 hex digits) of tensors' shapes and values: names the data a study was scored on."""
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def weights_digest(model: nn.Module, per_tensor: int = 4096) -> str:
-    """sha256 (16 hex digits) over every parameter's name, shape and first ``per_tensor`` values.
-
-    Cheap for any model size, and tells two checkpoints of one architecture apart.
-    """
-    digest = hashlib.sha256()
-    for name, param in sorted(model.state_dict().items()):
-        digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
-        digest.update(param.detach().flatten()[:per_tensor].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def search_fingerprint(
