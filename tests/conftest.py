@@ -97,3 +97,13 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_gpt2():
     return make_tiny_gpt2()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: tiny models gain nothing from more, and on a shared
+    two-core machine threads oversubscribe (tests then run ten times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from qradaptor.cli import main
 from qradaptor.plan import Plan
@@ -16,12 +15,7 @@ FAST = ["--seq-len", 16, "--steps", 2, "--batch-size", 2, "--eval-batches", 1, "
 SMALL = ["--population", 3, "--generations", 2, "--bayes-iterations", 2, "--group-size", 32, "--ranks", "4,8"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

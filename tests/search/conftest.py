@@ -26,13 +26,9 @@ def pattern():
     return pattern_ids
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine threads oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def _single_thread(one_thread):
+    """Every search test runs on one torch thread (see ``one_thread``)."""
 
 
 def train_on_pattern(model):
