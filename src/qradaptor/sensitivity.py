@@ -26,7 +26,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -317,13 +316,9 @@ def plot_sensitivity(table: SensitivityTable, path: str | os.PathLike[str]) -> N
 
     The format follows the suffix (e.g. ``.png``, ``.pdf``).
     """
-    import matplotlib
+    from qradaptor.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    target = os.fspath(path)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
     blocks = list(range(table.num_blocks))
     for b in table.bits:
         # log axis: zero KL (possible at 8 bits on tiny models) would vanish, so floor it.
@@ -337,21 +332,7 @@ def plot_sensitivity(table: SensitivityTable, path: str | os.PathLike[str]) -> N
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a line
-    fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(target))
-    suffix = os.path.splitext(target)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sensitivity-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=suffix.lstrip("."), dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plot is not a secret
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from qradaptor.plotting import pyplot, save_figure
 from qradaptor.search.records import PHASES, SEARCH_PHASES, TrialRecord, best_so_far
 
 MIB = 2**20
@@ -55,36 +55,6 @@ def _y_range(values: Sequence[float]) -> tuple[float, float]:
 
 def _label(r: TrialRecord) -> str:
     return r.name or f"#{r.number}"
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str | os.PathLike[str]) -> None:
-    """Writes ``fig`` to ``path`` atomically (as ``sensitivity.plot_sensitivity`` does) and closes it."""
-    target, tmp = os.fspath(path), None
-    suffix = os.path.splitext(target)[1] or ".png"
-    try:
-        fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(
-            dir=os.path.dirname(os.path.abspath(target)), prefix=".report-", suffix=suffix
-        )
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=suffix.lstrip("."), dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plot is not a secret
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    finally:
-        _pyplot().close(fig)
 
 
 def _finish(ax: Any, xlabel: str, ylabel: str, title: str, ylim: tuple[float, float] | None = None) -> None:
@@ -135,7 +105,7 @@ def plot_pareto(
     _check_numbers("pareto", pareto, by_number)
     if budget_bytes is not None and not (math.isfinite(budget_bytes) and budget_bytes > 0):
         raise ValueError(f"budget_bytes must be finite and > 0, got {budget_bytes}")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     lo, top = _y_range([r.loss for r in records])
     for phase in PHASES:
@@ -163,7 +133,7 @@ def plot_pareto(
     if any(not math.isfinite(r.loss) for r in records):
         ax.scatter([], [], marker="^", color="grey", label="non-finite loss (top edge)")
     _finish(ax, "model memory (MiB)", "proxy loss", "Search trials: proxy loss vs memory", (lo, top))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_plan_by_depth(
@@ -192,7 +162,7 @@ def plot_plan_by_depth(
         raise ValueError(f"ranks must have len(bits)={len(bits)} entries, got {len(ranks)}")
     if unit_names is not None and len(unit_names) != len(bits):
         raise ValueError(f"unit_names must have len(bits)={len(bits)} entries, got {len(unit_names)}")
-    plt = _pyplot()
+    plt = pyplot()
     units = list(range(len(bits)))
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(max(6.0, 0.3 * len(bits)), 5))
     top.bar(units, list(bits), color="tab:blue")
@@ -207,7 +177,7 @@ def plot_plan_by_depth(
     for ax in (top, bottom):
         ax.grid(True, axis="y", alpha=0.3)
     top.set_title(title or "Plan by depth")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_progress(records: Sequence[TrialRecord], path: str | os.PathLike[str]) -> None:
@@ -225,7 +195,7 @@ def plot_progress(records: Sequence[TrialRecord], path: str | os.PathLike[str]) 
         raise ValueError(f"records must hold a trial of a phase in {SEARCH_PHASES}, got only references")
     best = best_so_far(records)
     steps = list(range(1, len(search) + 1))
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     refs = [r for r in records if r.phase == "reference"]
     lo, top = _y_range([r.loss for r in search] + [r.loss for r in refs])
@@ -248,7 +218,7 @@ def plot_progress(records: Sequence[TrialRecord], path: str | os.PathLike[str]) 
         ax.scatter([], [], marker="^", color="grey", label="non-finite loss (top edge)")
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # evaluations are counts
     _finish(ax, "search evaluations", "proxy loss", "Search progress (best so far)", (lo, top))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _check_pair(bits: Sequence[int], sensitivity: Sequence[float]) -> None:
@@ -290,7 +260,7 @@ def plot_bits_vs_sensitivity(
         ValueError: As ``bits_sensitivity_correlation``.
     """
     r = bits_sensitivity_correlation(bits, sensitivity)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter(list(sensitivity), list(bits), color="tab:blue")
     for i, (s, b) in enumerate(zip(sensitivity, bits, strict=True)):
@@ -300,7 +270,7 @@ def plot_bits_vs_sensitivity(
     ax.set_yticks(sorted(set(bits)))
     title = f"Pearson r = {r:.3f}" if math.isfinite(r) else "Pearson r undefined (constant input)"
     _finish(ax, "sensitivity (mean KL, Eq. 6)", "chosen bits", f"Bits vs sensitivity: {title}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _json_loss(value: float) -> float | None:
