@@ -7,9 +7,15 @@ never leaves a half-written image under the final name.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from typing import Any
+
+
+def can_plot() -> bool:
+    """Whether matplotlib is installed (found without importing it)."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def pyplot() -> Any:

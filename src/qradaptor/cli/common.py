@@ -21,6 +21,8 @@ DEBUG_DEST = "_debug"
 """Namespace attribute of the --debug flag."""
 QUANT_METHODS = ("rtn", "hqq")
 """Copy of ``qradaptor.quant.quantizer.QUANT_METHODS``, which loads torch (a test checks they agree)."""
+DEVICES = ("auto", "cpu", "cuda")
+"""What --device accepts."""
 _SHORTHAND = re.compile(r"^uniform:(\d+):(\d+)$")
 _UNITS = ("KiB", "MiB", "GiB", "TiB")
 
@@ -158,3 +160,25 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, force: bool = 
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def check_device(device: str) -> None:
+    """Raises ValueError unless ``device`` is one of ``DEVICES`` (no torch import: fails fast)."""
+    if device not in DEVICES:
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+
+
+def resolve_device(device: str) -> str:
+    """ "cpu" or "cuda" for a checked ``device``: auto picks cuda when available.
+
+    Raises:
+        ValueError: if cuda is asked for and not available.
+    """
+    import torch
+
+    check_device(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but CUDA is not available here")
+    return device

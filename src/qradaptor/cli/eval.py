@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from qradaptor.cli.common import check_output, read_plan, write_text_atomic
+from qradaptor.cli.common import check_device, check_output, read_plan, resolve_device, write_text_atomic
 
 
 def eval(  # noqa: A001 - the verb's name is the command's
@@ -63,8 +63,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         raise ValueError(f"--batch-size must be >= 1 and --seq-len >= 2, got {batch_size} and {seq_len}")
     if backend not in ("qradaptor", "harness"):
         raise ValueError(f"--backend must be qradaptor or harness, got {backend!r}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    check_device(device)
     if output is not None:
         check_output(output, force=force)  # fail now, not after an hour of evaluation
     given = read_plan(plan) if plan else None
@@ -76,10 +75,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     from qradaptor.eval.suite import run_suite, zero_shot_average
     from qradaptor.plan import Plan
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but CUDA is not available here")
+    device = resolve_device(device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     the_plan = given
     if isinstance(given, tuple):

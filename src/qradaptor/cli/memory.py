@@ -101,8 +101,14 @@ def _render(data: dict[str, Any]) -> str:
         )
     t = data["totals"]
     lines += [""]
-    for key, label in (("block_linears", "block linears"), ("embedding", "embedding"), ("head", "head"),
-                       ("other", "other"), ("adapters", "adapters"), ("total", "total")):
+    for key, label in (
+        ("block_linears", "block linears"),
+        ("embedding", "embedding"),
+        ("head", "head"),
+        ("other", "other"),
+        ("adapters", "adapters"),
+        ("total", "total"),
+    ):
         value = "(tied)" if key == "head" and data["tied"] else format_bytes(t[key])
         lines.append(f"{label:<18} {value:>12}")
     lines += [
@@ -114,10 +120,18 @@ def _render(data: dict[str, Any]) -> str:
     if "training" in data:
         tr = data["training"]
         ckpt = "on" if tr["gradient_checkpointing"] else "off"
-        lines += ["", f"training step estimate: batch {tr['batch_size']} x {tr['seq_len']} tokens, "
-                  f"gradient checkpointing {ckpt}"]
-        for key, label in (("weights", "weights"), ("gradients", "gradients"), ("optimizer", "AdamW states"),
-                           ("activations", "activations"), ("total", "total")):
+        lines += [
+            "",
+            f"training step estimate: batch {tr['batch_size']} x {tr['seq_len']} tokens, "
+            f"gradient checkpointing {ckpt}",
+        ]
+        for key, label in (
+            ("weights", "weights"),
+            ("gradients", "gradients"),
+            ("optimizer", "AdamW states"),
+            ("activations", "activations"),
+            ("total", "total"),
+        ):
             lines.append(f"{label:<18} {format_bytes(tr[key]):>12}")
     if "verify" in data:
         v = data["verify"]
@@ -198,8 +212,13 @@ def memory(
     if train:
         assert batch_size is not None and seq_len is not None
         step = training_memory(
-            structure, report, batch_size=batch_size, seq_len=seq_len, act_bytes=DTYPE_BYTES[dtype],
-            adapter_bytes=ADAPTER_BYTES, gradient_checkpointing=gradient_checkpointing,
+            structure,
+            report,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            act_bytes=DTYPE_BYTES[dtype],
+            adapter_bytes=ADAPTER_BYTES,
+            gradient_checkpointing=gradient_checkpointing,
         )
         data["training"] = {
             "batch_size": batch_size,

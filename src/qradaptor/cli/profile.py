@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qradaptor.cli.common import QUANT_METHODS, check_output, parse_int_list, write_text_atomic
+from qradaptor.cli.common import (
+    QUANT_METHODS,
+    check_device,
+    check_output,
+    parse_int_list,
+    resolve_device,
+    write_text_atomic,
+)
+from qradaptor.plotting import can_plot
 
 if TYPE_CHECKING:
     from qradaptor.sensitivity import SensitivityTable
@@ -44,11 +51,6 @@ def parse_bits(text: str) -> list[int]:
 def sensitivity_ranks(values: tuple[float, ...] | list[float]) -> list[int]:
     """Rank of each block, 1 = most sensitive; equal values share the better rank (1, 2, 2, 4)."""
     return [1 + sum(other > value for other in values) for value in values]
-
-
-def can_plot() -> bool:
-    """Whether matplotlib is installed (found without importing it)."""
-    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _check_out_dir(out_dir: str, force: bool, plot: bool) -> Path:
@@ -132,8 +134,7 @@ def profile(
         raise ValueError(f"--batch-size and --group-size must be >= 1, got {batch_size} and {group_size}")
     if method not in QUANT_METHODS:
         raise ValueError(f"--method must be one of {', '.join(QUANT_METHODS)}, got {method!r}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    check_device(device)
     plot = can_plot()
     folder = _check_out_dir(output, force, plot)  # fail now, not after the profile
 
@@ -146,10 +147,7 @@ def profile(
     from qradaptor.models.loading import load_model
     from qradaptor.sensitivity import plot_sensitivity, profile_sensitivity
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but CUDA is not available here")
+    device = resolve_device(device)
     loaded = load_model(model, dtype=torch.float32, device=device)
     calibration = pack_texts(texts, loaded.tokenizer, seq_len, num_sequences=samples, seed=seed)  # (N, T)
     started = time.perf_counter()

@@ -9,7 +9,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qradaptor.cli.common import load_structure, parse_int_list, write_text_atomic
+from qradaptor.cli.common import (
+    check_device,
+    load_structure,
+    parse_int_list,
+    resolve_device,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:
     from qradaptor.search.pipeline import SearchOutcome
@@ -133,14 +139,11 @@ def search(
         check_bits(fixed_bits, "--fixed-bits")
     if fixed_rank is not None:
         check_rank(fixed_rank, "--fixed-rank")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    check_device(device)
     run_dir = Path(output).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output {output!r} is a file; give a folder for the run")
     given_sensitivity = _read_sensitivity(sensitivity) if sensitivity else None
-
-    import torch
 
     from qradaptor.data import load_texts, pack_texts
     from qradaptor.models.loading import load_model
@@ -149,10 +152,7 @@ def search(
     from qradaptor.search.proxy import ProxyConfig
     from qradaptor.search.study import sqlite_url
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but CUDA is not available here")
+    device = resolve_device(device)
     config = SearchConfig(
         budget=the_budget,
         bits=bit_choices,
@@ -281,9 +281,9 @@ def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: 
 
 
 def _plots(run_dir: Path, outcome: SearchOutcome, config: Any) -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    from qradaptor.plotting import can_plot
+
+    if not can_plot():
         print("matplotlib is not installed: no plots (pip install 'qradaptor[plot]')", file=sys.stderr)
         return
     from qradaptor.search import report
