@@ -148,7 +148,8 @@ def search(
     from qradaptor.data import load_texts, pack_texts
     from qradaptor.models.loading import load_model
     from qradaptor.search.bayes import BayesConfig
-    from qradaptor.search.pipeline import SearchConfig, check_budget, run_search, search_space
+    from qradaptor.search.budget import check_budget
+    from qradaptor.search.pipeline import SearchConfig, run_search, search_space
     from qradaptor.search.proxy import ProxyConfig
     from qradaptor.search.study import sqlite_url
 
@@ -172,7 +173,7 @@ def search(
     )
     proxy = ProxyConfig(steps=steps, batch_size=batch_size, lr=lr, eval_batches=eval_batches)
 
-    check_budget(search_space(load_structure(model)[1], config)[1], the_budget)  # before loading weights
+    check_budget(the_budget, search_space(load_structure(model)[1], config)[1])  # before loading weights
     started = time.perf_counter()
     loaded = load_model(model, device=device)
     train_windows = pack_texts(load_texts(data), loaded.tokenizer, seq_len, seed=0)  # the whole corpus

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qradaptor.plan import UNQUANTIZED
-from qradaptor.search.space import Genome, MemoryTable
+from qradaptor.search.space import Genome, MemoryTable, smallest_and_largest
 
 BudgetKind = Literal["avg_bits", "bytes"]
 
@@ -103,6 +103,31 @@ def _used(genome: Genome, budget: Budget, table: MemoryTable) -> float:
     return float(table.avg_bits_of(genome) if budget.kind == "avg_bits" else table.bytes_of(genome))
 
 
+def check_budget(budget: Budget, table: MemoryTable) -> bool:
+    """Whether even the largest plan of the table's space fits ``budget`` (nothing to search then).
+
+    Raises:
+        ValueError: if the smallest plan of the space exceeds the budget; the message gives
+            the smallest achievable memory.
+    """
+    space = table.space
+    low, high = smallest_and_largest(table, space)
+    floor = f"every {space.granularity} at {space.bit_choices[0]} bits, rank {space.rank_choices[0]}"
+    smallest = _used(low, budget, table)
+    if smallest > budget.value:
+        if budget.kind == "avg_bits":
+            amount, detail = f"{smallest:g} avg bits", f"; {int(table.bytes_of(low))} bytes"
+        else:
+            amount, detail = f"{int(smallest)} bytes", ""
+        raise ValueError(
+            f"budget {budget.describe()} is below the smallest plan of the search space: {amount} "
+            f"({floor}{detail}): "
+            f"the smallest achievable memory of this search space is {amount}, so raise the budget "
+            "or add smaller bits/ranks"
+        )
+    return _used(high, budget, table) <= budget.value
+
+
 def repair(
     rng: np.random.Generator,
     genome: npt.ArrayLike,
@@ -136,15 +161,7 @@ def repair(
     if g.ndim != 2:
         raise ValueError(f"repair takes one (L, 2) genome, got shape {g.shape}")
     L = space.num_units
-    floor = np.zeros((L, 2), dtype=np.int64)
-    smallest = _used(floor, budget, table)
-    if smallest > budget.value:
-        unit = "avg bits" if budget.kind == "avg_bits" else "bytes"
-        raise ValueError(
-            f"budget {budget.describe()} cannot be met: the smallest achievable memory of this "
-            f"search space is {smallest:g} {unit} (every {space.granularity} at {space.bit_choices[0]} bits, "
-            f"rank {space.rank_choices[0]})"
-        )
+    check_budget(budget, table)
     if sensitivity is not None:
         sens = np.asarray(sensitivity, dtype=np.float64)
         if sens.shape != (L,):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qradaptor.search.bayes import BayesConfig, front_members, refine
-from qradaptor.search.budget import Budget, violations
+from qradaptor.search.budget import Budget, check_budget, violations
 from qradaptor.search.evolve import run_nsga2
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.records import SEARCH_PHASES, TrialRecord
@@ -145,31 +145,6 @@ def search_fingerprint(
     }
 
 
-def check_budget(table: MemoryTable, budget: Budget) -> str:
-    """ "" when the budget lies within the space, "above" when even the largest plan fits.
-
-    Raises:
-        ValueError: if the smallest plan of the space exceeds the budget (it is named).
-    """
-    low, high = smallest_and_largest(table, table.space)
-    unit = "avg bits" if budget.kind == "avg_bits" else "bytes"
-    used = (
-        (lambda g: float(table.avg_bits_of(g)))
-        if budget.kind == "avg_bits"
-        else (lambda g: float(table.bytes_of(g)))
-    )
-    if violations(low, budget, table) > 0:
-        space = table.space
-        raise ValueError(
-            f"budget {budget.describe()} is below the smallest plan of the search space: "
-            f"{used(low):g} {unit} (every unit at {space.bit_choices[0]} bits, rank {space.rank_choices[0]}, "
-            f"{int(table.bytes_of(low))} bytes); raise the budget or add smaller bits/ranks"
-        )
-    if violations(high, budget, table) == 0:
-        return "above"
-    return ""
-
-
 def search_space(
     structure: ModelStructure, config: SearchConfig
 ) -> tuple[SearchSpace, MemoryTable, dict[str, Any]]:
@@ -271,7 +246,7 @@ def run_search(
     proxy = ProxyConfig() if proxy is None else proxy
     structure = inspect_model(model)
     space, table, plan_kwargs = search_space(structure, config)
-    above = check_budget(table, config.budget)
+    above = check_budget(config.budget, table)
     fingerprint = search_fingerprint(model, structure.signature, train_ids, eval_ids, config, proxy)
     study = open_study(storage, fingerprint, study_name)  # refuses before any expensive work
     stages: dict[str, float] = {}
