@@ -169,8 +169,10 @@ def search_space(
     return space, MemoryTable.build(structure, space, **plan_kwargs), plan_kwargs
 
 
-def reference_plans(space: SearchSpace, config: SearchConfig, plan_kwargs: dict[str, Any]) -> list[Plan]:
-    """Uniform plans of every bit choice at the reference rank (or the largest rank choice)."""
+def reference_plans(
+    space: SearchSpace, config: SearchConfig, plan_kwargs: dict[str, Any]
+) -> list[tuple[Plan, str]]:
+    """(plan, name) of the uniform plan of every bit choice at the reference rank (or the largest rank)."""
     ranks = space.rank_choices
     rank = config.reference_rank if config.reference_rank in ranks else ranks[-1]
     plans = []
@@ -255,7 +257,7 @@ def run_search(
     unit_sens = None
     if config.profile and not above:
         sensitivity = _profile(model, structure, space, config, calibration, sensitivity, progress)
-        lowest = min(b for b in space.bit_choices)
+        lowest = space.bit_choices[0]  # choices ascend
         block_sens = (
             sensitivity.column(lowest) if lowest in sensitivity.bits else sensitivity.min_bits_profile()
         )
@@ -326,7 +328,7 @@ def run_search(
             def on_iteration(iteration: int) -> None:
                 objective.generation = iteration
 
-            history = [(genome_of(r, space), r.loss) for r in objective.records if _in_space(r, space)]
+            history = [(genome_of(r, space), r.loss) for r in objective.records]
             refine(
                 objective,
                 table,
@@ -358,10 +360,6 @@ def run_search(
     )
 
 
-def _in_space(record: TrialRecord, space: SearchSpace) -> bool:
-    return set(record.bits) <= set(space.bit_choices) and set(record.ranks) <= set(space.rank_choices)
-
-
 def _choose(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> TrialRecord:
     """The lowest loss within the budget; references count too (a uniform plan may be best)."""
     space = table.space
@@ -372,7 +370,7 @@ def _choose(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> T
 
 def _profile(
     model: nn.Module,
-    structure: Any,
+    structure: ModelStructure,
     space: SearchSpace,
     config: SearchConfig,
     calibration: torch.Tensor | None,

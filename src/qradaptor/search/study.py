@@ -209,11 +209,6 @@ class StudyObjective:
         self.records: list[TrialRecord] = []
         self._seen: set[str] = set()
 
-    @property
-    def cached(self) -> int:
-        """Finished trials in the study."""
-        return len(self._cache)
-
     def record(self, plan: Plan) -> TrialRecord:
         """The record of ``plan``: from the study, or by evaluating and storing it."""
         key = plan.plan_hash
@@ -246,12 +241,13 @@ class StudyObjective:
         self.evaluated += 1
         bits = [self.space.bit_choices[i] for i in genome[:, 0]]
         ranks = [self.space.rank_choices[j] for j in genome[:, 1]]
+        bits_choice = CategoricalDistribution(self.space.bit_choices)
+        rank_choice = CategoricalDistribution(self.space.rank_choices)
         params: dict[str, int] = {}
         distributions: dict[str, CategoricalDistribution] = {}
         for (bits_name, rank_name), b, r in zip(_param_names(self.space), bits, ranks, strict=True):
             params[bits_name], params[rank_name] = int(b), int(r)
-            distributions[bits_name] = CategoricalDistribution(self.space.bit_choices)
-            distributions[rank_name] = CategoricalDistribution(self.space.rank_choices)
+            distributions[bits_name], distributions[rank_name] = bits_choice, rank_choice
         used = int(self.table.bytes_of(genome))
         attrs = {
             "phase": self.phase,
@@ -270,22 +266,8 @@ class StudyObjective:
             user_attrs=attrs,
         )
         self.study.add_trial(trial)
-        number = self.study.get_trials(deepcopy=False)[-1].number
-        return TrialRecord(
-            number=number,
-            phase=self.phase,
-            generation=int(self.generation),
-            plan_hash=plan.plan_hash,
-            bits=tuple(int(b) for b in bits),
-            ranks=tuple(int(r) for r in ranks),
-            loss=float(score.loss),
-            loss_before=float(score.loss_before),
-            bytes=used,
-            avg_bits=float(attrs["avg_bits"]),
-            seconds=float(score.seconds),
-            name=str(attrs["name"]),
-            tokens=int(score.tokens),
-        )
+        # Read back what the study holds, so a new record is the same as its later replay.
+        return record_of(self.study.get_trials(deepcopy=False)[-1], self.space)
 
 
 def genome_of(record: TrialRecord, space: SearchSpace) -> np.ndarray:
