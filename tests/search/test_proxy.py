@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from qradaptor.plan import Plan
-from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator, ProxyScore, lr_factor
+from qradaptor.schedule import lr_factor
+from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator, ProxyScore
 
 T = 32
 FAST = ProxyConfig(steps=8, batch_size=4, lr=1e-2, warmup=1, eval_batches=2)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qradaptor.fingerprint import tensor_digest, weights_digest
 from qradaptor.search.bayes import BayesConfig, front_members, refine
 from qradaptor.search.budget import Budget, check_budget, violations
 from qradaptor.search.evolve import run_nsga2
@@ -34,8 +35,6 @@ from qradaptor.search.study import (
     StudyObjective,
     genome_of,
     open_study,
-    tensor_digest,
-    weights_digest,
 )
 
 if TYPE_CHECKING:

@@ -24,16 +24,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from qradaptor.schedule import SCHEDULES, Schedule, lr_factor
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from qradaptor.plan import Plan
-
-Schedule = Literal["cosine", "linear", "constant"]
-SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 
 
 def _check_int(value: object, name: str, minimum: int) -> None:
@@ -105,23 +104,6 @@ class ProxyScore:
     def diverged(self) -> bool:
         """True when the score is inf (a non-finite loss somewhere)."""
         return not math.isfinite(self.loss)
-
-
-def lr_factor(step: int, steps: int, warmup: int, schedule: Schedule) -> float:
-    """Multiplier of the peak lr at 0-based ``step``.
-
-    Warm-up is (step + 1) / (warmup + 1), so the first step already learns; after it
-    progress p = (step - warmup) / (steps - warmup) in [0, 1) gives
-    cosine 0.5 (1 + cos(pi p)), linear 1 - p, constant 1. No step gets a zero lr.
-    """
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, steps - warmup)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
 
 
 def _check_ids(ids: object, name: str) -> None:

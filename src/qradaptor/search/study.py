@@ -23,7 +23,6 @@ Trials (``optuna.trial.FrozenTrial``, inspectable with optuna-dashboard):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -36,8 +35,6 @@ from qradaptor.search.records import PHASES, TrialRecord
 
 if TYPE_CHECKING:
     import optuna
-    import torch
-    from torch import nn
 
     from qradaptor.plan import Plan
     from qradaptor.search.proxy import ProxyScore
@@ -113,27 +110,6 @@ def open_study(
     if directions != ["MINIMIZE", "MINIMIZE"]:
         raise ValueError(f"study {study_name!r} has directions {directions}, expected [MINIMIZE, MINIMIZE]")
     return study
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """sha256 (16 hex digits) of tensors' shapes and values: names the data a study was scored on."""
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def weights_digest(model: nn.Module, per_tensor: int = 4096) -> str:
-    """sha256 (16 hex digits) over every parameter's name, shape and first ``per_tensor`` values.
-
-    Cheap for any model size, and tells two checkpoints of one architecture apart.
-    """
-    digest = hashlib.sha256()
-    for name, param in sorted(model.state_dict().items()):
-        digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
-        digest.update(param.detach().flatten()[:per_tensor].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _param_names(space: SearchSpace) -> list[tuple[str, str]]:
