@@ -1,9 +1,10 @@
-"""apply_plan: turn a model and a Plan into a quantised model with LoRA adapters.
+"""apply_plan: turn a model and a Plan into a quantised model with (LoRA-family) adapters.
 
 Each linear of each block is quantised at its planned bits (a packed ``QuantLinear``, or a
 dense "simulated" copy of the dequantised weight for fast search-time scoring) and gets a
-PEFT LoRA adapter of its planned rank; embedding and head are quantised only when the plan
-says so; every other weight is frozen. Only this module changes a model for good
+PEFT adapter of its planned rank (LoRA, or a ``qradaptor.lora.AdapterVariant``: DoRA,
+AdaLoRA, LoftQ-initialised); embedding and head are quantised only when the plan says so;
+every other weight is frozen. Only this module changes a model for good
 (sensitivity profiling swaps single blocks temporarily and puts them back).
 """
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from qradaptor.lora import lora_config
+from qradaptor.lora import AdapterVariant, adalora_config, lora_config, prepare_adalora_
 from qradaptor.models.structure import LinearInfo, ModelStructure, inspect_model
 from qradaptor.plan import UNQUANTIZED, Plan
 from qradaptor.quant.modules import QuantEmbedding, QuantLinear, simulated_linear
@@ -78,17 +79,32 @@ def quantize_model_(model: nn.Module, plan: Plan, *, simulated: bool = False) ->
     return structure
 
 
+def _loftq_weights(model: nn.Module, plan: Plan, structure: ModelStructure) -> dict[str, torch.Tensor]:
+    """(out, in) dense weights of the modules LoftQ will initialise: quantised and adapted.
+
+    References, not copies: quantisation replaces the modules but leaves these tensors alive.
+    """
+    infos = {info.name: info for info in structure.linears}
+    weights = {}
+    for block, name, spec in plan.iter_modules(structure):
+        if spec.bits != UNQUANTIZED and spec.rank > 0:
+            path = structure.module_path(block, name)
+            weights[path] = _dense_weight(model.get_submodule(path), infos[name])
+    return weights
+
+
 def apply_plan(
     model: nn.Module,
     plan: Plan,
     *,
     simulated: bool = False,
     lora_dropout: float = 0.0,
+    variant: AdapterVariant | None = None,
 ) -> PeftModel | nn.Module:
-    """Quantises ``model`` per ``plan`` and attaches LoRA adapters of the planned ranks.
+    """Quantises ``model`` per ``plan`` and attaches adapters of the planned ranks.
 
     The model is changed in place (its linears are replaced); pass a copy to keep the
-    original. Only the LoRA parameters are trainable afterwards.
+    original. Only the adapter parameters are trainable afterwards.
 
     Args:
         model: a causal LM (Llama/Qwen/Mistral-style or GPT-2-style).
@@ -96,17 +112,32 @@ def apply_plan(
         simulated: store quantised weights densely (quantise then dequantise) instead of
             packed; same outputs, faster steps, no memory saving. For search-time scoring.
         lora_dropout: dropout on the adapter input.
+        variant: the adapter (``AdapterVariant``); None is plain LoRA. "dora" is (Q)DoRA
+            with the plan's ranks; "adalora" is AdaLoRA on the plan's adapted modules (the
+            plan's ranks must be uniform; the ranks come from the variant; see
+            ``qradaptor.lora.adalora_config`` for what the trainer must call); ``init="loftq"``
+            refits each adapted quantised module's codes and adapter by LoftQ.
 
     Returns:
         A ``peft.PeftModel`` when some rank is > 0, else the (frozen) quantised model.
 
     Raises:
-        ValueError: if the model can't be mapped or the plan does not fit it.
+        ValueError: if the model can't be mapped, the plan does not fit it, or the variant
+            does not fit the plan (adalora on a non-uniform-rank plan).
     """
-    structure = quantize_model_(model, plan, simulated=simulated)
-    config = lora_config(plan, structure, dropout=lora_dropout)
+    variant = variant or AdapterVariant()
+    structure = inspect_model(model)
+    plan.validate(structure)  # before any change to the model, as is the config below
+    if variant.kind == "adalora":
+        config = adalora_config(plan, structure, variant, dropout=lora_dropout)
+    else:
+        config = lora_config(plan, structure, dropout=lora_dropout, use_dora=variant.kind == "dora")
+    dense = _loftq_weights(model, plan, structure) if variant.init == "loftq" else {}
+    quantize_model_(model, plan, simulated=simulated)
     if config is None:
         return model
+    if variant.kind == "adalora":
+        prepare_adalora_(model, sorted(config.target_modules))
     import warnings
 
     from peft import get_peft_model
@@ -114,4 +145,11 @@ def apply_plan(
     with warnings.catch_warnings():
         # peft 0.21 asks transformers 5 a deprecated question on every wrap; not ours to fix.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, config)
+        # prepare_adalora_'s adapter-less layers look to PEFT like an earlier wrap.
+        warnings.filterwarnings("ignore", message=".*modify a model with PEFT for a second time.*")
+        peft_model = get_peft_model(model, config)
+    if dense:
+        from qradaptor.loftq import apply_loftq_
+
+        apply_loftq_(peft_model, dense, plan, iters=variant.loftq_iters)
+    return peft_model
