@@ -1,9 +1,11 @@
-"""``qra plan``: write a uniform or hand-made plan, stamped for a model."""
+"""``qra plan``: write a uniform, hand-made or named baseline plan, stamped for a model."""
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from qradaptor.cli.common import (
     QUANT_METHODS,
@@ -15,6 +17,14 @@ from qradaptor.cli.common import (
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
+    from qradaptor.plan import Plan
+
+PROBE_WINDOWS = 8
+"""Windows of the embedded calibration text the rank-gradient probe runs on."""
+PROBE_SEQ_LEN = 256
+"""Tokens per probe window (fewer if the model's positions end sooner)."""
+PROBE_BATCH = 2
+"""Windows per probe step; PROBE_WINDOWS / PROBE_BATCH steps in all."""
 
 
 def _per_block(values: list[int], option: str, num_blocks: int) -> list[int]:
@@ -40,6 +50,8 @@ def plan(
     uniform: str | None = None,
     bits: str | None = None,
     ranks: str | None = None,
+    baseline: str | None = None,
+    rank: int | None = None,
     output: str | None = None,
     force: bool = False,
     group_size: int = 64,
@@ -55,12 +67,27 @@ def plan(
     value is used for every block). The plan is validated against the model and stamped
     with its signature, so using it on another model is refused.
 
+    Or --baseline NAME [--rank R] [--bits B] for a named baseline (qradaptor.baselines):
+    lora16, qlora, qlora-4/-3/-2, embed8-body4 (8-bit embedding and head), and rank
+    heuristics at the same adapter budget as uniform rank R: rank-linear-decay/-growth
+    (linear in depth from 7R/4 to R/4), rank-attn-focus/-ffn-focus (2R, or what the
+    budget allows, on one group, the rest of the budget to the other),
+    rank-gradient (proportional to per-block gradient norms, measured by a probe: 4
+    backward passes of rank-R adapters on the 16-bit model over 8 windows of 256 tokens,
+    fewer if the model's positions end sooner, of the embedded calibration text; it loads
+    the weights).
+
     Args:
         model: a local model directory, a .gguf file or a hub id; omitted: the embedded
             SmolLM2-135M-Instruct
         uniform: BITS:RANK for every block, e.g. 4:16 (QLoRA)
-        bits: bits per block, comma-separated (1..8, or 16 = unquantised), e.g. 4,4,2
+        bits: bits per block, comma-separated (1..8, or 16 = unquantised), e.g. 4,4,2; with
+            --baseline one value, the block bits of qlora and the rank-* baselines (default 4)
         ranks: LoRA rank per block, comma-separated (0 = no adapter), e.g. 16,8,0
+        baseline: a named baseline plan: lora16, qlora, qlora-4, qlora-3, qlora-2,
+            embed8-body4, rank-linear-decay, rank-linear-growth, rank-attn-focus,
+            rank-ffn-focus, rank-gradient
+        rank: base LoRA rank of --baseline (default 16)
         output: write the plan to this file (default: print it)
         force: overwrite --output if it exists
         group_size: input columns per quantisation group (one 16-bit scale and zero each)
@@ -69,10 +96,27 @@ def plan(
         embed_bits: bits of the input embedding (default 16 = unquantised); on a tied model
             also the head's unless --head-bits is given
         head_bits: bits of the output head (default 16 = unquantised)
-        name: a label for reports (default e.g. uniform-4bit-r16)
+        name: a label for reports (default e.g. uniform-4bit-r16, or the baseline's name)
     """
-    from qradaptor.plan import UNQUANTIZED, Plan, check_bits, check_rank
+    from qradaptor.plan import Plan, check_bits, check_rank
 
+    if baseline is not None:
+        request = _baseline_request(baseline, uniform, bits, ranks, rank, embed_bits, head_bits)
+        if output is not None:
+            check_output(output, force=force)
+        _, structure = load_structure(model)
+        kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits)
+        if request[0] == "embed8-body4":
+            del kwargs["embed_bits"], kwargs["head_bits"]  # the baseline sets both to 8
+        if name is not None:
+            kwargs["name"] = name
+        made = _baseline_plan(model, structure, *request, kwargs)
+        return _write(made, structure, output, force)
+    if rank is not None:
+        raise ValueError(
+            f"--rank goes with --baseline; for other plans use --uniform BITS:RANK or --ranks, "
+            f"got --rank {rank}"
+        )
     if uniform is not None and (bits is not None or ranks is not None):
         raise ValueError("give either --uniform BITS:RANK or --bits/--ranks, not both")
     if uniform is None and (bits is None or ranks is None):
@@ -100,19 +144,99 @@ def plan(
         per_bits = _per_block(bits_list, "--bits", structure.num_blocks)
         per_ranks = _per_block(ranks_list, "--ranks", structure.num_blocks)
         made = Plan.from_lists(per_bits, per_ranks, **kwargs)
+    return _write(made, structure, output, force)
+
+
+def _write(made: Plan, structure: ModelStructure, output: str | None, force: bool) -> int:
+    """Validates ``made`` for ``structure``, then prints it or writes it to ``output``."""
+    from qradaptor.plan import UNQUANTIZED
+
     made = made.for_model(structure)
     text = made.to_json() + "\n"
     if output is None:
         print(text, end="")
         return 0
     path = write_text_atomic(output, text, force=force)
-    quantised = sorted({s.bits for s in made.layers.values() if s.bits != UNQUANTIZED})
+    specs = [spec for _, _, spec in made.iter_modules(structure)]
+    quantised = sorted({s.bits for s in specs if s.bits != UNQUANTIZED})
     print(
         f"wrote plan {made.name or '(unnamed)'} for {structure.describe()} to {path} "
         f"(bits {', '.join(map(str, quantised)) or 'none quantised'}; "
-        f"avg rank {sum(made.block_ranks()) / made.num_blocks:g})"
+        f"avg rank {sum(s.rank for s in specs) / len(specs):g})"
     )
     return 0
+
+
+def _baseline_request(
+    baseline: str,
+    uniform: str | None,
+    bits: str | None,
+    ranks: str | None,
+    rank: int | None,
+    embed_bits: int | None,
+    head_bits: int | None,
+) -> tuple[str, int, int]:
+    """(name, rank, bits) of a --baseline request, checked before any model is loaded."""
+    from qradaptor.baselines import FIXED_BITS, check_baseline_name
+    from qradaptor.plan import check_bits
+
+    name = check_baseline_name(baseline, "--baseline")
+    if uniform is not None or ranks is not None:
+        raise ValueError(
+            f"--baseline makes the whole plan; give it without --uniform and --ranks "
+            f"(got --uniform {uniform!r}, --ranks {ranks!r})"
+        )
+    if rank is not None and rank < 1:
+        raise ValueError(f"--rank must be an integer >= 1, got {rank}")
+    block_bits = 4
+    if bits is not None:
+        values = parse_int_list(bits, "--bits")
+        if len(values) != 1:
+            raise ValueError(f"--bits with --baseline must be one value (the block bits), got {bits!r}")
+        block_bits = check_bits(values[0], "--bits")
+        if name in FIXED_BITS:
+            raise ValueError(
+                f"--baseline {name} fixes the block bits at {FIXED_BITS[name]}; drop --bits {bits}"
+            )
+    if name == "embed8-body4" and (embed_bits is not None or head_bits is not None):
+        raise ValueError(
+            "--baseline embed8-body4 sets the embedding and head to 8 bits; drop --embed-bits/--head-bits"
+        )
+    return name, 16 if rank is None else rank, block_bits
+
+
+def _baseline_plan(
+    model: str | None, structure: ModelStructure, name: str, rank: int, bits: int, options: dict[str, Any]
+) -> Plan:
+    """The baseline plan with the verb's options; rank-gradient first runs the probe."""
+    from qradaptor.baselines import baseline_plan
+
+    norms = _probe(model, structure, rank) if name == "rank-gradient" else None
+    return replace(baseline_plan(name, structure, rank=rank, bits=bits, gradient_norms=norms), **options)
+
+
+def _probe(model: str | None, structure: ModelStructure, rank: int) -> list[float]:
+    """Per-block gradient norms of rank-``rank`` adapters on the 16-bit model (train.probe)."""
+    import torch
+
+    from qradaptor.cli.common import resolve_device
+    from qradaptor.data import load_texts, pack_texts
+    from qradaptor.models.loading import load_model
+    from qradaptor.train.probe import gradient_norms
+
+    loaded = load_model(model, dtype=torch.float32, device=resolve_device("auto"))
+    config = loaded.model.config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    seq_len = min(PROBE_SEQ_LEN, positions or PROBE_SEQ_LEN)
+    ids = pack_texts(load_texts(None), loaded.tokenizer, seq_len, num_sequences=PROBE_WINDOWS, seed=0)
+    batches = list(ids.split(PROBE_BATCH))  # (PROBE_BATCH, T) each
+    norms = gradient_norms(loaded.model, structure, batches, rank=rank, steps=len(batches), seed=0)
+    print(
+        f"gradient probe ({len(batches)} steps of {PROBE_BATCH} x {seq_len} tokens): per-block norms "
+        + ", ".join(f"{g:.3g}" for g in norms),
+        file=sys.stderr,
+    )
+    return norms
 
 
 def _options(
@@ -146,6 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--uniform", metavar="BITS:RANK", help=helps["uniform"])
     parser.add_argument("--bits", metavar="B[,B...]", help=helps["bits"])
     parser.add_argument("--ranks", metavar="R[,R...]", help=helps["ranks"])
+    parser.add_argument("--baseline", metavar="NAME", help=helps["baseline"])
+    parser.add_argument("--rank", type=int, metavar="R", help=helps["rank"])
     parser.add_argument("-o", "--output", metavar="FILE", help=helps["output"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
     parser.add_argument("--group-size", type=int, default=64, help=helps["group_size"])

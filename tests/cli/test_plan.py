@@ -1,0 +1,129 @@
+"""``qra plan --baseline``, run in-process on the tiny Llama saved to disk, checked against the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qradaptor.baselines import BASELINE_PLANS, baseline_plan
+from qradaptor.cli import main
+from qradaptor.data import load_texts, pack_texts
+from qradaptor.models.loading import load_model
+from qradaptor.models.structure import inspect_model
+from qradaptor.plan import Plan
+from qradaptor.train.probe import gradient_norms
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what setup printed (save_pretrained's progress bar)
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def structure(tiny_model_dir, llama_factory):
+    return inspect_model(llama_factory())
+
+
+def test_help_lists_the_options(capsys) -> None:
+    code, out, _ = run(capsys, "plan", "--help")
+    assert code == 0 and "--baseline NAME" in out and "--rank R" in out
+    assert "rank-gradient (proportional to per-block gradient norms, measured by a probe" in out
+    assert "base LoRA rank of --baseline (default 16)" in out
+
+
+def test_decay_with_rank_and_bits(capsys, tiny_model_dir, structure) -> None:
+    code, out, _ = run(
+        capsys, "plan", tiny_model_dir, "--baseline", "rank-linear-decay", "--rank", "8", "--bits", "3"
+    )
+    assert code == 0
+    plan = Plan.from_json(out)
+    assert (plan.block_bits(), plan.block_ranks()) == ([3] * 3, [14, 8, 2])
+    assert plan == baseline_plan("rank-linear-decay", structure, rank=8, bits=3)
+
+
+def test_embed8_body4_written_to_a_file(capsys, tiny_model_dir, structure, tmp_path: Path) -> None:
+    target = tmp_path / "plan.json"
+    code, out, _ = run(capsys, "plan", tiny_model_dir, "--baseline", "embed8-body4", "-o", target)
+    assert code == 0 and "wrote plan embed8-body4" in out and "(bits 4; avg rank 16)" in out
+    plan = Plan.from_json(target.read_text())
+    assert (plan.embed_bits, plan.head_bits, plan.block_bits()) == (8, 8, [4, 4, 4])
+    assert plan.model_signature == structure.signature
+
+
+def test_options_pass_through_and_module_plans_summarise(capsys, tiny_model_dir, structure, tmp_path) -> None:
+    target = tmp_path / "focus.json"
+    argv = ["--baseline", "rank-attn-focus", "-o", target, "--group-size", "32", "--quant-method", "rtn"]
+    code, out, _ = run(
+        capsys, "plan", tiny_model_dir, *argv, "--alpha", "8", "--embed-bits", "8", "--name", "mine"
+    )
+    plan = Plan.from_json(target.read_text())
+    assert code == 0 and plan.granularity == "module"
+    # 4 attention linears at 32 and 3 FFN linears at 3, in each block
+    assert (
+        f"wrote plan mine for {structure.describe()}" in out and f"avg rank {(4 * 32 + 3 * 3) / 7:g})" in out
+    )
+    assert (plan.group_size, plan.quant_method, plan.alpha, plan.embed_bits, plan.head_bits) == (
+        32,
+        "rtn",
+        8.0,
+        8,
+        8,
+    )
+    assert plan.layers == baseline_plan("rank-attn-focus", structure).layers
+
+
+def test_gradient_runs_the_probe_as_the_library_does(capsys, tiny_model_dir, structure) -> None:
+    code, out, err = run(capsys, "plan", tiny_model_dir, "--baseline", "rank-gradient", "--rank", "4")
+    assert code == 0 and "gradient probe (4 steps of 2 x 128 tokens)" in err
+    loaded = load_model(tiny_model_dir, dtype=torch.float32, device="cpu")
+    ids = pack_texts(
+        load_texts(None), loaded.tokenizer, 128, num_sequences=8, seed=0
+    )  # 128: the tiny model's positions
+    norms = gradient_norms(loaded.model, structure, list(ids.split(2)), rank=4, steps=4, seed=0)
+    assert Plan.from_json(out) == baseline_plan("rank-gradient", structure, rank=4, gradient_norms=norms)
+    assert sum(Plan.from_json(out).block_ranks()) == 12
+
+
+@pytest.mark.parametrize("name", [n for n in BASELINE_PLANS if n != "rank-gradient"])
+def test_every_structural_baseline_equals_the_library(capsys, tiny_model_dir, structure, name: str) -> None:
+    code, out, _ = run(capsys, "plan", tiny_model_dir, "--baseline", name)
+    assert code == 0 and Plan.from_json(out) == baseline_plan(name, structure)
+
+
+BAD = {
+    "unknown name": (["--baseline", "qlora5"], "--baseline must be one of lora16, qlora, qlora-4"),
+    "training method": (["--baseline", "loftq"], "`qra train --method loftq`"),
+    "with uniform": (["--baseline", "qlora", "--uniform", "4:16"], "without --uniform and --ranks"),
+    "with ranks": (["--baseline", "qlora", "--ranks", "8"], "without --uniform and --ranks"),
+    "bits list": (["--baseline", "qlora", "--bits", "4,4,4"], "--bits with --baseline must be one value"),
+    "bad bits": (["--baseline", "qlora", "--bits", "9"], "--bits must be an integer in 1..8 or 16"),
+    "fixed bits": (["--baseline", "qlora-2", "--bits", "3"], "fixes the block bits at 2; drop --bits 3"),
+    "rank 0": (["--baseline", "qlora", "--rank", "0"], "--rank must be an integer >= 1, got 0"),
+    "rank alone": (["--uniform", "4:16", "--rank", "8"], "--rank goes with --baseline"),
+    "embed8 embed bits": (
+        ["--baseline", "embed8-body4", "--embed-bits", "4"],
+        "drop --embed-bits/--head-bits",
+    ),
+    "too coarse groups": (["--baseline", "qlora", "--group-size", "48"], "group"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2(capsys, tiny_model_dir, case: str) -> None:
+    args, phrase = BAD[case]
+    code, out, err = run(capsys, "plan", tiny_model_dir, *args)
+    assert (code, out) == (2, "")
+    assert err.startswith("qra plan: error: ") and err.count("\n") == 1
+    assert phrase in err
+
+
+def test_bad_names_fail_before_the_model_loads(capsys, tmp_path: Path) -> None:
+    missing = tmp_path / "no-model"
+    code, _, err = run(capsys, "plan", missing, "--baseline", "adalora")
+    assert code == 2 and "is a training method" in err
