@@ -14,6 +14,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     *,
     plan: str | None = None,
     adapter: str | None = None,
+    run: str | None = None,
     tasks: str = "suite",
     limit: int | None = None,
     batch_size: int = 16,
@@ -40,6 +41,9 @@ def eval(  # noqa: A001 - the verb's name is the command's
         plan: a plan JSON file or uniform:BITS:RANK; omitted: the base model as loaded (or, with
             --adapter, the adapter's ranks on the unquantised base)
         adapter: a PEFT adapter folder trained on this model and plan
+        run: a training run folder (plan.json, adapter/, base.safetensors, as qra train writes
+            it): evaluates the model exactly as trained; not with --plan or --adapter; MODEL
+            omitted: the model the run records (train.json, else its adapter)
         tasks: comma-separated task names or groups, e.g. suite or arc_easy,ppl_wiki
         limit: documents per task (windows for perplexity); omitted: all
         batch_size: sequences per forward pass
@@ -64,6 +68,13 @@ def eval(  # noqa: A001 - the verb's name is the command's
     if backend not in ("qradaptor", "harness"):
         raise ValueError(f"--backend must be qradaptor or harness, got {backend!r}")
     check_device(device)
+    if run is not None and (plan is not None or adapter is not None):
+        given_too = " and ".join(o for o, v in (("--plan", plan), ("--adapter", adapter)) if v is not None)
+        raise ValueError(f"--run {run!r} names the plan and adapter itself; do not also give {given_too}")
+    if run is not None:
+        from qradaptor.runs import read_run
+
+        read_run(run)  # a bad run folder fails now, before any model is loaded
     if output is not None:
         check_output(output, force=force)  # fail now, not after an hour of evaluation
     given = read_plan(plan) if plan else None
@@ -74,6 +85,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     from qradaptor.eval.results import format_table, to_json
     from qradaptor.eval.suite import run_suite, zero_shot_average
     from qradaptor.plan import Plan
+    from qradaptor.runs import assemble_run
 
     device = resolve_device(device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -83,7 +95,10 @@ def eval(  # noqa: A001 - the verb's name is the command's
 
         the_plan = Plan.uniform(load_structure(model)[1].num_blocks, *given)
     started = time.perf_counter()
-    built = assemble(model, the_plan, adapter, dtype=dtype, device=device)
+    if run is not None:
+        built = assemble_run(run, model, dtype=dtype, device=device)
+    else:
+        built = assemble(model, the_plan, adapter, dtype=dtype, device=device)
     records = run_suite(
         built.model,
         built.tokenizer,
@@ -104,6 +119,8 @@ def eval(  # noqa: A001 - the verb's name is the command's
         "plan": built.plan.to_dict(),
         "plan_hash": built.plan.plan_hash,
         "adapter": built.adapter,
+        "run": run,
+        "base": built.base,
         "tasks": names,
         "limit": limit,
         "batch_size": batch_size,
@@ -143,6 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("model", nargs="?", default=None, help=helps["model"])
     parser.add_argument("--plan", metavar="FILE|uniform:BITS:RANK", help=helps["plan"])
     parser.add_argument("--adapter", metavar="DIR", help=helps["adapter"])
+    parser.add_argument("--run", metavar="RUN", help=helps["run"])
     parser.add_argument("--tasks", default="suite", help=helps["tasks"])
     parser.add_argument("--limit", type=int, metavar="N", help=helps["limit"])
     parser.add_argument("--batch-size", type=int, default=16, metavar="B", help=helps["batch_size"])

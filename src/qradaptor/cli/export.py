@@ -1,0 +1,154 @@
+"""``qra export``: a training run as a merged 16-bit model for serving, or as a packed package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from qradaptor.cli.common import check_device, resolve_device
+
+DTYPES = ("bfloat16", "float16", "float32")
+"""What --dtype accepts for a merged export."""
+
+
+def _check_out(run: Path, output: str, force: bool) -> Path:
+    """``output`` as a Path if a folder may be written there, else ValueError naming why."""
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {output!r} is a file; give a folder to write the export into")
+    if out.exists() and not force:
+        raise ValueError(f"-o {output!r} already exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise ValueError(f"-o {output!r} cannot be written: folder {str(out.parent)!r} does not exist")
+    here, there = run.resolve(), out.resolve()
+    if here == there or there in here.parents or here in there.parents:
+        raise ValueError(f"-o {output!r} must lie outside the run folder {str(run)!r} and not contain it")
+    return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Renames the finished ``tmp`` to ``out``; an existing ``out`` is removed only after."""
+    tmp.chmod(0o755)  # mkdtemp makes it 0700
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:  # put the previous export back
+            os.replace(old / out.name, out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_packed(run: str, folder: Path, model: str | None, device: str) -> None:
+    """plan.json, adapter/, base.safetensors (packed now if the run kept none) and train.json."""
+    from qradaptor.runs import RUN_ADAPTER, RUN_BASE, RUN_PLAN, RUN_TRAIN, read_run
+
+    files = read_run(run)
+    shutil.copy2(Path(run) / RUN_PLAN, folder / RUN_PLAN)
+    if files.adapter is not None:
+        shutil.copytree(files.adapter, folder / RUN_ADAPTER)
+    if (Path(run) / RUN_TRAIN).is_file():
+        shutil.copy2(Path(run) / RUN_TRAIN, folder / RUN_TRAIN)
+    if files.base is not None:
+        shutil.copy2(files.base, folder / RUN_BASE)
+        return
+    import torch
+
+    from qradaptor.build import quantize_model_
+    from qradaptor.models.loading import load_model
+    from qradaptor.packed import save_packed_base
+
+    if model is None and files.source is None:
+        raise ValueError(f"run {run!r} does not record its base model; name it with --model")
+    loaded = load_model(model or files.source, dtype=torch.float32, device=device)
+    structure = quantize_model_(loaded.model, files.plan)
+    save_packed_base(loaded.model, structure, files.plan, folder / RUN_BASE)
+
+
+def export(
+    run: str,
+    *,
+    output: str,
+    merged: bool = False,
+    packed: bool = False,
+    model: str | None = None,
+    dtype: str = "bfloat16",
+    device: str = "auto",
+    force: bool = False,
+) -> int:
+    """Export a training run: a merged 16-bit model for serving, or a packed package.
+
+    --merged (the default) dequantises the base exactly as it was trained (the run's packed
+    codes), merges the adapter into it and writes a plain transformers model with its
+    tokenizer (safetensors), loadable by AutoModelForCausalLM.from_pretrained(OUT). --packed
+    copies plan.json, adapter/ and base.safetensors (packing it now if the run kept none) into
+    OUT: a small package that qradaptor's assemble_run loads; it still needs the base model for
+    the unquantised weights and the tokenizer. OUT is written in a temporary folder next to it
+    and renamed into place when complete.
+
+    Args:
+        run: the training run folder (plan.json, adapter/, base.safetensors)
+        output: the folder to write
+        merged: write a merged 16-bit model (the default)
+        packed: copy the run's plan, adapter and packed base instead
+        model: the base model the run was trained on; omitted: the one its adapter records
+        dtype: parameter dtype of a merged model (the merge itself runs in float32)
+        device: auto (cuda if available), cpu or cuda, for the merge
+        force: replace OUT if it exists (only once the new export is complete)
+    """
+    if merged and packed:
+        raise ValueError("give --merged or --packed, not both")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_device(device)
+    from qradaptor.runs import read_run
+
+    read_run(run)  # not a run: fail before anything is written
+    out = _check_out(Path(run).expanduser(), output, force)
+    device = resolve_device(device)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if packed:
+            _write_packed(run, tmp, model, device)
+        else:
+            import torch
+
+            from qradaptor.runs import merged_run
+
+            built = merged_run(run, model, dtype=getattr(torch, dtype), device=device)
+            built.model.save_pretrained(tmp)
+            built.tokenizer.save_pretrained(tmp)
+            record = {"run": str(Path(run).resolve()), "plan_hash": built.plan.plan_hash, "dtype": dtype}
+            record.update(source=built.source, adapter=built.adapter, base=built.base)
+            (tmp / "qradaptor_export.json").write_text(json.dumps(record, indent=2) + "\n")
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kind = "packed package" if packed else f"merged {dtype} model"
+    print(f"wrote {kind} of run {run} to {out}")
+    return 0
+
+
+VERB = export
+
+
+def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> None:
+    """Options of ``qra export``."""
+    parser.add_argument("run", metavar="RUN", help=helps["run"])
+    parser.add_argument("-o", "--output", metavar="OUT", required=True, help=helps["output"])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--merged", action="store_true", help=helps["merged"])
+    mode.add_argument("--packed", action="store_true", help=helps["packed"])
+    parser.add_argument("--model", metavar="SOURCE", help=helps["model"])
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help=helps["dtype"])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
+    parser.add_argument("--force", action="store_true", help=helps["force"])
