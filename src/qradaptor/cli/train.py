@@ -1,0 +1,287 @@
+"""``qra train``: fine-tune a plan (or a named baseline) into a run folder, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from qradaptor.cli.common import check_device, read_plan, resolve_device, write_text_atomic
+
+DIVERGED = 3
+"""Exit code when training stopped on a diverging loss."""
+
+
+def _check_run_folder(run: Path, *, resume: bool, force: bool) -> None:
+    from qradaptor.train.checkpoint import complete_checkpoints
+
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"--output {str(run)!r} is a file; give a folder for the run")
+    finished = (run / "train.json").is_file()
+    pending = complete_checkpoints(run / "checkpoints")
+    if finished and not force and not resume:
+        raise ValueError(
+            f"--output {str(run)!r} already holds a finished run; pass --force to train again there "
+            "(the old adapter is replaced only once the new run has finished)"
+        )
+    if pending and not resume and not force:
+        raise ValueError(
+            f"--output {str(run)!r} holds checkpoints of an unfinished run (newest {pending[-1].name}); "
+            "pass --resume to continue it or --force to start over"
+        )
+
+
+def train(
+    model: str | None = None,
+    *,
+    output: str,
+    plan: str | None = None,
+    method: str | None = None,
+    rank: int = 16,
+    bits: int = 4,
+    data: str | None = None,
+    text: bool = False,
+    eval_data: str | None = None,
+    eval_size: int = 200,
+    limit: int | None = None,
+    split: str = "train",
+    epochs: float = 1.0,
+    max_steps: int | None = None,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    lr: float = 2e-4,
+    warmup: float = 0.03,
+    schedule: str = "cosine",
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+    seq_len: int = 512,
+    lora_dropout: float = 0.05,
+    gradient_checkpointing: bool = False,
+    seed: int = 0,
+    eval_every: int = 0,
+    save_every: int = 0,
+    keep_checkpoints: int = 2,
+    resume: bool = False,
+    force: bool = False,
+    eval_tasks: str | None = None,
+    eval_limit: int | None = None,
+    device: str = "auto",
+    no_progress: bool = False,
+) -> int:
+    """Fine-tune LoRA adapters on a base quantised per a plan (or a named baseline method).
+
+    Writes a run folder: adapter/ (a standard PEFT adapter), plan.json, base.safetensors (the
+    packed quantised base), train.json (settings, memory, tokens/s, loss curve) and loss.csv.
+    qra eval --run RUN evaluates exactly what was trained; qra export RUN writes a merged model.
+    Checkpoints go to RUN/checkpoints every --save-every steps; --resume continues from the
+    newest one to the same result as an uninterrupted run.
+
+    Args:
+        model: a local model directory, a .gguf file or a hub id; omitted: the embedded
+            SmolLM2-135M-Instruct
+        output: the run folder
+        plan: a plan JSON file (e.g. from qra search) or uniform:BITS:RANK; trains it with LoRA
+            (or with --method dora, qdora, loftq, amq-lora)
+        method: a named method: lora, lora16, qlora, qlora-4, qlora-3, qlora-2, qlora-nf4,
+            adalora, amq-lora, dora, qdora, loftq, rank-linear-decay, rank-linear-growth,
+            rank-attn-focus, rank-ffn-focus, rank-gradient, embed8-body4
+        rank: LoRA rank r of the named methods (their average rank)
+        bits: bits b of the named uniform methods (qlora, qdora, loftq)
+        data: Alpaca-style .json/.jsonl (instruction, input, output), a save_to_disk folder or a
+            hub dataset; with --text, plain text; omitted: the embedded QA mix
+        text: language-model fine-tuning on plain text (loss on every token)
+        eval_data: held-out examples from here instead of a split of --data
+        eval_size: examples of --data held out for evaluation (0: none)
+        limit: train on the first N examples only
+        split: dataset split of --data
+        epochs: passes over the data (fractions allowed)
+        max_steps: optimiser steps (overrides --epochs)
+        batch_size: examples per micro-batch
+        grad_accum: micro-batches per optimiser step
+        lr: peak AdamW learning rate
+        warmup: warm-up as a fraction of the steps (< 1) or a number of steps
+        schedule: cosine, linear or constant after warm-up
+        weight_decay: AdamW weight decay
+        max_grad_norm: gradient-norm clip (0: off)
+        seq_len: longest example in tokens
+        lora_dropout: dropout on the adapter input
+        gradient_checkpointing: recompute activations in the backward (less memory)
+        seed: seed of adapter init, dropout, data order and the held-out split
+        eval_every: held-out loss every N steps (0: at the end only)
+        save_every: checkpoint every N steps (0: none)
+        keep_checkpoints: newest checkpoints kept
+        resume: continue from the newest checkpoint in RUN/checkpoints
+        force: train again in a folder that holds a finished or unfinished run
+        eval_tasks: after training, evaluate these tasks (as qra eval --tasks) into RUN/eval.json
+        eval_limit: documents per task of --eval-tasks
+        device: auto (cuda if available), cpu or cuda; bf16 on cuda, fp32 on cpu
+        no_progress: no progress bar
+    """
+    from qradaptor.train.config import TrainConfig
+    from qradaptor.train.methods import get_method
+
+    if method is None and plan is None:
+        raise ValueError("give --plan FILE (trained with LoRA) or --method NAME (a named baseline), or both")
+    the_method = get_method(method or "lora")
+    check_device(device)
+    config = TrainConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        warmup=warmup,
+        schedule=schedule,  # type: ignore[arg-type]
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        seq_len=seq_len,
+        lora_dropout=lora_dropout,
+        gradient_checkpointing=gradient_checkpointing,
+        seed=seed,
+        eval_every=eval_every,
+        save_every=save_every,
+        keep_checkpoints=keep_checkpoints,
+        progress=not no_progress and sys.stderr.isatty(),
+    )
+    if eval_size < 0:
+        raise ValueError(f"--eval-size must be >= 0, got {eval_size}")
+    if eval_tasks is not None:
+        from qradaptor.eval.suite import resolve_tasks
+
+        resolve_tasks([t.strip() for t in eval_tasks.split(",") if t.strip()])
+    given = read_plan(plan) if plan else None
+    run = Path(output).expanduser()
+    _check_run_folder(run, resume=resume, force=force)
+
+    from qradaptor.plan import Plan
+    from qradaptor.train.loop import TrainingDiverged
+    from qradaptor.train.outputs import write_run
+    from qradaptor.train.run import DataSpec, train_plan
+
+    if isinstance(given, tuple):
+        from qradaptor.cli.common import load_structure
+
+        given = Plan.uniform(load_structure(model)[1].num_blocks, *given)
+    device = resolve_device(device)
+    if the_method.backend == "bitsandbytes":
+        from qradaptor.train.nf4 import check_nf4_available
+
+        check_nf4_available(device)
+    spec = DataSpec(
+        source=data, text=text, eval_source=eval_data, eval_size=eval_size, limit=limit, split=split
+    )
+    run.mkdir(parents=True, exist_ok=True)
+    checkpoints = run / "checkpoints"
+    if force and not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    try:
+        outcome = train_plan(
+            model,
+            the_method.name,
+            config,
+            spec,
+            plan=given,
+            rank=rank,
+            bits=bits,
+            device=device,
+            checkpoints=checkpoints,
+            resume=resume,
+        )
+    except TrainingDiverged as err:
+        print(f"qra train: error: {err}", file=sys.stderr)
+        return DIVERGED
+    write_run(run, outcome, device=device)
+    if eval_tasks is not None:
+        _evaluate(outcome, run, eval_tasks, eval_limit, device)
+    _report(outcome, run)
+    return 0
+
+
+def _evaluate(outcome: object, run: Path, tasks: str, limit: int | None, device: str) -> None:
+    from qradaptor.eval.results import format_table, to_json
+    from qradaptor.eval.suite import resolve_tasks, run_suite, zero_shot_average
+
+    names = resolve_tasks([t.strip() for t in tasks.split(",") if t.strip()])
+    records = run_suite(
+        outcome.model,  # type: ignore[attr-defined]
+        outcome.tokenizer,  # type: ignore[attr-defined]
+        names,
+        model_name=outcome.source,  # type: ignore[attr-defined]
+        plan_hash=outcome.plan.plan_hash,  # type: ignore[attr-defined]
+        adapter=str(run / "adapter"),
+        limit=limit,
+        progress=sys.stderr.isatty(),
+    )
+    meta = {
+        "run": str(run),
+        "tasks": names,
+        "limit": limit,
+        "device": device,
+        "zero_shot_avg_acc": zero_shot_average(records, "acc"),
+    }
+    write_text_atomic(run / "eval.json", to_json(records, meta) + "\n", force=True)
+    print(format_table(records))
+
+
+def _report(outcome: object, run: Path) -> None:
+    memory = outcome.memory  # type: ignore[attr-defined]
+    result = outcome.result  # type: ignore[attr-defined]
+    measured = memory.get("measured_peak")
+    peak = f"{measured / 2**20:,.1f} MiB measured, " if measured else ""
+    print(
+        f"{outcome.method.name}: {result.steps} steps, final train loss {result.losses[-1]:.4f}"  # type: ignore[attr-defined]
+        + (f", held-out loss {result.evals[-1][1]:.4f}" if result.evals else "")
+        + f"; {result.tokens_per_second:,.0f} tokens/s; avg bits {memory['avg_bits']:.2f}, avg rank "
+        f"{memory['avg_rank']:.1f}, {memory['trainable_params']:,} trainable; peak {peak}"
+        f"{memory['predicted_peak'] / 2**20:,.1f} MiB predicted"
+    )
+    print(
+        f"wrote {run}/adapter, plan.json, train.json, loss.csv"
+        + (", base.safetensors" if (run / "base.safetensors").exists() else "")
+    )
+
+
+VERB = train
+
+
+def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> None:
+    """Options of ``qra train``."""
+    parser.add_argument("model", nargs="?", default=None, help=helps["model"])
+    parser.add_argument("-o", "--output", required=True, metavar="RUN", help=helps["output"])
+    parser.add_argument("--plan", metavar="FILE|uniform:BITS:RANK", help=helps["plan"])
+    parser.add_argument("--method", metavar="NAME", help=helps["method"])
+    parser.add_argument("--rank", type=int, default=16, help=helps["rank"])
+    parser.add_argument("--bits", type=int, default=4, help=helps["bits"])
+    parser.add_argument("--data", metavar="SOURCE", help=helps["data"])
+    parser.add_argument("--text", action="store_true", help=helps["text"])
+    parser.add_argument("--eval-data", metavar="SOURCE", help=helps["eval_data"])
+    parser.add_argument("--eval-size", type=int, default=200, metavar="N", help=helps["eval_size"])
+    parser.add_argument("--limit", type=int, metavar="N", help=helps["limit"])
+    parser.add_argument("--split", default="train", help=helps["split"])
+    parser.add_argument("--epochs", type=float, default=1.0, help=helps["epochs"])
+    parser.add_argument("--max-steps", type=int, metavar="N", help=helps["max_steps"])
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help=helps["batch_size"])
+    parser.add_argument("--grad-accum", type=int, default=1, metavar="A", help=helps["grad_accum"])
+    parser.add_argument("--lr", type=float, default=2e-4, help=helps["lr"])
+    parser.add_argument("--warmup", type=float, default=0.03, help=helps["warmup"])
+    parser.add_argument(
+        "--schedule", choices=("cosine", "linear", "constant"), default="cosine", help=helps["schedule"]
+    )
+    parser.add_argument("--weight-decay", type=float, default=0.0, help=helps["weight_decay"])
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help=helps["max_grad_norm"])
+    parser.add_argument("--seq-len", type=int, default=512, metavar="T", help=helps["seq_len"])
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help=helps["lora_dropout"])
+    parser.add_argument("--gradient-checkpointing", action="store_true", help=helps["gradient_checkpointing"])
+    parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
+    parser.add_argument("--eval-every", type=int, default=0, metavar="N", help=helps["eval_every"])
+    parser.add_argument("--save-every", type=int, default=0, metavar="N", help=helps["save_every"])
+    parser.add_argument(
+        "--keep-checkpoints", type=int, default=2, metavar="N", help=helps["keep_checkpoints"]
+    )
+    parser.add_argument("--resume", action="store_true", help=helps["resume"])
+    parser.add_argument("--force", action="store_true", help=helps["force"])
+    parser.add_argument("--eval-tasks", metavar="TASKS", help=helps["eval_tasks"])
+    parser.add_argument("--eval-limit", type=int, metavar="N", help=helps["eval_limit"])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
+    parser.add_argument("--no-progress", action="store_true", help=helps["no_progress"])

@@ -1,0 +1,365 @@
+"""The training loop: AdamW on the adapters, warm-up + decay, accumulation, clipping, resume.
+
+One loop serves every method (LoRA, DoRA, AdaLoRA, LoftQ-initialised, bitsandbytes NF4),
+so their numbers are comparable. Per optimiser step s (0-based):
+
+    micro-batches  i = s*A .. s*A + A - 1          A = grad_accum, see data.py for batch i
+    loss_s         = sum_i n_i * mean_loss_i / sum_i n_i    n_i = label tokens of batch i
+    update         clip ||g|| to max_grad_norm, AdamW at lr * lr_factor(s), then (AdaLoRA)
+                   ``update_and_allocate(s)`` before the gradients are cleared
+
+A non-finite loss, or one above ``divergence_factor`` x the lowest smoothed loss so far,
+stops the run with ``TrainingDiverged`` before anything else is written; the newest
+checkpoint on disk is the last good state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qradaptor.schedule import lr_factor
+from qradaptor.train.checkpoint import (
+    check_same_run,
+    complete_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from qradaptor.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from qradaptor.train.data import TokenizedSet
+
+EMA_BETA = 0.9
+"""Smoothing of the loss the divergence check compares against."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite or exploded; the message says where and what to try."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run measured."""
+
+    steps: int
+    """Optimiser steps taken in total (including those before a resume)."""
+    losses: list[float]
+    """Training loss of every step."""
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    """(step, held-out loss) at each evaluation."""
+    tokens: int = 0
+    """Non-padding input tokens trained on."""
+    train_seconds: float = 0.0
+    """Wall time inside training steps (evaluation and saving excluded)."""
+    peak_memory: int | None = None
+    """Peak CUDA bytes allocated during this process's steps; None on CPU."""
+    resumed_from: int | None = None
+    """The step of the checkpoint this run continued from."""
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Training throughput in input tokens per second."""
+        return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def heldout_loss(model: nn.Module, data: TokenizedSet, batch_size: int) -> float:
+    """Token-weighted mean loss on the label tokens of ``data`` (inf if not finite)."""
+    import torch
+
+    device = next(p.device for p in model.parameters())
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in data.sequential(batch_size):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits[:, :-1].float()  # (B, T-1, V)
+            targets = labels[:, 1:]  # (B, T-1)
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+                )
+            )
+            count += int((targets != -100).sum())
+    model.train(was_training)
+    value = total / max(count, 1)
+    return value if math.isfinite(value) else math.inf
+
+
+def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable parameter by name (what a checkpoint saves and a resume restores)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _allocator(model: nn.Module) -> Any:
+    """AdaLoRA's rank allocator, or None for other methods."""
+    return getattr(getattr(model, "base_model", None), "rankallocator", None)
+
+
+def _allocator_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    allocator = _allocator(model)
+    if allocator is None:
+        return {}
+    out = {}
+    for kind in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+        for name, value in getattr(allocator, kind).items():
+            out[f"rankallocator.{kind}.{name}"] = value
+    return out
+
+
+def _restore_allocator(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    allocator = _allocator(model)
+    if allocator is None:
+        return
+    for key, value in tensors.items():
+        if key.startswith("rankallocator."):
+            _, kind, name = key.split(".", 2)
+            getattr(allocator, kind)[name] = value.to(next(model.parameters()).device)
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Runs ``config`` on a built model (adapters attached, base frozen); resumable.
+
+    Example:
+        >>> config = TrainConfig(max_steps=100, save_every=20)
+        >>> trainer = Trainer(model, train_set, eval_set, config, checkpoints=run / "checkpoints")
+        >>> result = trainer.run(resume=True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: TokenizedSet,
+        eval_set: TokenizedSet | None,
+        config: TrainConfig,
+        *,
+        checkpoints: Path | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        diagnose: Callable[[nn.Module, dict[str, torch.Tensor]], str] | None = None,
+    ) -> None:
+        """Prepares the optimiser and schedule; nothing runs until ``run``.
+
+        Args:
+            model: the model to train; only parameters with requires_grad are updated.
+            train_set: training examples.
+            eval_set: held-out examples for the evaluations (None: no evaluation).
+            config: the run's settings.
+            checkpoints: folder for checkpoints (None: none are written or read).
+            fingerprint: what names this run (plan hash, weights, data, method); a resume
+                from a checkpoint with another fingerprint or config is refused.
+            diagnose: called with the model and the failing batch on divergence; returns a
+                sentence on the likely cause for the error message.
+        """
+        import torch
+
+        self.model = model
+        self.train_set = train_set
+        self.eval_set = eval_set
+        self.config = config
+        self.checkpoints = checkpoints
+        self.fingerprint = dict(fingerprint or {})
+        self.diagnose = diagnose
+        self.params = list(trainable_tensors(model).values())
+        if not self.params:
+            raise ValueError("the model has no trainable parameters: every rank in the plan is 0")
+        self.device = self.params[0].device
+        self.total_steps = config.total_steps(train_set.batches_per_epoch(config.batch_size))
+        self.warmup = config.warmup_steps(self.total_steps)
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup, config.schedule)
+        )
+
+    # ----- checkpoints ----------------------------------------------------------------
+    def _state(self, result: TrainResult, ema: dict[str, float]) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "fingerprint": self.fingerprint,
+            "total_steps": self.total_steps,
+            "losses": result.losses,
+            "evals": result.evals,
+            "tokens": result.tokens,
+            "train_seconds": result.train_seconds,
+            "ema": ema,
+        }
+
+    def _save(self, step: int, result: TrainResult, ema: dict[str, float]) -> None:
+        assert self.checkpoints is not None
+        tensors = {**trainable_tensors(self.model), **_allocator_tensors(self.model)}
+        save_checkpoint(
+            self.checkpoints,
+            step,
+            tensors=tensors,
+            optimizer={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            rng=_rng_state(),
+            state=self._state(result, ema),
+            keep=self.config.keep_checkpoints,
+        )
+
+    def _restore(self, result: TrainResult, ema: dict[str, float]) -> int:
+        """Loads the newest checkpoint, if any; returns the step to continue from."""
+        import torch
+
+        from qradaptor.train.config import TrainConfig
+
+        found = complete_checkpoints(self.checkpoints) if self.checkpoints else []
+        if not found:
+            return 0
+        ckpt = load_checkpoint(found[-1])
+        check_same_run(ckpt.state["fingerprint"], self.fingerprint, ckpt.path)
+        differ = TrainConfig.from_dict(ckpt.state["config"]).differences(self.config)
+        if differ:
+            raise ValueError(
+                f"cannot resume from {str(ckpt.path)!r} with other training settings ("
+                + "; ".join(differ)
+                + "); resume with the same settings or start a new run folder"
+            )
+        named = trainable_tensors(self.model)
+        if set(named) != {k for k in ckpt.tensors if not k.startswith("rankallocator.")}:
+            raise ValueError(f"checkpoint {str(ckpt.path)!r} holds other adapter tensors than this model has")
+        with torch.no_grad():
+            for name, param in named.items():
+                param.copy_(ckpt.tensors[name])
+        _restore_allocator(self.model, ckpt.tensors)
+        self.optimizer.load_state_dict(ckpt.optimizer["optimizer"])
+        self.scheduler.load_state_dict(ckpt.optimizer["scheduler"])
+        _set_rng_state(ckpt.rng)
+        result.losses = list(ckpt.state["losses"])
+        result.evals = [tuple(e) for e in ckpt.state["evals"]]  # type: ignore[misc]
+        result.tokens = int(ckpt.state["tokens"])
+        result.train_seconds = float(ckpt.state["train_seconds"])
+        result.resumed_from = ckpt.step
+        ema.update(ckpt.state["ema"])
+        return ckpt.step
+
+    # ----- the loop -------------------------------------------------------------------
+    def _diverged(
+        self, step: int, loss: float, ema: dict[str, float], batch: dict[str, torch.Tensor]
+    ) -> None:
+        if math.isfinite(loss):
+            factor = self.config.divergence_factor
+            what = f"loss {loss:.4g} exceeds {factor:g} x the lowest smoothed loss {ema['best']:.4g}"
+        else:
+            what = f"loss is {loss}"
+        cause = self.diagnose(self.model, batch) if self.diagnose else ""
+        last = complete_checkpoints(self.checkpoints) if self.checkpoints else []
+        kept = f"the last good checkpoint is {str(last[-1])!r}" if last else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training diverged at step {step + 1} of {self.total_steps}: {what}. {cause} "
+            f"No adapter was written; {kept}. Try a lower --lr (now {self.config.lr:g}), "
+            "more warm-up, or more bits for the weakest blocks."
+        )
+
+    def _check_loss(
+        self, step: int, loss: float, ema: dict[str, float], batch: dict[str, torch.Tensor]
+    ) -> None:
+        if not math.isfinite(loss):
+            self._diverged(step, loss, ema, batch)
+        n = ema.get("n", 0.0) + 1
+        ema["value"] = EMA_BETA * ema.get("value", 0.0) + (1 - EMA_BETA) * loss
+        ema["n"] = n
+        smoothed = ema["value"] / (1 - EMA_BETA**n)
+        if step >= self.warmup and "best" in ema and loss > self.config.divergence_factor * ema["best"]:
+            self._diverged(step, loss, ema, batch)
+        ema["best"] = min(ema.get("best", math.inf), smoothed)
+
+    def _step_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        cfg = self.config
+        first = step * cfg.grad_accum
+        return [self.train_set.batch(first + k, cfg.batch_size, cfg.seed) for k in range(cfg.grad_accum)]
+
+    def run(self, *, resume: bool = False) -> TrainResult:
+        """Trains to ``total_steps``; with ``resume`` continues from the newest checkpoint.
+
+        Raises:
+            TrainingDiverged: on a non-finite or exploding loss.
+            ValueError: when resuming from a checkpoint of another run or other settings.
+        """
+        import torch
+        from tqdm import tqdm
+
+        cfg = self.config
+        result = TrainResult(steps=0, losses=[])
+        ema: dict[str, float] = {}
+        start = self._restore(result, ema) if resume else 0
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        params = self.params
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not cfg.progress)
+        for step in range(start, self.total_steps):
+            began = time.perf_counter()
+            batches = self._step_batches(step)
+            counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
+            step_tokens = max(sum(counts), 1)
+            loss_sum = 0.0
+            for batch, count in zip(batches, counts, strict=True):
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                loss = self.model(**batch).loss
+                loss_sum += float(loss.detach()) * count
+                if not math.isfinite(loss_sum):
+                    break
+                (loss * (count / step_tokens)).backward()
+                result.tokens += int(batch["attention_mask"].sum())
+            value = loss_sum / step_tokens
+            self._check_loss(step, value, ema, batch)
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            allocator_owner = getattr(self.model, "base_model", None)
+            if _allocator(self.model) is not None:
+                allocator_owner.update_and_allocate(step)  # type: ignore[union-attr]
+            self.optimizer.zero_grad(set_to_none=True)
+            if on_cuda:
+                torch.cuda.synchronize(self.device)
+            result.train_seconds += time.perf_counter() - began
+            result.losses.append(value)
+            done = step + 1
+            if (
+                self.eval_set is not None
+                and cfg.eval_every
+                and done % cfg.eval_every == 0
+                and done < self.total_steps
+            ):
+                result.evals.append((done, heldout_loss(self.model, self.eval_set, cfg.batch_size)))
+                self.model.train()
+            if self.checkpoints is not None and cfg.save_every and done % cfg.save_every == 0:
+                self._save(done, result, ema)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{result.tokens_per_second:,.0f}")
+        bar.close()
+        self.model.eval()
+        if self.eval_set is not None:
+            result.evals.append((self.total_steps, heldout_loss(self.model, self.eval_set, cfg.batch_size)))
+        result.steps = self.total_steps
+        if on_cuda:
+            result.peak_memory = int(torch.cuda.max_memory_allocated(self.device))
+        return result

@@ -1,0 +1,133 @@
+"""``qra train`` end to end on the tiny model: run folder, PEFT reload, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qradaptor.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STEPS = ["--max-steps", "3", "--batch-size", "2", "--seq-len", "32", "--eval-size", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def alpaca(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("alpaca")
+    rows = [
+        {"instruction": "a b", "input": "c" * (i % 2), "output": "a b c" if i % 2 else "c b"}
+        for i in range(10)
+    ]
+    path = folder / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def train(model_dir, run, *args: str) -> int:
+    return main(["train", str(model_dir), "-o", str(run), "--device", "cpu", *STEPS, *args])
+
+
+def test_train_writes_a_run_that_peft_reloads(tiny_model_dir, alpaca, tmp_path, capsys) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    assert train(tiny_model_dir, run, "--method", "lora16", "--data", str(alpaca), "--lr", "1e-2") == 0
+    for name in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "plan.json",
+        "train.json",
+        "loss.csv",
+    ):
+        assert (run / name).is_file(), name
+    assert not (run / "base.safetensors").exists()  # nothing quantised
+    summary = json.loads((run / "train.json").read_text())
+    assert summary["method"] == "lora16" and summary["steps"] == 3 and len(summary["losses"]) == 3
+    assert summary["memory"]["avg_bits"] == 16 and summary["memory"]["avg_rank"] == 16
+    assert summary["memory"]["trainable_params"] > 0 and summary["memory"]["predicted_peak"] > 0
+    assert summary["tokens_per_second"] > 0 and summary["final_eval_loss"] > 0
+    assert "tokens/s" in capsys.readouterr().out
+
+    # The saved adapter is a standard PEFT adapter: PeftModel.from_pretrained on the plain base
+    # gives the trained model's logits.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())
+    ids = torch.tensor([[2, 3, 4, 2, 3]])
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert not torch.allclose(reloaded(input_ids=ids).logits, plain(input_ids=ids).logits)
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tiny_model_dir, alpaca, tmp_path) -> None:
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    args = ["--plan", "uniform:4:4", "--data", str(alpaca), "--save-every", "2", "--lora-dropout", "0.1"]
+    assert train(tiny_model_dir, whole, *args) == 0
+    # A first attempt that stops after step 2 (as if killed): same settings, so its checkpoint is valid.
+    from qradaptor.train import loop
+
+    original = loop.Trainer._save
+
+    def save_then_die(self, step, result, ema):
+        original(self, step, result, ema)
+        raise KeyboardInterrupt
+
+    loop.Trainer._save = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_model_dir, parts, *args)
+    finally:
+        loop.Trainer._save = original
+    assert not (parts / "adapter").exists()
+    assert train(tiny_model_dir, parts, *args) == 2  # unfinished run: refused without --resume
+    assert train(tiny_model_dir, parts, *args, "--resume") == 0
+    a = json.loads((whole / "train.json").read_text())
+    b = json.loads((parts / "train.json").read_text())
+    assert b["resumed_from"] == 2
+    assert b["losses"] == pytest.approx(a["losses"], abs=1e-6)
+    assert b["final_eval_loss"] == pytest.approx(a["final_eval_loss"], abs=1e-6)
+    assert (parts / "base.safetensors").is_file()
+
+
+def test_bad_inputs_are_one_clear_error_each(tiny_model_dir, alpaca, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "completion": "y"}) + "\n")
+    run = tmp_path / "run"
+    cases = [
+        (["--method", "lora17"], "unknown method 'lora17'; known methods are lora, lora16"),
+        (["--method", "qlora", "--data", str(bad)], "missing column(s) ['instruction', 'output']"),
+        ([], "give --plan FILE"),
+        (["--method", "qlora-nf4", "--data", str(alpaca)], "qlora-nf4 needs bitsandbytes on a CUDA GPU"),
+        (["--method", "amq-lora"], "pass --plan FILE (make one with qra search --fixed-rank 16)"),
+        (["--method", "qlora", "--plan", "uniform:4:8"], "method qlora defines its own plan"),
+    ]
+    for args, message in cases:
+        assert train(tiny_model_dir, run, *args) == 2, args
+        err = " ".join(capsys.readouterr().err.split())
+        assert message in err, (args, err)
+    assert not (run / "adapter").exists()
+
+
+def test_a_plan_for_another_model_is_refused(tiny_model_dir, alpaca, tmp_path, capsys) -> None:
+    from qradaptor.plan import Plan
+
+    plan = tmp_path / "plan30.json"
+    plan.write_text(Plan.uniform(30, 4, 8).to_json())
+    assert train(tiny_model_dir, tmp_path / "run", "--plan", str(plan), "--data", str(alpaca)) == 2
+    assert "30" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_not_overwritten_without_force(tiny_model_dir, alpaca, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert train(tiny_model_dir, run, "--method", "qlora-2", "--data", str(alpaca)) == 0
+    before = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert train(tiny_model_dir, run, "--method", "qlora-2", "--data", str(alpaca)) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before

@@ -1,0 +1,202 @@
+"""The training loop: learning, exact resume, divergence, and refusing another run's checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qradaptor.build import apply_plan
+from qradaptor.plan import Plan
+from qradaptor.train.checkpoint import complete_checkpoints, load_checkpoint
+from qradaptor.train.config import TrainConfig
+from qradaptor.train.data import TokenizedSet
+from qradaptor.train.loop import Trainer, TrainingDiverged, trainable_tensors
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def pattern_set(rows: int = 24, length: int = 16, seed: int = 0) -> TokenizedSet:
+    """Sequences that repeat a random 4-token motif: learnable by a tiny model in a few steps."""
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(rows):
+        motif = torch.randint(3, 60, (4,), generator=generator).tolist()
+        ids = (motif * (length // 4 + 1))[:length]
+        examples.append((ids, list(ids)))
+    return TokenizedSet(examples, pad_id=0, kind="text")
+
+
+def build(llama_factory, plan: Plan | None = None, seed: int = 0, dropout: float = 0.0):
+    torch.manual_seed(seed)
+    plan = plan or Plan.uniform(3, 4, 4)
+    return apply_plan(llama_factory(), plan, lora_dropout=dropout)
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(max_steps=8, batch_size=4, lr=5e-3, warmup=1, progress=False, lora_dropout=0.0)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_training_lowers_the_loss(llama_factory) -> None:
+    data, held = pattern_set(), pattern_set(8, seed=1)
+    model = build(llama_factory)
+    result = Trainer(model, data, held, config(max_steps=20, eval_every=10)).run()
+    assert len(result.losses) == 20 and result.steps == 20
+    assert sum(result.losses[-4:]) / 4 < sum(result.losses[:4]) / 4 - 0.3
+    assert [step for step, _ in result.evals] == [10, 20]
+    assert result.evals[-1][1] < result.evals[0][1]
+    assert result.tokens == 20 * 4 * 16
+    assert result.peak_memory is None  # CPU
+
+
+def test_grad_accumulation_equals_the_big_batch(llama_factory) -> None:
+    """A x B/A micro-batches of equal length give the same step as one batch of B (token-weighted)."""
+    data = pattern_set(16)
+    one = build(llama_factory)
+    Trainer(one, data, None, config(max_steps=1, batch_size=8)).run()
+    two = build(llama_factory)
+    # the order depends on (seed, epoch) only: micro-batches 0 and 1 of size 4 are batch 0 of size 8
+    Trainer(two, data, None, config(max_steps=1, batch_size=4, grad_accum=2)).run()
+    for (name, a), b in zip(trainable_tensors(one).items(), trainable_tensors(two).values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_at(model, micro_batch: int):
+    """A forward hook that raises on the given forward call (0-based), like a kill mid-run."""
+    calls = {"n": 0}
+
+    def hook(_module, _inputs, _output):
+        if calls["n"] == micro_batch:
+            raise Interrupt
+        calls["n"] += 1
+
+    return model.register_forward_hook(hook)
+
+
+def test_resume_matches_an_uninterrupted_run(llama_factory, tmp_path) -> None:
+    data, held = pattern_set(), pattern_set(8, seed=1)
+    cfg = config(max_steps=8, save_every=3, lora_dropout=0.1, eval_every=4)  # dropout: RNG must resume too
+    whole = build(llama_factory, dropout=0.1)
+    expected = Trainer(whole, data, held, cfg, fingerprint={"plan": "p"}).run()
+
+    first = build(llama_factory, dropout=0.1)
+    handle = stop_at(first, 9)  # forwards: steps 1-4, 2 evals, steps 5-7, then dies in step 8
+    with pytest.raises(Interrupt):
+        Trainer(first, data, held, cfg, checkpoints=tmp_path, fingerprint={"plan": "p"}).run()
+    handle.remove()
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000003", "step-000006"]
+
+    again = build(
+        llama_factory, seed=99, dropout=0.1
+    )  # another init: everything must come from the checkpoint
+    resumed = Trainer(again, data, held, cfg, checkpoints=tmp_path, fingerprint={"plan": "p"}).run(
+        resume=True
+    )
+    assert resumed.resumed_from == 6
+    assert resumed.losses == pytest.approx(expected.losses, abs=1e-6)
+    assert [s for s, _ in resumed.evals] == [s for s, _ in expected.evals]
+    assert [v for _, v in resumed.evals] == pytest.approx([v for _, v in expected.evals], abs=1e-6)
+    for (name, a), b in zip(trainable_tensors(whole).items(), trainable_tensors(again).values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_resume_refuses_another_run(llama_factory, tmp_path) -> None:
+    data = pattern_set()
+    Trainer(
+        build(llama_factory),
+        data,
+        None,
+        config(max_steps=2, save_every=2),
+        checkpoints=tmp_path,
+        fingerprint={"plan_hash": "aaa", "data": "d"},
+    ).run()
+    other_plan = Trainer(
+        build(llama_factory),
+        data,
+        None,
+        config(max_steps=2, save_every=2),
+        checkpoints=tmp_path,
+        fingerprint={"plan_hash": "bbb", "data": "d"},
+    )
+    with pytest.raises(ValueError, match="another run.*plan_hash: checkpoint 'aaa', now 'bbb'"):
+        other_plan.run(resume=True)
+    other_lr = Trainer(
+        build(llama_factory),
+        data,
+        None,
+        config(max_steps=2, save_every=2, lr=1e-3),
+        checkpoints=tmp_path,
+        fingerprint={"plan_hash": "aaa", "data": "d"},
+    )
+    with pytest.raises(ValueError, match="other training settings.*lr"):
+        other_lr.run(resume=True)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-000002"]  # untouched
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(llama_factory, tmp_path) -> None:
+    data = pattern_set()
+    model = build(llama_factory)
+    calls = {"n": 0}
+
+    def poison(_module, _inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the 5th forward: step 5
+            output.loss = output.loss * float("nan")
+        return output
+
+    model.register_forward_hook(poison)
+    trainer = Trainer(
+        model,
+        data,
+        None,
+        config(max_steps=8, save_every=2),
+        checkpoints=tmp_path,
+        diagnose=lambda m, b: "Likely cause: test.",
+    )
+    with pytest.raises(
+        TrainingDiverged, match=r"step 5 of 8: loss is nan\. Likely cause: test\..*step-000004"
+    ):
+        trainer.run()
+    names = [p.name for p in complete_checkpoints(tmp_path)]
+    assert names == ["step-000002", "step-000004"]
+    kept = load_checkpoint(tmp_path / "step-000004")
+    assert all(torch.isfinite(t).all() for t in kept.tensors.values())
+    assert all(math.isfinite(v) for v in kept.state["losses"])
+
+
+def test_exploding_loss_stops(llama_factory) -> None:
+    data = pattern_set()
+    model = build(llama_factory)
+    calls = {"n": 0}
+
+    def explode(_module, _inputs, output):
+        calls["n"] += 1
+        if calls["n"] >= 6:
+            output.loss = output.loss * 100
+        return output
+
+    model.register_forward_hook(explode)
+    with pytest.raises(TrainingDiverged, match=r"step 6 of 8: loss .* exceeds 4 x the lowest smoothed loss"):
+        Trainer(model, data, None, config(max_steps=8)).run()
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        TrainConfig(lr=0.0)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainConfig(schedule="step")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['steps'\]"):
+        TrainConfig.from_dict({"steps": 3})
+    cfg = TrainConfig(epochs=2.0, grad_accum=2, warmup=0.1)
+    assert cfg.total_steps(10) == 10 and cfg.warmup_steps(10) == 1
+    assert TrainConfig(max_steps=7).total_steps(100) == 7
+    assert TrainConfig(warmup=5).warmup_steps(3) == 3
+    assert TrainConfig(lr=1e-3).differences(TrainConfig(save_every=5)) == ["lr: 0.0002 != 0.001"]
