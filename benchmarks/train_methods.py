@@ -46,6 +46,7 @@ def run_one(name: str, args: argparse.Namespace, plan) -> dict:
         lr=args.lr,
         seq_len=args.seq_len,
         seed=args.seed,
+        lora_dropout=args.lora_dropout,
         progress=False,
     )
     data = DataSpec(limit=args.limit, eval_size=args.eval_size)
@@ -64,6 +65,7 @@ def run_one(name: str, args: argparse.Namespace, plan) -> dict:
         "tokens": result.tokens,
         "train_seconds": result.train_seconds,
         "tokens_per_second": result.tokens_per_second,
+        "steady_tokens_per_second": result.steady_tokens_per_second(),
         "measured_peak": memory["measured_peak"],
         "predicted_peak": memory["predicted_peak"],
         "predicted_parts": memory["predicted_parts"],
@@ -73,6 +75,8 @@ def run_one(name: str, args: argparse.Namespace, plan) -> dict:
         "final_eval_loss": result.evals[-1][1] if result.evals else None,
         "wall_seconds": time.perf_counter() - started,
     }
+    if args.probe:
+        row["probe"] = probe_shape(outcome.model, args.batch_size, args.seq_len, outcome.tokenizer.vocab_size)
     if args.eval_tasks:
         from qradaptor.eval.suite import resolve_tasks, run_suite, zero_shot_average
 
@@ -94,6 +98,62 @@ def run_one(name: str, args: argparse.Namespace, plan) -> dict:
     return row
 
 
+def _saved_bytes(model, ids) -> dict[str, int]:
+    """Bytes autograd saves in one forward, by dtype (distinct storages, parameters excluded)."""
+    import torch
+
+    params = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, tuple[str, int]] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = (str(t.dtype).removeprefix("torch."), t.untyped_storage().nbytes())
+        return None  # keep nothing: the graph is never run backward, and holding t leaked it
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=ids, labels=ids).loss
+    del loss
+    out: dict[str, int] = {}
+    for dtype, n in seen.values():
+        out[dtype] = out.get(dtype, 0) + n
+    return out
+
+
+def probe_shape(model, batch: int, seq: int, vocab: int) -> dict:
+    """Peak CUDA bytes of a training step at exactly (batch, seq), with and without adapter dropout.
+
+    The epoch's peak depends on how wide its widest padded batch was; the prediction is for
+    full-width batches, so this step at the predicted shape is the like-for-like comparison.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=generator).to("cuda")
+    out = {}
+    model.train()
+    for label in ("as_trained", "no_dropout"):
+        if label == "no_dropout":
+            for module in model.modules():
+                drops = getattr(module, "lora_dropout", None)
+                if isinstance(drops, torch.nn.ModuleDict):
+                    for key in list(drops):
+                        drops[key] = torch.nn.Identity()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        model.zero_grad(set_to_none=True)
+        del loss
+        out[label] = {"peak": int(peak), "resident": int(before), "saved": _saved_bytes(model, ids)}
+        torch.cuda.empty_cache()
+    model.eval()
+    return out
+
+
 def table(rows: list[dict]) -> str:
     ref = next((r for r in rows if r["name"] == "lora16"), None)
     lines = [
@@ -102,12 +162,12 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ratio = r["tokens_per_second"] / ref["tokens_per_second"] if ref else float("nan")
+        ratio = r["steady_tokens_per_second"] / ref["steady_tokens_per_second"] if ref else float("nan")
         measured = r["measured_peak"]
         gap = (r["predicted_peak"] - measured) / measured if measured else float("nan")
         lines.append(
             f"| {r['name']} | {r['avg_bits']:.2f} | {r['avg_rank']:.1f} | {r['trainable_params']:,} | "
-            f"{r['tokens_per_second']:,.0f} | {ratio:.2f} | "
+            f"{r['steady_tokens_per_second']:,.0f} | {ratio:.2f} | "
             f"{(measured or 0) / 2**20:,.0f} | {r['predicted_peak'] / 2**20:,.0f} | {gap:+.1%} | "
             f"{r['final_eval_loss'] or float('nan'):.4f} |"
         )
@@ -132,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-limit", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--probe", action="store_true", help="also a step at exactly batch x seq-len")
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 

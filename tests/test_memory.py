@@ -70,6 +70,32 @@ def test_training_memory_parts(tiny_llama) -> None:
         training_memory(s, report, batch_size=0, seq_len=32)
 
 
+def test_training_memory_dropout_and_adapter_terms(tiny_llama) -> None:
+    """Hand-computed: per token and block, the tiny Llama's 7 linears have inputs summing to
+    6 x 64 + 128 = 512 and outputs 64 + 32 + 32 + 64 + 128 + 128 + 64 = 512."""
+    s = inspect_model(tiny_llama)
+    report = plan_memory(s, Plan.uniform(3, 4, 8))
+    base = training_memory(s, report, batch_size=2, seq_len=16, act_bytes=2)
+    tokens_blocks = 2 * 16 * 3
+
+    def extra(**kw) -> int:
+        return (
+            training_memory(s, report, batch_size=2, seq_len=16, act_bytes=2, **kw).activations
+            - base.activations
+        )
+
+    assert extra(lora_dropout=True) == tokens_blocks * 512  # one bool per input element
+    assert extra(adapter="dora") == tokens_blocks * 512 * (4 + 2)  # fp32 LoRA out + bf16 base out
+    assert extra(adapter="adalora") == tokens_blocks * 512 * 4  # fp32 output
+    no_adapters = plan_memory(s, Plan.uniform(3, 4, 0))
+    plain = training_memory(s, no_adapters, batch_size=2, seq_len=16)
+    assert (
+        training_memory(s, no_adapters, batch_size=2, seq_len=16, lora_dropout=True, adapter="dora") == plain
+    )
+    with pytest.raises(ValueError, match="adapter must be one of"):
+        training_memory(s, report, batch_size=2, seq_len=16, adapter="ia3")
+
+
 def _saved_bytes(model, ids) -> int:
     """Bytes of the distinct non-parameter tensors autograd saves in one forward."""
     import torch

@@ -180,6 +180,10 @@ def model_tensor_bytes(model: object) -> int:
     return total
 
 
+ADAPTER_KINDS = ("lora", "dora", "adalora")
+"""Adapter kinds ``training_memory`` knows the saved activations of."""
+
+
 @dataclass(frozen=True)
 class TrainingMemory:
     """Predicted peak bytes of a LoRA training step."""
@@ -208,6 +212,8 @@ def training_memory(
     act_bytes: int = 2,
     adapter_bytes: int = 4,
     gradient_checkpointing: bool = False,
+    lora_dropout: bool = False,
+    adapter: str = "lora",
 ) -> TrainingMemory:
     """Predicted peak memory of one LoRA training step (an estimate, checked on the GPU).
 
@@ -219,6 +225,11 @@ def training_memory(
         * in fp32: the two RMSNorm inputs (Llama-family norms upcast) and each adapter's
           rank-r intermediate; when activations are not fp32, PEFT also keeps an fp32 copy
           of each adapted module's input.
+    Three additions per token and block, measured on an H100 in bf16 (docs/TRAINING.md):
+        * ``lora_dropout``: a bool mask per adapted module's input (1 byte per input element);
+        * ``adapter="dora"``: PEFT's DoRA keeps each adapted module's LoRA output in fp32 and
+          its base output in ``act_bytes``, for the magnitude's gradient;
+        * ``adapter="adalora"``: PEFT's AdaLoRA keeps each adapted module's output in fp32.
     With gradient checkpointing only each block's input is kept, plus one block's worth
     during its recomputation. The logits cost, per token and vocabulary entry, the
     ``act_bytes`` logits plus three fp32 tensors at the loss (the saved log-softmax, its
@@ -226,9 +237,13 @@ def training_memory(
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    if adapter not in ADAPTER_KINDS:
+        raise ValueError(f"adapter must be one of {ADAPTER_KINDS}, got {adapter!r}")
+    per_output = {"lora": 0, "dora": 4 + act_bytes, "adalora": 4}[adapter]
     tokens = batch_size * seq_len
     hidden = structure.embed_shape[1]
     parents = {info.name: (info.name.rpartition(".")[0], info.in_features) for info in structure.linears}
+    infos = {info.name: info for info in structure.linears}
     inputs = sum(in_features for _, in_features in set(parents.values()))
     outputs = sum(info.out_features for info in structure.linears)
     dense_block = (inputs + outputs + 2 * hidden) * act_bytes + 2 * hidden * 4
@@ -237,7 +252,9 @@ def training_memory(
     for layer in report.layers:
         block, _, name = layer.path[len(structure.blocks_path) + 1 :].partition(".")
         if layer.rank:
-            block_bytes[int(block)] += layer.rank * adapter_bytes
+            info = infos[name]
+            block_bytes[int(block)] += layer.rank * adapter_bytes + info.out_features * per_output
+            block_bytes[int(block)] += info.in_features if lora_dropout else 0
             adapted[int(block)].add(parents[name])
     if act_bytes != adapter_bytes:
         for block, found in enumerate(adapted):

@@ -101,7 +101,7 @@ def test_text_data_trains_on_every_token(tiny_model_dir, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("method", ["dora", "qdora", "adalora", "loftq", "rank-attn-focus", "embed8-body4"])
-def test_every_adapter_variant_trains_and_reloads_as_trained(method, tiny_model_dir, alpaca, tmp_path) -> None:
+def test_every_adapter_variant_trains_and_reloads_as_trained(method, tiny_model_dir, alpaca, tmp_path):
     from qradaptor.runs import assemble_run
 
     outcome = train_plan(

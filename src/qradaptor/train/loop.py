@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 EMA_BETA = 0.9
 """Smoothing of the loss the divergence check compares against."""
+WARMUP_STEPS = 10
+"""Steps left out of the steady throughput: the first ones compile kernels and fill caches."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,6 +61,10 @@ class TrainResult:
     """Non-padding input tokens trained on."""
     train_seconds: float = 0.0
     """Wall time inside training steps (evaluation and saving excluded)."""
+    step_seconds: list[float] = field(default_factory=list)
+    """Wall time of every step (the first ones include CUDA/Triton warm-up)."""
+    step_tokens: list[int] = field(default_factory=list)
+    """Non-padding input tokens of every step."""
     peak_memory: int | None = None
     """Peak CUDA bytes allocated during this process's steps; None on CPU."""
     resumed_from: int | None = None
@@ -66,8 +72,13 @@ class TrainResult:
 
     @property
     def tokens_per_second(self) -> float:
-        """Training throughput in input tokens per second."""
+        """Training throughput in input tokens per second, every step counted."""
         return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    def steady_tokens_per_second(self, skip: int = WARMUP_STEPS) -> float:
+        """Throughput after the first ``skip`` steps (kernel compilation and caches warming up)."""
+        seconds = sum(self.step_seconds[skip:])
+        return sum(self.step_tokens[skip:]) / seconds if seconds > 0 else self.tokens_per_second
 
 
 def heldout_loss(model: nn.Module, data: TokenizedSet, batch_size: int) -> float:
@@ -206,6 +217,8 @@ class Trainer:
             "evals": result.evals,
             "tokens": result.tokens,
             "train_seconds": result.train_seconds,
+            "step_seconds": result.step_seconds,
+            "step_tokens": result.step_tokens,
             "ema": ema,
         }
 
@@ -254,6 +267,8 @@ class Trainer:
         result.evals = [tuple(e) for e in ckpt.state["evals"]]  # type: ignore[misc]
         result.tokens = int(ckpt.state["tokens"])
         result.train_seconds = float(ckpt.state["train_seconds"])
+        result.step_seconds = [float(x) for x in ckpt.state["step_seconds"]]
+        result.step_tokens = [int(x) for x in ckpt.state["step_tokens"]]
         result.resumed_from = ckpt.step
         ema.update(ckpt.state["ema"])
         return ckpt.step
@@ -319,16 +334,15 @@ class Trainer:
             batches = self._step_batches(step)
             counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
             step_tokens = max(sum(counts), 1)
-            loss_sum = 0.0
+            step_loss = torch.zeros((), device=self.device)
+            tokens = sum(int(b["attention_mask"].sum()) for b in batches)  # CPU copies: no sync
             for batch, count in zip(batches, counts, strict=True):
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                loss = self.model(**batch).loss
-                loss_sum += float(loss.detach()) * count
-                if not math.isfinite(loss_sum):
-                    break
-                (loss * (count / step_tokens)).backward()
-                result.tokens += int(batch["attention_mask"].sum())
-            value = loss_sum / step_tokens
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                loss = self.model(**batch).loss * (count / step_tokens)
+                step_loss += loss.detach()
+                # A non-finite loss gives non-finite gradients; they are never applied (checked below).
+                loss.backward()
+            value = float(step_loss)  # the step's one host sync
             self._check_loss(step, value, ema, batch)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -340,7 +354,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if on_cuda:
                 torch.cuda.synchronize(self.device)
-            result.train_seconds += time.perf_counter() - began
+            took = time.perf_counter() - began
+            result.train_seconds += took
+            result.step_seconds.append(took)
+            result.step_tokens.append(tokens)
+            result.tokens += tokens
             result.losses.append(value)
             done = step + 1
             if (

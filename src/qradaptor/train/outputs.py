@@ -74,6 +74,8 @@ def summary(outcome: TrainOutcome, device: str) -> dict[str, Any]:
         "tokens": result.tokens,
         "train_seconds": round(result.train_seconds, 3),
         "tokens_per_second": round(result.tokens_per_second, 1),
+        "steady_tokens_per_second": round(result.steady_tokens_per_second(), 1),
+        "step_seconds": [round(x, 5) for x in result.step_seconds],
         "final_train_loss": result.losses[-1] if result.losses else None,
         "final_eval_loss": evals[-1][1] if evals else None,
         "evals": [list(e) for e in evals],

@@ -193,6 +193,8 @@ def _memory(
         seq_len=min(longest, config.seq_len),
         act_bytes=act,
         gradient_checkpointing=config.gradient_checkpointing,
+        lora_dropout=config.lora_dropout > 0,
+        adapter=method.adapter,
     )
     return {
         "avg_bits": report.avg_bits,
