@@ -131,3 +131,25 @@ def test_a_finished_run_is_not_overwritten_without_force(tiny_model_dir, alpaca,
     assert train(tiny_model_dir, run, "--method", "qlora-2", "--data", str(alpaca)) == 2
     assert "already holds a finished run" in capsys.readouterr().err
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_eval_tasks_after_training_write_eval_json(tiny_model_dir, alpaca, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert (
+        train(
+            tiny_model_dir,
+            run,
+            "--method",
+            "qlora-4",
+            "--data",
+            str(alpaca),
+            "--eval-tasks",
+            "ppl_wiki",
+            "--eval-limit",
+            "2",
+        )
+        == 0
+    )
+    results = json.loads((run / "eval.json").read_text())
+    ppl = [r for r in results["results"] if r["task"] == "ppl_wiki"]
+    assert len(ppl) == 1 and ppl[0]["value"] > 1

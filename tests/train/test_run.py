@@ -119,3 +119,29 @@ def test_every_adapter_variant_trains_and_reloads_as_trained(method, tiny_model_
         expected = outcome.model.eval()(input_ids=ids).logits
         rebuilt = assemble_run(tmp_path).model(input_ids=ids).logits
     torch.testing.assert_close(rebuilt, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_steps(tiny_model_dir, alpaca) -> None:
+    spec = DataSpec(alpaca, eval_size=2)
+    plain = train_plan(str(tiny_model_dir), "qlora-4", short(lora_dropout=0.0), spec, device="cpu")
+    ckpt = train_plan(
+        str(tiny_model_dir),
+        "qlora-4",
+        short(lora_dropout=0.0, gradient_checkpointing=True),
+        spec,
+        device="cpu",
+    )
+    assert ckpt.result.losses == pytest.approx(plain.result.losses, abs=1e-5)
+    assert ckpt.memory["predicted_peak"] < plain.memory["predicted_peak"]
+
+
+def test_nf4_needs_bitsandbytes_on_cuda(monkeypatch) -> None:
+    import sys
+
+    from qradaptor.train.nf4 import check_nf4_available
+
+    with pytest.raises(ValueError, match="needs bitsandbytes on a CUDA GPU.*use --method qlora"):
+        check_nf4_available("cpu")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
+    with pytest.raises(ValueError, match="needs the bitsandbytes package.*use --method qlora"):
+        check_nf4_available("cuda")

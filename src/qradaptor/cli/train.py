@@ -113,7 +113,8 @@ def train(
         keep_checkpoints: newest checkpoints kept
         resume: continue from the newest checkpoint in RUN/checkpoints
         force: train again in a folder that holds a finished or unfinished run
-        eval_tasks: after training, evaluate these tasks (as qra eval --tasks) into RUN/eval.json
+        eval_tasks: after training, evaluate these tasks (as qra eval --tasks; perplexity windows of
+            --seq-len tokens) into RUN/eval.json
         eval_limit: documents per task of --eval-tasks
         device: auto (cuda if available), cpu or cuda; bf16 on cuda, fp32 on cpu
         no_progress: no progress bar
@@ -193,12 +194,12 @@ def train(
         return DIVERGED
     write_run(run, outcome, device=device)
     if eval_tasks is not None:
-        _evaluate(outcome, run, eval_tasks, eval_limit, device)
+        _evaluate(outcome, run, eval_tasks, eval_limit, device, seq_len)
     _report(outcome, run)
     return 0
 
 
-def _evaluate(outcome: object, run: Path, tasks: str, limit: int | None, device: str) -> None:
+def _evaluate(outcome: object, run: Path, tasks: str, limit: int | None, device: str, seq_len: int) -> None:
     from qradaptor.eval.results import format_table, to_json
     from qradaptor.eval.suite import resolve_tasks, run_suite, zero_shot_average
 
@@ -211,6 +212,7 @@ def _evaluate(outcome: object, run: Path, tasks: str, limit: int | None, device:
         plan_hash=outcome.plan.plan_hash,  # type: ignore[attr-defined]
         adapter=str(run / "adapter"),
         limit=limit,
+        seq_len=seq_len,
         progress=sys.stderr.isatty(),
     )
     meta = {
