@@ -107,3 +107,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Runs ``qra`` in-process: ``code, stdout, stderr = cli("plan", "--help")``.
+
+    What setup printed before (e.g. save_pretrained's progress bar) is dropped first.
+    """
+    from qradaptor.cli import main
+
+    def run(*argv: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

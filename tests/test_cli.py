@@ -22,32 +22,25 @@ def tiny(tiny_model_dir, llama_factory):
     return tiny_model_dir, llama_factory()
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop what setup printed (save_pretrained's progress bar)
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: object) -> dict:
-    code, out, err = run(capsys, *argv, "--json")
+def run_json(cli, *argv: object) -> dict:
+    code, out, err = cli(*argv, "--json")
     assert code == 0 and "error" not in err, err  # progress bars of transformers may go to stderr
     return json.loads(out)
 
 
 # ----- global ---------------------------------------------------------------------------
-def test_no_verb_prints_help_and_version(capsys) -> None:
-    code, out, _ = run(capsys)
+def test_no_verb_prints_help_and_version(cli) -> None:
+    code, out, _ = cli()
     assert code == 0 and out.startswith("usage: qra")
     assert all(verb in out for verb in ("info", "plan", "memory"))
-    code, out, _ = run(capsys, "--version")
+    code, out, _ = cli("--version")
     from importlib.metadata import version
 
     assert (code, out.strip()) == (0, f"qra {version('qradaptor')}")
 
 
-def test_help_comes_from_the_docstrings(capsys) -> None:
-    code, out, _ = run(capsys, "plan", "--help")
+def test_help_comes_from_the_docstrings(cli) -> None:
+    code, out, _ = cli("plan", "--help")
     assert code == 0
     assert "Write a plan (bits and LoRA rank per block)" in out
     assert "input columns per quantisation group" in out  # the Args: entry of group_size
@@ -73,9 +66,9 @@ def test_format_bytes() -> None:
 
 
 # ----- info -----------------------------------------------------------------------------
-def test_info_reports_the_models_numbers(capsys, tiny) -> None:
+def test_info_reports_the_models_numbers(cli, tiny) -> None:
     folder, model = tiny
-    data = run_json(capsys, "info", folder)
+    data = run_json(cli, "info", folder)
     assert (data["model_type"], data["num_blocks"], data["blocks_path"]) == ("llama", 3, "model.layers")
     shapes = {i["name"]: (i["in_features"], i["out_features"], i["bias"]) for i in data["linears"]}
     assert shapes == {
@@ -96,26 +89,26 @@ def test_info_reports_the_models_numbers(capsys, tiny) -> None:
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     assert counts["other"] == counts["total"] - linears - 256 * 64
 
-    code, out, _ = run(capsys, "info", folder)
+    code, out, _ = cli("info", folder)
     assert code == 0 and "3 at model.layers" in out and "tied to the embedding" in out
     assert f"{counts['total']:,}" in out
 
 
-def test_info_counts_an_untied_head(capsys, tmp_path: Path, llama_factory) -> None:
+def test_info_counts_an_untied_head(cli, tmp_path: Path, llama_factory) -> None:
     model = llama_factory(tied=False)
     model.save_pretrained(tmp_path)  # config only is read: no tokenizer needed
-    data = run_json(capsys, "info", tmp_path)
+    data = run_json(cli, "info", tmp_path)
     assert data["tied"] is False and data["parameters"]["head"] == 256 * 64
     assert data["parameters"]["total"] == sum(p.numel() for p in model.parameters())
 
 
 # ----- plan -----------------------------------------------------------------------------
-def test_plan_uniform_writes_a_plan_stamped_for_the_model(capsys, tiny) -> None:
+def test_plan_uniform_writes_a_plan_stamped_for_the_model(cli, tiny) -> None:
     folder, model = tiny
     out_file = folder.parent / "plans" / "p.json"
     out_file.parent.mkdir()
     argv = ["plan", folder, "--uniform", "4:16", "-o", out_file, "--group-size", "32"]
-    code, out, err = run(capsys, *argv, "--quant-method", "rtn", "--alpha", "32", "--embed-bits", "8")
+    code, out, err = cli(*argv, "--quant-method", "rtn", "--alpha", "32", "--embed-bits", "8")
     assert (code, err) == (0, "") and str(out_file) in out
     plan = Plan.from_json(out_file.read_text())
     structure = inspect_model(model)
@@ -128,38 +121,38 @@ def test_plan_uniform_writes_a_plan_stamped_for_the_model(capsys, tiny) -> None:
     assert [p.name for p in out_file.parent.iterdir()] == ["p.json"]  # no temp file left
 
 
-def test_plan_from_lists_broadcasts_a_single_value(capsys, tiny) -> None:
+def test_plan_from_lists_broadcasts_a_single_value(cli, tiny) -> None:
     folder, model = tiny
-    code, out, _ = run(capsys, "plan", folder, "--bits", "4,2,16", "--ranks", "8", "--name", "mine")
+    code, out, _ = cli("plan", folder, "--bits", "4,2,16", "--ranks", "8", "--name", "mine")
     assert code == 0
     plan = Plan.from_json(out)
     assert (plan.block_bits(), plan.block_ranks(), plan.name) == ([4, 2, 16], [8, 8, 8], "mine")
     plan.validate(inspect_model(model))
 
 
-def test_plan_refuses_to_overwrite_without_force(capsys, tiny, tmp_path: Path) -> None:
+def test_plan_refuses_to_overwrite_without_force(cli, tiny, tmp_path: Path) -> None:
     folder, _ = tiny
     target = tmp_path / "plan.json"
     target.write_text("keep me")
-    code, out, err = run(capsys, "plan", folder, "--uniform", "4:16", "-o", target)
+    code, out, err = cli("plan", folder, "--uniform", "4:16", "-o", target)
     assert (code, out) == (2, "")
     expected = f"qra plan: error: output {str(target)!r} already exists; pass --force to overwrite it"
     assert err.strip() == expected
     assert target.read_text() == "keep me"
-    assert run(capsys, "plan", folder, "--uniform", "2:4", "-o", target, "--force")[0] == 0
+    assert cli("plan", folder, "--uniform", "2:4", "-o", target, "--force")[0] == 0
     assert Plan.from_json(target.read_text()).block_bits() == [2, 2, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
 
 
 # ----- memory ---------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype, weight_bytes", [("bf16", 2), ("fp32", 4)])
-def test_memory_totals_equal_plan_memory(capsys, tiny, tmp_path: Path, dtype: str, weight_bytes: int) -> None:
+def test_memory_totals_equal_plan_memory(cli, tiny, tmp_path: Path, dtype: str, weight_bytes: int) -> None:
     folder, model = tiny
     structure = inspect_model(model)
     plan = Plan.from_lists([4, 2, 16], [16, 0, 8], embed_bits=8, head_bits=8, name="mixed")
     plan_file = tmp_path / "mixed.json"
     plan_file.write_text(plan.to_json())
-    data = run_json(capsys, "memory", folder, "--plan", plan_file, "--dtype", dtype)
+    data = run_json(cli, "memory", folder, "--plan", plan_file, "--dtype", dtype)
     report = plan_memory(structure, plan, weight_bytes=weight_bytes)
     assert data["totals"] == {
         "block_linears": report.linear_bytes,
@@ -176,16 +169,16 @@ def test_memory_totals_equal_plan_memory(capsys, tiny, tmp_path: Path, dtype: st
     assert data["avg_bits"] == pytest.approx(report.avg_bits)
     assert (data["avg_rank"], data["trainable_params"]) == (8, report.adapter_params)
 
-    code, out, _ = run(capsys, "memory", folder, "--plan", plan_file, "--dtype", dtype)
+    code, out, _ = cli("memory", folder, "--plan", plan_file, "--dtype", dtype)
     assert code == 0
     assert ["total", *format_bytes(report.total_bytes).split()] in [line.split() for line in out.splitlines()]
 
 
-def test_memory_shorthand_and_training_estimate(capsys, tiny) -> None:
+def test_memory_shorthand_and_training_estimate(cli, tiny) -> None:
     folder, model = tiny
     structure = inspect_model(model)
     argv = ["memory", folder, "--plan", "uniform:3:4", "--train", "--batch-size", "2", "--seq-len", "16"]
-    data = run_json(capsys, *argv, "--gradient-checkpointing")
+    data = run_json(cli, *argv, "--gradient-checkpointing")
     report = plan_memory(structure, Plan.uniform(3, 3, 4))
     assert data["totals"]["total"] == report.total_bytes and data["avg_bits"] == pytest.approx(3.5)
     step = training_memory(structure, report, batch_size=2, seq_len=16, gradient_checkpointing=True)
@@ -199,24 +192,24 @@ def test_memory_shorthand_and_training_estimate(capsys, tiny) -> None:
     }
 
 
-def test_memory_verify_says_equal(capsys, tiny, tmp_path: Path) -> None:
+def test_memory_verify_says_equal(cli, tiny, tmp_path: Path) -> None:
     folder, _ = tiny
-    code, out, _ = run(capsys, "memory", folder, "--plan", "uniform:4:8", "--verify")
+    code, out, _ = cli("memory", folder, "--plan", "uniform:4:8", "--verify")
     assert code == 0 and "result: equal" in out
     plan_file = tmp_path / "p.json"
-    assert run(capsys, "plan", folder, "--bits", "2,8,16", "--ranks", "4,0,16", "-o", plan_file)[0] == 0
-    verify = run_json(capsys, "memory", folder, "--plan", plan_file, "--verify")["verify"]
+    assert cli("plan", folder, "--bits", "2,8,16", "--ranks", "4,0,16", "-o", plan_file)[0] == 0
+    verify = run_json(cli, "memory", folder, "--plan", plan_file, "--verify")["verify"]
     assert verify["equal"] is True
     assert verify["measured_bytes"] == verify["predicted_bytes"] > 0
     in_plus_out = (64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 2 + (128 + 64)  # q o, k v, gate up, down
     assert verify["measured_trainable_params"] == (4 + 0 + 16) * in_plus_out == 20480
 
 
-def test_memory_verify_mismatch_exits_1(capsys, tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_verify_mismatch_exits_1(cli, tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     import qradaptor.memory
 
     monkeypatch.setattr(qradaptor.memory, "model_tensor_bytes", lambda model: 0)
-    code, out, _ = run(capsys, "memory", tiny[0], "--plan", "uniform:4:8", "--verify")
+    code, out, _ = cli("memory", tiny[0], "--plan", "uniform:4:8", "--verify")
     assert code == 1 and "result: NOT equal" in out
 
 
@@ -256,11 +249,11 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_exit_2(capsys, tiny, tmp_path: Path, case: str) -> None:
+def test_bad_input_is_one_line_exit_2(cli, tiny, tmp_path: Path, case: str) -> None:
     folder, _ = tiny
     make_argv, phrase = BAD[case]
     argv = make_argv(str(folder), tmp_path)
-    code, out, err = run(capsys, *argv)
+    code, out, err = cli(*argv)
     assert (code, out) == (2, "")
     assert err.startswith(f"qra {argv[0]}: error: ") and err.endswith("\n") and err.count("\n") == 1
     assert phrase in err
@@ -268,7 +261,7 @@ def test_bad_input_is_one_line_exit_2(capsys, tiny, tmp_path: Path, case: str) -
         assert str(tmp_path / "nope.json") in err
 
 
-def test_debug_reraises(capsys, tiny, tmp_path: Path) -> None:
+def test_debug_reraises(cli, tiny, tmp_path: Path) -> None:
     folder, _ = tiny
     with pytest.raises(ValueError, match="does not exist"):
         main(["memory", str(folder), "--plan", str(tmp_path / "nope.json"), "--debug"])
@@ -278,13 +271,13 @@ def test_debug_reraises(capsys, tiny, tmp_path: Path) -> None:
 
 # ----- the embedded model ---------------------------------------------------------------
 @pytest.mark.slow
-def test_embedded_model_info_and_memory(capsys) -> None:
-    data = run_json(capsys, "info")
+def test_embedded_model_info_and_memory(cli) -> None:
+    data = run_json(cli, "info")
     assert (data["origin"], data["num_blocks"], len(data["linears"])) == ("embedded", 30, 7)
     assert data["parameters"]["total"] == 134_515_008
-    memory = run_json(capsys, "memory", "--plan", "uniform:4:16")
+    memory = run_json(cli, "memory", "--plan", "uniform:4:16")
     assert len(memory["blocks"]) == 30 and memory["avg_bits"] == pytest.approx(4.5)
     in_plus_out = (576 + 576) * 2 + (576 + 192) * 2 + (576 + 1536) * 2 + (1536 + 576)
     assert memory["totals"]["adapters"] == 30 * 16 * in_plus_out * 4  # fp32 adapters of rank 16
-    code, out, _ = run(capsys, "memory", "--plan", "uniform:4:16")
+    code, out, _ = cli("memory", "--plan", "uniform:4:16")
     assert code == 0 and "llama with 30 blocks of 7 linears" in out

@@ -11,7 +11,6 @@ import torch
 from qradaptor import lora
 from qradaptor.assemble import read_adapter
 from qradaptor.build import apply_plan, quantize_model_
-from qradaptor.cli import main
 from qradaptor.models.loading import load_model
 from qradaptor.models.structure import inspect_model
 from qradaptor.packed import save_packed_base
@@ -25,13 +24,6 @@ PLAN = Plan.from_lists([4, 16, 2], [8, 0, 4], embed_bits=8, head_bits=8, group_s
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread) -> None:
     pass
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _finish_run(
@@ -85,10 +77,10 @@ def test_assemble_run_gives_the_model_as_trained(trained) -> None:
         torch.testing.assert_close(built.model(IDS).logits, expected, atol=1e-6, rtol=1e-6)
 
 
-def test_export_merged_matches_the_trained_model(trained, tmp_path, capsys) -> None:
+def test_export_merged_matches_the_trained_model(trained, tmp_path, cli) -> None:
     run, expected = trained
     out = tmp_path / "merged"
-    code, stdout, err = run_cli(capsys, "export", run, "-o", out, "--dtype", "float32", "--device", "cpu")
+    code, stdout, err = cli("export", run, "-o", out, "--dtype", "float32", "--device", "cpu")
     assert code == 0, err
     assert "merged float32 model" in stdout
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
@@ -99,18 +91,18 @@ def test_export_merged_matches_the_trained_model(trained, tmp_path, capsys) -> N
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
 
-def test_export_merged_bf16_by_default(trained, tmp_path, capsys) -> None:
+def test_export_merged_bf16_by_default(trained, tmp_path, cli) -> None:
     run, expected = trained
-    code, _, err = run_cli(capsys, "export", run, "-o", tmp_path / "m", "--merged", "--device", "cpu")
+    code, _, err = cli("export", run, "-o", tmp_path / "m", "--merged", "--device", "cpu")
     assert code == 0, err
     assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
     torch.testing.assert_close(_reference_logits(tmp_path / "m"), expected, atol=0.1, rtol=0.05)
 
 
-def test_export_packed_is_a_run_that_assembles_the_same(trained, tmp_path, capsys) -> None:
+def test_export_packed_is_a_run_that_assembles_the_same(trained, tmp_path, cli) -> None:
     run, expected = trained
     out = tmp_path / "package"
-    code, _, err = run_cli(capsys, "export", run, "-o", out, "--packed")
+    code, _, err = cli("export", run, "-o", out, "--packed")
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "base.safetensors", "plan.json"]
     assert (out / "base.safetensors").read_bytes() == (run / "base.safetensors").read_bytes()
@@ -118,14 +110,14 @@ def test_export_packed_is_a_run_that_assembles_the_same(trained, tmp_path, capsy
         torch.testing.assert_close(assemble_run(out).model(IDS).logits, expected, atol=1e-6, rtol=1e-6)
 
 
-def test_export_refuses_to_overwrite_then_replaces_with_force(trained, tmp_path, capsys) -> None:
+def test_export_refuses_to_overwrite_then_replaces_with_force(trained, tmp_path, cli) -> None:
     run, _ = trained
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("keep")
-    code, _, err = run_cli(capsys, "export", run, "-o", out, "--packed")
+    code, _, err = cli("export", run, "-o", out, "--packed")
     assert code == 2 and "already exists; pass --force" in err and (out / "old.txt").is_file()
-    code, _, err = run_cli(capsys, "export", run, "-o", out, "--packed", "--force")
+    code, _, err = cli("export", run, "-o", out, "--packed", "--force")
     assert code == 0, err
     assert not (out / "old.txt").exists() and (out / "plan.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or old folder left
@@ -141,10 +133,10 @@ def test_export_refuses_to_overwrite_then_replaces_with_force(trained, tmp_path,
         (["{run}", "-o", "{tmp}/o", "--merged", "--packed"], "not allowed with argument"),
     ],
 )
-def test_export_bad_input(trained, tmp_path, capsys, argv, message) -> None:
+def test_export_bad_input(trained, tmp_path, cli, argv, message) -> None:
     run, _ = trained
     fill = lambda s: s.format(tmp=tmp_path, run=run)  # noqa: E731
-    code, _, err = run_cli(capsys, "export", *map(fill, argv))
+    code, _, err = cli("export", *map(fill, argv))
     assert code == 2 and fill(message) in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
 
@@ -164,7 +156,7 @@ def test_run_without_adapter_or_for_another_plan(trained, tmp_path) -> None:
         assemble_run(bad)
 
 
-def test_run_without_packed_base_quantises_from_the_plan(tiny_model_dir, tmp_path, capsys) -> None:
+def test_run_without_packed_base_quantises_from_the_plan(tiny_model_dir, tmp_path, cli) -> None:
     plan = Plan.from_lists([4, 16, 2], [8, 0, 4])
     model = apply_plan(load_model(str(tiny_model_dir)).model, plan)
     with torch.no_grad():
@@ -179,7 +171,7 @@ def test_run_without_packed_base_quantises_from_the_plan(tiny_model_dir, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(built.model(IDS).logits, expected, atol=1e-6, rtol=1e-6)
     # --packed packs the base now, so the package holds it.
-    code, _, err = run_cli(capsys, "export", tmp_path / "run", "-o", tmp_path / "pkg", "--packed")
+    code, _, err = cli("export", tmp_path / "run", "-o", tmp_path / "pkg", "--packed")
     assert code == 0, err
     again = assemble_run(tmp_path / "pkg")
     assert again.base == str(tmp_path / "pkg" / "base.safetensors")
@@ -187,14 +179,14 @@ def test_run_without_packed_base_quantises_from_the_plan(tiny_model_dir, tmp_pat
         torch.testing.assert_close(again.model(IDS).logits, expected, atol=1e-6, rtol=1e-6)
 
 
-def test_export_merged_gpt2_keeps_conv1d(tiny_gpt2, word_tokenizer_factory, tmp_path, capsys) -> None:
+def test_export_merged_gpt2_keeps_conv1d(tiny_gpt2, word_tokenizer_factory, tmp_path, cli) -> None:
     tiny_gpt2.save_pretrained(tmp_path / "gpt2")
     word_tokenizer_factory().save_pretrained(tmp_path / "gpt2")
     plan = Plan.from_lists([4, 3], [4, 2], embed_bits=8, head_bits=8, group_size=32)
     model = load_model(str(tmp_path / "gpt2")).model
     structure = inspect_model(model)
     expected = _finish_run(apply_plan(model, plan), structure, tmp_path / "run", plan, q_proj=None)
-    code, _, err = run_cli(capsys, "export", tmp_path / "run", "-o", tmp_path / "out", "--dtype", "float32")
+    code, _, err = cli("export", tmp_path / "run", "-o", tmp_path / "out", "--dtype", "float32")
     assert code == 0, err
     from transformers import AutoModelForCausalLM
 
@@ -244,7 +236,7 @@ def _adalora_run(folder: Path, run: Path) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["dora", "adalora"])
-def test_dora_and_adalora_runs(tiny_model_dir, tmp_path, capsys, kind) -> None:
+def test_dora_and_adalora_runs(tiny_model_dir, tmp_path, cli, kind) -> None:
     if kind == "adalora" and not hasattr(lora, "prepare_adalora_"):
         pytest.skip("lora.py has no AdaLoRA on QuantLinear yet")
     run = tmp_path / "run"
@@ -261,13 +253,13 @@ def test_dora_and_adalora_runs(tiny_model_dir, tmp_path, capsys, kind) -> None:
 
 
 # ----- qra eval --run ---------------------------------------------------------------------
-def test_eval_run_uses_the_packed_base(trained, tmp_path, capsys) -> None:
+def test_eval_run_uses_the_packed_base(trained, tmp_path, cli) -> None:
     from qradaptor.eval.suite import run_suite
 
     run, _ = trained
     out = tmp_path / "r.json"
     argv = ["--tasks", "ppl_wiki", "--limit", "2", "--seq-len", "32", "--device", "cpu", "-o", out]
-    code, _, err = run_cli(capsys, "eval", "--run", run, *argv)
+    code, _, err = cli("eval", "--run", run, *argv)
     assert code == 0, err
     data = json.loads(out.read_text())
     assert data["meta"]["run"] == str(run) and data["meta"]["base"] == str(run / "base.safetensors")
@@ -279,12 +271,12 @@ def test_eval_run_uses_the_packed_base(trained, tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize("extra", [["--plan", "uniform:4:8"], ["--adapter", "x"]])
-def test_eval_run_excludes_plan_and_adapter(trained, capsys, extra) -> None:
+def test_eval_run_excludes_plan_and_adapter(trained, cli, extra) -> None:
     run, _ = trained
-    code, _, err = run_cli(capsys, "eval", "--run", run, *extra, "--tasks", "ppl_wiki")
+    code, _, err = cli("eval", "--run", run, *extra, "--tasks", "ppl_wiki")
     assert code == 2 and f"do not also give {extra[0]}" in err and err.count("\n") == 1, err
 
 
-def test_eval_run_bad_folder(tmp_path, capsys) -> None:
-    code, _, err = run_cli(capsys, "eval", "--run", tmp_path, "--tasks", "ppl_wiki")
+def test_eval_run_bad_folder(tmp_path, cli) -> None:
+    code, _, err = cli("eval", "--run", tmp_path, "--tasks", "ppl_wiki")
     assert code == 2 and "is not a training run" in err, err

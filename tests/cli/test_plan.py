@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from qradaptor.baselines import BASELINE_PLANS, baseline_plan
-from qradaptor.cli import main
 from qradaptor.data import load_texts, pack_texts
 from qradaptor.models.loading import load_model
 from qradaptor.models.structure import inspect_model
@@ -18,28 +17,21 @@ from qradaptor.train.probe import gradient_norms
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop what setup printed (save_pretrained's progress bar)
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def structure(tiny_model_dir, llama_factory):
     return inspect_model(llama_factory())
 
 
-def test_help_lists_the_options(capsys) -> None:
-    code, out, _ = run(capsys, "plan", "--help")
+def test_help_lists_the_options(cli) -> None:
+    code, out, _ = cli("plan", "--help")
     assert code == 0 and "--baseline NAME" in out and "--rank R" in out
     assert "rank-gradient (proportional to per-block gradient norms, measured by a probe" in out
     assert "base LoRA rank of --baseline (default 16)" in out
 
 
-def test_decay_with_rank_and_bits(capsys, tiny_model_dir, structure) -> None:
-    code, out, _ = run(
-        capsys, "plan", tiny_model_dir, "--baseline", "rank-linear-decay", "--rank", "8", "--bits", "3"
+def test_decay_with_rank_and_bits(cli, tiny_model_dir, structure) -> None:
+    code, out, _ = cli(
+        "plan", tiny_model_dir, "--baseline", "rank-linear-decay", "--rank", "8", "--bits", "3"
     )
     assert code == 0
     plan = Plan.from_json(out)
@@ -47,21 +39,19 @@ def test_decay_with_rank_and_bits(capsys, tiny_model_dir, structure) -> None:
     assert plan == baseline_plan("rank-linear-decay", structure, rank=8, bits=3)
 
 
-def test_embed8_body4_written_to_a_file(capsys, tiny_model_dir, structure, tmp_path: Path) -> None:
+def test_embed8_body4_written_to_a_file(cli, tiny_model_dir, structure, tmp_path: Path) -> None:
     target = tmp_path / "plan.json"
-    code, out, _ = run(capsys, "plan", tiny_model_dir, "--baseline", "embed8-body4", "-o", target)
+    code, out, _ = cli("plan", tiny_model_dir, "--baseline", "embed8-body4", "-o", target)
     assert code == 0 and "wrote plan embed8-body4" in out and "(bits 4; avg rank 16)" in out
     plan = Plan.from_json(target.read_text())
     assert (plan.embed_bits, plan.head_bits, plan.block_bits()) == (8, 8, [4, 4, 4])
     assert plan.model_signature == structure.signature
 
 
-def test_options_pass_through_and_module_plans_summarise(capsys, tiny_model_dir, structure, tmp_path) -> None:
+def test_options_pass_through_and_module_plans_summarise(cli, tiny_model_dir, structure, tmp_path) -> None:
     target = tmp_path / "focus.json"
     argv = ["--baseline", "rank-attn-focus", "-o", target, "--group-size", "32", "--quant-method", "rtn"]
-    code, out, _ = run(
-        capsys, "plan", tiny_model_dir, *argv, "--alpha", "8", "--embed-bits", "8", "--name", "mine"
-    )
+    code, out, _ = cli("plan", tiny_model_dir, *argv, "--alpha", "8", "--embed-bits", "8", "--name", "mine")
     plan = Plan.from_json(target.read_text())
     assert code == 0 and plan.granularity == "module"
     # 4 attention linears at 32 and 3 FFN linears at 3, in each block
@@ -78,8 +68,8 @@ def test_options_pass_through_and_module_plans_summarise(capsys, tiny_model_dir,
     assert plan.layers == baseline_plan("rank-attn-focus", structure).layers
 
 
-def test_gradient_runs_the_probe_as_the_library_does(capsys, tiny_model_dir, structure) -> None:
-    code, out, err = run(capsys, "plan", tiny_model_dir, "--baseline", "rank-gradient", "--rank", "4")
+def test_gradient_runs_the_probe_as_the_library_does(cli, tiny_model_dir, structure) -> None:
+    code, out, err = cli("plan", tiny_model_dir, "--baseline", "rank-gradient", "--rank", "4")
     assert code == 0 and "gradient probe (4 steps of 2 x 128 tokens)" in err
     loaded = load_model(tiny_model_dir, dtype=torch.float32, device="cpu")
     ids = pack_texts(
@@ -91,8 +81,8 @@ def test_gradient_runs_the_probe_as_the_library_does(capsys, tiny_model_dir, str
 
 
 @pytest.mark.parametrize("name", [n for n in BASELINE_PLANS if n != "rank-gradient"])
-def test_every_structural_baseline_equals_the_library(capsys, tiny_model_dir, structure, name: str) -> None:
-    code, out, _ = run(capsys, "plan", tiny_model_dir, "--baseline", name)
+def test_every_structural_baseline_equals_the_library(cli, tiny_model_dir, structure, name: str) -> None:
+    code, out, _ = cli("plan", tiny_model_dir, "--baseline", name)
     assert code == 0 and Plan.from_json(out) == baseline_plan(name, structure)
 
 
@@ -115,15 +105,15 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_exit_2(capsys, tiny_model_dir, case: str) -> None:
+def test_bad_input_is_one_line_exit_2(cli, tiny_model_dir, case: str) -> None:
     args, phrase = BAD[case]
-    code, out, err = run(capsys, "plan", tiny_model_dir, *args)
+    code, out, err = cli("plan", tiny_model_dir, *args)
     assert (code, out) == (2, "")
     assert err.startswith("qra plan: error: ") and err.count("\n") == 1
     assert phrase in err
 
 
-def test_bad_names_fail_before_the_model_loads(capsys, tmp_path: Path) -> None:
+def test_bad_names_fail_before_the_model_loads(cli, tmp_path: Path) -> None:
     missing = tmp_path / "no-model"
-    code, _, err = run(capsys, "plan", missing, "--baseline", "adalora")
+    code, _, err = cli("plan", missing, "--baseline", "adalora")
     assert code == 2 and "is a training method" in err

@@ -9,18 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qradaptor.cli import main
 from qradaptor.cli import profile as profile_verb
 from qradaptor.data import load_texts, pack_texts
 from qradaptor.models.loading import load_model
 from qradaptor.sensitivity import SensitivityTable, profile_sensitivity
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop what setup printed (save_pretrained's progress bar)
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +34,10 @@ def _library_table(folder: Path, data: str | None) -> SensitivityTable:
     )
 
 
-def test_help_lists_the_options(capsys) -> None:
-    code, out, _ = run(capsys, "--help")
+def test_help_lists_the_options(cli) -> None:
+    code, out, _ = cli("--help")
     assert code == 0 and "profile" in out
-    code, out, _ = run(capsys, "profile", "--help")
+    code, out, _ = cli("profile", "--help")
     assert code == 0 and "(Eq. 6, §3.3)" in out
     options = "--data --bits --samples --seq-len --batch-size --group-size --method --device --seed --force"
     for option in [*options.split(), "-o OUT_DIR"]:
@@ -55,13 +47,13 @@ def test_help_lists_the_options(capsys) -> None:
 
 @pytest.mark.parametrize("use_file", [True, False], ids=["txt-file", "embedded-default"])
 def test_outputs_equal_the_library_on_the_same_calibration(
-    capsys, tmp_path, tiny_model_dir, words, use_file
+    cli, tmp_path, tiny_model_dir, words, use_file
 ) -> None:
     data = str(words) if use_file else None
     out_dir = tmp_path / "made" / "sens"  # parents are created
     options = ["--data", data] if use_file else []
     settings = "--bits 4,2 --samples 3 --seq-len 8 --batch-size 2 --group-size 32 --method rtn --device cpu"
-    code, out, err = run(capsys, "profile", tiny_model_dir, *options, *settings.split(), "-o", out_dir)
+    code, out, err = cli("profile", tiny_model_dir, *options, *settings.split(), "-o", out_dir)
     assert code == 0, err
     expected = _library_table(tiny_model_dir, data)
 
@@ -106,11 +98,11 @@ def test_outputs_equal_the_library_on_the_same_calibration(
 
 
 def test_without_matplotlib_writes_json_and_csv_and_says_so(
-    capsys, tmp_path, tiny_model_dir, words, monkeypatch
+    cli, tmp_path, tiny_model_dir, words, monkeypatch
 ) -> None:
     monkeypatch.setattr(profile_verb, "can_plot", lambda: False)
     settings = "--bits 3 --samples 1 --seq-len 8 --device cpu".split()
-    code, out, err = run(capsys, "profile", tiny_model_dir, "--data", words, *settings, "-o", tmp_path)
+    code, out, err = cli("profile", tiny_model_dir, "--data", words, *settings, "-o", tmp_path)
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sensitivity.csv", "sensitivity.json"]
     notes = [line for line in out.splitlines() if line.startswith("note:")]
@@ -136,34 +128,34 @@ def test_without_matplotlib_writes_json_and_csv_and_says_so(
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
-    capsys, tmp_path, tiny_model_dir, argv, fragment
+    cli, tmp_path, tiny_model_dir, argv, fragment
 ) -> None:
     out_dir = tmp_path / "out"
-    code, out, err = run(capsys, "profile", tiny_model_dir, *argv, "-o", out_dir)
+    code, out, err = cli("profile", tiny_model_dir, *argv, "-o", out_dir)
     assert code == 2 and out == ""
     assert err.startswith("qra profile: error: ") and err.count("\n") == 1
     assert fragment in err
     assert not out_dir.exists()
 
 
-def test_out_dir_that_is_a_file_is_refused(capsys, tmp_path, tiny_model_dir) -> None:
+def test_out_dir_that_is_a_file_is_refused(cli, tmp_path, tiny_model_dir) -> None:
     target = tmp_path / "taken"
     target.write_text("keep me", encoding="utf-8")
-    code, _, err = run(capsys, "profile", tiny_model_dir, "-o", target)
+    code, _, err = cli("profile", tiny_model_dir, "-o", target)
     assert code == 2 and err.count("\n") == 1
     assert f"qra profile: error: -o {str(target)!r} is a file" in err
     assert target.read_text(encoding="utf-8") == "keep me"
 
 
-def test_existing_results_need_force(capsys, tmp_path, tiny_model_dir, words) -> None:
+def test_existing_results_need_force(cli, tmp_path, tiny_model_dir, words) -> None:
     (tmp_path / "sensitivity.csv").write_text("old", encoding="utf-8")
     settings = "--bits 8 --samples 1 --seq-len 4 --device cpu".split()
     argv = ["profile", tiny_model_dir, "--data", words, *settings, "-o", tmp_path]
-    code, _, err = run(capsys, *argv)
+    code, _, err = cli(*argv)
     assert code == 2 and "already exists; pass --force" in err
     assert not (tmp_path / "sensitivity.json").exists()
     assert (tmp_path / "sensitivity.csv").read_text(encoding="utf-8") == "old"
-    code, _, err = run(capsys, *argv, "--force")
+    code, _, err = cli(*argv, "--force")
     assert code == 0, err
     assert (tmp_path / "sensitivity.csv").read_text(encoding="utf-8").startswith("block,kl_8bit\n")
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from qradaptor.cli import main
 from qradaptor.plan import Plan
 
 FAST = ["--seq-len", 16, "--steps", 2, "--batch-size", 2, "--eval-batches", 1, "--calibration-samples", 2]
@@ -16,13 +15,6 @@ SMALL = ["--population", 3, "--generations", 2, "--bayes-iterations", 2, "--grou
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +27,13 @@ def words(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def search(capsys, tiny_model_dir, words, out: Path, *extra: object) -> tuple[int, str, str]:
+def search(cli, tiny_model_dir, words, out: Path, *extra: object) -> tuple[int, str, str]:
     data = ["--data", words, "--eval-data", words]
-    return run(
-        capsys, "search", tiny_model_dir, "--budget", "3.6bits", "-o", out, *data, *FAST, *SMALL, *extra
-    )
+    return cli("search", tiny_model_dir, "--budget", "3.6bits", "-o", out, *data, *FAST, *SMALL, *extra)
 
 
-def test_help_names_the_budget_forms_and_the_ablations(capsys) -> None:
-    code, out, _ = run(capsys, "search", "--help")
+def test_help_names_the_budget_forms_and_the_ablations(cli) -> None:
+    code, out, _ = cli("search", "--help")
     assert code == 0
     for option in [
         "--budget",
@@ -59,10 +49,10 @@ def test_help_names_the_budget_forms_and_the_ablations(capsys) -> None:
 
 
 def test_a_search_writes_its_run_folder_and_a_second_run_resumes_it(
-    capsys, tiny_model_dir, words, tmp_path
+    cli, tiny_model_dir, words, tmp_path
 ) -> None:
     out = tmp_path / "run"
-    code, stdout, err = search(capsys, tiny_model_dir, words, out)
+    code, stdout, err = search(cli, tiny_model_dir, words, out)
     assert code == 0, err
     names = {p.name for p in out.iterdir()}
     expected = {
@@ -90,7 +80,7 @@ def test_a_search_writes_its_run_folder_and_a_second_run_resumes_it(
     assert -1.0 <= summary["bits_sensitivity_pearson"] <= 1.0 or summary["bits_sensitivity_pearson"] is None
     assert "chosen plan: proxy loss" in stdout and f"qra eval --plan {out / 'plan.json'}" in stdout
 
-    code, stdout, err = search(capsys, tiny_model_dir, words, out)
+    code, stdout, err = search(cli, tiny_model_dir, words, out)
     assert code == 0, err
     again = json.loads((out / "summary.json").read_text())
     assert again["evaluated_this_run"] == 0 and again["replayed_from_study"] == len(trials)
@@ -98,13 +88,13 @@ def test_a_search_writes_its_run_folder_and_a_second_run_resumes_it(
     assert f"0 plans tuned, {len(trials)} read from the study" in stdout
 
     # The chosen plan goes straight into qra memory (and qra eval / train).
-    code, stdout, err = run(capsys, "memory", tiny_model_dir, "--plan", out / "plan.json")
+    code, stdout, err = cli("memory", tiny_model_dir, "--plan", out / "plan.json")
     assert code == 0, err
 
 
-def test_the_ablations_search_what_they_say(capsys, tiny_model_dir, words, tmp_path) -> None:
+def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path) -> None:
     code, _, err = search(
-        capsys,
+        cli,
         tiny_model_dir,
         words,
         tmp_path / "b",
@@ -122,7 +112,7 @@ def test_the_ablations_search_what_they_say(capsys, tiny_model_dir, words, tmp_p
     assert summary["evaluations"]["bayes"] == 2 and "bits_sensitivity_pearson" not in summary
 
     code, _, err = search(
-        capsys,
+        cli,
         tiny_model_dir,
         words,
         tmp_path / "r",
@@ -153,36 +143,34 @@ def test_the_ablations_search_what_they_say(capsys, tiny_model_dir, words, tmp_p
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_study(
-    capsys, tiny_model_dir, words, tmp_path, extra, message
+    cli, tiny_model_dir, words, tmp_path, extra, message
 ) -> None:
-    code, _, err = search(capsys, tiny_model_dir, words, tmp_path / "run", *extra)
+    code, _, err = search(cli, tiny_model_dir, words, tmp_path / "run", *extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run" / "study.db").exists()
 
 
 def test_resuming_with_another_space_is_refused_and_the_study_is_kept(
-    capsys, tiny_model_dir, words, tmp_path
+    cli, tiny_model_dir, words, tmp_path
 ) -> None:
     out = tmp_path / "run"
-    assert search(capsys, tiny_model_dir, words, out, "--generations", 0, "--bayes-iterations", 0)[0] == 0
+    assert search(cli, tiny_model_dir, words, out, "--generations", 0, "--bayes-iterations", 0)[0] == 0
     before = (out / "study.db").read_bytes()
-    code, _, err = search(capsys, tiny_model_dir, words, out, "--bits", "2,3,4")
+    code, _, err = search(cli, tiny_model_dir, words, out, "--bits", "2,3,4")
     assert code == 2 and "bits: study has [2, 3, 4, 8], this run has [2, 3, 4]" in err
     assert (out / "study.db").read_bytes() == before
 
 
-def test_a_budget_above_the_largest_plan_returns_it_and_says_so(
-    capsys, tiny_model_dir, words, tmp_path
-) -> None:
-    code, stdout, err = search(capsys, tiny_model_dir, words, tmp_path / "run", "--budget", "16bits")
+def test_a_budget_above_the_largest_plan_returns_it_and_says_so(cli, tiny_model_dir, words, tmp_path) -> None:
+    code, stdout, err = search(cli, tiny_model_dir, words, tmp_path / "run", "--budget", "16bits")
     assert code == 0, err
     assert "above the largest plan of the search space" in stdout
     plan = Plan.from_json((tmp_path / "run" / "plan.json").read_text())
     assert set(plan.block_bits()) == {8} and set(plan.block_ranks()) == {8}
 
 
-def test_an_output_that_is_a_file_is_refused(capsys, tiny_model_dir, words, tmp_path) -> None:
+def test_an_output_that_is_a_file_is_refused(cli, tiny_model_dir, words, tmp_path) -> None:
     target = tmp_path / "file"
     target.write_text("keep")
-    code, _, err = search(capsys, tiny_model_dir, words, target)
+    code, _, err = search(cli, tiny_model_dir, words, target)
     assert code == 2 and "is a file" in err and target.read_text() == "keep"
