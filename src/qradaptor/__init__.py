@@ -35,6 +35,10 @@ _EXPORTS = {
     "load_texts": "qradaptor.data",
     "load_instructions": "qradaptor.data",
     "pack_texts": "qradaptor.data",
+    "TrainConfig": "qradaptor.train.config",
+    "DataSpec": "qradaptor.train.run",
+    "train_plan": "qradaptor.train.run",
+    "assemble_run": "qradaptor.runs",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -239,8 +239,6 @@ class Trainer:
         """Loads the newest checkpoint, if any; returns the step to continue from."""
         import torch
 
-        from qradaptor.train.config import TrainConfig
-
         found = complete_checkpoints(self.checkpoints) if self.checkpoints else []
         if not found:
             return 0
@@ -348,9 +346,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
-            allocator_owner = getattr(self.model, "base_model", None)
-            if _allocator(self.model) is not None:
-                allocator_owner.update_and_allocate(step)  # type: ignore[union-attr]
+            if _allocator(self.model) is not None:  # AdaLoRA scores the gradients: before zero_grad
+                self.model.base_model.update_and_allocate(step)  # type: ignore[union-attr]
             self.optimizer.zero_grad(set_to_none=True)
             if on_cuda:
                 torch.cuda.synchronize(self.device)
