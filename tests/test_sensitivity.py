@@ -71,6 +71,19 @@ def test_matches_direct_quantisation(
     assert table.kl[0][0] != pytest.approx(expected, rel=1e-3)
 
 
+def test_a_cache_keeps_every_fit_for_the_builds_after(
+    model: torch.nn.Module, calibration: torch.Tensor, table: SensitivityTable
+) -> None:
+    from qradaptor.quant.cache import QuantCache
+
+    cache = QuantCache()
+    cached = profile_sensitivity(model, calibration, bits=BITS, batch_size=2, progress=False, cache=cache)
+    assert cached.kl == table.kl  # the same fits, so the same numbers
+    assert len(cache) == cache.misses == 3 * len(BITS) * 7 and cache.hits == 0
+    quantize_model_(copy.deepcopy(model), Plan.from_lists([2, 8, 3], [0, 0, 0]), simulated=True, cache=cache)
+    assert cache.misses == 84 and cache.hits == 21  # a plan after profiling fits nothing
+
+
 def test_model_bit_identical_afterwards(llama_factory, calibration: torch.Tensor) -> None:
     model = llama_factory(seed=3)
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -23,6 +23,8 @@ from qradaptor.quant.modules import QuantEmbedding, QuantLinear, simulated_linea
 if TYPE_CHECKING:
     from peft import PeftModel
 
+    from qradaptor.quant.cache import QuantCache
+
 
 def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, attr = path.rpartition(".")
@@ -35,17 +37,35 @@ def _dense_weight(module: nn.Module, info: LinearInfo) -> torch.Tensor:
 
 
 def _quantized_linear(
-    module: nn.Module, info: LinearInfo, bits: int, plan: Plan, simulated: bool
+    module: nn.Module,
+    info: LinearInfo,
+    bits: int,
+    plan: Plan,
+    simulated: bool,
+    cache: QuantCache | None = None,
+    path: str = "",
 ) -> nn.Module:
     weight = _dense_weight(module, info)
     bias = None if module.bias is None else module.bias.data
+    method = plan.quant_method
+    if cache is None:
+        fitted = None
+    else:
+        fitted = cache.get(path, weight, bits, plan.group_size, method)  # type: ignore[arg-type]
     if simulated:
-        return simulated_linear(weight, bias, bits, plan.group_size, plan.quant_method)  # type: ignore[arg-type]
-    return QuantLinear.from_weight(weight, bias, bits, plan.group_size, plan.quant_method)  # type: ignore[arg-type]
+        return simulated_linear(weight, bias, bits, plan.group_size, method, fitted=fitted)  # type: ignore[arg-type]
+    if fitted is None:
+        return QuantLinear.from_weight(weight, bias, bits, plan.group_size, method)  # type: ignore[arg-type]
+    return QuantLinear(fitted.copy(), bias, weight.dtype)  # a copy: the model may change its codes (LoftQ)
 
 
-def quantize_model_(model: nn.Module, plan: Plan, *, simulated: bool = False) -> ModelStructure:
+def quantize_model_(
+    model: nn.Module, plan: Plan, *, simulated: bool = False, cache: QuantCache | None = None
+) -> ModelStructure:
     """Quantises ``model`` in place as ``plan`` says; no adapters. Returns its structure.
+
+    ``cache`` (one per set of base weights) supplies block linears fitted before, so a
+    layer is fitted once per bit-width however many plans are built (the search's case).
 
     Raises:
         ValueError: if the plan does not fit the model (see ``Plan.validate``).
@@ -57,7 +77,9 @@ def quantize_model_(model: nn.Module, plan: Plan, *, simulated: bool = False) ->
         if spec.bits == UNQUANTIZED:
             continue
         path = structure.module_path(block, name)
-        new = _quantized_linear(model.get_submodule(path), infos[name], spec.bits, plan, simulated)
+        new = _quantized_linear(
+            model.get_submodule(path), infos[name], spec.bits, plan, simulated, cache, path
+        )
         _set_module(model, path, new)
     embed = model.get_submodule(structure.embed_path)
     if plan.embed_bits != UNQUANTIZED:
@@ -100,6 +122,7 @@ def apply_plan(
     simulated: bool = False,
     lora_dropout: float = 0.0,
     variant: AdapterVariant | None = None,
+    cache: QuantCache | None = None,
 ) -> PeftModel | nn.Module:
     """Quantises ``model`` per ``plan`` and attaches adapters of the planned ranks.
 
@@ -117,6 +140,7 @@ def apply_plan(
             plan's ranks must be uniform; the ranks come from the variant; see
             ``qradaptor.lora.adalora_config`` for what the trainer must call); ``init="loftq"``
             refits each adapted quantised module's codes and adapter by LoftQ.
+        cache: fitted block linears to reuse and extend (see ``quantize_model_``).
 
     Returns:
         A ``peft.PeftModel`` when some rank is > 0, else the (frozen) quantised model.
@@ -133,7 +157,7 @@ def apply_plan(
     else:
         config = lora_config(plan, structure, dropout=lora_dropout, use_dora=variant.kind == "dora")
     dense = _loftq_weights(model, plan, structure) if variant.init == "loftq" else {}
-    quantize_model_(model, plan, simulated=simulated)
+    quantize_model_(model, plan, simulated=simulated, cache=cache)
     if config is None:
         return model
     if variant.kind == "adalora":

@@ -40,6 +40,7 @@ from qradaptor.quant.modules import simulated_linear
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
+    from qradaptor.quant.cache import QuantCache
 
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
 """Candidate bit-widths profiled by default (the search space minus 16-bit)."""
@@ -195,7 +196,13 @@ def _kl_sum(ref: torch.Tensor, test: torch.Tensor, mask: torch.Tensor | None) ->
 
 
 def _block_quantised(
-    model: nn.Module, structure: ModelStructure, block: int, bits: int, group_size: int, method: str
+    model: nn.Module,
+    structure: ModelStructure,
+    block: int,
+    bits: int,
+    group_size: int,
+    method: str,
+    cache: QuantCache | None = None,
 ) -> dict[str, nn.Module]:
     """Simulated-quantised copies of every linear of ``block``, keyed by full module path."""
     out = {}
@@ -203,7 +210,9 @@ def _block_quantised(
         path = structure.module_path(block, info.name)
         module = model.get_submodule(path)
         bias = None if module.bias is None else module.bias.data
-        out[path] = simulated_linear(_dense_weight(module, info), bias, bits, group_size, method)  # type: ignore[arg-type]
+        weight = _dense_weight(module, info)
+        fitted = None if cache is None else cache.get(path, weight, bits, group_size, method)  # type: ignore[arg-type]
+        out[path] = simulated_linear(weight, bias, bits, group_size, method, fitted=fitted)  # type: ignore[arg-type]
     return out
 
 
@@ -218,6 +227,7 @@ def profile_sensitivity(
     attention_mask: torch.Tensor | None = None,
     max_tokens: int | None = None,
     progress: bool = True,
+    cache: QuantCache | None = None,
 ) -> SensitivityTable:
     """Measures S_l(b) of Eq. 6 (§3.3) for every block l and every candidate bit-width b.
 
@@ -238,6 +248,7 @@ def profile_sensitivity(
         max_tokens: keep only the first ``max_tokens // T`` windows (at least one), to bound
             the N * T * V * 4 bytes of stored log-probs.
         progress: show a tqdm bar over (block, bits).
+        cache: keeps every (linear, bits) fit, so a search's proxy builds reuse them.
 
     Returns:
         The table of mean KL (nats per token), blocks by bits.
@@ -284,7 +295,7 @@ def profile_sensitivity(
                 try:
                     for j, b in enumerate(bits_t):
                         for path, new in _block_quantised(
-                            model, structure, block, b, group_size, quant_method
+                            model, structure, block, b, group_size, quant_method, cache
                         ).items():
                             _set_module(model, path, new)
                         total = 0.0

@@ -50,6 +50,22 @@ def test_same_plan_on_fresh_evaluators_gives_the_same_score(llama_factory, data)
     assert a.loss == b.loss and a.loss_before == b.loss_before and a.train_loss == b.train_loss
 
 
+def test_layers_are_fitted_once_and_scores_do_not_depend_on_the_cache(llama_factory, data) -> None:
+    """A warm quantisation cache (e.g. filled by the profile) changes nothing but the time."""
+    from qradaptor.quant.cache import QuantCache
+
+    config = ProxyConfig(steps=2, lr=1e-2, eval_batches=1)
+    first, second = Plan.from_lists([4, 8, 3], [8, 0, 4]), Plan.from_lists([3, 8, 4], [4, 4, 8])
+    evaluator = ProxyEvaluator(llama_factory(), *data, config)
+    evaluator(first)
+    assert evaluator.quant_cache.misses == 21 and evaluator.quant_cache.hits == 0
+    warm = evaluator(second)
+    # block 0 at 3 bits and block 2 at 4 bits are new fits; block 1 at 8 bits is cached
+    assert evaluator.quant_cache.misses == 35 and evaluator.quant_cache.hits == 7
+    cold = ProxyEvaluator(llama_factory(), *data, config, cache=QuantCache())(second)
+    assert (warm.loss, warm.loss_before, warm.train_loss) == (cold.loss, cold.loss_before, cold.train_loss)
+
+
 def test_base_model_is_unchanged_and_rng_is_not_consumed(tiny_llama, data) -> None:
     before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
     evaluator = ProxyEvaluator(tiny_llama, *data, ProxyConfig(steps=2, eval_batches=1))

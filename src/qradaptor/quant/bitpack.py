@@ -64,9 +64,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     planes = torch.arange(bits, device=c.device, dtype=torch.uint8).view(-1, 1, 1)
     bit = (c >> planes) & 1  # (..., bits, cols/8, 8)
     place = torch.arange(8, device=c.device, dtype=torch.uint8)
-    packed = (bit << place).sum(
-        dim=-1, dtype=torch.uint8
-    )  # (..., bits, cols/8); bits don't overlap
+    packed = (bit << place).sum(dim=-1, dtype=torch.uint8)  # (..., bits, cols/8); bits don't overlap
     return packed.reshape(*lead, -1)
 
 

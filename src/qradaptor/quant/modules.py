@@ -98,9 +98,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", qt.packed)
         self.register_buffer("scale", qt.scale)
         self.register_buffer("zero", qt.zero)
-        self.bias = (
-            None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        )
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
     def from_weight(
@@ -156,9 +154,7 @@ class QuantEmbedding(nn.Module):
     needs. ``as_linear`` gives a QuantLinear over the same buffers, for a tied LM head.
     """
 
-    def __init__(
-        self, qt: QuantizedTensor, compute_dtype: torch.dtype, padding_idx: int | None = None
-    ):
+    def __init__(self, qt: QuantizedTensor, compute_dtype: torch.dtype, padding_idx: int | None = None):
         super().__init__()
         self.num_embeddings, self.embedding_dim = qt.shape
         self.bits = qt.bits
@@ -214,13 +210,17 @@ def simulated_linear(
     bits: int,
     group_size: int = 64,
     method: QuantMethod = "hqq",
+    *,
+    fitted: QuantizedTensor | None = None,
 ) -> nn.Linear:
     """A dense ``nn.Linear`` holding the quantise-then-dequantise weight.
 
     Faster than QuantLinear (no unpacking per step) at the cost of dense storage: the
-    search uses it to score candidates; its outputs equal QuantLinear's.
+    search uses it to score candidates; its outputs equal QuantLinear's. ``fitted`` is the
+    weight's fit at ``bits`` when already known (a ``QuantCache`` entry): no fit then.
     """
-    layer = QuantLinear.from_weight(weight, bias, bits, group_size, method, weight.dtype)
+    qt = quantize(weight, bits, group_size, method) if fitted is None else fitted
+    layer = QuantLinear(qt, bias, weight.dtype)
     out_features, in_features = weight.shape
     # skip_init: the weight is overwritten at once, so its random init would be wasted work.
     dense = torch.nn.utils.skip_init(

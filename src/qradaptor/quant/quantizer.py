@@ -54,6 +54,12 @@ class QuantizedTensor:
         """Bytes of the stored tensors (codes, scales, zeros)."""
         return sum(t.numel() * t.element_size() for t in (self.packed, self.scale, self.zero))
 
+    def copy(self) -> QuantizedTensor:
+        """The same fit in new storage (codes, scales and zeros cloned)."""
+        return QuantizedTensor(
+            self.packed.clone(), self.scale.clone(), self.zero.clone(), self.shape, self.bits, self.group_size
+        )
+
 
 def check_group_size(cols: int, group_size: int, *, where: str = "weight") -> None:
     """Raises a ValueError unless ``group_size`` divides ``cols``.
@@ -206,9 +212,7 @@ def dequantize_parts(
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Inverse of :func:`quantize` up to the quantisation error; (rows, cols) of ``dtype``."""
-    return dequantize_parts(
-        qt.packed, qt.scale, qt.zero, qt.bits, qt.shape[1], qt.group_size, dtype
-    )
+    return dequantize_parts(qt.packed, qt.scale, qt.zero, qt.bits, qt.shape[1], qt.group_size, dtype)
 
 
 def relative_error(weight: torch.Tensor, qt: QuantizedTensor) -> float:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
+    from qradaptor.quant.cache import QuantCache
     from qradaptor.sensitivity import SensitivityTable
 
 
@@ -252,10 +253,15 @@ def run_search(
     study = open_study(storage, fingerprint, study_name)  # refuses before any expensive work
     stages: dict[str, float] = {}
 
+    from qradaptor.quant.cache import QuantCache
+
+    quant_cache = QuantCache()  # every (linear, bits) fitted once: by the profile, reused by each build
     start = time.perf_counter()
     unit_sens = None
     if config.profile and not above:
-        sensitivity = _profile(model, structure, space, config, calibration, sensitivity, progress)
+        sensitivity = _profile(
+            model, structure, space, config, calibration, sensitivity, progress, quant_cache
+        )
         lowest = space.bit_choices[0]  # choices ascend
         block_sens = (
             sensitivity.column(lowest) if lowest in sensitivity.bits else sensitivity.min_bits_profile()
@@ -263,7 +269,7 @@ def run_search(
         unit_sens = unit_sensitivity(space, block_sens)
     stages["sensitivity"] = time.perf_counter() - start
 
-    evaluator = ProxyEvaluator(model, train_ids, eval_ids, proxy, device=device)
+    evaluator = ProxyEvaluator(model, train_ids, eval_ids, proxy, device=device, cache=quant_cache)
     total = (len(space.bit_choices) if config.references else 0) + (1 if above else config.evaluations)
     bar = tqdm(total=total, desc="search", unit="plan", disable=not progress)
 
@@ -375,6 +381,7 @@ def _profile(
     calibration: torch.Tensor | None,
     sensitivity: SensitivityTable | None,
     progress: bool,
+    cache: QuantCache | None = None,
 ) -> SensitivityTable:
     """The given profile after checking it fits, or a fresh one at the space's quantised bits."""
     from qradaptor.plan import UNQUANTIZED
@@ -403,4 +410,5 @@ def _profile(
         group_size=config.group_size,
         quant_method=config.quant_method,
         progress=progress,
+        cache=cache,
     )

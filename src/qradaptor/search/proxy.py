@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from qradaptor.plan import Plan
+    from qradaptor.quant.cache import QuantCache
 
 
 def _check_int(value: object, name: str, minimum: int) -> None:
@@ -142,6 +143,7 @@ class ProxyEvaluator:
         eval_ids: torch.Tensor,
         config: ProxyConfig | None = None,
         device: str | torch.device | None = None,
+        cache: QuantCache | None = None,
     ) -> None:
         """Copies ``base_model`` (the caller's model is never changed) and the data.
 
@@ -151,6 +153,9 @@ class ProxyEvaluator:
             eval_ids: (M, T') long tensor of held-out windows.
             config: the proxy settings; ``ProxyConfig()`` when None.
             device: where to build, train and score; None keeps the model's device.
+            cache: fitted (linear, bits) codes of ``base_model`` to reuse and extend (e.g. the
+                profile's); None starts an empty one. Either way each layer is fitted once
+                per bit-width over all the plans this evaluator builds.
 
         Raises:
             ValueError: if the ids are not 2-d long tensors or the config is not a ProxyConfig.
@@ -172,6 +177,9 @@ class ProxyEvaluator:
         rows = min(eval_ids.shape[0], config.eval_batches * config.batch_size)
         self._eval_ids = eval_ids[:rows].detach().to(self.device)
         self._cache: dict[str, ProxyScore] = {}
+        from qradaptor.quant.cache import QuantCache
+
+        self.quant_cache = QuantCache() if cache is None else cache
         self._evaluations = 0
         self._hits = 0
 
@@ -223,7 +231,11 @@ class ProxyEvaluator:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.seed)
             model = apply_plan(
-                copy.deepcopy(self._base), plan, simulated=True, lora_dropout=self.config.lora_dropout
+                copy.deepcopy(self._base),
+                plan,
+                simulated=True,
+                lora_dropout=self.config.lora_dropout,
+                cache=self.quant_cache,
             )
             loss_before = self.held_out_loss(model)
             params = [p for p in model.parameters() if p.requires_grad]
