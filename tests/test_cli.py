@@ -192,6 +192,21 @@ def test_memory_shorthand_and_training_estimate(cli, tiny) -> None:
     }
 
 
+def test_memory_training_estimate_with_dropout_and_dora(cli, tiny) -> None:
+    folder, model = tiny
+    structure = inspect_model(model)
+    argv = ["memory", folder, "--plan", "uniform:4:8", "--train", "--batch-size", "2", "--seq-len", "16"]
+    data = run_json(cli, *argv, "--lora-dropout", "--adapter", "dora")
+    report = plan_memory(structure, Plan.uniform(3, 4, 8))
+    step = training_memory(structure, report, batch_size=2, seq_len=16, lora_dropout=True, adapter="dora")
+    assert data["training"]["total"] == step.total
+    assert data["training"]["adapter"] == "dora" and data["training"]["lora_dropout"] is True
+    plain = training_memory(structure, report, batch_size=2, seq_len=16)
+    assert step.total > plain.total
+    code, out, _ = cli(*argv, "--adapter", "adalora")
+    assert code == 0 and "adalora adapters" in out
+
+
 def test_memory_verify_says_equal(cli, tiny, tmp_path: Path) -> None:
     folder, _ = tiny
     code, out, _ = cli("memory", folder, "--plan", "uniform:4:8", "--verify")
@@ -244,6 +259,10 @@ BAD = {
     ),
     "unknown model": (lambda d, t: ["info", str(t / "no-model")], "does not exist"),
     "train without sizes": (lambda d, t: ["memory", d, "--plan", "uniform:4:8", "--train"], "--batch-size"),
+    "adapter without train": (
+        lambda d, t: ["memory", d, "--plan", "uniform:4:8", "--adapter", "dora"],
+        "--train",
+    ),
     "non-integer option": (lambda d, t: ["plan", d, "--uniform", "4:8", "--group-size", "x"], "invalid int"),
 }
 

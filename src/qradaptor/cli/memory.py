@@ -123,7 +123,8 @@ def _render(data: dict[str, Any]) -> str:
         lines += [
             "",
             f"training step estimate: batch {tr['batch_size']} x {tr['seq_len']} tokens, "
-            f"gradient checkpointing {ckpt}",
+            f"gradient checkpointing {ckpt}, {tr['adapter']} adapters"
+            + (" with dropout" if tr["lora_dropout"] else ""),
         ]
         for key, label in (
             ("weights", "weights"),
@@ -156,6 +157,8 @@ def memory(
     batch_size: int | None = None,
     seq_len: int | None = None,
     gradient_checkpointing: bool = False,
+    lora_dropout: bool = False,
+    adapter: str = "lora",
     verify: bool = False,
     as_json: bool = False,
 ) -> int:
@@ -174,6 +177,10 @@ def memory(
         batch_size: sequences per training step
         seq_len: tokens per sequence
         gradient_checkpointing: estimate activations with gradient checkpointing
+        lora_dropout: the adapters use dropout (qra train's default 0.05 does): one mask byte per
+            adapted input element and token
+        adapter: lora, dora or adalora: DoRA and AdaLoRA keep each adapted module's output for
+            the backward (docs/TRAINING.md)
         verify: build the model (fp32, CPU) with the plan applied and compare its tensor bytes
             with the prediction
         as_json: print the same as JSON, with exact bytes
@@ -182,8 +189,12 @@ def memory(
         raise ValueError(
             f"--train needs --batch-size and --seq-len, got batch size {batch_size} and seq len {seq_len}"
         )
-    if not train and (batch_size is not None or seq_len is not None or gradient_checkpointing):
-        raise ValueError("--batch-size, --seq-len and --gradient-checkpointing only apply with --train")
+    training_only = gradient_checkpointing or lora_dropout or adapter != "lora"
+    if not train and (batch_size is not None or seq_len is not None or training_only):
+        raise ValueError(
+            "--batch-size, --seq-len, --gradient-checkpointing, --lora-dropout and --adapter only apply "
+            "with --train"
+        )
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
     given = read_plan(plan)  # a bad --plan fails before the model loads
@@ -219,11 +230,15 @@ def memory(
             act_bytes=DTYPE_BYTES[dtype],
             adapter_bytes=ADAPTER_BYTES,
             gradient_checkpointing=gradient_checkpointing,
+            lora_dropout=lora_dropout,
+            adapter=adapter,
         )
         data["training"] = {
             "batch_size": batch_size,
             "seq_len": seq_len,
             "gradient_checkpointing": gradient_checkpointing,
+            "lora_dropout": lora_dropout,
+            "adapter": adapter,
             "weights": step.weights,
             "gradients": step.gradients,
             "optimizer": step.optimizer,
@@ -248,5 +263,9 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--batch-size", type=int, metavar="B", help=helps["batch_size"])
     parser.add_argument("--seq-len", type=int, metavar="T", help=helps["seq_len"])
     parser.add_argument("--gradient-checkpointing", action="store_true", help=helps["gradient_checkpointing"])
+    parser.add_argument("--lora-dropout", action="store_true", help=helps["lora_dropout"])
+    parser.add_argument(
+        "--adapter", choices=("lora", "dora", "adalora"), default="lora", help=helps["adapter"]
+    )
     parser.add_argument("--verify", action="store_true", help=helps["verify"])
     parser.add_argument("--json", dest="as_json", action="store_true", help=helps["as_json"])
