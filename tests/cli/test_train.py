@@ -66,7 +66,7 @@ def test_train_writes_a_run_that_peft_reloads(tiny_model_dir, alpaca, tmp_path, 
         assert not torch.allclose(reloaded(input_ids=ids).logits, plain(input_ids=ids).logits)
 
 
-def test_an_interrupted_run_resumes_to_the_same_result(tiny_model_dir, alpaca, tmp_path) -> None:
+def test_an_interrupted_run_resumes_to_the_same_result(tiny_model_dir, alpaca, tmp_path, capsys) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     args = ["--plan", "uniform:4:4", "--data", str(alpaca), "--save-every", "2", "--lora-dropout", "0.1"]
     assert train(tiny_model_dir, whole, *args) == 0
@@ -81,10 +81,10 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny_model_dir, alpaca, t
 
     loop.Trainer._save = save_then_die
     try:
-        with pytest.raises(KeyboardInterrupt):
-            train(tiny_model_dir, parts, *args)
+        assert train(tiny_model_dir, parts, *args) == 130  # Ctrl-C: a message, not a traceback
     finally:
         loop.Trainer._save = original
+    assert "newest checkpoint is step-000002; run the same command with --resume" in capsys.readouterr().err
     assert not (parts / "adapter").exists()
     assert train(tiny_model_dir, parts, *args) == 2  # unfinished run: refused without --resume
     assert train(tiny_model_dir, parts, *args, "--resume") == 0

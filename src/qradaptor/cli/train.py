@@ -11,6 +11,8 @@ from qradaptor.cli.common import check_device, read_plan, resolve_device, write_
 
 DIVERGED = 3
 """Exit code when training stopped on a diverging loss."""
+INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as shells report it."""
 
 
 def _check_run_folder(run: Path, *, resume: bool, force: bool) -> None:
@@ -192,6 +194,16 @@ def train(
     except TrainingDiverged as err:
         print(f"qra train: error: {err}", file=sys.stderr)
         return DIVERGED
+    except KeyboardInterrupt:
+        from qradaptor.train.checkpoint import complete_checkpoints
+
+        found = complete_checkpoints(checkpoints)
+        where = f"the newest checkpoint is {found[-1].name}" if found else "no checkpoint was written"
+        print(
+            f"qra train: interrupted; {where}; run the same command with --resume to continue",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     write_run(run, outcome, device=device)
     if eval_tasks is not None:
         _evaluate(outcome, run, eval_tasks, eval_limit, device, seq_len)
