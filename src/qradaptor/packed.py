@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,19 +148,11 @@ def save_packed_base(
         "model_signature": structure.signature,
         "model_fingerprint": model_fingerprint,
     }
-    target = Path(path).expanduser()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    from qradaptor.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path).expanduser()
 
 
 def read_packed_header(path: str | os.PathLike[str]) -> PackedHeader:

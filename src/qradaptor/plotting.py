@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from typing import Any
 
 
@@ -33,22 +32,12 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
 
     The format follows the suffix (``.png`` when there is none, e.g. ``.pdf``).
     """
-    target, tmp = os.fspath(path), None
-    suffix = os.path.splitext(target)[1] or ".png"
+    from qradaptor.atomic import atomic_file
+
+    suffix = os.path.splitext(os.fspath(path))[1] or ".png"
     try:
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(
-            dir=os.path.dirname(os.path.abspath(target)),
-            prefix=f".{os.path.basename(target)}.",
-            suffix=suffix,
-        )
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=suffix.lstrip("."), dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plot is not a secret
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with atomic_file(path, suffix=suffix) as tmp:
+            fig.savefig(tmp, format=suffix.lstrip("."), dpi=120)
     finally:
         pyplot().close(fig)

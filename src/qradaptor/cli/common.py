@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,19 +146,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, force: bool = 
         ValueError: as :func:`check_output`.
         OSError: if the folder is not writable.
     """
-    target = check_output(path, force=force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plan is not a secret
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    from qradaptor.atomic import write_text
+
+    return write_text(check_output(path, force=force), text)
 
 
 def check_device(device: str) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from qradaptor.atomic import atomic_dir
 from qradaptor.cli.common import check_device, resolve_device
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -28,24 +27,6 @@ def _check_out(run: Path, output: str, force: bool) -> Path:
     if here == there or there in here.parents or here in there.parents:
         raise ValueError(f"-o {output!r} must lie outside the run folder {str(run)!r} and not contain it")
     return out
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Renames the finished ``tmp`` to ``out``; an existing ``out`` is removed only after."""
-    tmp.chmod(0o755)  # mkdtemp makes it 0700
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:  # put the previous export back
-            os.replace(old / out.name, out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_packed(run: str, folder: Path, model: str | None, device: str) -> None:
@@ -115,8 +96,7 @@ def export(
     read_run(run)  # not a run: fail before anything is written
     out = _check_out(Path(run).expanduser(), output, force)
     device = resolve_device(device)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if packed:
             _write_packed(run, tmp, model, device)
         else:
@@ -130,9 +110,6 @@ def export(
             record = {"run": str(Path(run).resolve()), "plan_hash": built.plan.plan_hash, "dtype": dtype}
             record.update(source=built.source, adapter=built.adapter, base=built.base)
             (tmp / "qradaptor_export.json").write_text(json.dumps(record, indent=2) + "\n")
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     kind = "packed package" if packed else f"merged {dtype} model"
     print(f"wrote {kind} of run {run} to {out}")
     return 0

@@ -15,9 +15,7 @@ The data position needs no saving: micro-batch i is a function of (seed, i), see
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,22 +79,17 @@ def save_checkpoint(
     import torch
     from safetensors.torch import save_file
 
+    from qradaptor.atomic import atomic_dir
+
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
-    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=directory))
-    try:
+    with atomic_dir(final) as temp:  # a re-save of the same step (after a resume) replaces it
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temp / "adapter.safetensors")
         )
         torch.save(optimizer, temp / "optimizer.pt")
         torch.save(rng, temp / "rng.pt")
         (temp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1) + "\n", encoding="utf-8")
-        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.replace(temp, final)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     for old in complete_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

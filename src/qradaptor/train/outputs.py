@@ -15,41 +15,18 @@ final place and renamed over it, so a crash never leaves a half-written adapter.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qradaptor.assemble import RUN_ADAPTER, RUN_BASE, RUN_PLAN, RUN_TRAIN
+from qradaptor.atomic import atomic_dir, write_text
+
 if TYPE_CHECKING:
     from qradaptor.train.run import TrainOutcome
 
-RUN_FILES = ("adapter", "plan.json", "train.json", "loss.csv")
-"""What every finished run folder holds (base.safetensors only when the base is packed)."""
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _replace_dir(build: Path, final: Path) -> None:
-    """Puts the finished folder ``build`` at ``final``, replacing an older one only once complete."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(build, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+LOSS_CSV = "loss.csv"
+"""step, train loss, held-out loss of a run."""
 
 
 def summary(outcome: TrainOutcome, device: str) -> dict[str, Any]:
@@ -103,35 +80,19 @@ def loss_csv(outcome: TrainOutcome) -> str:
 
 def write_run(run: Path, outcome: TrainOutcome, *, device: str) -> None:
     """Writes the finished run's adapter, plan, packed base, train.json and loss.csv into ``run``."""
-    run.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".adapter.", dir=run))
-    try:
-        outcome.model.save_pretrained(str(build))
-        _replace_dir(build, run / "adapter")
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    _write_text(run / "plan.json", outcome.plan.to_json() + "\n")
-    if outcome.method.backend == "qradaptor" and _has_packed(outcome):
-        from qradaptor.packed import save_packed_base
+    from qradaptor.packed import quantized_modules, save_packed_base
 
+    run.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(run / RUN_ADAPTER) as folder:
+        outcome.model.save_pretrained(str(folder))
+    write_text(run / RUN_PLAN, outcome.plan.to_json() + "\n")
+    if quantized_modules(outcome.model):  # our packed layers (an NF4 base is re-made by bitsandbytes)
         save_packed_base(
             outcome.model,
             outcome.structure,
             outcome.plan,
-            run / "base.safetensors",
+            run / RUN_BASE,
             model_fingerprint=str(outcome.fingerprint.get("weights", "")),
         )
-    _write_text(run / "train.json", json.dumps(summary(outcome, device), indent=1) + "\n")
-    _write_text(run / "loss.csv", loss_csv(outcome))
-
-
-def _has_packed(outcome: TrainOutcome) -> bool:
-    from qradaptor.plan import UNQUANTIZED
-
-    plan = outcome.plan
-    return (
-        any(spec.bits != UNQUANTIZED for spec in plan.layers.values())
-        or plan.embed_bits != UNQUANTIZED
-        or plan.head_bits != UNQUANTIZED
-    )
+    write_text(run / RUN_TRAIN, json.dumps(summary(outcome, device), indent=1) + "\n")
+    write_text(run / LOSS_CSV, loss_csv(outcome))
