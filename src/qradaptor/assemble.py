@@ -24,6 +24,7 @@ RUN_PLAN = "plan.json"
 RUN_ADAPTER = "adapter"
 RUN_BASE = "base.safetensors"
 RUN_TRAIN = "train.json"
+RUN_CHECKPOINTS = "checkpoints"
 ADAPTER_TYPES = ("LORA", "ADALORA")
 
 

@@ -6,8 +6,13 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from qradaptor.assemble import RUN_ADAPTER, RUN_BASE, RUN_CHECKPOINTS, RUN_PLAN, RUN_TRAIN
 from qradaptor.cli.common import check_device, read_plan, resolve_device, write_text_atomic
+
+if TYPE_CHECKING:
+    from qradaptor.train.run import TrainOutcome
 
 DIVERGED = 3
 """Exit code when training stopped on a diverging loss."""
@@ -20,8 +25,8 @@ def _check_run_folder(run: Path, *, resume: bool, force: bool) -> None:
 
     if run.exists() and not run.is_dir():
         raise ValueError(f"--output {str(run)!r} is a file; give a folder for the run")
-    finished = (run / "train.json").is_file()
-    pending = complete_checkpoints(run / "checkpoints")
+    finished = (run / RUN_TRAIN).is_file()
+    pending = complete_checkpoints(run / RUN_CHECKPOINTS)
     if finished and not force and not resume:
         raise ValueError(
             f"--output {str(run)!r} already holds a finished run; pass --force to train again there "
@@ -167,15 +172,10 @@ def train(
 
         given = Plan.uniform(load_structure(model)[1].num_blocks, *given)
     device = resolve_device(device)
-    if the_method.backend == "bitsandbytes":
-        from qradaptor.train.nf4 import check_nf4_available
-
-        check_nf4_available(device)
     spec = DataSpec(
         source=data, text=text, eval_source=eval_data, eval_size=eval_size, limit=limit, split=split
     )
-    run.mkdir(parents=True, exist_ok=True)
-    checkpoints = run / "checkpoints"
+    checkpoints = run / RUN_CHECKPOINTS  # made by the first checkpoint; run/ by write_run
     if force and not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
     try:
@@ -211,18 +211,20 @@ def train(
     return 0
 
 
-def _evaluate(outcome: object, run: Path, tasks: str, limit: int | None, device: str, seq_len: int) -> None:
+def _evaluate(
+    outcome: TrainOutcome, run: Path, tasks: str, limit: int | None, device: str, seq_len: int
+) -> None:
     from qradaptor.eval.results import format_table, to_json
     from qradaptor.eval.suite import resolve_tasks, run_suite, zero_shot_average
 
     names = resolve_tasks([t.strip() for t in tasks.split(",") if t.strip()])
     records = run_suite(
-        outcome.model,  # type: ignore[attr-defined]
-        outcome.tokenizer,  # type: ignore[attr-defined]
+        outcome.model,
+        outcome.tokenizer,
         names,
-        model_name=outcome.source,  # type: ignore[attr-defined]
-        plan_hash=outcome.plan.plan_hash,  # type: ignore[attr-defined]
-        adapter=str(run / "adapter"),
+        model_name=outcome.source,
+        plan_hash=outcome.plan.plan_hash,
+        adapter=str(run / RUN_ADAPTER),
         limit=limit,
         seq_len=seq_len,
         progress=sys.stderr.isatty(),
@@ -238,21 +240,23 @@ def _evaluate(outcome: object, run: Path, tasks: str, limit: int | None, device:
     print(format_table(records))
 
 
-def _report(outcome: object, run: Path) -> None:
-    memory = outcome.memory  # type: ignore[attr-defined]
-    result = outcome.result  # type: ignore[attr-defined]
+def _report(outcome: TrainOutcome, run: Path) -> None:
+    from qradaptor.train.outputs import LOSS_CSV
+
+    memory = outcome.memory
+    result = outcome.result
     measured = memory.get("measured_peak")
     peak = f"{measured / 2**20:,.1f} MiB measured, " if measured else ""
     print(
-        f"{outcome.method.name}: {result.steps} steps, final train loss {result.losses[-1]:.4f}"  # type: ignore[attr-defined]
+        f"{outcome.method.name}: {result.steps} steps, final train loss {result.losses[-1]:.4f}"
         + (f", held-out loss {result.evals[-1][1]:.4f}" if result.evals else "")
         + f"; {result.tokens_per_second:,.0f} tokens/s; avg bits {memory['avg_bits']:.2f}, avg rank "
         f"{memory['avg_rank']:.1f}, {memory['trainable_params']:,} trainable; peak {peak}"
         f"{memory['predicted_peak'] / 2**20:,.1f} MiB predicted"
     )
     print(
-        f"wrote {run}/adapter, plan.json, train.json, loss.csv"
-        + (", base.safetensors" if (run / "base.safetensors").exists() else "")
+        f"wrote {run}/{RUN_ADAPTER}, {RUN_PLAN}, {RUN_TRAIN}, {LOSS_CSV}"
+        + (f", {RUN_BASE}" if (run / RUN_BASE).exists() else "")
     )
 
 

@@ -51,16 +51,10 @@ class TrainingDiverged(RuntimeError):
 class TrainResult:
     """What a finished run measured."""
 
-    steps: int
-    """Optimiser steps taken in total (including those before a resume)."""
-    losses: list[float]
-    """Training loss of every step."""
+    losses: list[float] = field(default_factory=list)
+    """Training loss of every step (including those before a resume)."""
     evals: list[tuple[int, float]] = field(default_factory=list)
     """(step, held-out loss) at each evaluation."""
-    tokens: int = 0
-    """Non-padding input tokens trained on."""
-    train_seconds: float = 0.0
-    """Wall time inside training steps (evaluation and saving excluded)."""
     step_seconds: list[float] = field(default_factory=list)
     """Wall time of every step (the first ones include CUDA/Triton warm-up)."""
     step_tokens: list[int] = field(default_factory=list)
@@ -69,6 +63,21 @@ class TrainResult:
     """Peak CUDA bytes allocated during this process's steps; None on CPU."""
     resumed_from: int | None = None
     """The step of the checkpoint this run continued from."""
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken in total."""
+        return len(self.losses)
+
+    @property
+    def tokens(self) -> int:
+        """Non-padding input tokens trained on."""
+        return sum(self.step_tokens)
+
+    @property
+    def train_seconds(self) -> float:
+        """Wall time inside training steps (evaluation and saving excluded)."""
+        return sum(self.step_seconds)
 
     @property
     def tokens_per_second(self) -> float:
@@ -215,8 +224,6 @@ class Trainer:
             "total_steps": self.total_steps,
             "losses": result.losses,
             "evals": result.evals,
-            "tokens": result.tokens,
-            "train_seconds": result.train_seconds,
             "step_seconds": result.step_seconds,
             "step_tokens": result.step_tokens,
             "ema": ema,
@@ -263,8 +270,6 @@ class Trainer:
         _set_rng_state(ckpt.rng)
         result.losses = list(ckpt.state["losses"])
         result.evals = [tuple(e) for e in ckpt.state["evals"]]  # type: ignore[misc]
-        result.tokens = int(ckpt.state["tokens"])
-        result.train_seconds = float(ckpt.state["train_seconds"])
         result.step_seconds = [float(x) for x in ckpt.state["step_seconds"]]
         result.step_tokens = [int(x) for x in ckpt.state["step_tokens"]]
         result.resumed_from = ckpt.step
@@ -318,7 +323,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.config
-        result = TrainResult(steps=0, losses=[])
+        result = TrainResult()
         ema: dict[str, float] = {}
         start = self._restore(result, ema) if resume else 0
         on_cuda = self.device.type == "cuda"
@@ -327,6 +332,7 @@ class Trainer:
         params = self.params
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not cfg.progress)
+        seen_tokens, seen_seconds = result.tokens, result.train_seconds  # running sums for the bar
         for step in range(start, self.total_steps):
             began = time.perf_counter()
             batches = self._step_batches(step)
@@ -351,11 +357,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if on_cuda:
                 torch.cuda.synchronize(self.device)
-            took = time.perf_counter() - began
-            result.train_seconds += took
-            result.step_seconds.append(took)
+            result.step_seconds.append(time.perf_counter() - began)
             result.step_tokens.append(tokens)
-            result.tokens += tokens
+            seen_tokens, seen_seconds = seen_tokens + tokens, seen_seconds + result.step_seconds[-1]
             result.losses.append(value)
             done = step + 1
             if (
@@ -369,12 +373,11 @@ class Trainer:
             if self.checkpoints is not None and cfg.save_every and done % cfg.save_every == 0:
                 self._save(done, result, ema)
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{result.tokens_per_second:,.0f}")
+            bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{seen_tokens / seen_seconds:,.0f}")
         bar.close()
         self.model.eval()
         if self.eval_set is not None:
             result.evals.append((self.total_steps, heldout_loss(self.model, self.eval_set, cfg.batch_size)))
-        result.steps = self.total_steps
         if on_cuda:
             result.peak_memory = int(torch.cuda.max_memory_allocated(self.device))
         return result

@@ -93,14 +93,20 @@ def load_training_data(
     return tokenize(train), tokenize(held)
 
 
+def _adalora_ranks(plan: Plan) -> tuple[int, int]:
+    """(init_r, target_r) of AdaLoRA on ``plan``: the plan's average rank is the target."""
+    target = round(sum(s.rank for s in plan.layers.values()) / len(plan.layers))
+    return max(target, round(ADALORA_INIT_FACTOR * target)), target
+
+
 def _variant(method: Method, plan: Plan, total_steps: int) -> Any:
     from qradaptor.lora import AdapterVariant
 
     if method.adapter == "adalora":
-        target = round(sum(s.rank for s in plan.layers.values()) / len(plan.layers))
+        init_r, target = _adalora_ranks(plan)
         return AdapterVariant(
             kind="adalora",
-            adalora_init_r=max(target, round(ADALORA_INIT_FACTOR * target)),
+            adalora_init_r=init_r,
             adalora_target_r=target,
             adalora_total_steps=total_steps,
         )
@@ -117,8 +123,6 @@ def build_for_method(
         from qradaptor.train.nf4 import nf4_model_
 
         return nf4_model_(model, plan, lora_dropout=config.lora_dropout)
-    if method.adapter == "lora" and method.init == "default":
-        return apply_plan(model, plan, lora_dropout=config.lora_dropout)
     return apply_plan(
         model, plan, lora_dropout=config.lora_dropout, variant=_variant(method, plan, total_steps)
     )
@@ -179,8 +183,7 @@ def _memory(
 
     peak_plan = plan
     if method.adapter == "adalora":  # its adapters start at init_r and are pruned later
-        target = round(sum(s.rank for s in plan.layers.values()) / len(plan.layers))
-        init_r = max(target, round(ADALORA_INIT_FACTOR * target))
+        init_r, _ = _adalora_ranks(plan)
         peak_plan = replace(
             plan, layers={k: LayerSpec(s.bits, init_r if s.rank else 0) for k, s in plan.layers.items()}
         )
