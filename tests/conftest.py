@@ -134,3 +134,82 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+# --- Optuna storages: an SQLite file, or a fresh database on the PostgreSQL test server -----
+
+POSTGRES_ENV = "QRADAPTOR_TEST_POSTGRES"
+"""Names the PostgreSQL test server: a SQLAlchemy URL, as ``scripts/postgres.sh`` prints it."""
+
+POSTGRES_MISSING = (
+    "PostgreSQL test server not available: run scripts/postgres.sh and set QRADAPTOR_TEST_POSTGRES (CI does)"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"postgres: needs the PostgreSQL test server named by ${POSTGRES_ENV}; skipped without it, "
+        "except under CI=true where a missing server fails",
+    )
+
+
+def _under_ci() -> bool:
+    import os
+
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """An AUTOCOMMIT SQLAlchemy engine on the server named by ``$QRADAPTOR_TEST_POSTGRES``.
+
+    Without the variable the test is skipped, or fails under ``CI=true`` (where CI must
+    have started the server); a set variable whose server cannot be reached always fails.
+    """
+    import os
+
+    url = os.environ.get(POSTGRES_ENV, "").strip()
+    if not url:
+        if _under_ci():
+            pytest.fail(f"{POSTGRES_MISSING}; under CI=true a missing server is an error", pytrace=False)
+        pytest.skip(POSTGRES_MISSING)
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    reason = None
+    try:
+        engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with engine.connect():
+            pass
+    except Exception as err:  # noqa: BLE001 - any failure here means "no usable server"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if reason is not None:  # failed outside the except block, so without the chained traceback
+        pytest.fail(f"{POSTGRES_ENV} is set but its server cannot be used: {reason}", pytrace=False)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a new, empty PostgreSQL database, dropped after the test.
+
+    Tests that request this directly should be marked ``@pytest.mark.postgres``.
+    """
+    import uuid
+
+    name = f"qradaptor_test_{uuid.uuid4().hex[:12]}"
+    with postgres_server.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield postgres_server.url.set(database=name).render_as_string(hide_password=False)
+    with postgres_server.connect() as conn:
+        # FORCE (PostgreSQL >= 13) ends connections a test or its workers left open.
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """An empty Optuna storage: an SQLite file in ``tmp_path``, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'optuna.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -174,3 +174,26 @@ def test_an_output_that_is_a_file_is_refused(cli, tiny_model_dir, words, tmp_pat
     target.write_text("keep")
     code, _, err = search(cli, tiny_model_dir, words, target)
     assert code == 2 and "is a file" in err and target.read_text() == "keep"
+
+
+def test_more_workers_than_memory_allows_are_refused_with_the_numbers(
+    cli, tiny_model_dir, words, tmp_path
+) -> None:
+    out = tmp_path / "run"
+    code, _, err = search(cli, tiny_model_dir, words, out, "--workers", 10**7, "--device", "cpu")
+    assert code == 2
+    assert "10000000 workers on cpu need about" in err and "MiB each, predicted" in err and "at most" in err
+    assert not out.exists()  # refused before the run folder or the study was written
+
+
+def test_workers_options_are_checked(cli, tiny_model_dir, words, tmp_path) -> None:
+    code, _, err = search(cli, tiny_model_dir, words, tmp_path / "a", "--workers", -1)
+    assert code == 2 and "--workers must be >= 0, got -1" in err
+    code, _, err = search(cli, tiny_model_dir, words, tmp_path / "b", "--gpus", "0")
+    assert code == 2 and "--gpus places local workers: give --workers N too" in err
+    code, _, err = search(
+        cli, tiny_model_dir, words, tmp_path / "c", "--workers", 2, "--gpus", "0", "--device", "cpu"
+    )
+    assert code == 2 and "--gpus 0 was given but the device is cpu" in err
+    code, _, err = search(cli, tiny_model_dir, words, tmp_path / "d", "--storage", "mysql-ish:/nowhere")
+    assert code == 2 and "is not a database URL" in err

@@ -8,6 +8,7 @@ import pytest
 from qradaptor.models.structure import inspect_model
 from qradaptor.search.bayes import (
     BayesConfig,
+    choose_batch,
     encode,
     fit_gp,
     front_members,
@@ -110,3 +111,37 @@ def test_bad_settings_are_refused() -> None:
         BayesConfig(pool=0)
     with pytest.raises(ValueError, match=r"BayesConfig.iterations must be an integer >= 0, got -1"):
         BayesConfig(iterations=-1)
+    with pytest.raises(ValueError, match=r"BayesConfig.batch must be an integer >= 1, got 0"):
+        BayesConfig(batch=0)
+
+
+def test_a_batch_of_one_is_the_top_ei_and_a_larger_batch_spreads_out() -> None:
+    x = np.array([[0.0], [0.2], [0.8], [1.0]])
+    model = fit_gp(x, np.array([1.0, 0.8, 0.2, 0.1]))
+    pool = np.linspace(0.0, 1.0, 21)[:, None]  # (21, 1)
+    top = int(np.argmax(log_expected_improvement(model, pool, best=0.1)))
+    assert choose_batch(model, pool, 0.1, 1) == [top]
+    picks = choose_batch(model, pool, 0.1, 3)
+    assert len(set(picks)) == 3 and picks[0] == top  # greedy: the first pick is the top EI
+    assert pool[picks].min() > 0.5  # all three in the promising region, not near the bad x = 0
+
+
+def test_batched_refinement_scores_each_round_as_one_batch(table) -> None:
+    budget = parse_budget("4.2bits")
+    space = table.space
+    start = initial_population(np.random.default_rng(0), 6, table, budget, None)
+    batches: list[int] = []
+
+    class Objective:
+        def many(self, plans):
+            batches.append(len(plans))
+            return [synthetic_loss(space.from_plan(p)) for p in plans]
+
+    new = refine(
+        Objective(),
+        table,
+        budget,
+        [(g, synthetic_loss(g)) for g in start],
+        config=BayesConfig(iterations=2, pool=64, batch=3),
+    )
+    assert batches == [3, 3] and len({g.tobytes() for g, _ in new}) == 6

@@ -1,4 +1,4 @@
-"""The ``qra`` command line: verbs info, plan, memory, eval, profile, search and export.
+"""The ``qra`` command line: verbs info, plan, memory, eval, profile, search, worker, train and export.
 
 Each verb is a typed function in its own module (``info.py``, ``plan.py``, ``memory.py``)
 whose docstring is its help: the summary becomes the verb's description and the ``Args:``
@@ -24,11 +24,22 @@ from qradaptor.cli import plan as plan_verb
 from qradaptor.cli import profile as profile_verb
 from qradaptor.cli import search as search_verb
 from qradaptor.cli import train as train_verb
+from qradaptor.cli import worker as worker_verb
 from qradaptor.cli.common import DEBUG_DEST, VERB_DEST, docstring_help
 
 USAGE_ERROR = 2
 """Exit code of a bad input, as argparse uses."""
-VERBS = (info_verb, plan_verb, memory_verb, eval_verb, profile_verb, search_verb, train_verb, export_verb)
+VERBS = (
+    info_verb,
+    plan_verb,
+    memory_verb,
+    eval_verb,
+    profile_verb,
+    search_verb,
+    worker_verb,
+    train_verb,
+    export_verb,
+)
 """Modules that each define ``VERB`` (a function) and ``add_arguments(parser, help)``."""
 
 

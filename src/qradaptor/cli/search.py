@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -56,9 +57,10 @@ def search(
     eval_batches: int = 4,
     calibration_samples: int = 8,
     population: int = 5,
-    offspring: int = 1,
+    offspring: int | None = None,
     generations: int = 5,
     bayes_iterations: int = 5,
+    bayes_batch: int | None = None,
     no_profile: bool = False,
     sensitivity: str | None = None,
     fixed_bits: int | None = None,
@@ -68,6 +70,10 @@ def search(
     method: str = "hqq",
     seed: int = 0,
     device: str = "auto",
+    workers: int = 0,
+    gpus: str | None = None,
+    storage: str | None = None,
+    study: str = "qradaptor",
 ) -> int:
     """Search per-block bits and LoRA ranks under a memory budget (QR-Adaptor).
 
@@ -77,6 +83,12 @@ def search(
     plan.json (the chosen plan, for qra eval --plan), trials.csv, pareto.json, summary.json,
     sensitivity.json/csv, the Optuna study (study.db) and plots. Running the same command
     again resumes the search: finished trials are read from study.db, never repeated.
+
+    With --workers N, N local `qra worker` processes score the plans (several per GPU for
+    small models, spread over --gpus); with --storage, any `qra worker --storage URL --study
+    NAME` on other machines joins in. A generation's children and a Bayes round's picks
+    are scored together, so their counts (--offspring, --bayes-batch) follow --workers
+    unless given; the same counts give the same search with any number of workers.
 
     Args:
         model: a local model directory, a .gguf file or a hub id; omitted: the embedded
@@ -97,9 +109,11 @@ def search(
         eval_batches: held-out batches per proxy score
         calibration_samples: windows of --data the sensitivity profile runs on
         population: NSGA-II population size
-        offspring: NSGA-II children per generation
+        offspring: NSGA-II children per generation, scored together (default: --workers, at least 1)
         generations: NSGA-II generations
-        bayes_iterations: plans chosen by the Gaussian-process refinement (0: no refinement)
+        bayes_iterations: Gaussian-process refinement rounds (0: no refinement)
+        bayes_batch: plans chosen per refinement round by q-Expected Improvement, scored
+            together (default: --workers, at least 1)
         no_profile: ablation: random initial population, no sensitivity
         sensitivity: a sensitivity.json from qra profile to use instead of profiling
         fixed_bits: ablation: every block at these bits, search ranks only
@@ -109,6 +123,13 @@ def search(
         method: hqq or rtn
         seed: seed of the search (the proxy fine-tunes always use seed 0, so a study serves every search seed)
         device: auto (cuda if available), cpu or cuda; proxy fine-tunes run in fp32
+        workers: local worker processes scoring plans (0: score in this process, or with
+            --storage wait for workers started elsewhere); too many for a device's memory
+            are refused
+        gpus: comma-separated GPU indices the local workers are spread over (default: all)
+        storage: the study's storage URL instead of the run folder's study.db, e.g.
+            postgresql+psycopg2://user@host:5432/db for workers on several machines
+        study: the study's name in the storage
     """
     from qradaptor.plan import check_bits, check_rank
     from qradaptor.search.budget import parse_budget
@@ -125,8 +146,13 @@ def search(
         eval_batches=eval_batches,
         calibration_samples=calibration_samples,
         population=population,
-        offspring=offspring,
     )
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    offspring = max(1, workers) if offspring is None else offspring
+    bayes_batch = max(1, workers) if bayes_batch is None else bayes_batch
+    _check_positive(offspring=offspring, bayes_batch=bayes_batch)
+    gpu_list = parse_int_list(gpus, "--gpus") if gpus else None
     if generations < 0 or bayes_iterations < 0:
         raise ValueError(
             f"--generations and --bayes-iterations must be >= 0, got {generations}, {bayes_iterations}"
@@ -166,16 +192,22 @@ def search(
         population=population,
         offspring=offspring,
         generations=generations,
-        bayes=BayesConfig(iterations=bayes_iterations),
+        bayes=BayesConfig(iterations=bayes_iterations, batch=bayes_batch),
         seed=seed,
         group_size=group_size,
         quant_method=method,
     )
     proxy = ProxyConfig(steps=steps, batch_size=batch_size, lr=lr, eval_batches=eval_batches)
 
-    check_budget(the_budget, search_space(load_structure(model)[1], config)[1])  # before loading weights
+    structure = load_structure(model)[1]
+    table = search_space(structure, config)[1]
+    check_budget(the_budget, table)  # before loading weights
+    storage_url = storage or sqlite_url(run_dir / "study.db")
     started = time.perf_counter()
     loaded = load_model(model, device=device)
+    devices = _worker_devices(
+        workers, device, gpu_list, structure, table, loaded.model, proxy, seq_len, group_size
+    )
     train_windows = pack_texts(load_texts(data), loaded.tokenizer, seq_len, seed=0)  # the whole corpus
     needed = steps * batch_size
     train_ids = train_windows[:needed]
@@ -198,28 +230,87 @@ def search(
         "proxy": _jsonable(proxy),
     }
     write_text_atomic(run_dir / "config.json", json.dumps(settings, indent=2) + "\n", force=True)
-    try:
-        outcome = run_search(
-            loaded.model,
-            train_ids,
-            eval_ids,
-            config,
-            storage=sqlite_url(run_dir / "study.db"),
-            proxy=proxy,
-            calibration=calibration,
-            sensitivity=given_sensitivity,
-            device=device,
-            progress=sys.stderr.isatty(),
+    pool = None
+    queue = None
+    if devices or storage:
+        from qradaptor.launch import LocalWorkers
+        from qradaptor.search.pipeline import WorkerQueue
+        from qradaptor.search.queue import QueueSettings, display_url
+
+        settings = QueueSettings()
+        pool = LocalWorkers(storage_url, study, devices, run_dir / "workers", settings)
+        queue = WorkerQueue(
+            model_source=loaded.source,
+            queue=settings,
+            on_ready=lambda _study: pool.start(),
+            check_alive=pool.check_alive if devices else None,
         )
+        print(
+            f"plans are scored by {len(devices)} local worker(s) (logs in {run_dir / 'workers'}); more can "
+            f"join from any machine: qra worker --storage {display_url(storage_url)} --study {study}",
+            file=sys.stderr,
+        )
+    try:
+        with pool if pool is not None else contextlib.nullcontext():
+            outcome = run_search(
+                loaded.model,
+                train_ids,
+                eval_ids,
+                config,
+                storage=storage_url,
+                proxy=proxy,
+                calibration=calibration,
+                sensitivity=given_sensitivity,
+                study_name=study,
+                device=device,
+                progress=sys.stderr.isatty(),
+                workers=queue,
+            )
     except KeyboardInterrupt:
         print(
-            f"interrupted; finished trials are in {run_dir / 'study.db'}: run the same command to resume",
+            f"interrupted; finished trials are in the study {study!r} of {storage_url}: "
+            "run the same command to resume",
             file=sys.stderr,
         )
         return 130
     summary = write_run(run_dir, outcome, config, int(train_windows.numel()), time.perf_counter() - started)
     _print(outcome, summary, run_dir)
     return 0
+
+
+def _worker_devices(
+    workers: int,
+    device: str,
+    gpus: list[int] | None,
+    structure: Any,
+    table: Any,
+    model: Any,
+    proxy: Any,
+    seq_len: int,
+    group_size: int,
+) -> list[str]:
+    """The device of each local worker, after checking they fit in memory (none: [])."""
+    if not workers:
+        if gpus:
+            raise ValueError("--gpus places local workers: give --workers N too")
+        return []
+    import torch
+
+    from qradaptor.launch import check_memory, free_memory, place_workers, worker_bytes
+    from qradaptor.memory import model_tensor_bytes
+
+    devices = place_workers(workers, device, gpus, torch.cuda.device_count() if device == "cuda" else 0)
+    per_worker = worker_bytes(
+        structure,
+        table,
+        model_tensor_bytes(model),  # the search loads fp32 weights, as each worker does
+        proxy.batch_size,
+        seq_len,
+        group_size,
+        cuda=device == "cuda",
+    )
+    check_memory(devices, per_worker, free_memory(devices))
+    return devices
 
 
 def _read_sensitivity(path: str) -> SensitivityTable:
@@ -351,7 +442,6 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
         ("eval_batches", 4),
         ("calibration_samples", 8),
         ("population", 5),
-        ("offspring", 1),
         ("generations", 5),
         ("bayes_iterations", 5),
         ("group_size", 64),
@@ -359,6 +449,12 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     ):
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=default, metavar="N", help=helps[name])
+    for name in ("offspring", "bayes_batch"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, metavar="N", help=helps[name])
+    parser.add_argument("--workers", type=int, default=0, metavar="N", help=helps["workers"])
+    parser.add_argument("--gpus", metavar="0,1", help=helps["gpus"])
+    parser.add_argument("--storage", metavar="URL", help=helps["storage"])
+    parser.add_argument("--study", default="qradaptor", metavar="NAME", help=helps["study"])
     parser.add_argument("--lr", type=float, default=2e-4, help=helps["lr"])
     parser.add_argument("--no-profile", action="store_true", help=helps["no_profile"])
     parser.add_argument("--sensitivity", metavar="FILE", help=helps["sensitivity"])

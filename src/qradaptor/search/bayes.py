@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from qradaptor.plan import Plan
 from qradaptor.search.budget import Budget, repair, violations
+from qradaptor.search.evolve import score_plans
 from qradaptor.search.nsga2 import layerwise_crossover, rank_and_crowding
 from qradaptor.search.space import Genome, MemoryTable, SearchSpace
 
@@ -42,14 +43,18 @@ class BayesConfig:
     """How the refinement stage spends its evaluations."""
 
     iterations: int = 5
-    """Plans evaluated by the refinement (one per GP fit)."""
+    """GP fits of the refinement; each chooses ``batch`` plans to evaluate."""
+    batch: int = 1
+    """Plans chosen per GP fit, scored together (in parallel by workers). One takes the pool
+    member of highest EI; more take BoTorch's greedy sequential q-LogEI choice, where each
+    pick is scored jointly with the ones before it (Monte-Carlo, fixed seed)."""
     pool: int = 256
     """Candidate plans scored by Expected Improvement per iteration."""
     max_steps: int = 3
     """A candidate takes 1..max_steps proximity steps from its front member."""
 
     def __post_init__(self) -> None:
-        for name, minimum in (("iterations", 0), ("pool", 1), ("max_steps", 1)):
+        for name, minimum in (("iterations", 0), ("batch", 1), ("pool", 1), ("max_steps", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"BayesConfig.{name} must be an integer >= {minimum}, got {value!r}")
@@ -94,6 +99,36 @@ def log_expected_improvement(model: Any, x: npt.NDArray[np.float64], best: float
     with torch.no_grad():
         values = acquisition(torch.as_tensor(x, dtype=torch.float64).unsqueeze(1))  # (m, 1, d) -> (m,)
     return values.numpy().astype(np.float64)
+
+
+def choose_batch(model: Any, x: npt.NDArray[np.float64], best: float, batch: int) -> list[int]:
+    """Row indices of (m, d) ``x`` to evaluate next: the top log EI, or a q-LogEI batch.
+
+    For ``batch`` > 1, BoTorch's ``optimize_acqf_discrete`` picks greedily: each pick
+    maximises the joint q-LogEI of itself and the picks before it, so a batch spreads out
+    instead of taking ``batch`` near-copies of the best point.
+    """
+    if batch == 1 or len(x) <= 1:
+        return [int(np.argmax(log_expected_improvement(model, x, best)))][: len(x)]
+    import torch
+    from botorch.acquisition.logei import qLogExpectedImprovement
+    from botorch.acquisition.objective import LinearMCObjective
+    from botorch.optim import optimize_acqf_discrete
+    from botorch.sampling import SobolQMCNormalSampler
+
+    q = min(batch, len(x))
+    choices = torch.as_tensor(x, dtype=torch.float64)
+    acquisition = qLogExpectedImprovement(
+        model,
+        best_f=-best,  # minimising the loss: maximise its negation
+        sampler=SobolQMCNormalSampler(sample_shape=torch.Size([256]), seed=0),
+        objective=LinearMCObjective(weights=torch.tensor([-1.0], dtype=torch.float64)),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        picked, _ = optimize_acqf_discrete(acquisition, q=q, choices=choices, unique=True)
+    distances = torch.cdist(picked, choices)  # (q, m)
+    return [int(i) for i in distances.argmin(dim=1)]
 
 
 def front_members(
@@ -162,7 +197,8 @@ def refine(
 
     Every iteration refits the GP to all finite scores so far (``history`` plus the new
     ones), recomputes the front of the feasible ones, draws a neighbourhood pool and
-    evaluates the pool member of highest EI. With fewer than two finite scores there is
+    evaluates the pool member of highest EI (``config.batch`` members, see
+    ``choose_batch``). With fewer than two finite scores there is
     nothing to fit, and the first pool member is taken. Stops early when the neighbourhood
     holds no unevaluated plan.
 
@@ -175,7 +211,7 @@ def refine(
         seed: seeds the neighbourhood draws.
         sensitivity: per-unit sensitivity for the repair order, or None.
         plan_kwargs: passed to every Plan (group_size, alpha, ...).
-        on_iteration: called with the 1-based iteration number before its evaluation.
+        on_iteration: called with the 1-based iteration number before its evaluations.
 
     Returns:
         The new (genome, loss) pairs, in evaluation order.
@@ -203,15 +239,16 @@ def refine(
         if finite.sum() >= 2:
             model = fit_gp(encode(stacked[finite], space), values[finite])
             best = float(values[finite & (violations(stacked, budget, table) == 0)].min())
-            choice = int(np.argmax(log_expected_improvement(model, encode(pool, space), best)))
+            chosen = choose_batch(model, encode(pool, space), best, config.batch)
         else:
-            choice = 0
+            chosen = list(range(min(config.batch, len(pool))))
         if on_iteration is not None:
             on_iteration(iteration)
-        genome = pool[choice]
-        loss = float(objective(space.to_plan(genome, **dict(plan_kwargs or {}))))
-        loss = loss if math.isfinite(loss) else math.inf
-        genomes.append(genome)
-        losses.append(loss)
-        new.append((genome, loss))
+        picked = [pool[i] for i in chosen]
+        scores = score_plans(objective, [space.to_plan(g, **dict(plan_kwargs or {})) for g in picked])
+        for genome, loss in zip(picked, scores, strict=True):
+            loss = loss if math.isfinite(loss) else math.inf
+            genomes.append(genome)
+            losses.append(loss)
+            new.append((genome, loss))
     return new

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,15 @@ def _selection_objectives(losses: FloatArray, used_bytes: FloatArray) -> FloatAr
     return np.stack([np.where(finite, losses, cap), used_bytes], axis=1)
 
 
+def score_plans(objective: Callable[[Plan], float], plans: Sequence[Plan]) -> list[float]:
+    """Scores a batch of plans: through ``objective.many`` when it has one (the plans may then
+    be evaluated in parallel, e.g. by workers), else one call per plan, in order."""
+    many = getattr(objective, "many", None)
+    values = list(many(list(plans))) if many is not None else [objective(plan) for plan in plans]
+    assert len(values) == len(plans), "a batch objective returns one score per plan"
+    return [float(v) for v in values]
+
+
 def run_nsga2(
     objective: Callable[[Plan], float],
     space: SearchSpace,
@@ -130,11 +139,13 @@ def run_nsga2(
     survival (module docstring). Objectives are (loss, bytes), both minimised; every genome
     is repaired to the budget, so every trial is feasible. The search draws all its randomness
     from ``numpy.random.default_rng(seed)``: for a deterministic objective the result is a
-    function of the arguments. The objective is called P + O * generations times at most.
+    function of the arguments. At most P + O * generations plans are scored, in batches:
+    the initial population, then each generation's O children (see ``score_plans``).
 
     Args:
         objective: scores a Plan, lower is better (e.g. ``lambda p: evaluator(p).loss``);
-            NaN or inf values are recorded as inf (dominated by any finite loss).
+            NaN or inf values are recorded as inf (dominated by any finite loss). With a
+            ``many(plans)`` method, each batch goes to it in one call.
         space: the (bits, rank) choices per block.
         table: the memory table built for ``space``.
         budget: the memory constraint (avg bits or bytes).
@@ -181,29 +192,32 @@ def run_nsga2(
     trials: list[Trial] = []
     index_of: dict[bytes, int] = {}  # genome bytes -> trial number: the evaluation cache
 
-    def evaluate(genome: Genome, generation: int) -> int:
-        key = genome.tobytes()
-        if key in index_of:
-            return index_of[key]
-        plan = space.to_plan(genome, **kwargs)
+    def evaluate(genomes: list[Genome], generation: int) -> list[int]:
+        """Trial numbers of ``genomes``; the new ones are scored as one batch, numbered in order."""
+        fresh: dict[bytes, Genome] = {}
+        for genome in genomes:
+            if genome.tobytes() not in index_of:
+                fresh.setdefault(genome.tobytes(), genome)
+        plans = [space.to_plan(genome, **kwargs) for genome in fresh.values()]
         start = time.perf_counter()
-        value = float(objective(plan))
-        seconds = time.perf_counter() - start
-        trial = Trial(
-            number=len(trials),
-            generation=generation,
-            genome=_as_tuple(genome),
-            plan_hash=plan.plan_hash,
-            loss=value if math.isfinite(value) else math.inf,
-            bytes=int(table.bytes_of(genome)),
-            avg_bits=float(table.avg_bits_of(genome)),
-            seconds=seconds,
-        )
-        trials.append(trial)
-        index_of[key] = trial.number
-        if on_evaluation is not None:
-            on_evaluation(trial)
-        return trial.number
+        values = score_plans(objective, plans)
+        seconds = (time.perf_counter() - start) / max(len(plans), 1)  # the batch's wall time, shared
+        for (key, genome), plan, value in zip(fresh.items(), plans, values, strict=True):
+            trial = Trial(
+                number=len(trials),
+                generation=generation,
+                genome=_as_tuple(genome),
+                plan_hash=plan.plan_hash,
+                loss=value if math.isfinite(value) else math.inf,
+                bytes=int(table.bytes_of(genome)),
+                avg_bits=float(table.avg_bits_of(genome)),
+                seconds=seconds,
+            )
+            trials.append(trial)
+            index_of[key] = trial.number
+            if on_evaluation is not None:
+                on_evaluation(trial)
+        return [index_of[genome.tobytes()] for genome in genomes]
 
     def scores(members: list[int]) -> tuple[FloatArray, FloatArray]:
         losses = np.array([trials[i].loss for i in members], dtype=np.float64)
@@ -214,14 +228,17 @@ def run_nsga2(
     if on_generation is not None:
         on_generation(0)
     start_genomes = initial_population(rng, population, table, budget, sens)
-    members = [evaluate(genome, 0) for genome in start_genomes]  # trial numbers, may repeat
+    members = evaluate(list(start_genomes), 0)  # trial numbers, may repeat
 
     for generation in range(1, generations + 1):
         if on_generation is not None:
             on_generation(generation)
         objectives, violation = scores(members)
         ranks, crowding = rank_and_crowding(objectives, violation)
-        children: list[int] = []
+        # Every child of a generation is drawn before any is scored, so the O evaluations can
+        # run in parallel; the draws depend only on the parents' scores, so the result is the
+        # same as drawing and scoring them one by one.
+        drawn: list[Genome] = []
         for _ in range(offspring):
             for _ in range(_NOVELTY_TRIES):
                 a, b = binary_tournament(rng, ranks, crowding, 2)
@@ -230,9 +247,10 @@ def run_nsga2(
                 child = layerwise_crossover(rng, parent_a, parent_b)
                 child = proximity_mutation(rng, child, n_bits, n_ranks, rate)
                 child = repair(rng, child, budget, table, sens)
-                if child.tobytes() not in index_of:
+                if child.tobytes() not in index_of and all(child.tobytes() != d.tobytes() for d in drawn):
                     break
-            children.append(evaluate(child, generation))
+            drawn.append(child)
+        children = evaluate(drawn, generation)
         merged = members + children
         # Repeats would crowd out distinct genomes; select among distinct ones when enough exist.
         distinct = list(dict.fromkeys(merged))

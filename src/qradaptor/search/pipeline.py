@@ -38,12 +38,14 @@ from qradaptor.search.study import (
 )
 
 if TYPE_CHECKING:
+    import optuna
     import torch
     from torch import nn
 
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
     from qradaptor.quant.cache import QuantCache
+    from qradaptor.search.queue import QueueSettings
     from qradaptor.sensitivity import SensitivityTable
 
 
@@ -91,7 +93,27 @@ class SearchConfig:
     @property
     def evaluations(self) -> int:
         """Upper bound on the search's proxy evaluations (references excluded)."""
-        return self.population + self.offspring * self.generations + self.bayes.iterations
+        return self.population + self.offspring * self.generations + self.bayes.iterations * self.bayes.batch
+
+
+@dataclass(frozen=True)
+class WorkerQueue:
+    """How ``run_search`` hands its plans to worker processes (see ``queue`` and ``job``)."""
+
+    model_source: str
+    """The model as workers should load it: hub id, folder or GGUF file."""
+    queue: QueueSettings = field(default_factory=lambda: _queue_settings())
+    """Heartbeat, retry and polling settings."""
+    on_ready: Callable[[optuna.Study], None] | None = None
+    """Called once the study holds the job, before profiling: start local workers here."""
+    check_alive: Callable[[], None] | None = None
+    """Called while waiting for workers; raises to stop the search (e.g. every worker exited)."""
+
+
+def _queue_settings() -> QueueSettings:
+    from qradaptor.search.queue import QueueSettings
+
+    return QueueSettings()
 
 
 @dataclass(frozen=True)
@@ -215,6 +237,7 @@ def run_search(
     device: str | torch.device | None = None,
     progress: bool = True,
     on_record: Callable[[TrialRecord, bool], None] | None = None,
+    workers: WorkerQueue | None = None,
 ) -> SearchOutcome:
     """Runs (or resumes) the QR-Adaptor search of ``model`` under ``config.budget``.
 
@@ -232,6 +255,8 @@ def run_search(
         device: where proxy fine-tunes run (None: the model's device).
         progress: show a tqdm bar over the evaluations.
         on_record: called with (record, replayed) for every distinct plan.
+        workers: score plans by worker processes through the study (see ``queue``)
+            instead of in this process; the records are the same either way.
 
     Returns:
         The records, the front, the chosen plan and the cost of each stage.
@@ -250,7 +275,17 @@ def run_search(
     space, table, plan_kwargs = search_space(structure, config)
     above = check_budget(config.budget, table)
     fingerprint = search_fingerprint(model, structure.signature, train_ids, eval_ids, config, proxy)
+    if workers is not None:
+        from qradaptor.search.queue import open_storage
+
+        storage = open_storage(storage, workers.queue)
     study = open_study(storage, fingerprint, study_name)  # refuses before any expensive work
+    if workers is not None:
+        from qradaptor.search.job import write_job
+
+        write_job(study, workers.model_source, train_ids, eval_ids)
+        if workers.on_ready is not None:
+            workers.on_ready(study)  # workers load the model while this process profiles
     stages: dict[str, float] = {}
 
     from qradaptor.quant.cache import QuantCache
@@ -269,27 +304,44 @@ def run_search(
         unit_sens = unit_sensitivity(space, block_sens)
     stages["sensitivity"] = time.perf_counter() - start
 
-    evaluator = ProxyEvaluator(model, train_ids, eval_ids, proxy, device=device, cache=quant_cache)
+    evaluator = None
+    if workers is None:
+        evaluator = ProxyEvaluator(model, train_ids, eval_ids, proxy, device=device, cache=quant_cache)
     total = (len(space.bit_choices) if config.references else 0) + (1 if above else config.evaluations)
     bar = tqdm(total=total, desc="search", unit="plan", disable=not progress)
+    base_done = 0
+
+    def poll_hook(done: int, running: int) -> None:
+        bar.n = base_done + done  # a batch's progress while workers score it
+        bar.set_postfix(running=running, refresh=False)
+        bar.refresh()
 
     def record_hook(record: TrialRecord, replayed: bool) -> None:
-        bar.update(1)
+        nonlocal base_done
+        base_done += 1
+        bar.n = base_done
+        bar.refresh()
         searched = [r.loss for r in objective.records if r.phase in SEARCH_PHASES]
         if searched:
             bar.set_postfix(best=f"{min(searched):.4f}", refresh=False)
         if on_record is not None:
             on_record(record, replayed)
 
-    objective = StudyObjective(study, evaluator, table, on_record=record_hook)
+    objective = StudyObjective(
+        study,
+        evaluator,
+        table,
+        on_record=record_hook,
+        queue=None if workers is None else workers.queue,
+        on_poll=poll_hook if progress else None,
+        check_alive=None if workers is None else workers.check_alive,
+    )
 
     start = time.perf_counter()
     if config.references:
         objective.phase, objective.generation = "reference", 0
-        for plan, name in reference_plans(space, config, plan_kwargs):
-            objective.name = name
-            objective.record(plan)
-        objective.name = ""
+        references = reference_plans(space, config, plan_kwargs)
+        objective.record_many([plan for plan, _ in references], [name for _, name in references])
     stages["references"] = time.perf_counter() - start
 
     note, largest = "", None
@@ -347,6 +399,10 @@ def run_search(
             )
         stages["bayes"] = time.perf_counter() - start
     bar.close()
+    if workers is not None:
+        from qradaptor.search.job import mark_finished
+
+        mark_finished(study)
 
     records = list(objective.records)
     chosen = largest if largest is not None else _choose(records, table, config.budget)

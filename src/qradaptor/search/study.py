@@ -18,7 +18,9 @@ stay true.
 Trials (``optuna.trial.FrozenTrial``, inspectable with optuna-dashboard):
     params       "<unit>.bits" and "<unit>.rank" per search unit, categorical over the choices
     values       [proxy loss, bytes], both minimised
-    user_attrs   phase, generation, plan_hash, loss_before, avg_bits, seconds, tokens, name
+    user_attrs   phase, generation, plan_hash, loss_before, avg_bits, bytes, seconds, tokens,
+                 name; trials scored by workers also hold the plan's JSON (``plan``) and
+                 the ``worker`` that scored it (see ``queue``)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
     from qradaptor.plan import Plan
     from qradaptor.search.proxy import ProxyScore
+    from qradaptor.search.queue import QueueSettings
     from qradaptor.search.space import MemoryTable, SearchSpace
 
 FINGERPRINT_ATTR = "qradaptor.fingerprint"
@@ -66,12 +69,15 @@ def fingerprint_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]
 
 
 def open_study(
-    storage: str, fingerprint: Mapping[str, Any], study_name: str = DEFAULT_STUDY_NAME
+    storage: str | optuna.storages.BaseStorage,
+    fingerprint: Mapping[str, Any],
+    study_name: str = DEFAULT_STUDY_NAME,
 ) -> optuna.Study:
     """Creates the study, or loads it after checking that it was made for the same scores.
 
     Args:
-        storage: an Optuna storage URL, e.g. ``sqlite_url("run/study.db")``.
+        storage: an Optuna storage URL, e.g. ``sqlite_url("run/study.db")`` (opened with
+            heartbeats, see ``queue.open_storage``), or an opened storage.
         fingerprint: JSON-able description of everything that decides a proxy score.
         study_name: the study's name within the storage.
 
@@ -84,7 +90,12 @@ def open_study(
     """
     import optuna
 
+    from qradaptor.search.queue import display_url, open_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if isinstance(storage, str):
+        storage = open_storage(storage)
+    shown = display_url(getattr(storage, "url", str(storage)))
     wanted = _canonical(dict(fingerprint))
     names = {s.study_name for s in optuna.study.get_all_study_summaries(storage)}
     if study_name not in names:
@@ -97,13 +108,13 @@ def open_study(
     stored = study.user_attrs.get(FINGERPRINT_ATTR)
     if stored is None:
         raise ValueError(
-            f"study {study_name!r} in {storage} was not made by qradaptor (it has no fingerprint); "
+            f"study {study_name!r} in {shown} was not made by qradaptor (it has no fingerprint); "
             "use another storage or study name"
         )
     differences = fingerprint_differences(stored, wanted)
     if differences:
         raise ValueError(
-            f"study {study_name!r} in {storage} was made for other scores and cannot be resumed by this "
+            f"study {study_name!r} in {shown} was made for other scores and cannot be resumed by this "
             "run; its trials are kept. Differences:\n  " + "\n  ".join(differences)
         )
     directions = [d.name for d in study.directions]
@@ -149,28 +160,40 @@ def completed_records(study: optuna.Study, space: SearchSpace) -> list[TrialReco
 class StudyObjective:
     """The search's objective ``Plan -> loss``, backed by a study: each plan is scored once, ever.
 
-    Scores a plan by calling ``evaluate`` (a ``ProxyEvaluator``) only when no finished trial
-    of the study has the plan's hash; otherwise the stored score is returned. The driver
-    sets ``phase`` and ``generation`` before each stage so new trials say where they came
-    from. ``records`` lists, in call order and without repeats, the record of every distinct
-    plan this run asked for, old or new.
+    Scores a plan only when no finished trial of the study has the plan's hash; otherwise
+    the stored score is returned. Plans are scored either here, one by one, by calling
+    ``evaluate`` (a ``ProxyEvaluator``), or, with ``evaluate=None``, by workers: a batch's
+    new plans become WAITING trials (see ``queue``) and the call returns when workers have
+    completed them all. Either way a plan's trial number is its place in the order asked
+    for, so both give the same records. The driver sets ``phase`` and ``generation``
+    before each stage so new trials say where they came from. ``records`` lists, in call
+    order and without repeats, the record of every distinct plan this run asked for.
     """
 
     def __init__(
         self,
         study: optuna.Study,
-        evaluate: Callable[[Plan], ProxyScore],
+        evaluate: Callable[[Plan], ProxyScore] | None,
         table: MemoryTable,
         on_record: Callable[[TrialRecord, bool], None] | None = None,
+        *,
+        queue: QueueSettings | None = None,
+        on_poll: Callable[[int, int], None] | None = None,
+        check_alive: Callable[[], None] | None = None,
     ) -> None:
         """Reads the study's finished trials into the cache.
 
         Args:
             study: from ``open_study``.
-            evaluate: scores a plan by proxy tuning.
+            evaluate: scores a plan by proxy tuning; None hands new plans to workers.
             table: prices plans; its ``space`` names the units and choices.
             on_record: called with (record, replayed) for every distinct plan asked for.
+            queue: polling and retry settings when workers score (default ``QueueSettings()``).
+            on_poll: called with (done, running) of the batch while waiting for workers.
+            check_alive: called while waiting; raises to stop the wait (e.g. no worker left).
         """
+        from qradaptor.search.queue import QueueSettings
+
         self.study = study
         self.table = table
         self.space = table.space
@@ -179,6 +202,9 @@ class StudyObjective:
         self.name = ""
         self._evaluate = evaluate
         self._on_record = on_record
+        self._queue = QueueSettings() if queue is None else queue
+        self._on_poll = on_poll
+        self._check_alive = check_alive
         self._cache = {r.plan_hash: r for r in completed_records(study, self.space)}
         self.replayed = 0
         self.evaluated = 0
@@ -186,35 +212,54 @@ class StudyObjective:
         self._seen: set[str] = set()
 
     def record(self, plan: Plan) -> TrialRecord:
-        """The record of ``plan``: from the study, or by evaluating and storing it."""
-        key = plan.plan_hash
-        replayed = key in self._cache
-        if replayed:
+        """The record of ``plan``: from the study, or by scoring and storing it."""
+        return self.record_many([plan])[0]
+
+    def record_many(self, plans: list[Plan], names: list[str] | None = None) -> list[TrialRecord]:
+        """The records of ``plans``; the new ones are scored as one batch, in order.
+
+        Args:
+            plans: plans to score; repeats are scored once.
+            names: a name per plan for new trials (default: ``self.name`` or the plan's).
+        """
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
+        names = [self.name] * len(plans) if names is None else names
+        new: dict[str, tuple[Plan, str]] = {}
+        for plan, name in zip(plans, names, strict=True):
+            if plan.plan_hash not in self._cache:
+                new.setdefault(plan.plan_hash, (plan, name or plan.name))
+        if new and self._evaluate is None:
+            self._score_by_workers(list(new.values()))
+        elif new:
+            for key, (plan, name) in new.items():
+                self._cache[key] = self._score_and_store(plan, name)
+        records = []
+        for plan in plans:
+            key = plan.plan_hash
             record = self._cache[key]
-        else:
-            record = self._score_and_store(plan)
-            self._cache[key] = record
-        if key not in self._seen:
-            self._seen.add(key)
-            self.records.append(record)
-            if replayed:
-                self.replayed += 1
-            if self._on_record is not None:
-                self._on_record(record, replayed)
-        return record
+            if key not in self._seen:
+                self._seen.add(key)
+                self.records.append(record)
+                replayed = key not in new
+                self.replayed += replayed
+                if self._on_record is not None:
+                    self._on_record(record, replayed)
+            records.append(record)
+        return records
 
     def __call__(self, plan: Plan) -> float:
         return self.record(plan).loss
 
-    def _score_and_store(self, plan: Plan) -> TrialRecord:
-        import optuna
+    def many(self, plans: list[Plan]) -> list[float]:
+        """Losses of a batch of plans (what ``score_plans`` calls)."""
+        return [r.loss for r in self.record_many(plans)]
+
+    def _trial_fields(self, plan: Plan, name: str) -> tuple[dict, dict, dict]:
+        """(params, distributions, user attrs) of a new trial of ``plan``."""
         from optuna.distributions import CategoricalDistribution
 
-        if self.phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
         genome = self.space.from_plan(plan)  # (U, 2)
-        score = self._evaluate(plan)
-        self.evaluated += 1
         bits = [self.space.bit_choices[i] for i in genome[:, 0]]
         ranks = [self.space.rank_choices[j] for j in genome[:, 1]]
         bits_choice = CategoricalDistribution(self.space.bit_choices)
@@ -224,26 +269,67 @@ class StudyObjective:
         for (bits_name, rank_name), b, r in zip(_param_names(self.space), bits, ranks, strict=True):
             params[bits_name], params[rank_name] = int(b), int(r)
             distributions[bits_name], distributions[rank_name] = bits_choice, rank_choice
-        used = int(self.table.bytes_of(genome))
         attrs = {
             "phase": self.phase,
             "generation": int(self.generation),
             "plan_hash": plan.plan_hash,
-            "loss_before": score.loss_before if math.isfinite(score.loss_before) else None,
             "avg_bits": float(self.table.avg_bits_of(genome)),
-            "seconds": float(score.seconds),
-            "tokens": int(score.tokens),
-            "name": self.name or plan.name,
+            "bytes": int(self.table.bytes_of(genome)),
+            "name": name,
         }
+        return params, distributions, attrs
+
+    def _score_and_store(self, plan: Plan, name: str) -> TrialRecord:
+        import optuna
+
+        params, distributions, attrs = self._trial_fields(plan, name)
+        score = self._evaluate(plan)
+        self.evaluated += 1
+        attrs.update(score_attrs(score))
         trial = optuna.trial.create_trial(
             params=params,
             distributions=distributions,
-            values=[float(score.loss), float(used)],
+            values=[float(score.loss), float(attrs["bytes"])],
             user_attrs=attrs,
         )
         self.study.add_trial(trial)
         # Read back what the study holds, so a new record is the same as its later replay.
         return record_of(self.study.get_trials(deepcopy=False)[-1], self.space)
+
+    def _score_by_workers(self, items: list[tuple[Plan, str]]) -> None:
+        from optuna.trial import TrialState
+
+        from qradaptor.search.queue import QueueEntry, submit, trials_by_hash, wait_for
+
+        pending = {TrialState.WAITING, TrialState.RUNNING}
+        groups = trials_by_hash(self.study)
+        entries = []
+        for plan, name in items:
+            if any(t.state in pending for t in groups.get(plan.plan_hash, [])):
+                continue  # submitted by an earlier run of this search that stopped: wait for it
+            params, distributions, attrs = self._trial_fields(plan, name)
+            attrs["plan"] = plan.to_json()
+            entries.append(QueueEntry(params, distributions, attrs))
+        submit(self.study, entries)
+        done = wait_for(
+            self.study,
+            [plan.plan_hash for plan, _ in items],
+            self._queue,
+            on_poll=self._on_poll,
+            check_alive=self._check_alive,
+        )
+        for key, trial in done.items():
+            self._cache[key] = record_of(trial, self.space)
+        self.evaluated += len(done)
+
+
+def score_attrs(score: ProxyScore) -> dict[str, Any]:
+    """The user attrs a proxy score adds to its trial."""
+    return {
+        "loss_before": score.loss_before if math.isfinite(score.loss_before) else None,
+        "seconds": float(score.seconds),
+        "tokens": int(score.tokens),
+    }
 
 
 def genome_of(record: TrialRecord, space: SearchSpace) -> np.ndarray:

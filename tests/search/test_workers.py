@@ -1,0 +1,187 @@
+"""Workers on one study: same results as one process, no duplicate or lost trial, retry after SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from qradaptor.launch import LocalWorkers
+from qradaptor.search.bayes import BayesConfig
+from qradaptor.search.budget import parse_budget
+from qradaptor.search.pipeline import SearchConfig, WorkerQueue, run_search
+from qradaptor.search.proxy import ProxyConfig
+from qradaptor.search.queue import QueueSettings, trials_by_hash
+from qradaptor.search.study import sqlite_url
+
+PROXY = ProxyConfig(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_batches=2)
+CONFIG = SearchConfig(
+    budget=parse_budget("3.6bits"),
+    bits=(2, 3, 4, 8),
+    ranks=(4, 8),
+    population=4,
+    offspring=4,
+    generations=1,
+    bayes=BayesConfig(iterations=1, pool=64, batch=4),
+    group_size=32,
+)
+"""Batches of 4 (references, initial population, each generation, the Bayes round): 4 workers stay busy."""
+SETTINGS = QueueSettings(heartbeat_seconds=1, grace_seconds=3, poll_seconds=0.3)
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained_llama, word_tokenizer_factory, tmp_path_factory):
+    """The trained tiny Llama and a tokenizer in a folder: what workers load."""
+    folder = tmp_path_factory.mktemp("trained-llama")
+    trained_llama.save_pretrained(folder)
+    word_tokenizer_factory().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    """The model as a worker loads it (fp32 from the folder), so the fingerprints agree."""
+    from qradaptor.models.loading import load_model
+
+    return load_model(str(model_dir)).model
+
+
+def _search(model, pattern, storage, workers=None, config=CONFIG):
+    return run_search(
+        model,
+        pattern(16, 0),
+        pattern(8, 1),
+        config,
+        storage=storage,
+        proxy=PROXY,
+        calibration=pattern(4, 2),
+        progress=False,
+        workers=workers,
+    )
+
+
+@pytest.fixture(scope="module")
+def single_process(model, pattern, tmp_path_factory):
+    """The reference: the same search scored in this process."""
+    return _search(model, pattern, sqlite_url(tmp_path_factory.mktemp("single") / "study.db"))
+
+
+def _with_workers(model, model_dir, pattern, storage, count, tmp_path, during=None):
+    pool = LocalWorkers(storage, "qradaptor", ["cpu"] * count, tmp_path / "logs", SETTINGS)
+    queue = WorkerQueue(
+        str(model_dir), SETTINGS, on_ready=lambda _: pool.start(), check_alive=pool.check_alive
+    )
+    watcher = None
+    if during is not None:
+        watcher = threading.Thread(target=during, args=(pool,), daemon=True)
+        watcher.start()
+    with pool:
+        outcome = _search(model, pattern, storage, queue)
+    if watcher is not None:
+        watcher.join(timeout=60)
+    return outcome, pool
+
+
+def _study(storage):
+    import optuna
+
+    return optuna.load_study(study_name="qradaptor", storage=storage)
+
+
+def _assert_each_plan_completed_once(storage, outcome) -> None:
+    groups = trials_by_hash(_study(storage))
+    assert set(groups) == {r.plan_hash for r in outcome.records}  # none lost, none extra
+    for key, trials in groups.items():
+        states = [t.state for t in trials]
+        assert states.count(TrialState.COMPLETE) == 1, (key, states)
+        assert TrialState.WAITING not in states and TrialState.RUNNING not in states, (key, states)
+
+
+def _same_records(a, b) -> list:
+    return [(r.phase, r.plan_hash, r.loss, r.bytes) for r in a.records] == [
+        (r.phase, r.plan_hash, r.loss, r.bytes) for r in b.records
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("count", [2, 4])
+def test_workers_give_the_single_process_search_with_no_duplicate_or_missing_trial(
+    model, model_dir, pattern, storage_url, single_process, count, tmp_path
+) -> None:
+    outcome, pool = _with_workers(model, model_dir, pattern, storage_url, count, tmp_path)
+    assert _same_records(outcome, single_process)
+    assert [r.number for r in outcome.records] == [r.number for r in single_process.records]
+    assert outcome.chosen.plan_hash == single_process.chosen.plan_hash
+    _assert_each_plan_completed_once(storage_url, outcome)
+    assert outcome.evaluated == len(outcome.records) and outcome.replayed == 0
+    scorers = {t.user_attrs["worker"] for t in _study(storage_url).get_trials(states=(TrialState.COMPLETE,))}
+    assert len(scorers) >= 2, scorers  # the work was shared
+    assert all(p.popen.returncode == 0 for p in pool.processes)  # each left once the search was done
+    if count == 2:  # run again: every plan is read back from the study, no worker is needed
+        again = _search(model, pattern, storage_url, WorkerQueue(str(model_dir), SETTINGS))
+        assert again.evaluated == 0 and again.replayed == len(outcome.records)
+        assert _same_records(again, outcome)
+
+
+def _kill_first_worker_mid_trial(pool: LocalWorkers, storage: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if pool.processes:
+            running = _study(storage).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if any(t.user_attrs.get("worker", "").startswith("worker-0@") for t in running):
+                pool.processes[0].popen.send_signal(signal.SIGKILL)
+                return
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_worker_s_trial_is_retried_by_another(
+    model, model_dir, pattern, single_process, tmp_path
+) -> None:
+    storage_url = sqlite_url(tmp_path / "study.db")  # the protocol is the storage's; one is enough here
+    outcome, pool = _with_workers(
+        model,
+        model_dir,
+        pattern,
+        storage_url,
+        2,
+        tmp_path,
+        during=lambda p: _kill_first_worker_mid_trial(p, storage_url),
+    )
+    assert pool.processes[0].popen.returncode == -signal.SIGKILL
+    study = _study(storage_url)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and failed[0].user_attrs["worker"].startswith("worker-0@")
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].user_attrs["worker"].startswith("worker-1@")
+    _assert_each_plan_completed_once(storage_url, outcome)
+    # The retried plan keeps its place in the search; only its trial number moved.
+    assert _same_records(outcome, single_process)
+
+
+def test_batches_reach_the_objective_whole(model) -> None:
+    """The objective sees the references, the population, each generation and each Bayes round
+    as one batch each, so workers can score them together."""
+    from qradaptor.models.structure import inspect_model
+    from qradaptor.search.evolve import run_nsga2
+    from qradaptor.search.pipeline import search_space
+
+    space, table, kwargs = search_space(inspect_model(model), CONFIG)
+    sizes: list[int] = []
+
+    class Batched:
+        def __call__(self, plan):
+            raise AssertionError("a batch objective is called with batches")
+
+        def many(self, plans):
+            sizes.append(len(plans))
+            return [float(sum(s.bits for s in p.layers.values())) for p in plans]
+
+    run_nsga2(
+        Batched(), space, table, CONFIG.budget, population=4, offspring=3, generations=2, plan_kwargs=kwargs
+    )
+    assert sizes[0] == 4 and all(1 <= s <= 3 for s in sizes[1:]) and len(sizes) == 3
