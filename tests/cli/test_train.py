@@ -153,3 +153,30 @@ def test_eval_tasks_after_training_write_eval_json(tiny_model_dir, alpaca, tmp_p
     results = json.loads((run / "eval.json").read_text())
     ppl = [r for r in results["results"] if r["task"] == "ppl_wiki"]
     assert len(ppl) == 1 and ppl[0]["value"] > 1
+
+
+def test_compile_flag_reaches_the_config_and_graphs_needs_cuda(
+    tiny_model_dir, alpaca, tmp_path, capsys, monkeypatch
+) -> None:
+    from qradaptor.train import run as train_run
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train_plan(source, method, config, data, **kwargs):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(train_run, "train_plan", fake_train_plan)
+    args = ["--method", "lora16", "--data", str(alpaca), "--compile"]
+    for mode in ("default", "off"):
+        with pytest.raises(Stop):
+            train(tiny_model_dir, tmp_path / mode, *args, mode)
+    assert [c.compile for c in seen] == ["default", "off"]
+    assert train(tiny_model_dir, tmp_path / "g", "--method", "lora16", "--compile", "graphs") == 2
+    assert "compile 'graphs' records CUDA graphs and needs a CUDA device, got device 'cpu'" in " ".join(
+        capsys.readouterr().err.split()
+    )
+    assert len(seen) == 2  # refused before anything was loaded or trained

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from qradaptor.assemble import RUN_ADAPTER, RUN_BASE, RUN_CHECKPOINTS, RUN_PLAN, RUN_TRAIN
 from qradaptor.cli.common import check_device, read_plan, resolve_device, write_text_atomic
+from qradaptor.train.compiled import COMPILE_MODES, check_compile
 
 if TYPE_CHECKING:
     from qradaptor.train.run import TrainOutcome
@@ -65,6 +66,7 @@ def train(
     seq_len: int = 512,
     lora_dropout: float = 0.05,
     gradient_checkpointing: bool = False,
+    compile: str = "off",
     seed: int = 0,
     eval_every: int = 0,
     save_every: int = 0,
@@ -114,6 +116,11 @@ def train(
         seq_len: longest example in tokens
         lora_dropout: dropout on the adapter input
         gradient_checkpointing: recompute activations in the backward (less memory)
+        compile: off (eager), default (torch.compile the forward, loss and backward) or graphs
+            (the same replayed as CUDA graphs; CUDA only). Compiled, every micro-batch is padded
+            to the longest example (at most --seq-len) so one graph serves every step; the first
+            steps are slower while compiling (tens of seconds to minutes). It pays off for small
+            models, whose steps are bound by kernel launches; "default" also runs on a CPU
         seed: seed of adapter init, dropout, data order and the held-out split
         eval_every: held-out loss every N steps (0: at the end only)
         save_every: checkpoint every N steps (0: none)
@@ -146,6 +153,7 @@ def train(
         seq_len=seq_len,
         lora_dropout=lora_dropout,
         gradient_checkpointing=gradient_checkpointing,
+        compile=compile,  # type: ignore[arg-type]
         seed=seed,
         eval_every=eval_every,
         save_every=save_every,
@@ -172,6 +180,7 @@ def train(
 
         given = Plan.uniform(load_structure(model)[1].num_blocks, *given)
     device = resolve_device(device)
+    check_compile(config.compile, device)  # "graphs" on a CPU: refused before the model loads
     spec = DataSpec(
         source=data, text=text, eval_source=eval_data, eval_size=eval_size, limit=limit, split=split
     )
@@ -291,6 +300,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--seq-len", type=int, default=512, metavar="T", help=helps["seq_len"])
     parser.add_argument("--lora-dropout", type=float, default=0.05, help=helps["lora_dropout"])
     parser.add_argument("--gradient-checkpointing", action="store_true", help=helps["gradient_checkpointing"])
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="off", help=helps["compile"])
     parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
     parser.add_argument("--eval-every", type=int, default=0, metavar="N", help=helps["eval_every"])
     parser.add_argument("--save-every", type=int, default=0, metavar="N", help=helps["save_every"])

@@ -127,7 +127,11 @@ class QuantLinear(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """(out_features, in_features) dense weight, freshly dequantised."""
-        return _dequantizer(self.qweight.device)(
+        # Inside a torch.compile'd step the compiler fuses the eager ops into one kernel
+        # itself (as _compiled_dequantize does); tracing into our Triton launcher and its
+        # environment switch would only risk a graph break in every layer.
+        dequantize = dequantize_parts if torch.compiler.is_compiling() else _dequantizer(self.qweight.device)
+        return dequantize(
             self.qweight,
             self.scale,
             self.zero,

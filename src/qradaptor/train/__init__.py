@@ -3,6 +3,7 @@
     config       TrainConfig: optimiser, schedule, batching, checkpoints
     data         tokenized examples and the seeded order of micro-batches
     loop         Trainer: AdamW, warm-up + decay, accumulation, clipping, divergence stop, resume
+    compiled     the step's forward + loss and the held-out forward, eager or compiled (static shapes)
     checkpoint   atomic checkpoints, found by step, refused when they belong to another run
     methods      the named methods: plan + adapter variant + backend
     run          train_plan: load, build the method, train, measure

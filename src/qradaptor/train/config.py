@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from qradaptor.schedule import SCHEDULES, Schedule
+from qradaptor.train.compiled import CompileMode, check_compile
 
 RESUMABLE_CHANGES = frozenset({"eval_every", "save_every", "keep_checkpoints", "progress"})
 """Fields a resume may change: they decide when things are reported or saved, not the result."""
@@ -56,6 +57,9 @@ class TrainConfig:
     """Dropout on the adapter input."""
     gradient_checkpointing: bool = False
     """Recompute each block's activations in the backward: less memory, ~30% more time."""
+    compile: CompileMode = "off"
+    """off (eager), default (torch.compile) or graphs (torch.compile + CUDA graphs, CUDA only);
+    compiled, every micro-batch is padded to one shape (see compiled.py)."""
     seed: int = 0
     """Seeds adapter initialisation, dropout and the data order."""
     eval_every: int = 0
@@ -84,6 +88,7 @@ class TrainConfig:
         _check_int(self.seq_len, "seq_len", 2)
         if not isinstance(self.lora_dropout, int | float) or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        check_compile(self.compile)
         _check_int(self.seed, "seed", 0)
         _check_int(self.eval_every, "eval_every", 0)
         _check_int(self.save_every, "save_every", 0)

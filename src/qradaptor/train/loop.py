@@ -29,6 +29,15 @@ from qradaptor.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from qradaptor.train.compiled import (
+    check_compile,
+    compile_step,
+    forward_loss,
+    heldout_loss,
+    keep_grads_,
+    loss_sums,
+    static_batch,
+)
 from qradaptor.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -88,31 +97,6 @@ class TrainResult:
         """Throughput after the first ``skip`` steps (kernel compilation and caches warming up)."""
         seconds = sum(self.step_seconds[skip:])
         return sum(self.step_tokens[skip:]) / seconds if seconds > 0 else self.tokens_per_second
-
-
-def heldout_loss(model: nn.Module, data: TokenizedSet, batch_size: int) -> float:
-    """Token-weighted mean loss on the label tokens of ``data`` (inf if not finite)."""
-    import torch
-
-    device = next(p.device for p in model.parameters())
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for batch in data.sequential(batch_size):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            logits = model(**batch).logits[:, :-1].float()  # (B, T-1, V)
-            targets = labels[:, 1:]  # (B, T-1)
-            total += float(
-                torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-                )
-            )
-            count += int((targets != -100).sum())
-    model.train(was_training)
-    value = total / max(count, 1)
-    return value if math.isfinite(value) else math.inf
 
 
 def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -209,6 +193,11 @@ class Trainer:
         if not self.params:
             raise ValueError("the model has no trainable parameters: every rank in the plan is 0")
         self.device = self.params[0].device
+        check_compile(config.compile, self.device.type)
+        # Compiled or not, the same two functions; compiled, they want one static shape.
+        self._static = config.compile != "off"
+        self._forward_loss = compile_step(forward_loss, config.compile)
+        self._loss_sums = compile_step(loss_sums, config.compile)
         self.total_steps = config.total_steps(train_set.batches_per_epoch(config.batch_size))
         self.warmup = config.warmup_steps(self.total_steps)
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
@@ -312,6 +301,12 @@ class Trainer:
         first = step * cfg.grad_accum
         return [self.train_set.batch(first + k, cfg.batch_size, cfg.seed) for k in range(cfg.grad_accum)]
 
+    def _heldout(self) -> float:
+        assert self.eval_set is not None
+        return heldout_loss(
+            self.model, self.eval_set, self.config.batch_size, sums=self._loss_sums, static=self._static
+        )
+
     def run(self, *, resume: bool = False) -> TrainResult:
         """Trains to ``total_steps``; with ``resume`` continues from the newest checkpoint.
 
@@ -330,6 +325,10 @@ class Trainer:
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         params = self.params
+        graphs = cfg.compile == "graphs"
+        if graphs:
+            keep_grads_(params)
+        width = self.train_set.longest() if self._static else 0  # of the static batches
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not cfg.progress)
         seen_tokens, seen_seconds = result.tokens, result.train_seconds  # running sums for the bar
@@ -341,8 +340,10 @@ class Trainer:
             step_loss = torch.zeros((), device=self.device)
             tokens = sum(int(b["attention_mask"].sum()) for b in batches)  # CPU copies: no sync
             for batch, count in zip(batches, counts, strict=True):
+                if self._static:
+                    batch = static_batch(batch, cfg.batch_size, width, self.train_set.pad_id)
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                loss = self.model(**batch).loss * (count / step_tokens)
+                loss = self._forward_loss(self.model, batch) * (count / step_tokens)
                 step_loss += loss.detach()
                 # A non-finite loss gives non-finite gradients; they are never applied (checked below).
                 loss.backward()
@@ -354,7 +355,7 @@ class Trainer:
             self.scheduler.step()
             if _allocator(self.model) is not None:  # AdaLoRA scores the gradients: before zero_grad
                 self.model.base_model.update_and_allocate(step)  # type: ignore[union-attr]
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=not graphs)  # graphs: keep_grads_'s own memory
             if on_cuda:
                 torch.cuda.synchronize(self.device)
             result.step_seconds.append(time.perf_counter() - began)
@@ -368,7 +369,7 @@ class Trainer:
                 and done % cfg.eval_every == 0
                 and done < self.total_steps
             ):
-                result.evals.append((done, heldout_loss(self.model, self.eval_set, cfg.batch_size)))
+                result.evals.append((done, self._heldout()))
                 self.model.train()
             if self.checkpoints is not None and cfg.save_every and done % cfg.save_every == 0:
                 self._save(done, result, ema)
@@ -377,7 +378,7 @@ class Trainer:
         bar.close()
         self.model.eval()
         if self.eval_set is not None:
-            result.evals.append((self.total_steps, heldout_loss(self.model, self.eval_set, cfg.batch_size)))
+            result.evals.append((self.total_steps, self._heldout()))
         if on_cuda:
             result.peak_memory = int(torch.cuda.max_memory_allocated(self.device))
         return result
