@@ -71,7 +71,7 @@ def _rate(run_dir: Path) -> dict:
         "per_worker": per_worker,
         "wall_s": summary.get("wall_seconds"),
         "stage_s": summary.get("stage_seconds"),
-        "chosen_loss": summary.get("chosen", {}).get("loss") if isinstance(summary.get("chosen"), dict) else None,
+        "chosen_loss": (summary.get("chosen") or {}).get("loss"),
         "peak_reserved_mib": max(peaks) if peaks else None,
     }
 
@@ -97,14 +97,14 @@ def throughput(args: argparse.Namespace) -> list[dict]:
     for workers in [int(w) for w in args.workers.split(",")]:
         run_dir = Path(args.out) / f"workers-{workers}"
         started = time.perf_counter()
-        done = subprocess.run(_search_argv(run_dir, workers, args.gpus, args.extra), capture_output=True, text=True)
+        argv = _search_argv(run_dir, workers, args.gpus, args.extra)
+        done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"search with {workers} workers failed ({done.returncode})")
         row = {"workers": workers, "command_s": time.perf_counter() - started, **_rate(run_dir)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    base = rows[0]["plans_per_min"] / rows[0]["workers"] * min(r["workers"] for r in rows)
     print("\n| workers | plans | scoring span s | plans/min | x first row | mean trial s | peak MiB/worker |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -113,23 +113,26 @@ def throughput(args: argparse.Namespace) -> list[dict]:
             f"{r['plans_per_min'] / rows[0]['plans_per_min']:.2f} | {r['mean_trial_s']:.1f} | "
             f"{r['peak_reserved_mib'] or float('nan'):.0f} |"
         )
-    del base
     print(f"predicted per worker (launch.worker_bytes): {_predicted_mib(1):.0f} MiB")
     return rows
 
 
-def _worker_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "qradaptor worker"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def _pid_of(worker: str) -> int | None:
+    """The pid of a worker named in a trial: pool workers by their --name, others are host:pid."""
+    if "@" in worker:
+        found = subprocess.run(["pgrep", "-f", "--", f"--name {worker}"], capture_output=True, text=True)
+        out = found.stdout.split()
+        return int(out[0]) if out else None
+    tail = worker.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
 
 
 def fault(args: argparse.Namespace) -> dict:
     from optuna.trial import TrialState
 
     run_dir = Path(args.out) / f"fault-{args.fault}"
-    search = subprocess.Popen(
-        _search_argv(run_dir, args.fault, args.gpus, args.extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    argv = _search_argv(run_dir, args.fault, args.gpus, args.extra)
+    search = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     rng = random.Random(args.seed)
     kills: list[dict] = []
     extra_workers: list[subprocess.Popen] = []
@@ -142,13 +145,16 @@ def fault(args: argparse.Namespace) -> dict:
             running = _study(run_dir).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         except Exception:  # noqa: BLE001 - study not created yet
             continue
-        pids = _worker_pids()
-        if not running or not pids:
+        held = [t for t in running if t.user_attrs.get("worker")]
+        if not held:
             continue
-        victim = rng.choice(pids)
+        trial = rng.choice(held)  # a worker mid-trial, chosen at random
+        victim = _pid_of(trial.user_attrs["worker"])
+        if victim is None:
+            continue
         os.kill(victim, signal.SIGKILL)
-        kills.append({"pid": victim, "at_s": time.time(), "running_trials": [t.number for t in running]})
-        print(f"killed worker pid {victim}", flush=True)
+        kills.append({"pid": victim, "worker": trial.user_attrs["worker"], "trial": trial.number})
+        print(f"killed {kills[-1]['worker']} (pid {victim}) while it held trial {trial.number}", flush=True)
         log = open(run_dir / "workers" / f"replacement-{len(kills)}.log", "wb")  # noqa: SIM115
         extra_workers.append(
             subprocess.Popen(
@@ -170,7 +176,7 @@ def fault(args: argparse.Namespace) -> dict:
     complete_counts = [sum(t.state == TrialState.COMPLETE for t in ts) for ts in groups.values()]
     result = {
         "workers": args.fault,
-        "kills": len(kills),
+        "kills": kills,
         "plans": len(groups),
         "trials": len(study.trials),
         "failed": sum(t.state == TrialState.FAIL for t in study.trials),
@@ -191,7 +197,8 @@ def fault(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--workers", default="1,2,4,8", help="worker counts to measure, in order")
     parser.add_argument("--gpus", help="GPU indices the workers are spread over (qra search --gpus)")
     parser.add_argument("--out", required=True, help="folder for the run folders")

@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from qradaptor.search.space import MemoryTable
 
 CUDA_CONTEXT_BYTES = 600 * 2**20
-"""A CUDA context and the kernels a worker loads, beyond its tensors (measured on an H100)."""
+"""A CUDA context and the kernels a worker loads, beyond its tensors (a typical size, not measured here)."""
+CUDA_ALLOCATOR_SLACK = 1.3
+"""Peak bytes PyTorch's caching allocator reserves per predicted tensor byte: a worker builds and
+frees a model per plan, and freed blocks stay reserved. Measured on an H100 (docs/SCALE.md):
+6,702-6,790 MiB reserved against 5,289 MiB of predicted tensors, a ratio of 1.27-1.28."""
 MIB = 2**20
 
 
@@ -67,7 +71,7 @@ def worker_bytes(
     dense, so each costs ``model_bytes``, the model's fp32 tensors), its ``QuantCache``
     (every block linear at every quantised bit-width of the space), and the adapters,
     gradients, AdamW moments and saved activations of the space's largest plan in fp32
-    (``memory.training_memory``); on CUDA also a context.
+    (``memory.training_memory``); on CUDA also the caching allocator's slack and a context.
     """
     from qradaptor.memory import plan_memory, quantized_nbytes, training_memory
     from qradaptor.plan import UNQUANTIZED
@@ -85,7 +89,8 @@ def worker_bytes(
         if bits != UNQUANTIZED
     )
     training = step.total - report.total_bytes + report.adapter_bytes  # beyond the frozen weights
-    return int(2 * model_bytes + training + cache + (CUDA_CONTEXT_BYTES if cuda else 0))
+    tensors = 2 * model_bytes + training + cache
+    return int(tensors * CUDA_ALLOCATOR_SLACK + CUDA_CONTEXT_BYTES) if cuda else int(tensors)
 
 
 def check_memory(devices: Sequence[str], per_worker: int, free: dict[str, int]) -> None:
