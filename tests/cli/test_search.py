@@ -197,3 +197,7 @@ def test_workers_options_are_checked(cli, tiny_model_dir, words, tmp_path) -> No
     assert code == 2 and "--gpus 0 was given but the device is cpu" in err
     code, _, err = search(cli, tiny_model_dir, words, tmp_path / "d", "--storage", "mysql-ish:/nowhere")
     assert code == 2 and "is not a database URL" in err
+    unreachable = "postgresql+psycopg2://me:secret@127.0.0.1:1/db"
+    code, _, err = search(cli, tiny_model_dir, words, tmp_path / "e", "--storage", unreachable)
+    assert code == 2 and "cannot open storage 'postgresql+psycopg2://me:***@127.0.0.1:1/db'" in err
+    assert not (tmp_path / "e").exists()

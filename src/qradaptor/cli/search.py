@@ -203,6 +203,10 @@ def search(
     table = search_space(structure, config)[1]
     check_budget(the_budget, table)  # before loading weights
     storage_url = storage or sqlite_url(run_dir / "study.db")
+    if storage:
+        from qradaptor.search.queue import open_storage
+
+        open_storage(storage)  # an unreachable server is refused before anything is loaded or written
     started = time.perf_counter()
     loaded = load_model(model, device=device)
     devices = _worker_devices(
@@ -226,6 +230,8 @@ def search(
         "eval_data": eval_data,
         "epoch_tokens": int(train_windows.numel()),
         "device": device,
+        "workers": devices,
+        "study": study,
         "config": _jsonable(config),
         "proxy": _jsonable(proxy),
     }
@@ -242,7 +248,7 @@ def search(
         queue = WorkerQueue(
             model_source=loaded.source,
             queue=settings,
-            on_ready=lambda _study: pool.start(),
+            on_ready=(lambda _study: pool.start()) if devices else None,
             check_alive=pool.check_alive if devices else None,
         )
         print(
