@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
+
     from qradaptor.models.structure import ModelStructure
     from qradaptor.search.queue import QueueSettings
     from qradaptor.search.space import MemoryTable
@@ -122,6 +124,52 @@ def free_memory(devices: Sequence[str]) -> dict[str, int]:
 
             free[device] = int(torch.cuda.mem_get_info(torch.device(device))[0])
     return free
+
+
+def local_worker_devices(
+    workers: int,
+    device: str,
+    gpus: Sequence[int] | None,
+    structure: ModelStructure,
+    table: MemoryTable,
+    model: torch.nn.Module,
+    batch_size: int,
+    seq_len: int,
+    group_size: int,
+) -> list[str]:
+    """The device of each of ``workers`` local workers, after checking they fit in memory.
+
+    Args:
+        workers: how many (0: none, and then ``gpus`` must be empty).
+        device: "cpu" or "cuda".
+        gpus: GPU indices to spread them over (None: every visible GPU).
+        structure, table: the searched model and space (``search_space``).
+        model: the loaded fp32 model (its bytes are a worker's base copy).
+        batch_size, seq_len, group_size: the proxy's batch and window, the plans' group size.
+
+    Raises:
+        ValueError: see ``place_workers`` and ``check_memory``.
+    """
+    if not workers:
+        if gpus:
+            raise ValueError("--gpus places local workers: give --workers N too")
+        return []
+    import torch
+
+    from qradaptor.memory import model_tensor_bytes
+
+    devices = place_workers(workers, device, gpus, torch.cuda.device_count() if device == "cuda" else 0)
+    per_worker = worker_bytes(
+        structure,
+        table,
+        model_tensor_bytes(model),  # the search loads fp32 weights, as each worker does
+        batch_size,
+        seq_len,
+        group_size,
+        cuda=device == "cuda",
+    )
+    check_memory(devices, per_worker, free_memory(devices))
+    return devices
 
 
 @dataclass

@@ -19,7 +19,6 @@ from qradaptor.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from qradaptor.search.pipeline import SearchOutcome
     from qradaptor.sensitivity import SensitivityTable
 
 GRANULARITIES = ("block", "module")
@@ -171,7 +170,9 @@ def search(
         raise ValueError(f"--output {output!r} is a file; give a folder for the run")
     given_sensitivity = _read_sensitivity(sensitivity) if sensitivity else None
 
+    from qradaptor.cli.search_output import print_outcome, write_run
     from qradaptor.data import load_texts, pack_texts
+    from qradaptor.launch import local_worker_devices
     from qradaptor.models.loading import load_model
     from qradaptor.search.bayes import BayesConfig
     from qradaptor.search.budget import check_budget
@@ -209,8 +210,8 @@ def search(
         open_storage(storage)  # an unreachable server is refused before anything is loaded or written
     started = time.perf_counter()
     loaded = load_model(model, device=device)
-    devices = _worker_devices(
-        workers, device, gpu_list, structure, table, loaded.model, proxy, seq_len, group_size
+    devices = local_worker_devices(
+        workers, device, gpu_list, structure, table, loaded.model, batch_size, seq_len, group_size
     )
     train_windows = pack_texts(load_texts(data), loaded.tokenizer, seq_len, seed=0)  # the whole corpus
     needed = steps * batch_size
@@ -280,43 +281,8 @@ def search(
         )
         return 130
     summary = write_run(run_dir, outcome, config, int(train_windows.numel()), time.perf_counter() - started)
-    _print(outcome, summary, run_dir)
+    print_outcome(outcome, summary, run_dir)
     return 0
-
-
-def _worker_devices(
-    workers: int,
-    device: str,
-    gpus: list[int] | None,
-    structure: Any,
-    table: Any,
-    model: Any,
-    proxy: Any,
-    seq_len: int,
-    group_size: int,
-) -> list[str]:
-    """The device of each local worker, after checking they fit in memory (none: [])."""
-    if not workers:
-        if gpus:
-            raise ValueError("--gpus places local workers: give --workers N too")
-        return []
-    import torch
-
-    from qradaptor.launch import check_memory, free_memory, place_workers, worker_bytes
-    from qradaptor.memory import model_tensor_bytes
-
-    devices = place_workers(workers, device, gpus, torch.cuda.device_count() if device == "cuda" else 0)
-    per_worker = worker_bytes(
-        structure,
-        table,
-        model_tensor_bytes(model),  # the search loads fp32 weights, as each worker does
-        proxy.batch_size,
-        seq_len,
-        group_size,
-        cuda=device == "cuda",
-    )
-    check_memory(devices, per_worker, free_memory(devices))
-    return devices
 
 
 def _read_sensitivity(path: str) -> SensitivityTable:
@@ -337,93 +303,6 @@ def _jsonable(obj: Any) -> Any:
     from dataclasses import asdict, is_dataclass
 
     return json.loads(json.dumps(asdict(obj) if is_dataclass(obj) else obj, default=str))
-
-
-def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: int, seconds: float) -> dict:
-    """Writes the run folder's results (each file atomically) and returns the summary."""
-    from qradaptor.search import report
-    from qradaptor.search.records import records_to_csv
-
-    records = list(outcome.records)
-    summary = report.summarise(records, pareto=outcome.pareto, chosen_number=outcome.chosen.number)
-    proxy_tokens = sum(r.tokens for r in records if r.phase != "reference")
-    summary.update(
-        {
-            "budget": config.budget.describe(),
-            "note": outcome.note,
-            "evaluated_this_run": outcome.evaluated,
-            "replayed_from_study": outcome.replayed,
-            "stage_seconds": {k: round(v, 3) for k, v in outcome.stage_seconds.items()},
-            "wall_seconds": round(seconds, 3),
-            "proxy_tokens": proxy_tokens,
-            "epoch_tokens": epoch_tokens,
-            "search_cost_epochs": proxy_tokens / epoch_tokens if epoch_tokens else None,
-        }
-    )
-    if outcome.unit_sensitivity is not None:
-        summary["bits_sensitivity_pearson"] = report.bits_sensitivity_correlation(
-            outcome.chosen.bits, outcome.unit_sensitivity
-        )
-    write = lambda name, text: write_text_atomic(run_dir / name, text, force=True)  # noqa: E731
-    write("plan.json", outcome.plan.to_json() + "\n")
-    write("trials.csv", records_to_csv(records))
-    write("trials.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in records))
-    by_number = {r.number: r for r in records}
-    write("pareto.json", json.dumps([by_number[n].to_dict() for n in outcome.pareto], indent=2) + "\n")
-    if outcome.sensitivity is not None:
-        write("sensitivity.json", json.dumps(outcome.sensitivity.to_dict(), indent=2) + "\n")
-        write("sensitivity.csv", outcome.sensitivity.to_csv())
-    write("summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    _plots(run_dir, outcome, config)
-    return summary
-
-
-def _plots(run_dir: Path, outcome: SearchOutcome, config: Any) -> None:
-    from qradaptor.plotting import can_plot
-
-    if not can_plot():
-        print("matplotlib is not installed: no plots (pip install 'qradaptor[plot]')", file=sys.stderr)
-        return
-    from qradaptor.search import report
-    from qradaptor.search.records import SEARCH_PHASES
-    from qradaptor.sensitivity import plot_sensitivity
-
-    records = list(outcome.records)
-    budget_bytes = config.budget.value if config.budget.kind == "bytes" else None
-    report.plot_pareto(records, run_dir / "pareto.png", pareto=outcome.pareto, budget_bytes=budget_bytes)
-    report.plot_plan_by_depth(
-        outcome.chosen.bits,
-        outcome.chosen.ranks,
-        run_dir / "plan_by_depth.png",
-        unit_names=outcome.space.unit_names,
-        title=f"chosen plan, {config.budget.describe()}",
-    )
-    if any(r.phase in SEARCH_PHASES for r in records):  # not when the budget let nothing be searched
-        report.plot_progress(records, run_dir / "progress.png")
-    if outcome.unit_sensitivity is not None:
-        report.plot_bits_vs_sensitivity(
-            outcome.chosen.bits, outcome.unit_sensitivity, run_dir / "bits_vs_sensitivity.png"
-        )
-    if outcome.sensitivity is not None:
-        plot_sensitivity(outcome.sensitivity, run_dir / "sensitivity.png")
-
-
-def _print(outcome: SearchOutcome, summary: dict, run_dir: Path) -> None:
-    from qradaptor.search import report
-
-    if outcome.note:
-        print(outcome.note)
-    print(report.format_summary(summary))
-    chosen = outcome.chosen
-    print(
-        f"chosen plan: proxy loss {chosen.loss:.4f}, {chosen.avg_bits:.3f} avg bits, {chosen.bytes} bytes; "
-        f"bits {' '.join(map(str, chosen.bits))}; ranks {' '.join(map(str, chosen.ranks))}"
-    )
-    print(
-        f"{outcome.evaluated} plans tuned, {outcome.replayed} read from the study; "
-        f"search cost {summary['search_cost_epochs']:.3f} epochs of the training data"
-    )
-    print(f"run folder: {run_dir}  (qra eval --plan {run_dir / 'plan.json'})")
 
 
 VERB = search

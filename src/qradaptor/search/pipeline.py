@@ -18,14 +18,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qradaptor.fingerprint import tensor_digest, weights_digest
-from qradaptor.search.bayes import BayesConfig, front_members, refine
+from qradaptor.search.bayes import front_members, refine
 from qradaptor.search.budget import Budget, check_budget, violations
+from qradaptor.search.definition import (  # noqa: F401 - re-exported: the search's public names
+    SearchConfig,
+    WorkerQueue,
+    reference_plans,
+    search_fingerprint,
+    search_space,
+)
 from qradaptor.search.evolve import run_nsga2
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.records import SEARCH_PHASES, TrialRecord
@@ -38,82 +44,13 @@ from qradaptor.search.study import (
 )
 
 if TYPE_CHECKING:
-    import optuna
     import torch
     from torch import nn
 
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
     from qradaptor.quant.cache import QuantCache
-    from qradaptor.search.queue import QueueSettings
     from qradaptor.sensitivity import SensitivityTable
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """What to search and how; the defaults follow the paper's main setting."""
-
-    budget: Budget
-    """The memory budget every returned plan meets."""
-    bits: tuple[int, ...] = (2, 3, 4, 8)
-    """Bit-width choices per unit."""
-    ranks: tuple[int, ...] = (4, 8, 16)
-    """LoRA rank choices per unit."""
-    granularity: str = "block"
-    """"block" (the paper's) or "module": one (bits, rank) per block or per linear."""
-    fixed_bits: int | None = None
-    """Rank-only ablation: every unit at these bits."""
-    fixed_rank: int | None = None
-    """Bits-only ablation (AMQ-like): every unit at this rank."""
-    profile: bool = True
-    """Use the sensitivity profile for the initial population and repair (False: random)."""
-    references: bool = True
-    """Score the uniform plans of the space at ``reference_rank`` for comparison."""
-    reference_rank: int = 16
-    """Rank of the reference uniform plans (the largest rank choice if not among them)."""
-    population: int = 5
-    """NSGA-II population size P."""
-    offspring: int = 1
-    """NSGA-II children per generation O."""
-    generations: int = 5
-    """NSGA-II generations."""
-    mutation_rate: float | None = None
-    """Per-gene proximity-mutation probability; None is 1 / units."""
-    bayes: BayesConfig = field(default_factory=BayesConfig)
-    """Refinement settings; ``BayesConfig(iterations=0)`` switches the stage off."""
-    seed: int = 0
-    """Seeds every random choice of the search."""
-    group_size: int = 64
-    """Quantisation group size of every plan."""
-    quant_method: str = "hqq"
-    """How codes are fitted: "hqq" or "rtn"."""
-    alpha: float = 16.0
-    """LoRA alpha of every plan (scaling alpha / r)."""
-
-    @property
-    def evaluations(self) -> int:
-        """Upper bound on the search's proxy evaluations (references excluded)."""
-        return self.population + self.offspring * self.generations + self.bayes.iterations * self.bayes.batch
-
-
-@dataclass(frozen=True)
-class WorkerQueue:
-    """How ``run_search`` hands its plans to worker processes (see ``queue`` and ``job``)."""
-
-    model_source: str
-    """The model as workers should load it: hub id, folder or GGUF file."""
-    queue: QueueSettings = field(default_factory=lambda: _queue_settings())
-    """Heartbeat, retry and polling settings."""
-    on_ready: Callable[[optuna.Study], None] | None = None
-    """Called once the study holds the job, before profiling: start local workers here."""
-    check_alive: Callable[[], None] | None = None
-    """Called while waiting for workers; raises to stop the search (e.g. every worker exited)."""
-
-
-def _queue_settings() -> QueueSettings:
-    from qradaptor.search.queue import QueueSettings
-
-    return QueueSettings()
 
 
 @dataclass(frozen=True)
@@ -142,69 +79,6 @@ class SearchOutcome:
     """Plans answered from the study."""
     note: str = ""
     """Why the search took a shortcut, e.g. a budget above the largest plan."""
-
-
-def search_fingerprint(
-    model: nn.Module,
-    structure_signature: str,
-    train_ids: torch.Tensor,
-    eval_ids: torch.Tensor,
-    config: SearchConfig,
-    proxy: ProxyConfig,
-) -> dict[str, Any]:
-    """Everything that decides a proxy score (see ``study``): a study is resumable under it."""
-    return {
-        "model_signature": structure_signature,
-        "weights": weights_digest(model),
-        "data": tensor_digest(train_ids, eval_ids),
-        "proxy": asdict(proxy),
-        "bits": list(config.bits) if config.fixed_bits is None else [config.fixed_bits],
-        "ranks": list(config.ranks) if config.fixed_rank is None else [config.fixed_rank],
-        "granularity": config.granularity,
-        "group_size": config.group_size,
-        "quant_method": config.quant_method,
-        "alpha": config.alpha,
-    }
-
-
-def search_space(
-    structure: ModelStructure, config: SearchConfig
-) -> tuple[SearchSpace, MemoryTable, dict[str, Any]]:
-    """The space, its memory table and the Plan settings of a search of ``config`` on a model.
-
-    Cheap (no weights needed): callers check a budget with it before loading anything heavy.
-    """
-    space = SearchSpace.for_structure(
-        structure,
-        config.granularity,
-        bits=config.bits,
-        ranks=config.ranks,
-        fixed_bits=config.fixed_bits,
-        fixed_rank=config.fixed_rank,
-    )
-    plan_kwargs = {
-        "group_size": config.group_size,
-        "quant_method": config.quant_method,
-        "alpha": config.alpha,
-        "model_signature": structure.signature,
-    }
-    return space, MemoryTable.build(structure, space, **plan_kwargs), plan_kwargs
-
-
-def reference_plans(
-    space: SearchSpace, config: SearchConfig, plan_kwargs: dict[str, Any]
-) -> list[tuple[Plan, str]]:
-    """(plan, name) of the uniform plan of every bit choice at the reference rank (or the largest rank)."""
-    ranks = space.rank_choices
-    rank = config.reference_rank if config.reference_rank in ranks else ranks[-1]
-    plans = []
-    for b in space.bit_choices:
-        genome = np.tile([space.bit_choices.index(b), ranks.index(rank)], (space.num_units, 1)).astype(
-            np.int64
-        )
-        plan = space.to_plan(genome, **plan_kwargs)
-        plans.append((plan, f"uniform-{b}bit-r{rank}"))
-    return plans
 
 
 def pareto_numbers(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> tuple[int, ...]:

@@ -1,0 +1,100 @@
+"""The run folder of ``qra search``: results, plots and the printed summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qradaptor.cli.common import write_text_atomic
+
+if TYPE_CHECKING:
+    from qradaptor.search.pipeline import SearchOutcome
+
+
+def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: int, seconds: float) -> dict:
+    """Writes the run folder's results (each file atomically) and returns the summary."""
+    from qradaptor.search import report
+    from qradaptor.search.records import records_to_csv
+
+    records = list(outcome.records)
+    summary = report.summarise(records, pareto=outcome.pareto, chosen_number=outcome.chosen.number)
+    proxy_tokens = sum(r.tokens for r in records if r.phase != "reference")
+    summary.update(
+        {
+            "budget": config.budget.describe(),
+            "note": outcome.note,
+            "evaluated_this_run": outcome.evaluated,
+            "replayed_from_study": outcome.replayed,
+            "stage_seconds": {k: round(v, 3) for k, v in outcome.stage_seconds.items()},
+            "wall_seconds": round(seconds, 3),
+            "proxy_tokens": proxy_tokens,
+            "epoch_tokens": epoch_tokens,
+            "search_cost_epochs": proxy_tokens / epoch_tokens if epoch_tokens else None,
+        }
+    )
+    if outcome.unit_sensitivity is not None:
+        summary["bits_sensitivity_pearson"] = report.bits_sensitivity_correlation(
+            outcome.chosen.bits, outcome.unit_sensitivity
+        )
+    write = lambda name, text: write_text_atomic(run_dir / name, text, force=True)  # noqa: E731
+    write("plan.json", outcome.plan.to_json() + "\n")
+    write("trials.csv", records_to_csv(records))
+    write("trials.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    by_number = {r.number: r for r in records}
+    write("pareto.json", json.dumps([by_number[n].to_dict() for n in outcome.pareto], indent=2) + "\n")
+    if outcome.sensitivity is not None:
+        write("sensitivity.json", json.dumps(outcome.sensitivity.to_dict(), indent=2) + "\n")
+        write("sensitivity.csv", outcome.sensitivity.to_csv())
+    write("summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    _plots(run_dir, outcome, config)
+    return summary
+
+
+def _plots(run_dir: Path, outcome: SearchOutcome, config: Any) -> None:
+    from qradaptor.plotting import can_plot
+
+    if not can_plot():
+        print("matplotlib is not installed: no plots (pip install 'qradaptor[plot]')", file=sys.stderr)
+        return
+    from qradaptor.search import report
+    from qradaptor.search.records import SEARCH_PHASES
+    from qradaptor.sensitivity import plot_sensitivity
+
+    records = list(outcome.records)
+    budget_bytes = config.budget.value if config.budget.kind == "bytes" else None
+    report.plot_pareto(records, run_dir / "pareto.png", pareto=outcome.pareto, budget_bytes=budget_bytes)
+    report.plot_plan_by_depth(
+        outcome.chosen.bits,
+        outcome.chosen.ranks,
+        run_dir / "plan_by_depth.png",
+        unit_names=outcome.space.unit_names,
+        title=f"chosen plan, {config.budget.describe()}",
+    )
+    if any(r.phase in SEARCH_PHASES for r in records):  # not when the budget let nothing be searched
+        report.plot_progress(records, run_dir / "progress.png")
+    if outcome.unit_sensitivity is not None:
+        report.plot_bits_vs_sensitivity(
+            outcome.chosen.bits, outcome.unit_sensitivity, run_dir / "bits_vs_sensitivity.png"
+        )
+    if outcome.sensitivity is not None:
+        plot_sensitivity(outcome.sensitivity, run_dir / "sensitivity.png")
+
+
+def print_outcome(outcome: SearchOutcome, summary: dict, run_dir: Path) -> None:
+    from qradaptor.search import report
+
+    if outcome.note:
+        print(outcome.note)
+    print(report.format_summary(summary))
+    chosen = outcome.chosen
+    print(
+        f"chosen plan: proxy loss {chosen.loss:.4f}, {chosen.avg_bits:.3f} avg bits, {chosen.bytes} bytes; "
+        f"bits {' '.join(map(str, chosen.bits))}; ranks {' '.join(map(str, chosen.ranks))}"
+    )
+    print(
+        f"{outcome.evaluated} plans tuned, {outcome.replayed} read from the study; "
+        f"search cost {summary['search_cost_epochs']:.3f} epochs of the training data"
+    )
+    print(f"run folder: {run_dir}  (qra eval --plan {run_dir / 'plan.json'})")
