@@ -55,7 +55,7 @@ def worker(
     settings = QueueSettings(heartbeat_seconds=heartbeat, grace_seconds=grace)
     # The search stops local workers with SIGTERM: let it unwind like Ctrl-C, so a plan in
     # progress goes back to the queue at once instead of after the grace period.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = run_worker(
             storage,
@@ -71,6 +71,8 @@ def worker(
     except KeyboardInterrupt:
         print("worker stopped; its plan in progress went back to the queue", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     peak = f"; peak {summary.peak_memory / 2**20:,.0f} MiB reserved on the GPU" if summary.peak_memory else ""
     print(
         f"worker done: {summary.scored} scored, {summary.failed} failed, "
