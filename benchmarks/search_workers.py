@@ -58,6 +58,7 @@ def _rate(run_dir: Path) -> dict:
     for t in trials:
         per_worker[t.user_attrs.get("worker", "?")] = per_worker.get(t.user_attrs.get("worker", "?"), 0) + 1
     summary = json.loads((run_dir / "summary.json").read_text())
+    settings = json.loads((run_dir / "config.json").read_text())
     peaks = []
     for log in sorted((run_dir / "workers").glob("worker-*.log")):
         for line in log.read_text(errors="replace").splitlines():
@@ -73,23 +74,8 @@ def _rate(run_dir: Path) -> dict:
         "stage_s": summary.get("stage_seconds"),
         "chosen_loss": (summary.get("chosen") or {}).get("loss"),
         "peak_reserved_mib": max(peaks) if peaks else None,
+        "predicted_mib": settings["worker_bytes_predicted"] / 2**20,  # launch.worker_bytes, per worker
     }
-
-
-def _predicted_mib(workers: int) -> float:
-    from qradaptor.cli.common import load_structure
-    from qradaptor.launch import worker_bytes
-    from qradaptor.search.budget import parse_budget
-    from qradaptor.search.pipeline import SearchConfig, search_space
-
-    structure = load_structure(None)[1]
-    table = search_space(structure, SearchConfig(budget=parse_budget("4.0bits")))[1]
-    fp32 = 4 * (
-        structure.num_blocks * sum(lin.in_features * lin.out_features for lin in structure.linears)
-        + structure.embed_shape[0] * structure.embed_shape[1] * (1 if structure.tied else 2)
-        + structure.other_numel
-    )
-    return worker_bytes(structure, table, fp32, 4, 512, 64, cuda=True) / 2**20
 
 
 def throughput(args: argparse.Namespace) -> list[dict]:
@@ -113,7 +99,7 @@ def throughput(args: argparse.Namespace) -> list[dict]:
             f"{r['plans_per_min'] / rows[0]['plans_per_min']:.2f} | {r['mean_trial_s']:.1f} | "
             f"{r['peak_reserved_mib'] or float('nan'):.0f} |"
         )
-    print(f"predicted per worker (launch.worker_bytes): {_predicted_mib(1):.0f} MiB")
+    print(f"predicted per worker (launch.worker_bytes): {rows[-1]['predicted_mib']:.0f} MiB")
     return rows
 
 

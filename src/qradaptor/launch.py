@@ -136,8 +136,9 @@ def local_worker_devices(
     batch_size: int,
     seq_len: int,
     group_size: int,
-) -> list[str]:
-    """The device of each of ``workers`` local workers, after checking they fit in memory.
+) -> tuple[list[str], int]:
+    """The device of each of ``workers`` local workers, and the predicted peak bytes of one,
+    after checking that they fit in memory.
 
     Args:
         workers: how many (0: none, and then ``gpus`` must be empty).
@@ -153,7 +154,7 @@ def local_worker_devices(
     if not workers:
         if gpus:
             raise ValueError("--gpus places local workers: give --workers N too")
-        return []
+        return [], 0
     import torch
 
     from qradaptor.memory import model_tensor_bytes
@@ -169,7 +170,7 @@ def local_worker_devices(
         cuda=device == "cuda",
     )
     check_memory(devices, per_worker, free_memory(devices))
-    return devices
+    return devices, per_worker
 
 
 @dataclass

@@ -71,16 +71,12 @@ def check_job_inputs(
     Raises:
         ValueError: naming each differing fingerprint field (model structure, weights, data).
     """
-    from qradaptor.fingerprint import tensor_digest, weights_digest
     from qradaptor.models.structure import inspect_model
+    from qradaptor.search.definition import inputs_fingerprint
     from qradaptor.search.study import FINGERPRINT_ATTR, fingerprint_differences
 
     stored = study.user_attrs.get(FINGERPRINT_ATTR) or {}
-    mine = {
-        "model_signature": inspect_model(model).signature,
-        "weights": weights_digest(model),
-        "data": tensor_digest(train_ids, eval_ids),
-    }
+    mine = inputs_fingerprint(model, inspect_model(model).signature, train_ids, eval_ids)
     differences = fingerprint_differences({k: stored.get(k) for k in mine}, mine)
     if differences:
         raise ValueError(

@@ -210,7 +210,7 @@ def search(
         open_storage(storage)  # an unreachable server is refused before anything is loaded or written
     started = time.perf_counter()
     loaded = load_model(model, device=device)
-    devices = local_worker_devices(
+    devices, worker_bytes = local_worker_devices(
         workers, device, gpu_list, structure, table, loaded.model, batch_size, seq_len, group_size
     )
     train_windows = pack_texts(load_texts(data), loaded.tokenizer, seq_len, seed=0)  # the whole corpus
@@ -232,6 +232,7 @@ def search(
         "epoch_tokens": int(train_windows.numel()),
         "device": device,
         "workers": devices,
+        "worker_bytes_predicted": worker_bytes,
         "study": study,
         "config": _jsonable(config),
         "proxy": _jsonable(proxy),

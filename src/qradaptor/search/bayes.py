@@ -109,7 +109,7 @@ def choose_batch(model: Any, x: npt.NDArray[np.float64], best: float, batch: int
     instead of taking ``batch`` near-copies of the best point.
     """
     if batch == 1 or len(x) <= 1:
-        return [int(np.argmax(log_expected_improvement(model, x, best)))][: len(x)]
+        return [int(np.argmax(log_expected_improvement(model, x, best)))]
     import torch
     from botorch.acquisition.logei import qLogExpectedImprovement
     from botorch.acquisition.objective import LinearMCObjective

@@ -17,6 +17,7 @@ from qradaptor.fingerprint import tensor_digest, weights_digest
 from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import Budget
 from qradaptor.search.proxy import ProxyConfig
+from qradaptor.search.queue import QueueSettings
 from qradaptor.search.space import MemoryTable, SearchSpace
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
-    from qradaptor.search.queue import QueueSettings
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class WorkerQueue:
 
     model_source: str
     """The model as workers should load it: hub id, folder or GGUF file."""
-    queue: QueueSettings = field(default_factory=lambda: _queue_settings())
+    queue: QueueSettings = field(default_factory=QueueSettings)
     """Heartbeat, retry and polling settings."""
     on_ready: Callable[[optuna.Study], None] | None = None
     """Called once the study holds the job, before profiling: start local workers here."""
@@ -90,10 +90,15 @@ class WorkerQueue:
     """Called while waiting for workers; raises to stop the search (e.g. every worker exited)."""
 
 
-def _queue_settings() -> QueueSettings:
-    from qradaptor.search.queue import QueueSettings
-
-    return QueueSettings()
+def inputs_fingerprint(
+    model: nn.Module, structure_signature: str, train_ids: torch.Tensor, eval_ids: torch.Tensor
+) -> dict[str, str]:
+    """The model and data part of ``search_fingerprint``: what a worker checks it loaded."""
+    return {
+        "model_signature": structure_signature,
+        "weights": weights_digest(model),
+        "data": tensor_digest(train_ids, eval_ids),
+    }
 
 
 def search_fingerprint(
@@ -106,9 +111,7 @@ def search_fingerprint(
 ) -> dict[str, Any]:
     """Everything that decides a proxy score (see ``study``): a study is resumable under it."""
     return {
-        "model_signature": structure_signature,
-        "weights": weights_digest(model),
-        "data": tensor_digest(train_ids, eval_ids),
+        **inputs_fingerprint(model, structure_signature, train_ids, eval_ids),
         "proxy": asdict(proxy),
         "bits": list(config.bits) if config.fixed_bits is None else [config.fixed_bits],
         "ranks": list(config.ranks) if config.fixed_rank is None else [config.fixed_rank],
