@@ -1,4 +1,5 @@
-"""The ``qra`` command line: verbs info, plan, memory, eval, profile, search, worker, train and export.
+"""The ``qra`` command line: verbs info, plan, memory, eval, profile, search, worker, train, export
+and experiment.
 
 Each verb is a typed function in its own module (``info.py``, ``plan.py``, ``memory.py``)
 whose docstring is its help: the summary becomes the verb's description and the ``Args:``
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from qradaptor.cli import eval as eval_verb
+from qradaptor.cli import experiment as experiment_verb
 from qradaptor.cli import export as export_verb
 from qradaptor.cli import info as info_verb
 from qradaptor.cli import memory as memory_verb
@@ -39,6 +41,7 @@ VERBS = (
     worker_verb,
     train_verb,
     export_verb,
+    experiment_verb,
 )
 """Modules that each define ``VERB`` (a function) and ``add_arguments(parser, help)``."""
 

@@ -1,0 +1,217 @@
+"""``qra experiment``: run experiment files (methods x budgets x seeds) end to end, then tabulate them."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qradaptor.cli.common import DEVICES, check_device
+
+if TYPE_CHECKING:
+    from qradaptor.experiment.config import Experiment
+
+
+def _check_commands(experiments: list[Experiment]) -> None:
+    """Parses every command with its verb's own parser, so a bad option fails before anything runs."""
+    from qradaptor.cli import build_parser
+
+    parser = build_parser()
+    seen: set[str] = set()
+    for experiment in experiments:
+        for cell in experiment.cells:
+            steps = ([cell.search.step] if cell.search else []) + list(cell.steps)
+            for step in steps:
+                if step.command in seen:
+                    continue
+                seen.add(step.command)
+                err = io.StringIO()
+                try:
+                    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                        parser.parse_args([step.verb, *step.argv])
+                except SystemExit:
+                    message = (
+                        err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "bad options"
+                    )
+                    raise ValueError(
+                        f"{experiment.source}: {cell.label} makes a command its verb refuses: "
+                        f"{step.command}: {message}"
+                    ) from None
+
+
+def _select(experiments: list[Experiment], only: str | None) -> list[Experiment]:
+    """Keeps the experiments, or their labels, named by --only."""
+    from dataclasses import replace
+
+    if only is None:
+        return experiments
+    names = {n.strip() for n in only.split(",") if n.strip()}
+    known = {e.name for e in experiments} | {c.label for e in experiments for c in e.cells}
+    known |= {c.label.split("@")[0] for e in experiments for c in e.cells}
+    unknown = sorted(names - known)
+    if unknown:
+        raise ValueError(
+            f"--only {unknown[0]!r} is no experiment or label here; known: {', '.join(sorted(known))}"
+        )
+    kept = []
+    for e in experiments:
+        if e.name in names:
+            kept.append(e)
+            continue
+        cells = tuple(c for c in e.cells if c.label in names or c.label.split("@")[0] in names)
+        if cells:
+            kept.append(replace(e, cells=cells))
+    return kept
+
+
+def _gpu_list(gpus: str | None, device: str) -> list[int]:
+    if gpus is None:
+        return []
+    if device == "cpu":
+        raise ValueError("--gpus goes with a GPU; it was given with --device cpu")
+    parts = [p.strip() for p in gpus.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"--gpus must be GPU indices separated by commas (e.g. 0,1), got {gpus!r}")
+    import torch
+
+    count = torch.cuda.device_count()
+    bad = [int(p) for p in parts if int(p) >= count]
+    if bad:
+        raise ValueError(
+            f"--gpus {gpus}: GPU {bad[0]} does not exist; this machine has {count} (0..{count - 1})"
+        )
+    return [int(p) for p in parts]
+
+
+def experiment(
+    config: list[str],
+    *,
+    output: str,
+    jobs: int = 1,
+    gpus: str | None = None,
+    device: str = "auto",
+    only: str | None = None,
+    dry_run: bool = False,
+    report_only: bool = False,
+) -> int:
+    """Run experiment files end to end (search, train, eval per cell), then write their results.
+
+    An experiment file (YAML; see configs/ and docs/RESULTS.md) lists methods, budgets and
+    seeds. Each (method, budget, seed) is a cell: a folder DIR/NAME/LABEL/seedK holding
+    its fine-tune (train/), its evaluation (eval.json), its logs and cell.json with the qra
+    commands that reproduce it. Searched methods run `qra search` first, once per budget and
+    seed, into DIR/searches/ (shared by every cell that trains that plan).
+
+    Running the same command again resumes: finished steps are skipped, a killed fine-tune
+    continues from its checkpoint, a killed search from its study, and failed cells are
+    tried again. At the end each experiment gets results.md, results.json and plots in
+    DIR/NAME, made from the cell folders (--report-only makes them without running).
+
+    Args:
+        config: experiment files (YAML); several share one DIR and its searches
+        output: the experiments' folder
+        jobs: steps run at once, as separate processes (several fit on one GPU for small
+            models)
+        gpus: comma-separated GPU indices the steps are spread over (default: all that the
+            processes see)
+        device: auto (cuda if available), cpu or cuda, for every search, train and eval
+        only: comma-separated experiment names or labels to run (e.g. pilot or qra@3.5bits)
+        dry_run: print the commands that would run, and run nothing
+        report_only: write the results from the cell folders as they are, and run nothing
+    """
+    from qradaptor.experiment.config import load
+    from qradaptor.experiment.runner import pending_steps, plan_jobs
+
+    check_device(device)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if dry_run and report_only:
+        raise ValueError("give --dry-run or --report-only, not both")
+    root = Path(output)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--output {output!r} is a file; it must be a folder (created if missing)")
+    experiments = [load(path, root) for path in config]
+    names = [e.name for e in experiments]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"two experiment files have the name {sorted(n for n in names if names.count(n) > 1)[0]!r}"
+        )
+    experiments = _select(experiments, only)
+    _check_commands(experiments)
+    job_list = plan_jobs(experiments)
+    if dry_run:
+        todo = pending_steps(job_list)
+        for name, step in todo:
+            print(f"{name}: {step.command}")
+        print(f"{len(todo)} commands to run, in {len(job_list)} jobs")
+        return 0
+    failed: dict[str, str] = {}
+    if not report_only:
+        failed = _run(job_list, jobs, _gpu_list(gpus, device), device)
+    for e in experiments:
+        _report(e, root)
+    if failed:
+        print(f"{len(failed)} jobs failed (run the same command again to retry them):", file=sys.stderr)
+        for name, why in failed.items():
+            print(f"  {name}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(job_list: list, jobs: int, gpus: list[int], device: str) -> dict[str, str]:
+    from tqdm.auto import tqdm
+
+    from qradaptor.experiment.runner import Runner, pending_steps
+
+    todo = len(pending_steps(job_list))
+    start = time.monotonic()
+    with tqdm(total=todo, desc="experiment steps", unit="step", dynamic_ncols=True) as bar:
+
+        def on_step(name: str, step: Any, seconds: float, ok: bool) -> None:
+            bar.update(1)
+            bar.write(f"{'done' if ok else 'FAILED'} {name}: qra {step.verb} ({seconds:.0f} s)")
+
+        runner = Runner(job_list, workers=jobs, gpus=gpus, device=device, on_step=on_step)
+        try:
+            summary = runner.run()
+        except KeyboardInterrupt:
+            print("stopped; run the same command again to resume", file=sys.stderr)
+            raise SystemExit(130) from None
+    print(
+        f"{summary.steps_run} commands run in {time.monotonic() - start:.0f} s; "
+        f"{len(summary.done)} jobs done, {len(summary.failed)} failed"
+    )
+    return summary.failed
+
+
+def _report(experiment: Experiment, root: Path) -> None:
+    from qradaptor.experiment.report import collect, summarise, write_report
+
+    folder = root / experiment.name
+    if not folder.is_dir():
+        print(f"{experiment.name}: no cell has run yet; no results")
+        return
+    # Labels of an experiment run only in part (--only) have no folder yet.
+    cells = collect(folder, [label for label in experiment.labels if (folder / label).is_dir()])
+    summary = summarise(cells, reference=experiment.reference)
+    paths = write_report(folder, summary, cells)
+    print(f"{experiment.name}: " + ", ".join(str(p) for p in paths))
+
+
+VERB = experiment
+
+
+def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, Any]) -> None:
+    """Options of ``qra experiment``."""
+    parser.add_argument("config", nargs="+", metavar="CONFIG.yaml", help=helps["config"])
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help=helps["output"])
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help=helps["jobs"])
+    parser.add_argument("--gpus", metavar="0,1", help=helps["gpus"])
+    parser.add_argument("--device", choices=DEVICES, default="auto", help=helps["device"])
+    parser.add_argument("--only", metavar="NAMES", help=helps["only"])
+    parser.add_argument("--dry-run", action="store_true", help=helps["dry_run"])
+    parser.add_argument("--report-only", action="store_true", help=helps["report_only"])

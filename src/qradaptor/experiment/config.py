@@ -1,0 +1,415 @@
+"""An experiment file (YAML) read into cells: methods x budgets x seeds, each a list of qra commands.
+
+A cell is one (method, budget, seed) run end to end. Its steps are ordinary ``qra``
+command lines, so the folder it leaves is what a user running those commands by hand
+would get, and every number in a results table can be re-made from the line next to it:
+
+    [qra plan ...]       a hand-made plan (e.g. the pilot study's Configs C and D)
+    [qra search ...]     a searched plan; shared by every cell with the same search
+    qra train ...        the fine-tune (its run folder: train/)
+    qra eval --run ...   the evaluation of exactly what was trained (eval.json)
+
+The file::
+
+    name: pilot                      # folder under -o, and the results' title
+    description: ...                 # one paragraph for the results page
+    model: null                      # hub id, directory or .gguf; omitted: embedded SmolLM2
+    seeds: [0, 1, 2]
+    reference: lora16                # tokens/s are also given relative to this label
+    train: {epochs: 1, batch_size: 32}    # qra train options of every cell
+    eval: {tasks: suite, limit: 1000}     # qra eval options of every cell
+    search: {steps: 30}                   # qra search options of every searched method
+    methods:
+      - label: lora16
+        method: lora16
+      - label: C
+        plan: {bits: 4x15,2x15, ranks: 8x15,16x15}
+      - label: qra
+        search: {}                   # this method's own search options, over the shared ones
+        budgets: [3.5bits, 5.0bits]
+
+Options are written as in the command line with ``_`` for ``-`` (``batch_size: 32`` is
+``--batch-size 32``); ``true`` is a bare flag, a list is joined by commas. The CLI checks
+each command against the verb's own parser before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TOP_KEYS = ("name", "description", "model", "seeds", "reference", "train", "eval", "search", "methods")
+"""Keys an experiment file may have."""
+METHOD_KEYS = ("label", "method", "plan", "search", "budgets", "search_seed", "train", "seeds")
+"""Keys a ``methods`` entry may have."""
+RESERVED = {
+    "plan": ("output", "force", "bits", "ranks", "uniform", "baseline"),
+    "search": ("output", "seed", "budget", "workers", "storage", "study", "device"),
+    "train": ("output", "seed", "plan", "method", "resume", "force", "no_progress", "device", "eval_tasks"),
+    "eval": ("output", "run", "plan", "adapter", "force", "json", "device"),
+}
+"""Options each verb gets from the experiment itself, so a file may not set them."""
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_REPEAT = re.compile(r"^\s*(-?\d+)\s*(?:x\s*(\d+))?\s*$")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One qra command of a cell."""
+
+    verb: str
+    """plan, search, train or eval."""
+    argv: tuple[str, ...]
+    """Its arguments after ``qra VERB``."""
+    done: Path
+    """The file whose presence means this step has finished."""
+
+    @property
+    def command(self) -> str:
+        """The shell line that runs it."""
+        import shlex
+
+        return shlex.join(["qra", self.verb, *self.argv])
+
+
+@dataclass(frozen=True)
+class Search:
+    """One ``qra search``, run once however many cells train its plan."""
+
+    key: str
+    """Folder name under ``DIR/searches``: budget, seed and a digest of the command."""
+    step: Step
+    """The search command; its ``done`` is the chosen plan.json."""
+
+    @property
+    def plan(self) -> Path:
+        """The plan the search chooses."""
+        return self.step.done
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (method, budget, seed) of an experiment: its folder and its commands."""
+
+    experiment: str
+    """The experiment's name."""
+    label: str
+    """The method's label, with ``@BUDGET`` for a searched one (e.g. qra@3.5bits)."""
+    method: str
+    """The ``qra train --method`` it trains with."""
+    budget: str | None
+    """The search budget, or None."""
+    seed: int
+    """Seed of the fine-tune (and of the search, unless the method fixes search_seed)."""
+    folder: Path
+    """``DIR/<experiment>/<label>/seed<k>``."""
+    steps: tuple[Step, ...]
+    """Its own commands, in order (the search is not among them: see ``search``)."""
+    search: Search | None = None
+    """The search whose plan it trains, or None."""
+
+    @property
+    def commands(self) -> list[str]:
+        """Every shell line that reproduces the cell, the search's first."""
+        return ([self.search.step.command] if self.search else []) + [s.command for s in self.steps]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment file, read."""
+
+    name: str
+    """Folder under the output and the results' title."""
+    description: str
+    """A paragraph for the results page."""
+    source: Path
+    """The file it was read from."""
+    labels: tuple[str, ...]
+    """Row order of the results (with budgets)."""
+    reference: str | None
+    """Label whose tokens/s the others are divided by."""
+    cells: tuple[Cell, ...] = field(default_factory=tuple)
+    """Every cell, method by method, budget by budget, seed by seed."""
+
+
+def _where(source: Path, key: str) -> str:
+    return f"{source}: {key}"
+
+
+def _options_argv(options: Any, verb: str, where: str) -> list[str]:
+    """``{batch_size: 32, text: true}`` -> ``["--batch-size", "32", "--text"]``."""
+    if options is None:
+        return []
+    if not isinstance(options, dict):
+        raise ValueError(f"{where} must be a mapping of qra {verb} options, got {options!r}")
+    argv: list[str] = []
+    for key, value in options.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+            raise ValueError(f"{where}: option names are like batch_size, got {key!r}")
+        if key in RESERVED[verb]:
+            raise ValueError(
+                f"{where}: {key} is set by qra experiment for every cell; the file may not set it "
+                f"(set by it: {', '.join(RESERVED[verb])})"
+            )
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            argv += [flag, ",".join(str(v) for v in value)]
+        elif isinstance(value, dict):
+            raise ValueError(f"{where}: {key} must be a number, a string, true or a list, got {value!r}")
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def expand_per_block(value: Any, where: str) -> str:
+    """``4``, ``[4, 4, 2]`` or ``"4x15,2x15"`` -> the comma list ``qra plan --bits`` takes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where} must be a number, a list or like 4x15,2x15, got {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, str) and value.strip():
+        out: list[str] = []
+        for part in value.split(","):
+            match = _REPEAT.match(part)
+            if match is None:
+                raise ValueError(f"{where} parts are N or NxCOUNT (e.g. 4x15,2x15), got {part!r}")
+            out += [match.group(1)] * int(match.group(2) or 1)
+        return ",".join(out)
+    raise ValueError(f"{where} must be a number, a list or like 4x15,2x15, got {value!r}")
+
+
+def _seeds(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(s, int) and s >= 0 for s in value):
+        raise ValueError(f"{where} must be a non-empty list of integers >= 0, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{where} repeats a seed: {value}")
+    return value
+
+
+def _check_keys(entry: dict, accepted: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(entry) - set(accepted))
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; accepted: {', '.join(accepted)}")
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{where} must be letters, digits, '.', '_', '+' or '-' (a folder name), got {value!r}"
+        )
+    return value
+
+
+def search_key(budget: str, seed: int, argv: list[str]) -> str:
+    """The search folder's name: readable budget and seed, plus a digest of the whole command."""
+    digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:8]
+    return f"{budget}-s{seed}-{digest}"
+
+
+def load(path: str | Path, output: str | Path) -> Experiment:
+    """Reads an experiment file into its cells under ``output``.
+
+    Args:
+        path: the YAML file.
+        output: the experiments' folder (``qra experiment -o``).
+
+    Returns:
+        The experiment; nothing is run or written.
+
+    Raises:
+        ValueError: a missing file, bad YAML or any key or value the format does not accept,
+            naming the file, the key and what is accepted.
+    """
+    import yaml
+
+    source, root = Path(path), Path(output)
+    if not source.is_file():
+        raise ValueError(f"experiment file {str(source)!r} does not exist")
+    try:
+        data = yaml.safe_load(source.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{source} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{source} must be a mapping with name, seeds and methods; got {type(data).__name__}"
+        )
+    _check_keys(data, TOP_KEYS, str(source))
+    for key in ("name", "methods"):
+        if key not in data:
+            raise ValueError(f"{source}: {key!r} is missing")
+    name = _name(data["name"], _where(source, "name"))
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ValueError(f"{source}: model must be a hub id, a directory or a .gguf path, got {model!r}")
+    seeds = _seeds(data.get("seeds", [0]), _where(source, "seeds"))
+    shared = {verb: data.get(verb) for verb in ("train", "eval", "search")}
+    for verb, options in shared.items():
+        _options_argv(options, verb, _where(source, verb))
+    methods = data["methods"]
+    if not isinstance(methods, list) or not methods:
+        raise ValueError(f"{source}: methods must be a non-empty list, got {methods!r}")
+    model_argv = [model] if model else []
+    cells: list[Cell] = []
+    labels: list[str] = []
+    for index, entry in enumerate(methods):
+        where = _where(source, f"methods[{index}]")
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a mapping with a label, got {entry!r}")
+        _check_keys(entry, METHOD_KEYS, where)
+        for cell in _method_cells(entry, where, name, root, model_argv, seeds, shared):
+            if cell.label not in labels:
+                labels.append(cell.label)
+            cells.append(cell)
+    if len({(c.label, c.seed) for c in cells}) != len(cells):
+        repeated = sorted({c.label for c in cells if sum(d.label == c.label for d in cells) > 1})
+        raise ValueError(f"{source}: labels must be unique, {repeated[0]!r} is used twice")
+    reference = data.get("reference")
+    if reference is not None and reference not in labels:
+        raise ValueError(f"{source}: reference {reference!r} is none of the labels ({', '.join(labels)})")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise ValueError(f"{source}: description must be text, got {description!r}")
+    return Experiment(name, description.strip(), source, tuple(labels), reference, tuple(cells))
+
+
+def _method_cells(
+    entry: dict,
+    where: str,
+    experiment: str,
+    root: Path,
+    model_argv: list[str],
+    seeds: list[int],
+    shared: dict[str, Any],
+) -> list[Cell]:
+    if "label" not in entry:
+        raise ValueError(f"{where}: 'label' is missing")
+    label = _name(entry["label"], f"{where}.label")
+    plan, search = entry.get("plan"), entry.get("search", None)
+    if plan is not None and "search" in entry:
+        raise ValueError(f"{where} ({label}): give plan or search, not both")
+    method = entry.get("method", "lora" if plan is not None or "search" in entry else None)
+    if not isinstance(method, str):
+        raise ValueError(f"{where} ({label}): needs a method (e.g. lora16, qlora-4), a plan or a search")
+    budgets = entry.get("budgets")
+    if "search" in entry:
+        if (
+            not isinstance(budgets, list)
+            or not budgets
+            or not all(isinstance(b, str | int | float) for b in budgets)
+        ):
+            raise ValueError(f"{where} ({label}): a search needs budgets, a list like [3.5bits, 5.0bits]")
+        budgets = [str(b) for b in budgets]
+    elif budgets is not None:
+        raise ValueError(f"{where} ({label}): budgets go with a search")
+    seeds = _seeds(entry["seeds"], f"{where}.seeds") if "seeds" in entry else seeds
+    search_seed = entry.get("search_seed")
+    if search_seed is not None and (
+        not isinstance(search_seed, int) or search_seed < 0 or "search" not in entry
+    ):
+        raise ValueError(f"{where} ({label}): search_seed is an integer >= 0 and goes with a search")
+    train_argv = _options_argv(shared["train"], "train", f"{where} (shared train)") + _options_argv(
+        entry.get("train"), "train", f"{where}.train"
+    )
+    eval_argv = _options_argv(shared["eval"], "eval", f"{where} (shared eval)")
+    search_argv: list[str] | None = None
+    if "search" in entry:
+        search_argv = _options_argv(shared["search"], "search", f"{where} (shared search)") + _options_argv(
+            search or {}, "search", f"{where}.search"
+        )
+    plan_spec = _plan_spec(plan, f"{where}.plan") if plan is not None else None
+    cells: list[Cell] = []
+    for budget in budgets or [None]:
+        cell_label = f"{label}@{budget}" if budget else label
+        for seed in seeds:
+            folder = root / experiment / cell_label / f"seed{seed}"
+            found: Search | None = None
+            if search_argv is not None:
+                assert budget is not None
+                seed_of_search = seed if search_seed is None else search_seed
+                argv = [*model_argv, "--budget", budget, "--seed", str(seed_of_search), *search_argv]
+                key = search_key(budget, seed_of_search, argv)
+                out = root / "searches" / key
+                found = Search(key, Step("search", (*argv, "-o", str(out)), out / "plan.json"))
+            cells.append(
+                _cell(
+                    experiment,
+                    cell_label,
+                    method,
+                    budget,
+                    seed,
+                    folder,
+                    found,
+                    plan_spec,
+                    model_argv,
+                    train_argv,
+                    eval_argv,
+                )
+            )
+    return cells
+
+
+def _plan_spec(plan: Any, where: str) -> list[str] | str:
+    """qra plan arguments for a hand-made plan, or the --plan value (file or uniform:B:R) as is."""
+    if isinstance(plan, str):
+        return plan
+    if not isinstance(plan, dict) or set(plan) - {"bits", "ranks"} or not {"bits", "ranks"} <= set(plan):
+        raise ValueError(
+            f"{where} must be uniform:BITS:RANK, a plan file, or {{bits: ..., ranks: ...}} "
+            f"(each a number, a list or like 4x15,2x15), got {plan!r}"
+        )
+    return [
+        "--bits",
+        expand_per_block(plan["bits"], f"{where}.bits"),
+        "--ranks",
+        expand_per_block(plan["ranks"], f"{where}.ranks"),
+    ]
+
+
+def _cell(
+    experiment: str,
+    label: str,
+    method: str,
+    budget: str | None,
+    seed: int,
+    folder: Path,
+    search: Search | None,
+    plan_spec: list[str] | str | None,
+    model_argv: list[str],
+    train_argv: list[str],
+    eval_argv: list[str],
+) -> Cell:
+    steps: list[Step] = []
+    plan_argv: list[str] = []
+    if isinstance(plan_spec, list):
+        made = folder / "plan.json"
+        steps.append(Step("plan", (*model_argv, *plan_spec, "-o", str(made)), made))
+        plan_argv = ["--plan", str(made)]
+    elif isinstance(plan_spec, str):
+        plan_argv = ["--plan", plan_spec]
+    elif search is not None:
+        plan_argv = ["--plan", str(search.plan)]
+    run = folder / "train"
+    steps.append(
+        Step(
+            "train",
+            (*model_argv, "--method", method, *plan_argv, "--seed", str(seed), *train_argv, "-o", str(run)),
+            run / "train.json",
+        )
+    )
+    result = folder / "eval.json"
+    steps.append(Step("eval", ("--run", str(run), *eval_argv, "-o", str(result)), result))
+    return Cell(experiment, label, method, budget, seed, folder, tuple(steps), search)

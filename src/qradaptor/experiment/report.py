@@ -1,0 +1,298 @@
+"""An experiment's tables and plots: per label, means and stds over seeds of what its cells measured.
+
+Nothing here runs a model or imports torch: ``cells.collect`` reads the folders, this module
+summarises them. A cell that is not done (failed, pending, or no eval.json) is counted
+(n done of n planned) and listed, never averaged. Per label, every number is the mean and
+sample standard deviation over its done seeds (as the paper's Table 1 reports them); search
+numbers are averaged over the label's distinct searches, since seeds may share one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from qradaptor.eval.suite import ZERO_SHOT
+from qradaptor.experiment.cells import ACC_KEYS, NORM_KEYS, CellResult, SearchInfo, collect
+
+__all__ = [
+    "CellResult",
+    "ExperimentSummary",
+    "LabelRow",
+    "Stat",
+    "collect",
+    "summarise",
+    "to_json",
+    "to_markdown",
+    "write_report",
+]
+
+PPL_KEYS = ("ppl_wiki/ppl", "ppl_lambada/ppl")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A number over seeds (or searches)."""
+
+    mean: float | None
+    """Mean of the values present; None when there are none."""
+    std: float | None
+    """Sample standard deviation (n - 1); None with fewer than two values."""
+    n: int
+    """How many values it is over."""
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One label's line of the tables."""
+
+    label: str
+    """The method's label."""
+    method: str
+    """Its ``qra train --method``."""
+    budget: str | None
+    """Its search budget, if any."""
+    n_done: int
+    """Seeds done."""
+    n_planned: int
+    """Seeds with a cell.json (done, failed or pending)."""
+    stats: Mapping[str, Stat]
+    """By key: avg_bits, avg_rank, each "task/metric", avg_acc, avg_acc_norm, tokens_per_s, peak_mib,
+    predicted_peak_mib, train_seconds; and, over distinct searches, search_evaluations,
+    search_seconds, search_epochs, search_pearson, search_avg_bits, search_loss."""
+    tokens_per_s_ratio: float | None
+    """Mean tokens/s over the reference label's mean tokens/s; None without a reference."""
+    n_searches: int
+    """Distinct searches among the done cells."""
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """The rows of an experiment's tables and the cells they come from."""
+
+    experiment: str
+    """The experiment's name."""
+    reference: str | None
+    """The label tokens/s are compared with (None when absent)."""
+    rows: tuple[LabelRow, ...]
+    """One per label, in the order of the cells."""
+    cells: tuple[CellResult, ...]
+    """Every cell, done or not."""
+
+
+def _stat(values: Sequence[float | None]) -> Stat:
+    present = [v for v in values if v is not None]
+    mean = statistics.fmean(present) if present else None
+    std = statistics.stdev(present) if len(present) > 1 else None
+    return Stat(mean, std, len(present))
+
+
+def _cell_values(cell: CellResult) -> dict[str, float | None]:
+    return {
+        "avg_bits": cell.avg_bits,
+        "avg_rank": cell.avg_rank,
+        **cell.metrics,
+        "avg_acc": cell.avg_acc,
+        "avg_acc_norm": cell.avg_acc_norm,
+        "tokens_per_s": cell.tokens_per_s,
+        "peak_mib": cell.peak_mib,
+        "predicted_peak_mib": cell.predicted_peak_mib,
+        "train_seconds": cell.train_seconds,
+    }
+
+
+def _search_values(search: SearchInfo) -> dict[str, float | None]:
+    return {
+        "search_evaluations": float(search.evaluations),
+        "search_seconds": search.seconds,
+        "search_epochs": search.cost_epochs,
+        "search_pearson": search.pearson,
+        "search_avg_bits": search.chosen_avg_bits,
+        "search_loss": search.chosen_loss,
+    }
+
+
+def _row(label: str, cells: Sequence[CellResult]) -> LabelRow:
+    done = [c for c in cells if c.done]
+    per_cell = [_cell_values(c) for c in done]
+    searches = list({c.search.path: c.search for c in done if c.search is not None}.values())
+    per_search = [_search_values(s) for s in searches]
+    stats: dict[str, Stat] = {}
+    for group in (per_cell, per_search):
+        keys = list(dict.fromkeys(k for values in group for k in values))
+        stats.update({k: _stat([values.get(k) for values in group]) for k in keys})
+    first = cells[0]
+    return LabelRow(label, first.method, first.budget, len(done), len(cells), stats, None, len(searches))
+
+
+def summarise(cells: Sequence[CellResult], reference: str | None = "lora16") -> ExperimentSummary:
+    """One row per label (in the order the cells come), means and stds over its done seeds.
+
+    Args:
+        cells: From ``collect``.
+        reference: The label whose mean tokens/s the others are divided by; None, or a label
+            without done cells, gives no ratio.
+
+    Returns:
+        The summary; ``reference`` is kept only if it is one of the labels.
+
+    Raises:
+        ValueError: ``cells`` is empty or mixes experiments.
+    """
+    if not cells:
+        raise ValueError("cells must hold at least one CellResult, got none")
+    experiments = sorted({c.experiment for c in cells})
+    if len(experiments) > 1:
+        raise ValueError(f"cells must come from one experiment, got {experiments}")
+    by_label: dict[str, list[CellResult]] = {}
+    for cell in cells:
+        by_label.setdefault(cell.label, []).append(cell)
+    rows = [_row(label, group) for label, group in by_label.items()]
+    if reference not in by_label:
+        reference = None
+    base = next((r.stats["tokens_per_s"].mean for r in rows if r.label == reference and r.n_done), None)
+    if base:
+        rows = [_with_ratio(r, base) for r in rows]
+    return ExperimentSummary(experiments[0], reference, tuple(rows), tuple(cells))
+
+
+def _with_ratio(row: LabelRow, base: float) -> LabelRow:
+    mean = row.stats["tokens_per_s"].mean if "tokens_per_s" in row.stats else None
+    return replace(row, tokens_per_s_ratio=None if mean is None else mean / base)
+
+
+def _fmt(stat: Stat | None, digits: int, scale: float = 1.0) -> str:
+    """ "mean ± std", or the mean alone with one value; "–" with none."""
+    if stat is None or stat.mean is None:
+        return "–"
+    text = f"{stat.mean * scale:,.{digits}f}"
+    return text if stat.std is None else f"{text} ± {stat.std * scale:,.{digits}f}"
+
+
+def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(line) + " |" for line in lines]
+
+
+def to_markdown(summary: ExperimentSummary) -> str:
+    """The quality, acc_norm, efficiency and (if any label searched) search tables, and the cells not done.
+
+    Accuracies are in percent; every number is "mean ± std" over done seeds, "–" where missing.
+    """
+    rows = summary.rows
+    n_done, n_planned = sum(r.n_done for r in rows), sum(r.n_planned for r in rows)
+    out = [f"# {summary.experiment}", "", f"{n_done} of {n_planned} cells done.", ""]
+    tasks = list(ZERO_SHOT)
+
+    def quality(r: LabelRow, keys: Sequence[str], avg: str) -> list[str]:
+        accs = [_fmt(r.stats.get(k), 1, 100) for k in keys]
+        return [r.label, f"{r.n_done}/{r.n_planned}", *accs, _fmt(r.stats.get(avg), 1, 100)]
+
+    header = ["method", "seeds", "avg bits", "avg rank", "PPL wiki", "PPL LAMBADA", *tasks, "avg acc"]
+    lines = []
+    for r in rows:
+        s = r.stats.get
+        line = quality(r, ACC_KEYS, "avg_acc")
+        numbers = [_fmt(s("avg_bits"), 2), _fmt(s("avg_rank"), 1), *(_fmt(s(k), 2) for k in PPL_KEYS)]
+        lines.append([*line[:2], *numbers, *line[2:]])
+    out += ["## Quality (zero-shot acc, %)", "", *_table(header, lines), ""]
+    header = ["method", "seeds", *tasks, "avg acc_norm"]
+    out += [
+        "## Zero-shot acc_norm (%)",
+        "",
+        *_table(header, [quality(r, NORM_KEYS, "avg_acc_norm") for r in rows]),
+    ]
+    ref = f"x {summary.reference}" if summary.reference else "x reference"
+    header = ["method", "avg bits", "peak MiB", "tokens/s", ref, "search evals", "search s", "search epochs"]
+    lines = [
+        [
+            r.label,
+            _fmt(r.stats.get("avg_bits"), 2),
+            _fmt(r.stats.get("peak_mib"), 1),
+            _fmt(r.stats.get("tokens_per_s"), 0),
+            "–" if r.tokens_per_s_ratio is None else f"{r.tokens_per_s_ratio:.2f}",
+            _fmt(r.stats.get("search_evaluations"), 0),
+            _fmt(r.stats.get("search_seconds"), 1),
+            _fmt(r.stats.get("search_epochs"), 3),
+        ]
+        for r in rows
+    ]
+    out += ["", "## Efficiency", "", *_table(header, lines)]
+    searched = [r for r in rows if r.n_searches]
+    if searched:
+        header = [
+            "method",
+            "searches",
+            "chosen avg bits",
+            "chosen proxy loss",
+            "Pearson r (sensitivity, bits)",
+        ]
+        lines = [
+            [
+                r.label,
+                str(r.n_searches),
+                _fmt(r.stats.get("search_avg_bits"), 2),
+                _fmt(r.stats.get("search_loss"), 4),
+                _fmt(r.stats.get("search_pearson"), 2),
+            ]
+            for r in searched
+        ]
+        out += ["", "## Search", "", *_table(header, lines)]
+    missing = [c for c in summary.cells if not c.done]
+    if missing:
+        out += ["", "## Not done", ""]
+        out += [
+            f"- {c.label} seed {c.seed}: {c.state}" + (f" ({c.error})" if c.error else "") for c in missing
+        ]
+    return "\n".join(out) + "\n"
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN or inf: they become null (as eval.json does)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def to_json(summary: ExperimentSummary) -> str:
+    """``{"experiment", "reference", "rows", "cells"}`` as pretty JSON (cells with their commands)."""
+    cells = [{**asdict(c), "avg_acc": c.avg_acc, "avg_acc_norm": c.avg_acc_norm} for c in summary.cells]
+    data = {
+        "experiment": summary.experiment,
+        "reference": summary.reference,
+        "rows": [asdict(r) for r in summary.rows],
+        "cells": cells,
+    }
+    return json.dumps(_clean(data), indent=1)
+
+
+def write_report(experiment_dir: Path, summary: ExperimentSummary, cells: Sequence[CellResult]) -> list[Path]:
+    """Writes results.md, results.json and the plots into ``experiment_dir``, each atomically.
+
+    Plots are skipped when matplotlib is missing; those that need searches are drawn only
+    when a done cell has one (see ``plots.plot_all``).
+
+    Returns:
+        The paths written.
+    """
+    from qradaptor.atomic import write_text
+    from qradaptor.experiment.plots import plot_all
+    from qradaptor.plotting import can_plot
+
+    experiment_dir = Path(experiment_dir)
+    paths = [
+        write_text(experiment_dir / "results.md", to_markdown(summary)),
+        write_text(experiment_dir / "results.json", to_json(summary) + "\n"),
+    ]
+    if can_plot():
+        paths += plot_all(experiment_dir, summary, cells)
+    return paths

@@ -1,0 +1,290 @@
+"""Runs the cells of experiments as qra processes, several at once, skipping what is done.
+
+Each search and each cell is a job: a list of steps (qra commands) run one after another
+in child processes, ``jobs`` of them at a time, spread over the GPUs. A step whose output
+file exists is skipped, so running the same experiments again resumes them: a finished
+cell costs nothing, a killed fine-tune continues from its last checkpoint (``--resume``)
+and a killed search from its study. A cell waits for the search whose plan it trains;
+the searches shared by several cells run once.
+
+Each step's output goes to a log file beside its folder; the cell's ``cell.json`` records
+its commands and its state (done, failed and why).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qradaptor.atomic import write_text
+from qradaptor.experiment.config import Cell, Experiment, Step
+
+POLL_SECONDS = 0.5
+"""How often running steps are checked."""
+STOP_SECONDS = 60.0
+"""How long stopped children get to put their checkpoints away before they are killed."""
+DEVICE_VERBS = ("search", "train", "eval")
+"""Verbs that take --device."""
+
+
+@dataclass
+class _Job:
+    """A search or a cell: steps run in order, one child process at a time."""
+
+    name: str
+    steps: list[Step]
+    log_dir: Path
+    cell: Cell | None = None
+    after: str | None = None
+    index: int = 0
+    state: str = "waiting"
+    error: str | None = None
+    process: subprocess.Popen | None = None
+    gpu: str | None = None
+    started: float = 0.0
+    log: Any = None
+
+    def next_step(self) -> Step | None:
+        """The first step not done yet (skipping finished ones), or None."""
+        while self.index < len(self.steps) and self.steps[self.index].done.exists():
+            self.index += 1
+        return self.steps[self.index] if self.index < len(self.steps) else None
+
+
+@dataclass
+class RunSummary:
+    """What a run of experiments did."""
+
+    done: list[str] = field(default_factory=list)
+    """Jobs finished (now or before)."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Failed jobs and why."""
+    steps_run: int = 0
+    """Commands run in this call (skipped ones not counted)."""
+
+
+def plan_jobs(experiments: Sequence[Experiment]) -> list[_Job]:
+    """The searches (each once) and then the cells, in file order."""
+    searches: dict[str, _Job] = {}
+    cells: list[_Job] = []
+    for experiment in experiments:
+        for cell in experiment.cells:
+            if cell.search is not None and cell.search.key not in searches:
+                folder = cell.search.step.done.parent
+                searches[cell.search.key] = _Job(
+                    f"searches/{cell.search.key}", [cell.search.step], folder.parent / "logs" / folder.name
+                )
+            name = f"{cell.experiment}/{cell.label}/seed{cell.seed}"
+            after = f"searches/{cell.search.key}" if cell.search else None
+            cells.append(_Job(name, list(cell.steps), cell.folder / "logs", cell=cell, after=after))
+    return [*searches.values(), *cells]
+
+
+def pending_steps(jobs: Sequence[_Job]) -> list[tuple[str, Step]]:
+    """Every (job, step) whose output is missing: what a run would execute."""
+    return [(job.name, step) for job in jobs for step in job.steps if not step.done.exists()]
+
+
+def _train_flags(step: Step) -> list[str]:
+    """--resume for a fine-tune killed after a checkpoint, --force for one killed before."""
+    run = step.done.parent
+    if step.verb != "train" or not run.exists():
+        return []
+    checkpoints = run / "checkpoints"
+    return ["--resume"] if checkpoints.is_dir() and any(checkpoints.iterdir()) else ["--force"]
+
+
+def write_cell_record(cell: Cell, state: str, error: str | None = None) -> None:
+    """cell.json: the cell's label, seed, search folder, commands and state."""
+    search = None
+    if cell.search is not None:
+        search = os.path.relpath(cell.search.step.done.parent, cell.folder)
+    record = {
+        "experiment": cell.experiment,
+        "label": cell.label,
+        "method": cell.method,
+        "budget": cell.budget,
+        "seed": cell.seed,
+        "search": search,
+        "commands": cell.commands,
+        "state": state,
+        "error": error,
+    }
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    write_text(cell.folder / "cell.json", json.dumps(record, indent=2) + "\n")
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+class Runner:
+    """Starts and watches the jobs' child processes.
+
+    Args:
+        jobs: the searches and cells (``plan_jobs``).
+        workers: how many steps run at once.
+        gpus: GPU indices the steps are spread over (each step sees one); empty: no
+            CUDA_VISIBLE_DEVICES is set.
+        device: auto, cpu or cuda, passed to every search, train and eval.
+        command: the program a step runs as, before ``VERB ARGS``.
+        on_step: called with (job name, step, seconds, ok) when a step ends.
+    """
+
+    def __init__(
+        self,
+        jobs: Sequence[_Job],
+        *,
+        workers: int = 1,
+        gpus: Sequence[int] = (),
+        device: str = "auto",
+        command: Sequence[str] = (sys.executable, "-m", "qradaptor"),
+        on_step: Callable[[str, Step, float, bool], None] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"jobs must be >= 1, got {workers}")
+        self.jobs = list(jobs)
+        self.workers = workers
+        self.gpus = [str(g) for g in gpus]
+        self.device = device
+        self.command = list(command)
+        self.on_step = on_step
+        self.summary = RunSummary()
+        self._by_name = {job.name: job for job in self.jobs}
+
+    def _env(self, gpu: str | None) -> dict[str, str]:
+        env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        # Children share the cores; without this each would start one thread per core.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.workers)))
+        return env
+
+    def _gpu(self) -> str | None:
+        if not self.gpus:
+            return None
+        load = {g: 0 for g in self.gpus}
+        for job in self.jobs:
+            if job.state == "running" and job.gpu is not None:
+                load[job.gpu] += 1
+        return min(self.gpus, key=lambda g: load[g])
+
+    def _start(self, job: _Job, step: Step) -> None:
+        argv = [*step.argv, *_train_flags(step)]
+        if self.device != "auto" and step.verb in DEVICE_VERBS:
+            argv += ["--device", self.device]
+        if step.verb == "train":
+            argv.append("--no-progress")
+        job.log_dir.mkdir(parents=True, exist_ok=True)
+        job.log = open(job.log_dir / f"{step.verb}.log", "a")  # noqa: SIM115 (closed in _finish)
+        job.log.write(f"\n$ {step.command}  # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        job.log.flush()
+        job.gpu = job.gpu if job.state == "running" else self._gpu()
+        job.process = subprocess.Popen(
+            [*self.command, step.verb, *argv],
+            stdout=job.log,
+            stderr=subprocess.STDOUT,
+            env=self._env(job.gpu),
+        )
+        job.started = time.monotonic()
+        if job.state != "running" and job.cell is not None:
+            write_cell_record(job.cell, "running")
+        job.state = "running"
+
+    def _finish(self, job: _Job, state: str, error: str | None = None) -> None:
+        job.state, job.error = state, error
+        if state == "done":
+            self.summary.done.append(job.name)
+        else:
+            self.summary.failed[job.name] = error or "failed"
+        if job.cell is not None:
+            write_cell_record(job.cell, state, error)
+
+    def _advance(self, job: _Job) -> None:
+        """Starts the job's next step, or marks it done."""
+        step = job.next_step()
+        if step is None:
+            self._finish(job, "done")
+        else:
+            self._start(job, step)
+
+    def _ready(self, job: _Job) -> bool:
+        if job.after is None:
+            return True
+        dependency = self._by_name[job.after]
+        if dependency.state == "failed":
+            self._finish(job, "failed", f"its search failed: {dependency.error}")
+            return False
+        return dependency.state == "done"
+
+    def _poll(self, job: _Job) -> None:
+        assert job.process is not None
+        code = job.process.poll()
+        if code is None:
+            return
+        step = job.steps[job.index]
+        seconds = time.monotonic() - job.started
+        job.log.close()
+        job.process = None
+        self.summary.steps_run += 1
+        ok = code == 0 and step.done.exists()
+        if self.on_step is not None:
+            self.on_step(job.name, step, seconds, ok)
+        if not ok:
+            log = job.log_dir / f"{step.verb}.log"
+            why = f"exit code {code}" if code != 0 else f"no {step.done.name} written"
+            self._finish(job, "failed", f"qra {step.verb} failed ({why}); see {log}: {_tail(log)}")
+            return
+        job.index += 1
+        self._advance(job)
+
+    def run(self) -> RunSummary:
+        """Runs every job to done or failed; Ctrl-C stops the children and re-raises."""
+        for job in self.jobs:  # so the results count the cells not yet run
+            if job.cell is not None and not (job.cell.folder / "cell.json").exists():
+                write_cell_record(job.cell, "pending")
+        try:
+            while True:
+                running = [job for job in self.jobs if job.state == "running"]
+                for job in running:
+                    self._poll(job)
+                for job in self.jobs:
+                    if sum(j.state == "running" for j in self.jobs) >= self.workers:
+                        break
+                    if job.state == "waiting" and self._ready(job):
+                        self._advance(job)
+                if all(job.state in ("done", "failed") for job in self.jobs):
+                    return self.summary
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            self._stop()
+            raise
+
+    def _stop(self) -> None:
+        """Interrupts running children (a fine-tune saves nothing new; the next run resumes)."""
+        import signal
+
+        live = [job for job in self.jobs if job.process is not None]
+        for job in live:
+            job.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + STOP_SECONDS
+        for job in live:
+            try:
+                job.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+                job.process.wait()
+            job.log.close()
+            if job.cell is not None:
+                write_cell_record(job.cell, "stopped", "interrupted; run the same command again to resume")
