@@ -92,22 +92,12 @@ class Plan:
     def __post_init__(self) -> None:
         from qradaptor.quant.quantizer import QUANT_METHODS
 
-        if (
-            isinstance(self.num_blocks, bool)
-            or not isinstance(self.num_blocks, int)
-            or self.num_blocks < 1
-        ):
+        if isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 1:
             raise ValueError(f"num_blocks must be a positive integer, got {self.num_blocks!r}")
-        if (
-            isinstance(self.group_size, bool)
-            or not isinstance(self.group_size, int)
-            or self.group_size < 1
-        ):
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
             raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
         if self.quant_method not in QUANT_METHODS:
-            raise ValueError(
-                f"quant_method must be one of {QUANT_METHODS}, got {self.quant_method!r}"
-            )
+            raise ValueError(f"quant_method must be one of {QUANT_METHODS}, got {self.quant_method!r}")
         if not isinstance(self.alpha, int | float) or not self.alpha > 0:
             raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
         check_bits(self.embed_bits, "embed_bits")
@@ -123,9 +113,7 @@ class Plan:
                     f"plan key {key!r} must start with a block index in 0..{self.num_blocks - 1}"
                 )
             if not isinstance(spec, LayerSpec):
-                raise TypeError(
-                    f"plan entry {key!r} must be a LayerSpec, got {type(spec).__name__}"
-                )
+                raise TypeError(f"plan entry {key!r} must be a LayerSpec, got {type(spec).__name__}")
             kinds.add("module" if name else "block")
             layers[str(key)] = spec
         if len(kinds) > 1:
@@ -214,21 +202,15 @@ class Plan:
             for key in self.layers:
                 name = key.partition(".")[2]
                 if name not in known:
-                    raise ValueError(
-                        f"plan key {key!r} names no linear of a block; known: {sorted(known)}"
-                    )
+                    raise ValueError(f"plan key {key!r} names no linear of a block; known: {sorted(known)}")
         for block, name, spec in self.iter_modules(structure):
             if spec.bits != UNQUANTIZED:
                 info = next(i for i in structure.linears if i.name == name)
-                check_group_size(
-                    info.in_features, self.group_size, where=structure.module_path(block, name)
-                )
+                check_group_size(info.in_features, self.group_size, where=structure.module_path(block, name))
         if self.embed_bits != UNQUANTIZED:
             check_group_size(structure.embed_shape[1], self.group_size, where=structure.embed_path)
         if self.head_bits != UNQUANTIZED and structure.head_shape is not None:
-            check_group_size(
-                structure.head_shape[1], self.group_size, where=str(structure.head_path)
-            )
+            check_group_size(structure.head_shape[1], self.group_size, where=str(structure.head_path))
         if structure.tied and self.embed_bits != self.head_bits:
             raise ValueError(
                 f"the model ties its embedding and head, so embed_bits and head_bits must be equal, "
@@ -305,9 +287,7 @@ class Plan:
         if not isinstance(data, Mapping):
             raise ValueError(f"a plan must be a JSON object, got {type(data).__name__}")
         if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
-            raise ValueError(
-                f"plan format {data.get('format')!r} is not supported (expected {PLAN_FORMAT})"
-            )
+            raise ValueError(f"plan format {data.get('format')!r} is not supported (expected {PLAN_FORMAT})")
         missing = [k for k in ("num_blocks", "layers") if k not in data]
         if missing:
             raise ValueError(f"plan is missing the fields {missing}; found {sorted(data)}")
@@ -319,9 +299,7 @@ class Plan:
         layers = {}
         for key, entry in raw.items():
             if not isinstance(entry, Mapping) or set(entry) != {"bits", "rank"}:
-                raise ValueError(
-                    f'plan layer {key!r} must be {{"bits": int, "rank": int}}, got {entry!r}'
-                )
+                raise ValueError(f'plan layer {key!r} must be {{"bits": int, "rank": int}}, got {entry!r}')
             layers[key] = LayerSpec(
                 check_bits(entry["bits"], f"bits of layer {key!r}"),
                 check_rank(entry["rank"], f"rank of layer {key!r}"),

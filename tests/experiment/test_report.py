@@ -318,7 +318,8 @@ def _rewrite(path: Path, edit) -> None:
         ),
         (
             lambda d: _rewrite(d / "lora16/seed0/cell.json", lambda c: c.update(state="finished")),
-            r"field 'state' must be one of \('pending', 'running', 'done', 'failed', 'stopped'\), got 'finished'",
+            r"field 'state' must be one of \('pending', 'running', 'done', 'failed', 'stopped'\), "
+            r"got 'finished'",
         ),
         (lambda d: (d / "lora16/seed0/cell.json").write_text("[]"), r"cell.json: must hold a JSON object"),
         (

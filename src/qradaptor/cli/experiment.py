@@ -115,7 +115,7 @@ def experiment(
         config: experiment files (YAML); several share one DIR and its searches
         output: the experiments' folder
         jobs: steps run at once, as separate processes (several fit on one GPU for small
-            models)
+            models); a step that runs out of GPU memory is run again later with fewer beside it
         gpus: comma-separated GPU indices the steps are spread over (default: all that the
             processes see)
         device: auto (cuda if available), cpu or cuda, for every search, train and eval
@@ -175,7 +175,12 @@ def _run(job_list: list, jobs: int, gpus: list[int], device: str) -> dict[str, s
             bar.update(1)
             bar.write(f"{'done' if ok else 'FAILED'} {name}: qra {step.verb} ({seconds:.0f} s)")
 
-        runner = Runner(job_list, workers=jobs, gpus=gpus, device=device, on_step=on_step)
+        def on_retry(name: str, step: Any, workers: int) -> None:
+            bar.write(
+                f"out of GPU memory: {name}: qra {step.verb}; again later, {workers} steps at once from now"
+            )
+
+        runner = Runner(job_list, workers=jobs, gpus=gpus, device=device, on_step=on_step, on_retry=on_retry)
         try:
             summary = runner.run()
         except KeyboardInterrupt:

@@ -76,8 +76,7 @@ def pad_token_id(tokenizer: Any) -> int:
         if value is not None:
             return int(value)
     raise ValueError(
-        f"tokenizer must define pad_token_id or eos_token_id, got neither on "
-        f"{type(tokenizer).__name__}"
+        f"tokenizer must define pad_token_id or eos_token_id, got neither on {type(tokenizer).__name__}"
     )
 
 
@@ -130,9 +129,7 @@ def tokenize_instruction(
     return input_ids, labels
 
 
-def collate_instructions(
-    batch: list[tuple[list[int], list[int]]], pad_id: int
-) -> dict[str, torch.Tensor]:
+def collate_instructions(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch of ``tokenize_instruction`` outputs into tensors.
 
     Use with a DataLoader as ``functools.partial(collate_instructions,

@@ -51,9 +51,7 @@ def _read_json_records(path: Path) -> list[Any]:
     except json.JSONDecodeError as err:
         raise ValueError(f"source {str(path)!r} must be valid JSON: {err}") from err
     if not isinstance(data, list):
-        raise ValueError(
-            f"source {str(path)!r} must hold a JSON list of records, got {type(data).__name__}"
-        )
+        raise ValueError(f"source {str(path)!r} must hold a JSON list of records, got {type(data).__name__}")
     return data
 
 
@@ -63,9 +61,7 @@ def _read_dataset(dataset: Any, split: str, source: str) -> Any:
 
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
-            raise ValueError(
-                f"split must be one of {sorted(dataset)} for source {source!r}, got {split!r}"
-            )
+            raise ValueError(f"split must be one of {sorted(dataset)} for source {source!r}, got {split!r}")
         return dataset[split]
     return dataset
 
@@ -80,8 +76,7 @@ def _read_records(source: str, split: str, config: str | None, kind: str) -> Any
             loaded = datasets.load_from_disk(str(path))
         except Exception as err:  # datasets raises several types for a foreign folder
             raise ValueError(
-                f"source directory {source!r} must be written by save_to_disk: {err}; "
-                + _accepted(kind)
+                f"source directory {source!r} must be written by save_to_disk: {err}; " + _accepted(kind)
             ) from err
         return _read_dataset(loaded, split, source)
     if path.is_file():
@@ -91,8 +86,7 @@ def _read_records(source: str, split: str, config: str | None, kind: str) -> Any
             docs = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
             return [d for d in docs if d.strip()]
         raise ValueError(
-            f"source file {source!r} has an unsupported extension {path.suffix!r}; "
-            + _accepted(kind)
+            f"source file {source!r} has an unsupported extension {path.suffix!r}; " + _accepted(kind)
         )
     if path.suffix in (".txt", ".json", ".jsonl"):
         raise ValueError(f"source file {source!r} does not exist; " + _accepted(kind))
@@ -219,8 +213,7 @@ def load_instructions(
         return qa_instruction_mix(limit=limit, seed=seed)
     if source.startswith(EMBEDDED_PREFIX):
         raise ValueError(
-            f"source {source!r}: embedded corpora are text only; use source=None for "
-            "the embedded QA mix"
+            f"source {source!r}: embedded corpora are text only; use source=None for the embedded QA mix"
         )
     records = _read_records(source, split, config, "instructions")
     if not isinstance(records, list):

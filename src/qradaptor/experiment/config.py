@@ -169,6 +169,13 @@ def _options_argv(options: Any, verb: str, where: str) -> list[str]:
     return argv
 
 
+def _merged_argv(shared: Any, own: Any, verb: str, where: str) -> list[str]:
+    """The shared options with the method's own on top (one flag each, the method's value wins)."""
+    _options_argv(shared, verb, f"{where} (shared {verb})")
+    _options_argv(own, verb, f"{where}.{verb}")
+    return _options_argv({**(shared or {}), **(own or {})}, verb, f"{where}.{verb}")
+
+
 def expand_per_block(value: Any, where: str) -> str:
     """``4``, ``[4, 4, 2]`` or ``"4x15,2x15"`` -> the comma list ``qra plan --bits`` takes."""
     if isinstance(value, bool):
@@ -193,17 +200,26 @@ def expand_per_block(value: Any, where: str) -> str:
 
 
 def _seeds(value: Any, where: str) -> list[int]:
-    if not isinstance(value, list) or not value or not all(isinstance(s, int) and s >= 0 for s in value):
+    if not isinstance(value, list) or not value or not all(_count(s) for s in value):
         raise ValueError(f"{where} must be a non-empty list of integers >= 0, got {value!r}")
     if len(set(value)) != len(value):
         raise ValueError(f"{where} repeats a seed: {value}")
     return value
 
 
+def _count(value: Any) -> bool:
+    """An integer >= 0 that is not a bool (YAML's true is an int to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_keys(entry: dict, accepted: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(entry) - set(accepted))
+    unknown = sorted((k for k in entry if k not in accepted), key=str)
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r}; accepted: {', '.join(accepted)}")
+
+
+def _budget_like(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
 def _name(value: Any, where: str) -> str:
@@ -274,9 +290,11 @@ def load(path: str | Path, output: str | Path) -> Experiment:
             if cell.label not in labels:
                 labels.append(cell.label)
             cells.append(cell)
-    if len({(c.label, c.seed) for c in cells}) != len(cells):
-        repeated = sorted({c.label for c in cells if sum(d.label == c.label for d in cells) > 1})
-        raise ValueError(f"{source}: labels must be unique, {repeated[0]!r} is used twice")
+    seen: set[tuple[str, int]] = set()
+    for c in cells:
+        if (c.label, c.seed) in seen:
+            raise ValueError(f"{source}: labels must be unique, {c.label!r} is used twice")
+        seen.add((c.label, c.seed))
     reference = data.get("reference")
     if reference is not None and reference not in labels:
         raise ValueError(f"{source}: reference {reference!r} is none of the labels ({', '.join(labels)})")
@@ -317,19 +335,13 @@ def _method_cells(
         raise ValueError(f"{where} ({label}): budgets go with a search")
     seeds = _seeds(entry["seeds"], f"{where}.seeds") if "seeds" in entry else seeds
     search_seed = entry.get("search_seed")
-    if search_seed is not None and (
-        not isinstance(search_seed, int) or search_seed < 0 or "search" not in entry
-    ):
+    if search_seed is not None and (not _count(search_seed) or "search" not in entry):
         raise ValueError(f"{where} ({label}): search_seed is an integer >= 0 and goes with a search")
-    train_argv = _options_argv(shared["train"], "train", f"{where} (shared train)") + _options_argv(
-        entry.get("train"), "train", f"{where}.train"
-    )
+    train_argv = _merged_argv(shared["train"], entry.get("train"), "train", where)
     eval_argv = _options_argv(shared["eval"], "eval", f"{where} (shared eval)")
     search_argv: list[str] | None = None
     if "search" in entry:
-        search_argv = _options_argv(shared["search"], "search", f"{where} (shared search)") + _options_argv(
-            search or {}, "search", f"{where}.search"
-        )
+        search_argv = _merged_argv(shared["search"], search or {}, "search", where)
     plan_spec = _plan_spec(plan, f"{where}.plan") if plan is not None else None
     cells: list[Cell] = []
     for budget in budgets or [None]:

@@ -247,9 +247,20 @@ def to_markdown(summary: ExperimentSummary) -> str:
     if missing:
         out += ["", "## Not done", ""]
         out += [
-            f"- {c.label} seed {c.seed}: {c.state}" + (f" ({c.error})" if c.error else "") for c in missing
+            f"- {c.label} seed {c.seed}: {c.state}" + (f" ({_short(c.error)})" if c.error else "")
+            for c in missing
         ]
     return "\n".join(out) + "\n"
+
+
+def _short(error: str, width: int = 200) -> str:
+    """A runner error for a table line: what failed, its log, and the log's last line, cut."""
+    head, sep, rest = error.partition("; see ")
+    if not sep:
+        return error[:width]
+    log, _, lines = rest.partition(": ")
+    last = lines.split(" | ")[-1].strip()
+    return f"{head}; see {log}" + (f": {last[:width]}" if last else "")
 
 
 def _clean(value: Any) -> Any:

@@ -32,6 +32,10 @@ STOP_SECONDS = 60.0
 """How long stopped children get to put their checkpoints away before they are killed."""
 DEVICE_VERBS = ("search", "train", "eval")
 """Verbs that take --device."""
+OOM_RETRIES = 3
+"""Times a step that ran out of GPU memory is tried again, with fewer steps beside it."""
+OOM_MARKERS = ("torch.OutOfMemoryError", "CUDA out of memory")
+"""What a step's log says when it ran out of GPU memory."""
 
 
 @dataclass
@@ -44,6 +48,7 @@ class _Job:
     cell: Cell | None = None
     after: str | None = None
     index: int = 0
+    oom_retries: int = 0
     state: str = "waiting"
     error: str | None = None
     process: subprocess.Popen | None = None
@@ -121,6 +126,17 @@ def write_cell_record(cell: Cell, state: str, error: str | None = None) -> None:
     write_text(cell.folder / "cell.json", json.dumps(record, indent=2) + "\n")
 
 
+def _out_of_memory(log: Path) -> bool:
+    """True when the last lines of a step's log are a GPU out-of-memory error."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 20_000))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return False
+    return any(marker in tail for marker in OOM_MARKERS)
+
+
 def _tail(path: Path, lines: int = 3) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -140,6 +156,13 @@ class Runner:
         device: auto, cpu or cuda, passed to every search, train and eval.
         command: the program a step runs as, before ``VERB ARGS``.
         on_step: called with (job name, step, seconds, ok) when a step ends.
+        on_retry: called with (job name, step, steps at once from now on) when a step that
+            ran out of GPU memory is put back.
+
+    A step that runs out of GPU memory (its log says so) is not a failure at once: it goes
+    back to the queue and the number of steps at once drops to those still running, so it
+    runs again beside fewer others (up to ``OOM_RETRIES`` times). Steps of small models share a
+    GPU well, but the peak of a step is only known once it runs.
     """
 
     def __init__(
@@ -151,6 +174,7 @@ class Runner:
         device: str = "auto",
         command: Sequence[str] = (sys.executable, "-m", "qradaptor"),
         on_step: Callable[[str, Step, float, bool], None] | None = None,
+        on_retry: Callable[[str, Step, int], None] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"jobs must be >= 1, got {workers}")
@@ -160,6 +184,7 @@ class Runner:
         self.device = device
         self.command = list(command)
         self.on_step = on_step
+        self.on_retry = on_retry
         self.summary = RunSummary()
         self._by_name = {job.name: job for job in self.jobs}
 
@@ -241,8 +266,15 @@ class Runner:
         ok = code == 0 and step.done.exists()
         if self.on_step is not None:
             self.on_step(job.name, step, seconds, ok)
+        log = job.log_dir / f"{step.verb}.log"
+        if not ok and job.oom_retries < OOM_RETRIES and _out_of_memory(log):
+            job.oom_retries += 1
+            job.state, job.gpu = "waiting", None
+            self.workers = max(1, sum(j.state == "running" for j in self.jobs))
+            if self.on_retry is not None:
+                self.on_retry(job.name, step, self.workers)
+            return
         if not ok:
-            log = job.log_dir / f"{step.verb}.log"
             why = f"exit code {code}" if code != 0 else f"no {step.done.name} written"
             self._finish(job, "failed", f"qra {step.verb} failed ({why}); see {log}: {_tail(log)}")
             return

@@ -83,9 +83,7 @@ class ModelStructure:
         """A short fingerprint of the shapes: a plan made for another model won't match it."""
         payload = {
             "blocks": self.num_blocks,
-            "linears": [
-                {k: v for k, v in asdict(info).items() if k != "kind"} for info in self.linears
-            ],
+            "linears": [{k: v for k, v in asdict(info).items() if k != "kind"} for info in self.linears],
             "embed": list(self.embed_shape),
         }
         blob = json.dumps(payload, sort_keys=True).encode()
@@ -108,9 +106,7 @@ def _info(name: str, module: nn.Module) -> LinearInfo | None:
     """LinearInfo of a dense, packed (QuantLinear) or LoRA-wrapped linear, else None."""
     base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
     if hasattr(base, "qweight") and hasattr(base, "in_features"):  # QuantLinear: (out, in)
-        return LinearInfo(
-            name, base.in_features, base.out_features, base.bias is not None, "linear"
-        )
+        return LinearInfo(name, base.in_features, base.out_features, base.bias is not None, "linear")
     kind = _linear_kind(base)
     if kind is None:
         return None

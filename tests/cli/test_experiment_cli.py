@@ -1,0 +1,240 @@
+"""``qra experiment`` in-process: --dry-run, --only, the option checks, --report-only, and a whole
+run whose steps are a fake qra (a script writing each step's files), then its resumption.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from qradaptor.eval.results import EvalRecord
+from qradaptor.eval.results import to_json as eval_to_json
+from qradaptor.experiment import runner
+from qradaptor.experiment.config import load
+from qradaptor.experiment.runner import write_cell_record
+
+TINY = """\
+name: tiny
+model: /m
+seeds: [0, 1]
+reference: lora16
+methods:
+  - {label: lora16, method: lora16}
+  - {label: C, plan: {bits: 4, ranks: 8}}
+  - {label: qra, search: {steps: 2}, budgets: [3.5bits]}
+"""
+"""16 commands in 8 jobs: 2 searches, lora16 2 x 2, C 2 x 3 (plan, train, eval), qra 2 x 2."""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def test_dry_run_prints_the_commands_and_writes_nothing(cli, tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, stdout, err = cli("experiment", tiny, "-o", out, "--dry-run")
+    assert code == 0 and err == ""
+    lines = stdout.splitlines()
+    cells = load(tiny, out).cells
+    key = cells[4].search.key
+    assert (
+        lines[0]
+        == f"searches/{key}: qra search /m --budget 3.5bits --seed 0 --steps 2 -o {out}/searches/{key}"
+    )
+    train = f"qra train /m --method lora16 --seed 0 -o {out}/tiny/lora16/seed0/train"
+    assert lines[2] == f"tiny/lora16/seed0: {train}"
+    assert lines[6] == f"tiny/C/seed0: qra plan /m --bits 4 --ranks 8 -o {out}/tiny/C/seed0/plan.json"
+    assert lines[
+        -2
+    ] == f"tiny/qra@3.5bits/seed1: qra eval --run {out}/tiny/qra@3.5bits/seed1/train -o " + str(
+        out / "tiny" / "qra@3.5bits" / "seed1" / "eval.json"
+    )
+    assert len(lines) == 17 and lines[-1] == "16 commands to run, in 8 jobs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # no output folder
+    # What is done already is not listed again.
+    done = cells[0].steps[1].done
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    code, stdout, _ = cli("experiment", tiny, "-o", out, "--dry-run")
+    assert stdout.splitlines()[-1] == "15 commands to run, in 8 jobs"
+    assert "tiny/lora16/seed0: qra eval" not in stdout and "tiny/lora16/seed1: qra eval" in stdout
+
+
+@pytest.mark.parametrize(
+    ("only", "count"),
+    [
+        ("lora16", "4 commands to run, in 2 jobs"),
+        ("qra@3.5bits", "6 commands to run, in 4 jobs"),
+        ("qra", "6 commands to run, in 4 jobs"),
+        ("C,lora16", "10 commands to run, in 4 jobs"),
+        ("tiny", "16 commands to run, in 8 jobs"),
+    ],
+)
+def test_only_restricts_the_run(cli, tiny: Path, tmp_path: Path, only: str, count: str) -> None:
+    code, stdout, _ = cli("experiment", tiny, "-o", tmp_path / "out", "--dry-run", "--only", only)
+    assert code == 0 and stdout.splitlines()[-1] == count
+
+
+def test_only_lora16_lists_only_its_commands(cli, tiny: Path, tmp_path: Path) -> None:
+    _, stdout, _ = cli("experiment", tiny, "-o", tmp_path / "out", "--dry-run", "--only", "lora16")
+    names = [line.split(": ")[0] for line in stdout.splitlines()[:-1]]
+    assert names == ["tiny/lora16/seed0"] * 2 + ["tiny/lora16/seed1"] * 2
+
+
+def test_only_an_unknown_name_is_one_error_listing_the_known(cli, tiny: Path, tmp_path: Path) -> None:
+    code, stdout, err = cli("experiment", tiny, "-o", tmp_path / "out", "--dry-run", "--only", "lora16,nope")
+    assert (code, stdout) == (2, "")
+    assert err == (
+        "qra experiment: error: --only 'nope' is no experiment or label here; "
+        "known: C, lora16, qra, qra@3.5bits, tiny\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dry-run", "--report-only"], "give --dry-run or --report-only, not both"),
+        (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+        (["--gpus", "x"], "--gpus must be GPU indices separated by commas (e.g. 0,1), got 'x'"),
+        (["--gpus", "0,a"], "--gpus must be GPU indices separated by commas (e.g. 0,1), got '0,a'"),
+        (["--gpus", "0", "--device", "cpu"], "--gpus goes with a GPU; it was given with --device cpu"),
+    ],
+)
+def test_bad_options_are_one_clear_error_and_run_nothing(cli, tiny, tmp_path, args, message) -> None:
+    code, stdout, err = cli("experiment", tiny, "-o", tmp_path / "out", *args)
+    assert (code, stdout) == (2, "") and err == f"qra experiment: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_files_are_one_clear_error(cli, tiny: Path, tmp_path: Path) -> None:
+    code, _, err = cli("experiment", tiny, tiny, "-o", tmp_path / "out", "--dry-run")
+    assert code == 2 and err == "qra experiment: error: two experiment files have the name 'tiny'\n"
+    (tmp_path / "file").write_text("")
+    code, _, err = cli("experiment", tiny, "-o", tmp_path / "file", "--dry-run")
+    assert code == 2 and "--output '" in err and "file' is a file; it must be a folder" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("name: tiny", "name: bad\neval: {tasks: [a, b], limt: 3}"))
+    code, _, err = cli("experiment", bad, "-o", tmp_path / "out", "--dry-run")
+    assert code == 2 and err.startswith(
+        f"qra experiment: error: {bad}: lora16 makes a command its verb refuses:"
+    )
+    assert err.endswith("eval.json: qra: error: unrecognized arguments: --limt (see qra --help)\n")
+    code, _, err = cli("experiment", tmp_path / "none.yaml", "-o", tmp_path / "out")
+    assert code == 2 and "none.yaml' does not exist" in err
+    code, _, err = cli("experiment", tiny, "-o", tmp_path / "out", "--device", "tpu")
+    assert code == 2 and "argument --device: invalid choice: 'tpu'" in err
+
+
+def train_json(avg_bits: float, tokens_per_s: float) -> str:
+    """The train.json keys the report reads (train/outputs.summary writes these and more)."""
+    memory = {"avg_bits": avg_bits, "avg_rank": 8.0, "predicted_peak": 2**30, "measured_peak": None}
+    train = {"memory": memory, "tokens": 5000, "steady_tokens_per_second": tokens_per_s}
+    return json.dumps({**train, "train_seconds": 5.0, "final_eval_loss": 2.0})
+
+
+def eval_json(ppl: float) -> str:
+    """eval.json through the real writer: the two perplexity corpora."""
+    corpora = (("ppl_wiki", ppl), ("ppl_lambada", 2 * ppl))
+    records = [EvalRecord(task, "ppl", v, None, 100, "/m", "h", "run/adapter", 1.0) for task, v in corpora]
+    return eval_to_json(records, {"model": "/m", "tasks": ["ppl_wiki", "ppl_lambada"]})
+
+
+def test_report_only_tabulates_the_cell_folders_and_runs_nothing(cli, tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cells = load(tiny, out).cells
+    for cell, ppl, tps in ((cells[0], 10.0, 1000.0), (cells[1], 12.0, 1200.0)):  # lora16 seeds 0 and 1
+        write_cell_record(cell, "done")
+        (cell.folder / "train").mkdir()
+        (cell.folder / "train" / "train.json").write_text(train_json(16.0, tps))
+        (cell.folder / "eval.json").write_text(eval_json(ppl))
+    write_cell_record(cells[2], "failed", "CUDA out of memory")  # C seed 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    code, stdout, err = cli("experiment", tiny, "-o", out, "--report-only")
+    assert code == 0 and err == ""
+    folder = out / "tiny"
+    assert stdout.startswith(f"tiny: {folder / 'results.md'}, {folder / 'results.json'}, ")
+    text = (folder / "results.md").read_text()
+    assert "2 of 3 cells done." in text  # qra has no folder yet: not counted
+    assert "| lora16 | 2/2 | 16.00 ± 0.00 | 8.0 ± 0.0 | 11.00 ± 1.41 | 22.00 ± 2.83 |" in text
+    assert "| lora16 | 16.00 ± 0.00 | – | 1,100 ± 141 | 1.00 | – | – | – |" in text
+    assert "- C seed 0: failed (CUDA out of memory)" in text and "qra@3.5bits" not in text
+    # Nothing ran: only the results were added, and the cells' records are as written.
+    results = [folder / name for name in ("results.md", "results.json", "metrics.png")]
+    assert all(path.is_file() for path in results)
+    after = sorted(p.relative_to(out) for p in out.rglob("*") if p not in results)
+    assert after == before
+    assert json.loads((cells[2].folder / "cell.json").read_text())["state"] == "failed"
+
+
+def test_report_only_without_any_cell_says_so(cli, tiny: Path, tmp_path: Path) -> None:
+    code, stdout, _ = cli("experiment", tiny, "-o", tmp_path / "out", "--report-only")
+    assert code == 0 and stdout == "tiny: no cell has run yet; no results\n"
+
+
+FAKE = """\
+import json, os, sys
+from pathlib import Path
+
+verb, args = sys.argv[1], sys.argv[2:]
+out = Path(args[args.index("-o") + 1])
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(verb + " " + str(out) + "\\n")
+if os.environ.get("FAKE_FAIL") == str(out):
+    sys.exit("fake failure")
+files = {"train": (out / "train.json", TRAIN), "eval": (out, EVAL), "plan": (out, "{}")}
+path, text = files[verb]
+path.parent.mkdir(parents=True, exist_ok=True)
+path.write_text(text)
+"""
+
+
+@pytest.fixture
+def fake_qra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Makes qra experiment run its steps with a fake qra; returns the log of what it ran."""
+    script = tmp_path / "fake_qra.py"
+    script.write_text(f"TRAIN = {train_json(4.5, 800.0)!r}\nEVAL = {eval_json(20.0)!r}\n" + FAKE)
+    command = [sys.executable, "-S", str(script)]
+
+    class FakeRunner(runner.Runner):
+        def __init__(self, jobs, **options) -> None:
+            super().__init__(jobs, command=command, **options)
+
+    monkeypatch.setattr(runner, "Runner", FakeRunner)
+    monkeypatch.setattr(runner, "POLL_SECONDS", 0.01)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "ran.log"))
+    monkeypatch.delenv("FAKE_FAIL", raising=False)
+    return tmp_path / "ran.log"
+
+
+def test_a_run_then_its_resumption(cli, fake_qra: Path, tmp_path: Path, monkeypatch) -> None:
+    config = tmp_path / "e2e.yaml"
+    config.write_text("name: e2e\nseeds: [0, 1]\nmethods:\n  - {label: C, plan: {bits: 4, ranks: 8}}\n")
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_FAIL", str(out / "e2e" / "C" / "seed1" / "train"))
+    code, stdout, err = cli("experiment", config, "-o", out, "--jobs", "2")
+    assert code == 1
+    assert "5 commands run in " in stdout and "; 1 jobs done, 1 failed" in stdout
+    log = out / "e2e" / "C" / "seed1" / "logs" / "train.log"
+    assert "1 jobs failed (run the same command again to retry them):" in err
+    assert f"  e2e/C/seed1: qra train failed (exit code 1); see {log}: " in err and "fake failure" in err
+    assert "1 of 2 cells done." in (out / "e2e" / "results.md").read_text()
+    assert sorted(fake_qra.read_text().splitlines()) == sorted(
+        [f"plan {out}/e2e/C/seed{s}/plan.json" for s in (0, 1)]
+        + [f"train {out}/e2e/C/seed{s}/train" for s in (0, 1)]
+        + [f"eval {out}/e2e/C/seed0/eval.json"]
+    )
+    monkeypatch.delenv("FAKE_FAIL")
+    code, stdout, err = cli("experiment", config, "-o", out)
+    assert code == 0 and "2 commands run in " in stdout and "; 2 jobs done, 0 failed" in stdout
+    assert fake_qra.read_text().splitlines()[5:] == [
+        f"train {out}/e2e/C/seed1/train",
+        f"eval {out}/e2e/C/seed1/eval.json",
+    ]
+    text = (out / "e2e" / "results.md").read_text()
+    assert "2 of 2 cells done." in text and "| C | 2/2 | 4.50 ± 0.00 | 8.0 ± 0.0 | 20.00 ± 0.00 |" in text
