@@ -139,6 +139,7 @@ def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path
         (["--budget", "3.5 parsecs"], "budget unit 'parsecs' is unknown"),
         (["--budget", "2.5bits"], "below the smallest plan of the search space: 3 avg bits"),
         (["--fixed-bits", "4", "--fixed-rank", "8"], "give at most one of --fixed-bits and --fixed-rank"),
+        (["--fixed-bits", "4"], "with a budget in bits (3.6bits) leaves nothing to search"),
         (["--steps", "0"], "--steps must be >= 1, got 0"),
     ],
 )

@@ -194,14 +194,32 @@ def _run(job_list: list, jobs: int, gpus: list[int], device: str) -> dict[str, s
 
 
 def _report(experiment: Experiment, root: Path) -> None:
-    from qradaptor.experiment.report import collect, summarise, write_report
+    from qradaptor.experiment.report import CellResult, collect, summarise, write_report
 
     folder = root / experiment.name
     if not folder.is_dir():
         print(f"{experiment.name}: no cell has run yet; no results")
         return
-    # Labels of an experiment run only in part (--only) have no folder yet.
-    cells = collect(folder, [label for label in experiment.labels if (folder / label).is_dir()])
+    # Labels of an experiment run only in part (--only, or added to the file since) have no
+    # folder yet: they count as planned, not run.
+    started = [label for label in experiment.labels if (folder / label).is_dir()]
+    found = {(c.label, c.seed): c for c in (collect(folder, started) if started else [])}
+    cells = [
+        found.get((c.label, c.seed))
+        or CellResult(
+            experiment.name,
+            c.label,
+            c.method,
+            c.budget,
+            c.seed,
+            state="pending",
+            done=False,
+            error=None,
+            folder=str(c.folder.relative_to(folder)),
+            commands=tuple(c.commands),
+        )
+        for c in experiment.cells
+    ]
     summary = summarise(cells, reference=experiment.reference)
     paths = write_report(folder, summary, cells)
     print(f"{experiment.name}: " + ", ".join(str(p) for p in paths))

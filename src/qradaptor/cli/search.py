@@ -162,6 +162,14 @@ def search(
         )
     if fixed_bits is not None:
         check_bits(fixed_bits, "--fixed-bits")
+        if the_budget.kind == "avg_bits":
+            # Every plan then has the same average bits: all fit (the largest, every rank at
+            # its top, is returned unsearched) or none does. Bytes count the adapters too.
+            raise ValueError(
+                f"--fixed-bits {fixed_bits} with a budget in bits ({budget}) leaves nothing to search: "
+                "every plan has the same average bits, and ranks cost no bits; give the budget in "
+                "bytes (e.g. 120MB), which counts the adapters"
+            )
     if fixed_rank is not None:
         check_rank(fixed_rank, "--fixed-rank")
     check_device(device)
