@@ -220,9 +220,9 @@ def test_a_run_then_its_resumption(cli, fake_qra: Path, tmp_path: Path, monkeypa
     monkeypatch.setenv("FAKE_FAIL", str(out / "e2e" / "C" / "seed1" / "train"))
     code, stdout, err = cli("experiment", config, "-o", out, "--jobs", "2")
     assert code == 1
-    assert "5 commands run in " in stdout and "; 1 jobs done, 1 failed" in stdout
+    assert "5 commands run in " in stdout and "; 1 job done, 1 failed" in stdout
     log = out / "e2e" / "C" / "seed1" / "logs" / "train.log"
-    assert "1 jobs failed (run the same command again to retry them):" in err
+    assert "1 job failed (run the same command again to retry them):" in err
     assert f"  e2e/C/seed1: qra train failed (exit code 1); see {log}: " in err and "fake failure" in err
     assert "1 of 2 cells done." in (out / "e2e" / "results.md").read_text()
     assert sorted(fake_qra.read_text().splitlines()) == sorted(

@@ -160,7 +160,8 @@ def test_a_searched_method_trains_its_search_plan_per_budget_and_seed(tiny, tmp_
     assert cell.search is not None and cell.search.key == key
     assert cell.search.step.verb == "search"
     assert cell.search.step.argv == (*argv, "-o", str(out / "searches" / key))
-    assert cell.search.plan == cell.search.step.done == out / "searches" / key / "plan.json"
+    assert cell.search.plan == out / "searches" / key / "plan.json"
+    assert cell.search.step.done == out / "searches" / key / "summary.json"
     assert cell.steps[0].argv[:5] == ("/models/tiny", "--method", "lora", "--plan", str(cell.search.plan))
     assert cell.steps[0].argv[5:7] == ("--seed", "1")
     assert cell.commands[0] == "qra search " + " ".join(argv) + f" -o {out}/searches/{key}"
@@ -469,10 +470,12 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert _keys(ablations, "bits-only@4.0bits") == {
         s: k for s, k in _keys(main, "amq-lora@4.0bits").items() if s < 2
     }
-    assert _keys(ablations, "rank-only@4.0bits")[0] not in _keys(main, "qra@4.0bits").values()
+    assert "rank-only@4.0bits" not in ablations.labels  # ranks cost no bits: refused by qra search
+    assert _keys(ablations, "rank-only@120MB")[0] not in _keys(ablations, "joint@120MB").values()
     jobs = plan_jobs(list(paper.values()))
     searches = [job.name for job in jobs if job.name.startswith("searches/")]
     assert len(searches) == len(set(searches))
-    # main: 3 seeds x (amq-lora + qra at two budgets) = 9; ablations add 3 of their own x 2 seeds;
-    # efficiency (seed 0) shares all three of its searches with main.
-    assert len(searches) == 9 + 6
+    # main: 3 seeds x (amq-lora + qra at two budgets) = 9; ablations add no-profile and no-bayes
+    # at 4.0bits and all five variants at 120MB, x 2 seeds; efficiency (seed 0) shares its
+    # searches with main.
+    assert len(searches) == 9 + 2 * 2 + 5 * 2

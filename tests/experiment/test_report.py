@@ -229,6 +229,7 @@ def test_markdown_holds_the_formatted_cells(experiment: Path) -> None:
     text = to_markdown(summarise(collect(experiment, LABELS)))
     lines = text.splitlines()
     assert "6 of 8 cells done." in lines
+    assert "Measured on (train.json): 2026-01-01, cuda, peft 0.21, torch 2, transformers 5." in lines
     lora = next(line for line in lines if line.startswith("| lora16 | 2/3 | 16.00 ± 0.00 | 16.0 ± 0.0 |"))
     assert "| 11.00 ± 1.41 | 22.00 ± 2.83 | 50.5 ± 0.7 |" in lora and lora.endswith("| 53.4 ± 0.7 |")
     assert "| qlora-4 | 1/2 | 4.50 | 16.0 | 12.50 | 25.00 | 40.0 |" in text

@@ -37,7 +37,7 @@ if oom_out == str(out):
 if failed:
     print("fake failure of", verb, file=sys.stderr)
 elif os.environ.get("FAKE_NOWRITE") != str(out):
-    target = {"train": out / "train.json", "search": out / "plan.json"}.get(verb, out)
+    target = {"train": out / "train.json", "search": out / "summary.json"}.get(verb, out)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("{}")
 line = {"verb": verb, "argv": args, "start": start, "end": time.time(),

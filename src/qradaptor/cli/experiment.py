@@ -43,6 +43,10 @@ def _check_commands(experiments: list[Experiment]) -> None:
                     ) from None
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _select(experiments: list[Experiment], only: str | None) -> list[Experiment]:
     """Keeps the experiments, or their labels, named by --only."""
     from dataclasses import replace
@@ -147,7 +151,7 @@ def experiment(
         todo = pending_steps(job_list)
         for name, step in todo:
             print(f"{name}: {step.command}")
-        print(f"{len(todo)} commands to run, in {len(job_list)} jobs")
+        print(f"{_count(len(todo), 'command')} to run, in {_count(len(job_list), 'job')}")
         return 0
     failed: dict[str, str] = {}
     if not report_only:
@@ -155,7 +159,10 @@ def experiment(
     for e in experiments:
         _report(e, root)
     if failed:
-        print(f"{len(failed)} jobs failed (run the same command again to retry them):", file=sys.stderr)
+        print(
+            f"{_count(len(failed), 'job')} failed (run the same command again to retry them):",
+            file=sys.stderr,
+        )
         for name, why in failed.items():
             print(f"  {name}: {why}", file=sys.stderr)
         return 1
@@ -187,8 +194,8 @@ def _run(job_list: list, jobs: int, gpus: list[int], device: str) -> dict[str, s
             print("stopped; run the same command again to resume", file=sys.stderr)
             raise SystemExit(130) from None
     print(
-        f"{summary.steps_run} commands run in {time.monotonic() - start:.0f} s; "
-        f"{len(summary.done)} jobs done, {len(summary.failed)} failed"
+        f"{_count(summary.steps_run, 'command')} run in {time.monotonic() - start:.0f} s; "
+        f"{_count(len(summary.done), 'job')} done, {len(summary.failed)} failed"
     )
     return summary.failed
 

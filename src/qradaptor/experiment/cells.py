@@ -4,6 +4,7 @@
     DIR/<experiment>/<label>/seed<k>/train/      train.json (memory, tokens/s, seconds, tokens)
     DIR/<experiment>/<label>/seed<k>/eval.json   one record per (task, metric)
     DIR/searches/<key>/                          summary.json, plan.json, trials.csv, sensitivity.json
+    DIR/searches/logs/<key>/search.log           the search's output
 
 A cell is done when its state is "done" and its eval.json exists. Train, eval and search
 files are read only for done cells, and only the small ones: results copied back from a GPU
@@ -111,6 +112,8 @@ class CellResult:
     """train.json final_eval_loss (held-out loss at the end)."""
     search: SearchInfo | None = None
     """The search whose plan the cell trained; None for an unsearched method or an unfinished cell."""
+    measured_on: str | None = None
+    """train.json's date, device and versions, e.g. "2026-11-23, NVIDIA H200, peft 0.21.0, ..."."""
 
     @property
     def avg_acc(self) -> float | None:
@@ -191,7 +194,17 @@ def _read_train(path: Path) -> dict[str, Any]:
         "train_seconds": _number(_need(data, "train_seconds", path)),
         "train_tokens": None if tokens is None else int(tokens),
         "final_eval_loss": _number(data.get("final_eval_loss")),
+        "measured_on": _measured_on(data),
     }
+
+
+def _measured_on(data: Mapping[str, Any]) -> str | None:
+    """ "2026-11-23, NVIDIA H200, torch 2.11.0, ..." from a train.json (None if it says nothing)."""
+    versions = data.get("versions") if isinstance(data.get("versions"), Mapping) else {}
+    parts = [data.get("date"), data.get("device_name") or data.get("device")]
+    parts += [f"{name} {version}" for name, version in sorted(versions.items())]
+    text = ", ".join(str(p) for p in parts if p)
+    return text or None
 
 
 def _read_eval(path: Path) -> dict[str, float]:

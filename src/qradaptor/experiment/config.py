@@ -83,12 +83,13 @@ class Search:
     key: str
     """Folder name under ``DIR/searches``: budget, seed and a digest of the command."""
     step: Step
-    """The search command; its ``done`` is the chosen plan.json."""
+    """The search command; its ``done`` is summary.json, which ``qra search`` writes after
+    plan.json and the trials (a search killed in between is not taken for finished)."""
 
     @property
     def plan(self) -> Path:
         """The plan the search chooses."""
-        return self.step.done
+        return self.step.done.parent / "plan.json"
 
 
 @dataclass(frozen=True)
@@ -355,7 +356,7 @@ def _method_cells(
                 argv = [*model_argv, "--budget", budget, "--seed", str(seed_of_search), *search_argv]
                 key = search_key(budget, seed_of_search, argv)
                 out = root / "searches" / key
-                found = Search(key, Step("search", (*argv, "-o", str(out)), out / "plan.json"))
+                found = Search(key, Step("search", (*argv, "-o", str(out)), out / "summary.json"))
             cells.append(
                 _cell(
                     experiment,

@@ -187,6 +187,9 @@ def to_markdown(summary: ExperimentSummary) -> str:
     rows = summary.rows
     n_done, n_planned = sum(r.n_done for r in rows), sum(r.n_planned for r in rows)
     out = [f"# {summary.experiment}", "", f"{n_done} of {n_planned} cells done.", ""]
+    measured = sorted({c.measured_on for c in summary.cells if c.done and c.measured_on})
+    if measured:
+        out += ["Measured on (train.json): " + "; ".join(measured) + ".", ""]
     tasks = list(ZERO_SHOT)
 
     def quality(r: LabelRow, keys: Sequence[str], avg: str) -> list[str]:

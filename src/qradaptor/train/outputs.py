@@ -29,6 +29,17 @@ LOSS_CSV = "loss.csv"
 """step, train loss, held-out loss of a run."""
 
 
+def _device_name(device: str) -> str:
+    """What the results were measured on: the GPU's name, or the CPU's."""
+    import platform
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def summary(outcome: TrainOutcome, device: str) -> dict[str, Any]:
     """train.json's content: what was trained, how, and what it measured."""
     import peft
@@ -58,6 +69,7 @@ def summary(outcome: TrainOutcome, device: str) -> dict[str, Any]:
         "evals": [list(e) for e in evals],
         "losses": result.losses,
         "device": device,
+        "device_name": _device_name(device),
         "date": time.strftime("%Y-%m-%d"),
         "versions": {
             "torch": torch.__version__,
