@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from qradaptor.data.instructions import InstructionExample
+from qradaptor.data.instructions import InstructionExample, format_prompt
 from qradaptor.data.loading import load_instructions
 from qradaptor.data.qa_mix import QA_SOURCES, qa_instruction_mix
 
@@ -74,3 +74,18 @@ def test_squad_answer_is_a_span_of_its_passage(
         passage = e.input.split("\nPassage: ", 1)[1].rsplit("\nQuestion: ", 1)[0]
         assert e.output in passage
         assert not e.input.endswith("Answer:")
+
+
+def test_qa_mix_texts_split_the_whole_mix_into_disjoint_train_and_heldout() -> None:
+    from qradaptor.data.loading import load_texts
+    from qradaptor.data.qa_mix import qa_mix_texts
+
+    train, heldout = load_texts("embedded:qa-mix"), load_texts("embedded:qa-mix-heldout")
+    assert train == qa_mix_texts("train") and heldout == qa_mix_texts("heldout")
+    assert len(train) + len(heldout) == 6000 and not set(train) & set(heldout)
+    assert 0.15 < len(heldout) / 6000 < 0.25  # one hash bucket of five
+    first = qa_instruction_mix()[0]
+    assert format_prompt(first).endswith("### Response:\n")
+    assert format_prompt(first) + first.output in train + heldout
+    with pytest.raises(ValueError, match=r"split must be one of \('train', 'heldout'\), got 'all'"):
+        qa_mix_texts("all")

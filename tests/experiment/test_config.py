@@ -456,8 +456,11 @@ def test_every_config_loads_and_passes_the_verbs_parsers(paper) -> None:
     assert plan.verb == "plan" and plan.argv[:4] == ("--bits", bits, "--ranks", ranks)
     main = paper["main"]
     assert "qra@4.0bits" in main.labels and "qra@5.5bits" in main.labels and main.reference == "lora16"
-    # Ten methods at three seeds, two budgets for qra, six one-seed heuristics.
-    assert len(main.cells) == 3 * (8 + 1 + 2) + 6
+    # Nine unsearched and amq-lora at three seeds, two budgets each for qra and qra-qa, six
+    # one-seed heuristics.
+    assert len(main.cells) == 3 * (8 + 1 + 2 + 2) + 6
+    qa = next(c for c in main.cells if c.label == "qra-qa@4.0bits")
+    assert "--data embedded:qa-mix --eval-data embedded:qa-mix-heldout" in qa.search.step.command
 
 
 def _keys(experiment, label: str) -> dict[int, str]:
@@ -475,7 +478,7 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     jobs = plan_jobs(list(paper.values()))
     searches = [job.name for job in jobs if job.name.startswith("searches/")]
     assert len(searches) == len(set(searches))
-    # main: 3 seeds x (amq-lora + qra at two budgets) = 9; ablations add no-profile and no-bayes
-    # at 4.0bits and all five variants at 120MB, x 2 seeds; efficiency (seed 0) shares its
-    # searches with main.
-    assert len(searches) == 9 + 2 * 2 + 5 * 2
+    # main: 3 seeds x (amq-lora + qra and qra-qa at two budgets) = 15; ablations add no-profile
+    # and no-bayes at 4.0bits and all five variants at 120MB, x 2 seeds; efficiency (seed 0)
+    # shares its searches with main.
+    assert len(searches) == 15 + 2 * 2 + 5 * 2

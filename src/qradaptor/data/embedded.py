@@ -155,10 +155,19 @@ def lambada_passages() -> list[str]:
     return _unique([r["request"]["context"] + r["request"]["continuation"] for r in rows])
 
 
+def _qa_mix_texts(split: str) -> list[str]:
+    # Imported here: qa_mix builds on this module.
+    from qradaptor.data.qa_mix import qa_mix_texts
+
+    return qa_mix_texts(split)
+
+
 EMBEDDED_TEXTS = {
     "boolq-calibration": lambda: boolq_passages("calibration"),
     "boolq-heldout": lambda: boolq_passages("heldout"),
     "boolq-all": lambda: boolq_passages("all"),
     "lambada": lambada_passages,
+    "qa-mix": lambda: _qa_mix_texts("train"),
+    "qa-mix-heldout": lambda: _qa_mix_texts("heldout"),
 }
 """Text corpora reachable as ``embedded:<name>`` in ``load_texts``."""
