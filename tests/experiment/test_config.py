@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from qradaptor.cli.experiment import _check_commands
-from qradaptor.experiment.config import _options_argv, expand_per_block, load
+from qradaptor.experiment.config import load
+from qradaptor.experiment.fields import expand_per_block, options_argv
 from qradaptor.experiment.runner import plan_jobs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -227,7 +228,7 @@ methods:
 def test_options_become_flags() -> None:
     options = {"batch_size": 32, "text": True, "compile": False, "data": None, "tasks": ["a", "b", 3]}
     options["lr"] = 2.0e-4
-    assert _options_argv(options, "train", "x") == [
+    assert options_argv(options, "train", "x") == [
         "--batch-size",
         "32",
         "--text",
@@ -236,7 +237,7 @@ def test_options_become_flags() -> None:
         "--lr",
         "0.0002",
     ]
-    assert _options_argv(None, "eval", "x") == [] and _options_argv({}, "eval", "x") == []
+    assert options_argv(None, "eval", "x") == [] and options_argv({}, "eval", "x") == []
 
 
 @pytest.mark.parametrize(
@@ -254,7 +255,7 @@ def test_options_become_flags() -> None:
 )
 def test_bad_options_are_refused(options, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        _options_argv(options, "train", "where")
+        options_argv(options, "train", "where")
 
 
 @pytest.mark.parametrize(

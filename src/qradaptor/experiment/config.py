@@ -37,24 +37,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from qradaptor.experiment.fields import (
+    check_keys,
+    check_name,
+    check_seeds,
+    expand_per_block,
+    is_budget,
+    is_count,
+    merged_argv,
+    options_argv,
+)
 
 TOP_KEYS = ("name", "description", "model", "seeds", "reference", "train", "eval", "search", "methods")
 """Keys an experiment file may have."""
 METHOD_KEYS = ("label", "method", "plan", "search", "budgets", "search_seed", "train", "seeds")
 """Keys a ``methods`` entry may have."""
-RESERVED = {
-    "plan": ("output", "force", "bits", "ranks", "uniform", "baseline"),
-    "search": ("output", "seed", "budget", "workers", "storage", "study", "device"),
-    "train": ("output", "seed", "plan", "method", "resume", "force", "no_progress", "device", "eval_tasks"),
-    "eval": ("output", "run", "plan", "adapter", "force", "json", "device"),
-}
-"""Options each verb gets from the experiment itself, so a file may not set them."""
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_REPEAT = re.compile(r"^\s*(-?\d+)\s*(?:x\s*(\d+))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -141,96 +142,6 @@ def _where(source: Path, key: str) -> str:
     return f"{source}: {key}"
 
 
-def _options_argv(options: Any, verb: str, where: str) -> list[str]:
-    """``{batch_size: 32, text: true}`` -> ``["--batch-size", "32", "--text"]``."""
-    if options is None:
-        return []
-    if not isinstance(options, dict):
-        raise ValueError(f"{where} must be a mapping of qra {verb} options, got {options!r}")
-    argv: list[str] = []
-    for key, value in options.items():
-        if not isinstance(key, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", key):
-            raise ValueError(f"{where}: option names are like batch_size, got {key!r}")
-        if key in RESERVED[verb]:
-            raise ValueError(
-                f"{where}: {key} is set by qra experiment for every cell; the file may not set it "
-                f"(set by it: {', '.join(RESERVED[verb])})"
-            )
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, list):
-            argv += [flag, ",".join(str(v) for v in value)]
-        elif isinstance(value, dict):
-            raise ValueError(f"{where}: {key} must be a number, a string, true or a list, got {value!r}")
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _merged_argv(shared: Any, own: Any, verb: str, where: str) -> list[str]:
-    """The shared options with the method's own on top (one flag each, the method's value wins)."""
-    _options_argv(shared, verb, f"{where} (shared {verb})")
-    _options_argv(own, verb, f"{where}.{verb}")
-    return _options_argv({**(shared or {}), **(own or {})}, verb, f"{where}.{verb}")
-
-
-def expand_per_block(value: Any, where: str) -> str:
-    """``4``, ``[4, 4, 2]`` or ``"4x15,2x15"`` -> the comma list ``qra plan --bits`` takes."""
-    if isinstance(value, bool):
-        raise ValueError(f"{where} must be a number, a list or like 4x15,2x15, got {value!r}")
-    if isinstance(value, int):
-        return str(value)
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, str) and value.strip():
-        out: list[str] = []
-        for part in value.split(","):
-            match = _REPEAT.match(part)
-            if match is None:
-                raise ValueError(f"{where} parts are N or NxCOUNT (e.g. 4x15,2x15), got {part!r}")
-            out += [match.group(1)] * int(match.group(2) or 1)
-        return ",".join(out)
-    raise ValueError(f"{where} must be a number, a list or like 4x15,2x15, got {value!r}")
-
-
-def _seeds(value: Any, where: str) -> list[int]:
-    if not isinstance(value, list) or not value or not all(_count(s) for s in value):
-        raise ValueError(f"{where} must be a non-empty list of integers >= 0, got {value!r}")
-    if len(set(value)) != len(value):
-        raise ValueError(f"{where} repeats a seed: {value}")
-    return value
-
-
-def _count(value: Any) -> bool:
-    """An integer >= 0 that is not a bool (YAML's true is an int to Python)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _check_keys(entry: dict, accepted: tuple[str, ...], where: str) -> None:
-    unknown = sorted((k for k in entry if k not in accepted), key=str)
-    if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}; accepted: {', '.join(accepted)}")
-
-
-def _budget_like(value: Any) -> bool:
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
-
-
-def _name(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ValueError(
-            f"{where} must be letters, digits, '.', '_', '+' or '-' (a folder name), got {value!r}"
-        )
-    return value
-
-
 def search_key(budget: str, seed: int, argv: list[str]) -> str:
     """The search folder's name: readable budget and seed, plus a digest of the whole command."""
     digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:8]
@@ -264,18 +175,18 @@ def load(path: str | Path, output: str | Path) -> Experiment:
         raise ValueError(
             f"{source} must be a mapping with name, seeds and methods; got {type(data).__name__}"
         )
-    _check_keys(data, TOP_KEYS, str(source))
+    check_keys(data, TOP_KEYS, str(source))
     for key in ("name", "methods"):
         if key not in data:
             raise ValueError(f"{source}: {key!r} is missing")
-    name = _name(data["name"], _where(source, "name"))
+    name = check_name(data["name"], _where(source, "name"))
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise ValueError(f"{source}: model must be a hub id, a directory or a .gguf path, got {model!r}")
-    seeds = _seeds(data.get("seeds", [0]), _where(source, "seeds"))
+    seeds = check_seeds(data.get("seeds", [0]), _where(source, "seeds"))
     shared = {verb: data.get(verb) for verb in ("train", "eval", "search")}
     for verb, options in shared.items():
-        _options_argv(options, verb, _where(source, verb))
+        options_argv(options, verb, _where(source, verb))
     methods = data["methods"]
     if not isinstance(methods, list) or not methods:
         raise ValueError(f"{source}: methods must be a non-empty list, got {methods!r}")
@@ -286,7 +197,7 @@ def load(path: str | Path, output: str | Path) -> Experiment:
         where = _where(source, f"methods[{index}]")
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be a mapping with a label, got {entry!r}")
-        _check_keys(entry, METHOD_KEYS, where)
+        check_keys(entry, METHOD_KEYS, where)
         for cell in _method_cells(entry, where, name, root, model_argv, seeds, shared):
             if cell.label not in labels:
                 labels.append(cell.label)
@@ -316,7 +227,7 @@ def _method_cells(
 ) -> list[Cell]:
     if "label" not in entry:
         raise ValueError(f"{where}: 'label' is missing")
-    label = _name(entry["label"], f"{where}.label")
+    label = check_name(entry["label"], f"{where}.label")
     plan, search = entry.get("plan"), entry.get("search", None)
     if plan is not None and "search" in entry:
         raise ValueError(f"{where} ({label}): give plan or search, not both")
@@ -325,24 +236,20 @@ def _method_cells(
         raise ValueError(f"{where} ({label}): needs a method (e.g. lora16, qlora-4), a plan or a search")
     budgets = entry.get("budgets")
     if "search" in entry:
-        if (
-            not isinstance(budgets, list)
-            or not budgets
-            or not all(isinstance(b, str | int | float) for b in budgets)
-        ):
+        if not isinstance(budgets, list) or not budgets or not all(is_budget(b) for b in budgets):
             raise ValueError(f"{where} ({label}): a search needs budgets, a list like [3.5bits, 5.0bits]")
         budgets = [str(b) for b in budgets]
     elif budgets is not None:
         raise ValueError(f"{where} ({label}): budgets go with a search")
-    seeds = _seeds(entry["seeds"], f"{where}.seeds") if "seeds" in entry else seeds
+    seeds = check_seeds(entry["seeds"], f"{where}.seeds") if "seeds" in entry else seeds
     search_seed = entry.get("search_seed")
-    if search_seed is not None and (not _count(search_seed) or "search" not in entry):
+    if search_seed is not None and (not is_count(search_seed) or "search" not in entry):
         raise ValueError(f"{where} ({label}): search_seed is an integer >= 0 and goes with a search")
-    train_argv = _merged_argv(shared["train"], entry.get("train"), "train", where)
-    eval_argv = _options_argv(shared["eval"], "eval", f"{where} (shared eval)")
+    train_argv = merged_argv(shared["train"], entry.get("train"), "train", where)
+    eval_argv = options_argv(shared["eval"], "eval", f"{where} (shared eval)")
     search_argv: list[str] | None = None
     if "search" in entry:
-        search_argv = _merged_argv(shared["search"], search or {}, "search", where)
+        search_argv = merged_argv(shared["search"], search or {}, "search", where)
     plan_spec = _plan_spec(plan, f"{where}.plan") if plan is not None else None
     cells: list[Cell] = []
     for budget in budgets or [None]:
