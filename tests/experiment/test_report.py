@@ -90,7 +90,9 @@ def write_search(folder: Path, losses: list[tuple[str, float]], cost: float, pea
     searched = [r for r in records if r.phase != "reference"]
     chosen = min(searched, key=lambda r: r.loss)
     summary = search_report.summarise(records, pareto=[chosen.number], chosen_number=chosen.number)
-    summary.update(budget="3.5 avg bits", wall_seconds=99.0, search_cost_epochs=cost)
+    summary.update(
+        budget="3.5 avg bits", wall_seconds=99.0, search_cost_epochs=cost, proxy_tokens=cost * 100_000
+    )
     folder.mkdir(parents=True)
     if pearson_r is not None:
         summary["bits_sensitivity_pearson"] = pearson_r
@@ -233,10 +235,11 @@ def test_markdown_holds_the_formatted_cells(experiment: Path) -> None:
     lora = next(line for line in lines if line.startswith("| lora16 | 2/3 | 16.00 ± 0.00 | 16.0 ± 0.0 |"))
     assert "| 11.00 ± 1.41 | 22.00 ± 2.83 | 50.5 ± 0.7 |" in lora and lora.endswith("| 53.4 ± 0.7 |")
     assert "| qlora-4 | 1/2 | 4.50 | 16.0 | 12.50 | 25.00 | 40.0 |" in text
-    assert "| lora16 | 16.00 ± 0.00 | 2,050.0 ± 70.7 | 1,100 ± 141 | 1.00 | – | – | – |" in lines
-    assert "| qlora-4 | 4.50 | – | 800 | 0.73 | – | – | – |" in lines
+    assert "| lora16 | 16.00 ± 0.00 | 2,050.0 ± 70.7 | 1,100 ± 141 | 1.00 | – | – | – | – |" in lines
+    assert "| qlora-4 | 4.50 | – | 800 | 0.73 | – | – | – | – |" in lines
     qra = "| qra@3.5bits | 3.50 ± 0.00 | 1,000.0 ± 0.0 | 1,600 ± 100 | 1.45 | 3 ± 1 | 30.0 ± 14.1 |"
-    assert f"{qra} 0.400 ± 0.141 |" in lines
+    # Search tokens over each cell's 50,000 fine-tune tokens: A's 50,000 twice, B's 30,000.
+    assert f"{qra} 0.400 ± 0.141 | 0.87 ± 0.23 |" in lines
     assert "| qra@3.5bits | 2 | 3.25 ± 0.07 | 2.6000 ± 0.1414 | 0.80 |" in lines
     assert "- lora16 seed 2: failed (CUDA out of memory)" in lines
     assert "- qlora-4 seed 1: done (eval.json missing)" in lines

@@ -52,6 +52,8 @@ class SearchInfo:
     """summary.json wall_seconds: the last ``qra search`` run, profiling included."""
     cost_epochs: float | None
     """summary.json search_cost_epochs: proxy tokens over one epoch of the training data."""
+    proxy_tokens: float | None
+    """summary.json proxy_tokens: tokens the search's proxy fine-tunes trained on, in all."""
     pearson: float | None
     """summary.json bits_sensitivity_pearson (None without a profile or for a constant plan)."""
     chosen_avg_bits: float
@@ -317,6 +319,7 @@ def read_search(folder: Path, experiment_dir: Path) -> SearchInfo:
         seconds=searched_seconds,
         wall_seconds=_number(summary.get("wall_seconds")),
         cost_epochs=_number(summary.get("search_cost_epochs")),
+        proxy_tokens=_number(summary.get("proxy_tokens")),
         pearson=_number(summary.get("bits_sensitivity_pearson")),
         chosen_avg_bits=float(_need(chosen, "avg_bits", path)),
         chosen_loss=_number(_need(chosen, "loss", path)),

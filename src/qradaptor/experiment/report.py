@@ -64,7 +64,8 @@ class LabelRow:
     stats: Mapping[str, Stat]
     """By key: avg_bits, avg_rank, each "task/metric", avg_acc, avg_acc_norm, tokens_per_s, peak_mib,
     predicted_peak_mib, train_seconds; and, over distinct searches, search_evaluations,
-    search_seconds, search_epochs, search_pearson, search_avg_bits, search_loss."""
+    search_seconds, search_epochs, search_pearson, search_avg_bits, search_loss; per cell
+    search_per_finetune (search proxy tokens over the cell's fine-tune tokens)."""
     tokens_per_s_ratio: float | None
     """Mean tokens/s over the reference label's mean tokens/s; None without a reference."""
     n_searches: int
@@ -103,7 +104,13 @@ def _cell_values(cell: CellResult) -> dict[str, float | None]:
         "peak_mib": cell.peak_mib,
         "predicted_peak_mib": cell.predicted_peak_mib,
         "train_seconds": cell.train_seconds,
+        # The search's cost against the fine-tune it chose a plan for (the paper's "epochs").
+        "search_per_finetune": _ratio(cell.search.proxy_tokens if cell.search else None, cell.train_tokens),
     }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def _search_values(search: SearchInfo) -> dict[str, float | None]:
@@ -211,7 +218,17 @@ def to_markdown(summary: ExperimentSummary) -> str:
         *_table(header, [quality(r, NORM_KEYS, "avg_acc_norm") for r in rows]),
     ]
     ref = f"x {summary.reference}" if summary.reference else "x reference"
-    header = ["method", "avg bits", "peak MiB", "tokens/s", ref, "search evals", "search s", "search epochs"]
+    header = [
+        "method",
+        "avg bits",
+        "peak MiB",
+        "tokens/s",
+        ref,
+        "search evals",
+        "search s",
+        "search epochs (proxy data)",
+        "search tokens / fine-tune tokens",
+    ]
     lines = [
         [
             r.label,
@@ -222,10 +239,17 @@ def to_markdown(summary: ExperimentSummary) -> str:
             _fmt(r.stats.get("search_evaluations"), 0),
             _fmt(r.stats.get("search_seconds"), 1),
             _fmt(r.stats.get("search_epochs"), 3),
+            _fmt(r.stats.get("search_per_finetune"), 2),
         ]
         for r in rows
     ]
     out += ["", "## Efficiency", "", *_table(header, lines)]
+    out += [
+        "",
+        "tokens/s: steady (after the warm-up steps), as measured while other steps may have shared "
+        "the GPU. Search epochs: the proxy fine-tunes' tokens over one epoch of the search's data; "
+        "search tokens / fine-tune tokens: the same tokens over the cell's own fine-tune.",
+    ]
     searched = [r for r in rows if r.n_searches]
     if searched:
         header = [
