@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from qradaptor.build import quantize_model_
+from qradaptor.correlation import pearson, spearman
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import LayerSpec, Plan
-from qradaptor.sensitivity import (
-    SensitivityTable,
-    pearson,
-    plot_sensitivity,
-    profile_sensitivity,
-    spearman,
-)
+from qradaptor.sensitivity import SensitivityTable, plot_sensitivity, profile_sensitivity
 
 BITS = (2, 3, 4, 8)
 

@@ -10,7 +10,7 @@ import pytest
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
 from qradaptor.search.proxy import ProxyScore
-from qradaptor.search.records import TrialRecord, records_to_csv
+from qradaptor.search.records import TrialRecord, records_from_csv, records_to_csv
 from qradaptor.search.space import MemoryTable, SearchSpace
 from qradaptor.search.study import StudyObjective, completed_records, open_study, sqlite_url
 
@@ -106,5 +106,8 @@ def test_records_round_trip_through_dicts_and_csv() -> None:
     lines = records_to_csv([record]).splitlines()
     assert lines[0].startswith("number,phase,generation,name,loss")
     assert lines[1] == "3,bayes,1,x,inf,2.500000,1000,3.2500,0.500,64,h,2 4,4 8"
+    assert records_from_csv(records_to_csv([record])) == [record]  # values exact at the CSV's rounding
+    with pytest.raises(ValueError, match=r"not a trials.csv of records_to_csv \(KeyError\('number'\)\)"):
+        records_from_csv("x\n1\n")
     with pytest.raises(ValueError, match="phase must be one of"):
         TrialRecord(0, "warmup", 0, "h", (2,), (4,), 1.0, 1.0, 1, 2.0, 0.1)

@@ -13,8 +13,6 @@ machine keep no adapter or packed base.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qradaptor.eval.suite import ZERO_SHOT
-from qradaptor.search.records import SEARCH_PHASES, TrialRecord, best_so_far
+from qradaptor.search.records import SEARCH_PHASES, best_so_far, records_from_csv
 
 CELL_FILE = "cell.json"
 STATES = ("pending", "running", "done", "failed", "stopped")
@@ -266,27 +264,9 @@ def _best_so_far(path: Path) -> tuple[float, ...]:
     if not path.is_file():
         return ()
     try:
-        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
-        records = [
-            TrialRecord(
-                number=int(row["number"]),
-                phase=row["phase"],
-                generation=int(row["generation"]),
-                plan_hash=row["plan_hash"],
-                bits=tuple(int(b) for b in row["bits"].split()),
-                ranks=tuple(int(r) for r in row["ranks"].split()),
-                loss=float(row["loss"]),
-                loss_before=float(row["loss_before"]),
-                bytes=int(row["bytes"]),
-                avg_bits=float(row["avg_bits"]),
-                seconds=float(row["seconds"]),
-                name=row["name"],
-                tokens=int(row["tokens"]),
-            )
-            for row in rows
-        ]
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: not a trials.csv of records_to_csv ({err!r})") from None
+        records = records_from_csv(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return tuple(best_so_far(sorted(records, key=lambda r: r.number)))
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qradaptor import correlation
 from qradaptor.experiment.cells import CellResult, SearchInfo
 from qradaptor.experiment.report import ExperimentSummary, LabelRow, Stat
 
@@ -35,17 +36,10 @@ def _name(label: str, seeds: Sequence[int]) -> str:
 
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Pearson r of two equal-length sequences; None with fewer than 2 points or a constant one."""
-    n = len(xs)
-    if n != len(ys):
-        raise ValueError(f"ys must have len(xs)={n} values, got {len(ys)}")
-    if n < 2:
-        return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    if sxx <= 0 or syy <= 0:  # r is undefined for a constant input: say so rather than 0
-        return None
-    return sxy / math.sqrt(sxx * syy)
+    if len(xs) != len(ys):
+        raise ValueError(f"ys must have len(xs)={len(xs)} values, got {len(ys)}")
+    r = correlation.pearson(xs, ys)
+    return None if math.isnan(r) else r  # undefined for a constant input: say so rather than 0
 
 
 def _bars(ax: Any, rows: Sequence[LabelRow], key: str, scale: float, ylabel: str) -> list[float]:

@@ -129,6 +129,35 @@ def records_to_csv(records: Iterable[TrialRecord]) -> str:
     return out.getvalue()
 
 
+def records_from_csv(text: str) -> list[TrialRecord]:
+    """The records ``records_to_csv`` wrote (floats as rounded there).
+
+    Raises:
+        ValueError: a missing column or a value of the wrong type.
+    """
+    try:
+        return [
+            TrialRecord(
+                number=int(row["number"]),
+                phase=row["phase"],
+                generation=int(row["generation"]),
+                plan_hash=row["plan_hash"],
+                bits=tuple(int(b) for b in row["bits"].split()),
+                ranks=tuple(int(r) for r in row["ranks"].split()),
+                loss=float(row["loss"]),
+                loss_before=float(row["loss_before"]),
+                bytes=int(row["bytes"]),
+                avg_bits=float(row["avg_bits"]),
+                seconds=float(row["seconds"]),
+                name=row["name"],
+                tokens=int(row["tokens"]),
+            )
+            for row in csv.DictReader(io.StringIO(text))
+        ]
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"not a trials.csv of records_to_csv ({err!r})") from None
+
+
 def best_so_far(records: Sequence[TrialRecord]) -> list[float]:
     """Running minimum of the loss over the search phases, one value per search record.
 

@@ -244,7 +244,7 @@ def bits_sensitivity_correlation(bits: Sequence[int], sensitivity: Sequence[floa
         ValueError: Lengths differ, fewer than 2 units, or a non-finite sensitivity.
     """
     _check_pair(bits, sensitivity)
-    from qradaptor.sensitivity import pearson  # sensitivity imports torch: only pay for it here
+    from qradaptor.correlation import pearson
 
     return pearson([float(b) for b in bits], [float(s) for s in sensitivity])
 
