@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qradaptor.correlation import pearson
 from qradaptor.data import load_texts, pack_texts
 from qradaptor.models.loading import load_model
 from qradaptor.models.structure import inspect_model
@@ -39,7 +40,7 @@ from qradaptor.search.pipeline import SearchConfig, run_search
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.space import MemoryTable, SearchSpace
 from qradaptor.search.study import sqlite_url
-from qradaptor.sensitivity import pearson, profile_sensitivity
+from qradaptor.sensitivity import profile_sensitivity
 
 VARIANTS = ("full", "no_profile", "bits_only", "no_bayes")
 

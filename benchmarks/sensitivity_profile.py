@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from qradaptor.correlation import pearson, spearman
 from qradaptor.data import load_texts, pack_texts
 from qradaptor.models.loading import load_model
-from qradaptor.sensitivity import pearson, plot_sensitivity, profile_sensitivity, spearman
+from qradaptor.sensitivity import plot_sensitivity, profile_sensitivity
 
 
 def _ints(text: str) -> list[int]:
