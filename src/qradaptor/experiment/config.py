@@ -88,9 +88,14 @@ class Search:
     plan.json and the trials (a search killed in between is not taken for finished)."""
 
     @property
+    def folder(self) -> Path:
+        """The ``qra search`` run folder (``DIR/searches/<key>``)."""
+        return self.step.done.parent
+
+    @property
     def plan(self) -> Path:
         """The plan the search chooses."""
-        return self.step.done.parent / "plan.json"
+        return self.folder / "plan.json"
 
 
 @dataclass(frozen=True)

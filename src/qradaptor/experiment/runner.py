@@ -82,7 +82,7 @@ def plan_jobs(experiments: Sequence[Experiment]) -> list[_Job]:
     for experiment in experiments:
         for cell in experiment.cells:
             if cell.search is not None and cell.search.key not in searches:
-                folder = cell.search.step.done.parent
+                folder = cell.search.folder
                 searches[cell.search.key] = _Job(
                     f"searches/{cell.search.key}", [cell.search.step], folder.parent / "logs" / folder.name
                 )
@@ -110,7 +110,7 @@ def write_cell_record(cell: Cell, state: str, error: str | None = None) -> None:
     """cell.json: the cell's label, seed, search folder, commands and state."""
     search = None
     if cell.search is not None:
-        search = os.path.relpath(cell.search.step.done.parent, cell.folder)
+        search = os.path.relpath(cell.search.folder, cell.folder)
     record = {
         "experiment": cell.experiment,
         "label": cell.label,
