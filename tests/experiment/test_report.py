@@ -180,6 +180,7 @@ def test_collect_reads_every_cell_in_label_order(experiment: Path) -> None:
     search = qra.search
     assert search is not None and search.path == "../searches/A"
     assert search.evaluations == 4 and search.total_evaluations == 5 and search.seconds == pytest.approx(40.0)
+    assert search.initial_evaluations == 2
     assert search.best_so_far == (2.9, 2.9, 2.7, 2.7) and search.chosen_loss == 2.7
     assert search.block_bits == (4, 3, 2) and search.block_ranks == (16, 8, 4)
     assert search.sensitivity == (0.3, 0.2, 0.1) and search.pearson == 0.8 and search.cost_epochs == 0.5
@@ -218,13 +219,19 @@ def test_summarise_gives_hand_computed_means_and_stds(experiment: Path) -> None:
     assert q["search_epochs"].mean == pytest.approx(0.4) and q["search_seconds"].mean == pytest.approx(30.0)
     assert q["search_loss"].mean == pytest.approx(2.6) and q["search_avg_bits"].mean == pytest.approx(3.25)
     assert q["search_pearson"].mean == 0.8 and q["search_pearson"].n == 1
+    # Gain after the initial population: A 2.9 -> 2.7, B 2.6 -> 2.5. Plan bits (4, 3, 2) by depth.
+    assert q["search_gain"].mean == pytest.approx(0.15) and q["search_gain"].std == pytest.approx(
+        0.05 * math.sqrt(2)
+    )
+    assert q["search_bits_early"].mean == 4.0 and q["search_bits_late"].mean == 2.5
 
 
 def test_no_reference_gives_no_ratio(experiment: Path) -> None:
     for reference in (None, "lora32"):
         summary = summarise(collect(experiment, LABELS), reference=reference)
         assert summary.reference is None and all(r.tokens_per_s_ratio is None for r in summary.rows)
-        assert "| x reference |" in to_markdown(summary)
+        text = to_markdown(summary)  # an all-"–" ratio column is left out
+        assert "| tokens/s |" in text and "| x " not in text and "| x reference |" not in text
 
 
 def test_markdown_holds_the_formatted_cells(experiment: Path) -> None:
@@ -240,7 +247,9 @@ def test_markdown_holds_the_formatted_cells(experiment: Path) -> None:
     qra = "| qra@3.5bits | 3.50 ± 0.00 | 1,000.0 ± 0.0 | 1,600 ± 100 | 1.45 | 3 ± 1 | 30.0 ± 14.1 |"
     # Search tokens over each cell's 50,000 fine-tune tokens: A's 50,000 twice, B's 30,000.
     assert f"{qra} 0.400 ± 0.141 | 0.87 ± 0.23 |" in lines
-    assert "| qra@3.5bits | 2 | 3.25 ± 0.07 | 2.6000 ± 0.1414 | 0.80 |" in lines
+    search_line = "| qra@3.5bits | 2 | 3.25 ± 0.07 | 2.6000 ± 0.1414 | 0.150 ± 0.071 | 4.00 ± 0.00 |"
+    search_line += " 2.50 ± 0.00 | 0.80 |"
+    assert search_line in lines
     assert "- lora16 seed 2: failed (CUDA out of memory)" in lines
     assert "- qlora-4 seed 1: done (eval.json missing)" in lines
 
@@ -359,3 +368,25 @@ def test_the_report_imports_neither_torch_nor_matplotlib() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_gain_needs_a_stage_after_the_initial_population(tmp_path: Path) -> None:
+    from qradaptor.experiment.cells import read_search
+    from qradaptor.experiment.report import _gain_after_initial
+
+    write_search(tmp_path / "only", [("initial", 2.9), ("initial", 2.8)], 0.1, None)
+    write_search(tmp_path / "later", [("initial", 2.9), ("nsga2", 3.0), ("bayes", 2.4)], 0.1, None)
+    assert _gain_after_initial(read_search(tmp_path / "only", tmp_path)) is None
+    assert _gain_after_initial(read_search(tmp_path / "later", tmp_path)) == pytest.approx(0.5)
+
+
+def test_columns_nothing_measured_are_left_out(tmp_path: Path) -> None:
+    """A perplexity-only experiment (like configs/efficiency.yaml) gets no empty accuracy columns."""
+    folder = write_cell(tmp_path, "lora16", 0, train=(16.0, 16.0, 1000.0, 2000.0), eval=(10.0, 0.0))
+    records = [EvalRecord("ppl_wiki", "ppl", 10.0, None, 16, "/models/tiny", "h", "run/adapter", 1.0)]
+    (folder / "eval.json").write_text(eval_to_json(records, {"model": "/models/tiny", "tasks": ["ppl_wiki"]}))
+    lines = to_markdown(summarise(collect(tmp_path / "pilot"))).splitlines()
+    assert "| method | seeds | avg bits | avg rank | PPL wiki |" in lines
+    assert "| lora16 | 1/1 | 16.00 | 16.0 | 10.00 |" in lines
+    assert "## Zero-shot acc_norm (%)" not in lines
+    assert "| method | avg bits | peak MiB | tokens/s | x lora16 |" in lines

@@ -42,6 +42,8 @@ class SearchInfo:
     """summary.json budget, e.g. "3.5 avg bits"."""
     evaluations: int
     """Proxy evaluations of the search phases (initial, nsga2, bayes; references excluded)."""
+    initial_evaluations: int
+    """Of those, the initial population's (summary.json evaluations.initial)."""
     total_evaluations: int
     """summary.json total_evaluations (references included)."""
     seconds: float
@@ -295,6 +297,7 @@ def read_search(folder: Path, experiment_dir: Path) -> SearchInfo:
         path=os.path.relpath(folder, os.path.normpath(experiment_dir)),
         budget=None if budget is None else str(budget),
         evaluations=searched,
+        initial_evaluations=int(evaluations.get("initial", 0)),
         total_evaluations=int(_need(summary, "total_evaluations", path)),
         seconds=searched_seconds,
         wall_seconds=_number(summary.get("wall_seconds")),

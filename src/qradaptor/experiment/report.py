@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 PPL_KEYS = ("ppl_wiki/ppl", "ppl_lambada/ppl")
+MISSING = "–"
+"""A table entry with nothing measured."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ class LabelRow:
     stats: Mapping[str, Stat]
     """By key: avg_bits, avg_rank, each "task/metric", avg_acc, avg_acc_norm, tokens_per_s, peak_mib,
     predicted_peak_mib, train_seconds; and, over distinct searches, search_evaluations,
-    search_seconds, search_epochs, search_pearson, search_avg_bits, search_loss; per cell
+    search_seconds, search_epochs, search_pearson, search_avg_bits, search_loss, search_bits_early,
+    search_bits_late (the chosen plan's mean bits over the first and second half of the blocks),
+    search_gain (best proxy loss after the initial population minus the final best); per cell
     search_per_finetune (search proxy tokens over the cell's fine-tune tokens)."""
     tokens_per_s_ratio: float | None
     """Mean tokens/s over the reference label's mean tokens/s; None without a reference."""
@@ -114,6 +118,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _search_values(search: SearchInfo) -> dict[str, float | None]:
+    half = len(search.block_bits) // 2
     return {
         "search_evaluations": float(search.evaluations),
         "search_seconds": search.seconds,
@@ -121,7 +126,20 @@ def _search_values(search: SearchInfo) -> dict[str, float | None]:
         "search_pearson": search.pearson,
         "search_avg_bits": search.chosen_avg_bits,
         "search_loss": search.chosen_loss,
+        # The paper's Fig. 3 says later blocks get more bits: the chosen plan's two halves by depth.
+        "search_bits_early": statistics.fmean(search.block_bits[:half]) if half else None,
+        "search_bits_late": statistics.fmean(search.block_bits[half:]) if half else None,
+        "search_gain": _gain_after_initial(search),
     }
+
+
+def _gain_after_initial(search: SearchInfo) -> float | None:
+    """How far the evolution and Bayes stages lowered the best proxy loss below the initial
+    population's best (Fig. 4's descent); None without trials.csv or with no stage after it."""
+    curve, initial = search.best_so_far, search.initial_evaluations
+    if not 0 < initial < len(curve):
+        return None
+    return curve[initial - 1] - curve[-1]
 
 
 def _row(label: str, cells: Sequence[CellResult]) -> LabelRow:
@@ -176,12 +194,17 @@ def _with_ratio(row: LabelRow, base: float) -> LabelRow:
 def _fmt(stat: Stat | None, digits: int, scale: float = 1.0) -> str:
     """ "mean ± std", or the mean alone with one value; "–" with none."""
     if stat is None or stat.mean is None:
-        return "–"
+        return MISSING
     text = f"{stat.mean * scale:,.{digits}f}"
     return text if stat.std is None else f"{text} ± {stat.std * scale:,.{digits}f}"
 
 
-def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
+def _table(header: Sequence[str], lines: Sequence[Sequence[str]], keep: int = 1) -> list[str]:
+    """A markdown table without the columns (after the first ``keep``) that no line measured:
+    an experiment that evaluates perplexity alone gets no empty accuracy columns."""
+    columns = [i for i in range(len(header)) if i < keep or any(line[i] != MISSING for line in lines)]
+    header = [header[i] for i in columns]
+    lines = [[line[i] for i in columns] for line in lines]
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return out + ["| " + " | ".join(line) + " |" for line in lines]
 
@@ -210,13 +233,11 @@ def to_markdown(summary: ExperimentSummary) -> str:
         line = quality(r, ACC_KEYS, "avg_acc")
         numbers = [_fmt(s("avg_bits"), 2), _fmt(s("avg_rank"), 1), *(_fmt(s(k), 2) for k in PPL_KEYS)]
         lines.append([*line[:2], *numbers, *line[2:]])
-    out += ["## Quality (zero-shot acc, %)", "", *_table(header, lines), ""]
+    out += ["## Quality (perplexity; zero-shot acc in %)", "", *_table(header, lines, keep=2)]
     header = ["method", "seeds", *tasks, "avg acc_norm"]
-    out += [
-        "## Zero-shot acc_norm (%)",
-        "",
-        *_table(header, [quality(r, NORM_KEYS, "avg_acc_norm") for r in rows]),
-    ]
+    lines = [quality(r, NORM_KEYS, "avg_acc_norm") for r in rows]
+    if any(value != MISSING for line in lines for value in line[2:]):
+        out += ["", "## Zero-shot acc_norm (%)", "", *_table(header, lines, keep=2)]
     ref = f"x {summary.reference}" if summary.reference else "x reference"
     header = [
         "method",
@@ -235,7 +256,7 @@ def to_markdown(summary: ExperimentSummary) -> str:
             _fmt(r.stats.get("avg_bits"), 2),
             _fmt(r.stats.get("peak_mib"), 1),
             _fmt(r.stats.get("tokens_per_s"), 0),
-            "–" if r.tokens_per_s_ratio is None else f"{r.tokens_per_s_ratio:.2f}",
+            MISSING if r.tokens_per_s_ratio is None else f"{r.tokens_per_s_ratio:.2f}",
             _fmt(r.stats.get("search_evaluations"), 0),
             _fmt(r.stats.get("search_seconds"), 1),
             _fmt(r.stats.get("search_epochs"), 3),
@@ -246,9 +267,10 @@ def to_markdown(summary: ExperimentSummary) -> str:
     out += ["", "## Efficiency", "", *_table(header, lines)]
     out += [
         "",
-        "tokens/s: steady (after the warm-up steps), as measured while other steps may have shared "
-        "the GPU. Search epochs: the proxy fine-tunes' tokens over one epoch of the search's data; "
-        "search tokens / fine-tune tokens: the same tokens over the cell's own fine-tune.",
+        "tokens/s: steady (after the warm-up steps). They compare only between cells that had their GPU "
+        "to themselves (`qra experiment --jobs` at most the number of GPUs). Search epochs: the proxy "
+        "fine-tunes' tokens over one epoch of the search's data; search tokens / fine-tune tokens: the "
+        "same tokens over the cell's own fine-tune.",
     ]
     searched = [r for r in rows if r.n_searches]
     if searched:
@@ -257,6 +279,9 @@ def to_markdown(summary: ExperimentSummary) -> str:
             "searches",
             "chosen avg bits",
             "chosen proxy loss",
+            "gain after initial population (nats)",
+            "bits, first half of blocks",
+            "bits, second half",
             "Pearson r (sensitivity, bits)",
         ]
         lines = [
@@ -265,6 +290,9 @@ def to_markdown(summary: ExperimentSummary) -> str:
                 str(r.n_searches),
                 _fmt(r.stats.get("search_avg_bits"), 2),
                 _fmt(r.stats.get("search_loss"), 4),
+                _fmt(r.stats.get("search_gain"), 3),
+                _fmt(r.stats.get("search_bits_early"), 2),
+                _fmt(r.stats.get("search_bits_late"), 2),
                 _fmt(r.stats.get("search_pearson"), 2),
             ]
             for r in searched
