@@ -167,7 +167,7 @@ def test_report_only_tabulates_the_cell_folders_and_runs_nothing(cli, tiny: Path
     assert "- C seed 0: failed (CUDA out of memory)" in text and "- C seed 1: pending" in text
     assert "- qra@3.5bits seed 0: pending" in text  # no folder yet: planned, not run
     # Nothing ran: only the results were added, and the cells' records are as written.
-    results = [folder / name for name in ("results.md", "results.json", "metrics.png")]
+    results = [folder / name for name in ("results.md", "results.json", "metrics.png", "efficiency.png")]
     assert all(path.is_file() for path in results)
     after = sorted(p.relative_to(out) for p in out.rglob("*") if p not in results)
     assert after == before

@@ -277,6 +277,7 @@ def test_write_report_writes_tables_and_plots(experiment: Path) -> None:
         "results.md",
         "results.json",
         "metrics.png",
+        "efficiency.png",
         "allocation.png",
         "convergence.png",
         "sensitivity_bits.png",
@@ -292,7 +293,7 @@ def test_no_search_plots_without_searches(experiment: Path) -> None:
     pytest.importorskip("matplotlib")
     cells = collect(experiment, ["lora16"])
     paths = write_report(experiment, summarise(cells), cells)
-    assert [p.name for p in paths] == ["results.md", "results.json", "metrics.png"]
+    assert [p.name for p in paths] == ["results.md", "results.json", "metrics.png", "efficiency.png"]
     assert "## Search" not in (experiment / "results.md").read_text()
 
 
@@ -390,3 +391,17 @@ def test_columns_nothing_measured_are_left_out(tmp_path: Path) -> None:
     assert "| lora16 | 1/1 | 16.00 | 16.0 | 10.00 |" in lines
     assert "## Zero-shot acc_norm (%)" not in lines
     assert "| method | avg bits | peak MiB | tokens/s | x lora16 |" in lines
+
+
+def test_panels_draw_only_what_was_measured(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from qradaptor.experiment.plots import EFFICIENCY_PANELS, METRIC_PANELS, measured, plot_panels
+    from qradaptor.experiment.report import LabelRow, Stat
+
+    ppl_only = LabelRow("lora16", "lora16", None, 1, 1, {"ppl_wiki/ppl": Stat(25.0, None, 1)}, None, 0)
+    assert measured([ppl_only], "ppl_wiki/ppl") and not measured([ppl_only], "avg_acc")
+    plot_panels([ppl_only], METRIC_PANELS, tmp_path / "metrics.png")
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match=r"rows must measure one of \['tokens_per_s', 'peak_mib'\]"):
+        plot_panels([ppl_only], EFFICIENCY_PANELS, tmp_path / "efficiency.png")
+    assert not (tmp_path / "efficiency.png").exists()

@@ -1,6 +1,7 @@
 """An experiment's figures, from its summary and cells (no model): the paper's Figs. 1, 3, 4 and 5.
 
     metrics.png            avg acc and PPL wiki per label, std over seeds as error bars (Figs. 1, 5)
+    efficiency.png         steady tokens/s and peak GPU memory per label (Table 4)
     allocation.png         mean bits and rank per block of each searched label's plans (Fig. 3)
     convergence.png        best-so-far proxy loss over evaluations, one line per search (Fig. 4)
     sensitivity_bits.png   block sensitivity (Eq. 6) against the bits the search chose
@@ -42,6 +43,13 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return None if math.isnan(r) else r  # undefined for a constant input: say so rather than 0
 
 
+def _bar_text(value: float) -> str:
+    """3 significant digits, without exponents for thousands (tokens/s, MiB)."""
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def _bars(ax: Any, rows: Sequence[LabelRow], key: str, scale: float, ylabel: str) -> list[float]:
     """Bars of ``key``'s mean (times ``scale``) with std error bars, each labelled; returns the means."""
     stats = [r.stats.get(key, Stat(None, None, 0)) for r in rows]
@@ -50,7 +58,7 @@ def _bars(ax: Any, rows: Sequence[LabelRow], key: str, scale: float, ylabel: str
     errors = [0.0 if s.std is None else s.std * scale for s in stats]
     bars = ax.bar(xs, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
     # An empty slot must not read as a zero: it is labelled n/a.
-    ax.bar_label(bars, labels=["n/a" if math.isnan(m) else f"{m:.3g}" for m in means], fontsize=8)
+    ax.bar_label(bars, labels=[_bar_text(m) for m in means], fontsize=8)
     ax.set_xticks(xs)
     ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right")
     ax.set_ylabel(ylabel)
@@ -58,28 +66,54 @@ def _bars(ax: Any, rows: Sequence[LabelRow], key: str, scale: float, ylabel: str
     return [m for m in means if not math.isnan(m)]
 
 
-def plot_metrics(rows: Sequence[LabelRow], path: Path) -> None:
-    """Avg zero-shot acc (%) and PPL wiki per label, mean ± std over seeds (Figs. 1 and 5).
+METRIC_PANELS = (
+    ("avg_acc", 100.0, "avg acc over 7 tasks (%)", "Zero-shot accuracy (higher is better)"),
+    ("ppl_wiki/ppl", 1.0, "perplexity", "PPL wiki (lower is better)"),
+)
+"""metrics.png: (stat key, scale, y label, title) per panel."""
+EFFICIENCY_PANELS = (
+    ("tokens_per_s", 1.0, "steady tokens/s", "Fine-tune throughput (higher is better)"),
+    ("peak_mib", 1.0, "peak MiB (torch.cuda.max_memory_allocated)", "Peak GPU memory (lower is better)"),
+)
+"""efficiency.png (Table 4): throughput and peak memory per label."""
 
-    The perplexity axis is logarithmic when the perplexities span 10x or more (a 2-bit
-    baseline next to lora16), so that the others stay readable.
+
+def measured(rows: Sequence[LabelRow], key: str) -> bool:
+    """Whether any label has a value of ``key``."""
+    return any(r.stats.get(key, Stat(None, None, 0)).mean is not None for r in rows)
+
+
+def plot_panels(rows: Sequence[LabelRow], panels: Sequence[tuple[str, float, str, str]], path: Path) -> None:
+    """One bar panel per (key, scale, y label, title) that some label measured, mean ± std over seeds.
+
+    A perplexity axis is logarithmic when the perplexities span 10x or more (a 2-bit baseline
+    next to lora16), so that the others stay readable.
 
     Raises:
-        ValueError: ``rows`` is empty.
+        ValueError: ``rows`` is empty, or no label measured any of the panels' keys.
     """
     from qradaptor.plotting import pyplot, save_figure
 
     if not rows:
         raise ValueError("rows must hold at least one LabelRow, got none")
+    shown = [panel for panel in panels if measured(rows, panel[0])]
+    if not shown:
+        raise ValueError(f"rows must measure one of {[p[0] for p in panels]}, got none of them")
     plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8.0, 1.4 * len(rows)), 4.5))
-    _bars(left, rows, "avg_acc", 100.0, "avg acc over 7 tasks (%)")
-    left.set_title("Zero-shot accuracy (higher is better)")
-    ppl = _bars(right, rows, "ppl_wiki/ppl", 1.0, "perplexity")
-    if ppl and min(ppl) > 0 and max(ppl) >= 10 * min(ppl):
-        right.set_yscale("log")
-    right.set_title("PPL wiki (lower is better)")
+    fig, axes = plt.subplots(
+        1, len(shown), squeeze=False, figsize=(max(4.0, 0.7 * len(rows)) * len(shown), 4.5)
+    )
+    for ax, (key, scale, ylabel, title) in zip(axes[0], shown, strict=True):
+        values = _bars(ax, rows, key, scale, ylabel)
+        if key.startswith("ppl") and values and min(values) > 0 and max(values) >= 10 * min(values):
+            ax.set_yscale("log")
+        ax.set_title(title)
     save_figure(fig, path)
+
+
+def plot_metrics(rows: Sequence[LabelRow], path: Path) -> None:
+    """Avg zero-shot acc (%) and PPL wiki per label, those measured (Figs. 1 and 5); see plot_panels."""
+    plot_panels(rows, METRIC_PANELS, path)
 
 
 def _mean_per_block(plans: Sequence[Sequence[float]]) -> list[float]:
@@ -190,8 +224,13 @@ def plot_all(experiment_dir: Path, summary: ExperimentSummary, cells: Sequence[C
     """Draws every figure that the cells have data for into ``experiment_dir``; returns their paths."""
     done = [c for c in cells if c.done]
     searched = [s for found in searches_by_label(done).values() for s, _ in found]
+
+    def has(panels: Sequence[tuple[str, float, str, str]]) -> bool:
+        return bool(done) and any(measured(summary.rows, key) for key, *_ in panels)
+
     wanted = [
-        ("metrics.png", bool(done), lambda p: plot_metrics(summary.rows, p)),
+        ("metrics.png", has(METRIC_PANELS), lambda p: plot_metrics(summary.rows, p)),
+        ("efficiency.png", has(EFFICIENCY_PANELS), lambda p: plot_panels(summary.rows, EFFICIENCY_PANELS, p)),
         ("allocation.png", bool(searched), lambda p: plot_allocation(done, p)),
         ("convergence.png", any(s.best_so_far for s in searched), lambda p: plot_convergence(done, p)),
         (
