@@ -213,6 +213,7 @@ def to_markdown(summary: ExperimentSummary) -> str:
     """The quality, acc_norm, efficiency and (if any label searched) search tables, and the cells not done.
 
     Accuracies are in percent; every number is "mean ± std" over done seeds, "–" where missing.
+    A column no label measured is left out, and so is the acc_norm table when nothing in it was.
     """
     rows = summary.rows
     n_done, n_planned = sum(r.n_done for r in rows), sum(r.n_planned for r in rows)
