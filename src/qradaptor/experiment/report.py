@@ -199,6 +199,39 @@ def _fmt(stat: Stat | None, digits: int, scale: float = 1.0) -> str:
     return text if stat.std is None else f"{text} ± {stat.std * scale:,.{digits}f}"
 
 
+EFFICIENCY_COLUMNS = (
+    ("avg bits", "avg_bits", 2),
+    ("peak MiB", "peak_mib", 1),
+    ("tokens/s", "tokens_per_s", 0),
+)
+"""Efficiency table columns before the tokens/s ratio: (title, stat key, decimals)."""
+SEARCH_COST_COLUMNS = (
+    ("search evals", "search_evaluations", 0),
+    ("search s", "search_seconds", 1),
+    ("search epochs (proxy data)", "search_epochs", 3),
+    ("search tokens / fine-tune tokens", "search_per_finetune", 2),
+)
+"""Efficiency table columns after the ratio."""
+SEARCH_COLUMNS = (
+    ("chosen avg bits", "search_avg_bits", 2),
+    ("chosen proxy loss", "search_loss", 4),
+    ("gain after initial population (nats)", "search_gain", 3),
+    ("bits, first half of blocks", "search_bits_early", 2),
+    ("bits, second half", "search_bits_late", 2),
+    ("Pearson r (sensitivity, bits)", "search_pearson", 2),
+)
+"""Search table columns after the search count."""
+
+
+def _titles(columns: Sequence[tuple[str, str, int]]) -> list[str]:
+    return [title for title, _, _ in columns]
+
+
+def _formatted(row: LabelRow, columns: Sequence[tuple[str, str, int]]) -> list[str]:
+    """The row's "mean ± std" of each column's stat key, to the column's decimals."""
+    return [_fmt(row.stats.get(key), digits) for _, key, digits in columns]
+
+
 def _table(header: Sequence[str], lines: Sequence[Sequence[str]], keep: int = 1) -> list[str]:
     """A markdown table without the columns (after the first ``keep``) that no line measured:
     an experiment that evaluates perplexity alone gets no empty accuracy columns."""
@@ -240,28 +273,13 @@ def to_markdown(summary: ExperimentSummary) -> str:
     if any(value != MISSING for line in lines for value in line[2:]):
         out += ["", "## Zero-shot acc_norm (%)", "", *_table(header, lines, keep=2)]
     ref = f"x {summary.reference}" if summary.reference else "x reference"
-    header = [
-        "method",
-        "avg bits",
-        "peak MiB",
-        "tokens/s",
-        ref,
-        "search evals",
-        "search s",
-        "search epochs (proxy data)",
-        "search tokens / fine-tune tokens",
-    ]
+    header = ["method", *_titles(EFFICIENCY_COLUMNS), ref, *_titles(SEARCH_COST_COLUMNS)]
     lines = [
         [
             r.label,
-            _fmt(r.stats.get("avg_bits"), 2),
-            _fmt(r.stats.get("peak_mib"), 1),
-            _fmt(r.stats.get("tokens_per_s"), 0),
+            *_formatted(r, EFFICIENCY_COLUMNS),
             MISSING if r.tokens_per_s_ratio is None else f"{r.tokens_per_s_ratio:.2f}",
-            _fmt(r.stats.get("search_evaluations"), 0),
-            _fmt(r.stats.get("search_seconds"), 1),
-            _fmt(r.stats.get("search_epochs"), 3),
-            _fmt(r.stats.get("search_per_finetune"), 2),
+            *_formatted(r, SEARCH_COST_COLUMNS),
         ]
         for r in rows
     ]
@@ -275,29 +293,8 @@ def to_markdown(summary: ExperimentSummary) -> str:
     ]
     searched = [r for r in rows if r.n_searches]
     if searched:
-        header = [
-            "method",
-            "searches",
-            "chosen avg bits",
-            "chosen proxy loss",
-            "gain after initial population (nats)",
-            "bits, first half of blocks",
-            "bits, second half",
-            "Pearson r (sensitivity, bits)",
-        ]
-        lines = [
-            [
-                r.label,
-                str(r.n_searches),
-                _fmt(r.stats.get("search_avg_bits"), 2),
-                _fmt(r.stats.get("search_loss"), 4),
-                _fmt(r.stats.get("search_gain"), 3),
-                _fmt(r.stats.get("search_bits_early"), 2),
-                _fmt(r.stats.get("search_bits_late"), 2),
-                _fmt(r.stats.get("search_pearson"), 2),
-            ]
-            for r in searched
-        ]
+        header = ["method", "searches", *_titles(SEARCH_COLUMNS)]
+        lines = [[r.label, str(r.n_searches), *_formatted(r, SEARCH_COLUMNS)] for r in searched]
         out += ["", "## Search", "", *_table(header, lines)]
     missing = [c for c in summary.cells if not c.done]
     if missing:
