@@ -36,14 +36,14 @@ CONFIG = SearchConfig(
 )
 
 
-def search(model, pattern, storage: str, config: SearchConfig = CONFIG, **kwargs):
+def search(model, pattern, storage: str, config: SearchConfig = CONFIG, proxy: ProxyConfig = PROXY, **kwargs):
     return run_search(
         model,
         pattern(16, 0),
         pattern(8, 1),
         config,
         storage=storage,
-        proxy=PROXY,
+        proxy=proxy,
         calibration=pattern(4, 2),
         progress=False,
         **kwargs,
@@ -56,22 +56,38 @@ def table_for(model, config: SearchConfig = CONFIG) -> MemoryTable:
     return MemoryTable.build(structure, space, group_size=config.group_size)
 
 
+GENTLE_PROXY = replace(PROXY, lr=1e-3)
+"""Proxy steps that adapt without washing out what quantisation did: at lr 1e-2 four steps
+recover so much that the proxy ranks plans of one budget by its own noise."""
+
+
 def test_search_beats_random_plans_of_the_same_budget_for_every_seed(
-    trained_llama6, pattern, tmp_path
+    idle_odd_llama8, pattern, tmp_path
 ) -> None:
-    """Random plans are drawn as the no-profile initial population: filled to the budget too."""
-    table = table_for(trained_llama6)
-    evaluator = ProxyEvaluator(trained_llama6, pattern(16, 0), pattern(8, 1), PROXY)
+    """On a model where plans differ, every seed's choice is about as good as the best of 12
+    random plans and far better than the typical one.
+
+    Random plans are drawn as the no-profile initial population: filled to the budget too.
+    """
+    table = table_for(idle_odd_llama8)
+    evaluator = ProxyEvaluator(idle_odd_llama8, pattern(16, 0), pattern(8, 1), GENTLE_PROXY)
     genomes = initial_population(np.random.default_rng(99), 12, table, CONFIG.budget, None)
     random_losses = [evaluator(table.space.to_plan(g, group_size=32)).loss for g in genomes]
+    best, median = min(random_losses), float(np.median(random_losses))
+    # The premise: where a plan puts its bits matters here (0.0292 vs 0.0344 when written).
+    assert median > 1.1 * best, sorted(random_losses)
     for seed in range(3):
         outcome = search(
-            trained_llama6, pattern, sqlite_url(tmp_path / f"{seed}.db"), replace(CONFIG, seed=seed)
+            idle_odd_llama8,
+            pattern,
+            sqlite_url(tmp_path / f"{seed}.db"),
+            replace(CONFIG, seed=seed),
+            proxy=GENTLE_PROXY,
         )
         chosen = outcome.chosen.loss
         assert len(outcome.records) <= CONFIG.evaluations <= len(random_losses)
-        assert sum(loss < chosen for loss in random_losses) <= 1, (seed, chosen, sorted(random_losses))
-        assert chosen < 0.95 * np.mean(random_losses), (seed, chosen, np.mean(random_losses))
+        # Closes at least 80% of the gap from the median random plan to the best of 12.
+        assert chosen <= best + 0.2 * (median - best), (seed, chosen, sorted(random_losses))
 
 
 def test_chosen_plan_is_the_lowest_loss_within_the_budget(trained_llama, pattern, tmp_path) -> None:
