@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,87 @@ def test_bad_names_fail_before_the_model_loads(cli, tmp_path: Path) -> None:
     missing = tmp_path / "no-model"
     code, _, err = cli("plan", missing, "--baseline", "adalora")
     assert code == 2 and "is a training method" in err
+
+
+# --- --baseline knapsack ------------------------------------------------------------------------
+
+KNAPSACK_QUANT = ["--group-size", "32", "--quant-method", "rtn"]
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tiny_model_dir, tmp_path_factory) -> Path:
+    """A qra profile sensitivity.json of the tiny Llama at bits 2,4 (group 32, rtn)."""
+    from qradaptor.cli import main
+
+    folder = tmp_path_factory.mktemp("profile")
+    argv = [str(tiny_model_dir), "--bits", "2,4", "--samples", "3", "--seq-len", "8", "--device", "cpu"]
+    assert main(["profile", *argv, "--group-size", "32", "--method", "rtn", "-o", str(folder)]) == 0
+    return folder / "sensitivity.json"
+
+
+def test_knapsack_from_a_profile_equals_the_library(cli, tiny_model_dir, tiny_profile, structure, tmp_path):
+    import json
+
+    from qradaptor.search.budget import parse_budget
+    from qradaptor.search.knapsack import knapsack_plan
+    from qradaptor.sensitivity import SensitivityTable
+
+    target = tmp_path / "k.json"
+    argv = ["--baseline", "knapsack", "--budget", "3.7bits", "--sensitivity", tiny_profile, "--rank", "8"]
+    code, out, err = cli("plan", tiny_model_dir, *argv, *KNAPSACK_QUANT, "-o", target)
+    assert code == 0, err
+    plan = Plan.from_json(target.read_text())
+    table = SensitivityTable.from_dict(json.loads(tiny_profile.read_text()))
+    expected = knapsack_plan(
+        structure, table, parse_budget("3.7bits"), rank=8, group_size=32, quant_method="rtn", alpha=16.0
+    )
+    assert plan == expected.for_model(structure)
+    assert plan.name == "knapsack-3.7bits-r8" and sorted(set(plan.block_bits())) == [2, 4]
+    # Group 32: 2 bits store 3 a weight, 4 store 5; 3.7 buys one 4-bit block, on the most sensitive.
+    assert plan.block_bits()[max(range(3), key=lambda b: table.column(2)[b])] == 4
+    assert "wrote plan knapsack-3.7bits-r8" in out
+
+
+def test_knapsack_profiles_first_without_a_file(cli, tiny_model_dir, tmp_path) -> None:
+    argv = ["--baseline", "knapsack", "--budget", "16bits", "--bits", "2,16", "--device", "cpu"]
+    code, out, err = cli("plan", tiny_model_dir, *argv, *KNAPSACK_QUANT)
+    assert code == 0, err
+    assert "profiled 1 bit-widths" in err and Plan.from_json(out).block_bits() == [16, 16, 16]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--budget", "4bits"], r"--budget and --sensitivity go with --baseline knapsack"),
+        (["--baseline", "knapsack"], r"--baseline knapsack needs --budget, e.g. 4.0bits or 120MB"),
+        (["--baseline", "knapsack", "--budget", "4 GBs"], r"budget unit .gbs. is unknown"),
+        (["--baseline", "knapsack", "--budget", "4bits", "--uniform", "4:8"], r"without --uniform"),
+        (["--baseline", "knapsack", "--budget", "4bits", "--bits", "4,2"], r"ascending without repeats"),
+        (["--baseline", "knapsack", "--budget", "4bits", "--sensitivity", "nope.json"], r"does not exist"),
+        (
+            ["--baseline", "knapsack", "--budget", "2.5bits", "--sensitivity", "PROFILE"],
+            r"smallest plan .*: 3 avg",
+        ),
+        (
+            ["--baseline", "knapsack", "--budget", "4bits", "--sensitivity", "PROFILE", "--bits", "2,3"],
+            r"lacks bits \[3\]",
+        ),
+        (
+            ["--baseline", "knapsack", "--budget", "4bits", "--sensitivity", "OTHER"],
+            r"profiled on another model",
+        ),
+    ],
+)
+def test_knapsack_bad_input_is_one_error_and_writes_nothing(
+    cli, tiny_model_dir, tiny_profile, tmp_path, argv, message
+) -> None:
+    import json
+
+    other = tmp_path / "other.json"
+    record = json.loads(tiny_profile.read_text())
+    other.write_text(json.dumps({**record, "model_signature": "llama:99x7:deadbeef"}))
+    argv = [{"PROFILE": str(tiny_profile), "OTHER": str(other)}.get(a, a) for a in argv]
+    target = tmp_path / "plan.json"
+    code, out, err = cli("plan", tiny_model_dir, *argv, *KNAPSACK_QUANT, "-o", target)
+    assert code == 2 and re.search(message, err), err
+    assert not target.exists()

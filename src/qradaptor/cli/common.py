@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 from collections.abc import Callable
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from qradaptor.models.loading import ResolvedSource
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
+    from qradaptor.sensitivity import SensitivityTable
 
 VERB_DEST = "_verb"
 """Namespace attribute holding the chosen verb's name."""
@@ -171,3 +173,35 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was given but CUDA is not available here")
     return device
+
+
+def read_sensitivity(path: str, signature: str | None = None) -> SensitivityTable:
+    """The table of a ``qra profile`` sensitivity.json given as --sensitivity.
+
+    Args:
+        path: the file.
+        signature: the model's structure signature; a file stamped for another model is refused.
+
+    Raises:
+        ValueError: if the file is missing, is not a sensitivity table, or was profiled on a
+            model of another signature.
+    """
+    from qradaptor.sensitivity import SensitivityTable
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(
+            f"--sensitivity file {path!r} does not exist (expected a sensitivity.json of qra profile)"
+        )
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        table = SensitivityTable.from_dict(data)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--sensitivity file {path!r} is not a sensitivity table: {err}") from None
+    stamped = data.get("model_signature")
+    if signature is not None and stamped is not None and stamped != signature:
+        raise ValueError(
+            f"--sensitivity file {path!r} was profiled on another model (signature {stamped}, "
+            f"this model's is {signature}): profile this model with qra profile"
+        )
+    return table

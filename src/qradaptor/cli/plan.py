@@ -60,6 +60,9 @@ def plan(
     embed_bits: int | None = None,
     head_bits: int | None = None,
     name: str | None = None,
+    budget: str | None = None,
+    sensitivity: str | None = None,
+    device: str = "auto",
 ) -> int:
     """Write a plan (bits and LoRA rank per block) for a model, as JSON.
 
@@ -77,14 +80,21 @@ def plan(
     fewer if the model's positions end sooner, of the embedded calibration text; it loads
     the weights).
 
+    Or --baseline knapsack --budget B [--sensitivity FILE] [--bits 2,3,4,8] [--rank R]: the
+    exact allocation of bits per block that minimises the summed KL sensitivity (Eq. 6)
+    within the budget (a multiple-choice knapsack over the profile, solved by dynamic
+    programming in milliseconds), every block at rank R. Without --sensitivity it profiles
+    first, as qra profile does by default (8 x 256 tokens of the embedded calibration text).
+
     Args:
         model: a local model directory, a .gguf file or a hub id; omitted: the embedded
             SmolLM2-135M-Instruct
         uniform: BITS:RANK for every block, e.g. 4:16 (QLoRA)
         bits: bits per block, comma-separated (1..8, or 16 = unquantised), e.g. 4,4,2; with
-            --baseline one value, the block bits of qlora and the rank-* baselines (default 4)
+            --baseline one value, the block bits of qlora and the rank-* baselines (default 4);
+            with --baseline knapsack the bit choices (default the profiled ones)
         ranks: LoRA rank per block, comma-separated (0 = no adapter), e.g. 16,8,0
-        baseline: a named baseline plan: lora16, qlora, qlora-4, qlora-3, qlora-2,
+        baseline: a named baseline plan: knapsack, lora16, qlora, qlora-4, qlora-3, qlora-2,
             embed8-body4, rank-linear-decay, rank-linear-growth, rank-attn-focus,
             rank-ffn-focus, rank-gradient
         rank: base LoRA rank of --baseline (default 16)
@@ -97,9 +107,38 @@ def plan(
             also the head's unless --head-bits is given
         head_bits: bits of the output head (default 16 = unquantised)
         name: a label for reports (default e.g. uniform-4bit-r16, or the baseline's name)
+        budget: with --baseline knapsack: average stored bits (e.g. 4.0bits, group scales and
+            zeros included) or model bytes (e.g. 120MB, 1.5GiB; adapters included)
+        sensitivity: with --baseline knapsack: a sensitivity.json of qra profile for this
+            model, group size and method (omitted: profile first)
+        device: with --baseline knapsack and no --sensitivity: where to profile (auto, cpu, cuda)
     """
     from qradaptor.plan import Plan, check_bits, check_rank
 
+    if baseline == "knapsack":
+        return _knapsack(
+            model,
+            bits,
+            ranks,
+            uniform,
+            rank,
+            budget,
+            sensitivity,
+            device,
+            output,
+            force,
+            group_size,
+            quant_method,
+            alpha,
+            embed_bits,
+            head_bits,
+            name,
+        )
+    if budget is not None or sensitivity is not None:
+        raise ValueError(
+            f"--budget and --sensitivity go with --baseline knapsack, got --budget {budget!r} "
+            f"--sensitivity {sensitivity!r}"
+        )
     if baseline is not None:
         request = _baseline_request(baseline, uniform, bits, ranks, rank, embed_bits, head_bits)
         if output is not None:
@@ -144,6 +183,80 @@ def plan(
         per_bits = _per_block(bits_list, "--bits", structure.num_blocks)
         per_ranks = _per_block(ranks_list, "--ranks", structure.num_blocks)
         made = Plan.from_lists(per_bits, per_ranks, **kwargs)
+    return _write(made, structure, output, force)
+
+
+def _knapsack(
+    model: str | None,
+    bits: str | None,
+    ranks: str | None,
+    uniform: str | None,
+    rank: int | None,
+    budget: str | None,
+    sensitivity: str | None,
+    device: str,
+    output: str | None,
+    force: bool,
+    group_size: int,
+    quant_method: str,
+    alpha: float,
+    embed_bits: int | None,
+    head_bits: int | None,
+    name: str | None,
+) -> int:
+    """``--baseline knapsack``: every input checked before the profile or the model loads."""
+    from qradaptor.cli.common import check_device, read_sensitivity, resolve_device
+    from qradaptor.cli.profile import parse_bits
+    from qradaptor.plan import UNQUANTIZED, check_bits
+    from qradaptor.search.budget import parse_budget
+    from qradaptor.search.knapsack import knapsack_plan
+
+    if uniform is not None or ranks is not None:
+        raise ValueError(
+            f"--baseline knapsack makes the whole plan; give it without --uniform and --ranks "
+            f"(got --uniform {uniform!r}, --ranks {ranks!r})"
+        )
+    if budget is None:
+        raise ValueError("--baseline knapsack needs --budget, e.g. 4.0bits or 120MB")
+    parsed = parse_budget(budget)
+    if rank is not None and rank < 0:
+        raise ValueError(f"--rank must be an integer >= 0, got {rank}")
+    choices = None
+    if bits is not None:
+        values = parse_int_list(bits, "--bits")
+        for b in values:
+            check_bits(b, "--bits")
+        if values != sorted(set(values)):
+            raise ValueError(f"--bits must be ascending without repeats, got {bits!r}")
+        choices = tuple(values)
+    check_device(device)
+    if output is not None:
+        check_output(output, force=force)
+    _, structure = load_structure(model)
+    kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits)
+    if name is not None:
+        kwargs["name"] = name
+    if sensitivity is not None:
+        table = read_sensitivity(sensitivity, structure.signature)
+    else:
+        from qradaptor.cli.profile import measure_profile
+        from qradaptor.data import load_texts
+
+        quantised = [b for b in (choices or (2, 3, 4, 8)) if b != UNQUANTIZED]
+        table, _, seconds = measure_profile(
+            model,
+            load_texts(None),
+            parse_bits(",".join(map(str, quantised))),
+            8,
+            256,
+            4,
+            group_size,
+            quant_method,
+            resolve_device(device),
+            0,
+        )
+        print(f"profiled {len(quantised)} bit-widths in {seconds:.1f} s", file=sys.stderr)
+    made = knapsack_plan(structure, table, parsed, bits=choices, rank=16 if rank is None else rank, **kwargs)
     return _write(made, structure, output, force)
 
 
@@ -280,3 +393,6 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--embed-bits", type=int, help=helps["embed_bits"])
     parser.add_argument("--head-bits", type=int, help=helps["head_bits"])
     parser.add_argument("--name", help=helps["name"])
+    parser.add_argument("--budget", metavar="B", help=helps["budget"])
+    parser.add_argument("--sensitivity", metavar="FILE", help=helps["sensitivity"])
+    parser.add_argument("--device", default="auto", help=helps["device"])

@@ -20,6 +20,7 @@ from qradaptor.cli.common import (
 from qradaptor.plotting import can_plot
 
 if TYPE_CHECKING:
+    from qradaptor.models.loading import LoadedModel
     from qradaptor.sensitivity import SensitivityTable
 
 OUTPUT_FILES = ("sensitivity.json", "sensitivity.csv", "sensitivity.png")
@@ -82,6 +83,44 @@ def _render(data: dict[str, Any], table: SensitivityTable) -> str:
     return "\n".join(lines)
 
 
+def measure_profile(
+    model: str | None,
+    texts: list[str],
+    bits: list[int],
+    samples: int,
+    seq_len: int,
+    batch_size: int,
+    group_size: int,
+    method: str,
+    device: str,
+    seed: int,
+) -> tuple[SensitivityTable, LoadedModel, float]:
+    """Loads ``model`` in fp32 on ``device`` and profiles it on windows packed from ``texts``.
+
+    Returns:
+        The table, the loaded model and the profiling seconds (the load excluded).
+    """
+    import torch
+
+    from qradaptor.data import pack_texts
+    from qradaptor.models.loading import load_model
+    from qradaptor.sensitivity import profile_sensitivity
+
+    loaded = load_model(model, dtype=torch.float32, device=device)
+    calibration = pack_texts(texts, loaded.tokenizer, seq_len, num_sequences=samples, seed=seed)  # (N, T)
+    started = time.perf_counter()
+    table = profile_sensitivity(
+        loaded.model,
+        calibration,
+        bits=bits,
+        group_size=group_size,
+        quant_method=method,
+        batch_size=batch_size,
+        progress=sys.stderr.isatty(),
+    )
+    return table, loaded, round(time.perf_counter() - started, 2)
+
+
 def profile(
     model: str | None = None,
     *,
@@ -138,33 +177,22 @@ def profile(
     plot = can_plot()
     folder = _check_out_dir(output, force, plot)  # fail now, not after the profile
 
-    from qradaptor.data import load_texts, pack_texts
+    from qradaptor.data import load_texts
 
     texts = load_texts(data)  # a bad --data fails before the model loads
 
-    import torch
-
-    from qradaptor.models.loading import load_model
-    from qradaptor.sensitivity import plot_sensitivity, profile_sensitivity
+    from qradaptor.models.structure import inspect_model
+    from qradaptor.sensitivity import plot_sensitivity
 
     device = resolve_device(device)
-    loaded = load_model(model, dtype=torch.float32, device=device)
-    calibration = pack_texts(texts, loaded.tokenizer, seq_len, num_sequences=samples, seed=seed)  # (N, T)
-    started = time.perf_counter()
-    table = profile_sensitivity(
-        loaded.model,
-        calibration,
-        bits=bits_list,
-        group_size=group_size,
-        quant_method=method,
-        batch_size=batch_size,
-        progress=sys.stderr.isatty(),
+    table, loaded, seconds = measure_profile(
+        model, texts, bits_list, samples, seq_len, batch_size, group_size, method, device, seed
     )
-    seconds = round(time.perf_counter() - started, 2)
     record: dict[str, Any] = {
         **table.to_dict(),  # top level, so SensitivityTable.from_dict reads this file as is
         "model": loaded.source,
         "origin": loaded.origin,
+        "model_signature": inspect_model(loaded.model).signature,  # refuses the file for another model
         "ranks": sensitivity_ranks(table.min_bits_profile()),
         "settings": {
             "data": data or "embedded:boolq-calibration",

@@ -14,12 +14,13 @@ from qradaptor.cli.common import (
     check_device,
     load_structure,
     parse_int_list,
+    read_sensitivity,
     resolve_device,
     write_text_atomic,
 )
 
 if TYPE_CHECKING:
-    from qradaptor.sensitivity import SensitivityTable
+    pass
 
 GRANULARITIES = ("block", "module")
 
@@ -176,7 +177,7 @@ def search(
     run_dir = Path(output).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output {output!r} is a file; give a folder for the run")
-    given_sensitivity = _read_sensitivity(sensitivity) if sensitivity else None
+    given_sensitivity = read_sensitivity(sensitivity) if sensitivity else None
 
     from qradaptor.cli.search_output import print_outcome, write_run
     from qradaptor.data import load_texts, pack_texts
@@ -230,7 +231,7 @@ def search(
     calibration = train_windows[-calibration_samples:]
     run_dir.mkdir(parents=True, exist_ok=True)
     if given_sensitivity is None and not no_profile and (run_dir / "sensitivity.json").is_file():
-        given_sensitivity = _read_sensitivity(str(run_dir / "sensitivity.json"))  # resume: profiled already
+        given_sensitivity = read_sensitivity(str(run_dir / "sensitivity.json"))  # resume: profiled already
     settings = {
         "model": loaded.source,
         "budget": budget,
@@ -292,20 +293,6 @@ def search(
     summary = write_run(run_dir, outcome, config, int(train_windows.numel()), time.perf_counter() - started)
     print_outcome(outcome, summary, run_dir)
     return 0
-
-
-def _read_sensitivity(path: str) -> SensitivityTable:
-    from qradaptor.sensitivity import SensitivityTable
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ValueError(
-            f"--sensitivity file {path!r} does not exist (expected a sensitivity.json of qra profile)"
-        )
-    try:
-        return SensitivityTable.from_dict(json.loads(file.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"--sensitivity file {path!r} is not a sensitivity table: {err}") from None
 
 
 def _jsonable(obj: Any) -> Any:

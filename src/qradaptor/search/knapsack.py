@@ -1,0 +1,222 @@
+"""The exact allocator: a multiple-choice knapsack over a sensitivity table.
+
+The cheapest allocation a search must beat (HAWQ-V3, LQ-LoRA and AutoRound allocate bits
+this way): every unit takes one bit-width, the summed sensitivity is minimised, and the plan
+stays within the budget, exactly as the memory table prices it:
+
+    minimise    sum_u S_u(b_u)
+    subject to  sum_u cost_u(b_u) <= capacity
+
+where S_u(b) is the KL of quantising unit u alone at b bits (Eq. 6, ``sensitivity.py``;
+S = 0 at 16 bits, the reference), and cost_u(b) is the unit's stored bits (an avg-bits
+budget: capacity = budget x block-linear weights) or its bytes (a byte budget: capacity =
+budget - the bytes every plan shares). Adding per-unit KLs assumes the errors of different
+units add, the usual first-order view; the search's proxy measures what that misses.
+
+Ranks are not chosen here: every unit keeps one given rank. Under an avg-bits budget rank
+costs nothing, so the largest is free; under a byte budget its bytes are counted exactly,
+and trading rank against bits is the search's job (the proxy measures a rank's benefit, the
+KL table cannot).
+
+Solved exactly by dynamic programming over the Pareto list of (cost, value) states: after
+each unit only states that no cheaper state beats are kept, so the list stays short when many
+units cost the same (identical blocks), and no cost grid is needed for byte budgets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from qradaptor.plan import UNQUANTIZED
+from qradaptor.search.budget import Budget, check_budget, violation
+from qradaptor.search.space import Genome, MemoryTable, SearchSpace
+
+if TYPE_CHECKING:
+    from qradaptor.models.structure import ModelStructure
+    from qradaptor.plan import Plan
+    from qradaptor.sensitivity import SensitivityTable
+
+
+def solve_mckp(costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int) -> npt.NDArray[np.int64] | None:
+    """Exact multiple-choice knapsack: one choice per row, least total value within capacity.
+
+    Args:
+        costs: (L, K) non-negative integer cost of choice k of unit l.
+        values: (L, K) value (to minimise) of choice k of unit l; ``inf`` forbids a choice.
+        capacity: the largest total cost allowed.
+
+    Returns:
+        (L,) chosen indices with the least total value within ``capacity`` (ties: the least
+        total cost, then the lower index at the earliest unit), or None if no selection fits.
+    """
+    c = np.asarray(costs)
+    v = np.asarray(values, dtype=np.float64)
+    if c.ndim != 2 or c.shape != v.shape or c.shape[0] < 1 or c.shape[1] < 1:
+        raise ValueError(f"costs and values must be (L, K) arrays of one shape, got {c.shape} and {v.shape}")
+    if not np.issubdtype(c.dtype, np.integer) or (c < 0).any():
+        raise ValueError("costs must be non-negative integers")
+    c = c.astype(np.int64)
+    # The frontier: states sorted by cost with strictly falling value; parents rebuild the choice.
+    cost = np.zeros(1, dtype=np.int64)
+    value = np.zeros(1, dtype=np.float64)
+    parents: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = []
+    for unit in range(c.shape[0]):
+        new_cost = (cost[:, None] + c[unit][None, :]).ravel()  # (S * K,)
+        new_value = (value[:, None] + v[unit][None, :]).ravel()
+        state = np.repeat(np.arange(cost.size), c.shape[1])
+        choice = np.tile(np.arange(c.shape[1]), cost.size)
+        keep = (new_cost <= capacity) & np.isfinite(new_value)
+        if not keep.any():
+            return None
+        new_cost, new_value, state, choice = new_cost[keep], new_value[keep], state[keep], choice[keep]
+        order = np.lexsort((choice, state, new_value, new_cost))  # by cost, then value
+        new_cost, new_value, state, choice = new_cost[order], new_value[order], state[order], choice[order]
+        # Keep a state only if it beats every cheaper (or equally cheap, earlier) one.
+        best_before = np.concatenate([[np.inf], np.minimum.accumulate(new_value)[:-1]])
+        front = new_value < best_before
+        cost, value = new_cost[front], new_value[front]
+        parents.append((state[front], choice[front]))
+    # Values fall along the frontier, so its last state is the least value (the cheapest such).
+    picked = np.zeros(c.shape[0], dtype=np.int64)
+    index = cost.size - 1
+    for unit in range(c.shape[0] - 1, -1, -1):
+        state, choice = parents[unit]
+        picked[unit] = choice[index]
+        index = state[index]
+    return picked
+
+
+def unit_values(space: SearchSpace, sensitivity: SensitivityTable) -> npt.NDArray[np.float64]:
+    """(L, len(bit_choices)) S_u(b) for every unit and bit choice; 0 at 16 bits.
+
+    Raises:
+        ValueError: if the table has another block count, lacks a quantised bit choice, or
+            the space is per module (the table is per block).
+    """
+    if space.modules:
+        raise ValueError(
+            "the knapsack needs one sensitivity per unit: the profile is per block, so use block granularity"
+        )
+    if sensitivity.num_blocks != space.num_blocks:
+        raise ValueError(
+            f"sensitivity table has {sensitivity.num_blocks} blocks, the model {space.num_blocks}: "
+            "it was profiled on another model"
+        )
+    missing = [b for b in space.bit_choices if b != UNQUANTIZED and b not in sensitivity.bits]
+    if missing:
+        raise ValueError(
+            f"sensitivity table lacks bits {missing} of the choices {space.bit_choices}; it has "
+            f"{sensitivity.bits}: profile those bits (qra profile --bits) or drop them"
+        )
+    columns = [
+        np.zeros(space.num_blocks) if b == UNQUANTIZED else np.asarray(sensitivity.column(b))
+        for b in space.bit_choices
+    ]
+    return np.stack(columns, axis=1)  # (L, K)
+
+
+def knapsack_genome(table: MemoryTable, values: npt.ArrayLike, budget: Budget, *, rank: int) -> Genome:
+    """The genome of least summed value within ``budget``, every unit at ``rank``.
+
+    Args:
+        table: prices genomes; its space gives the choices.
+        values: (L, len(bit_choices)) per-unit value of each bit choice (``unit_values``).
+        budget: avg bits (costs: stored bits) or bytes (costs: bytes, adapters included).
+        rank: the rank of every unit; one of the space's rank choices.
+
+    Returns:
+        (L, 2) genome within the budget.
+
+    Raises:
+        ValueError: if ``rank`` is not a choice, ``values`` has the wrong shape, or even the
+            smallest plan exceeds the budget (naming the smallest reachable memory).
+    """
+    space = table.space
+    if rank not in space.rank_choices:
+        raise ValueError(f"rank must be one of the rank choices {space.rank_choices}, got {rank!r}")
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape != (space.num_units, len(space.bit_choices)):
+        raise ValueError(
+            f"values must have shape ({space.num_units}, {len(space.bit_choices)}), got {v.shape}"
+        )
+    j = space.rank_choices.index(rank)
+    low = np.zeros((space.num_units, 2), dtype=np.int64)
+    low[:, 1] = j
+    if violation(low, budget, table) > 0:
+        check_budget(budget, table)  # raises with the smallest plan of the space when that is over
+        raise ValueError(
+            f"budget {budget.describe()} is below the smallest plan at rank {rank}: "
+            f"{_amount(low, budget, table)}; raise the budget or lower the rank"
+        )
+    if budget.kind == "avg_bits":
+        # Stored bits are whole numbers (8 x bytes), so the comparison is exact.
+        costs = np.rint(table.unit_bit_weights).astype(np.int64)  # (L, K)
+        capacity = int(np.floor(budget.value * table.linear_numel + 1e-6))
+    else:
+        costs = table.unit_bytes[:, :, j]  # (L, K)
+        capacity = int(np.floor(budget.value)) - table.constant_bytes
+    picked = solve_mckp(costs, v, capacity)
+    assert picked is not None, "the smallest plan fits, so the knapsack has a solution"
+    genome = np.stack([picked, np.full_like(picked, j)], axis=1)
+    assert violation(genome, budget, table) == 0, "the knapsack's costs are the table's"
+    return genome
+
+
+def _amount(genome: Genome, budget: Budget, table: MemoryTable) -> str:
+    if budget.kind == "avg_bits":
+        return f"{float(table.avg_bits_of(genome)):g} avg bits"
+    return f"{int(table.bytes_of(genome))} bytes"
+
+
+def knapsack_plan(
+    structure: ModelStructure,
+    sensitivity: SensitivityTable,
+    budget: Budget,
+    *,
+    bits: tuple[int, ...] | None = None,
+    rank: int = 16,
+    **plan_kwargs: Any,
+) -> Plan:
+    """The knapsack baseline of a model: least summed KL within ``budget``, per block, at one rank.
+
+    Args:
+        structure: the model's blocks and linears.
+        sensitivity: its per-block profile (``profile_sensitivity`` or a ``qra profile`` file),
+            fitted at the plan's group size and quantisation method.
+        budget: avg bits or bytes, as ``parse_budget`` reads them.
+        bits: the bit choices (ascending; 16 = unquantised, KL 0); default the profiled ones.
+        rank: the LoRA rank of every block.
+        **plan_kwargs: passed to the Plan (group_size, quant_method, alpha, embed_bits, ...);
+            ``name`` defaults to e.g. "knapsack-4.0bits-r16".
+
+    Returns:
+        The plan, stamped with the model's signature.
+
+    Raises:
+        ValueError: for a table of another model, bits or group size, a budget below the
+            smallest plan (naming it), or bad choices.
+    """
+    group_size = plan_kwargs.get("group_size", 64)
+    method = plan_kwargs.get("quant_method", "hqq")
+    if (sensitivity.group_size, sensitivity.quant_method) != (group_size, method):
+        raise ValueError(
+            f"sensitivity table was profiled at group size {sensitivity.group_size} with "
+            f"{sensitivity.quant_method}, the plan quantises at group size {group_size} with {method}: "
+            "profile again with the plan's settings, or give the plan the table's"
+        )
+    choices = tuple(sensitivity.bits) if bits is None else tuple(bits)
+    space = SearchSpace.for_structure(structure, "block", bits=choices, ranks=(rank,))
+    name = plan_kwargs.pop("name", None) or f"knapsack-{_budget_label(budget)}-r{rank}"
+    plan_kwargs.setdefault("model_signature", structure.signature)
+    table = MemoryTable.build(structure, space, **plan_kwargs)
+    genome = knapsack_genome(table, unit_values(space, sensitivity), budget, rank=rank)
+    return space.to_plan(genome, name=name, **plan_kwargs)
+
+
+def _budget_label(budget: Budget) -> str:
+    if budget.kind == "avg_bits":
+        return f"{budget.value:g}bits"
+    return f"{budget.value / 1e6:g}MB"
