@@ -26,6 +26,7 @@ from qradaptor.search.study import genome_of, sqlite_url
 PROXY = ProxyConfig(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_batches=2)
 CONFIG = SearchConfig(
     budget=parse_budget("3.6bits"),
+    strategy="paper",
     bits=(2, 3, 4, 8),
     ranks=(4, 8),
     population=4,
@@ -61,8 +62,9 @@ GENTLE_PROXY = replace(PROXY, lr=1e-3)
 recover so much that the proxy ranks plans of one budget by its own noise."""
 
 
+@pytest.mark.parametrize("strategy", ["halving", "paper"])
 def test_search_beats_random_plans_of_the_same_budget_for_every_seed(
-    idle_odd_llama8, pattern, tmp_path
+    idle_odd_llama8, pattern, tmp_path, strategy
 ) -> None:
     """On a model where plans differ, every seed's choice is about as good as the best of 12
     random plans and far better than the typical one.
@@ -81,11 +83,13 @@ def test_search_beats_random_plans_of_the_same_budget_for_every_seed(
             idle_odd_llama8,
             pattern,
             sqlite_url(tmp_path / f"{seed}.db"),
-            replace(CONFIG, seed=seed),
+            replace(CONFIG, seed=seed, strategy=strategy),
             proxy=GENTLE_PROXY,
         )
         chosen = outcome.chosen.loss
-        assert len(outcome.records) <= CONFIG.evaluations <= len(random_losses)
+        # No more fine-tune tokens than the random plans took (halving's rung 0 tunes nothing).
+        tuned = sum(r.tokens for r in (*outcome.records, *outcome.screened))
+        assert 0 < tuned <= len(random_losses) * GENTLE_PROXY.steps * GENTLE_PROXY.batch_size * 32
         # Closes at least 80% of the gap from the median random plan to the best of 12.
         assert chosen <= best + 0.2 * (median - best), (seed, chosen, sorted(random_losses))
 
@@ -172,17 +176,20 @@ here = load("search_conftest", {tests!r} + "/search/conftest.py")
 this = load("this_test", {tests!r} + "/search/test_pipeline.py")
 model = top.make_tiny_llama(tied=False, initializer_range=0.1)
 model.load_state_dict(torch.load({weights!r}))
-this.search(model.eval().requires_grad_(False), here.pattern_ids, {storage!r})
+config = this.replace(this.CONFIG, strategy={strategy!r})
+model = model.eval().requires_grad_(False)
+this.search(model, here.pattern_ids, {storage!r}, config, proxy=this.GENTLE_PROXY)
 """
 
 
-def _complete_trials(db: Path) -> list[tuple[int, str]]:
+def _complete_trials(db: Path) -> list[tuple[int, int, str]]:
+    """(study id, trial number, plan hash) of every finished trial, of every study (rung) in ``db``."""
     if not db.exists():
         return []
     with sqlite3.connect(db) as conn:
         try:
             rows = conn.execute(
-                "select t.number, a.value_json from trials t join trial_user_attributes a "
+                "select t.study_id, t.number, a.value_json from trials t join trial_user_attributes a "
                 "on a.trial_id = t.trial_id where t.state = 'COMPLETE' and a.key = 'plan_hash'"
             ).fetchall()
         except sqlite3.OperationalError:  # tables not created yet
@@ -191,15 +198,22 @@ def _complete_trials(db: Path) -> list[tuple[int, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["paper", "halving"])
 def test_a_search_killed_mid_run_resumes_without_losing_or_repeating_a_trial(
-    trained_llama, pattern, tmp_path
+    trained_llama, pattern, tmp_path, strategy
 ) -> None:
-    uninterrupted = search(trained_llama, pattern, sqlite_url(tmp_path / "whole.db"))
+    config = replace(CONFIG, strategy=strategy)
+    uninterrupted = search(
+        trained_llama, pattern, sqlite_url(tmp_path / "whole.db"), config, proxy=GENTLE_PROXY
+    )
+    scored = len(uninterrupted.records) + len(uninterrupted.screened)
     # The child process runs the same search and is SIGKILLed after a few finished trials.
     weights = tmp_path / "weights.pt"
     torch.save(trained_llama.state_dict(), weights)
     db = tmp_path / "killed.db"
-    script = _CHILD.format(tests=str(Path(__file__).parents[1]), weights=str(weights), storage=sqlite_url(db))
+    script = _CHILD.format(
+        tests=str(Path(__file__).parents[1]), weights=str(weights), storage=sqlite_url(db), strategy=strategy
+    )
     child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while len(_complete_trials(db)) < 4 and child.poll() is None and time.monotonic() < deadline:
@@ -208,14 +222,15 @@ def test_a_search_killed_mid_run_resumes_without_losing_or_repeating_a_trial(
     _, err = child.communicate()
     before = _complete_trials(db)
     assert child.returncode == -signal.SIGKILL, err.decode()[-2000:]
-    assert 4 <= len(before) < len(uninterrupted.records)
+    assert 4 <= len(before) < scored
 
-    resumed = search(trained_llama, pattern, sqlite_url(db))
+    resumed = search(trained_llama, pattern, sqlite_url(db), config, proxy=GENTLE_PROXY)
     after = _complete_trials(db)
-    assert after[: len(before)] == before  # nothing lost
-    assert len({h for _, h in after}) == len(after)  # nothing repeated
+    assert set(before) <= set(after)  # nothing lost
+    assert len({(study, h) for study, _, h in after}) == len(after) == scored  # nothing repeated
     assert resumed.replayed == len(before) and resumed.evaluated == len(after) - len(before)
-    assert [(r.plan_hash, r.loss) for r in resumed.records] == [
-        (r.plan_hash, r.loss) for r in uninterrupted.records
-    ]
+    for rungs in ("records", "screened"):
+        assert [(r.plan_hash, r.loss) for r in getattr(resumed, rungs)] == [
+            (r.plan_hash, r.loss) for r in getattr(uninterrupted, rungs)
+        ]
     assert resumed.chosen.plan_hash == uninterrupted.chosen.plan_hash

@@ -16,6 +16,7 @@ import numpy as np
 from qradaptor.fingerprint import tensor_digest, weights_digest
 from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import Budget
+from qradaptor.search.multifidelity import HalvingConfig
 from qradaptor.search.proxy import ProxyConfig
 from qradaptor.search.queue import QueueSettings
 from qradaptor.search.space import MemoryTable, SearchSpace
@@ -29,12 +30,22 @@ if TYPE_CHECKING:
     from qradaptor.plan import Plan
 
 
+STRATEGIES: tuple[str, ...] = ("halving", "paper")
+"""How a search proposes plans: see ``SearchConfig.strategy``."""
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """What to search and how; the defaults follow the paper's main setting."""
+    """What to search and how; the space's defaults follow the paper's main setting."""
 
     budget: Budget
     """The memory budget every returned plan meets."""
+    strategy: str = "halving"
+    """"halving": knapsack plans and their neighbours, screened forward-only, then proxy rungs
+    of successive halving and Bayes on the top rung (``multifidelity``); "paper": the paper's
+    sensitivity-biased population, NSGA-II generations and Bayes, every plan proxy-tuned."""
+    halving: HalvingConfig = field(default_factory=HalvingConfig)
+    """Candidates and rungs of the halving strategy."""
     bits: tuple[int, ...] = (2, 3, 4, 8)
     """Bit-width choices per unit."""
     ranks: tuple[int, ...] = (4, 8, 16)
@@ -70,10 +81,27 @@ class SearchConfig:
     alpha: float = 16.0
     """LoRA alpha of every plan (scaling alpha / r)."""
 
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.strategy == "halving" and not self.profile:
+            raise ValueError(
+                "the halving strategy starts from the knapsack over the sensitivity profile; "
+                "the no-profile ablation runs with strategy 'paper'"
+            )
+        if self.strategy == "halving" and self.granularity != "block":
+            raise ValueError(
+                "the halving strategy's knapsack needs one sensitivity per unit and the profile is "
+                "per block: use block granularity, or strategy 'paper' for module granularity"
+            )
+
     @property
     def evaluations(self) -> int:
-        """Upper bound on the search's proxy evaluations (references excluded)."""
-        return self.population + self.offspring * self.generations + self.bayes.iterations * self.bayes.batch
+        """Upper bound on the search's top-rung proxy evaluations (references excluded)."""
+        refine = self.bayes.iterations * self.bayes.batch
+        if self.strategy == "halving":
+            return self.halving.sizes()[-1] + 1 + refine  # + 1: the knapsack plan is always promoted
+        return self.population + self.offspring * self.generations + refine
 
 
 @dataclass(frozen=True)

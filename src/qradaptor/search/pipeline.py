@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,8 @@ from qradaptor.search.definition import (  # noqa: F401 - re-exported: the searc
     search_space,
 )
 from qradaptor.search.evolve import run_nsga2
+from qradaptor.search.knapsack import unit_values
+from qradaptor.search.multifidelity import run_halving
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.records import SEARCH_PHASES, TrialRecord
 from qradaptor.search.space import MemoryTable, SearchSpace, smallest_and_largest, unit_sensitivity
@@ -74,11 +76,14 @@ class SearchOutcome:
     stage_seconds: dict[str, float]
     """Wall time of each stage in this run (replayed trials cost almost nothing)."""
     evaluated: int
-    """Plans proxy-tuned in this run."""
+    """Plans scored in this run (on every rung of the halving strategy)."""
     replayed: int
-    """Plans answered from the study."""
+    """Plans answered from the study (on every rung)."""
     note: str = ""
     """Why the search took a shortcut, e.g. a budget above the largest plan."""
+    screened: tuple[TrialRecord, ...] = ()
+    """The halving strategy's lower rungs, rung by rung (``generation`` is the rung; their
+    losses are of lower fidelity than ``records``'): rung 0 forward only, then short proxies."""
 
 
 def pareto_numbers(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> tuple[int, ...]:
@@ -218,7 +223,8 @@ def run_search(
         objective.record_many([plan for plan, _ in references], [name for _, name in references])
     stages["references"] = time.perf_counter() - start
 
-    note, largest = "", None
+    note, largest, screened = "", None, []
+    lower_evaluated = lower_replayed = 0
     if above:
         _, high = smallest_and_largest(table, space)
         objective.phase = "initial"
@@ -229,6 +235,36 @@ def run_search(
             "returning the largest plan without searching"
         )
         stages["nsga2"] = stages["bayes"] = 0.0
+    elif config.strategy == "halving":
+        start = time.perf_counter()
+        rungs = _lower_rungs(
+            model,
+            train_ids,
+            eval_ids,
+            config,
+            proxy,
+            fingerprint,
+            storage,
+            study_name,
+            device,
+            quant_cache,
+            table,
+            progress,
+        )
+        top = run_halving(
+            [*rungs, objective],
+            table,
+            config.budget,
+            unit_values(space, sensitivity),
+            config.halving,
+            seed=config.seed,
+            plan_kwargs=plan_kwargs,
+        )
+        screened = [record for rung in top[:-1] for record in rung]
+        lower_evaluated = sum(rung.evaluated for rung in rungs)
+        lower_replayed = sum(rung.replayed for rung in rungs)
+        stages["halving"] = time.perf_counter() - start
+        stages["bayes"] = _refine(objective, space, table, config, unit_sens, plan_kwargs)
     else:
         start = time.perf_counter()
 
@@ -251,27 +287,7 @@ def run_search(
             on_generation=on_generation,
         )
         stages["nsga2"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        if config.bayes.iterations:
-            objective.phase = "bayes"
-
-            def on_iteration(iteration: int) -> None:
-                objective.generation = iteration
-
-            history = [(genome_of(r, space), r.loss) for r in objective.records]
-            refine(
-                objective,
-                table,
-                config.budget,
-                history,
-                config=config.bayes,
-                seed=config.seed,
-                sensitivity=unit_sens,
-                plan_kwargs=plan_kwargs,
-                on_iteration=on_iteration,
-            )
-        stages["bayes"] = time.perf_counter() - start
+        stages["bayes"] = _refine(objective, space, table, config, unit_sens, plan_kwargs)
     bar.close()
     if workers is not None:
         from qradaptor.search.job import mark_finished
@@ -289,10 +305,78 @@ def run_search(
         unit_sensitivity=None if unit_sens is None else tuple(float(v) for v in unit_sens),
         sensitivity=sensitivity if config.profile else None,
         stage_seconds=stages,
-        evaluated=objective.evaluated,
-        replayed=objective.replayed,
+        evaluated=objective.evaluated + lower_evaluated,
+        replayed=objective.replayed + lower_replayed,
         note=note,
+        screened=tuple(screened),
     )
+
+
+def _refine(
+    objective: StudyObjective,
+    space: SearchSpace,
+    table: MemoryTable,
+    config: SearchConfig,
+    unit_sens: np.ndarray | None,
+    plan_kwargs: dict,
+) -> float:
+    """The Gaussian-process refinement (§3.5) from every record so far; returns its seconds."""
+    start = time.perf_counter()
+    if config.bayes.iterations:
+        objective.phase = "bayes"
+
+        def on_iteration(iteration: int) -> None:
+            objective.generation = iteration
+
+        history = [(genome_of(r, space), r.loss) for r in objective.records]
+        refine(
+            objective,
+            table,
+            config.budget,
+            history,
+            config=config.bayes,
+            seed=config.seed,
+            sensitivity=unit_sens,
+            plan_kwargs=plan_kwargs,
+            on_iteration=on_iteration,
+        )
+    return time.perf_counter() - start
+
+
+def _lower_rungs(
+    model: nn.Module,
+    train_ids: torch.Tensor,
+    eval_ids: torch.Tensor,
+    config: SearchConfig,
+    proxy: ProxyConfig,
+    fingerprint: dict,
+    storage: Any,
+    study_name: str,
+    device: str | torch.device | None,
+    quant_cache: QuantCache,
+    table: MemoryTable,
+    progress: bool,
+) -> list[StudyObjective]:
+    """The halving strategy's rungs below the top, each its own study, scored in this process.
+
+    Rung 0 scores the quantised plan without tuning (``steps=0``); the top rung is the
+    search's own objective (its study may be served by workers).
+    """
+    from dataclasses import asdict, replace
+
+    from tqdm import tqdm
+
+    rungs = []
+    sizes = config.halving.sizes()
+    for rung, steps in enumerate(config.halving.steps(proxy.steps)[:-1]):
+        rung_proxy = replace(proxy, steps=steps, warmup=min(proxy.warmup, steps))
+        rung_fingerprint = {**fingerprint, "proxy": asdict(rung_proxy)}
+        study = open_study(storage, rung_fingerprint, f"{study_name}.rung{rung}")
+        evaluator = ProxyEvaluator(model, train_ids, eval_ids, rung_proxy, device=device, cache=quant_cache)
+        label = "screen (forward only)" if steps == 0 else f"rung {rung} ({steps} steps)"
+        bar = tqdm(total=sizes[rung], desc=label, unit="plan", disable=not progress, leave=False)
+        rungs.append(StudyObjective(study, evaluator, table, on_record=lambda *_, bar=bar: bar.update(1)))
+    return rungs
 
 
 def _choose(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> TrialRecord:

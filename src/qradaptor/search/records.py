@@ -7,8 +7,11 @@ them needs Optuna or a model to read a finished search.
 
 Phases, in the order a search runs them:
     reference   uniform plans scored for comparison (not part of the population)
-    initial     the sensitivity-biased first population (§3.3)
-    nsga2       offspring of the NSGA-II generations (§3.4)
+    initial     the sensitivity-biased first population (§3.3; the paper strategy)
+    nsga2       offspring of the NSGA-II generations (§3.4; the paper strategy)
+    knapsack    the exact allocator's plan at the budget (the halving strategy, every rung)
+    screen      a candidate scored forward only (rung 0 of the halving strategy)
+    halving     a candidate promoted to a proxy rung (the halving strategy)
     bayes       plans chosen by the Gaussian-process refinement (§3.5)
 """
 
@@ -21,9 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-PHASES: tuple[str, ...] = ("reference", "initial", "nsga2", "bayes")
+PHASES: tuple[str, ...] = ("reference", "initial", "nsga2", "knapsack", "screen", "halving", "bayes")
 """Every phase a trial can come from, in search order."""
-SEARCH_PHASES: tuple[str, ...] = ("initial", "nsga2", "bayes")
+SEARCH_PHASES: tuple[str, ...] = ("initial", "nsga2", "knapsack", "screen", "halving", "bayes")
 """The phases that propose plans for the search itself (references only compare)."""
 
 

@@ -19,7 +19,15 @@ from qradaptor.plotting import pyplot, save_figure
 from qradaptor.search.records import PHASES, SEARCH_PHASES, TrialRecord, best_so_far
 
 MIB = 2**20
-PHASE_COLOURS = {"reference": "black", "initial": "tab:blue", "nsga2": "tab:orange", "bayes": "tab:green"}
+PHASE_COLOURS = {
+    "reference": "black",
+    "initial": "tab:blue",
+    "nsga2": "tab:orange",
+    "knapsack": "tab:red",
+    "screen": "tab:gray",
+    "halving": "tab:purple",
+    "bayes": "tab:green",
+}
 """One colour per phase, shared by every plot."""
 
 
