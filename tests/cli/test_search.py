@@ -12,6 +12,7 @@ from qradaptor.plan import Plan
 
 FAST = ["--seq-len", 16, "--steps", 2, "--batch-size", 2, "--eval-batches", 1, "--calibration-samples", 2]
 SMALL = ["--population", 3, "--generations", 2, "--bayes-iterations", 2, "--group-size", 32, "--ranks", "4,8"]
+PAPER = ["--strategy", "paper"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +30,10 @@ def words(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def search(cli, tiny_model_dir, words, out: Path, *extra: object) -> tuple[int, str, str]:
     data = ["--data", words, "--eval-data", words]
-    return cli("search", tiny_model_dir, "--budget", "3.6bits", "-o", out, *data, *FAST, *SMALL, *extra)
+    strategy = [] if "--strategy" in extra else PAPER  # these tests are of the paper's pipeline
+    return cli(
+        "search", tiny_model_dir, "--budget", "3.6bits", "-o", out, *data, *FAST, *SMALL, *strategy, *extra
+    )
 
 
 def test_help_names_the_budget_forms_and_the_ablations(cli) -> None:
@@ -85,11 +89,47 @@ def test_a_search_writes_its_run_folder_and_a_second_run_resumes_it(
     again = json.loads((out / "summary.json").read_text())
     assert again["evaluated_this_run"] == 0 and again["replayed_from_study"] == len(trials)
     assert again["chosen"] == chosen
-    assert f"0 plans tuned, {len(trials)} read from the study" in stdout
+    assert f"0 plans scored, {len(trials)} read from the study" in stdout
 
     # The chosen plan goes straight into qra memory (and qra eval / train).
     code, stdout, err = cli("memory", tiny_model_dir, "--plan", out / "plan.json")
     assert code == 0, err
+
+
+def test_the_halving_strategy_writes_its_rungs_and_resumes(cli, tiny_model_dir, words, tmp_path) -> None:
+    from qradaptor.search.records import records_from_csv
+
+    out = tmp_path / "run"
+    halving = ["--strategy", "halving", "--candidates", 9, "--rungs", 1, "--eta", 3]
+    code, stdout, err = search(cli, tiny_model_dir, words, out, *halving)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    screened = records_from_csv((out / "screened.csv").read_text())
+    assert summary["strategy"] == "halving" and summary["screened"] == {"rung0": 9}
+    assert [r.phase for r in screened] == ["knapsack"] + ["screen"] * 8
+    assert all(r.tokens == 0 for r in screened)  # forward only
+    top = [t for t in trials if t["phase"] != "reference"]
+    knapsack = [t for t in top if t["phase"] == "knapsack"]
+    assert len(knapsack) == 1 and summary["chosen"]["loss"] <= knapsack[0]["loss"]
+    # The top rung: the 3 best of the screen (a third of 9; one may be a reference plan, scored
+    # there already) and the knapsack plan, then Bayes.
+    best3 = {r.plan_hash for r in sorted(screened, key=lambda r: r.loss)[:3]} | {screened[0].plan_hash}
+    assert {t["plan_hash"] for t in top if t["phase"] in ("knapsack", "halving")} <= best3
+    assert best3 <= {t["plan_hash"] for t in trials}
+    assert summary["evaluated_this_run"] == len(trials) + len(screened)
+    assert f"({len(screened)} on lower rungs)" in stdout
+
+    code, stdout, err = search(cli, tiny_model_dir, words, out, *halving)
+    again = json.loads((out / "summary.json").read_text())
+    assert code == 0 and again["evaluated_this_run"] == 0 and again["chosen"] == summary["chosen"]
+
+
+def test_strategies_agree_with_the_library() -> None:
+    from qradaptor.cli.search import STRATEGIES
+    from qradaptor.search.definition import STRATEGIES as LIBRARY
+
+    assert STRATEGIES == LIBRARY
 
 
 def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path) -> None:

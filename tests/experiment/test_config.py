@@ -135,6 +135,23 @@ def test_a_hand_made_plan_is_a_plan_step_in_the_cell(tiny, tmp_path: Path) -> No
     assert evaluate.verb == "eval" and evaluate.done == folder / "eval.json"
 
 
+def test_the_knapsack_plan_is_made_at_each_budget_in_each_cell(tmp_path: Path) -> None:
+    text = "name: k\nmodel: /models/tiny\nseeds: [0, 1]\nmethods:\n"
+    text += "  - {label: kn, plan: knapsack, budgets: [4.0bits, 120MB]}\n"
+    experiment = load(write(tmp_path, text), tmp_path / "out")
+    assert [(c.label, c.budget, c.seed) for c in experiment.cells] == [
+        ("kn@4.0bits", "4.0bits", 0),
+        ("kn@4.0bits", "4.0bits", 1),
+        ("kn@120MB", "120MB", 0),
+        ("kn@120MB", "120MB", 1),
+    ]
+    folder = tmp_path / "out" / "k" / "kn@120MB" / "seed1"
+    plan, train, _ = experiment.cells[3].steps
+    made = str(folder / "plan.json")
+    assert plan.argv == ("/models/tiny", "--baseline", "knapsack", "--budget", "120MB", "-o", made)
+    assert train.argv[:6] == ("/models/tiny", "--method", "lora", "--plan", made, "--seed")
+
+
 def test_a_plan_string_is_passed_straight_to_train(tiny, tmp_path: Path) -> None:
     folder = tmp_path / "out" / "tiny" / "U" / "seed0"
     assert [s.verb for s in tiny.cells[3].steps] == ["train", "eval"]
@@ -325,7 +342,11 @@ ONE = "methods:\n  - {label: a, method: lora16}\n"
         (BASE + "methods:\n  - {label: a, search: {}, budgets: []}\n", r"a search needs budgets"),
         (
             BASE + "methods:\n  - {label: a, method: lora16, budgets: [3bits]}\n",
-            r"methods\[0\] \(a\): budgets go with a search",
+            r"methods\[0\] \(a\): budgets go with a search or plan: knapsack",
+        ),
+        (
+            BASE + "methods:\n  - {label: a, plan: knapsack}\n",
+            r"methods\[0\] \(a\): the knapsack plan needs budgets, a list like \[3\.5bits, 5\.0bits\]",
         ),
         (
             BASE + "methods:\n  - {label: a, method: lora16, search_seed: 1}\n",
@@ -447,8 +468,10 @@ def paper(tmp_path_factory):
 
 
 def test_every_config_loads_and_passes_the_verbs_parsers(paper) -> None:
-    assert sorted(paper) == ["ablations", "efficiency", "main", "pilot"]
-    assert [e.name for e in paper.values()] == ["ablations", "efficiency", "main", "pilot"]
+    assert sorted(paper) == ["ablations", "allocation", "efficiency", "main", "pilot"]
+    assert [e.name for e in paper.values()] == ["ablations", "allocation", "efficiency", "main", "pilot"]
+    allocation = paper["allocation"]
+    assert "knapsack@4.25bits" in allocation.labels and "qra-paper@120MB" in allocation.labels
     _check_commands(list(paper.values()))
     pilot = paper["pilot"]
     assert pilot.labels == ("A", "B", "C", "D") and len(pilot.cells) == 12
@@ -481,5 +504,8 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert len(searches) == len(set(searches))
     # main: 3 seeds x (amq-lora + qra and qra-qa at two budgets) = 15; ablations add no-profile
     # and no-bayes at 4.0bits and all five variants at 120MB, x 2 seeds; efficiency (seed 0)
-    # shares its searches with main.
-    assert len(searches) == 15 + 2 * 2 + 5 * 2
+    # shares its searches with main. allocation: qra (halving) at 5 budgets x 3 seeds, and
+    # qra-paper likewise less main's qra@4.0bits (3) and ablations' joint@120MB (seeds 0, 1).
+    allocation = paper["allocation"]
+    assert _keys(allocation, "qra-paper@4.0bits") == _keys(main, "qra@4.0bits")
+    assert len(searches) == 15 + 2 * 2 + 5 * 2 + 15 + (15 - 3 - 2)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     pass
 
 GRANULARITIES = ("block", "module")
+STRATEGIES = ("halving", "paper")
+"""Copy of ``search.definition.STRATEGIES``, which loads numpy (a test checks they agree)."""
 
 
 def _check_positive(**values: int) -> None:
@@ -45,6 +47,10 @@ def search(
     *,
     budget: str,
     output: str = "qra-search",
+    strategy: str = "halving",
+    candidates: int = 24,
+    rungs: int = 2,
+    eta: int = 3,
     data: str | None = None,
     eval_data: str = "embedded:boolq-heldout",
     bits: str = "2,3,4,8",
@@ -77,9 +83,13 @@ def search(
 ) -> int:
     """Search per-block bits and LoRA ranks under a memory budget (QR-Adaptor).
 
-    Profiles each block's sensitivity (KL, Eq. 6), evolves plans with NSGA-II (layer-wise
-    crossover, proximity mutation) scored by short proxy fine-tunes, refines near the Pareto
-    front with a Matérn-5/2 Gaussian process and Expected Improvement, and writes a run folder:
+    Profiles each block's sensitivity (KL, Eq. 6). The default strategy, halving, starts from
+    the exact knapsack allocation over that profile and its neighbours (layer-wise crossover,
+    proximity mutation), scores them all forward only, then promotes the best third through
+    proxy fine-tunes of rising length (the knapsack plan always reaches the top, so the choice
+    is never worse than it there); --strategy paper evolves plans with NSGA-II, every plan
+    scored by a proxy fine-tune, as the paper does. Both refine near the Pareto front with a
+    Matérn-5/2 Gaussian process and Expected Improvement, and write a run folder:
     plan.json (the chosen plan, for qra eval --plan), trials.csv, pareto.json, summary.json,
     sensitivity.json/csv, the Optuna study (study.db) and plots. Running the same command
     again resumes the search: finished trials are read from study.db, never repeated.
@@ -96,6 +106,12 @@ def search(
         budget: average stored bits per block weight, scales included (e.g. 4.0bits; uniform
             4-bit with group 64 is 4.5), or total model bytes (e.g. 1.2GB, 120MiB)
         output: the run folder (created; reused to resume)
+        strategy: halving (knapsack candidates, forward-only screen, successive halving) or
+            paper (sensitivity-biased population, NSGA-II, every plan proxy-tuned)
+        candidates: halving: plans screened forward only (a third go on to each next rung)
+        rungs: halving: proxy rungs above the screen; the top one runs --steps, the one below
+            --steps / eta, and so on
+        eta: halving: each rung keeps the best 1/eta of the one below
         data: proxy-training and calibration text: embedded:NAME, a .txt/.json/.jsonl file or a
             dataset; omitted: the embedded BoolQ passages (calibration split)
         eval_data: held-out text the proxy score is measured on
@@ -108,13 +124,14 @@ def search(
         lr: peak learning rate of the proxy fine-tunes
         eval_batches: held-out batches per proxy score
         calibration_samples: windows of --data the sensitivity profile runs on
-        population: NSGA-II population size
-        offspring: NSGA-II children per generation, scored together (default: --workers, at least 1)
-        generations: NSGA-II generations
+        population: paper: NSGA-II population size
+        offspring: paper: NSGA-II children per generation, scored together (default: --workers,
+            at least 1)
+        generations: paper: NSGA-II generations
         bayes_iterations: Gaussian-process refinement rounds (0: no refinement)
         bayes_batch: plans chosen per refinement round by q-Expected Improvement, scored
             together (default: --workers, at least 1)
-        no_profile: ablation: random initial population, no sensitivity
+        no_profile: ablation (with --strategy paper): random initial population, no sensitivity
         sensitivity: a sensitivity.json from qra profile to use instead of profiling
         fixed_bits: ablation: every block at these bits, search ranks only
         fixed_rank: ablation: every block at this rank, search bits only (AMQ-like)
@@ -185,6 +202,7 @@ def search(
     from qradaptor.models.loading import load_model
     from qradaptor.search.bayes import BayesConfig
     from qradaptor.search.budget import check_budget
+    from qradaptor.search.multifidelity import HalvingConfig
     from qradaptor.search.pipeline import SearchConfig, run_search, search_space
     from qradaptor.search.proxy import ProxyConfig
     from qradaptor.search.study import sqlite_url
@@ -192,6 +210,8 @@ def search(
     device = resolve_device(device)
     config = SearchConfig(
         budget=the_budget,
+        strategy=strategy,
+        halving=HalvingConfig(candidates=candidates, sweep=min(8, candidates), eta=eta, rungs=rungs),
         bits=bit_choices,
         ranks=rank_choices,
         granularity=granularity,
@@ -309,6 +329,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("model", nargs="?", default=None, help=helps["model"])
     parser.add_argument("--budget", required=True, metavar="3.5bits|1.2GB", help=helps["budget"])
     parser.add_argument("-o", "--output", default="qra-search", metavar="DIR", help=helps["output"])
+    parser.add_argument("--strategy", choices=STRATEGIES, default="halving", help=helps["strategy"])
     parser.add_argument("--data", metavar="SOURCE", help=helps["data"])
     parser.add_argument(
         "--eval-data", default="embedded:boolq-heldout", metavar="SOURCE", help=helps["eval_data"]
@@ -322,6 +343,9 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
         ("batch_size", 4),
         ("eval_batches", 4),
         ("calibration_samples", 8),
+        ("candidates", 24),
+        ("rungs", 2),
+        ("eta", 3),
         ("population", 5),
         ("generations", 5),
         ("bayes_iterations", 5),

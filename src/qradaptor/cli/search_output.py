@@ -20,11 +20,14 @@ def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: 
 
     records = list(outcome.records)
     summary = report.summarise(records, pareto=outcome.pareto, chosen_number=outcome.chosen.number)
-    proxy_tokens = sum(r.tokens for r in records if r.phase != "reference")
+    # Every rung's fine-tune tokens count: the screen's forward passes train on nothing.
+    proxy_tokens = sum(r.tokens for r in (*records, *outcome.screened) if r.phase != "reference")
     summary.update(
         {
             "budget": config.budget.describe(),
             "note": outcome.note,
+            "strategy": config.strategy,
+            "screened": _rung_counts(outcome),
             "evaluated_this_run": outcome.evaluated,
             "replayed_from_study": outcome.replayed,
             "stage_seconds": {k: round(v, 3) for k, v in outcome.stage_seconds.items()},
@@ -42,6 +45,8 @@ def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: 
     write("plan.json", outcome.plan.to_json() + "\n")
     write("trials.csv", records_to_csv(records))
     write("trials.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    if outcome.screened:  # the halving strategy's lower rungs (generation = rung)
+        write("screened.csv", records_to_csv(outcome.screened))
     by_number = {r.number: r for r in records}
     write("pareto.json", json.dumps([by_number[n].to_dict() for n in outcome.pareto], indent=2) + "\n")
     if outcome.sensitivity is not None:
@@ -50,6 +55,15 @@ def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: 
     write("summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     _plots(run_dir, outcome, config)
     return summary
+
+
+def _rung_counts(outcome: SearchOutcome) -> dict[str, int]:
+    """Plans scored on each lower rung of the halving strategy, e.g. {"rung0": 24, "rung1": 9}."""
+    counts: dict[str, int] = {}
+    for record in outcome.screened:
+        key = f"rung{record.generation}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _plots(run_dir: Path, outcome: SearchOutcome, config: Any) -> None:
@@ -93,8 +107,9 @@ def print_outcome(outcome: SearchOutcome, summary: dict, run_dir: Path) -> None:
         f"chosen plan: proxy loss {chosen.loss:.4f}, {chosen.avg_bits:.3f} avg bits, {chosen.bytes} bytes; "
         f"bits {' '.join(map(str, chosen.bits))}; ranks {' '.join(map(str, chosen.ranks))}"
     )
+    screened = f" ({len(outcome.screened)} on lower rungs)" if outcome.screened else ""
     print(
-        f"{outcome.evaluated} plans tuned, {outcome.replayed} read from the study; "
+        f"{outcome.evaluated} plans scored, {outcome.replayed} read from the study{screened}; "
         f"search cost {summary['search_cost_epochs']:.3f} epochs of the training data"
     )
     print(f"run folder: {run_dir}  (qra eval --plan {run_dir / 'plan.json'})")

@@ -24,6 +24,9 @@ The file::
         method: lora16
       - label: C
         plan: {bits: 4x15,2x15, ranks: 8x15,16x15}
+      - label: knapsack
+        plan: knapsack               # qra plan --baseline knapsack at each budget
+        budgets: [4.0bits]
       - label: qra
         search: {}                   # this method's own search options, over the shared ones
         budgets: [3.5bits, 5.0bits]
@@ -240,12 +243,13 @@ def _method_cells(
     if not isinstance(method, str):
         raise ValueError(f"{where} ({label}): needs a method (e.g. lora16, qlora-4), a plan or a search")
     budgets = entry.get("budgets")
-    if "search" in entry:
+    if "search" in entry or plan == KNAPSACK:
+        what = "a search" if "search" in entry else "the knapsack plan"
         if not isinstance(budgets, list) or not budgets or not all(is_budget(b) for b in budgets):
-            raise ValueError(f"{where} ({label}): a search needs budgets, a list like [3.5bits, 5.0bits]")
+            raise ValueError(f"{where} ({label}): {what} needs budgets, a list like [3.5bits, 5.0bits]")
         budgets = [str(b) for b in budgets]
     elif budgets is not None:
-        raise ValueError(f"{where} ({label}): budgets go with a search")
+        raise ValueError(f"{where} ({label}): budgets go with a search or plan: knapsack")
     seeds = check_seeds(entry["seeds"], f"{where}.seeds") if "seeds" in entry else seeds
     search_seed = entry.get("search_seed")
     if search_seed is not None and (not is_count(search_seed) or "search" not in entry):
@@ -255,9 +259,11 @@ def _method_cells(
     search_argv: list[str] | None = None
     if "search" in entry:
         search_argv = merged_argv(shared["search"], search or {}, "search", where)
-    plan_spec = _plan_spec(plan, f"{where}.plan") if plan is not None else None
+    plan_spec = _plan_spec(plan, f"{where}.plan") if plan not in (None, KNAPSACK) else None
     cells: list[Cell] = []
     for budget in budgets or [None]:
+        if plan == KNAPSACK:  # the exact allocator at this budget, profiled by qra plan itself
+            plan_spec = ["--baseline", KNAPSACK, "--budget", str(budget)]
         cell_label = f"{label}@{budget}" if budget else label
         for seed in seeds:
             folder = root / experiment / cell_label / f"seed{seed}"
@@ -285,6 +291,10 @@ def _method_cells(
                 )
             )
     return cells
+
+
+KNAPSACK = "knapsack"
+"""``plan: knapsack`` (with budgets): ``qra plan --baseline knapsack --budget B`` in each cell."""
 
 
 def _plan_spec(plan: Any, where: str) -> list[str] | str:
