@@ -504,8 +504,8 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert len(searches) == len(set(searches))
     # main: 3 seeds x (amq-lora + qra and qra-qa at two budgets) = 15; ablations add no-profile
     # and no-bayes at 4.0bits and all five variants at 120MB, x 2 seeds; efficiency (seed 0)
-    # shares its searches with main. allocation: qra (halving) at 5 budgets x 3 seeds, and
-    # qra-paper likewise less main's qra@4.0bits (3) and ablations' joint@120MB (seeds 0, 1).
+    # shares its searches with main. allocation: qra (halving) and qra-paper at 5 budgets x 3
+    # seeds, none shared: they select plans on the QA mix's held-out half.
     allocation = paper["allocation"]
-    assert _keys(allocation, "qra-paper@4.0bits") == _keys(main, "qra@4.0bits")
-    assert len(searches) == 15 + 2 * 2 + 5 * 2 + 15 + (15 - 3 - 2)
+    assert not set(_keys(allocation, "qra-paper@4.0bits").values()) & set(_keys(main, "qra@4.0bits").values())
+    assert len(searches) == 15 + 2 * 2 + 5 * 2 + 15 + 15
