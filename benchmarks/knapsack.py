@@ -1,0 +1,70 @@
+"""The exact allocator's cost: solve time of the multiple-choice knapsack at real sizes.
+
+Prices SmolLM2-135M's block linears (30 blocks x 7 linears; the shapes come from the
+model's config, no weights loaded) at several bit choices and budgets, with the KL table of
+a landed search (docs/results/paper/searches/4.0bits-s0-*/sensitivity.json) where the bits
+match, and synthetic KLs (4x less per extra bit) for module units and bit-widths it lacks.
+Prints one row per problem: units, choices, states on the last frontier, and milliseconds.
+
+    python benchmarks/knapsack.py
+"""
+
+from __future__ import annotations
+
+import glob
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qradaptor.cli.common import load_structure, read_sensitivity
+from qradaptor.search.budget import parse_budget
+from qradaptor.search.knapsack import knapsack_genome, solve_mckp, unit_values
+from qradaptor.search.space import MemoryTable, SearchSpace
+
+ROOT = Path(__file__).parents[1]
+
+
+def main() -> None:
+    structure = load_structure(None)[1]
+    profile = sorted(glob.glob(str(ROOT / "docs/results/paper/searches/4.0bits-s0-*/sensitivity.json")))[0]
+    table_kl = read_sensitivity(profile, structure.signature)
+    print(f"{platform.processor() or platform.machine()}, numpy {np.__version__}; KL table {profile}")
+    print(
+        f"{'units':>6} {'bits':>14} {'budget':>9} {'ms':>8} {'avg bits':>9} {'sum KL':>9} "
+        f"{'uniform-4 KL':>13}"
+    )
+    for granularity, bits in (
+        ("block", (2, 3, 4, 8)),
+        ("block", (2, 3, 4, 5, 6, 8, 16)),
+        ("module", (2, 3, 4, 5, 6, 8)),
+    ):
+        space = SearchSpace.for_structure(structure, granularity, bits=bits, ranks=(16,))
+        table = MemoryTable.build(structure, space, group_size=64)
+        if granularity == "block" and set(bits) - {16} <= set(table_kl.bits):
+            values = unit_values(space, table_kl)
+        else:  # synthetic: a lognormal scale per unit, 4x less KL per extra bit, 0 at 16
+            scale = np.random.default_rng(0).lognormal(0, 1, space.num_units)[:, None]
+            values = np.where(np.array(bits) == 16, 0.0, scale * 4.0 ** -(np.array(bits) - 2.0))
+        for text in ("3.5bits", "4.0bits", "4.5bits", "5.5bits"):
+            budget = parse_budget(text)
+            start = time.perf_counter()
+            genome = knapsack_genome(table, values, budget, rank=16)
+            ms = 1000 * (time.perf_counter() - start)
+            rows = np.arange(space.num_units)
+            uniform = values[:, bits.index(4)].sum()
+            print(
+                f"{space.num_units:>6} {','.join(map(str, bits)):>14} {text:>9} {ms:>8.1f} "
+                f"{float(table.avg_bits_of(genome)):>9.3f} {values[rows, genome[:, 0]].sum():>9.4f} "
+                f"{uniform:>13.4f}"
+            )
+    # The solver alone on the largest problem, to separate it from pricing.
+    costs = np.rint(table.unit_bit_weights).astype(np.int64)
+    start = time.perf_counter()
+    solve_mckp(costs, values, int(4.0 * table.linear_numel))
+    print(f"solve_mckp alone, {space.num_units} x {len(bits)}: {1000 * (time.perf_counter() - start):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
