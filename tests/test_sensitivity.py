@@ -166,3 +166,19 @@ def test_plot_writes_png(table: SensitivityTable, tmp_path) -> None:
     plot_sensitivity(table, target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["s.png"]  # no temp file left
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_replaying_the_prefix_gives_the_same_table(
+    arch: str, llama_factory, tiny_gpt2, calibration: torch.Tensor
+) -> None:
+    model = llama_factory(layers=4, seed=3) if arch == "llama" else tiny_gpt2
+    ids = calibration % model.config.vocab_size
+    kwargs = {"bits": (2, 4), "batch_size": 2, "progress": False}
+    replayed = profile_sensitivity(model, ids, reuse_prefix=True, **kwargs)
+    recomputed = profile_sensitivity(model, ids, reuse_prefix=False, **kwargs)
+    assert replayed.kl == recomputed.kl  # bit-identical, not merely close
+    assert len(set(replayed.column(2))) == replayed.num_blocks  # every block scored on its own
+    assert all(  # the blocks are put back
+        type(block).__name__ != "_Replay" for block in model.get_submodule(inspect_model(model).blocks_path)
+    )

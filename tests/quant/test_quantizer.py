@@ -65,3 +65,59 @@ def test_bits_out_of_range(bits: object) -> None:
 def test_unknown_method() -> None:
     with pytest.raises(ValueError, match=r"method must be one of \('rtn', 'hqq'\), got 'gptq'"):
         quantize(torch.randn(4, 64), 4, 64, "gptq")  # type: ignore[arg-type]
+
+
+def _hqq_fit_reference(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The HQQ fit as first written (codes and residual computed twice per iteration)."""
+    from qradaptor.quant.quantizer import _codes, _minmax_fit
+
+    p, beta = 0.7, 10.0
+    scale, zero = _minmax_fit(w, qmax)
+    best_zero, best_err = zero.clone(), float("inf")
+    for _ in range(20):
+        q = _codes(w, scale, zero, qmax)
+        x = w - (q - zero) * scale
+        residual = torch.sign(x) * torch.relu(x.abs() - x.abs().clamp_min(1e-12).pow(p - 1) / beta)
+        zero = (q - (w - residual) / scale).mean(dim=1, keepdim=True)
+        beta *= 1.01
+        err = float((w - (_codes(w, scale, zero, qmax) - zero) * scale).abs().mean())
+        if err >= best_err:
+            break
+        best_zero, best_err = zero.clone(), err
+    zero = best_zero
+    q = _codes(w, scale, zero, qmax)
+    q_mean, w_mean = q.mean(dim=1, keepdim=True), w.mean(dim=1, keepdim=True)
+    q_var = ((q - q_mean) ** 2).mean(dim=1, keepdim=True)
+    cov = ((q - q_mean) * (w - w_mean)).mean(dim=1, keepdim=True)
+    ok = q_var > 1e-12
+    new_scale = torch.where(ok, cov / q_var.clamp_min(1e-12), scale)
+    ok &= new_scale > 1e-8
+    new_zero = q_mean - w_mean / new_scale.clamp_min(1e-8)
+    before = ((w - (q - zero) * scale) ** 2).sum(dim=1, keepdim=True)
+    after = ((w - (q - new_zero) * new_scale) ** 2).sum(dim=1, keepdim=True)
+    ok &= after < before
+    return torch.where(ok, new_scale, scale), torch.where(ok, new_zero, zero)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("spread", [0.02, 1.0])
+def test_hqq_fit_is_bit_identical_to_the_reference_fit(bits: int, spread: float) -> None:
+    from qradaptor.quant.quantizer import _hqq_fit
+
+    # spread 1.0 puts many residuals above the shrink's cutoff, 0.02 almost none (pow skipped).
+    w = (heavy_tailed(96, 256, seed=bits) / 0.02 * spread).reshape(-1, 64)  # (groups, 64)
+    scale, zero = _hqq_fit(w, (1 << bits) - 1)
+    ref_scale, ref_zero = _hqq_fit_reference(w, (1 << bits) - 1)
+    assert torch.equal(scale, ref_scale) and torch.equal(zero, ref_zero)
+
+
+def test_shrink_skips_pow_only_where_the_result_is_zero() -> None:
+    from qradaptor.quant.quantizer import _shrink_lp
+
+    cutoff = 10.0 ** (-1 / 1.3)  # |x|**(2 - p) = 1 / beta at p = 0.7, beta = 10
+    x = torch.tensor([-0.9, -0.5, -0.99 * cutoff, 0.0, 0.98 * cutoff, 1.01 * cutoff, 0.3])
+    expected = torch.sign(x) * torch.relu(x.abs() - x.abs().clamp_min(1e-12).pow(-0.3) / 10.0)
+    assert torch.equal(_shrink_lp(x, 10.0, 0.7), expected)
+    assert expected[-2] > 0 and expected[2] == 0  # both sides of the cutoff are covered
+    small = x[2:5]  # all below the cutoff: the fast path
+    assert torch.equal(_shrink_lp(small, 10.0, 0.7), torch.zeros(3))

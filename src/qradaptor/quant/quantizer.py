@@ -102,8 +102,18 @@ def _codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int) 
 
 
 def _shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
-    """Generalised soft-threshold: the proximal step of the l_p (p < 1) error term."""
-    return torch.sign(x) * torch.relu(x.abs() - x.abs().clamp_min(1e-12).pow(p - 1) / beta)
+    """Generalised soft-threshold: the proximal step of the l_p (p < 1) error term.
+
+    Returns ``sign(x) * relu(|x| - |x|**(p - 1) / beta)``. That is nonzero only where
+    ``|x|**(2 - p) > 1 / beta``; when no entry comes near that cutoff (most groups at 4 and
+    8 bits, whose residuals are far below it) the result is all zeros and the costly
+    ``pow`` is skipped. The 0.999 margin keeps the skip exact despite float rounding.
+    """
+    a = x.abs()
+    if not bool((a > 0.999 * beta ** (-1.0 / (2.0 - p))).any()):
+        return torch.zeros_like(x)
+    # copysign is several times faster than sign(x) * ... on CPU and gives the same values.
+    return torch.copysign(torch.relu(a - a.clamp_min(1e-12).pow(p - 1) / beta), x)
 
 
 def _hqq_fit(
@@ -115,21 +125,29 @@ def _hqq_fit(
     beta: float = 10.0,
     kappa: float = 1.01,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Half-quadratic fit of the zero point with the scale fixed, then an l2 refit."""
+    """Half-quadratic fit of the zero point with the scale fixed, then an l2 refit.
+
+    Each iteration computes the codes and the residual ``w - (q - z) * s`` once: the ones
+    that score a zero point are the ones the next iteration starts from (an earlier version
+    computed both twice; the results are bit-identical, see tests/quant/test_quantizer.py).
+    """
     scale, zero = _minmax_fit(w, qmax)
-    best_zero, best_err = zero.clone(), float("inf")
+    w_scaled = w / scale  # (n, g); the scale stays fixed until the refit
+    q = torch.round(w_scaled + zero).clamp_(0, qmax)
+    error = w - (q - zero) * scale  # (n, g) residual of the current zero point
+    best_zero, best_q, best_err = zero, q, float("inf")
     for _ in range(iters):
-        q = _codes(w, scale, zero, qmax)
-        residual = _shrink_lp(w - (q - zero) * scale, beta, p)
+        residual = _shrink_lp(error, beta, p)
         zero = (q - (w - residual) / scale).mean(dim=1, keepdim=True)
         beta *= kappa
-        err = float((w - (_codes(w, scale, zero, qmax) - zero) * scale).abs().mean())
+        q = torch.round(w_scaled + zero).clamp_(0, qmax)
+        error = w - (q - zero) * scale
+        err = float(error.abs().mean())
         if err >= best_err:  # HQQ's early stop: the l_p iterations can start to drift
             break
-        best_zero, best_err = zero.clone(), err
-    zero = best_zero
+        best_zero, best_q, best_err = zero, q, err
+    zero, q = best_zero, best_q
     # With the codes fixed, W ~ s*q - s*z is linear in (s, -s*z): solve it per group.
-    q = _codes(w, scale, zero, qmax)
     q_mean, w_mean = q.mean(dim=1, keepdim=True), w.mean(dim=1, keepdim=True)
     q_var = ((q - q_mean) ** 2).mean(dim=1, keepdim=True)
     cov = ((q - q_mean) * (w - w_mean)).mean(dim=1, keepdim=True)
