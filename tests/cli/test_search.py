@@ -242,3 +242,25 @@ def test_workers_options_are_checked(cli, tiny_model_dir, words, tmp_path) -> No
     code, _, err = search(cli, tiny_model_dir, words, tmp_path / "e", "--storage", unreachable)
     assert code == 2 and "cannot open storage 'postgresql+psycopg2://me:***@127.0.0.1:1/db'" in err
     assert not (tmp_path / "e").exists()
+
+
+def test_the_preset_sizes_what_is_not_given(cli, tiny_model_dir, words, tmp_path) -> None:
+    """quick on the CPU (auto), its sizes for every option left out; a given option wins."""
+    from qradaptor.cli.search import PRESETS
+
+    out = tmp_path / "run"
+    data = ["--data", words, "--eval-data", words, "--group-size", 32, "--ranks", "4,8"]
+    given = ["--seq-len", 16, "--steps", 2, "--calibration-samples", 2, "--bayes-iterations", 0]
+    code, _, err = cli(
+        "search", tiny_model_dir, "--budget", "3.6bits", "-o", out, *data, *given, "--device", "cpu"
+    )
+    assert code == 0, err
+    settings = json.loads((out / "config.json").read_text())
+    quick = PRESETS["quick"]
+    assert settings["preset"] == "quick"
+    assert settings["proxy"]["steps"] == 2 and settings["proxy"]["batch_size"] == quick["batch_size"]
+    halving = settings["config"]["halving"]
+    assert (halving["candidates"], halving["rungs"]) == (quick["candidates"], quick["rungs"])
+    assert settings["config"]["bayes"]["iterations"] == 0
+    code, _, err = cli("search", tiny_model_dir, "--budget", "3.6bits", "-o", out, "--preset", "fast")
+    assert code == 2 and "--preset: invalid choice: 'fast'" in err and "'quick', 'full'" in err

@@ -24,6 +24,32 @@ if TYPE_CHECKING:
 
 GRANULARITIES = ("block", "module")
 STRATEGIES = ("halving", "paper")
+PRESETS: dict[str, dict[str, int]] = {
+    "quick": {
+        "seq_len": 256,
+        "steps": 6,
+        "batch_size": 2,
+        "eval_batches": 4,
+        "calibration_samples": 1,
+        "candidates": 12,
+        "rungs": 1,
+        "bayes_iterations": 1,
+    },
+    "full": {
+        "seq_len": 512,
+        "steps": 20,
+        "batch_size": 4,
+        "eval_batches": 4,
+        "calibration_samples": 8,
+        "candidates": 24,
+        "rungs": 2,
+        "bayes_iterations": 5,
+    },
+}
+"""--preset: the sizes of a search; quick fits a laptop CPU (one 256-token profile window ranks
+blocks like four, Spearman 0.95 at 2 bits: docs/SENSITIVITY.md), full is the paper's. quick
+also skips the uniform reference plans (four proxy fine-tunes: 145 s of an 8-minute quick
+search on 2 cores)."""
 """Copy of ``search.definition.STRATEGIES``, which loads numpy (a test checks they agree)."""
 
 
@@ -48,24 +74,25 @@ def search(
     budget: str,
     output: str = "qra-search",
     strategy: str = "halving",
-    candidates: int = 24,
-    rungs: int = 2,
+    preset: str = "auto",
+    candidates: int | None = None,
+    rungs: int | None = None,
     eta: int = 3,
     data: str | None = None,
     eval_data: str = "embedded:boolq-heldout",
     bits: str = "2,3,4,8",
     ranks: str = "4,8,16",
     granularity: str = "block",
-    seq_len: int = 512,
-    steps: int = 20,
-    batch_size: int = 4,
+    seq_len: int | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
     lr: float = 2e-4,
-    eval_batches: int = 4,
-    calibration_samples: int = 8,
+    eval_batches: int | None = None,
+    calibration_samples: int | None = None,
     population: int = 5,
     offspring: int | None = None,
     generations: int = 5,
-    bayes_iterations: int = 5,
+    bayes_iterations: int | None = None,
     bayes_batch: int | None = None,
     no_profile: bool = False,
     sensitivity: str | None = None,
@@ -106,11 +133,14 @@ def search(
         budget: average stored bits per block weight, scales included (e.g. 4.0bits; uniform
             4-bit with group 64 is 4.5), or total model bytes (e.g. 1.2GB, 120MiB)
         output: the run folder (created; reused to resume)
+        preset: sizes of the options marked (quick/full) that are not given: quick (a laptop
+            CPU: minutes on 2 cores for the embedded model), full (the paper's settings, for a
+            GPU), or auto (full on CUDA, quick on the CPU)
         strategy: halving (knapsack candidates, forward-only screen, successive halving) or
             paper (sensitivity-biased population, NSGA-II, every plan proxy-tuned)
-        candidates: halving: plans screened forward only (a third go on to each next rung)
+        candidates: halving: plans screened forward only (a third go on to each next rung) (quick/full: 12/24)
         rungs: halving: proxy rungs above the screen; the top one runs --steps, the one below
-            --steps / eta, and so on
+            --steps / eta, and so on (quick/full: 1/2)
         eta: halving: each rung keeps the best 1/eta of the one below
         data: proxy-training and calibration text: embedded:NAME, a .txt/.json/.jsonl file or a
             dataset; omitted: the embedded BoolQ passages (calibration split)
@@ -118,24 +148,24 @@ def search(
         bits: comma-separated bit-width choices (1..8, or 16 for unquantised)
         ranks: comma-separated LoRA rank choices (0 = no adapter)
         granularity: block (one choice per transformer block, the paper's) or module (per linear)
-        seq_len: tokens per training and held-out window
-        steps: proxy fine-tuning steps per candidate
-        batch_size: windows per proxy step and per held-out batch
+        seq_len: tokens per training and held-out window (quick/full: 256/512)
+        steps: proxy fine-tuning steps per candidate (quick/full: 8/20)
+        batch_size: windows per proxy step and per held-out batch (quick/full: 2/4)
         lr: peak learning rate of the proxy fine-tunes
-        eval_batches: held-out batches per proxy score
-        calibration_samples: windows of --data the sensitivity profile runs on
+        eval_batches: held-out batches per proxy score (quick/full: 4/4)
+        calibration_samples: windows of --data the sensitivity profile runs on (quick/full: 1/8)
         population: paper: NSGA-II population size
         offspring: paper: NSGA-II children per generation, scored together (default: --workers,
             at least 1)
         generations: paper: NSGA-II generations
-        bayes_iterations: Gaussian-process refinement rounds (0: no refinement)
+        bayes_iterations: Gaussian-process refinement rounds (0: no refinement) (quick/full: 1/5)
         bayes_batch: plans chosen per refinement round by q-Expected Improvement, scored
             together (default: --workers, at least 1)
         no_profile: ablation (with --strategy paper): random initial population, no sensitivity
         sensitivity: a sensitivity.json from qra profile to use instead of profiling
         fixed_bits: ablation: every block at these bits, search ranks only
         fixed_rank: ablation: every block at this rank, search bits only (AMQ-like)
-        no_references: do not score the uniform reference plans
+        no_references: do not score the uniform reference plans (--preset quick never does)
         group_size: quantisation group size
         method: hqq or rtn
         seed: seed of the search (the proxy fine-tunes always use seed 0, so a study serves every search seed)
@@ -151,6 +181,19 @@ def search(
     from qradaptor.plan import check_bits, check_rank
     from qradaptor.search.budget import parse_budget
 
+    if preset != "auto" and preset not in PRESETS:
+        raise ValueError(f"--preset must be one of auto, {', '.join(PRESETS)}, got {preset!r}")
+    check_device(device)
+    chosen_preset = preset if preset != "auto" else ("full" if resolve_device(device) == "cuda" else "quick")
+    sizes = PRESETS[chosen_preset]
+    seq_len = sizes["seq_len"] if seq_len is None else seq_len
+    steps = sizes["steps"] if steps is None else steps
+    batch_size = sizes["batch_size"] if batch_size is None else batch_size
+    eval_batches = sizes["eval_batches"] if eval_batches is None else eval_batches
+    calibration_samples = sizes["calibration_samples"] if calibration_samples is None else calibration_samples
+    candidates = sizes["candidates"] if candidates is None else candidates
+    rungs = sizes["rungs"] if rungs is None else rungs
+    bayes_iterations = sizes["bayes_iterations"] if bayes_iterations is None else bayes_iterations
     the_budget = parse_budget(budget)
     bit_choices = _choices(bits, "--bits", check_bits)
     rank_choices = _choices(ranks, "--ranks", check_rank)
@@ -190,7 +233,6 @@ def search(
             )
     if fixed_rank is not None:
         check_rank(fixed_rank, "--fixed-rank")
-    check_device(device)
     run_dir = Path(output).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output {output!r} is a file; give a folder for the run")
@@ -218,7 +260,7 @@ def search(
         fixed_bits=fixed_bits,
         fixed_rank=fixed_rank,
         profile=not no_profile,
-        references=not no_references,
+        references=not no_references and chosen_preset == "full",
         population=population,
         offspring=offspring,
         generations=generations,
@@ -263,6 +305,7 @@ def search(
         "workers": devices,
         "worker_bytes_predicted": worker_bytes,
         "study": study,
+        "preset": chosen_preset,
         "config": _jsonable(config),
         "proxy": _jsonable(proxy),
     }
@@ -337,18 +380,13 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--bits", default="2,3,4,8", help=helps["bits"])
     parser.add_argument("--ranks", default="4,8,16", help=helps["ranks"])
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help=helps["granularity"])
+    for name in PRESETS["full"]:  # None: the --preset's value
+        parser.add_argument("--" + name.replace("_", "-"), type=int, metavar="N", help=helps[name])
+    parser.add_argument("--preset", choices=("auto", *PRESETS), default="auto", help=helps["preset"])
     for name, default in (
-        ("seq_len", 512),
-        ("steps", 20),
-        ("batch_size", 4),
-        ("eval_batches", 4),
-        ("calibration_samples", 8),
-        ("candidates", 24),
-        ("rungs", 2),
         ("eta", 3),
         ("population", 5),
         ("generations", 5),
-        ("bayes_iterations", 5),
         ("group_size", 64),
         ("seed", 0),
     ):

@@ -15,7 +15,6 @@ to the ``ProxyEvaluator``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qradaptor.search.bayes import front_members, refine
-from qradaptor.search.budget import Budget, check_budget, violations
+from qradaptor.search.bayes import refine
+from qradaptor.search.budget import check_budget
+from qradaptor.search.choice import choose, pareto_numbers
 from qradaptor.search.definition import (  # noqa: F401 - re-exported: the search's public names
     SearchConfig,
     WorkerQueue,
@@ -84,22 +84,6 @@ class SearchOutcome:
     screened: tuple[TrialRecord, ...] = ()
     """The halving strategy's lower rungs, rung by rung (``generation`` is the rung; their
     losses are of lower fidelity than ``records``'): rung 0 forward only, then short proxies."""
-
-
-def pareto_numbers(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> tuple[int, ...]:
-    """Trial numbers of the front of the feasible, finite search records, by ascending bytes."""
-    space = table.space
-    search = [r for r in records if r.phase in SEARCH_PHASES and math.isfinite(r.loss)]
-    if not search:
-        return ()
-    genomes = np.stack([genome_of(r, space) for r in search])
-    losses = np.array([r.loss for r in search])
-    feasible = violations(genomes, budget, table) == 0
-    if not feasible.any():
-        return ()
-    front = {g.tobytes() for g in front_members(genomes, losses, table, budget)}
-    chosen = [r for r, g in zip(search, genomes, strict=True) if g.tobytes() in front]
-    return tuple(r.number for r in sorted(chosen, key=lambda r: (r.bytes, r.number)))
 
 
 def run_search(
@@ -295,7 +279,7 @@ def run_search(
         mark_finished(study)
 
     records = list(objective.records)
-    chosen = largest if largest is not None else _choose(records, table, config.budget)
+    chosen = largest if largest is not None else choose(records, table, config.budget)
     return SearchOutcome(
         records=tuple(records),
         pareto=pareto_numbers(records, table, config.budget),
@@ -377,14 +361,6 @@ def _lower_rungs(
         bar = tqdm(total=sizes[rung], desc=label, unit="plan", disable=not progress, leave=False)
         rungs.append(StudyObjective(study, evaluator, table, on_record=lambda *_, bar=bar: bar.update(1)))
     return rungs
-
-
-def _choose(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> TrialRecord:
-    """The lowest loss within the budget; references count too (a uniform plan may be best)."""
-    space = table.space
-    feasible = [r for r in records if violations(genome_of(r, space), budget, table) == 0]
-    assert feasible, "the search evaluates at least one feasible plan"
-    return min(feasible, key=lambda r: (r.loss, r.bytes, r.number))
 
 
 def _profile(

@@ -345,6 +345,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         raise ValueError(f"summary must have the keys of summarise(), missing {missing}")
     lines = [f"{'phase':<10} {'evals':>6} {'seconds':>10} {'best loss':>10}"]
     for p in PHASES:
+        if not summary["evaluations"][p]:
+            continue  # a phase of the other strategy, or one this search skipped
         best = _fmt(summary["best_loss"][p])
         lines.append(f"{p:<10} {summary['evaluations'][p]:>6} {summary['seconds'][p]:>10.1f} {best:>10}")
     lines.append(f"{'total':<10} {summary['total_evaluations']:>6} {summary['total_seconds']:>10.1f}")
