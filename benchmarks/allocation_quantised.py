@@ -30,7 +30,9 @@ from qradaptor.quant.cache import QuantCache
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("plans", nargs="+", metavar="LABEL=PLAN", help="a plan JSON file or uniform:BITS:RANK")
+    parser.add_argument(
+        "plans", nargs="+", metavar="LABEL=PLAN", help="a plan JSON file or uniform:BITS:RANK"
+    )
     parser.add_argument("--limit", type=int, default=32, help="perplexity windows per corpus")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
@@ -39,8 +41,10 @@ def main() -> None:
     loaded = load_model(None, dtype=torch.float32, device="cpu")
     structure = inspect_model(loaded.model)
     cache = QuantCache()
-    print(f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads; {args.limit} x {args.seq_len} tokens")
-    print(f"{'plan':<22} {'avg bits':>8} {'MiB':>8} {'ppl_wiki':>9} {'ppl_lambada':>11} {'bits by block':<40} {'s':>6}")
+    print(f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads; ", end="")
+    print(f"{args.limit} x {args.seq_len} tokens per corpus")
+    header = f"{'plan':<22} {'avg bits':>8} {'MiB':>8} {'ppl_wiki':>9} {'ppl_lambada':>11}"
+    print(f"{header} {'bits by block':<40} {'s':>6}")
     for item in args.plans:
         label, _, spec = item.partition("=")
         made = read_plan(spec)
@@ -49,8 +53,14 @@ def main() -> None:
         start = time.perf_counter()
         model = apply_plan(copy.deepcopy(loaded.model), made, simulated=True, cache=cache).eval()
         records = run_suite(
-            model, loaded.tokenizer, ["ppl_wiki", "ppl_lambada"], model_name="embedded",
-            plan_hash=made.plan_hash, limit=args.limit, seq_len=args.seq_len, progress=False,
+            model,
+            loaded.tokenizer,
+            ["ppl_wiki", "ppl_lambada"],
+            model_name="embedded",
+            plan_hash=made.plan_hash,
+            limit=args.limit,
+            seq_len=args.seq_len,
+            progress=False,
         )
         ppl = {r.task: r.value for r in records}
         report = plan_memory(structure, made)

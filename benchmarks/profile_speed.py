@@ -21,6 +21,7 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -29,40 +30,24 @@ from qradaptor.data import load_texts, pack_texts
 from qradaptor.models.loading import load_model
 from qradaptor.models.structure import inspect_model
 from qradaptor.quant.cache import QuantCache
-from qradaptor.quant.quantizer import _codes, _hqq_fit, _minmax_fit
+from qradaptor.quant.quantizer import _hqq_fit, _minmax_fit
 from qradaptor.sensitivity import profile_sensitivity
 
 BITS = (2, 3, 4, 8)
 
 
-def _hqq_fit_before(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_hqq_fit`` before 153622a: codes and residual computed twice per iteration."""
-    p, beta = 0.7, 10.0
-    scale, zero = _minmax_fit(w, qmax)
-    best_zero, best_err = zero.clone(), float("inf")
-    for _ in range(20):
-        q = _codes(w, scale, zero, qmax)
-        x = w - (q - zero) * scale
-        residual = torch.sign(x) * torch.relu(x.abs() - x.abs().clamp_min(1e-12).pow(p - 1) / beta)
-        zero = (q - (w - residual) / scale).mean(dim=1, keepdim=True)
-        beta *= 1.01
-        err = float((w - (_codes(w, scale, zero, qmax) - zero) * scale).abs().mean())
-        if err >= best_err:
-            break
-        best_zero, best_err = zero.clone(), err
-    zero = best_zero
-    q = _codes(w, scale, zero, qmax)
-    q_mean, w_mean = q.mean(dim=1, keepdim=True), w.mean(dim=1, keepdim=True)
-    q_var = ((q - q_mean) ** 2).mean(dim=1, keepdim=True)
-    cov = ((q - q_mean) * (w - w_mean)).mean(dim=1, keepdim=True)
-    ok = q_var > 1e-12
-    new_scale = torch.where(ok, cov / q_var.clamp_min(1e-12), scale)
-    ok &= new_scale > 1e-8
-    new_zero = q_mean - w_mean / new_scale.clamp_min(1e-8)
-    before = ((w - (q - zero) * scale) ** 2).sum(dim=1, keepdim=True)
-    after = ((w - (q - new_zero) * new_scale) ** 2).sum(dim=1, keepdim=True)
-    ok &= after < before
-    return torch.where(ok, new_scale, scale), torch.where(ok, new_zero, zero)
+def _load_reference():
+    """``hqq_fit_reference`` of tests/quant/test_quantizer.py: the fit before 153622a."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "tests" / "quant" / "test_quantizer.py"
+    spec = importlib.util.spec_from_file_location("test_quantizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.hqq_fit_reference
+
+
+_hqq_fit_before = _load_reference()
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:

@@ -30,9 +30,7 @@ def test_known_layout() -> None:
 
 
 def test_rejects_codes_that_do_not_fit() -> None:
-    with pytest.raises(
-        ValueError, match=r"codes must lie in \[0, 3\] for bits=2, got range \[0, 4\]"
-    ):
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 3\] for bits=2, got range \[0, 4\]"):
         pack(torch.tensor([[0, 4]]), 2)
 
 

@@ -50,9 +50,7 @@ def test_dequantize_dtype() -> None:
 
 
 def test_group_size_must_divide_input() -> None:
-    with pytest.raises(
-        ValueError, match=r"group_size=64 does not divide the input size 96 .* e.g. \[32\]"
-    ):
+    with pytest.raises(ValueError, match=r"group_size=64 does not divide the input size 96 .* e.g. \[32\]"):
         quantize(torch.randn(4, 96), 4, 64)
 
 
@@ -67,9 +65,10 @@ def test_unknown_method() -> None:
         quantize(torch.randn(4, 64), 4, 64, "gptq")  # type: ignore[arg-type]
 
 
-def _hqq_fit_reference(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The HQQ fit as first written (codes and residual computed twice per iteration)."""
-    from qradaptor.quant.quantizer import _codes, _minmax_fit
+def hqq_fit_reference(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The HQQ fit as first written (codes and residual computed twice per iteration); the
+    refit is shared. benchmarks/profile_speed.py times it against ``_hqq_fit``."""
+    from qradaptor.quant.quantizer import _codes, _minmax_fit, least_squares_refit
 
     p, beta = 0.7, 10.0
     scale, zero = _minmax_fit(w, qmax)
@@ -85,18 +84,7 @@ def _hqq_fit_reference(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.
             break
         best_zero, best_err = zero.clone(), err
     zero = best_zero
-    q = _codes(w, scale, zero, qmax)
-    q_mean, w_mean = q.mean(dim=1, keepdim=True), w.mean(dim=1, keepdim=True)
-    q_var = ((q - q_mean) ** 2).mean(dim=1, keepdim=True)
-    cov = ((q - q_mean) * (w - w_mean)).mean(dim=1, keepdim=True)
-    ok = q_var > 1e-12
-    new_scale = torch.where(ok, cov / q_var.clamp_min(1e-12), scale)
-    ok &= new_scale > 1e-8
-    new_zero = q_mean - w_mean / new_scale.clamp_min(1e-8)
-    before = ((w - (q - zero) * scale) ** 2).sum(dim=1, keepdim=True)
-    after = ((w - (q - new_zero) * new_scale) ** 2).sum(dim=1, keepdim=True)
-    ok &= after < before
-    return torch.where(ok, new_scale, scale), torch.where(ok, new_zero, zero)
+    return least_squares_refit(w, _codes(w, scale, zero, qmax), scale, zero)
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -107,7 +95,7 @@ def test_hqq_fit_is_bit_identical_to_the_reference_fit(bits: int, spread: float)
     # spread 1.0 puts many residuals above the shrink's cutoff, 0.02 almost none (pow skipped).
     w = (heavy_tailed(96, 256, seed=bits) / 0.02 * spread).reshape(-1, 64)  # (groups, 64)
     scale, zero = _hqq_fit(w, (1 << bits) - 1)
-    ref_scale, ref_zero = _hqq_fit_reference(w, (1 << bits) - 1)
+    ref_scale, ref_zero = hqq_fit_reference(w, (1 << bits) - 1)
     assert torch.equal(scale, ref_scale) and torch.equal(zero, ref_zero)
 
 

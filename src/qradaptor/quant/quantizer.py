@@ -146,8 +146,17 @@ def _hqq_fit(
         if err >= best_err:  # HQQ's early stop: the l_p iterations can start to drift
             break
         best_zero, best_q, best_err = zero, q, err
-    zero, q = best_zero, best_q
-    # With the codes fixed, W ~ s*q - s*z is linear in (s, -s*z): solve it per group.
+    return least_squares_refit(w, best_q, scale, best_zero)
+
+
+def least_squares_refit(
+    w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, z) per group minimising ||w - (q - z) s||_2 with the codes q fixed, where it helps.
+
+    W ~ s*q - s*z is linear in (s, -s*z), so each group's fit is a 1-D regression of w on q.
+    A group keeps its (scale, zero) where its codes are all equal or the refit is no better.
+    """
     q_mean, w_mean = q.mean(dim=1, keepdim=True), w.mean(dim=1, keepdim=True)
     q_var = ((q - q_mean) ** 2).mean(dim=1, keepdim=True)
     cov = ((q - q_mean) * (w - w_mean)).mean(dim=1, keepdim=True)
