@@ -144,11 +144,9 @@ def plan(
         if output is not None:
             check_output(output, force=force)
         _, structure = load_structure(model)
-        kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits)
+        kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits, name)
         if request[0] == "embed8-body4":
             del kwargs["embed_bits"], kwargs["head_bits"]  # the baseline sets both to 8
-        if name is not None:
-            kwargs["name"] = name
         made = _baseline_plan(model, structure, *request, kwargs)
         return _write(made, structure, output, force)
     if rank is not None:
@@ -174,9 +172,7 @@ def plan(
     if output is not None:
         check_output(output, force=force)
     _, structure = load_structure(model)
-    kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits)
-    if name is not None:
-        kwargs["name"] = name
+    kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits, name)
     if uniform is not None:
         made = Plan.uniform(structure.num_blocks, bits_list[0], ranks_list[0], **kwargs)
     else:
@@ -233,9 +229,7 @@ def _knapsack(
     if output is not None:
         check_output(output, force=force)
     _, structure = load_structure(model)
-    kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits)
-    if name is not None:
-        kwargs["name"] = name
+    kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits, name)
     if sensitivity is not None:
         table = read_sensitivity(sensitivity, structure.signature)
     else:
@@ -359,19 +353,23 @@ def _options(
     alpha: float,
     embed_bits: int | None,
     head_bits: int | None,
+    name: str | None = None,
 ) -> dict[str, object]:
     """Plan keyword arguments; a tied head follows --embed-bits unless --head-bits is given."""
     from qradaptor.plan import UNQUANTIZED
 
     if head_bits is None:
         head_bits = embed_bits if structure.tied and embed_bits is not None else UNQUANTIZED
-    return {
+    options: dict[str, object] = {
         "group_size": group_size,
         "quant_method": quant_method,
         "alpha": alpha,
         "embed_bits": UNQUANTIZED if embed_bits is None else embed_bits,
         "head_bits": head_bits,
     }
+    if name is not None:
+        options["name"] = name
+    return options
 
 
 VERB = plan
