@@ -87,12 +87,13 @@ class SearchConfig:
         if self.strategy == "halving" and not self.profile:
             raise ValueError(
                 "the halving strategy starts from the knapsack over the sensitivity profile; "
-                "the no-profile ablation runs with strategy 'paper'"
+                "the no-profile ablation runs with strategy 'paper' (qra search --strategy paper)"
             )
         if self.strategy == "halving" and self.granularity != "block":
             raise ValueError(
                 "the halving strategy's knapsack needs one sensitivity per unit and the profile is "
-                "per block: use block granularity, or strategy 'paper' for module granularity"
+                "per block: use block granularity, or strategy 'paper' (--strategy paper) for "
+                "module granularity"
             )
 
     @property
