@@ -185,3 +185,14 @@ def test_running_again_replays_every_rung(trained_llama, pattern, tmp_path) -> N
     assert first.evaluated == len(first.records) + len(first.screened)
     assert again.evaluated == 0 and again.replayed == first.evaluated
     assert again.records == first.records and again.screened == first.screened
+
+
+def test_another_rung_count_reuses_the_screen_of_the_same_study(trained_llama, pattern, tmp_path) -> None:
+    """Rung studies are named by their steps: changing --rungs keeps the forward-only scores."""
+    storage = sqlite_url(tmp_path / "s.db")
+    first = _search(trained_llama, pattern, storage, bayes=BayesConfig(iterations=0))
+    more = replace(CONFIG.halving, rungs=2)
+    again = _search(trained_llama, pattern, storage, bayes=BayesConfig(iterations=0), halving=more)
+    screen = [r for r in first.screened if r.generation == 0]
+    assert [r for r in again.screened if r.generation == 0] == screen
+    assert again.replayed >= len(screen) + 1  # and the knapsack plan's top-rung score

@@ -15,8 +15,8 @@ paper's operators (``candidates``). The knapsack plan at the budget is promoted 
 rung whatever its score, so the chosen plan, the best on the top rung, is never worse than
 it there. The paper's Gaussian-process refinement (``bayes``) then runs on the top rung.
 
-Every rung is a ``StudyObjective`` of its own study, so each score is computed once, ever,
-and a killed search resumes by replay like the paper strategy.
+Every rung is a ``StudyObjective`` of its own study (named by its steps), so each score is
+computed once, ever, and a killed search resumes by replay like the paper strategy.
 """
 
 from __future__ import annotations

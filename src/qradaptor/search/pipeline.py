@@ -355,7 +355,8 @@ def _lower_rungs(
     for rung, steps in enumerate(config.halving.steps(proxy.steps)[:-1]):
         rung_proxy = replace(proxy, steps=steps, warmup=min(proxy.warmup, steps))
         rung_fingerprint = {**fingerprint, "proxy": asdict(rung_proxy)}
-        study = open_study(storage, rung_fingerprint, f"{study_name}.rung{rung}")
+        # Named by fidelity, not position: other --rungs/--eta reuse the scores of equal steps.
+        study = open_study(storage, rung_fingerprint, f"{study_name}.steps{steps}")
         evaluator = ProxyEvaluator(model, train_ids, eval_ids, rung_proxy, device=device, cache=quant_cache)
         label = "screen (forward only)" if steps == 0 else f"rung {rung} ({steps} steps)"
         bar = tqdm(total=sizes[rung], desc=label, unit="plan", disable=not progress, leave=False)
