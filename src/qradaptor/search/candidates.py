@@ -70,7 +70,7 @@ def knapsack_candidates(
         try:
             genome = knapsack_genome(table, v, scaled, rank=rank)
         except ValueError:
-            break  # the sweep went below the smallest plan
+            continue  # the sweep went below this rank's smallest plan; other ranks may still fit
         genome = fill(np.random.default_rng(0), genome, budget, table, sensitivity, noise=0.0)
         key = genome.tobytes()
         if key not in seen:
