@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qradaptor.cli.common import (
     check_device,
@@ -19,11 +19,9 @@ from qradaptor.cli.common import (
     write_text_atomic,
 )
 
-if TYPE_CHECKING:
-    pass
-
 GRANULARITIES = ("block", "module")
 STRATEGIES = ("halving", "paper")
+"""Copy of ``search.definition.STRATEGIES``, which loads numpy (a test checks they agree)."""
 PRESETS: dict[str, dict[str, int]] = {
     "quick": {
         "seq_len": 256,
@@ -50,7 +48,6 @@ PRESETS: dict[str, dict[str, int]] = {
 blocks like four, Spearman 0.95 at 2 bits: docs/SENSITIVITY.md), full is the paper's. quick
 also skips the uniform reference plans (four proxy fine-tunes: 145 s of an 8-minute quick
 search on 2 cores)."""
-"""Copy of ``search.definition.STRATEGIES``, which loads numpy (a test checks they agree)."""
 
 
 def _check_positive(**values: int) -> None:
@@ -133,14 +130,14 @@ def search(
         budget: average stored bits per block weight, scales included (e.g. 4.0bits; uniform
             4-bit with group 64 is 4.5), or total model bytes (e.g. 1.2GB, 120MiB)
         output: the run folder (created; reused to resume)
-        preset: sizes of the options marked (quick/full) that are not given: quick (a laptop
+        preset: sizes of the options marked (quick/full: ...) that are not given: quick (a laptop
             CPU: minutes on 2 cores for the embedded model), full (the paper's settings, for a
             GPU), or auto (full on CUDA, quick on the CPU)
         strategy: halving (knapsack candidates, forward-only screen, successive halving) or
             paper (sensitivity-biased population, NSGA-II, every plan proxy-tuned)
-        candidates: halving: plans screened forward only (a third go on to each next rung) (quick/full: 12/24)
+        candidates: halving: plans screened forward only (a third go on to each next rung)
         rungs: halving: proxy rungs above the screen; the top one runs --steps, the one below
-            --steps / eta, and so on (quick/full: 1/2)
+            --steps / eta, and so on
         eta: halving: each rung keeps the best 1/eta of the one below
         data: proxy-training and calibration text: embedded:NAME, a .txt/.json/.jsonl file or a
             dataset; omitted: the embedded BoolQ passages (calibration split)
@@ -148,17 +145,17 @@ def search(
         bits: comma-separated bit-width choices (1..8, or 16 for unquantised)
         ranks: comma-separated LoRA rank choices (0 = no adapter)
         granularity: block (one choice per transformer block, the paper's) or module (per linear)
-        seq_len: tokens per training and held-out window (quick/full: 256/512)
-        steps: proxy fine-tuning steps per candidate (quick/full: 8/20)
-        batch_size: windows per proxy step and per held-out batch (quick/full: 2/4)
+        seq_len: tokens per training and held-out window
+        steps: proxy fine-tuning steps per candidate
+        batch_size: windows per proxy step and per held-out batch
         lr: peak learning rate of the proxy fine-tunes
-        eval_batches: held-out batches per proxy score (quick/full: 4/4)
-        calibration_samples: windows of --data the sensitivity profile runs on (quick/full: 1/8)
+        eval_batches: held-out batches per proxy score
+        calibration_samples: windows of --data the sensitivity profile runs on
         population: paper: NSGA-II population size
         offspring: paper: NSGA-II children per generation, scored together (default: --workers,
             at least 1)
         generations: paper: NSGA-II generations
-        bayes_iterations: Gaussian-process refinement rounds (0: no refinement) (quick/full: 1/5)
+        bayes_iterations: Gaussian-process refinement rounds (0: no refinement)
         bayes_batch: plans chosen per refinement round by q-Expected Improvement, scored
             together (default: --workers, at least 1)
         no_profile: ablation (with --strategy paper): random initial population, no sensitivity
@@ -380,8 +377,11 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--bits", default="2,3,4,8", help=helps["bits"])
     parser.add_argument("--ranks", default="4,8,16", help=helps["ranks"])
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help=helps["granularity"])
-    for name in PRESETS["full"]:  # None: the --preset's value
-        parser.add_argument("--" + name.replace("_", "-"), type=int, metavar="N", help=helps[name])
+    for name in PRESETS["full"]:  # None: the --preset's value, named in the help from PRESETS
+        sizes = f"(quick/full: {PRESETS['quick'][name]}/{PRESETS['full'][name]})"
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=int, metavar="N", help=f"{helps[name]} {sizes}"
+        )
     parser.add_argument("--preset", choices=("auto", *PRESETS), default="auto", help=helps["preset"])
     for name, default in (
         ("eta", 3),

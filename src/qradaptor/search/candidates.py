@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from qradaptor.search.budget import Budget, fill, repair, violation
+from qradaptor.search.budget import Budget, check_budget, fill, repair, violation
 from qradaptor.search.initial import normalise
-from qradaptor.search.knapsack import knapsack_genome
+from qradaptor.search.knapsack import knapsack_genome, lowest_at_rank
 from qradaptor.search.nsga2 import layerwise_crossover, proximity_mutation
 from qradaptor.search.space import Genome, MemoryTable
 
@@ -36,12 +36,7 @@ def _affordable_ranks(table: MemoryTable, budget: Budget) -> list[int]:
     ranks = table.space.rank_choices
     if budget.kind == "avg_bits":
         return [ranks[-1]]
-    fits = []
-    for j, rank in enumerate(ranks):
-        low = np.zeros((table.space.num_units, 2), dtype=np.int64)
-        low[:, 1] = j
-        if violation(low, budget, table) == 0:
-            fits.append(rank)
+    fits = [r for j, r in enumerate(ranks) if violation(lowest_at_rank(table.space, j), budget, table) == 0]
     return fits[::-1]  # largest first: adapters are what the fine-tune trains
 
 
@@ -57,9 +52,8 @@ def knapsack_candidates(
     """
     v = np.asarray(values, dtype=np.float64)
     sensitivity = normalise(v[:, 0] - v[:, -1])  # what a unit loses at its lowest bits: the fill order
+    check_budget(budget, table)  # some rank fits unless the space's smallest plan does not
     ranks = _affordable_ranks(table, budget)
-    if not ranks:
-        knapsack_genome(table, v, budget, rank=table.space.rank_choices[0])  # raises, naming the floor
     out: list[Genome] = []
     seen: set[bytes] = set()
     for step in range(max(count, 1) * 4):

@@ -118,6 +118,13 @@ def unit_values(space: SearchSpace, sensitivity: SensitivityTable) -> npt.NDArra
     return np.stack(columns, axis=1)  # (L, K)
 
 
+def lowest_at_rank(space: SearchSpace, rank_index: int) -> Genome:
+    """(L, 2) the cheapest genome of ``space`` with every unit at rank choice ``rank_index``."""
+    low = np.zeros((space.num_units, 2), dtype=np.int64)
+    low[:, 1] = rank_index
+    return low
+
+
 def knapsack_genome(table: MemoryTable, values: npt.ArrayLike, budget: Budget, *, rank: int) -> Genome:
     """The genome of least summed value within ``budget``, every unit at ``rank``.
 
@@ -143,8 +150,7 @@ def knapsack_genome(table: MemoryTable, values: npt.ArrayLike, budget: Budget, *
             f"values must have shape ({space.num_units}, {len(space.bit_choices)}), got {v.shape}"
         )
     j = space.rank_choices.index(rank)
-    low = np.zeros((space.num_units, 2), dtype=np.int64)
-    low[:, 1] = j
+    low = lowest_at_rank(space, j)
     if violation(low, budget, table) > 0:
         check_budget(budget, table)  # raises with the smallest plan of the space when that is over
         raise ValueError(

@@ -22,7 +22,7 @@ computed once, ever, and a killed search resumes by replay like the paper strate
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -103,7 +103,6 @@ def run_halving(
     *,
     seed: int = 0,
     plan_kwargs: Mapping[str, Any] | None = None,
-    on_rung: Callable[[int, int], None] | None = None,
 ) -> list[list[TrialRecord]]:
     """Scores the candidates rung by rung, promoting the best 1/eta and always the knapsack plan.
 
@@ -115,7 +114,6 @@ def run_halving(
         config: candidates and rung sizes.
         seed: seeds the neighbourhood draws.
         plan_kwargs: passed to every Plan.
-        on_rung: called with (rung, plans) before each rung is scored.
 
     Returns:
         Each rung's records, in the order scored (the knapsack plan first).
@@ -133,8 +131,6 @@ def run_halving(
     sizes = config.sizes()
     out: list[list[TrialRecord]] = []
     for rung, objective in enumerate(rungs):
-        if on_rung is not None:
-            on_rung(rung, len(alive))
         objective.generation = rung
         objective.phase = "knapsack"
         records = objective.record_many([space.to_plan(genomes[0], **kwargs)], ["knapsack"])
