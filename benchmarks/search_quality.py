@@ -102,8 +102,9 @@ def main() -> None:
     n_train, n_eval = args.steps * args.batch_size, args.eval_batches * args.batch_size
     train_ids = corpus[:n_train]
     calibration = corpus[-args.calibration_samples :]
-    heldout = pack_texts(load_texts("embedded:boolq-heldout"), tok, args.seq_len, num_sequences=2 * n_eval)
-    eval_ids, test_ids = heldout[:n_eval], heldout[n_eval:]
+    # Plans are selected on one role of the corpora and reported on another (data/roles.py).
+    eval_ids = pack_texts(load_texts("embedded:wiki-selection"), tok, args.seq_len, num_sequences=n_eval)
+    test_ids = pack_texts(load_texts("embedded:boolq-heldout"), tok, args.seq_len, num_sequences=n_eval)
     proxy = ProxyConfig(steps=args.steps, batch_size=args.batch_size, eval_batches=args.eval_batches)
     print(
         f"loaded in {time.perf_counter() - start:.1f} s; corpus {corpus.shape[0]} x {corpus.shape[1]} tokens"

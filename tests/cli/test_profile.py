@@ -64,7 +64,7 @@ def test_outputs_equal_the_library_on_the_same_calibration(
     assert all(v > 0 for row in expected.kl for v in row)  # a real signal, not all zeros
     assert record["model"] == str(Path(tiny_model_dir).resolve()) and record["origin"] == "directory"
     assert record["settings"] == {
-        "data": data or "embedded:boolq-calibration",
+        "data": data or "embedded:wiki-calibration",
         "samples": 3,
         "seq_len": 8,
         "seed": 0,

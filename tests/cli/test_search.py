@@ -264,3 +264,40 @@ def test_the_preset_sizes_what_is_not_given(cli, tiny_model_dir, words, tmp_path
     assert settings["config"]["bayes"]["iterations"] == 0
     code, _, err = cli("search", tiny_model_dir, "--budget", "3.6bits", "-o", out, "--preset", "fast")
     assert code == 2 and "--preset: invalid choice: 'fast'" in err and "'quick', 'full'" in err
+
+
+def test_without_eval_data_plans_are_scored_on_a_held_out_part_of_the_users_data(
+    cli, tiny_model_dir, words, tmp_path, monkeypatch
+) -> None:
+    import qradaptor.data
+    from qradaptor.data.roles import texts_in_role
+
+    packed: list[list[str]] = []
+    real_pack = qradaptor.data.pack_texts
+
+    class Packed(Exception):
+        pass
+
+    def recording_pack(texts, *args, **kwargs):
+        packed.append(list(texts))
+        if len(packed) == 2:  # the calibration, then the selection windows: enough seen
+            raise Packed
+        return real_pack(texts, *args, **kwargs)
+
+    monkeypatch.setattr(qradaptor.data, "pack_texts", recording_pack)
+    docs = words.read_text(encoding="utf-8").split("\n\n")
+    with pytest.raises(Packed):
+        cli("search", tiny_model_dir, "--budget", "3.6bits", "-o", tmp_path / "run", "--data", words, *FAST)
+    calibration, selection = packed
+    assert selection == texts_in_role(docs, "selection") and selection
+    assert sorted(calibration + selection) == sorted(docs)
+
+
+def test_a_corpus_too_small_to_hold_out_from_is_refused_before_the_model_loads(
+    cli, tiny_model_dir, tmp_path
+) -> None:
+    one = tmp_path / "one.txt"
+    one.write_text("a b c a b c", encoding="utf-8")
+    code, _, err = cli("search", tiny_model_dir, "--budget", "3.6bits", "-o", tmp_path / "run", "--data", one)
+    assert code == 2 and "has 1 document(s)" in err and "--eval-data" in err
+    assert not (tmp_path / "run").exists()

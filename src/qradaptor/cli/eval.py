@@ -29,7 +29,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
 ) -> int:
     """Evaluate a model (quantised per plan, with or without a trained adapter) on the suite.
 
-    Perplexity on held-out BoolQ Wikipedia passages (ppl_wiki; not WikiText-2) and LAMBADA
+    Perplexity on the test role of BoolQ's Wikipedia passages (ppl_wiki; not WikiText-2) and LAMBADA
     passages (ppl_lambada), the seven zero-shot tasks scored as lm-evaluation-harness scores
     them (arc_easy, arc_challenge, piqa, hellaswag, winogrande, boolq, openbookqa), GSM8K
     8-shot (gsm8k) and MMLU 5-shot (mmlu), all from offline copies. Groups: suite (both

@@ -151,10 +151,10 @@ def profile(
         model: a local model directory, a .gguf file or a hub id; omitted: the embedded
             SmolLM2-135M-Instruct
         output: folder for sensitivity.json, .csv and .png (created if missing)
-        data: calibration text: embedded:NAME (e.g. embedded:boolq-heldout), a .txt file
-            (documents separated by blank lines), a .json/.jsonl file with a text field, a
-            save_to_disk folder or a hub dataset id; omitted: the embedded BoolQ calibration
-            passages
+        data: calibration text: embedded:NAME (e.g. embedded:qa-mix), a .txt file (documents
+            separated by blank lines), a .json/.jsonl file with a text field, a save_to_disk
+            folder or a hub dataset id; omitted: embedded:wiki-calibration (Wikipedia passages
+            of DROP and CoQA, which no reported task uses)
         bits: candidate bit-widths, comma-separated, each 1..8
         samples: calibration windows
         seq_len: tokens per calibration window
@@ -178,8 +178,13 @@ def profile(
     folder = _check_out_dir(output, force, plot)  # fail now, not after the profile
 
     from qradaptor.data import load_texts
+    from qradaptor.data.corpora import DEFAULT_CALIBRATION, TEST_CORPORA
+    from qradaptor.data.loading import EMBEDDED_PREFIX
 
     texts = load_texts(data)  # a bad --data fails before the model loads
+    if data and data.startswith(EMBEDDED_PREFIX) and data.removeprefix(EMBEDDED_PREFIX) in TEST_CORPORA:
+        task = TEST_CORPORA[data.removeprefix(EMBEDDED_PREFIX)]
+        print(f"qra profile: --data {data} holds the text qra eval reports as {task}", file=sys.stderr)
 
     from qradaptor.models.structure import inspect_model
     from qradaptor.sensitivity import plot_sensitivity
@@ -195,7 +200,7 @@ def profile(
         "model_signature": inspect_model(loaded.model).signature,  # refuses the file for another model
         "ranks": sensitivity_ranks(table.min_bits_profile()),
         "settings": {
-            "data": data or "embedded:boolq-calibration",
+            "data": data or EMBEDDED_PREFIX + DEFAULT_CALIBRATION,
             "samples": samples,
             "seq_len": seq_len,
             "seed": seed,

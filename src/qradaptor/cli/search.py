@@ -76,7 +76,7 @@ def search(
     rungs: int | None = None,
     eta: int = 3,
     data: str | None = None,
-    eval_data: str = "embedded:boolq-heldout",
+    eval_data: str | None = None,
     bits: str = "2,3,4,8",
     ranks: str = "4,8,16",
     granularity: str = "block",
@@ -139,9 +139,12 @@ def search(
         rungs: halving: proxy rungs above the screen; the top one runs --steps, the one below
             --steps / eta, and so on
         eta: halving: each rung keeps the best 1/eta of the one below
-        data: proxy-training and calibration text: embedded:NAME, a .txt/.json/.jsonl file or a
-            dataset; omitted: the embedded BoolQ passages (calibration split)
-        eval_data: held-out text the proxy score is measured on
+        data: calibration text (profiling, proxy training): embedded:NAME, a .txt/.json/.jsonl file
+            or a dataset; omitted: embedded:wiki-calibration (Wikipedia passages of DROP and
+            CoQA, which no reported task uses)
+        eval_data: selection text the plans are scored on; omitted: the selection part of an
+            embedded --data (embedded:wiki-selection by default), or about 1/5 of a user's
+            --data held out by a stable hash of each document
         bits: comma-separated bit-width choices (1..8, or 16 for unquantised)
         ranks: comma-separated LoRA rank choices (0 = no adapter)
         granularity: block (one choice per transformer block, the paper's) or module (per linear)
@@ -236,7 +239,8 @@ def search(
     given_sensitivity = read_sensitivity(sensitivity) if sensitivity else None
 
     from qradaptor.cli.search_output import print_outcome, write_run
-    from qradaptor.data import load_texts, pack_texts
+    from qradaptor.data import pack_texts
+    from qradaptor.data.search_texts import search_texts
     from qradaptor.launch import local_worker_devices
     from qradaptor.models.loading import load_model
     from qradaptor.search.bayes import BayesConfig
@@ -271,6 +275,9 @@ def search(
     structure = load_structure(model)[1]
     table = search_space(structure, config)[1]
     check_budget(the_budget, table)  # before loading weights
+    texts = search_texts(data, eval_data)  # a bad or too small --data fails before the model loads
+    for line in texts.warnings:
+        print(f"qra search: {line}", file=sys.stderr)
     storage_url = storage or sqlite_url(run_dir / "study.db")
     if storage:
         from qradaptor.search.queue import open_storage
@@ -281,12 +288,10 @@ def search(
     devices, worker_bytes = local_worker_devices(
         workers, device, gpu_list, structure, table, loaded.model, batch_size, seq_len, group_size
     )
-    train_windows = pack_texts(load_texts(data), loaded.tokenizer, seq_len, seed=0)  # the whole corpus
+    train_windows = pack_texts(texts.calibration, loaded.tokenizer, seq_len, seed=0)  # the whole corpus
     needed = steps * batch_size
     train_ids = train_windows[:needed]
-    eval_ids = pack_texts(
-        load_texts(eval_data), loaded.tokenizer, seq_len, num_sequences=eval_batches * batch_size
-    )
+    eval_ids = pack_texts(texts.selection, loaded.tokenizer, seq_len, num_sequences=eval_batches * batch_size)
     calibration = train_windows[-calibration_samples:]
     run_dir.mkdir(parents=True, exist_ok=True)
     if given_sensitivity is None and not no_profile and (run_dir / "sensitivity.json").is_file():
@@ -295,8 +300,9 @@ def search(
         "model": loaded.source,
         "budget": budget,
         "command": " ".join(sys.argv),
-        "data": data or "embedded:boolq-calibration",
-        "eval_data": eval_data,
+        "data": texts.roles["calibration"],
+        "eval_data": texts.roles["selection"],
+        "roles": texts.roles,
         "epoch_tokens": int(train_windows.numel()),
         "device": device,
         "workers": devices,
@@ -350,7 +356,9 @@ def search(
             file=sys.stderr,
         )
         return 130
-    summary = write_run(run_dir, outcome, config, int(train_windows.numel()), time.perf_counter() - started)
+    summary = write_run(
+        run_dir, outcome, config, int(train_windows.numel()), time.perf_counter() - started, texts.roles
+    )
     print_outcome(outcome, summary, run_dir)
     return 0
 
@@ -371,9 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("-o", "--output", default="qra-search", metavar="DIR", help=helps["output"])
     parser.add_argument("--strategy", choices=STRATEGIES, default="halving", help=helps["strategy"])
     parser.add_argument("--data", metavar="SOURCE", help=helps["data"])
-    parser.add_argument(
-        "--eval-data", default="embedded:boolq-heldout", metavar="SOURCE", help=helps["eval_data"]
-    )
+    parser.add_argument("--eval-data", metavar="SOURCE", help=helps["eval_data"])
     parser.add_argument("--bits", default="2,3,4,8", help=helps["bits"])
     parser.add_argument("--ranks", default="4,8,16", help=helps["ranks"])
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help=helps["granularity"])

@@ -13,8 +13,18 @@ if TYPE_CHECKING:
     from qradaptor.search.pipeline import SearchOutcome
 
 
-def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: int, seconds: float) -> dict:
-    """Writes the run folder's results (each file atomically) and returns the summary."""
+def write_run(
+    run_dir: Path,
+    outcome: SearchOutcome,
+    config: Any,
+    epoch_tokens: int,
+    seconds: float,
+    roles: dict[str, str] | None = None,
+) -> dict:
+    """Writes the run folder's results (each file atomically) and returns the summary.
+
+    ``roles`` says which text calibrated, which selected and what is reported as test.
+    """
     from qradaptor.search import report
     from qradaptor.search.records import records_to_csv
 
@@ -35,6 +45,7 @@ def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: 
             "proxy_tokens": proxy_tokens,
             "epoch_tokens": epoch_tokens,
             "search_cost_epochs": proxy_tokens / epoch_tokens if epoch_tokens else None,
+            "data_roles": roles,
         }
     )
     if outcome.unit_sensitivity is not None:

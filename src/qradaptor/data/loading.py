@@ -2,8 +2,8 @@
 
 A ``source`` string is read as, in this order:
 
-1. ``None``: the embedded default (BoolQ calibration passages for text, the QA mix
-   for instructions);
+1. ``None``: the embedded default (the calibration role of the Wikipedia passages of
+   DROP and CoQA for text, the QA mix for instructions);
 2. ``embedded:<name>``: an embedded corpus (text only; see ``EMBEDDED_TEXTS``);
 3. an existing ``.txt`` file (documents separated by blank lines; text only), a
    ``.json`` file (a list of objects or strings), a ``.jsonl`` file (one object or
@@ -18,11 +18,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from qradaptor.data.embedded import EMBEDDED_TEXTS
+from qradaptor.data.corpora import DEFAULT_CALIBRATION, EMBEDDED_TEXTS
 from qradaptor.data.instructions import InstructionExample
 
 EMBEDDED_PREFIX = "embedded:"
-"""Prefix that selects an embedded text corpus, e.g. ``embedded:boolq-heldout``."""
+"""Prefix that selects an embedded text corpus, e.g. ``embedded:wiki-calibration``."""
 
 INSTRUCTION_COLUMNS = ("instruction", "output")
 """Columns every instruction record needs; ``input`` is optional (empty if absent)."""
@@ -32,7 +32,7 @@ def _accepted(kind: str) -> str:
     names = ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_TEXTS)
     if kind == "text":
         return (
-            f"accepted sources are None (embedded BoolQ calibration passages), {names}, "
+            f"accepted sources are None (embedded:{DEFAULT_CALIBRATION}), {names}, "
             "a .txt/.json/.jsonl file, a save_to_disk directory or a Hugging Face dataset id"
         )
     return (
@@ -120,8 +120,7 @@ def load_texts(
     """Load plain-text documents from an embedded corpus, a file or a dataset.
 
     Args:
-        source: See the module docstring; None gives the embedded BoolQ calibration
-            passages.
+        source: See the module docstring; None gives ``embedded:wiki-calibration``.
         text_field: Field holding the text in JSON records and datasets.
         split: Split to read from a DatasetDict or a Hub dataset.
         config: Hub dataset config name (e.g. ``"wikitext-2-raw-v1"``).
@@ -136,7 +135,7 @@ def load_texts(
     """
     _check_limit(limit)
     if source is None:
-        source = EMBEDDED_PREFIX + "boolq-calibration"
+        source = EMBEDDED_PREFIX + DEFAULT_CALIBRATION
     if source.startswith(EMBEDDED_PREFIX):
         name = source.removeprefix(EMBEDDED_PREFIX)
         if name not in EMBEDDED_TEXTS:

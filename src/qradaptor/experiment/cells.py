@@ -68,6 +68,8 @@ class SearchInfo:
     """sensitivity.json KL per block at its lowest bit-width (Eq. 6); None without the file."""
     best_so_far: tuple[float, ...]
     """Running minimum of the proxy loss over the search evaluations (trials.csv; Fig. 4)."""
+    data_roles: tuple[tuple[str, str], ...] = ()
+    """summary.json data_roles: (role, source) pairs; empty for searches from before it was kept."""
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ def read_search(folder: Path, experiment_dir: Path) -> SearchInfo:
         block_ranks=ranks,
         sensitivity=_lowest_bits_kl(folder / "sensitivity.json"),
         best_so_far=_best_so_far(folder / "trials.csv"),
+        data_roles=tuple((str(k), str(v)) for k, v in (summary.get("data_roles") or {}).items()),
     )
 
 

@@ -254,6 +254,9 @@ def to_markdown(summary: ExperimentSummary) -> str:
     measured = sorted({c.measured_on for c in summary.cells if c.done and c.measured_on})
     if measured:
         out += ["Measured on (train.json): " + "; ".join(measured) + ".", ""]
+    roles = sorted({c.search.data_roles for c in summary.cells if c.search and c.search.data_roles})
+    for pairs in roles:  # which text chose the plans, and which scores them (data/roles.py)
+        out += ["Searches' data: " + "; ".join(f"{role}: {source}" for role, source in pairs) + ".", ""]
     tasks = list(ZERO_SHOT)
 
     def quality(r: LabelRow, keys: Sequence[str], avg: str) -> list[str]:
