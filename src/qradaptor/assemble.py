@@ -185,6 +185,7 @@ def assemble(
     base: str | None = None,
     dtype: Any = None,
     device: str = "cpu",
+    progress: bool = False,
 ) -> AssembledModel:
     """Loads ``source``, quantises it per ``plan`` and loads ``adapter`` onto it.
 
@@ -199,12 +200,13 @@ def assemble(
             from instead of quantising (needs ``plan``, the one it was packed with).
         dtype: parameter dtype (None: float32).
         device: where to put the model.
+        progress: show the weight fits (see ``progress.py``).
 
     Raises:
         ValueError: on an unknown model, a plan for another model, an adapter that does
             not match the plan or model, or a base file packed for another plan or model.
     """
-    loaded, structure, plan, info = quantized_base(source, plan, adapter, base, dtype, device)
+    loaded, structure, plan, info = quantized_base(source, plan, adapter, base, dtype, device, progress)
     model = loaded.model
     if info is not None:
         model = _load_adapter(model, plan, structure, info, str(adapter))
@@ -215,7 +217,13 @@ def assemble(
 
 
 def quantized_base(
-    source: str | None, plan: Plan | None, adapter: str | None, base: str | None, dtype: Any, device: str
+    source: str | None,
+    plan: Plan | None,
+    adapter: str | None,
+    base: str | None,
+    dtype: Any,
+    device: str,
+    progress: bool = False,
 ) -> tuple[Any, Any, Plan, AdapterInfo | None]:
     """The loaded model quantised per plan (or with the codes of ``base``), its structure as
     loaded, the plan, and what ``adapter`` is; every check runs before the adapter is loaded."""
@@ -244,5 +252,5 @@ def quantized_base(
     if base is not None:
         load_packed_base_(loaded.model, plan, base)
     else:
-        quantize_model_(loaded.model, plan)
+        quantize_model_(loaded.model, plan, progress=progress)
     return loaded, structure, plan, info

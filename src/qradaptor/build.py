@@ -18,6 +18,7 @@ from torch import nn
 from qradaptor.lora import AdapterVariant, adalora_config, lora_config, prepare_adalora_
 from qradaptor.models.structure import LinearInfo, ModelStructure, inspect_model
 from qradaptor.plan import UNQUANTIZED, Plan
+from qradaptor.progress import progress_bar
 from qradaptor.quant.modules import QuantEmbedding, QuantLinear, simulated_linear
 
 if TYPE_CHECKING:
@@ -60,12 +61,18 @@ def _quantized_linear(
 
 
 def quantize_model_(
-    model: nn.Module, plan: Plan, *, simulated: bool = False, cache: QuantCache | None = None
+    model: nn.Module,
+    plan: Plan,
+    *,
+    simulated: bool = False,
+    cache: QuantCache | None = None,
+    progress: bool = False,
 ) -> ModelStructure:
     """Quantises ``model`` in place as ``plan`` says; no adapters. Returns its structure.
 
     ``cache`` (one per set of base weights) supplies block linears fitted before, so a
     layer is fitted once per bit-width however many plans are built (the search's case).
+    ``progress`` shows the weight fits (minutes for a large model on a CPU); see progress.py.
 
     Raises:
         ValueError: if the plan does not fit the model (see ``Plan.validate``).
@@ -73,14 +80,15 @@ def quantize_model_(
     structure = inspect_model(model)
     plan.validate(structure)
     infos = {info.name: info for info in structure.linears}
-    for block, name, spec in plan.iter_modules(structure):
-        if spec.bits == UNQUANTIZED:
-            continue
-        path = structure.module_path(block, name)
-        new = _quantized_linear(
-            model.get_submodule(path), infos[name], spec.bits, plan, simulated, cache, path
-        )
-        _set_module(model, path, new)
+    fits = [(b, name, spec) for b, name, spec in plan.iter_modules(structure) if spec.bits != UNQUANTIZED]
+    with progress_bar(total=len(fits), desc="fitting weights", unit="linear", enabled=progress) as bar:
+        for block, name, spec in fits:
+            path = structure.module_path(block, name)
+            new = _quantized_linear(
+                model.get_submodule(path), infos[name], spec.bits, plan, simulated, cache, path
+            )
+            _set_module(model, path, new)
+            bar.update()
     embed = model.get_submodule(structure.embed_path)
     if plan.embed_bits != UNQUANTIZED:
         qembed = QuantEmbedding.from_embedding(embed, plan.embed_bits, plan.group_size, plan.quant_method)  # type: ignore[arg-type]
@@ -123,6 +131,7 @@ def apply_plan(
     lora_dropout: float = 0.0,
     variant: AdapterVariant | None = None,
     cache: QuantCache | None = None,
+    progress: bool = False,
 ) -> PeftModel | nn.Module:
     """Quantises ``model`` per ``plan`` and attaches adapters of the planned ranks.
 
@@ -141,6 +150,7 @@ def apply_plan(
             ``qradaptor.lora.adalora_config`` for what the trainer must call); ``init="loftq"``
             refits each adapted quantised module's codes and adapter by LoftQ.
         cache: fitted block linears to reuse and extend (see ``quantize_model_``).
+        progress: show the weight fits (see ``quantize_model_``).
 
     Returns:
         A ``peft.PeftModel`` when some rank is > 0, else the (frozen) quantised model.
@@ -157,7 +167,7 @@ def apply_plan(
     else:
         config = lora_config(plan, structure, dropout=lora_dropout, use_dora=variant.kind == "dora")
     dense = _loftq_weights(model, plan, structure) if variant.init == "loftq" else {}
-    quantize_model_(model, plan, simulated=simulated, cache=cache)
+    quantize_model_(model, plan, simulated=simulated, cache=cache, progress=progress)
     if config is None:
         return model
     if variant.kind == "adalora":

@@ -96,7 +96,12 @@ def read_run(run_dir: str | Path) -> RunFiles:
 
 
 def assemble_run(
-    run_dir: str | Path, source: str | None = None, *, dtype: Any = None, device: str = "cpu"
+    run_dir: str | Path,
+    source: str | None = None,
+    *,
+    dtype: Any = None,
+    device: str = "cpu",
+    progress: bool = False,
 ) -> AssembledModel:
     """The model of training run ``run_dir`` exactly as trained: its base quantised with the
     run's packed codes (or per its plan when it kept none) and its adapter loaded.
@@ -106,6 +111,7 @@ def assemble_run(
         source: the base model; omitted: the one the run records (train.json, else its adapter).
         dtype: parameter dtype (None: float32).
         device: where to put the model.
+        progress: show the weight fits (see ``progress.py``).
 
     Raises:
         ValueError: if the folder is not a run, or its parts do not fit together or the model.
@@ -114,7 +120,13 @@ def assemble_run(
     if run.method == NF4_METHOD:
         return _assemble_nf4(run, _run_source(run, run_dir, source), dtype=dtype, device=device)
     return assemble(
-        _run_source(run, run_dir, source), run.plan, run.adapter, base=run.base, dtype=dtype, device=device
+        _run_source(run, run_dir, source),
+        run.plan,
+        run.adapter,
+        base=run.base,
+        dtype=dtype,
+        device=device,
+        progress=progress,
     )
 
 
@@ -140,7 +152,12 @@ def _run_source(run: RunFiles, run_dir: str | Path, source: str | None) -> str:
 
 
 def merged_run(
-    run_dir: str | Path, source: str | None = None, *, dtype: Any = None, device: str = "cpu"
+    run_dir: str | Path,
+    source: str | None = None,
+    *,
+    dtype: Any = None,
+    device: str = "cpu",
+    progress: bool = False,
 ) -> AssembledModel:
     """The model of run ``run_dir`` as one dense model: the base dequantised as trained and
     the adapter merged into it (``merge_and_unload``), for serving without qradaptor.
@@ -159,7 +176,7 @@ def merged_run(
             "(bitsandbytes' own merge dequantises NF4): export --packed, or train with --method qlora"
         )
     loaded, structure, plan, _ = quantized_base(
-        _run_source(run, run_dir, source), run.plan, run.adapter, run.base, torch.float32, device
+        _run_source(run, run_dir, source), run.plan, run.adapter, run.base, torch.float32, device, progress
     )
     model = loaded.model
     dequantize_model_(model, structure)

@@ -282,7 +282,7 @@ def profile_sensitivity(
         attention_mask: optional (N, T) mask; positions where it is 0 are excluded.
         max_tokens: keep only the first ``max_tokens // T`` windows (at least one), to bound
             the N * T * V * 4 bytes of stored log-probs.
-        progress: show a tqdm bar over (block, bits).
+        progress: show progress over (block, bits): a bar on a terminal, lines in a log.
         cache: keeps every (linear, bits) fit, so a search's proxy builds reuse them.
         reuse_prefix: replay the recorded full-precision outputs of blocks 0..l-1 while
             block l is scored instead of recomputing them (same numbers, about half the
@@ -296,8 +296,7 @@ def profile_sensitivity(
             2-D integer tensor, a bad ``batch_size``/``max_tokens``/``quant_method``/
             ``group_size``, or a model ``inspect_model`` cannot map.
     """
-    from tqdm import tqdm
-
+    from qradaptor.progress import progress_bar
     from qradaptor.quant.quantizer import QUANT_METHODS
 
     bits_t = _check_bits_list(bits)
@@ -335,7 +334,8 @@ def profile_sensitivity(
             else:
                 reference = [_logprobs(model, b_ids, b_mask) for b_ids, b_mask in batches]
             original_blocks = list(blocks)
-            bar = tqdm(total=structure.num_blocks * len(bits_t), desc="sensitivity", disable=not progress)
+            fits = structure.num_blocks * len(bits_t)
+            bar = progress_bar(total=fits, desc="sensitivity", unit="fit", enabled=progress)
             for block in range(structure.num_blocks):
                 paths = [structure.module_path(block, info.name) for info in structure.linears]
                 originals = {path: model.get_submodule(path) for path in paths}

@@ -162,3 +162,20 @@ def test_existing_results_need_force(cli, tmp_path, tiny_model_dir, words) -> No
 
 def test_sensitivity_ranks_share_ties() -> None:
     assert profile_verb.sensitivity_ranks([0.5, 2.0, 0.5, 0.1]) == [2, 1, 2, 4]
+
+
+def test_progress_lines_reach_a_log_and_no_progress_silences_them(
+    cli, tmp_path, tiny_model_dir, words
+) -> None:
+    settings = "--bits 2 --samples 2 --seq-len 8 --batch-size 2 --group-size 32 --method rtn --device cpu"
+    code, _, err = cli("profile", tiny_model_dir, "--data", words, *settings.split(), "-o", tmp_path / "a")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("sensitivity: ")]
+    blocks = 3  # the tiny Llama's, one fit each at one bit-width
+    assert lines[0].startswith(f"sensitivity: 0/{blocks} fit") and lines[-1].startswith(
+        f"sensitivity: {blocks}/"
+    )
+    code, _, err = cli(
+        "profile", tiny_model_dir, "--data", words, *settings.split(), "-o", tmp_path / "b", "--no-progress"
+    )
+    assert code == 0 and "sensitivity: " not in err

@@ -29,6 +29,9 @@ from qradaptor.cli import train as train_verb
 from qradaptor.cli import worker as worker_verb
 from qradaptor.cli.common import DEBUG_DEST, VERB_DEST, docstring_help
 
+NO_PROGRESS_DEST = "no_progress"
+"""The verbs' keyword for ``--no-progress``."""
+
 USAGE_ERROR = 2
 """Exit code of a bad input, as argparse uses."""
 VERBS = (
@@ -81,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="show tracebacks instead of one-line errors",
     )
+    # Every verb takes it; the verbs with long steps (a function with a no_progress argument)
+    # show a bar on a terminal and a line every 30 s in a log (qradaptor/progress.py).
+    common.add_argument(
+        "--no-progress",
+        dest=NO_PROGRESS_DEST,
+        action="store_true",
+        help="no progress output (by default a bar on a terminal, a line every 30 s in a log)",
+    )
     verbs = parser.add_subparsers(dest=VERB_DEST, metavar="VERB", parser_class=_Parser)
     for module in VERBS:
         summary, description, helps = docstring_help(module.VERB)
@@ -97,9 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _call(function: Callable[..., int], args: argparse.Namespace) -> int:
+    import inspect
+
     kwargs: dict[str, Any] = {
         k: v for k, v in vars(args).items() if k not in (VERB_DEST, DEBUG_DEST, "_call")
     }
+    if NO_PROGRESS_DEST not in inspect.signature(function).parameters:
+        kwargs.pop(NO_PROGRESS_DEST, None)  # a quick verb: nothing to show
     return function(**kwargs)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from qradaptor.cli.common import check_device, check_output, read_plan, resolve_device, write_text_atomic
@@ -26,6 +25,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     output: str | None = None,
     force: bool = False,
     as_json: bool = False,
+    no_progress: bool = False,
 ) -> int:
     """Evaluate a model (quantised per plan, with or without a trained adapter) on the suite.
 
@@ -57,6 +57,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         output: write the results as JSON to this file (written atomically)
         force: overwrite --output if it exists
         as_json: print JSON instead of the table
+        no_progress: no progress output
     """
     from qradaptor.eval.suite import resolve_tasks
 
@@ -96,9 +97,9 @@ def eval(  # noqa: A001 - the verb's name is the command's
         the_plan = Plan.uniform(load_structure(model)[1].num_blocks, *given)
     started = time.perf_counter()
     if run is not None:
-        built = assemble_run(run, model, dtype=dtype, device=device)
+        built = assemble_run(run, model, dtype=dtype, device=device, progress=not no_progress)
     else:
-        built = assemble(model, the_plan, adapter, dtype=dtype, device=device)
+        built = assemble(model, the_plan, adapter, dtype=dtype, device=device, progress=not no_progress)
     records = run_suite(
         built.model,
         built.tokenizer,
@@ -112,7 +113,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         stride=stride,
         backend=backend,
         seed=seed,
-        progress=sys.stderr.isatty(),
+        progress=not no_progress,
     )
     meta = {
         "model": built.source,

@@ -170,13 +170,12 @@ def experiment(
 
 
 def _run(job_list: list, jobs: int, gpus: list[int], device: str) -> dict[str, str]:
-    from tqdm.auto import tqdm
-
     from qradaptor.experiment.runner import Runner, pending_steps
+    from qradaptor.progress import progress_bar
 
     todo = len(pending_steps(job_list))
     start = time.monotonic()
-    with tqdm(total=todo, desc="experiment steps", unit="step", dynamic_ncols=True) as bar:
+    with progress_bar(total=todo, desc="experiment steps", unit="step") as bar:
 
         def on_step(name: str, step: Any, seconds: float, ok: bool) -> None:
             bar.update(1)

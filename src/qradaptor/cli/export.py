@@ -29,7 +29,7 @@ def _check_out(run: Path, output: str, force: bool) -> Path:
     return out
 
 
-def _write_packed(run: str, folder: Path, model: str | None, device: str) -> None:
+def _write_packed(run: str, folder: Path, model: str | None, device: str, progress: bool) -> None:
     """plan.json, adapter/, base.safetensors (packed now if the run kept none) and train.json."""
     from qradaptor.runs import RUN_ADAPTER, RUN_BASE, RUN_PLAN, RUN_TRAIN, read_run
 
@@ -51,7 +51,7 @@ def _write_packed(run: str, folder: Path, model: str | None, device: str) -> Non
     if model is None and files.source is None:
         raise ValueError(f"run {run!r} does not record its base model; name it with --model")
     loaded = load_model(model or files.source, dtype=torch.float32, device=device)
-    structure = quantize_model_(loaded.model, files.plan)
+    structure = quantize_model_(loaded.model, files.plan, progress=progress)
     save_packed_base(loaded.model, structure, files.plan, folder / RUN_BASE)
 
 
@@ -65,6 +65,7 @@ def export(
     dtype: str = "bfloat16",
     device: str = "auto",
     force: bool = False,
+    no_progress: bool = False,
 ) -> int:
     """Export a training run: a merged 16-bit model for serving, or a packed package.
 
@@ -85,6 +86,7 @@ def export(
         dtype: parameter dtype of a merged model (the merge itself runs in float32)
         device: auto (cuda if available), cpu or cuda, for the merge
         force: replace OUT if it exists (only once the new export is complete)
+        no_progress: no progress output
     """
     if merged and packed:
         raise ValueError("give --merged or --packed, not both")
@@ -98,13 +100,14 @@ def export(
     device = resolve_device(device)
     with atomic_dir(out) as tmp:
         if packed:
-            _write_packed(run, tmp, model, device)
+            _write_packed(run, tmp, model, device, not no_progress)
         else:
             import torch
 
             from qradaptor.runs import merged_run
 
-            built = merged_run(run, model, dtype=getattr(torch, dtype), device=device)
+            the_dtype = getattr(torch, dtype)
+            built = merged_run(run, model, dtype=the_dtype, device=device, progress=not no_progress)
             built.model.save_pretrained(tmp)
             built.tokenizer.save_pretrained(tmp)
             record = {"run": str(Path(run).resolve()), "plan_hash": built.plan.plan_hash, "dtype": dtype}

@@ -63,6 +63,7 @@ def plan(
     budget: str | None = None,
     sensitivity: str | None = None,
     device: str = "auto",
+    no_progress: bool = False,
 ) -> int:
     """Write a plan (bits and LoRA rank per block) for a model, as JSON.
 
@@ -112,6 +113,7 @@ def plan(
         sensitivity: with --baseline knapsack: a sensitivity.json of qra profile for this
             model, group size and method (omitted: profile first)
         device: with --baseline knapsack and no --sensitivity: where to profile (auto, cpu, cuda)
+        no_progress: no progress output while profiling
     """
     from qradaptor.plan import Plan, check_bits, check_rank
 
@@ -133,6 +135,7 @@ def plan(
             embed_bits,
             head_bits,
             name,
+            not no_progress,
         )
     if budget is not None or sensitivity is not None:
         raise ValueError(
@@ -199,6 +202,7 @@ def _knapsack(
     embed_bits: int | None,
     head_bits: int | None,
     name: str | None,
+    progress: bool,
 ) -> int:
     """``--baseline knapsack``: every input checked before the profile or the model loads."""
     from qradaptor.cli.common import check_device, read_sensitivity, resolve_device
@@ -248,6 +252,7 @@ def _knapsack(
             quant_method,
             resolve_device(device),
             0,
+            progress,
         )
         print(f"profiled {len(quantised)} bit-widths in {seconds:.1f} s", file=sys.stderr)
     made = knapsack_plan(structure, table, parsed, bits=choices, rank=16 if rank is None else rank, **kwargs)

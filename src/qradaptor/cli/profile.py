@@ -94,6 +94,7 @@ def measure_profile(
     method: str,
     device: str,
     seed: int,
+    progress: bool = True,
 ) -> tuple[SensitivityTable, LoadedModel, float]:
     """Loads ``model`` in fp32 on ``device`` and profiles it on windows packed from ``texts``.
 
@@ -116,7 +117,7 @@ def measure_profile(
         group_size=group_size,
         quant_method=method,
         batch_size=batch_size,
-        progress=sys.stderr.isatty(),
+        progress=progress,
     )
     return table, loaded, round(time.perf_counter() - started, 2)
 
@@ -135,6 +136,7 @@ def profile(
     device: str = "auto",
     seed: int = 0,
     force: bool = False,
+    no_progress: bool = False,
 ) -> int:
     """Profile how much quantising each block alone moves the model's output (Eq. 6, §3.3).
 
@@ -165,6 +167,7 @@ def profile(
             high bit-widths are not rounding noise
         seed: seed of the document shuffle before packing
         force: overwrite sensitivity.* files already in the folder
+        no_progress: no progress output
     """
     bits_list = parse_bits(bits)
     if samples < 1 or seq_len < 1:
@@ -191,7 +194,17 @@ def profile(
 
     device = resolve_device(device)
     table, loaded, seconds = measure_profile(
-        model, texts, bits_list, samples, seq_len, batch_size, group_size, method, device, seed
+        model,
+        texts,
+        bits_list,
+        samples,
+        seq_len,
+        batch_size,
+        group_size,
+        method,
+        device,
+        seed,
+        not no_progress,
     )
     record: dict[str, Any] = {
         **table.to_dict(),  # top level, so SensitivityTable.from_dict reads this file as is

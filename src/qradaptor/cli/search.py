@@ -104,6 +104,7 @@ def search(
     gpus: str | None = None,
     storage: str | None = None,
     study: str = "qradaptor",
+    no_progress: bool = False,
 ) -> int:
     """Search per-block bits and LoRA ranks under a memory budget (QR-Adaptor).
 
@@ -177,6 +178,7 @@ def search(
         storage: the study's storage URL instead of the run folder's study.db, e.g.
             postgresql+psycopg2://user@host:5432/db for workers on several machines
         study: the study's name in the storage
+        no_progress: no progress output
     """
     from qradaptor.plan import check_bits, check_rank
     from qradaptor.search.budget import parse_budget
@@ -346,7 +348,7 @@ def search(
                 sensitivity=given_sensitivity,
                 study_name=study,
                 device=device,
-                progress=sys.stderr.isatty(),
+                progress=not no_progress,
                 workers=queue,
             )
     except KeyboardInterrupt:

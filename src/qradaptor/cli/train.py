@@ -131,7 +131,7 @@ def train(
             --seq-len tokens) into RUN/eval.json
         eval_limit: documents per task of --eval-tasks
         device: auto (cuda if available), cpu or cuda; bf16 on cuda, fp32 on cpu
-        no_progress: no progress bar
+        no_progress: no progress output
     """
     from qradaptor.train.config import TrainConfig
     from qradaptor.train.methods import get_method
@@ -158,7 +158,7 @@ def train(
         eval_every=eval_every,
         save_every=save_every,
         keep_checkpoints=keep_checkpoints,
-        progress=not no_progress and sys.stderr.isatty(),
+        progress=not no_progress,
     )
     if eval_size < 0:
         raise ValueError(f"--eval-size must be >= 0, got {eval_size}")
@@ -215,13 +215,13 @@ def train(
         return INTERRUPTED
     write_run(run, outcome, device=device)
     if eval_tasks is not None:
-        _evaluate(outcome, run, eval_tasks, eval_limit, device, seq_len)
+        _evaluate(outcome, run, eval_tasks, eval_limit, device, seq_len, not no_progress)
     _report(outcome, run)
     return 0
 
 
 def _evaluate(
-    outcome: TrainOutcome, run: Path, tasks: str, limit: int | None, device: str, seq_len: int
+    outcome: TrainOutcome, run: Path, tasks: str, limit: int | None, device: str, seq_len: int, progress: bool
 ) -> None:
     from qradaptor.eval.results import format_table, to_json
     from qradaptor.eval.suite import resolve_tasks, run_suite, zero_shot_average
@@ -236,7 +236,7 @@ def _evaluate(
         adapter=str(run / RUN_ADAPTER),
         limit=limit,
         seq_len=seq_len,
-        progress=sys.stderr.isatty(),
+        progress=progress,
     )
     meta = {
         "run": str(run),
@@ -312,4 +312,3 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--eval-tasks", metavar="TASKS", help=helps["eval_tasks"])
     parser.add_argument("--eval-limit", type=int, metavar="N", help=helps["eval_limit"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
-    parser.add_argument("--no-progress", action="store_true", help=helps["no_progress"])

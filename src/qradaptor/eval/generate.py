@@ -92,7 +92,7 @@ def greedy_generate(
         max_new_tokens: Most tokens generated per prompt (the harness's ``max_gen_toks``).
         until: Stop strings; the returned text ends before the first one.
         batch_size: Prompts per ``generate`` call.
-        progress: Show a tqdm bar over batches.
+        progress: Show progress over batches: a bar on a terminal, lines in a log.
 
     Returns:
         One generation per prompt (new text only), in the order of ``prompts``.
@@ -101,8 +101,9 @@ def greedy_generate(
         ValueError: If ``max_new_tokens`` or ``batch_size`` is below 1, or the tokenizer has
             neither a pad nor an eos token.
     """
-    from tqdm.auto import tqdm
     from transformers import StoppingCriteriaList
+
+    from qradaptor.progress import progress_bar
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -126,7 +127,8 @@ def greedy_generate(
         tokenizer.pad_token = tokenizer.eos_token
     try:
         starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="generate", disable=not progress):
+        bar = progress_bar(total=len(starts), desc="generate", unit="batch", enabled=progress)
+        for start in starts:
             idx = order[start : start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
             input_ids = enc["input_ids"].to(device)  # (B, T), left-padded
@@ -148,6 +150,9 @@ def greedy_generate(
                     new = new[: new.index(eos_id)]
                 text = tokenizer.decode(new, skip_special_tokens=True)
                 results[i] = cut_at_stops(text, until)
+            bar.update()
     finally:
         tokenizer.padding_side, tokenizer.pad_token = old_side, old_pad
+        if "bar" in locals():
+            bar.close()
     return results

@@ -250,7 +250,7 @@ def loglikelihoods(
             left. None: the model's ``max_position_embeddings``, capped at 2048.
         device: Where inputs go; None for the device of the model's first parameter.
             The model is not moved.
-        progress: Show a tqdm bar (with ETA) over the requests.
+        progress: Show progress (with ETA) over the requests: a bar on a terminal, lines in a log.
         desc: Label of the progress bar.
 
     Returns:
@@ -262,7 +262,8 @@ def loglikelihoods(
             ``max_length`` tokens.
     """
     import torch
-    from tqdm import tqdm
+
+    from qradaptor.progress import progress_bar
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -301,7 +302,10 @@ def loglikelihoods(
 
     logprob = [0.0] * len(unique)
     greedy = [False] * len(unique)
-    with inference(model), tqdm(total=len(requests), desc=desc, disable=not progress) as bar:
+    with (
+        inference(model),
+        progress_bar(total=len(requests), desc=desc, unit="request", enabled=progress) as bar,
+    ):
         for b in range(0, len(order), batch_size):
             chunk = order[b : b + batch_size]
             members = [u for i in chunk for u in by_input[i]]

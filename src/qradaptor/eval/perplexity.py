@@ -80,7 +80,7 @@ def perplexity(
         batch_size: Windows per forward pass, at least 1.
         max_windows: Evaluate at most this many windows (the first ones); None for all.
         corpus: Name of the text source, copied into the result.
-        progress: Show a tqdm bar (with ETA) over the windows.
+        progress: Show progress (with ETA) over the windows: a bar on a terminal, lines in a log.
 
     Returns:
         The perplexity, mean NLL and counts.
@@ -90,7 +90,8 @@ def perplexity(
             texts give fewer than ``seq_len`` tokens (the message gives both counts).
     """
     import torch
-    from tqdm import tqdm
+
+    from qradaptor.progress import progress_bar
 
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2 (one context and one scored token), got {seq_len}")
@@ -129,7 +130,7 @@ def perplexity(
     total_tokens = 0
     with (
         inference(model),
-        tqdm(total=n_windows, desc="perplexity", unit="window", disable=not progress) as bar,
+        progress_bar(total=n_windows, desc="perplexity", unit="window", enabled=progress) as bar,
     ):
         for b in range(0, n_windows, batch_size):
             s = starts[b : b + batch_size]  # (B,)

@@ -116,7 +116,7 @@ def run_search(
         sensitivity: a profile to use instead of profiling (e.g. from ``qra profile``).
         study_name: the study's name in the storage.
         device: where proxy fine-tunes run (None: the model's device).
-        progress: show a tqdm bar over the evaluations.
+        progress: show progress over the evaluations (a bar on a terminal, lines in a log).
         on_record: called with (record, replayed) for every distinct plan.
         workers: score plans by worker processes through the study (see ``queue``)
             instead of in this process; the records are the same either way.
@@ -129,9 +129,8 @@ def run_search(
             (see ``open_study``), a profile that lacks the searched bits or has another
             block count, or profiling without calibration data.
     """
-    from tqdm import tqdm
-
     from qradaptor.models.structure import inspect_model
+    from qradaptor.progress import progress_bar
 
     proxy = ProxyConfig() if proxy is None else proxy
     structure = inspect_model(model)
@@ -171,7 +170,7 @@ def run_search(
     if workers is None:
         evaluator = ProxyEvaluator(model, train_ids, eval_ids, proxy, device=device, cache=quant_cache)
     total = (len(space.bit_choices) if config.references else 0) + (1 if above else config.evaluations)
-    bar = tqdm(total=total, desc="search", unit="plan", disable=not progress)
+    bar = progress_bar(total=total, desc="search", unit="plan", enabled=progress)
     base_done = 0
 
     def poll_hook(done: int, running: int) -> None:
@@ -348,7 +347,7 @@ def _lower_rungs(
     """
     from dataclasses import asdict, replace
 
-    from tqdm import tqdm
+    from qradaptor.progress import progress_bar
 
     rungs = []
     sizes = config.halving.sizes()
@@ -359,7 +358,7 @@ def _lower_rungs(
         study = open_study(storage, rung_fingerprint, f"{study_name}.steps{steps}")
         evaluator = ProxyEvaluator(model, train_ids, eval_ids, rung_proxy, device=device, cache=quant_cache)
         label = "screen (forward only)" if steps == 0 else f"rung {rung} ({steps} steps)"
-        bar = tqdm(total=sizes[rung], desc=label, unit="plan", disable=not progress, leave=False)
+        bar = progress_bar(total=sizes[rung], desc=label, unit="plan", enabled=progress, leave=False)
         rungs.append(StudyObjective(study, evaluator, table, on_record=lambda *_, bar=bar: bar.update(1)))
     return rungs
 

@@ -315,7 +315,8 @@ class Trainer:
             ValueError: when resuming from a checkpoint of another run or other settings.
         """
         import torch
-        from tqdm import tqdm
+
+        from qradaptor.progress import progress_bar
 
         cfg = self.config
         result = TrainResult()
@@ -330,7 +331,9 @@ class Trainer:
             keep_grads_(params)
         width = self.train_set.longest() if self._static else 0  # of the static batches
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not cfg.progress)
+        bar = progress_bar(
+            total=self.total_steps, initial=start, desc="train", unit="step", enabled=cfg.progress
+        )
         seen_tokens, seen_seconds = result.tokens, result.train_seconds  # running sums for the bar
         for step in range(start, self.total_steps):
             began = time.perf_counter()

@@ -124,7 +124,11 @@ def build_for_method(
 
         return nf4_model_(model, plan, lora_dropout=config.lora_dropout)
     return apply_plan(
-        model, plan, lora_dropout=config.lora_dropout, variant=_variant(method, plan, total_steps)
+        model,
+        plan,
+        lora_dropout=config.lora_dropout,
+        variant=_variant(method, plan, total_steps),
+        progress=config.progress,
     )
 
 
