@@ -95,7 +95,7 @@ def test_a_folder_reports_its_safetensors_dtypes(tmp_path: Path, llama_factory) 
     assert found.format == "safetensors" and found.tensor_types == {"BF16": 21}
     assert found.embeddings == "untied"
     assert found.text == (
-        "1 safetensors file(s) store 21 tensors (21 BF16); config.json dtype bfloat16; "
+        "model.safetensors stores 21 tensors (21 BF16); config.json dtype bfloat16; "
         "embedding and head untied (config.json tie_word_embeddings)"
     )
 

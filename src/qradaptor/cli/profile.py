@@ -181,6 +181,7 @@ def profile(
 
     texts = load_texts(data)  # a bad --data fails before the model loads
 
+    from qradaptor.models.provenance import read_provenance
     from qradaptor.models.structure import inspect_model
     from qradaptor.sensitivity import plot_sensitivity
 
@@ -205,8 +206,8 @@ def profile(
         },
         "seconds": seconds,
     }
-    if loaded.origin in ("embedded", "gguf"):
-        record["note"] = "GGUF weights dequantised to float32 are the full-precision reference"
+    # The "full-precision" reference is whatever the source stores, upcast to float32.
+    record["provenance"] = read_provenance(loaded.source).to_dict()
 
     folder.mkdir(parents=True, exist_ok=True)
     written = [

@@ -254,6 +254,9 @@ def to_markdown(summary: ExperimentSummary) -> str:
     measured = sorted({c.measured_on for c in summary.cells if c.done and c.measured_on})
     if measured:
         out += ["Measured on (train.json): " + "; ".join(measured) + ".", ""]
+    weights = sorted({c.weights for c in summary.cells if c.done and c.weights})
+    if weights:  # what the "16-bit" base really is (a GGUF's is its tensors dequantised)
+        out += ["Model weights (train.json provenance):", "", *(f"- {w}" for w in weights), ""]
     tasks = list(ZERO_SHOT)
 
     def quality(r: LabelRow, keys: Sequence[str], avg: str) -> list[str]:

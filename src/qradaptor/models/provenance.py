@@ -177,7 +177,8 @@ def folder_provenance(folder: Path) -> Provenance:
     if shards:
         fmt = "safetensors"
         stored = f"{sum(types.values())} tensors ({_counts(types)})"
-        text = f"{len(shards)} safetensors file(s) store {stored}; {said}"
+        files = f"{shards[0].name} stores" if len(shards) == 1 else f"{len(shards)} safetensors shards store"
+        text = f"{files} {stored}; {said}"
     elif any(folder.glob("pytorch_model*.bin")):
         fmt, text = "pytorch", f"pytorch_model .bin weights (not read); {said}"
     else:
