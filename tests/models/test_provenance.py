@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qradaptor.models.gguf_header import read_header, read_tensor
-from qradaptor.models.loading import load_model
+from qradaptor.models.loading import load_config, load_model
 from qradaptor.models.provenance import read_provenance
 
 
@@ -63,6 +63,8 @@ def test_a_tied_model_stored_untied_is_reported_and_tied_on_load(tmp_path, write
     assert found.embeddings == "tied on load" and "tied on load" in found.text
     assert found.to_dict()["heads"]["equal"] is True
 
+    assert load_config(path).tie_word_embeddings  # before the cache exists: as load_model will load it
+    assert not load_config(write_gguf(tmp_path / "two.gguf", head="other")).tie_word_embeddings
     warned = r"twice\.gguf: embedding \(F32\) and head \(Q8_0\) stored separately"
     with pytest.warns(UserWarning, match=warned):
         loaded = load_model(path)

@@ -221,7 +221,8 @@ def load_config(source: str | os.PathLike[str] | None = None) -> PretrainedConfi
     """Read a model's config without building its weights (for memory estimates).
 
     For a GGUF this reads the cached checkpoint if there is one, else the GGUF header
-    (a few seconds) without dequantizing anything.
+    (a few seconds) without dequantizing anything, except that a file storing its embedding
+    and head apart has the two compared, so the config ties them as :func:`load_model` will.
 
     Args:
         source: See :func:`resolve_source`.
@@ -233,7 +234,13 @@ def load_config(source: str | os.PathLike[str] | None = None) -> PretrainedConfi
         ValueError: As for :func:`load_model`.
     """
     resolved = resolve_source(source)
-    return _read_config(_checkpoint_for(resolved, build=False), resolved)
+    checkpoint = _checkpoint_for(resolved, build=False)
+    config = _read_config(checkpoint, resolved)
+    if checkpoint.lower().endswith(".gguf") and not config.tie_word_embeddings:
+        from qradaptor.models.provenance import gguf_provenance
+
+        config.tie_word_embeddings = gguf_provenance(checkpoint).embeddings == "tied on load"
+    return config
 
 
 def load_tokenizer(source: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerBase:
