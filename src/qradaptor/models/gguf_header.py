@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY, _UINT32 = 8, 9, 4
 _DEFAULT_ALIGNMENT = 32
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 _FLOAT_TYPES = {"F32": 24, "F16": 11, "BF16": 8, "F64": 53}
 """Unquantised GGML types and the bits of their significand (their relative precision)."""
 
@@ -147,8 +148,10 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
                     cur.skip_value(kind)
             raw = []
             for _ in range(n_tensors):
-                name = cur.string()
-                dims = cur.take(f"<{cur.u32()}Q")
+                name, n_dims = cur.string(), cur.u32()
+                if n_dims > _MAX_DIMS:
+                    raise ValueError(f"tensor {name!r} has {n_dims} dimensions (at most {_MAX_DIMS})")
+                dims = cur.take(f"<{n_dims}Q")
                 kind, offset = cur.u32(), cur.u64()
                 raw.append((name, dims, kind, offset))
         except struct.error as err:

@@ -169,7 +169,8 @@ def folder_provenance(folder: Path) -> Provenance:
     types = _most_first(Counter(dtype for shard in shards for dtype in _safetensors_dtypes(shard)))
     dtype = config.get("torch_dtype") or config.get("dtype")
     said = f"config.json dtype {dtype}" if dtype else "config.json names no dtype"
-    quant = (config.get("quantization_config") or {}).get("quant_method")
+    quantization = config.get("quantization_config")
+    quant = quantization.get("quant_method") if isinstance(quantization, dict) else None
     if quant:
         said += f", pre-quantised ({quant})"
     tie = config.get("tie_word_embeddings")
