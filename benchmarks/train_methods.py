@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from qradaptor.models.provenance import read_provenance
+
     names = [m for m in args.methods.split(",") if m]
     jobs: list[tuple[str, object]] = [(n, None) for n in names]
     if args.searched:
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "args": vars(args),
-        "note": "the embedded SmolLM2 weights are Q4_1 in the GGUF: its 16-bit base is them dequantised",
+        "provenance": read_provenance(args.model).text,
     }
     rows: list[dict] = []
     for name, plan in jobs:

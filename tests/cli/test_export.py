@@ -264,6 +264,8 @@ def test_eval_run_uses_the_packed_base(trained, tmp_path, cli) -> None:
     data = json.loads(out.read_text())
     assert data["meta"]["run"] == str(run) and data["meta"]["base"] == str(run / "base.safetensors")
     assert data["meta"]["plan_hash"] == PLAN.plan_hash
+    assert data["meta"]["provenance"]["format"] == "safetensors"
+    assert data["meta"]["provenance"]["text"].startswith("model.safetensors stores 29 tensors (29 F32)")
     built = assemble_run(run)
     kwargs = dict(model_name="m", plan_hash="h", limit=2, seq_len=32, progress=False)
     (expected,) = run_suite(built.model, built.tokenizer, ["ppl_wiki"], **kwargs)

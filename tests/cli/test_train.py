@@ -50,6 +50,9 @@ def test_train_writes_a_run_that_peft_reloads(tiny_model_dir, alpaca, tmp_path, 
     assert summary["memory"]["avg_bits"] == 16 and summary["memory"]["avg_rank"] == 16
     assert summary["memory"]["trainable_params"] > 0 and summary["memory"]["predicted_peak"] > 0
     assert summary["tokens_per_second"] > 0 and summary["final_eval_loss"] > 0
+    # 3 blocks x (7 linears + 2 norms) + embedding + final norm; the tied head is not stored
+    assert summary["provenance"]["tensor_types"] == {"F32": 29}
+    assert summary["provenance"]["text"].startswith("model.safetensors stores 29 tensors (29 F32)")
     assert "tokens/s" in capsys.readouterr().out
 
     # The saved adapter is a standard PEFT adapter: PeftModel.from_pretrained on the plain base
@@ -107,6 +110,11 @@ def test_bad_inputs_are_one_clear_error_each(tiny_model_dir, alpaca, tmp_path, c
         (["--method", "qlora-nf4", "--data", str(alpaca)], "qlora-nf4 needs bitsandbytes on a CUDA GPU"),
         (["--method", "amq-lora"], "pass --plan FILE (make one with qra search --fixed-rank 16)"),
         (["--method", "qlora", "--plan", "uniform:4:8"], "method qlora defines its own plan"),
+        (
+            ["--method", "lora16", "--data", "notes.txt"],
+            "'notes.txt' is a .txt file, which holds plain text: add --text",
+        ),
+        (["--method", "lora16", "--eval-data", "held.TXT"], "--eval-data 'held.TXT' is a .txt file"),
     ]
     for args, message in cases:
         assert train(tiny_model_dir, run, *args) == 2, args
@@ -153,6 +161,7 @@ def test_eval_tasks_after_training_write_eval_json(tiny_model_dir, alpaca, tmp_p
     results = json.loads((run / "eval.json").read_text())
     ppl = [r for r in results["results"] if r["task"] == "ppl_wiki"]
     assert len(ppl) == 1 and ppl[0]["value"] > 1
+    assert results["meta"]["provenance"]["text"].startswith("model.safetensors stores 29 tensors (29 F32)")
 
 
 def test_compile_flag_reaches_the_config_and_graphs_needs_cuda(

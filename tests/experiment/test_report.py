@@ -31,6 +31,10 @@ ACCS = (0.50, 0.40, 0.70, 0.60, 0.55, 0.65, 0.30)
 """acc of the seven zero-shot tasks in a cell with offset 0: their mean is 3.7 / 7."""
 
 
+WEIGHTS = 'tiny.gguf stores 3 tensors (2 Q4_1, 1 F32); its "16-bit" base is these dequantised'
+"""The provenance sentence every cell's train.json carries."""
+
+
 def train_json(avg_bits: float, avg_rank: float, tokens_per_s: float, peak_mib: float | None) -> dict:
     """train.json as train/outputs.summary writes it (keys and nesting copied from a real run)."""
     return {
@@ -64,7 +68,7 @@ def train_json(avg_bits: float, avg_rank: float, tokens_per_s: float, peak_mib: 
         "device": "cuda",
         "date": "2026-01-01",
         "versions": {"torch": "2", "transformers": "5", "peft": "0.21"},
-        "note": "",
+        "provenance": {"format": "gguf", "tensor_types": {"Q4_1": 2, "F32": 1}, "text": WEIGHTS},
     }
 
 
@@ -239,6 +243,8 @@ def test_markdown_holds_the_formatted_cells(experiment: Path) -> None:
     lines = text.splitlines()
     assert "6 of 8 cells done." in lines
     assert "Measured on (train.json): 2026-01-01, cuda, peft 0.21, torch 2, transformers 5." in lines
+    weights = lines.index("Model weights (train.json provenance):")
+    assert lines[weights + 2] == f"- {WEIGHTS}" and lines[weights + 3] == ""
     lora = next(line for line in lines if line.startswith("| lora16 | 2/3 | 16.00 ± 0.00 | 16.0 ± 0.0 |"))
     assert "| 11.00 ± 1.41 | 22.00 ± 2.83 | 50.5 ± 0.7 |" in lora and lora.endswith("| 53.4 ± 0.7 |")
     assert "| qlora-4 | 1/2 | 4.50 | 16.0 | 12.50 | 25.00 | 40.0 |" in text

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -35,65 +34,9 @@ def make_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
 
 
-def write_gguf(path: Path, arch: str = "llama") -> Path:
-    """A 2-block Llama GGUF (hidden 16, byte-level BPE over 30 tokens), fp32 tensors."""
-    from gguf import GGUFWriter
-
-    rng = np.random.default_rng(0)
-    vocab = [chr(c) for c in range(97, 123)] + ["ab", "<s>", "</s>", " "]
-    n_vocab, hidden, ffn, blocks, heads, kv_heads = len(vocab), 16, 32, 2, 4, 2
-    w = GGUFWriter(str(path), arch)
-    w.add_name("tiny")
-    w.add_context_length(64)
-    w.add_embedding_length(hidden)
-    w.add_block_count(blocks)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(n_vocab)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(vocab)
-    w.add_token_types([1] * n_vocab)
-    w.add_token_scores([0.0] * n_vocab)
-    w.add_token_merges(["a b"])
-    w.add_bos_token_id(n_vocab - 3)
-    w.add_eos_token_id(n_vocab - 2)
-
-    def rand(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
-
-    rand("token_embd.weight", n_vocab, hidden)  # no output.weight: tied embeddings
-    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
-    kv = hidden * kv_heads // heads
-    for i in range(blocks):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
-        rand(f"blk.{i}.attn_q.weight", hidden, hidden)
-        rand(f"blk.{i}.attn_k.weight", kv, hidden)
-        rand(f"blk.{i}.attn_v.weight", kv, hidden)
-        rand(f"blk.{i}.attn_output.weight", hidden, hidden)
-        rand(f"blk.{i}.ffn_gate.weight", ffn, hidden)
-        rand(f"blk.{i}.ffn_up.weight", ffn, hidden)
-        rand(f"blk.{i}.ffn_down.weight", hidden, ffn)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 def logits(model, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return model(torch.tensor([ids])).logits
-
-
-@pytest.fixture
-def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("QRADAPTOR_CACHE", str(root))
-    return root
 
 
 @pytest.fixture
@@ -102,12 +45,6 @@ def tiny_dir(tmp_path: Path, tiny_llama) -> Path:
     tiny_llama.save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
     return folder
-
-
-@pytest.fixture
-def tiny_gguf(tmp_path: Path) -> Path:
-    (tmp_path / "g").mkdir()
-    return write_gguf(tmp_path / "g" / "tiny.gguf")
 
 
 def cache_entries(root: Path) -> list[str]:
@@ -127,7 +64,7 @@ def test_resolve_source_classifies_each_form(tiny_dir: Path, tiny_gguf: Path) ->
     assert resolve_source("gpt2").origin == "hub"
 
 
-def test_resolve_source_rejects_bad_paths(tmp_path: Path, tiny_gguf: Path) -> None:
+def test_resolve_source_rejects_bad_paths(tmp_path: Path, tiny_gguf: Path, write_gguf) -> None:
     missing = tmp_path / "nowhere" / "model"
     with pytest.raises(ValueError, match="does not exist; expected a Hugging Face hub id") as err:
         resolve_source(missing)
@@ -225,7 +162,7 @@ def test_garbage_gguf_is_named(tmp_path: Path, tmp_cache: Path) -> None:
     assert cache_entries(tmp_cache) == []
 
 
-def test_unsupported_gguf_architecture_is_named(tmp_path: Path, tmp_cache: Path) -> None:
+def test_unsupported_gguf_architecture_is_named(tmp_path: Path, tmp_cache: Path, write_gguf) -> None:
     odd = write_gguf(tmp_path / "odd.gguf", arch="madeuparch")
     with pytest.raises(ValueError) as err:
         load_model(odd)
@@ -302,7 +239,7 @@ def test_cache_key_follows_file_contents(tiny_gguf: Path, tmp_cache: Path) -> No
 
 def test_config_and_tokenizer_do_not_build_the_cache(tiny_gguf: Path, tmp_cache: Path) -> None:
     config = load_config(tiny_gguf)
-    assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", 2, 16)
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", 2, 32)
     assert load_tokenizer(tiny_gguf).eos_token == "</s>"
     assert cache_entries(tmp_cache) == []
 

@@ -85,6 +85,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     from qradaptor.assemble import assemble
     from qradaptor.eval.results import format_table, to_json
     from qradaptor.eval.suite import run_suite, zero_shot_average
+    from qradaptor.models.provenance import read_provenance
     from qradaptor.plan import Plan
     from qradaptor.runs import assemble_run
 
@@ -134,7 +135,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         "seconds": round(time.perf_counter() - started, 2),
         "zero_shot_avg_acc": zero_shot_average(records, "acc"),
         "zero_shot_avg_acc_norm": zero_shot_average(records, "acc_norm"),
-        "note": "the embedded SmolLM2 weights are Q4_1 in the GGUF: its 16-bit base is them dequantised",
+        "provenance": read_provenance(built.source).to_dict(),  # what the "16-bit" base really is
     }
     text = to_json(records, meta)
     if output is not None:
@@ -145,6 +146,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         print(
             f"model {built.source}  plan {built.plan.name or built.plan.plan_hash}  adapter {built.adapter}"
         )
+        print(f"weights: {meta['provenance']['text']}")
         print(format_table(records))
         avg = meta["zero_shot_avg_acc"]
         if avg is not None:

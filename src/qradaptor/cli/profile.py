@@ -189,6 +189,7 @@ def profile(
         task = TEST_CORPORA[data.removeprefix(EMBEDDED_PREFIX)]
         print(f"qra profile: --data {data} holds the text qra eval reports as {task}", file=sys.stderr)
 
+    from qradaptor.models.provenance import read_provenance
     from qradaptor.models.structure import inspect_model
     from qradaptor.sensitivity import plot_sensitivity
 
@@ -223,8 +224,8 @@ def profile(
         },
         "seconds": seconds,
     }
-    if loaded.origin in ("embedded", "gguf"):
-        record["note"] = "GGUF weights dequantised to float32 are the full-precision reference"
+    # The "full-precision" reference is whatever the source stores, upcast to float32.
+    record["provenance"] = read_provenance(loaded.source).to_dict()
 
     folder.mkdir(parents=True, exist_ok=True)
     written = [

@@ -162,6 +162,12 @@ def train(
     )
     if eval_size < 0:
         raise ValueError(f"--eval-size must be >= 0, got {eval_size}")
+    for flag, given_data in (("--data", data), ("--eval-data", eval_data)):
+        if not text and given_data is not None and Path(given_data).suffix.lower() == ".txt":
+            raise ValueError(
+                f"{flag} {given_data!r} is a .txt file, which holds plain text: add --text to fine-tune "
+                "on it as text; instruction data is an Alpaca-style .json/.jsonl (instruction, input, output)"
+            )
     if eval_tasks is not None:
         from qradaptor.eval.suite import resolve_tasks
 
@@ -225,6 +231,7 @@ def _evaluate(
 ) -> None:
     from qradaptor.eval.results import format_table, to_json
     from qradaptor.eval.suite import resolve_tasks, run_suite, zero_shot_average
+    from qradaptor.models.provenance import read_provenance
 
     names = resolve_tasks([t.strip() for t in tasks.split(",") if t.strip()])
     records = run_suite(
@@ -244,6 +251,7 @@ def _evaluate(
         "limit": limit,
         "device": device,
         "zero_shot_avg_acc": zero_shot_average(records, "acc"),
+        "provenance": read_provenance(outcome.source).to_dict(),
     }
     write_text_atomic(run / "eval.json", to_json(records, meta) + "\n", force=True)
     print(format_table(records))

@@ -21,8 +21,10 @@ The prompts are those of the harness's task YAMLs (``target_delimiter`` is a spa
 The offline copies hold validation splits only. The harness scores ARC and OpenBookQA on
 their test splits, so our numbers for those three come from their validation splits; the
 other four are scored by the harness on validation too. The harness's ``boolq`` reads
-SuperGLUE's copy (integer ``label``); the offline one is the plain ``boolq`` dataset, with
-the same 3,270 validation questions and a boolean ``answer`` (``label = int(answer)``).
+SuperGLUE's copy (integer ``label``, each passage prefixed by its title and `` -- ``); the
+offline one is the plain google/boolq dataset, with the same 3,270 validation questions, the
+passage without its title and a boolean ``answer`` (``label = int(answer)``). The prompt is
+the harness's; only the passages differ (docs/EVAL.md).
 """
 
 from __future__ import annotations

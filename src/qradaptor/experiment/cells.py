@@ -118,6 +118,8 @@ class CellResult:
     """The search whose plan the cell trained; None for an unsearched method or an unfinished cell."""
     measured_on: str | None = None
     """train.json's date, device and versions, e.g. "2026-11-23, NVIDIA H200, peft 0.21.0, ..."."""
+    weights: str | None = None
+    """train.json provenance text: what the model source stores (e.g. a GGUF's tensor types)."""
 
     @property
     def avg_acc(self) -> float | None:
@@ -199,7 +201,15 @@ def _read_train(path: Path) -> dict[str, Any]:
         "train_tokens": None if tokens is None else int(tokens),
         "final_eval_loss": _number(data.get("final_eval_loss")),
         "measured_on": _measured_on(data),
+        "weights": _weights(data),
     }
+
+
+def _weights(data: Mapping[str, Any]) -> str | None:
+    """The provenance sentence of a train.json (None for one written before it was recorded)."""
+    provenance = data.get("provenance")
+    text = provenance.get("text") if isinstance(provenance, Mapping) else None
+    return text if isinstance(text, str) and text else None
 
 
 def _measured_on(data: Mapping[str, Any]) -> str | None:

@@ -257,6 +257,9 @@ def to_markdown(summary: ExperimentSummary) -> str:
     roles = sorted({c.search.data_roles for c in summary.cells if c.search and c.search.data_roles})
     for pairs in roles:  # which text chose the plans, and which scores them (data/roles.py)
         out += ["Searches' data: " + "; ".join(f"{role}: {source}" for role, source in pairs) + ".", ""]
+    weights = sorted({c.weights for c in summary.cells if c.done and c.weights})
+    if weights:  # what the "16-bit" base really is (a GGUF's is its tensors dequantised)
+        out += ["Model weights (train.json provenance):", "", *(f"- {w}" for w in weights), ""]
     tasks = list(ZERO_SHOT)
 
     def quality(r: LabelRow, keys: Sequence[str], avg: str) -> list[str]:

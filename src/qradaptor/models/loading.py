@@ -41,8 +41,9 @@ ACCEPTED = (
     "a .gguf file, or nothing for the embedded SmolLM2-135M-Instruct"
 )
 
-# Bump when the layout of a cached checkpoint changes, so old folders are not reused.
-_CACHE_FORMAT = 1
+# Bump when the layout of a cached checkpoint changes, so old folders are not reused
+# (2: a GGUF's two equal copies of a tied embedding are tied; qradaptor_source.json says so).
+_CACHE_FORMAT = 2
 _CACHE_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
 _STALE_TEMP_S = 3600.0
 # HF repo ids: one optional "org/" then a name; letters, digits, '.', '_', '-'.
@@ -197,15 +198,31 @@ def load_model(
             f"({type(model).__name__}); a causal LM is required"
         )
     model = model.to(target).eval()
+    _warn_two_heads(checkpoint, resolved)
     tokenizer = _read_tokenizer(checkpoint, resolved)
     return LoadedModel(model, tokenizer, resolved.source, resolved.origin, checkpoint)
+
+
+def _warn_two_heads(checkpoint: str, resolved: ResolvedSource) -> None:
+    """A GGUF that stores its embedding and head apart gets a warning line at every load."""
+    import warnings
+
+    if resolved.origin not in ("embedded", "gguf"):
+        return
+    try:
+        note = json.loads((Path(checkpoint) / "qradaptor_source.json").read_text()).get("heads_note")
+    except (OSError, ValueError, AttributeError):
+        return
+    if note:
+        warnings.warn(f"{resolved.source}: {note}", UserWarning, stacklevel=3)
 
 
 def load_config(source: str | os.PathLike[str] | None = None) -> PretrainedConfig:
     """Read a model's config without building its weights (for memory estimates).
 
     For a GGUF this reads the cached checkpoint if there is one, else the GGUF header
-    (a few seconds) without dequantizing anything.
+    (a few seconds) without dequantizing anything, except that a file storing its embedding
+    and head apart has the two compared, so the config ties them as :func:`load_model` will.
 
     Args:
         source: See :func:`resolve_source`.
@@ -217,7 +234,13 @@ def load_config(source: str | os.PathLike[str] | None = None) -> PretrainedConfi
         ValueError: As for :func:`load_model`.
     """
     resolved = resolve_source(source)
-    return _read_config(_checkpoint_for(resolved, build=False), resolved)
+    checkpoint = _checkpoint_for(resolved, build=False)
+    config = _read_config(checkpoint, resolved)
+    if checkpoint.lower().endswith(".gguf") and not config.tie_word_embeddings:
+        from qradaptor.models.provenance import gguf_provenance
+
+        config.tie_word_embeddings = gguf_provenance(checkpoint).embeddings == "tied on load"
+    return config
 
 
 def load_tokenizer(source: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerBase:
@@ -385,10 +408,15 @@ def _write_checkpoint(gguf: Path, folder: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
+    from qradaptor.models.provenance import gguf_provenance, tie_stored_copies_
+
     resolved = ResolvedSource(str(gguf), "gguf")
     config = _read_config(str(gguf), resolved)
     tokenizer = _read_tokenizer(str(gguf), resolved)
     model = _from_hub_or_local(AutoModelForCausalLM, str(gguf), resolved, config=config, dtype=torch.float32)
+    found = gguf_provenance(gguf)
+    if found.embeddings == "tied on load":
+        tie_stored_copies_(model, found.heads)
     # save_pretrained refuses GGUF-quantized models; drop the markers and write it ourselves.
     config_dict = model.config.to_dict()
     for key in ("quantization_config", "_is_quantized"):
@@ -412,6 +440,7 @@ def _write_checkpoint(gguf: Path, folder: Path) -> None:
     stat = gguf.stat()
     provenance = dict(gguf=str(gguf), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     provenance.update(cache_format=_CACHE_FORMAT, transformers=transformers.__version__)
+    provenance.update(embeddings=found.embeddings, heads_note=found.heads_note)
     (folder / "qradaptor_source.json").write_text(json.dumps(provenance, indent=2))
     for path in folder.iterdir():  # data on disk before the rename makes it visible
         with path.open("rb") as handle:

@@ -46,6 +46,8 @@ def summary(outcome: TrainOutcome, device: str) -> dict[str, Any]:
     import torch
     import transformers
 
+    from qradaptor.models.provenance import read_provenance
+
     result = outcome.result
     evals = result.evals
     return {
@@ -76,7 +78,7 @@ def summary(outcome: TrainOutcome, device: str) -> dict[str, Any]:
             "transformers": transformers.__version__,
             "peft": peft.__version__,
         },
-        "note": "the embedded SmolLM2 weights are Q4_1 in the GGUF: its 16-bit base is them dequantised",
+        "provenance": read_provenance(outcome.source).to_dict(),  # what the "16-bit" base really is
     }
 
 
