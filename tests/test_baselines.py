@@ -80,10 +80,12 @@ def test_embed8_body4(llama_factory, tied: bool) -> None:
 @pytest.mark.parametrize(
     ("blocks", "rank", "decay"),
     [
-        (3, 16, [28, 16, 4]),  # 7r/4 = 28, r/4 = 4, exact
-        (4, 16, [28, 20, 12, 4]),  # steps of 8, exact
-        (2, 8, [14, 2]),
-        (3, 2, [4, 2, 0]),  # 3.5, 2, 0.5: floors 3, 2, 0; remainders .5, 0, .5: the tie to index 0
+        # Highest rank at the top block (L - 1): r/2 at block 0 up to 3r/2.
+        (3, 16, [8, 16, 24]),  # exact
+        (5, 16, [8, 12, 16, 20, 24]),  # steps of 4, exact
+        (2, 8, [4, 12]),
+        (4, 3, [2, 3, 3, 4]),  # 1.5, 2.5, 3.5, 4.5: floors 1, 2, 3, 4; the two units left go to
+        #                        the ties at .5, lowest index first: blocks 0 and 1
         (1, 16, [16]),
     ],
 )
@@ -102,43 +104,49 @@ def test_linear_ranks_keep_the_total_and_are_monotone(llama: ModelStructure, blo
     for plan in (decay, growth):
         assert sum(plan.block_ranks()) == rank * blocks and plan.block_bits() == [3] * blocks
     ranks = decay.block_ranks()
-    assert all(a >= b for a, b in zip(ranks, ranks[1:], strict=False))
+    assert all(a <= b for a, b in zip(ranks, ranks[1:], strict=False))  # rising to the top block
     assert growth.block_ranks() == ranks[::-1]
-    assert ranks[0] in (math.floor(7 * rank / 4), math.ceil(7 * rank / 4))
-    assert ranks[-1] in (math.floor(rank / 4), math.ceil(rank / 4))
+    assert ranks[-1] in (math.floor(3 * rank / 2), math.ceil(3 * rank / 2))
+    assert ranks[0] in (math.floor(rank / 2), math.ceil(rank / 2))
 
 
 # ----- attention / FFN focus ------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("which", "name", "focused", "other"),
+    ("which", "name", "rank", "focused", "other"),
     [
-        # Llama: N_attn = 128 + 96 + 96 + 128 = 448, N_ffn = 3 * 192 = 576, P = 16 * 1024.
-        ("llama", "rank-attn-focus", 32, 3),  # (16384 - 32 * 448) // 576 = 3
-        ("llama", "rank-ffn-focus", 28, 0),  # 2r * 576 > P: 16384 // 576 = 28, rest 256 // 448 = 0
+        # The study's r versus r/2, whatever the groups' sizes.
+        ("llama", "rank-attn-focus", 16, 16, 8),
+        ("llama", "rank-ffn-focus", 16, 16, 8),
+        ("gpt2", "rank-ffn-focus", 7, 7, 3),  # floor(7 / 2)
+        ("gpt2", "rank-attn-focus", 1, 1, 1),  # never below 1
+        # Budget-matched. Llama: N_attn = 128 + 96 + 96 + 128 = 448, N_ffn = 3 * 192 = 576,
+        # P = 16 * 1024.
+        ("llama", "rank-attn-focus-matched", 16, 32, 3),  # (16384 - 32 * 448) // 576 = 3
+        ("llama", "rank-ffn-focus-matched", 16, 28, 0),  # 2r * 576 > P: 16384 // 576 = 28, 256 // 448
         # GPT-2: N_attn = (64 + 192) + (64 + 64) = 384, N_ffn = 2 * 320 = 640, P = 16 * 1024.
-        ("gpt2", "rank-attn-focus", 32, 6),  # (16384 - 12288) // 640 = 6
-        ("gpt2", "rank-ffn-focus", 25, 1),  # 16384 // 640 = 25, (16384 - 16000) // 384 = 1
+        ("gpt2", "rank-attn-focus-matched", 16, 32, 6),  # (16384 - 12288) // 640 = 6
+        ("gpt2", "rank-ffn-focus-matched", 16, 25, 1),  # 16384 // 640 = 25, (16384 - 16000) // 384 = 1
     ],
 )
-def test_focus_hand_cases(request, which: str, name: str, focused: int, other: int) -> None:
+def test_focus_hand_cases(request, which: str, name: str, rank: int, focused: int, other: int) -> None:
     structure = request.getfixturevalue(which)
-    plan = baseline_plan(name, structure, rank=16)
+    plan = baseline_plan(name, structure, rank=rank)
     assert plan.granularity == "module"
-    focus_parent = "attn" if name == "rank-attn-focus" else "mlp"
+    focus_parent = "attn" if name.startswith("rank-attn") else "mlp"
     for block, module, spec in plan.iter_modules(structure):
         in_focus = module.split(".")[0] in (focus_parent, f"self_{focus_parent}")
         assert spec.rank == (focused if in_focus else other), (block, module)
 
 
 @pytest.mark.parametrize("which", ["llama", "gpt2"])
-@pytest.mark.parametrize("name", ["rank-attn-focus", "rank-ffn-focus"])
+@pytest.mark.parametrize("name", ["rank-attn-focus-matched", "rank-ffn-focus-matched"])
 @pytest.mark.parametrize("rank", [1, 2, 7, 16, 64])
-def test_focus_stays_within_the_uniform_budget(request, which: str, name: str, rank: int) -> None:
+def test_matched_focus_stays_within_the_uniform_budget(request, which: str, name: str, rank: int) -> None:
     structure = request.getfixturevalue(which)
     plan = baseline_plan(name, structure, rank=rank)
     uniform = Plan.uniform(structure.num_blocks, 4, rank)
     sizes = {info.name: info.in_features + info.out_features for info in structure.linears}
-    focus_parent = "attn" if name == "rank-attn-focus" else "mlp"
+    focus_parent = "attn" if name.startswith("rank-attn") else "mlp"
     for block in range(structure.num_blocks):
         assert _adapter_params(plan, structure, block) <= _adapter_params(uniform, structure, block)
         focused = {m: plan.spec_for(block, m).rank for m in sizes if focus_parent in m.split(".")[0]}
@@ -155,6 +163,8 @@ def test_focus_needs_both_groups(llama: ModelStructure) -> None:
     only_attn = replace(llama, linears=tuple(i for i in llama.linears if i.name.startswith("self_attn")))
     with pytest.raises(ValueError, match="rank-ffn-focus needs attention and FFN linears"):
         baseline_plan("rank-ffn-focus", only_attn)
+    with pytest.raises(ValueError, match="rank-attn-focus-matched needs attention and FFN linears"):
+        baseline_plan("rank-attn-focus-matched", only_attn)
 
 
 # ----- gradient -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from qradaptor.lora import (
     AdapterVariant,
     DoraQuantLayer,
     LoraQuantLinear,
+    adalora_kept_ranks,
     lora_config,
     prepare_adalora_,
 )
@@ -86,11 +87,25 @@ def test_adalora_schedule_in_steps() -> None:
     assert AdapterVariant(kind="adalora", adalora_total_steps=1000).adalora_schedule() == (100, 200, 10)
 
 
-def test_adalora_on_a_non_uniform_plan_is_refused_before_the_model_changes(tiny_llama) -> None:
-    plan = Plan.from_lists([4, 4, 4], [4, 8, 4])
-    with pytest.raises(ValueError, match=r"adalora needs a uniform-rank plan.*\[4, 8\]"):
-        apply_plan(tiny_llama, plan, variant=ADALORA)
-    assert not any(isinstance(m, QuantLinear) for m in tiny_llama.modules())
+def test_adalora_on_a_mixed_plan_prunes_its_adapted_modules(tiny_llama) -> None:
+    # Any bits (16-bit block 0 in PEFT's own SVD layers, 2-bit block 1 in ours); the plan's ranks
+    # only say which modules are adapted (block 2 is not): every one starts at init_r.
+    plan = Plan.from_lists([16, 2, 4], [4, 8, 0])
+    model = apply_plan(tiny_llama, plan, variant=ADALORA)
+    s = inspect_model(model.base_model.model)
+    inner = model.base_model.model
+    adapted = [inner.get_submodule(s.module_path(b, n)) for b in (0, 1) for n in s.linear_names]
+    assert all(m.lora_A["default"].shape[0] == ADALORA.adalora_init_r for m in adapted)
+    assert isinstance(adapted[0].get_base_layer(), torch.nn.Linear)
+    assert all(isinstance(m.get_base_layer(), QuantLinear) for m in adapted[len(s.linear_names) :])
+    assert not hasattr(inner.get_submodule(s.module_path(2, s.linear_names[0])), "lora_A")
+    assert set(adalora_kept_ranks(model).values()) == {ADALORA.adalora_init_r}  # before pruning
+    _train(model, ADALORA.adalora_total_steps, adalora=True)
+    kept = adalora_kept_ranks(model)
+    assert sorted(kept) == sorted(plan.to_rank_pattern(s))
+    assert sum(kept.values()) <= ADALORA.adalora_target_r * len(kept) and min(kept.values()) < 6
+    live = {n: int((inner.get_submodule(n).lora_E["default"] != 0).sum()) for n in kept}
+    assert all(live[n] <= kept[n] for n in kept)  # the pruned singular values are zero
 
 
 # --- DoRA ----------------------------------------------------------------------------------

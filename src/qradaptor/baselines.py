@@ -13,26 +13,33 @@ Bits and ranks:
     embed8-body4        every block 4-bit, rank r; embedding and head 8-bit (a tied model
                         has one weight for both, so both are 8 anyway).
 
-Rank heuristics (bits b in every block, same adapter rank total as uniform r):
-    rank-linear-decay   block-granularity; real ranks linear in depth from r_hi = 7r/4 at
-                        block 0 down to r_lo = r/4 at block L-1:
-                            x_l = r_hi + (r_lo - r_hi) * l / (L - 1),
+Rank heuristics, as the seed (feasibility) study describes them; bits b in every block.
+Depth is read from the top layer (block L-1, next to the head) down to block 0:
+    rank-linear-decay   block-granularity; the highest rank at the TOP layer, decaying
+                        linearly down to the bottom: real ranks from r_lo = r/2 at block 0
+                        up to r_hi = 3r/2 at block L-1,
+                            x_l = r_lo + (r_hi - r_lo) * l / (L - 1),
                         whose sum is L (r_hi + r_lo) / 2 = r L exactly; rounded to integers
-                        by :func:`largest_remainder` so that sum_l r_l = r L. A 1-block
-                        model gets r. With r < 4 the last blocks may round to 0 (no adapter).
-    rank-linear-growth  the same ranks in reverse order (r_lo at block 0, r_hi at L-1).
+                        by :func:`largest_remainder` so that sum_l r_l = r L (uniform r's
+                        adapter size, every block having the same linears). A 1-block
+                        model gets r. With r = 1 the bottom blocks may round to 0.
+    rank-linear-growth  the same ranks in reverse order (r_hi at block 0, r_lo at L-1).
     rank-attn-focus     module granularity. The block's linears split into A (attention:
                         a parent module named *attn* or *attention*, e.g. self_attn.q_proj
                         or GPT-2's attn.c_attn) and F (FFN: a parent named *mlp*, *ffn* or
                         *feed_forward*, e.g. mlp.down_proj or GPT-2's mlp.c_proj); any other
-                        linear keeps rank r. With N_X = sum_{m in X} n_m and the uniform
-                        budget P = r (N_A + N_F), the focused group A gets
+                        linear keeps rank r. Attention at r, the FFN at max(1, floor(r/2))
+                        (the study's "r versus r/2"): fewer adapter parameters than uniform r.
+    rank-ffn-focus      FFN at r, attention at max(1, floor(r/2)).
+Budget-matched variants of the focus heuristics (the same adapter size as uniform r):
+    rank-attn-focus-matched  With N_X = sum_{m in X} n_m and the uniform budget
+                        P = r (N_A + N_F), the focused group A gets
                             r_A = min(2r, floor(P / N_A))
                         (2r unless that alone exceeds P) and the other group the largest
                         integer rank >= 0 that keeps the block within budget:
                             r_F = floor((P - r_A N_A) / N_F),
                         so r_A N_A + r_F N_F <= P, with equality up to less than N_F.
-    rank-ffn-focus      the same with the roles of A and F swapped. In Llama-style blocks
+    rank-ffn-focus-matched  the same with the roles of A and F swapped. In Llama-style blocks
                         N_F > N_A, so 2r N_F > P: the FFN gets floor(P / N_F) < 2r
                         (e.g. SmolLM2-135M at r = 16: FFN 25, attention 1).
     rank-gradient       block-granularity; ranks proportional to per-block gradient norms
@@ -69,10 +76,20 @@ BASELINE_PLANS: tuple[str, ...] = (
     "rank-linear-growth",
     "rank-attn-focus",
     "rank-ffn-focus",
+    "rank-attn-focus-matched",
+    "rank-ffn-focus-matched",
     "rank-gradient",
 )
 """Names :func:`baseline_plan` accepts."""
-TRAINING_METHODS: tuple[str, ...] = ("amq-lora", "adalora", "dora", "qdora", "loftq", "qlora-nf4")
+TRAINING_METHODS: tuple[str, ...] = (
+    "amq-lora",
+    "adalora",
+    "dora",
+    "qdora",
+    "loftq",
+    "qlora-nf4",
+    "qlora-nf4-nodq",
+)
 """Baselines that differ in how they train, not in their plan: ``qra train --method NAME``."""
 FIXED_BITS: dict[str, int] = {
     "lora16": UNQUANTIZED,
@@ -147,11 +164,12 @@ def _fraction(value: object, where: str) -> Fraction:
 
 
 def linear_ranks(num_blocks: int, rank: int, *, decay: bool) -> list[int]:
-    """rank-linear-decay (``decay``) or -growth ranks: linear from 7r/4 to r/4, summing to r L."""
+    """Block ranks of rank-linear-decay (``decay``: r/2 at block 0 up to 3r/2 at the top block)
+    or -growth (reversed), summing to r L."""
     if num_blocks == 1:
         return [rank]
-    hi, lo = Fraction(7 * rank, 4), Fraction(rank, 4)
-    real = [hi + (lo - hi) * Fraction(i, num_blocks - 1) for i in range(num_blocks)]
+    lo, hi = Fraction(rank, 2), Fraction(3 * rank, 2)
+    real = [lo + (hi - lo) * Fraction(i, num_blocks - 1) for i in range(num_blocks)]
     ranks = largest_remainder(real, rank * num_blocks)
     return ranks if decay else ranks[::-1]
 
@@ -184,22 +202,27 @@ def _group(name: str) -> str | None:
     return None
 
 
-def focus_ranks(structure: ModelStructure, rank: int, focus: str) -> dict[str, int]:
-    """Per-linear ranks of rank-attn-focus (``focus="attention"``) or rank-ffn-focus (``"ffn"``)."""
+def focus_ranks(structure: ModelStructure, rank: int, focus: str, *, matched: bool = False) -> dict[str, int]:
+    """Per-linear ranks of rank-attn-focus (``focus="attention"``) or rank-ffn-focus (``"ffn"``):
+    the focused group at r, the other at r/2; ``matched``: their budget-matched variants."""
     sizes = {"attention": 0, "ffn": 0}
     for info in structure.linears:
         group = _group(info.name)
         if group is not None:
             sizes[group] += info.in_features + info.out_features
     if not all(sizes.values()):
+        name = f"rank-{'attn' if focus == 'attention' else 'ffn'}-focus{'-matched' if matched else ''}"
         raise ValueError(
-            f"rank-{'attn' if focus == 'attention' else 'ffn'}-focus needs attention and FFN linears "
+            f"{name} needs attention and FFN linears "
             f"(parents named attn/attention and mlp/ffn/feed_forward), got {list(structure.linear_names)}"
         )
     other = "ffn" if focus == "attention" else "attention"
-    budget = rank * (sizes[focus] + sizes[other])
-    focused = min(2 * rank, budget // sizes[focus])
-    rest = (budget - focused * sizes[focus]) // sizes[other]
+    if matched:
+        budget = rank * (sizes[focus] + sizes[other])
+        focused = min(2 * rank, budget // sizes[focus])
+        rest = (budget - focused * sizes[focus]) // sizes[other]
+    else:
+        focused, rest = rank, max(1, rank // 2)
     by_group = {focus: focused, other: rest}
     return {info.name: by_group.get(_group(info.name) or "", rank) for info in structure.linears}
 
@@ -228,7 +251,7 @@ def baseline_plan(
             needed by rank-gradient only.
 
     Returns:
-        A block plan, or a module plan for rank-attn-focus and rank-ffn-focus.
+        A block plan, or a module plan for the rank-*-focus heuristics.
 
     Raises:
         ValueError: on an unknown name (or a training method's name), rank < 1, bits
@@ -251,8 +274,9 @@ def baseline_plan(
     if name in ("rank-linear-decay", "rank-linear-growth"):
         ranks = linear_ranks(num_blocks, rank, decay=name == "rank-linear-decay")
         return Plan.from_lists([bits] * num_blocks, ranks, **options)
-    if name in ("rank-attn-focus", "rank-ffn-focus"):
-        per_linear = focus_ranks(structure, rank, "attention" if name == "rank-attn-focus" else "ffn")
+    if name.startswith("rank-") and "-focus" in name:
+        focus = "attention" if name.startswith("rank-attn") else "ffn"
+        per_linear = focus_ranks(structure, rank, focus, matched=name.endswith("-matched"))
         layers = {
             f"{block}.{linear}": LayerSpec(bits, r)
             for block in range(num_blocks)

@@ -278,19 +278,22 @@ def adalora_config(
 ) -> AdaLoraConfig | None:
     """The PEFT AdaLoraConfig for ``plan``'s adapted modules; None when every rank is 0.
 
-    AdaLoRA gives every module the same initial rank and prunes from there, so the plan
-    only says which modules are adapted (its ranks must be uniform); the ranks come from
-    ``variant``. The scaling is alpha / r_t with r_t each module's current rank.
+    AdaLoRA gives every adapted module the same initial rank ``variant.adalora_init_r`` and
+    prunes to an average of ``variant.adalora_target_r``, so the plan says only which modules
+    are adapted (rank > 0) and at how many bits each is stored (any bits: 16-bit modules are
+    PEFT's own SVD layers, quantised ones ``AdaLoraQuantLinear``); its ranks are not used.
+    The scaling is alpha / r_t with r_t each module's current rank.
 
     Trainer contract: PEFT adds the orthogonal regulariser (weight ``orth_reg_weight``, 0.5)
     to ``outputs.loss`` itself whenever labels are given, in eval mode too (compute an eval
     loss from the logits to leave it out); after each ``optimizer.step()`` and before
     ``optimizer.zero_grad()`` (the rank allocator scores the gradients) call
     ``model.base_model.update_and_allocate(step)`` with the 0-based step. The allocation is
-    in ``model.peft_config["default"].rank_pattern`` (module -> keep/drop flag per rank).
+    in ``model.peft_config["default"].rank_pattern`` (module -> keep/drop flag per rank;
+    ``adalora_kept_ranks`` reads it).
 
     Raises:
-        ValueError: if the plan's ranks are not uniform, or ``variant.kind`` is not adalora.
+        ValueError: if ``variant.kind`` is not adalora.
     """
     from peft import AdaLoraConfig
 
@@ -299,11 +302,6 @@ def adalora_config(
     ranks = plan.to_rank_pattern(structure)
     if not ranks:
         return None
-    if len(set(ranks.values())) > 1:
-        raise ValueError(
-            "plan: adalora needs a uniform-rank plan (AdaLoRA starts every module at "
-            f"adalora_init_r), got ranks {sorted(set(ranks.values()))}"
-        )
     tinit, tfinal, delta_t = variant.adalora_schedule()
     return AdaLoraConfig(
         init_r=variant.adalora_init_r,
@@ -318,3 +316,30 @@ def adalora_config(
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def adalora_kept_ranks(model: Any) -> dict[str, int]:
+    """Module path -> rank an AdaLoRA model keeps now (its allocation; init_r before any pruning).
+
+    The adapted modules are the model's AdaLoRA layers (PEFT shortens ``target_modules`` to
+    last names once there are many); the allocation is ``peft_config["default"].rank_pattern``,
+    keyed by parameter name (``<module>.lora_E.default``) with one keep flag per rank.
+
+    Raises:
+        ValueError: if ``model`` is not a PEFT AdaLoRA model.
+    """
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None or getattr(config, "peft_type", None) != "ADALORA":
+        raise ValueError(f"model must be a PEFT AdaLoRA model, got {type(model).__name__}")
+    inner = model.base_model.model
+    kept = {
+        name: int(module.lora_E["default"].shape[0])
+        for name, module in inner.named_modules()
+        if isinstance(module, AdaLoraLayer) and "default" in module.lora_E
+    }
+    for key, flags in (config.rank_pattern or {}).items():
+        path = key.removesuffix(".default").removesuffix(".lora_E")
+        if path not in kept:
+            raise ValueError(f"AdaLoRA rank_pattern key {key!r} names no adapted module")
+        kept[path] = sum(bool(f) for f in flags)
+    return kept

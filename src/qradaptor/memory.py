@@ -7,6 +7,8 @@ Weights and adapters are counted exactly, the way ``apply_plan`` stores them:
     biases, norms     ``numel * weight_bytes``, never quantised
     LoRA rank r       ``r * (in + out) * adapter_bytes`` (PEFT keeps adapters in fp32)
 so ``plan_memory(...).total_bytes`` equals ``model_tensor_bytes`` of the built model.
+With ``base_format="nf4"`` or ``"nf4-dq"`` the 4-bit layers are bitsandbytes NF4 instead
+(``nf4_nbytes``: what the GPU holds; qlora-nf4-nodq and qlora-nf4).
 
 "Avg. bits" (the paper's x-axis) is bits per block-linear weight including the scale and
 zero metadata: 4-bit at group 64 is 4 + 32/64 = 4.5. Training adds gradients and AdamW
@@ -25,9 +27,39 @@ META_BYTES = 2
 """Bytes of one scale or zero (float16)."""
 
 
+BASE_FORMATS = ("packed", "nf4", "nf4-dq")
+"""How quantised layers are stored: our packed codes, or bitsandbytes NF4 without / with
+double quantisation of its block constants."""
+NF4_BLOCK = 64
+"""bitsandbytes' NF4 block size (weights per absmax)."""
+NF4_NESTED_BLOCK = 256
+"""Double quantisation: absmax values per second-level fp32 absmax (bitsandbytes' choice)."""
+
+
 def quantized_nbytes(rows: int, cols: int, bits: int, group_size: int) -> int:
     """Bytes of a (rows, cols) weight stored at ``bits`` with 16-bit scale and zero per group."""
     return packed_nbytes(rows, cols, bits) + 2 * META_BYTES * rows * (cols // group_size)
+
+
+def nf4_nbytes(rows: int, cols: int, *, double_quant: bool) -> int:
+    """Bytes a bitsandbytes (>= 0.46) NF4 ``Linear4bit`` holds for a (rows, cols) weight.
+
+    With n = rows * cols and B = ceil(n / 64) blocks, ``quantize_4bit`` keeps
+        codes       ceil(n / 2) bytes (two 4-bit codes per uint8)
+        quant_map   the 16 NF4 levels in fp32: 64 bytes per layer
+    and either (no double quantisation) one fp32 absmax per block, 4 B bytes, or (QLoRA's
+    double quantisation, ``compress_statistics=True``) the absmaxes as 8-bit codes, B bytes,
+    an fp32 offset (their mean), 4 bytes, one fp32 absmax per 256 of them, 4 ceil(B / 256)
+    bytes, and the 256-entry fp32 dynamic map they are coded with, 1,024 bytes (copied into
+    every layer's state since bitsandbytes 0.46; older versions share one). Per weight that is
+    4 + 32/64 = 4.5 bits, or 4 + 8/64 + 32/(64 * 256) = 4.127 bits plus the per-layer constants.
+    """
+    n = rows * cols
+    blocks = -(-n // NF4_BLOCK)
+    codes = (n + 1) // 2 + 16 * 4
+    if not double_quant:
+        return codes + 4 * blocks
+    return codes + blocks + 4 + 4 * -(-blocks // NF4_NESTED_BLOCK) + 256 * 4
 
 
 @dataclass(frozen=True)
@@ -106,6 +138,7 @@ def plan_memory(
     *,
     weight_bytes: int = 2,
     adapter_bytes: int = 4,
+    base_format: str = "packed",
 ) -> MemoryReport:
     """Bytes of ``plan`` on the model described by ``structure``, without building it.
 
@@ -114,11 +147,27 @@ def plan_memory(
         plan: the allocation; validated against ``structure``.
         weight_bytes: bytes per unquantised weight (2 for bf16/fp16, 4 for fp32).
         adapter_bytes: bytes per LoRA parameter (PEFT upcasts adapters to fp32: 4).
+        base_format: one of ``BASE_FORMATS``: "packed" (our codes), "nf4" or "nf4-dq"
+            (bitsandbytes NF4 without / with double quantisation, see ``nf4_nbytes``).
 
     Returns:
         A MemoryReport with per-layer and total bytes, avg bits and avg rank.
+
+    Raises:
+        ValueError: an unknown ``base_format``, or an NF4 format with a quantised layer not at
+            4 bits or a quantised embedding or head (bitsandbytes NF4 is 4-bit linears only).
     """
     plan.validate(structure)
+    if base_format not in BASE_FORMATS:
+        raise ValueError(f"base_format must be one of {BASE_FORMATS}, got {base_format!r}")
+    if base_format != "packed":
+        bits = {s.bits for s in plan.layers.values()} - {UNQUANTIZED}
+        if bits - {4} or plan.embed_bits != UNQUANTIZED or plan.head_bits != UNQUANTIZED:
+            raise ValueError(
+                f"base_format {base_format!r} stores 4-bit block linears only (embedding and head "
+                f"16-bit), got block bits {sorted(bits)}, embed_bits {plan.embed_bits}, "
+                f"head_bits {plan.head_bits}"
+            )
     infos = {info.name: info for info in structure.linears}
     layers = []
     adapter_params = 0
@@ -126,6 +175,8 @@ def plan_memory(
         info = infos[name]
         if spec.bits == UNQUANTIZED:
             wbytes = info.numel * weight_bytes
+        elif base_format != "packed":
+            wbytes = nf4_nbytes(info.out_features, info.in_features, double_quant=base_format == "nf4-dq")
         else:
             wbytes = quantized_nbytes(info.out_features, info.in_features, spec.bits, plan.group_size)
         lora = spec.rank * (info.in_features + info.out_features)

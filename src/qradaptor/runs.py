@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
     from qradaptor.models.structure import ModelStructure
 
-NF4_METHOD = "qlora-nf4"
-"""The method whose base is bitsandbytes NF4, rebuilt by bitsandbytes rather than from codes."""
+NF4_METHODS: dict[str, bool] = {"qlora-nf4": True, "qlora-nf4-nodq": False}
+"""Methods whose base is bitsandbytes NF4 (rebuilt by bitsandbytes rather than from codes),
+with whether they double-quantise."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class RunFiles:
     """The base model the run was trained on: train.json's "model", else the adapter's
     base_model_name_or_path (None: neither recorded)."""
     method: str | None = None
-    """train.json's method (None: not recorded); ``qlora-nf4`` runs rebuild a bitsandbytes base."""
+    """train.json's method (None: not recorded); ``NF4_METHODS`` runs rebuild a bitsandbytes base."""
 
 
 def read_run(run_dir: str | Path) -> RunFiles:
@@ -117,7 +118,7 @@ def assemble_run(
         ValueError: if the folder is not a run, or its parts do not fit together or the model.
     """
     run = read_run(run_dir)
-    if run.method == NF4_METHOD:
+    if run.method in NF4_METHODS:
         return _assemble_nf4(run, _run_source(run, run_dir, source), dtype=dtype, device=device)
     return assemble(
         _run_source(run, run_dir, source),
@@ -131,15 +132,16 @@ def assemble_run(
 
 
 def _assemble_nf4(run: RunFiles, source: str, *, dtype: Any, device: str) -> AssembledModel:
-    """A qlora-nf4 run: bitsandbytes re-quantises the same base to the same NF4 codes (CUDA only)."""
+    """A qlora-nf4(-nodq) run: bitsandbytes re-quantises the same base to the same NF4 codes (CUDA only)."""
     import torch
 
     from qradaptor.models.loading import load_model
     from qradaptor.train.nf4 import check_nf4_available, nf4_quantize_
 
-    check_nf4_available(device)
+    assert run.method is not None
+    check_nf4_available(device, run.method)
     loaded = load_model(source, dtype=dtype or torch.bfloat16, device=device)
-    nf4_quantize_(loaded.model, run.plan)
+    nf4_quantize_(loaded.model, run.plan, double_quant=NF4_METHODS[run.method])
     model = loaded.model if run.adapter is None else peft_load(loaded.model, run.adapter)
     return AssembledModel(model.eval(), loaded.tokenizer, loaded.source, run.plan, run.adapter, None)
 
@@ -170,7 +172,7 @@ def merged_run(
     import torch
 
     run = read_run(run_dir)
-    if run.method == NF4_METHOD:
+    if run.method in NF4_METHODS:
         raise ValueError(
             f"run {str(run_dir)!r} was trained on a bitsandbytes NF4 base; merging into it is not supported "
             "(bitsandbytes' own merge dequantises NF4): export --packed, or train with --method qlora"

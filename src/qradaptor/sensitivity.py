@@ -7,7 +7,7 @@ For every transformer block l and candidate bit-width b (§3.3, Eq. 6 of QR-Adap
 
 in nats per token, where D is every non-padding position of the calibration windows. The
 paper's S_l is the column at the lowest candidate bits (``SensitivityTable.min_bits_profile``);
-the normalised profile biases the search's initial population.
+the search min-max normalises it to bias its initial population (``search.initial.normalise``).
 
 Cost: one full-precision forward over the calibration set, then one forward per
 (block, bits). Each (block, bits) weight is quantised exactly once (a dense "simulated"
@@ -96,7 +96,8 @@ class SensitivityTable:
         return self.column(min(self.bits))
 
     def normalised(self, bits: int | None = None) -> tuple[float, ...]:
-        """S_l / sum_l S_l at ``bits`` (default: the lowest), for biasing the initial population.
+        """S_l / sum_l S_l at ``bits`` (default: the lowest), for reports (the search's initial
+        population uses a min-max normalisation instead, ``search.initial.normalise``).
 
         A uniform profile is returned when every S_l is zero (nothing to prefer).
         """

@@ -36,7 +36,7 @@ def test_decay_with_rank_and_bits(cli, tiny_model_dir, structure) -> None:
     )
     assert code == 0
     plan = Plan.from_json(out)
-    assert (plan.block_bits(), plan.block_ranks()) == ([3] * 3, [14, 8, 2])
+    assert (plan.block_bits(), plan.block_ranks()) == ([3] * 3, [4, 8, 12])  # r/2 up to 3r/2 at the top
     assert plan == baseline_plan("rank-linear-decay", structure, rank=8, bits=3)
 
 
@@ -55,9 +55,9 @@ def test_options_pass_through_and_module_plans_summarise(cli, tiny_model_dir, st
     code, out, _ = cli("plan", tiny_model_dir, *argv, "--alpha", "8", "--embed-bits", "8", "--name", "mine")
     plan = Plan.from_json(target.read_text())
     assert code == 0 and plan.granularity == "module"
-    # 4 attention linears at 32 and 3 FFN linears at 3, in each block
+    # 4 attention linears at 16 and 3 FFN linears at 8, in each block
     assert (
-        f"wrote plan mine for {structure.describe()}" in out and f"avg rank {(4 * 32 + 3 * 3) / 7:g})" in out
+        f"wrote plan mine for {structure.describe()}" in out and f"avg rank {(4 * 16 + 3 * 8) / 7:g})" in out
     )
     assert (plan.group_size, plan.quant_method, plan.alpha, plan.embed_bits, plan.head_bits) == (
         32,

@@ -108,6 +108,13 @@ def test_bad_inputs_are_one_clear_error_each(tiny_model_dir, alpaca, tmp_path, c
         (["--method", "qlora", "--data", str(bad)], "missing column(s) ['instruction', 'output']"),
         ([], "give --plan FILE"),
         (["--method", "qlora-nf4", "--data", str(alpaca)], "qlora-nf4 needs bitsandbytes on a CUDA GPU"),
+        (["--method", "qlora-nf4-nodq"], "qlora-nf4-nodq needs bitsandbytes on a CUDA GPU"),
+        (["--method", "qlora", "--adalora-init-r", "8"], "--adalora-init-r is an option of --method adalora"),
+        (
+            ["--method", "adalora", "--adalora-init-r", "8", "--adalora-target-r", "12"],
+            "adalora_target_r (12) must be <= adalora_init_r (8)",
+        ),
+        (["--method", "adalora", "--adalora-init-r", "0"], "adalora_init_r must be an integer >= 1, got 0"),
         (["--method", "amq-lora"], "pass --plan FILE (make one with qra search --fixed-rank 16)"),
         (["--method", "qlora", "--plan", "uniform:4:8"], "method qlora defines its own plan"),
         (

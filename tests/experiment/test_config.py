@@ -474,18 +474,27 @@ def test_every_config_loads_and_passes_the_verbs_parsers(paper) -> None:
     assert "knapsack@4.25bits" in allocation.labels and "qra-paper@120MB" in allocation.labels
     _check_commands(list(paper.values()))
     pilot = paper["pilot"]
-    assert pilot.labels == ("A", "B", "C", "D") and len(pilot.cells) == 12
+    assert pilot.labels == ("A", "B", "C", "D", "knapsack@3.5bits", "qlora-nf4") and len(pilot.cells) == 18
     plan = pilot.cells[6].steps[0]  # C seed 0
     bits, ranks = ",".join(["4"] * 15 + ["2"] * 15), ",".join(["8"] * 15 + ["16"] * 15)
     assert plan.verb == "plan" and plan.argv[:4] == ("--bits", bits, "--ranks", ranks)
+    assert all("--tasks suite,mmlu" in c.steps[-1].command for c in pilot.cells)  # the paper's pilot metric
+    nf4 = next(c for c in pilot.cells if c.label == "qlora-nf4")
+    assert "--method qlora-nf4 --seed 0" in nf4.steps[0].command and "--rank 8" in nf4.steps[0].command
     main = paper["main"]
     assert "qra@4.0bits" in main.labels and "qra@5.5bits" in main.labels and main.reference == "lora16"
-    # Nine unsearched and amq-lora at three seeds, two budgets each for qra and qra-qa, six
-    # one-seed heuristics.
-    assert len(main.cells) == 3 * (8 + 1 + 2 + 2) + 6
+    # Ten unsearched labels at three seeds; amq-lora, amq-adalora, and two budgets each of qra,
+    # qra-paper, qra-qa and knapsack at three seeds; eight one-seed heuristics.
+    assert len(main.cells) == 3 * (10 + 2 + 4 * 2) + 8
     qa = next(c for c in main.cells if c.label == "qra-qa@4.0bits")
     # It selects on the mix's own selection role (qra search's default for embedded:qa-mix).
     assert qa.search.step.command.endswith(f"--data embedded:qa-mix -o {qa.search.step.argv[-1]}")
+    adalora16 = next(c for c in main.cells if c.label == "adalora16").steps[0].command
+    assert "--method adalora --seed 0" in adalora16 and "--bits 16" in adalora16
+    # Every GPU table has the knapsack plan and QLoRA's NF4 (with double quantisation).
+    for name in ("main", "pilot", "ablations"):
+        assert any(label.startswith("knapsack@") for label in paper[name].labels), name
+        assert "qlora-nf4" in paper[name].labels, name
 
 
 def _keys(experiment, label: str) -> dict[int, str]:
@@ -494,23 +503,26 @@ def _keys(experiment, label: str) -> dict[int, str]:
 
 def test_the_ablations_share_searches_with_main(paper) -> None:
     main, ablations = paper["main"], paper["ablations"]
-    assert _keys(ablations, "joint@4.0bits") == {s: k for s, k in _keys(main, "qra@4.0bits").items() if s < 2}
-    assert _keys(ablations, "bits-only@4.0bits") == {
-        s: k for s, k in _keys(main, "amq-lora@4.0bits").items() if s < 2
+    # The ablations keep the paper strategy, as main's qra-paper does.
+    assert _keys(ablations, "joint@4.0bits") == {
+        s: k for s, k in _keys(main, "qra-paper@4.0bits").items() if s < 2
     }
+    assert _keys(main, "amq-adalora@4.0bits") == _keys(main, "amq-lora@4.0bits")  # one search, two fine-tunes
     assert "rank-only@4.0bits" not in ablations.labels  # ranks cost no bits: refused by qra search
     assert _keys(ablations, "rank-only@120MB")[0] not in _keys(ablations, "joint@120MB").values()
     jobs = plan_jobs(list(paper.values()))
     searches = [job.name for job in jobs if job.name.startswith("searches/")]
     assert len(searches) == len(set(searches))
-    # main: 3 seeds x (amq-lora + qra and qra-qa at two budgets) = 15; ablations add no-profile
-    # and no-bayes at 4.0bits and all five variants at 120MB, x 2 seeds; efficiency (seed 0)
-    # shares its searches with main. allocation: qra (halving) and qra-paper at 5 budgets x 3
-    # seeds; qra-paper searches on the defaults as main's qra does, so it shares main's 4.0bits
-    # searches (3) and the ablations' joint@120MB (seeds 0 and 1).
+    # main: 3 seeds x (amq-lora + qra, qra-paper and qra-qa at two budgets) = 21; ablations add
+    # bits-only, no-profile and no-bayes at 4.0bits and all five variants at 120MB, x 2 seeds
+    # (joint@4.0bits is main's qra-paper); efficiency (seed 0) shares its searches with main.
+    # allocation: qra (halving) and qra-paper at 5 budgets x 3 seeds, searched on the defaults
+    # as main's are, so its 4.0bits searches are main's (6) and its qra-paper@120MB seeds 0 and 1
+    # are the ablations' joint@120MB (2).
     allocation = paper["allocation"]
-    assert _keys(allocation, "qra-paper@4.0bits") == _keys(main, "qra@4.0bits")
+    assert _keys(allocation, "qra@4.0bits") == _keys(main, "qra@4.0bits")
+    assert _keys(allocation, "qra-paper@4.0bits") == _keys(main, "qra-paper@4.0bits")
     assert {s: k for s, k in _keys(allocation, "qra-paper@120MB").items() if s < 2} == _keys(
         ablations, "joint@120MB"
     )
-    assert len(searches) == 15 + 2 * 2 + 5 * 2 + 15 + 15 - 3 - 2
+    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 6 - 2

@@ -399,6 +399,21 @@ def test_columns_nothing_measured_are_left_out(tmp_path: Path) -> None:
     assert "| method | avg bits | peak MiB | tokens/s | x lora16 |" in lines
 
 
+def test_mmlu_gets_a_column_where_measured(tmp_path: Path) -> None:
+    """The pilot study's metric (paper Fig. 1) is MMLU 5-shot: a column of its own, in percent."""
+    for seed, acc in ((0, 0.25), (1, 0.27)):
+        folder = write_cell(tmp_path, "A", seed, train=(2.5, 8.0, 1000.0, 2000.0), eval=(10.0, 0.0))
+        records = [
+            EvalRecord("ppl_wiki", "ppl", 10.0, None, 16, "/models/tiny", "h", "run/adapter", 1.0),
+            EvalRecord("mmlu", "acc", acc, 0.01, 100, "/models/tiny", "h", "run/adapter", 1.0),
+        ]
+        meta = {"model": "/models/tiny", "tasks": ["ppl_wiki", "mmlu"]}
+        (folder / "eval.json").write_text(eval_to_json(records, meta))
+    lines = to_markdown(summarise(collect(tmp_path / "pilot"))).splitlines()
+    assert "| method | seeds | avg bits | avg rank | PPL wiki | MMLU 5-shot |" in lines
+    assert "| A | 2/2 | 2.50 ± 0.00 | 8.0 ± 0.0 | 10.00 ± 0.00 | 26.0 ± 1.4 |" in lines
+
+
 def test_panels_draw_only_what_was_measured(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from qradaptor.experiment.plots import EFFICIENCY_PANELS, METRIC_PANELS, measured, plot_panels

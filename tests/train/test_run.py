@@ -113,12 +113,34 @@ def test_every_adapter_variant_trains_and_reloads_as_trained(method, tiny_model_
     assert summary["method"] == method
     if method == "adalora":  # pruned to the target average rank by the end
         config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-        assert config["peft_type"] == "ADALORA" and config["target_r"] == 4
+        assert config["peft_type"] == "ADALORA" and (config["init_r"], config["target_r"]) == (6, 4)
+        record = summary["memory"]["adalora"]
+        assert (record["init_r"], record["target_r"]) == (6, 4)
+        kept = record["kept_ranks"]
+        assert len(kept) == 21 and sum(kept.values()) <= 4 * 21  # 3 blocks x 7 linears, all adapted
+        assert summary["memory"]["avg_rank"] == pytest.approx(sum(kept.values()) / 21)
+        assert record["kept_avg_rank"] == summary["memory"]["avg_rank"] < 4.0 + 1e-9
     ids = torch.tensor([[2, 3, 4, 2, 3, 4, 1]])
     with torch.no_grad():
         expected = outcome.model.eval()(input_ids=ids).logits
         rebuilt = assemble_run(tmp_path).model(input_ids=ids).logits
     torch.testing.assert_close(rebuilt, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_adalora_ranks_default_to_the_plan_and_check_the_options() -> None:
+    from qradaptor.train.adalora import adalora_ranks, mean_adapted_rank
+
+    assert adalora_ranks(16) == (24, 16)  # init 1.5 x target
+    assert adalora_ranks(5) == (8, 5)  # round(7.5) = 8 (ties to even)
+    assert adalora_ranks(16, target_r=8) == (12, 8)
+    assert adalora_ranks(16, init_r=32) == (32, 16)
+    assert adalora_ranks(mean_adapted_rank(Plan.from_lists([2, 4, 16], [8, 0, 4]))) == (9, 6)
+    with pytest.raises(ValueError, match="adalora_target_r \\(16\\) must be <= adalora_init_r \\(12\\)"):
+        adalora_ranks(16, init_r=12)
+    with pytest.raises(ValueError, match="adapts some module"):
+        adalora_ranks(mean_adapted_rank(Plan.uniform(3, 4, 0)))
+    with pytest.raises(ValueError, match="adalora_target_r must be an integer >= 1, got 2.5"):
+        adalora_ranks(16, target_r=2.5)  # type: ignore[arg-type]
 
 
 def test_gradient_checkpointing_gives_the_same_steps(tiny_model_dir, alpaca) -> None:

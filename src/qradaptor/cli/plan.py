@@ -72,10 +72,12 @@ def plan(
     with its signature, so using it on another model is refused.
 
     Or --baseline NAME [--rank R] [--bits B] for a named baseline (qradaptor.baselines):
-    lora16, qlora, qlora-4/-3/-2, embed8-body4 (8-bit embedding and head), and rank
-    heuristics at the same adapter budget as uniform rank R: rank-linear-decay/-growth
-    (linear in depth from 7R/4 to R/4), rank-attn-focus/-ffn-focus (2R, or what the
-    budget allows, on one group, the rest of the budget to the other),
+    lora16, qlora, qlora-4/-3/-2, embed8-body4 (8-bit embedding and head), and the seed
+    study's rank heuristics: rank-linear-decay (linear from 3R/2 at the top block down to
+    R/2 at block 0; -growth the reverse; both the adapter size of uniform R),
+    rank-attn-focus/-ffn-focus (R on one group, R/2 on the other),
+    rank-attn-focus-matched/-ffn-focus-matched (2R, or what uniform R's adapter size
+    allows, on one group, the rest of that size to the other),
     rank-gradient (proportional to per-block gradient norms, measured by a probe: 4
     backward passes of rank-R adapters on the 16-bit model over 8 windows of 256 tokens,
     fewer if the model's positions end sooner, of the embedded calibration text; it loads
@@ -97,7 +99,7 @@ def plan(
         ranks: LoRA rank per block, comma-separated (0 = no adapter), e.g. 16,8,0
         baseline: a named baseline plan: knapsack, lora16, qlora, qlora-4, qlora-3, qlora-2,
             embed8-body4, rank-linear-decay, rank-linear-growth, rank-attn-focus,
-            rank-ffn-focus, rank-gradient
+            rank-ffn-focus, rank-attn-focus-matched, rank-ffn-focus-matched, rank-gradient
         rank: base LoRA rank of --baseline (default 16)
         output: write the plan to this file (default: print it)
         force: overwrite --output if it exists

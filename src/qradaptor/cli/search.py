@@ -45,7 +45,8 @@ PRESETS: dict[str, dict[str, int]] = {
     },
 }
 """--preset: the sizes of a search; quick fits a laptop CPU (one 256-token profile window ranks
-blocks like four, Spearman 0.95 at 2 bits: docs/SENSITIVITY.md), full is the paper's. quick
+blocks like four, Spearman 0.95 at 2 bits: docs/SENSITIVITY.md), full has the landed GPU runs'
+profile and proxy sizes (docs/RESULTS.md; the paper profiles on 1,024 C4 samples). quick
 also skips the uniform reference plans (four proxy fine-tunes: 145 s of an 8-minute quick
 search on 2 cores)."""
 

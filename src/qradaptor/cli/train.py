@@ -48,6 +48,8 @@ def train(
     method: str | None = None,
     rank: int = 16,
     bits: int = 4,
+    adalora_init_r: int | None = None,
+    adalora_target_r: int | None = None,
     data: str | None = None,
     text: bool = False,
     eval_data: str | None = None,
@@ -92,11 +94,16 @@ def train(
         output: the run folder
         plan: a plan JSON file (e.g. from qra search) or uniform:BITS:RANK; trains it with LoRA
             (or with --method dora, qdora, loftq, amq-lora)
-        method: a named method: lora, lora16, qlora, qlora-4, qlora-3, qlora-2, qlora-nf4,
-            adalora, amq-lora, dora, qdora, loftq, rank-linear-decay, rank-linear-growth,
-            rank-attn-focus, rank-ffn-focus, rank-gradient, embed8-body4
+        method: a named method: lora, lora16, qlora, qlora-4, qlora-3, qlora-2, qlora-nf4 (QLoRA:
+            bitsandbytes NF4 with double quantisation), qlora-nf4-nodq (NF4 without it), adalora,
+            amq-lora, dora, qdora, loftq, rank-linear-decay, rank-linear-growth, rank-attn-focus,
+            rank-ffn-focus, rank-attn-focus-matched, rank-ffn-focus-matched, rank-gradient, embed8-body4
         rank: LoRA rank r of the named methods (their average rank)
-        bits: bits b of the named uniform methods (qlora, qdora, loftq)
+        bits: bits b of the named uniform methods (qlora, adalora, qdora, loftq; 16: unquantised)
+        adalora_init_r: adalora: every adapted module's rank before pruning (default 1.5 x the
+            target)
+        adalora_target_r: adalora: the average rank AdaLoRA prunes to (default --rank, or the mean
+            adapted rank of --plan)
         data: Alpaca-style .json/.jsonl (instruction, input, output), a save_to_disk folder or a
             hub dataset; with --text, plain text; omitted: the embedded QA mix
         text: language-model fine-tuning on plain text (loss on every token)
@@ -139,6 +146,9 @@ def train(
     if method is None and plan is None:
         raise ValueError("give --plan FILE (trained with LoRA) or --method NAME (a named baseline), or both")
     the_method = get_method(method or "lora")
+    for flag, value in (("--adalora-init-r", adalora_init_r), ("--adalora-target-r", adalora_target_r)):
+        if value is not None and the_method.adapter != "adalora":
+            raise ValueError(f"{flag} is an option of --method adalora, not of {the_method.name!r}")
     check_device(device)
     config = TrainConfig(
         epochs=epochs,
@@ -205,6 +215,8 @@ def train(
             device=device,
             checkpoints=checkpoints,
             resume=resume,
+            adalora_init_r=adalora_init_r,
+            adalora_target_r=adalora_target_r,
         )
     except TrainingDiverged as err:
         print(f"qra train: error: {err}", file=sys.stderr)
@@ -268,7 +280,8 @@ def _report(outcome: TrainOutcome, run: Path) -> None:
         f"{outcome.method.name}: {result.steps} steps, final train loss {result.losses[-1]:.4f}"
         + (f", held-out loss {result.evals[-1][1]:.4f}" if result.evals else "")
         + f"; {result.tokens_per_second:,.0f} tokens/s; avg bits {memory['avg_bits']:.2f}, avg rank "
-        f"{memory['avg_rank']:.1f}, {memory['trainable_params']:,} trainable; peak {peak}"
+        f"{memory['avg_rank']:.1f}{' (kept after pruning)' if 'adalora' in memory else ''}, "
+        f"{memory['trainable_params']:,} trainable; peak {peak}"
         f"{memory['predicted_peak'] / 2**20:,.1f} MiB predicted"
     )
     print(
@@ -288,6 +301,8 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--method", metavar="NAME", help=helps["method"])
     parser.add_argument("--rank", type=int, default=16, help=helps["rank"])
     parser.add_argument("--bits", type=int, default=4, help=helps["bits"])
+    parser.add_argument("--adalora-init-r", type=int, metavar="R", help=helps["adalora_init_r"])
+    parser.add_argument("--adalora-target-r", type=int, metavar="R", help=helps["adalora_target_r"])
     parser.add_argument("--data", metavar="SOURCE", help=helps["data"])
     parser.add_argument("--text", action="store_true", help=helps["text"])
     parser.add_argument("--eval-data", metavar="SOURCE", help=helps["eval_data"])

@@ -1,6 +1,6 @@
 """An experiment's figures, from its summary and cells (no model): the paper's Figs. 1, 3, 4 and 5.
 
-    metrics.png            avg acc and PPL wiki per label, std over seeds as error bars (Figs. 1, 5)
+    metrics.png            avg acc, PPL wiki and MMLU (where measured) per label, std over seeds (Figs. 1, 5)
     efficiency.png         steady tokens/s and peak GPU memory per label (Table 4)
     allocation.png         mean bits and rank per block of each searched label's plans (Fig. 3)
     convergence.png        best-so-far proxy loss over evaluations, one line per search (Fig. 4)
@@ -69,8 +69,9 @@ def _bars(ax: Any, rows: Sequence[LabelRow], key: str, scale: float, ylabel: str
 METRIC_PANELS = (
     ("avg_acc", 100.0, "avg acc over 7 tasks (%)", "Zero-shot accuracy (higher is better)"),
     ("ppl_wiki/ppl", 1.0, "perplexity", "PPL wiki (lower is better)"),
+    ("mmlu/acc", 100.0, "MMLU 5-shot acc (%)", "MMLU 5-shot, the paper's pilot metric (higher is better)"),
 )
-"""metrics.png: (stat key, scale, y label, title) per panel."""
+"""metrics.png: (stat key, scale, y label, title) per panel; a panel no label measured is left out."""
 EFFICIENCY_PANELS = (
     ("tokens_per_s", 1.0, "steady tokens/s", "Fine-tune throughput (higher is better)"),
     ("peak_mib", 1.0, "peak MiB (torch.cuda.max_memory_allocated)", "Peak GPU memory (lower is better)"),
@@ -112,7 +113,8 @@ def plot_panels(rows: Sequence[LabelRow], panels: Sequence[tuple[str, float, str
 
 
 def plot_metrics(rows: Sequence[LabelRow], path: Path) -> None:
-    """Avg zero-shot acc (%) and PPL wiki per label, those measured (Figs. 1 and 5); see plot_panels."""
+    """Avg zero-shot acc (%), PPL wiki and MMLU 5-shot per label, those measured (Figs. 1 and 5);
+    see plot_panels."""
     plot_panels(rows, METRIC_PANELS, path)
 
 

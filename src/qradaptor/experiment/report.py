@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 PPL_KEYS = ("ppl_wiki/ppl", "ppl_lambada/ppl")
+MMLU_KEY = "mmlu/acc"
+"""MMLU 5-shot accuracy, where an experiment evaluates it (the pilot study)."""
 MISSING = "–"
 """A table entry with nothing measured."""
 
@@ -267,12 +269,13 @@ def to_markdown(summary: ExperimentSummary) -> str:
         return [r.label, f"{r.n_done}/{r.n_planned}", *accs, _fmt(r.stats.get(avg), 1, 100)]
 
     header = ["method", "seeds", "avg bits", "avg rank", "PPL wiki", "PPL LAMBADA", *tasks, "avg acc"]
+    header.append("MMLU 5-shot")  # the paper's pilot metric (Fig. 1); dropped where not measured
     lines = []
     for r in rows:
         s = r.stats.get
         line = quality(r, ACC_KEYS, "avg_acc")
         numbers = [_fmt(s("avg_bits"), 2), _fmt(s("avg_rank"), 1), *(_fmt(s(k), 2) for k in PPL_KEYS)]
-        lines.append([*line[:2], *numbers, *line[2:]])
+        lines.append([*line[:2], *numbers, *line[2:], _fmt(s(MMLU_KEY), 1, 100)])
     out += ["## Quality (perplexity; zero-shot acc in %)", "", *_table(header, lines, keep=2)]
     header = ["method", "seeds", *tasks, "avg acc_norm"]
     lines = [quality(r, NORM_KEYS, "avg_acc_norm") for r in rows]

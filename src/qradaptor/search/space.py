@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 Genome = npt.NDArray[np.int64]
 """(L, 2) choice indices, or (n, L, 2) for a population."""
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
-"""The paper's bit-width choices."""
+"""Default bit-width choices (ours: the paper lists no set)."""
 DEFAULT_RANKS: tuple[int, ...] = (4, 8, 16)
-"""The paper's rank choices."""
+"""Default rank choices (ours: the paper lists no set)."""
 GRANULARITIES: tuple[Granularity, ...] = ("block", "module")
 
 

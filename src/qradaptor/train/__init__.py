@@ -8,7 +8,8 @@
     methods      the named methods: plan + adapter variant + backend
     run          train_plan: load, build the method, train, measure
     outputs      the run folder: PEFT adapter, plan, packed base, train.json, loss.csv
-    nf4          bitsandbytes NF4 base (qlora-nf4, CUDA)
+    nf4          bitsandbytes NF4 base (qlora-nf4 with double quantisation, qlora-nf4-nodq; CUDA)
+    adalora      AdaLoRA's initial and target ranks on any plan, and the ranks it kept
     probe        per-block gradient norms (rank-gradient)
 
 Example:

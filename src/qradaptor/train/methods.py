@@ -9,8 +9,13 @@ method              plan                               adapter                 b
 lora                --plan (e.g. a searched one)       LoRA                    qradaptor
 lora16              16-bit, rank r                     LoRA                    qradaptor
 qlora, qlora-4/3/2  uniform b bits, rank r             LoRA                    qradaptor
-qlora-nf4           4-bit NF4 (bitsandbytes), rank r   LoRA                    bitsandbytes
-adalora             uniform 4-bit, average rank r      AdaLoRA (init 1.5 r)    qradaptor
+qlora-nf4           4-bit NF4, double-quantised        LoRA                    bitsandbytes
+                    (QLoRA's setting), rank r
+qlora-nf4-nodq      4-bit NF4, fp32 absmax, rank r     LoRA                    bitsandbytes
+adalora             uniform b bits (or --plan, any     AdaLoRA: every adapted  qradaptor
+                    bits), average rank r              module from init_r
+                                                       (1.5 r) pruned to an
+                                                       average of target_r (r)
 amq-lora            --plan from a bits-only search     LoRA                    qradaptor
 dora / qdora        16-bit / uniform b bits (or plan)  DoRA                    qradaptor
 loftq               uniform b bits (or --plan)         LoRA, LoftQ init        qradaptor
@@ -46,6 +51,8 @@ class Method:
     """Adapter initialisation: default (PEFT's) or loftq."""
     backend: str = "qradaptor"
     """qradaptor (our k-bit QuantLinear) or bitsandbytes (NF4, CUDA only)."""
+    double_quant: bool = False
+    """bitsandbytes backend: double-quantise NF4's block absmaxes (QLoRA's setting)."""
     plan_optional: bool = False
     """True when --plan may replace the method's own plan (its bits, and ranks where LoRA)."""
     needs_plan: bool = False
@@ -63,15 +70,24 @@ METHODS: dict[str, Method] = {
         Method("qlora-2", "LoRA rank r on a uniform 2-bit base", baseline="qlora-2"),
         Method(
             "qlora-nf4",
-            "QLoRA: bitsandbytes NF4 base, LoRA rank r (CUDA)",
+            "QLoRA: bitsandbytes NF4 base with double quantisation, LoRA rank r (CUDA)",
+            baseline="qlora-4",
+            backend="bitsandbytes",
+            double_quant=True,
+        ),
+        Method(
+            "qlora-nf4-nodq",
+            "bitsandbytes NF4 base without double quantisation (fp32 absmax), LoRA rank r (CUDA)",
             baseline="qlora-4",
             backend="bitsandbytes",
         ),
         Method(
             "adalora",
-            "PEFT AdaLoRA, average rank r, on a uniform 4-bit base",
-            baseline="qlora-4",
+            "PEFT AdaLoRA pruning from init_r to an average of target_r, on a uniform b-bit base "
+            "or --plan (any bits)",
+            baseline="qlora",
             adapter="adalora",
+            plan_optional=True,
         ),
         Method(
             "amq-lora",
@@ -100,20 +116,26 @@ METHODS: dict[str, Method] = {
             plan_optional=True,
         ),
         Method(
-            "rank-linear-decay", "ranks fall linearly with depth, same total", baseline="rank-linear-decay"
+            "rank-linear-decay",
+            "ranks fall linearly from 3r/2 at the top block to r/2 at block 0, same total",
+            baseline="rank-linear-decay",
         ),
         Method(
-            "rank-linear-growth", "ranks rise linearly with depth, same total", baseline="rank-linear-growth"
+            "rank-linear-growth",
+            "ranks rise linearly from r/2 at the top block to 3r/2 at block 0, same total",
+            baseline="rank-linear-growth",
         ),
+        Method("rank-attn-focus", "attention modules at r, MLP at r/2", baseline="rank-attn-focus"),
+        Method("rank-ffn-focus", "MLP modules at r, attention at r/2", baseline="rank-ffn-focus"),
         Method(
-            "rank-attn-focus",
+            "rank-attn-focus-matched",
             "attention modules at 2r, MLP ranks lowered to keep the uniform adapter size",
-            baseline="rank-attn-focus",
+            baseline="rank-attn-focus-matched",
         ),
         Method(
-            "rank-ffn-focus",
+            "rank-ffn-focus-matched",
             "MLP modules at up to 2r, attention lowered to keep the uniform adapter size",
-            baseline="rank-ffn-focus",
+            baseline="rank-ffn-focus-matched",
         ),
         Method(
             "rank-gradient",
@@ -170,7 +192,7 @@ def method_plan(
             raise ValueError(
                 f"method {method.name} defines its own plan; drop --plan "
                 "(use --method lora to train a given plan, "
-                "or dora, qdora, loftq which accept one)"
+                "or adalora, dora, qdora, loftq which accept one)"
             )
         return plan
     assert method.baseline is not None

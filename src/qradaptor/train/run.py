@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qradaptor.train.adalora import adalora_memory, adalora_ranks, mean_adapted_rank
 from qradaptor.train.config import TrainConfig
 from qradaptor.train.methods import Method, get_method, method_plan
 
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from qradaptor.train.data import TokenizedSet
     from qradaptor.train.loop import TrainResult
 
-ADALORA_INIT_FACTOR = 1.5
-"""AdaLoRA starts every module at 1.5x the target average rank and prunes down to it."""
 PROBE_STEPS = 4
 """Batches of the gradient probe behind ``rank-gradient``."""
 
@@ -93,17 +92,12 @@ def load_training_data(
     return tokenize(train), tokenize(held)
 
 
-def _adalora_ranks(plan: Plan) -> tuple[int, int]:
-    """(init_r, target_r) of AdaLoRA on ``plan``: the plan's average rank is the target."""
-    target = round(sum(s.rank for s in plan.layers.values()) / len(plan.layers))
-    return max(target, round(ADALORA_INIT_FACTOR * target)), target
-
-
-def _variant(method: Method, plan: Plan, total_steps: int) -> Any:
+def _variant(method: Method, total_steps: int, adalora: tuple[int, int] | None) -> Any:
     from qradaptor.lora import AdapterVariant
 
     if method.adapter == "adalora":
-        init_r, target = _adalora_ranks(plan)
+        assert adalora is not None
+        init_r, target = adalora
         return AdapterVariant(
             kind="adalora",
             adalora_init_r=init_r,
@@ -114,20 +108,30 @@ def _variant(method: Method, plan: Plan, total_steps: int) -> Any:
 
 
 def build_for_method(
-    model: nn.Module, plan: Plan, method: Method, config: TrainConfig, total_steps: int
+    model: nn.Module,
+    plan: Plan,
+    method: Method,
+    config: TrainConfig,
+    total_steps: int,
+    adalora: tuple[int, int] | None = None,
 ) -> nn.Module:
-    """Quantises ``model`` and attaches the method's adapters (in place; returns the trainable model)."""
+    """Quantises ``model`` and attaches the method's adapters (in place; returns the trainable model).
+
+    ``adalora`` is AdaLoRA's (init_r, target_r) (``adalora_ranks``), for the adalora method only.
+    """
     from qradaptor.build import apply_plan
 
     if method.backend == "bitsandbytes":
         from qradaptor.train.nf4 import nf4_model_
 
-        return nf4_model_(model, plan, lora_dropout=config.lora_dropout)
+        return nf4_model_(model, plan, lora_dropout=config.lora_dropout, double_quant=method.double_quant)
+    if method.adapter == "adalora" and adalora is None:
+        adalora = adalora_ranks(mean_adapted_rank(plan))
     return apply_plan(
         model,
         plan,
         lora_dropout=config.lora_dropout,
-        variant=_variant(method, plan, total_steps),
+        variant=_variant(method, total_steps, adalora),
         progress=config.progress,
     )
 
@@ -177,8 +181,21 @@ def block_diagnosis(
     return diagnose
 
 
+def base_format(method: Method) -> str:
+    """``memory.plan_memory``'s base_format of the method's quantised layers."""
+    if method.backend == "bitsandbytes":
+        return "nf4-dq" if method.double_quant else "nf4"
+    return "packed"
+
+
 def _memory(
-    structure: ModelStructure, plan: Plan, method: Method, config: TrainConfig, longest: int, dtype: Any
+    structure: ModelStructure,
+    plan: Plan,
+    method: Method,
+    config: TrainConfig,
+    longest: int,
+    dtype: Any,
+    adalora: tuple[int, int] | None,
 ) -> dict[str, Any]:
     import torch
 
@@ -186,16 +203,17 @@ def _memory(
     from qradaptor.plan import LayerSpec
 
     peak_plan = plan
-    if method.adapter == "adalora":  # its adapters start at init_r and are pruned later
-        init_r, _ = _adalora_ranks(plan)
+    if adalora is not None:  # its adapters start at init_r and are pruned later
+        init_r, _ = adalora
         peak_plan = replace(
             plan, layers={k: LayerSpec(s.bits, init_r if s.rank else 0) for k, s in plan.layers.items()}
         )
     act = 2 if dtype in (torch.bfloat16, torch.float16) else 4
-    report = plan_memory(structure, plan, weight_bytes=act)
+    fmt = base_format(method)
+    report = plan_memory(structure, plan, weight_bytes=act, base_format=fmt)
     peak = training_memory(
         structure,
-        plan_memory(structure, peak_plan, weight_bytes=act),
+        plan_memory(structure, peak_plan, weight_bytes=act, base_format=fmt),
         batch_size=config.batch_size,
         seq_len=min(longest, config.seq_len),
         act_bytes=act,
@@ -206,6 +224,7 @@ def _memory(
     return {
         "avg_bits": report.avg_bits,
         "avg_rank": report.avg_rank,
+        "base_format": fmt,
         "weights_bytes": report.total_bytes,
         "predicted_peak": peak.total,
         "predicted_parts": {
@@ -229,8 +248,15 @@ def train_plan(
     device: str = "cpu",
     checkpoints: Path | None = None,
     resume: bool = False,
+    adalora_init_r: int | None = None,
+    adalora_target_r: int | None = None,
 ) -> TrainOutcome:
     """Loads ``source``, builds ``method`` (its plan, or ``plan``), trains it and measures it.
+
+    ``adalora_init_r`` and ``adalora_target_r`` (adalora only) default to 1.5 x and 1 x the
+    plan's mean adapted rank; ``memory["avg_rank"]`` of an AdaLoRA run is the rank it kept
+    after pruning (over every block linear, as for the other methods), and
+    ``memory["adalora"]`` says init_r, target_r and the kept rank of each module.
 
     Raises:
         ValueError: bad method/plan/data, a plan for another model, or a resume from another run.
@@ -244,10 +270,19 @@ def train_plan(
     from qradaptor.train.loop import Trainer, trainable_tensors
 
     method = get_method(method_name)
+    adalora: tuple[int, int] | None = None
+    if method.adapter == "adalora":  # checked here, before the model loads
+        adalora = adalora_ranks(
+            mean_adapted_rank(plan) if plan is not None else rank, adalora_init_r, adalora_target_r
+        )
+    elif adalora_init_r is not None or adalora_target_r is not None:
+        raise ValueError(
+            f"adalora_init_r and adalora_target_r are options of method adalora, not of {method.name!r}"
+        )
     if method.backend == "bitsandbytes":
         from qradaptor.train.nf4 import check_nf4_available
 
-        check_nf4_available(device)
+        check_nf4_available(device, method.name)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     loaded = load_model(source, dtype=dtype, device=device)
     structure = inspect_model(loaded.model)
@@ -266,6 +301,8 @@ def train_plan(
     the_plan = method_plan(method, structure, plan, rank=rank, bits=bits, gradient_norms=norms).for_model(
         structure
     )
+    if adalora is not None:
+        adalora = adalora_ranks(mean_adapted_rank(the_plan), adalora_init_r, adalora_target_r)
     fingerprint = {
         "plan_hash": the_plan.plan_hash,
         "method": method.name,
@@ -273,13 +310,15 @@ def train_plan(
         "data": train_set.digest(),
         "eval_data": eval_set.digest() if eval_set is not None else None,
     }
+    if adalora is not None:
+        fingerprint["adalora"] = list(adalora)
     total = config.total_steps(train_set.batches_per_epoch(config.batch_size))
     torch.manual_seed(config.seed)  # adapter initialisation
-    model = build_for_method(loaded.model, the_plan, method, config, total)
+    model = build_for_method(loaded.model, the_plan, method, config, total, adalora)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    memory = _memory(structure, the_plan, method, config, train_set.longest(), dtype)
+    memory = _memory(structure, the_plan, method, config, train_set.longest(), dtype, adalora)
     memory["trainable_params"] = sum(p.numel() for p in trainable_tensors(model).values())
     trainer = Trainer(
         model,
@@ -292,6 +331,10 @@ def train_plan(
     )
     result = trainer.run(resume=resume)
     memory["measured_peak"] = result.peak_memory
+    if adalora is not None:
+        memory.update(
+            adalora_memory(model, adalora, num_linears=len(structure.linears) * structure.num_blocks)
+        )
     return TrainOutcome(
         model,
         loaded.tokenizer,
