@@ -300,3 +300,23 @@ def test_embedded_model_info_and_memory(cli) -> None:
     assert memory["totals"]["adapters"] == 30 * 16 * in_plus_out * 4  # fp32 adapters of rank 16
     code, out, _ = cli("memory", "--plan", "uniform:4:16")
     assert code == 0 and "llama with 30 blocks of 7 linears" in out
+
+
+def test_every_verbs_help_shows_every_options_default() -> None:
+    import argparse
+
+    from qradaptor.cli import build_parser
+
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    checked = 0
+    for name, sub in verbs.choices.items():
+        text = " ".join(sub.format_help().split())  # argparse wraps lines
+        for action in sub._actions:
+            default = action.default
+            unset = any(default is nothing for nothing in (None, False, argparse.SUPPRESS))
+            if not action.option_strings or unset:
+                continue
+            assert f"default: {default}" in text or f"(default: {default})" in text, (name, action.dest)
+            checked += 1
+    assert checked > 60  # every verb's defaults, not a handful

@@ -171,7 +171,7 @@ def test_knapsack_profiles_first_without_a_file(cli, tiny_model_dir, tmp_path) -
     [
         (["--budget", "4bits"], r"--budget and --sensitivity go with --baseline knapsack"),
         (["--baseline", "knapsack"], r"--baseline knapsack needs --budget, e.g. 4.0bits or 120MB"),
-        (["--baseline", "knapsack", "--budget", "4 GBs"], r"budget unit .gbs. is unknown"),
+        (["--baseline", "knapsack", "--budget", "4GBs"], r"budget unit .gbs. is unknown"),
         (["--baseline", "knapsack", "--budget", "4bits", "--uniform", "4:8"], r"without --uniform"),
         (["--baseline", "knapsack", "--budget", "4bits", "--bits", "4,2"], r"ascending without repeats"),
         (["--baseline", "knapsack", "--budget", "4bits", "--sensitivity", "nope.json"], r"does not exist"),

@@ -139,11 +139,11 @@ def test_table_passes_plan_options(structure) -> None:
     ("text", "kind", "value"),
     [
         ("3.5bits", "avg_bits", 3.5),
-        ("4 bits", "avg_bits", 4.0),
+        (" 4BITS ", "avg_bits", 4.0),
         ("1.2GB", "bytes", 1.2e9),
         ("800MB", "bytes", 800e6),
         ("1.5GiB", "bytes", 1.5 * 2**30),
-        ("512 kib", "bytes", 512 * 1024),
+        ("512kib", "bytes", 512 * 1024),
     ],
 )
 def test_parse_budget(text: str, kind: str, value: float) -> None:
@@ -157,7 +157,9 @@ def test_parse_budget(text: str, kind: str, value: float) -> None:
     [
         ("3.5", "number followed by 'bits'"),
         ("lots", "number followed by 'bits'"),
-        ("12 parsecs", "unit 'parsecs' is unknown"),
+        ("12parsecs", "unit 'parsecs' is unknown"),
+        ("4.0 bits", "with no space between; got '4.0 bits'"),
+        ("4bit", r"as '4bits' \(scales and zeros included: uniform 4-bit at group size 64 stores 4\.5\)"),
         ("0GB", "must be > 0"),
         ("20bits", "at most 16"),
     ],

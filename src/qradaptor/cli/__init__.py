@@ -49,6 +49,22 @@ VERBS = (
 """Modules that each define ``VERB`` (a function) and ``add_arguments(parser, help)``."""
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The verb's description as written, and every option's default after its help.
+
+    argparse's ArgumentDefaultsHelpFormatter also prints "(default: None)" and "(default:
+    False)"; an unset option or a flag says nothing here.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        # Identity, not ==: a default of 0 (--seed, --workers) is shown.
+        unset = any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+        if "%(default)" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line, like the verbs' errors."""
 
@@ -100,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=summary,
             description=description,
             parents=[common],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
         module.add_arguments(sub, helps)
         sub.set_defaults(_call=module.VERB)

@@ -56,11 +56,16 @@ _UNITS: Mapping[str, float] = {
     "mib": 2**20,
     "gib": 2**30,
 }
-_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]+)\s*$")
+_BUDGET_RE = re.compile(r"^([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)([a-z]+)$")
+"""A number and its unit with nothing between: "4.0 bits" and "4bit" are refused, not guessed."""
 
 
 def parse_budget(text: str) -> Budget:
     """Parses "3.5bits", "1.2GB", "800MB", "1.5GiB" (case-insensitive; GB = 1e9, GiB = 2**30).
+
+    Strict on purpose: a budget decides what a long search may spend, so "4bit" (a uniform
+    4-bit plan stores 4.5 bits with its scales) or "4.0 bits" is refused with the accepted forms
+    rather than read as something the user may not have meant.
 
     Raises:
         ValueError: naming the text and the accepted forms.
@@ -68,13 +73,18 @@ def parse_budget(text: str) -> Budget:
     accepted = "a number followed by 'bits' (e.g. '3.5bits') or by B, KB, MB, GB, KiB, MiB, GiB"
     if not isinstance(text, str):
         raise ValueError(f"budget must be a string, {accepted}; got {text!r}")
-    match = _BUDGET_RE.match(text.lower())
+    match = _BUDGET_RE.match(text.strip().lower())
     if match is None:
-        raise ValueError(f"budget must be {accepted}; got {text!r}")
+        raise ValueError(f"budget must be {accepted}, with no space between; got {text!r}")
     number, unit = float(match.group(1)), match.group(2)
     if number <= 0:
         raise ValueError(f"budget must be > 0, got {text!r}")
-    if unit in ("bit", "bits"):
+    if unit == "bit":
+        raise ValueError(
+            f"budget {text!r}: write average stored bits per weight as '{match.group(1)}bits' (scales and "
+            "zeros included: uniform 4-bit at group size 64 stores 4.5), or give bytes, e.g. '1.2GB'"
+        )
+    if unit == "bits":
         if number > UNQUANTIZED:
             raise ValueError(f"an avg-bits budget must be at most {UNQUANTIZED}, got {text!r}")
         return Budget("avg_bits", number)
