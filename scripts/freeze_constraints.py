@@ -16,7 +16,7 @@ import re
 import sys
 from importlib import metadata
 
-EXTRAS = ("test", "plot", "postgres")
+EXTRAS = ("test", "plot", "postgres", "tensorboard")
 """The optional dependency groups install.sh installs (and postgres, which CI uses)."""
 LEFT_OUT = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 """Chosen per machine by install.sh, never pinned here."""

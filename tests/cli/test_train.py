@@ -196,3 +196,36 @@ def test_compile_flag_reaches_the_config_and_graphs_needs_cuda(
         capsys.readouterr().err.split()
     )
     assert len(seen) == 2  # refused before anything was loaded or trained
+
+
+def test_a_run_plots_its_loss_and_logs_tensorboard_events(tiny_model_dir, alpaca, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    argv = ["--method", "lora16", "--data", str(alpaca), "--eval-every", "2", "--tensorboard"]
+    assert train(tiny_model_dir, run, *argv) == 0
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    summary = json.loads((run / "train.json").read_text())
+    train_loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert train_loss == [(s, pytest.approx(v)) for s, v in enumerate(summary["losses"], start=1)]
+    assert [[e.step, pytest.approx(e.value)] for e in events.Scalars("eval/loss")] == summary["evals"]
+
+
+def test_tensorboard_without_its_package_is_refused_before_the_model_loads(
+    tiny_model_dir, alpaca, tmp_path, capsys, monkeypatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    missing = lambda name, *a: None if name == "tensorboard" else real(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", missing)
+    assert (
+        train(tiny_model_dir, tmp_path / "run", "--method", "lora16", "--data", str(alpaca), "--tensorboard")
+        == 2
+    )
+    assert "pip install 'qradaptor[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -78,12 +79,14 @@ def train(
     eval_tasks: str | None = None,
     eval_limit: int | None = None,
     device: str = "auto",
+    tensorboard: bool = False,
     no_progress: bool = False,
 ) -> int:
     """Fine-tune LoRA adapters on a base quantised per a plan (or a named baseline method).
 
     Writes a run folder: adapter/ (a standard PEFT adapter), plan.json, base.safetensors (the
-    packed quantised base), train.json (settings, memory, tokens/s, loss curve) and loss.csv.
+    packed quantised base), train.json (settings, memory, tokens/s, loss curve), loss.csv and
+    loss.png (with matplotlib), and with --tensorboard TensorBoard events in RUN/tensorboard.
     qra eval --run RUN evaluates exactly what was trained; qra export RUN writes a merged model.
     Checkpoints go to RUN/checkpoints every --save-every steps; --resume continues from the
     newest one to the same result as an uninterrupted run.
@@ -138,6 +141,8 @@ def train(
             --seq-len tokens) into RUN/eval.json
         eval_limit: documents per task of --eval-tasks
         device: auto (cuda if available), cpu or cuda; bf16 on cuda, fp32 on cpu
+        tensorboard: also log train and held-out loss as TensorBoard events in RUN/tensorboard,
+            as training goes (needs the tensorboard package: pip install 'qradaptor[tensorboard]')
         no_progress: no progress output
     """
     from qradaptor.train.config import TrainConfig
@@ -178,6 +183,8 @@ def train(
                 f"{flag} {given_data!r} is a .txt file, which holds plain text: add --text to fine-tune "
                 "on it as text; instruction data is an Alpaca-style .json/.jsonl (instruction, input, output)"
             )
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'qradaptor[tensorboard]'")
     if eval_tasks is not None:
         from qradaptor.eval.suite import resolve_tasks
 
@@ -217,6 +224,7 @@ def train(
             resume=resume,
             adalora_init_r=adalora_init_r,
             adalora_target_r=adalora_target_r,
+            tensorboard=run / "tensorboard" if tensorboard else None,
         )
     except TrainingDiverged as err:
         print(f"qra train: error: {err}", file=sys.stderr)
@@ -335,3 +343,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--eval-tasks", metavar="TASKS", help=helps["eval_tasks"])
     parser.add_argument("--eval-limit", type=int, metavar="N", help=helps["eval_limit"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
+    parser.add_argument("--tensorboard", action="store_true", help=helps["tensorboard"])

@@ -166,6 +166,7 @@ class Trainer:
         checkpoints: Path | None = None,
         fingerprint: dict[str, Any] | None = None,
         diagnose: Callable[[nn.Module, dict[str, torch.Tensor]], str] | None = None,
+        log: Callable[[str, float, int], None] | None = None,
     ) -> None:
         """Prepares the optimiser and schedule; nothing runs until ``run``.
 
@@ -179,9 +180,12 @@ class Trainer:
                 from a checkpoint with another fingerprint or config is refused.
             diagnose: called with the model and the failing batch on divergence; returns a
                 sentence on the likely cause for the error message.
+            log: called as ``log(tag, value, step)`` with each step's ``"train/loss"`` and each
+                ``"eval/loss"`` as they happen (e.g. a TensorBoard writer's ``add_scalar``).
         """
         import torch
 
+        self.log = log
         self.model = model
         self.train_set = train_set
         self.eval_set = eval_set
@@ -366,6 +370,8 @@ class Trainer:
             seen_tokens, seen_seconds = seen_tokens + tokens, seen_seconds + result.step_seconds[-1]
             result.losses.append(value)
             done = step + 1
+            if self.log is not None:
+                self.log("train/loss", value, done)
             if (
                 self.eval_set is not None
                 and cfg.eval_every
@@ -373,6 +379,8 @@ class Trainer:
                 and done < self.total_steps
             ):
                 result.evals.append((done, self._heldout()))
+                if self.log is not None:
+                    self.log("eval/loss", result.evals[-1][1], done)
                 self.model.train()
             if self.checkpoints is not None and cfg.save_every and done % cfg.save_every == 0:
                 self._save(done, result, ema)
@@ -382,6 +390,8 @@ class Trainer:
         self.model.eval()
         if self.eval_set is not None:
             result.evals.append((self.total_steps, self._heldout()))
+            if self.log is not None:
+                self.log("eval/loss", result.evals[-1][1], self.total_steps)
         if on_cuda:
             result.peak_memory = int(torch.cuda.max_memory_allocated(self.device))
         return result

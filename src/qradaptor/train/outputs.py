@@ -7,6 +7,8 @@
                             (qradaptor backend with quantised modules only)
     RUN/train.json          method, settings, fingerprint, memory, throughput, loss curve, evals
     RUN/loss.csv            step, train loss, held-out loss
+    RUN/loss.png            the same as a plot (needs matplotlib: qradaptor[plot])
+    RUN/tensorboard/        TensorBoard event files, with qra train --tensorboard (written live)
 
 Nothing is written until training has finished; the adapter folder is written next to its
 final place and renamed over it, so a crash never leaves a half-written adapter.
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 LOSS_CSV = "loss.csv"
 """step, train loss, held-out loss of a run."""
+LOSS_PNG = "loss.png"
+"""The loss curves of a run."""
 
 
 def _device_name(device: str) -> str:
@@ -110,3 +114,26 @@ def write_run(run: Path, outcome: TrainOutcome, *, device: str) -> None:
         )
     write_text(run / RUN_TRAIN, json.dumps(summary(outcome, device), indent=1) + "\n")
     write_text(run / LOSS_CSV, loss_csv(outcome))
+    from qradaptor.plotting import can_plot
+
+    if can_plot() and outcome.result.losses:
+        plot_loss(outcome.result.losses, outcome.result.evals, run / LOSS_PNG, title=outcome.method.name)
+
+
+def plot_loss(
+    losses: list[float], evals: list[tuple[int, float]], path: Path, *, title: str = ""
+) -> None:
+    """Train loss per step and held-out loss at each evaluation, in nats per token."""
+    from qradaptor.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, lw=1, label="train")
+    if evals:
+        ax.plot([s for s, _ in evals], [v for _, v in evals], "o-", label="held-out")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)

@@ -250,6 +250,7 @@ def train_plan(
     resume: bool = False,
     adalora_init_r: int | None = None,
     adalora_target_r: int | None = None,
+    tensorboard: Path | None = None,
 ) -> TrainOutcome:
     """Loads ``source``, builds ``method`` (its plan, or ``plan``), trains it and measures it.
 
@@ -257,6 +258,8 @@ def train_plan(
     plan's mean adapted rank; ``memory["avg_rank"]`` of an AdaLoRA run is the rank it kept
     after pruning (over every block linear, as for the other methods), and
     ``memory["adalora"]`` says init_r, target_r and the kept rank of each module.
+    ``tensorboard`` is a folder for TensorBoard event files (``train/loss`` every step,
+    ``eval/loss`` at each evaluation), written as training goes by torch's SummaryWriter.
 
     Raises:
         ValueError: bad method/plan/data, a plan for another model, or a resume from another run.
@@ -320,6 +323,11 @@ def train_plan(
         model.config.use_cache = False
     memory = _memory(structure, the_plan, method, config, train_set.longest(), dtype, adalora)
     memory["trainable_params"] = sum(p.numel() for p in trainable_tensors(model).values())
+    writer = None
+    if tensorboard is not None:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        writer = SummaryWriter(log_dir=str(tensorboard))
     trainer = Trainer(
         model,
         train_set,
@@ -328,8 +336,13 @@ def train_plan(
         checkpoints=checkpoints,
         fingerprint=fingerprint,
         diagnose=block_diagnosis(structure, the_plan),
+        log=None if writer is None else writer.add_scalar,
     )
-    result = trainer.run(resume=resume)
+    try:
+        result = trainer.run(resume=resume)
+    finally:
+        if writer is not None:
+            writer.close()
     memory["measured_peak"] = result.peak_memory
     if adalora is not None:
         memory.update(
