@@ -62,7 +62,7 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("lora", "LoRA on the base quantised per --plan (a searched QR-Adaptor plan)", needs_plan=True),
+        Method("lora", "LoRA on the base quantised per --plan (any plan, searched or not)", needs_plan=True),
         Method("lora16", "LoRA rank r on the 16-bit base", baseline="lora16"),
         Method("qlora", "LoRA rank r on a uniform b-bit base (our quantiser)", baseline="qlora"),
         Method("qlora-4", "LoRA rank r on a uniform 4-bit base", baseline="qlora-4"),
