@@ -103,6 +103,11 @@ def test_the_halving_strategy_writes_its_rungs_and_resumes(cli, tiny_model_dir, 
     halving = ["--strategy", "halving", "--candidates", 9, "--rungs", 1, "--eta", 3]
     code, stdout, err = search(cli, tiny_model_dir, words, out, *halving)
     assert code == 0, err
+    cost = next(line for line in err.splitlines() if line.startswith("qra search: this search: "))
+    assert (
+        "9 plans screened forward only, 4 proxy fine-tunes of 2 steps" in cost
+        and "min on this device" in cost
+    )
     summary = json.loads((out / "summary.json").read_text())
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     screened = records_from_csv((out / "screened.csv").read_text())

@@ -299,6 +299,11 @@ def search(
     run_dir.mkdir(parents=True, exist_ok=True)
     if given_sensitivity is None and not no_profile and (run_dir / "sensitivity.json").is_file():
         given_sensitivity = read_sensitivity(str(run_dir / "sensitivity.json"))  # resume: profiled already
+    from qradaptor.search.cost import cost_line
+
+    profiles = given_sensitivity is None and config.profile
+    line = cost_line(loaded.model, structure, config, proxy, train_ids, calibration_samples, profiles)
+    print(f"qra search: {line}", file=sys.stderr)  # what it will do, priced here, before doing it
     settings = {
         "model": loaded.source,
         "budget": budget,
