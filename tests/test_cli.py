@@ -190,6 +190,8 @@ def test_memory_shorthand_and_training_estimate(cli, tiny) -> None:
         "activations": step.activations,
         "total": step.total,
     }
+    code, out, _ = cli(*argv, "--dtype", "fp32")
+    assert code == 0 and "assumes one GPU: fp32 activations and unquantised weights, fp32 adapters" in out
 
 
 def test_memory_training_estimate_with_dropout_and_dora(cli, tiny) -> None:

@@ -125,6 +125,9 @@ def _render(data: dict[str, Any]) -> str:
             f"training step estimate: batch {tr['batch_size']} x {tr['seq_len']} tokens, "
             f"gradient checkpointing {ckpt}, {tr['adapter']} adapters"
             + (" with dropout" if tr["lora_dropout"] else ""),
+            # qra train's GPU setting; on a CPU it trains in fp32 (--dtype fp32 prices that).
+            f"assumes one GPU: {data['dtype']} activations and unquantised weights, fp32 adapters, "
+            "gradients and AdamW states; the CUDA context and allocator slack are not counted",
         ]
         for key, label in (
             ("weights", "weights"),
