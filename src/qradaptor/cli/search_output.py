@@ -13,6 +13,14 @@ if TYPE_CHECKING:
     from qradaptor.search.pipeline import SearchOutcome
 
 
+def write_config(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Writes config.json: ``settings`` and the command line, every URL's password hidden."""
+    from qradaptor.redact import redact
+
+    record = {**settings, "command": redact(" ".join(sys.argv))}
+    write_text_atomic(run_dir / "config.json", redact(json.dumps(record, indent=2)) + "\n", force=True)
+
+
 def write_run(run_dir: Path, outcome: SearchOutcome, config: Any, epoch_tokens: int, seconds: float) -> dict:
     """Writes the run folder's results (each file atomically) and returns the summary."""
     from qradaptor.search import report

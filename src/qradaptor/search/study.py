@@ -282,6 +282,8 @@ class StudyObjective:
     def _score_and_store(self, plan: Plan, name: str) -> TrialRecord:
         import optuna
 
+        from qradaptor.search.queue import retrying
+
         params, distributions, attrs = self._trial_fields(plan, name)
         score = self._evaluate(plan)
         self.evaluated += 1
@@ -292,9 +294,11 @@ class StudyObjective:
             values=[float(score.loss), float(attrs["bytes"])],
             user_attrs=attrs,
         )
-        self.study.add_trial(trial)
-        # Read back what the study holds, so a new record is the same as its later replay.
-        return record_of(self.study.get_trials(deepcopy=False)[-1], self.space)
+        # Read back the trial by the id the storage gave it (never "the last trial": another
+        # process may add one meanwhile), so a new record is the same as its later replay.
+        storage = self.study._storage
+        trial_id = retrying(lambda: storage.create_new_trial(self.study._study_id, template_trial=trial))
+        return record_of(retrying(lambda: storage.get_trial(trial_id)), self.space)
 
     def _score_by_workers(self, items: list[tuple[Plan, str]]) -> None:
         from optuna.trial import TrialState
