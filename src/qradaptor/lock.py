@@ -68,7 +68,7 @@ class RunLock:
             self._made = False
             raise ValueError(
                 f"run folder {str(self.folder)!r} is in use by {_holder_text(self.path)}; "
-                "one folder takes one writer at a time: wait for it to finish or stop it, or use another folder"
+                "one folder takes one writer at a time: wait for it to finish or stop it, or use another"
             ) from None
         record = {"pid": os.getpid(), "host": socket.gethostname(), "verb": self.verb, "since": time.time()}
         os.ftruncate(fd, 0)

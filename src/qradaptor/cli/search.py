@@ -243,8 +243,8 @@ def search(
     from qradaptor.search.budget import check_budget
     from qradaptor.search.multifidelity import HalvingConfig
     from qradaptor.search.pipeline import SearchConfig, run_search, search_space
-    from qradaptor.search.queue import display_url
     from qradaptor.search.proxy import ProxyConfig
+    from qradaptor.search.queue import display_url
     from qradaptor.search.study import sqlite_url
 
     device = resolve_device(device)
@@ -322,8 +322,9 @@ def search(
                 check_alive=pool.check_alive if devices else None,
             )
             print(
-                f"plans are scored by {len(devices)} local worker(s) (logs in {run_dir / 'workers'}); more can "
-                f"join from any machine: qra worker --storage {display_url(storage_url)} --study {study}",
+                f"plans are scored by {len(devices)} local worker(s) (logs in {run_dir / 'workers'}); "
+                "more can join from any machine: "
+                f"qra worker --storage {display_url(storage_url)} --study {study}",
                 file=sys.stderr,
             )
         try:
@@ -349,7 +350,8 @@ def search(
                 file=sys.stderr,
             )
             return 130
-        summary = write_run(run_dir, outcome, config, int(train_windows.numel()), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        summary = write_run(run_dir, outcome, config, int(train_windows.numel()), seconds)
         print_outcome(outcome, summary, run_dir)
         return 0
 
@@ -357,7 +359,7 @@ def search(
     if storage:
         from qradaptor.search.queue import open_storage
 
-        shared = open_storage(storage)  # an unreachable server is refused before anything is loaded or written
+        shared = open_storage(storage)  # an unreachable server: refused before anything is loaded or written
     with contextlib.ExitStack() as held:
         # One writer per run folder and per study: a second search is refused before any load.
         held.enter_context(RunLock(run_dir, "qra search"))

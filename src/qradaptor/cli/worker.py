@@ -53,7 +53,9 @@ def worker(
     check_device(device)
     storage = storage or os.environ.get(STORAGE_ENV)
     if not storage:
-        raise ValueError(f"give the study's storage: --storage URL, or the environment variable {STORAGE_ENV}")
+        raise ValueError(
+            f"give the study's storage: --storage URL, or the environment variable {STORAGE_ENV}"
+        )
     if max_trials is not None and max_trials < 1:
         raise ValueError(f"--max-trials must be >= 1, got {max_trials}")
     if idle_exit is not None and idle_exit < 0:

@@ -63,7 +63,9 @@ class StudyClaim:
         ValueError: on entry, when a live search holds the study; names its PID and host.
     """
 
-    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str, verb: str = "qra search") -> None:
+    def __init__(
+        self, storage: optuna.storages.BaseStorage, study_name: str, verb: str = "qra search"
+    ) -> None:
         """Nothing is claimed until ``acquire`` (or ``with``).
 
         Args:
@@ -107,8 +109,8 @@ class StudyClaim:
             if holder and _alive(holder, time.time()):
                 raise ValueError(
                     f"study {self.study_name!r} is being searched by {holder.get('verb', 'qra search')} "
-                    f"(PID {holder.get('pid')} on host {holder.get('host')}); two searches on one study would "
-                    "score every plan twice: wait for it to finish, stop it, or use another --study"
+                    f"(PID {holder.get('pid')} on host {holder.get('host')}); two searches on one study "
+                    "would score every plan twice: wait for it to finish, stop it, or use another --study"
                 )
             try:  # dead owner: remove its claim by id, so a claim re-made meanwhile is not removed
                 retrying(lambda held=held: self._storage.delete_study(held))
