@@ -12,6 +12,7 @@ from typing import Any
 
 from qradaptor.cli.common import (
     check_device,
+    check_output_dir,
     load_structure,
     parse_int_list,
     read_sensitivity,
@@ -232,6 +233,7 @@ def search(
     run_dir = Path(output).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output {output!r} is a file; give a folder for the run")
+    check_output_dir(run_dir)  # writable, or creatable: before the model loads
     given_sensitivity = read_sensitivity(sensitivity) if sensitivity else None
 
     from qradaptor.cli.search_output import print_outcome, write_config, write_run

@@ -269,6 +269,10 @@ def train_plan(
         "data": train_set.digest(),
         "eval_data": eval_set.digest() if eval_set is not None else None,
     }
+    if resume and checkpoints is not None:  # another plan or data: refused before quantising
+        from qradaptor.train.checkpoint import check_resumable
+
+        check_resumable(checkpoints, fingerprint)
     total = config.total_steps(train_set.batches_per_epoch(config.batch_size))
     torch.manual_seed(config.seed)  # adapter initialisation
     model = build_for_method(loaded.model, the_plan, method, config, total)
