@@ -95,12 +95,12 @@ def read_adapter(adapter_dir: str | Path) -> AdapterInfo:
     config = read_json(config_path, "adapter config")
     if not isinstance(config, dict):
         raise ValueError(f"adapter config {str(config_path)!r} is not a JSON object")
-    check_safetensors(folder / "adapter_model.safetensors", "adapter weights")  # truncated: refused now
     kind = config.get("peft_type")
     if kind not in ADAPTER_TYPES:
         raise ValueError(
             f"adapter {str(adapter_dir)!r} is a {kind} adapter; only LORA and ADALORA are supported"
         )
+    check_safetensors(folder / "adapter_model.safetensors", "adapter weights")  # truncated: refused now
     targets = config.get("target_modules") or []
     if isinstance(targets, str):
         raise ValueError(
