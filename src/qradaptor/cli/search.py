@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -353,7 +354,8 @@ def search(
             )
             return 130
         seconds = time.perf_counter() - started
-        summary = write_run(run_dir, outcome, config, int(train_windows.numel()), seconds)
+        vocab = loaded.model.config.vocab_size
+        summary = write_run(run_dir, outcome, config, int(train_windows.numel()), seconds, math.log(vocab))
         print_outcome(outcome, summary, run_dir)
         return 0
 

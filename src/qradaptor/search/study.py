@@ -19,8 +19,8 @@ Trials (``optuna.trial.FrozenTrial``, inspectable with optuna-dashboard):
     params       "<unit>.bits" and "<unit>.rank" per search unit, categorical over the choices
     values       [proxy loss, bytes], both minimised
     user_attrs   phase, generation, plan_hash, loss_before, avg_bits, bytes, seconds, tokens,
-                 name; trials scored by workers also hold the plan's JSON (``plan``) and
-                 the ``worker`` that scored it (see ``queue``)
+                 name, collapsed (score at or above ln(vocab)); trials scored by workers also
+                 hold the plan's JSON (``plan``) and the ``worker`` that scored it (see ``queue``)
 """
 
 from __future__ import annotations
@@ -333,6 +333,7 @@ def score_attrs(score: ProxyScore) -> dict[str, Any]:
         "loss_before": score.loss_before if math.isfinite(score.loss_before) else None,
         "seconds": float(score.seconds),
         "tokens": int(score.tokens),
+        "collapsed": bool(score.collapsed),
     }
 
 
