@@ -132,6 +132,10 @@ def check_output(path: str | os.PathLike[str], *, force: bool = False) -> Path:
         raise ValueError(f"output {os.fspath(path)!r} is a folder; give a file name")
     if target.exists() and not force:
         raise ValueError(f"output {os.fspath(path)!r} already exists; pass --force to overwrite it")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise ValueError(
+            f"output {os.fspath(path)!r} cannot be written: {str(target.parent)!r} is a file, not a folder"
+        )
     if not target.parent.is_dir():
         raise ValueError(
             f"output {os.fspath(path)!r} cannot be written: folder {str(target.parent)!r} does not exist"
