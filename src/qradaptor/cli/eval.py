@@ -99,10 +99,12 @@ def eval(  # noqa: A001 - the verb's name is the command's
     device = resolve_device(device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     the_plan = given
-    if isinstance(given, tuple):
+    if given is not None:
         from qradaptor.cli.common import load_structure
 
-        the_plan = Plan.uniform(load_structure(model)[1].num_blocks, *given)
+        structure = load_structure(model)[1]  # the config only: a plan that does not fit fails before loading
+        the_plan = Plan.uniform(structure.num_blocks, *given) if isinstance(given, tuple) else given
+        the_plan.validate(structure)
     started = time.perf_counter()
     if run is not None:
         built = assemble_run(run, model, dtype=dtype, device=device)

@@ -21,9 +21,11 @@ def _check_out(run: Path, output: str, force: bool) -> Path:
         raise ValueError(f"-o {output!r} is a file; give a folder to write the export into")
     if out.exists() and not force:
         raise ValueError(f"-o {output!r} already exists; pass --force to replace it")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"-o {output!r} cannot be written: {str(out.parent)!r} is a file, not a folder")
     if not out.parent.is_dir():
         raise ValueError(f"-o {output!r} cannot be written: folder {str(out.parent)!r} does not exist")
-    check_output_dir(out.parent, "-o")  # writable: checked before the model loads
+    check_output_dir(out, "-o")  # writable: checked before the model loads
     here, there = run.resolve(), out.resolve()
     if here == there or there in here.parents or here in there.parents:
         raise ValueError(f"-o {output!r} must lie outside the run folder {str(run)!r} and not contain it")

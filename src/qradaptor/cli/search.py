@@ -280,16 +280,15 @@ def search(
     def run() -> int:
         """The search, once the folder (and the --storage study) are this process's."""
         started = time.perf_counter()
+        texts, eval_texts = load_texts(data), load_texts(eval_data)  # bad data fails before the load
         loaded = load_model(model, device=device)
         devices, worker_bytes = local_worker_devices(
             workers, device, gpu_list, structure, table, loaded.model, batch_size, seq_len, group_size
         )
-        train_windows = pack_texts(load_texts(data), loaded.tokenizer, seq_len, seed=0)  # the whole corpus
+        train_windows = pack_texts(texts, loaded.tokenizer, seq_len, seed=0)  # the whole corpus
         needed = steps * batch_size
         train_ids = train_windows[:needed]
-        eval_ids = pack_texts(
-            load_texts(eval_data), loaded.tokenizer, seq_len, num_sequences=eval_batches * batch_size
-        )
+        eval_ids = pack_texts(eval_texts, loaded.tokenizer, seq_len, num_sequences=eval_batches * batch_size)
         calibration = train_windows[-calibration_samples:]
         profiled = given_sensitivity
         if profiled is None and not no_profile and (run_dir / "sensitivity.json").is_file():

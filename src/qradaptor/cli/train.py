@@ -47,6 +47,14 @@ def _check_run_folder(run: Path, *, resume: bool, force: bool) -> None:
         )
 
 
+def _read_local_data(source: str | None, text: bool, split: str) -> None:
+    """Reads a local data file once, so that a damaged one is refused before the model loads."""
+    from qradaptor.data.loading import load_instructions, load_texts
+
+    if source is not None and Path(source).expanduser().is_file():
+        (load_texts if text else load_instructions)(source, split=split)
+
+
 def train(
     model: str | None = None,
     *,
@@ -190,10 +198,15 @@ def train(
         from qradaptor.train.outputs import write_run
         from qradaptor.train.run import DataSpec, train_plan
 
-        if isinstance(given, tuple):
+        if given is not None:
             from qradaptor.cli.common import load_structure
 
-            given = Plan.uniform(load_structure(model)[1].num_blocks, *given)
+            structure = load_structure(model)[1]  # the config only: a plan that does not fit fails now
+            given = Plan.uniform(structure.num_blocks, *given) if isinstance(given, tuple) else given
+            given.validate(structure)
+        _read_local_data(data, text, split)  # a damaged data file fails before the model loads
+        if eval_data is not None:
+            _read_local_data(eval_data, text, split)
         device = resolve_device(device)
         check_compile(config.compile, device)  # "graphs" on a CPU: refused before the model loads
         spec = DataSpec(
