@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
@@ -34,3 +35,15 @@ def test_a_folder_is_replaced_only_once_complete(tmp_path) -> None:
     assert sorted(p.name for p in final.iterdir()) == ["c"]
     assert stat.S_IMODE(final.stat().st_mode) == 0o755
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_files_and_folders_follow_the_umask(tmp_path) -> None:
+    old = os.umask(0o077)  # a user who keeps everything private
+    try:
+        write_text(tmp_path / "config.json", "{}")
+        with atomic_dir(tmp_path / "run") as folder:
+            (folder / "a").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o700

@@ -10,7 +10,6 @@ Training run folders (``RUN_*`` below) are read by ``runs``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,8 @@ RUN_ADAPTER = "adapter"
 RUN_BASE = "base.safetensors"
 RUN_TRAIN = "train.json"
 RUN_CHECKPOINTS = "checkpoints"
+RUN_INCOMPLETE = ".incomplete"
+"""Present while ``qra train`` writes a run folder; train.json is written last (train/outputs.py)."""
 ADAPTER_TYPES = ("LORA", "ADALORA")
 
 
@@ -89,12 +90,17 @@ def read_adapter(adapter_dir: str | Path) -> AdapterInfo:
             f"adapter folder {str(adapter_dir)!r} is not a PEFT adapter: it needs adapter_config.json "
             "and adapter_model.safetensors"
         )
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    from qradaptor.integrity import check_safetensors, read_json
+
+    config = read_json(config_path, "adapter config")
+    if not isinstance(config, dict):
+        raise ValueError(f"adapter config {str(config_path)!r} is not a JSON object")
     kind = config.get("peft_type")
     if kind not in ADAPTER_TYPES:
         raise ValueError(
             f"adapter {str(adapter_dir)!r} is a {kind} adapter; only LORA and ADALORA are supported"
         )
+    check_safetensors(folder / "adapter_model.safetensors", "adapter weights")  # truncated: refused now
     targets = config.get("target_modules") or []
     if isinstance(targets, str):
         raise ValueError(

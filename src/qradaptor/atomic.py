@@ -3,7 +3,8 @@
 Everything qradaptor writes (plans, results, plots, packed bases, checkpoints, run folders,
 exports) is first written under a hidden temporary name in the target's own folder (so the
 rename stays on one file system) and then renamed over the target with ``os.replace``. A
-crash leaves the previous version, never a half-written one.
+crash leaves the previous version, never a half-written one. What appears gets the
+permissions the user's umask gives a new file or folder (mkstemp alone would make it private).
 """
 
 from __future__ import annotations
@@ -16,12 +17,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """What ``open(path, "w")`` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~_umask()
+
+
+def new_dir_mode() -> int:
+    """What ``mkdir`` would give a new folder: 0o777 less the umask."""
+    return 0o777 & ~_umask()
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """Yields a temporary path beside ``path``; on a clean exit it is synced and renamed to ``path``.
 
-    The file is made readable by all (mkstemp makes it 0600; nothing we write is secret). On
-    an error the temporary file is removed and ``path`` is left as it was.
+    The file gets the umask's permissions, as a file opened for writing would (mkstemp makes
+    it 0600). On an error the temporary file is removed and ``path`` is left as it was.
 
     Example:
         >>> with atomic_file("plan.json") as tmp:
@@ -35,7 +53,7 @@ def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -60,7 +78,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        tmp.chmod(new_dir_mode())  # mkdtemp makes it 0700
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))

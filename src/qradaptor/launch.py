@@ -4,7 +4,8 @@ Each worker is a ``qra worker`` process (see ``worker``) on one device; several 
 when the model is small. CUDA workers see only their GPU (``CUDA_VISIBLE_DEVICES``) and
 get an equal share of the CPU threads. Before anything starts, the predicted memory of the
 workers placed on each device is checked against what that device has free, and too many
-workers are refused with the numbers.
+workers are refused with the numbers. The storage URL reaches the workers through the
+environment (``QRADAPTOR_STORAGE``), never their command line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from qradaptor.redact import STORAGE_ENV
 
 if TYPE_CHECKING:
     import torch
@@ -211,17 +214,11 @@ class LocalWorkers:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         threads = max(1, (os.cpu_count() or 1) // len(self.devices))
         for index, device in enumerate(self.devices):
+            # The URL goes in the environment, which only this user can read; on the command
+            # line every local user would see its password in ps.
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-            argv = [
-                sys.executable,
-                "-m",
-                "qradaptor",
-                "worker",
-                "--storage",
-                self.storage,
-                "--study",
-                self.study,
-            ]
+            env[STORAGE_ENV] = self.storage
+            argv = [sys.executable, "-m", "qradaptor", "worker", "--study", self.study]
             if device.startswith("cuda:"):
                 env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
                 argv += ["--device", "cuda"]

@@ -185,7 +185,9 @@ class Plan:
         """Raises ValueError unless this plan fits ``structure``.
 
         Checks block count, signature, module names, the group size against every
-        quantised layer's input size, and tied embedding/head bits.
+        quantised layer's input size, every rank against its layer's width (a LoRA of rank r
+        on an (out, in) linear is at most full rank at r = min(in, out); above it the memory
+        model counts parameters that add nothing), and tied embedding/head bits.
         """
         from qradaptor.quant.quantizer import check_group_size
 
@@ -204,8 +206,15 @@ class Plan:
                 if name not in known:
                     raise ValueError(f"plan key {key!r} names no linear of a block; known: {sorted(known)}")
         for block, name, spec in self.iter_modules(structure):
+            info = next(i for i in structure.linears if i.name == name)
+            width = min(info.in_features, info.out_features)
+            if spec.rank > width:
+                raise ValueError(
+                    f"rank {spec.rank} of {structure.module_path(block, name)} exceeds the layer's width "
+                    f"{width} (a {info.out_features}x{info.in_features} linear is full rank at {width}); "
+                    f"give this layer a rank of at most {width}"
+                )
             if spec.bits != UNQUANTIZED:
-                info = next(i for i in structure.linears if i.name == name)
                 check_group_size(info.in_features, self.group_size, where=structure.module_path(block, name))
         if self.embed_bits != UNQUANTIZED:
             check_group_size(structure.embed_shape[1], self.group_size, where=structure.embed_path)

@@ -12,7 +12,6 @@ A training run folder (``qra train``) holds::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from qradaptor.assemble import (
     RUN_ADAPTER,
     RUN_BASE,
+    RUN_CHECKPOINTS,
+    RUN_INCOMPLETE,
     RUN_PLAN,
     RUN_TRAIN,
     AssembledModel,
@@ -55,6 +56,9 @@ class RunFiles:
     base_model_name_or_path (None: neither recorded)."""
     method: str | None = None
     """train.json's method (None: not recorded); ``NF4_METHODS`` runs rebuild a bitsandbytes base."""
+    finished: bool = True
+    """The folder has train.json, which ``qra train`` writes last; False for a folder put
+    together by hand (readable, but nothing says it is whole)."""
 
 
 def read_run(run_dir: str | Path) -> RunFiles:
@@ -67,6 +71,12 @@ def read_run(run_dir: str | Path) -> RunFiles:
     run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise ValueError(f"run folder {str(run_dir)!r} does not exist or is not a folder")
+    finished = (run / RUN_TRAIN).is_file()
+    if (run / RUN_INCOMPLETE).exists() or (not finished and (run / RUN_CHECKPOINTS).is_dir()):
+        raise ValueError(
+            f"run {str(run_dir)!r} is incomplete: qra train stopped before writing {RUN_TRAIN}, which it "
+            "writes last; finish it with qra train --resume (or --force) on the same folder"
+        )
     plan_file = run / RUN_PLAN
     if not plan_file.is_file():
         raise ValueError(
@@ -87,13 +97,16 @@ def read_run(run_dir: str | Path) -> RunFiles:
     info = read_adapter(adapter) if adapter.is_dir() else None
     base = run / RUN_BASE
     source = method = None  # train.json's "model" is the source as given; PEFT records what was read
-    if (run / RUN_TRAIN).is_file():
-        recorded = json.loads((run / RUN_TRAIN).read_text(encoding="utf-8"))
+    if finished:
+        from qradaptor.integrity import read_json
+
+        recorded = read_json(run / RUN_TRAIN, "run record")
+        recorded = recorded if isinstance(recorded, dict) else {}
         source = recorded.get("model") if isinstance(recorded.get("model"), str) else None
         method = recorded.get("method") if isinstance(recorded.get("method"), str) else None
     source = source or (info.base_model if info is not None else None)
     packed = str(base) if base.is_file() else None
-    return RunFiles(plan, str(adapter) if info else None, packed, source, method)
+    return RunFiles(plan, str(adapter) if info else None, packed, source, method, finished)
 
 
 def assemble_run(

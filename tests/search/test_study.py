@@ -91,6 +91,32 @@ def test_each_plan_is_evaluated_once_and_replayed_from_a_fresh_objective(tmp_pat
     assert completed_records(replay.study, table.space) == objective.records
 
 
+def test_a_new_trial_is_read_back_by_its_id_when_another_writer_adds_one_meanwhile(tmp_path, table) -> None:
+    """Another process's trial lands right after ours: reading "the last trial" would pair
+    this plan's hash with that trial's loss."""
+    study = open_study(sqlite_url(tmp_path / "s.db"), FINGERPRINT)
+    storage = study._storage
+    create = storage.create_new_trial
+
+    def and_another(study_id, template_trial=None):
+        mine = create(study_id, template_trial=template_trial)
+        attrs = {**template_trial.user_attrs, "plan_hash": "someone-else", "name": "other"}
+        other = optuna.trial.create_trial(
+            params=dict(template_trial.params),
+            distributions=dict(template_trial.distributions),
+            values=[99.0, 1.0],
+            user_attrs=attrs,
+        )
+        create(study_id, template_trial=other)
+        return mine
+
+    storage.create_new_trial = and_another
+    plan = Plan.uniform(3, 4, 8)
+    record = StudyObjective(study, FakeEvaluator(), table).record(plan)
+    assert (record.plan_hash, record.loss) == (plan.plan_hash, pytest.approx(2.5))
+    assert record.number == 0
+
+
 def test_a_diverged_plan_is_stored_as_inf_and_read_back_as_inf(tmp_path, table) -> None:
     storage = sqlite_url(tmp_path / "s.db")
     objective = StudyObjective(open_study(storage, FINGERPRINT), FakeEvaluator(diverge_at_bits=2), table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -200,3 +201,44 @@ def test_config_checks() -> None:
     assert TrainConfig(max_steps=7).total_steps(100) == 7
     assert TrainConfig(warmup=5).warmup_steps(3) == 3
     assert TrainConfig(lr=1e-3).differences(TrainConfig(save_every=5)) == ["lr: 0.0002 != 0.001"]
+
+
+def test_a_collapsed_run_stops_unless_allowed(llama_factory) -> None:
+    """Huge random logits score far worse than a uniform guess (as a 1-2 bit base can)."""
+    from qradaptor.train.loop import TrainingCollapsed
+
+    def confidently_wrong():
+        model = llama_factory()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(200)  # tied: the embedding too; logits of hundreds
+        return apply_plan(model, Plan.uniform(3, 4, 4))
+
+    data = pattern_set(8)
+    cfg = config(max_steps=6, warmup=0, lr=1e-5, collapse_steps=3)
+    model = confidently_wrong()
+    with pytest.raises(TrainingCollapsed, match=r"at or above 5.545 = ln\(vocab\).* for 3 steps in a row"):
+        Trainer(model, data, None, cfg).run()
+    notes: list[str] = []
+    model = confidently_wrong()
+    allowed = replace(cfg, allow_collapse=True)
+    result = Trainer(model, data, data, allowed, on_note=notes.append).run()
+    assert result.steps == 6 and min(result.losses) > math.log(256)
+    assert len(notes) == 2 and "continuing (--allow-collapse)" in notes[0]  # the steps, then the held-out
+    assert "final held-out loss" in notes[1]
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_for_the_newest_intact_one(llama_factory, tmp_path) -> None:
+    data = pattern_set()
+    cfg = config(max_steps=6, save_every=2, keep_checkpoints=3)
+    expected = Trainer(build(llama_factory), data, None, cfg, checkpoints=tmp_path).run()
+    newest = tmp_path / "step-000006" / "adapter.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # a disk that filled up
+    notes: list[str] = []
+    again = Trainer(build(llama_factory, seed=5), data, None, cfg, checkpoints=tmp_path, on_note=notes.append)
+    resumed = again.run(resume=True)
+    assert resumed.resumed_from == 4 and resumed.losses == pytest.approx(expected.losses, abs=1e-6)
+    assert len(notes) == 1 and "step-000006" in notes[0] and "older intact checkpoint step-000004" in notes[0]
+    for step in (2, 4, 6):
+        (tmp_path / f"step-{step:06d}" / "optimizer.pt").write_bytes(b"\x80")
+    with pytest.raises(ValueError, match=r"no checkpoint can be resumed from: .*optimizer.pt' is corrupt"):
+        Trainer(build(llama_factory), data, None, cfg, checkpoints=tmp_path).run(resume=True)

@@ -167,3 +167,29 @@ def test_nf4_needs_bitsandbytes_on_cuda(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
     with pytest.raises(ValueError, match="needs the bitsandbytes package.*use --method qlora"):
         check_nf4_available("cuda")
+
+
+def test_a_resume_from_another_plans_checkpoint_is_refused_before_quantising(
+    tiny_model_dir, alpaca, tmp_path, monkeypatch
+) -> None:
+    import qradaptor.train.run as run
+
+    checkpoint = tmp_path / "step-000002"
+    checkpoint.mkdir()
+    (checkpoint / "state.json").write_text(json.dumps({"step": 2, "fingerprint": {"plan_hash": "another"}}))
+
+    def no_build(*_args, **_kwargs):
+        raise AssertionError("the model was quantised")
+
+    monkeypatch.setattr(run, "build_for_method", no_build)
+    with pytest.raises(
+        ValueError, match=r"it was written by another run \(.*plan_hash: checkpoint 'another'"
+    ):
+        train_plan(
+            str(tiny_model_dir),
+            "qlora-4",
+            short(),
+            DataSpec(alpaca, eval_size=2),
+            checkpoints=tmp_path,
+            resume=True,
+        )

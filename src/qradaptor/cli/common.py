@@ -125,18 +125,61 @@ def check_output(path: str | os.PathLike[str], *, force: bool = False) -> Path:
 
     Raises:
         ValueError: if ``path`` exists and ``force`` is False, names a folder, or its folder
-            does not exist.
+            does not exist or is not writable.
     """
     target = Path(path).expanduser()
     if target.is_dir():
         raise ValueError(f"output {os.fspath(path)!r} is a folder; give a file name")
     if target.exists() and not force:
         raise ValueError(f"output {os.fspath(path)!r} already exists; pass --force to overwrite it")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise ValueError(
+            f"output {os.fspath(path)!r} cannot be written: {str(target.parent)!r} is a file, not a folder"
+        )
     if not target.parent.is_dir():
         raise ValueError(
             f"output {os.fspath(path)!r} cannot be written: folder {str(target.parent)!r} does not exist"
         )
+    _probe_writable(target.parent, "output", os.fspath(path))
     return target
+
+
+def _probe_writable(folder: Path, option: str, given: str) -> None:
+    """Raises ValueError unless a file can be created in ``folder`` (a real write: permissions,
+    read-only mounts and full quotas all show up, which ``os.access`` misses for root)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".qra-probe-", dir=folder)
+    except OSError as err:
+        raise ValueError(
+            f"{option} {given!r} cannot be written: folder {str(folder)!r} is not writable "
+            f"({err.strerror or type(err).__name__})"
+        ) from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def check_output_dir(path: str | os.PathLike[str], option: str = "--output") -> Path:
+    """``path`` as a Path if a folder may be created or written there, else ValueError naming why.
+
+    Checked before any model is loaded, so a bad location fails at once, not after the work.
+
+    Raises:
+        ValueError: if ``path`` is a file, lies under a file, or its nearest existing folder
+            is not writable.
+    """
+    folder = Path(path).expanduser()
+    given = os.fspath(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {given!r} is a file; give a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {given!r} cannot be created: {str(existing)!r} is a file, not a folder")
+    _probe_writable(existing, option, given)
+    return folder
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str, *, force: bool = False) -> Path:

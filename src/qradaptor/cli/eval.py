@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from qradaptor.cli.common import check_device, check_output, read_plan, resolve_device, write_text_atomic
+
+UNFINISHED = (
+    "warning: run {run!r} has no train.json, which qra train writes last: it was put together by hand "
+    "or its training did not finish; reading it as it is"
+)
+"""Said of a run folder that is readable but not known to be whole."""
 
 
 def eval(  # noqa: A001 - the verb's name is the command's
@@ -72,12 +79,15 @@ def eval(  # noqa: A001 - the verb's name is the command's
     if run is not None and (plan is not None or adapter is not None):
         given_too = " and ".join(o for o, v in (("--plan", plan), ("--adapter", adapter)) if v is not None)
         raise ValueError(f"--run {run!r} names the plan and adapter itself; do not also give {given_too}")
+    files = None
     if run is not None:
         from qradaptor.runs import read_run
 
-        read_run(run)  # a bad run folder fails now, before any model is loaded
+        files = read_run(run)  # a bad or unfinished run folder fails now, before any model is loaded
     if output is not None:
         check_output(output, force=force)  # fail now, not after an hour of evaluation
+    if files is not None and not files.finished:
+        print(UNFINISHED.format(run=run), file=sys.stderr)
     given = read_plan(plan) if plan else None
 
     import torch
@@ -92,10 +102,12 @@ def eval(  # noqa: A001 - the verb's name is the command's
     device = resolve_device(device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     the_plan = given
-    if isinstance(given, tuple):
+    if given is not None:
         from qradaptor.cli.common import load_structure
 
-        the_plan = Plan.uniform(load_structure(model)[1].num_blocks, *given)
+        structure = load_structure(model)[1]  # the config only: a plan that does not fit fails before loading
+        the_plan = Plan.uniform(structure.num_blocks, *given) if isinstance(given, tuple) else given
+        the_plan.validate(structure)
     started = time.perf_counter()
     if run is not None:
         built = assemble_run(run, model, dtype=dtype, device=device, progress=not no_progress)

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from qradaptor.atomic import atomic_dir
-from qradaptor.cli.common import check_device, resolve_device
+from qradaptor.cli.common import check_device, check_output_dir, resolve_device
 
 DTYPES = ("bfloat16", "float16", "float32")
 """What --dtype accepts for a merged export."""
@@ -21,8 +21,11 @@ def _check_out(run: Path, output: str, force: bool) -> Path:
         raise ValueError(f"-o {output!r} is a file; give a folder to write the export into")
     if out.exists() and not force:
         raise ValueError(f"-o {output!r} already exists; pass --force to replace it")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"-o {output!r} cannot be written: {str(out.parent)!r} is a file, not a folder")
     if not out.parent.is_dir():
         raise ValueError(f"-o {output!r} cannot be written: folder {str(out.parent)!r} does not exist")
+    check_output_dir(out, "-o")  # writable: checked before the model loads
     here, there = run.resolve(), out.resolve()
     if here == there or there in here.parents or here in there.parents:
         raise ValueError(f"-o {output!r} must lie outside the run folder {str(run)!r} and not contain it")
@@ -95,8 +98,14 @@ def export(
     check_device(device)
     from qradaptor.runs import read_run
 
-    read_run(run)  # not a run: fail before anything is written
+    files = read_run(run)  # not a run, or an unfinished one: fail before anything is written
     out = _check_out(Path(run).expanduser(), output, force)
+    if not files.finished:
+        import sys
+
+        from qradaptor.cli.eval import UNFINISHED
+
+        print(UNFINISHED.format(run=run), file=sys.stderr)
     device = resolve_device(device)
     with atomic_dir(out) as tmp:
         if packed:

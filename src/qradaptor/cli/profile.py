@@ -13,6 +13,7 @@ from qradaptor.cli.common import (
     QUANT_METHODS,
     check_device,
     check_output,
+    check_output_dir,
     parse_int_list,
     resolve_device,
     write_text_atomic,
@@ -58,6 +59,7 @@ def _check_out_dir(out_dir: str, force: bool, plot: bool) -> Path:
     folder = Path(out_dir).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"-o {out_dir!r} is a file; give a folder (it is created if missing)")
+    check_output_dir(folder, "-o")  # writable, or creatable: before the model loads
     if folder.is_dir():
         for name in OUTPUT_FILES if plot else OUTPUT_FILES[:2]:
             check_output(folder / name, force=force)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -12,11 +13,11 @@ from typing import Any
 
 from qradaptor.cli.common import (
     check_device,
+    check_output_dir,
     load_structure,
     parse_int_list,
     read_sensitivity,
     resolve_device,
-    write_text_atomic,
 )
 
 GRANULARITIES = ("block", "module")
@@ -239,18 +240,21 @@ def search(
     run_dir = Path(output).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output {output!r} is a file; give a folder for the run")
+    check_output_dir(run_dir)  # writable, or creatable: before the model loads
     given_sensitivity = read_sensitivity(sensitivity) if sensitivity else None
 
-    from qradaptor.cli.search_output import print_outcome, write_run
+    from qradaptor.cli.search_output import print_outcome, write_config, write_run
     from qradaptor.data import pack_texts
     from qradaptor.data.search_texts import search_texts
     from qradaptor.launch import local_worker_devices
+    from qradaptor.lock import RunLock
     from qradaptor.models.loading import load_model
     from qradaptor.search.bayes import BayesConfig
     from qradaptor.search.budget import check_budget
     from qradaptor.search.multifidelity import HalvingConfig
     from qradaptor.search.pipeline import SearchConfig, run_search, search_space
     from qradaptor.search.proxy import ProxyConfig
+    from qradaptor.search.queue import display_url
     from qradaptor.search.study import sqlite_url
 
     device = resolve_device(device)
@@ -278,97 +282,115 @@ def search(
     structure = load_structure(model)[1]
     table = search_space(structure, config)[1]
     check_budget(the_budget, table)  # before loading weights
-    texts = search_texts(data, eval_data)  # a bad or too small --data fails before the model loads
+    texts = search_texts(data, eval_data)  # a bad or too small --data fails before the lock and the load
     for line in texts.warnings:
         print(f"qra search: {line}", file=sys.stderr)
     storage_url = storage or sqlite_url(run_dir / "study.db")
+
+    def run() -> int:
+        """The search, once the folder (and the --storage study) are this process's."""
+        started = time.perf_counter()
+        loaded = load_model(model, device=device)
+        devices, worker_bytes = local_worker_devices(
+            workers, device, gpu_list, structure, table, loaded.model, batch_size, seq_len, group_size
+        )
+        train_windows = pack_texts(texts.calibration, loaded.tokenizer, seq_len, seed=0)  # the whole corpus
+        needed = steps * batch_size
+        train_ids = train_windows[:needed]
+        eval_ids = pack_texts(
+            texts.selection, loaded.tokenizer, seq_len, num_sequences=eval_batches * batch_size
+        )
+        calibration = train_windows[-calibration_samples:]
+        profiled = given_sensitivity
+        if profiled is None and not no_profile and (run_dir / "sensitivity.json").is_file():
+            profiled = read_sensitivity(str(run_dir / "sensitivity.json"))  # resume: profiled already
+        from qradaptor.search.cost import cost_line
+
+        profiles = profiled is None and config.profile
+        line = cost_line(loaded.model, structure, config, proxy, train_ids, calibration_samples, profiles)
+        print(f"qra search: {line}", file=sys.stderr)  # what it will do, priced here, before doing it
+        settings = {
+            "model": loaded.source,
+            "budget": budget,
+            "data": texts.roles["calibration"],
+            "eval_data": texts.roles["selection"],
+            "roles": texts.roles,
+            "epoch_tokens": int(train_windows.numel()),
+            "device": device,
+            "workers": devices,
+            "worker_bytes_predicted": worker_bytes,
+            "study": study,
+            "preset": chosen_preset,
+            "config": _jsonable(config),
+            "proxy": _jsonable(proxy),
+        }
+        write_config(run_dir, settings)  # with the command line, passwords hidden
+        pool = None
+        queue = None
+        if devices or storage:
+            from qradaptor.launch import LocalWorkers
+            from qradaptor.search.pipeline import WorkerQueue
+            from qradaptor.search.queue import QueueSettings
+
+            settings = QueueSettings()
+            pool = LocalWorkers(storage_url, study, devices, run_dir / "workers", settings)
+            queue = WorkerQueue(
+                model_source=loaded.source,
+                queue=settings,
+                on_ready=(lambda _study: pool.start()) if devices else None,
+                check_alive=pool.check_alive if devices else None,
+            )
+            print(
+                f"plans are scored by {len(devices)} local worker(s) (logs in {run_dir / 'workers'}); "
+                "more can join from any machine: "
+                f"qra worker --storage {display_url(storage_url)} --study {study}",
+                file=sys.stderr,
+            )
+        try:
+            with pool if pool is not None else contextlib.nullcontext():
+                outcome = run_search(
+                    loaded.model,
+                    train_ids,
+                    eval_ids,
+                    config,
+                    storage=storage_url,
+                    proxy=proxy,
+                    calibration=calibration,
+                    sensitivity=profiled,
+                    study_name=study,
+                    device=device,
+                    progress=not no_progress,
+                    workers=queue,
+                )
+        except KeyboardInterrupt:
+            print(
+                f"interrupted; finished trials are in the study {study!r} of {display_url(storage_url)}: "
+                "run the same command to resume",
+                file=sys.stderr,
+            )
+            return 130
+        seconds = time.perf_counter() - started
+        vocab = loaded.model.config.vocab_size
+        summary = write_run(
+            run_dir, outcome, config, int(train_windows.numel()), seconds, texts.roles, math.log(vocab)
+        )
+        print_outcome(outcome, summary, run_dir)
+        return 0
+
+    shared = None
     if storage:
         from qradaptor.search.queue import open_storage
 
-        open_storage(storage)  # an unreachable server is refused before anything is loaded or written
-    started = time.perf_counter()
-    loaded = load_model(model, device=device)
-    devices, worker_bytes = local_worker_devices(
-        workers, device, gpu_list, structure, table, loaded.model, batch_size, seq_len, group_size
-    )
-    train_windows = pack_texts(texts.calibration, loaded.tokenizer, seq_len, seed=0)  # the whole corpus
-    needed = steps * batch_size
-    train_ids = train_windows[:needed]
-    eval_ids = pack_texts(texts.selection, loaded.tokenizer, seq_len, num_sequences=eval_batches * batch_size)
-    calibration = train_windows[-calibration_samples:]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if given_sensitivity is None and not no_profile and (run_dir / "sensitivity.json").is_file():
-        given_sensitivity = read_sensitivity(str(run_dir / "sensitivity.json"))  # resume: profiled already
-    from qradaptor.search.cost import cost_line
+        shared = open_storage(storage)  # an unreachable server: refused before anything is loaded or written
+    with contextlib.ExitStack() as held:
+        # One writer per run folder and per study: a second search is refused before any load.
+        held.enter_context(RunLock(run_dir, "qra search"))
+        if shared is not None:
+            from qradaptor.search.owner import StudyClaim
 
-    profiles = given_sensitivity is None and config.profile
-    line = cost_line(loaded.model, structure, config, proxy, train_ids, calibration_samples, profiles)
-    print(f"qra search: {line}", file=sys.stderr)  # what it will do, priced here, before doing it
-    settings = {
-        "model": loaded.source,
-        "budget": budget,
-        "command": " ".join(sys.argv),
-        "data": texts.roles["calibration"],
-        "eval_data": texts.roles["selection"],
-        "roles": texts.roles,
-        "epoch_tokens": int(train_windows.numel()),
-        "device": device,
-        "workers": devices,
-        "worker_bytes_predicted": worker_bytes,
-        "study": study,
-        "preset": chosen_preset,
-        "config": _jsonable(config),
-        "proxy": _jsonable(proxy),
-    }
-    write_text_atomic(run_dir / "config.json", json.dumps(settings, indent=2) + "\n", force=True)
-    pool = None
-    queue = None
-    if devices or storage:
-        from qradaptor.launch import LocalWorkers
-        from qradaptor.search.pipeline import WorkerQueue
-        from qradaptor.search.queue import QueueSettings, display_url
-
-        settings = QueueSettings()
-        pool = LocalWorkers(storage_url, study, devices, run_dir / "workers", settings)
-        queue = WorkerQueue(
-            model_source=loaded.source,
-            queue=settings,
-            on_ready=(lambda _study: pool.start()) if devices else None,
-            check_alive=pool.check_alive if devices else None,
-        )
-        print(
-            f"plans are scored by {len(devices)} local worker(s) (logs in {run_dir / 'workers'}); more can "
-            f"join from any machine: qra worker --storage {display_url(storage_url)} --study {study}",
-            file=sys.stderr,
-        )
-    try:
-        with pool if pool is not None else contextlib.nullcontext():
-            outcome = run_search(
-                loaded.model,
-                train_ids,
-                eval_ids,
-                config,
-                storage=storage_url,
-                proxy=proxy,
-                calibration=calibration,
-                sensitivity=given_sensitivity,
-                study_name=study,
-                device=device,
-                progress=not no_progress,
-                workers=queue,
-            )
-    except KeyboardInterrupt:
-        print(
-            f"interrupted; finished trials are in the study {study!r} of {storage_url}: "
-            "run the same command to resume",
-            file=sys.stderr,
-        )
-        return 130
-    summary = write_run(
-        run_dir, outcome, config, int(train_windows.numel()), time.perf_counter() - started, texts.roles
-    )
-    print_outcome(outcome, summary, run_dir)
-    return 0
+            held.enter_context(StudyClaim(shared, study))
+        return run()
+    raise AssertionError("unreachable")  # ExitStack swallows nothing
 
 
 def _jsonable(obj: Any) -> Any:

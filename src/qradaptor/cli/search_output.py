@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,14 @@ if TYPE_CHECKING:
     from qradaptor.search.pipeline import SearchOutcome
 
 
+def write_config(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Writes config.json: ``settings`` and the command line, every URL's password hidden."""
+    from qradaptor.redact import redact
+
+    record = {**settings, "command": redact(" ".join(sys.argv))}
+    write_text_atomic(run_dir / "config.json", redact(json.dumps(record, indent=2)) + "\n", force=True)
+
+
 def write_run(
     run_dir: Path,
     outcome: SearchOutcome,
@@ -20,10 +29,12 @@ def write_run(
     epoch_tokens: int,
     seconds: float,
     roles: dict[str, str] | None = None,
+    chance: float = math.inf,
 ) -> dict:
     """Writes the run folder's results (each file atomically) and returns the summary.
 
     ``roles`` says which text calibrated, which selected and what is reported as test.
+    ``chance`` is ln(vocab): plans scored at or above it count as collapsed.
     """
     from qradaptor.search import report
     from qradaptor.search.records import records_to_csv
@@ -46,6 +57,9 @@ def write_run(
             "epoch_tokens": epoch_tokens,
             "search_cost_epochs": proxy_tokens / epoch_tokens if epoch_tokens else None,
             "data_roles": roles,
+            "chance_loss": chance if math.isfinite(chance) else None,
+            "collapsed_plans": sum(math.isfinite(r.loss) and r.loss >= chance for r in records),
+            "chosen_collapsed": outcome.chosen.loss >= chance,
         }
     )
     if outcome.unit_sensitivity is not None:
@@ -118,6 +132,13 @@ def print_outcome(outcome: SearchOutcome, summary: dict, run_dir: Path) -> None:
         f"chosen plan: proxy loss {chosen.loss:.4f}, {chosen.avg_bits:.3f} avg bits, {chosen.bytes} bytes; "
         f"bits {' '.join(map(str, chosen.bits))}; ranks {' '.join(map(str, chosen.ranks))}"
     )
+    if summary.get("chosen_collapsed"):
+        print(
+            f"warning: the chosen plan's proxy loss {chosen.loss:.4f} is at or above ln(vocab) = "
+            f"{summary['chance_loss']:.4f}, a uniform guess: every plan within the budget collapsed; "
+            "give a larger --budget or higher --bits choices",
+            file=sys.stderr,
+        )
     screened = f" ({len(outcome.screened)} on lower rungs)" if outcome.screened else ""
     print(
         f"{outcome.evaluated} plans scored, {outcome.replayed} read from the study{screened}; "

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qradaptor.assemble import RUN_ADAPTER, RUN_BASE, RUN_CHECKPOINTS, RUN_PLAN, RUN_TRAIN
-from qradaptor.cli.common import check_device, read_plan, resolve_device, write_text_atomic
+from qradaptor.cli.common import (
+    check_device,
+    check_output_dir,
+    read_plan,
+    resolve_device,
+    write_text_atomic,
+)
 from qradaptor.train.compiled import COMPILE_MODES, check_compile
 
 if TYPE_CHECKING:
@@ -27,6 +33,7 @@ def _check_run_folder(run: Path, *, resume: bool, force: bool) -> None:
 
     if run.exists() and not run.is_dir():
         raise ValueError(f"--output {str(run)!r} is a file; give a folder for the run")
+    check_output_dir(run)  # writable: checked before the model loads
     finished = (run / RUN_TRAIN).is_file()
     pending = complete_checkpoints(run / RUN_CHECKPOINTS)
     if finished and not force and not resume:
@@ -39,6 +46,14 @@ def _check_run_folder(run: Path, *, resume: bool, force: bool) -> None:
             f"--output {str(run)!r} holds checkpoints of an unfinished run (newest {pending[-1].name}); "
             "pass --resume to continue it or --force to start over"
         )
+
+
+def _read_local_data(source: str | None, text: bool, split: str) -> None:
+    """Reads a local data file once, so that a damaged one is refused before the model loads."""
+    from qradaptor.data.loading import load_instructions, load_texts
+
+    if source is not None and Path(source).expanduser().is_file():
+        (load_texts if text else load_instructions)(source, split=split)
 
 
 def train(
@@ -76,6 +91,7 @@ def train(
     keep_checkpoints: int = 2,
     resume: bool = False,
     force: bool = False,
+    allow_collapse: bool = False,
     eval_tasks: str | None = None,
     eval_limit: int | None = None,
     device: str = "auto",
@@ -137,6 +153,9 @@ def train(
         keep_checkpoints: newest checkpoints kept
         resume: continue from the newest checkpoint in RUN/checkpoints
         force: train again in a folder that holds a finished or unfinished run
+        allow_collapse: write the run even when training collapsed (its loss at or above ln(vocab),
+            no better than a uniform guess, for 20 steps after warm-up, or at the end of a run of
+            20 steps or more); without it such a run stops with exit code 3 and writes no adapter
         eval_tasks: after training, evaluate these tasks (as qra eval --tasks; perplexity windows of
             --seq-len tokens) into RUN/eval.json
         eval_limit: documents per task of --eval-tasks
@@ -173,6 +192,7 @@ def train(
         eval_every=eval_every,
         save_every=save_every,
         keep_checkpoints=keep_checkpoints,
+        allow_collapse=allow_collapse,
         progress=not no_progress,
     )
     if eval_size < 0:
@@ -192,58 +212,66 @@ def train(
     given = read_plan(plan) if plan else None
     run = Path(output).expanduser()
     _check_run_folder(run, resume=resume, force=force)
+    from qradaptor.lock import RunLock
 
-    from qradaptor.plan import Plan
-    from qradaptor.train.loop import TrainingDiverged
-    from qradaptor.train.outputs import write_run
-    from qradaptor.train.run import DataSpec, train_plan
+    with RunLock(run, "qra train"):  # one writer per run folder: a second train is refused here
+        _check_run_folder(run, resume=resume, force=force)  # again: the holder may just have finished
+        from qradaptor.plan import Plan
+        from qradaptor.train.loop import TrainingDiverged
+        from qradaptor.train.outputs import write_run
+        from qradaptor.train.run import DataSpec, train_plan
 
-    if isinstance(given, tuple):
-        from qradaptor.cli.common import load_structure
+        if given is not None:
+            from qradaptor.cli.common import load_structure
 
-        given = Plan.uniform(load_structure(model)[1].num_blocks, *given)
-    device = resolve_device(device)
-    check_compile(config.compile, device)  # "graphs" on a CPU: refused before the model loads
-    spec = DataSpec(
-        source=data, text=text, eval_source=eval_data, eval_size=eval_size, limit=limit, split=split
-    )
-    checkpoints = run / RUN_CHECKPOINTS  # made by the first checkpoint; run/ by write_run
-    if force and not resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    try:
-        outcome = train_plan(
-            model,
-            the_method.name,
-            config,
-            spec,
-            plan=given,
-            rank=rank,
-            bits=bits,
-            device=device,
-            checkpoints=checkpoints,
-            resume=resume,
-            adalora_init_r=adalora_init_r,
-            adalora_target_r=adalora_target_r,
-            tensorboard=run / "tensorboard" if tensorboard else None,
+            structure = load_structure(model)[1]  # the config only: a plan that does not fit fails now
+            given = Plan.uniform(structure.num_blocks, *given) if isinstance(given, tuple) else given
+            given.validate(structure)
+        _read_local_data(data, text, split)  # a damaged data file fails before the model loads
+        if eval_data is not None:
+            _read_local_data(eval_data, text, split)
+        device = resolve_device(device)
+        check_compile(config.compile, device)  # "graphs" on a CPU: refused before the model loads
+        spec = DataSpec(
+            source=data, text=text, eval_source=eval_data, eval_size=eval_size, limit=limit, split=split
         )
-    except TrainingDiverged as err:
-        print(f"qra train: error: {err}", file=sys.stderr)
-        return DIVERGED
-    except KeyboardInterrupt:
-        from qradaptor.train.checkpoint import complete_checkpoints
+        checkpoints = run / RUN_CHECKPOINTS  # made by the first checkpoint; run/ by write_run
+        if force and not resume:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        try:
+            outcome = train_plan(
+                model,
+                the_method.name,
+                config,
+                spec,
+                plan=given,
+                rank=rank,
+                bits=bits,
+                device=device,
+                checkpoints=checkpoints,
+                resume=resume,
+                adalora_init_r=adalora_init_r,
+                adalora_target_r=adalora_target_r,
+                tensorboard=run / "tensorboard" if tensorboard else None,
+            )
+        except TrainingDiverged as err:
+            print(f"qra train: error: {err}", file=sys.stderr)
+            return DIVERGED
+        except KeyboardInterrupt:
+            from qradaptor.train.checkpoint import complete_checkpoints
 
-        found = complete_checkpoints(checkpoints)
-        where = f"the newest checkpoint is {found[-1].name}" if found else "no checkpoint was written"
-        print(
-            f"qra train: interrupted; {where}; run the same command with --resume to continue",
-            file=sys.stderr,
-        )
-        return INTERRUPTED
-    write_run(run, outcome, device=device)
-    if eval_tasks is not None:
-        _evaluate(outcome, run, eval_tasks, eval_limit, device, seq_len, not no_progress)
-    _report(outcome, run)
-    return 0
+            found = complete_checkpoints(checkpoints)
+            where = f"the newest checkpoint is {found[-1].name}" if found else "no checkpoint was written"
+            print(
+                f"qra train: interrupted; {where}; run the same command with --resume to continue",
+                file=sys.stderr,
+            )
+            return INTERRUPTED
+        write_run(run, outcome, device=device)
+        if eval_tasks is not None:
+            _evaluate(outcome, run, eval_tasks, eval_limit, device, seq_len, not no_progress)
+        _report(outcome, run)
+        return 0
 
 
 def _evaluate(
@@ -340,6 +368,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     )
     parser.add_argument("--resume", action="store_true", help=helps["resume"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
+    parser.add_argument("--allow-collapse", action="store_true", help=helps["allow_collapse"])
     parser.add_argument("--eval-tasks", metavar="TASKS", help=helps["eval_tasks"])
     parser.add_argument("--eval-limit", type=int, metavar="N", help=helps["eval_limit"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
 
 from qradaptor.cli.common import check_device, resolve_device
+from qradaptor.redact import STORAGE_ENV
 
 
 def worker(
     *,
-    storage: str,
+    storage: str | None = None,
     study: str = "qradaptor",
     device: str = "auto",
     model: str | None = None,
@@ -32,7 +34,8 @@ def worker(
 
     Args:
         storage: the study's storage: sqlite:////abs/path/study.db or
-            postgresql+psycopg2://user@host:5432/db
+            postgresql+psycopg2://user@host:5432/db; omitted: the environment variable
+            QRADAPTOR_STORAGE (keeps a password out of the command line, which ps shows to all)
         study: the study's name in the storage (qra search --study)
         device: auto (cuda if available), cpu or cuda
         model: load the weights from this path instead of the one the study names (the same
@@ -48,6 +51,11 @@ def worker(
     from qradaptor.worker import run_worker
 
     check_device(device)
+    storage = storage or os.environ.get(STORAGE_ENV)
+    if not storage:
+        raise ValueError(
+            f"give the study's storage: --storage URL, or the environment variable {STORAGE_ENV}"
+        )
     if max_trials is not None and max_trials < 1:
         raise ValueError(f"--max-trials must be >= 1, got {max_trials}")
     if idle_exit is not None and idle_exit < 0:
@@ -86,7 +94,7 @@ VERB = worker
 
 def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, Any]) -> None:
     """Options of ``qra worker``."""
-    parser.add_argument("--storage", required=True, metavar="URL", help=helps["storage"])
+    parser.add_argument("--storage", metavar="URL", help=helps["storage"])
     parser.add_argument("--study", default="qradaptor", metavar="NAME", help=helps["study"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--model", metavar="PATH", help=helps["model"])

@@ -42,14 +42,31 @@ def _accepted(kind: str) -> str:
     )
 
 
-def _read_json_records(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+def _read_utf8(path: Path) -> str:
+    """The file's text; a binary or wrongly encoded file is one error naming it."""
     try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"source {str(path)!r} must be valid JSON: {err}") from err
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"source file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+            "is it the right file, or truncated?"
+        ) from None
+
+
+def _read_json_records(path: Path) -> list[Any]:
+    text = _read_utf8(path)
+    lines = enumerate(text.splitlines(), start=1) if path.suffix == ".jsonl" else [(0, text)]
+    parsed = []
+    for number, chunk in lines:
+        try:
+            if chunk.strip() or not number:
+                parsed.append(json.loads(chunk))
+        except json.JSONDecodeError as err:
+            where = f" (line {number})" if number else ""
+            raise ValueError(f"source {str(path)!r} must be valid JSON{where}: {err}; truncated?") from None
+    if path.suffix == ".jsonl":
+        return parsed
+    data = parsed[0]
     if not isinstance(data, list):
         raise ValueError(f"source {str(path)!r} must hold a JSON list of records, got {type(data).__name__}")
     return data
@@ -83,7 +100,7 @@ def _read_records(source: str, split: str, config: str | None, kind: str) -> Any
         if path.suffix in (".json", ".jsonl"):
             return _read_json_records(path)
         if path.suffix == ".txt" and kind == "text":
-            docs = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
+            docs = re.split(r"\n\s*\n", _read_utf8(path))
             return [d for d in docs if d.strip()]
         raise ValueError(
             f"source file {source!r} has an unsupported extension {path.suffix!r}; " + _accepted(kind)

@@ -25,6 +25,7 @@ from typing import Any
 
 from qradaptor.atomic import write_text
 from qradaptor.experiment.config import Cell, Experiment, Step
+from qradaptor.redact import redact
 
 POLL_SECONDS = 0.5
 """How often running steps are checked."""
@@ -118,7 +119,7 @@ def write_cell_record(cell: Cell, state: str, error: str | None = None) -> None:
         "budget": cell.budget,
         "seed": cell.seed,
         "search": search,
-        "commands": cell.commands,
+        "commands": [redact(c) for c in cell.commands],  # a storage URL's password: not on disk
         "state": state,
         "error": error,
     }
@@ -213,7 +214,7 @@ class Runner:
             argv.append("--no-progress")
         job.log_dir.mkdir(parents=True, exist_ok=True)
         job.log = open(job.log_dir / f"{step.verb}.log", "a")  # noqa: SIM115 (closed in _finish)
-        job.log.write(f"\n$ {step.command}  # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        job.log.write(f"\n$ {redact(step.command)}  # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         job.log.flush()
         job.gpu = job.gpu if job.state == "running" else self._gpu()
         job.process = subprocess.Popen(

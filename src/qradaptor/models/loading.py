@@ -329,6 +329,12 @@ def _from_hub_or_local(auto: Any, checkpoint: str, resolved: ResolvedSource, **k
         raise ValueError(
             f"could not load model source {resolved.source!r} ({_first_line(err)}); expected {ACCEPTED}"
         ) from err
+    except Exception as err:
+        # A truncated or damaged GGUF fails deep in its reader with struct.error, IndexError,
+        # EOFError...: name the file and the fault instead of showing a traceback.
+        if checkpoint.lower().endswith(".gguf"):
+            raise _gguf_error(Path(checkpoint), err) from err
+        raise
 
 
 def _read_config(checkpoint: str, resolved: ResolvedSource) -> PretrainedConfig:
@@ -366,10 +372,10 @@ def _gguf_error(path: Path, err: BaseException) -> ValueError:
     try:
         field = GGUFReader(path).fields.get("general.architecture")
         architecture = field.contents() if field is not None else None
-    except (ValueError, OSError, IndexError, KeyError) as read_err:
+    except Exception as read_err:  # noqa: BLE001 - the reader fails many ways on a damaged file
         return ValueError(
-            f"model source {str(path)!r} is not a readable GGUF file ({_first_line(read_err)}); "
-            f"expected {ACCEPTED}"
+            f"model source {str(path)!r} is not a readable GGUF file: damaged or truncated? "
+            f"({_first_line(read_err)}); expected {ACCEPTED}"
         )
     if "not supported" not in str(err):
         return ValueError(

@@ -100,6 +100,9 @@ class ProxyScore:
     """Wall time of build, training and scoring."""
     tokens: int
     """Input tokens trained on (steps taken x batch_size x T)."""
+    collapsed: bool = False
+    """The finite score is at or above ln(vocab), a uniform guess's loss: the plan collapsed
+    (marked on its trial; the search warns when its choice is one)."""
 
     @property
     def diverged(self) -> bool:
@@ -182,6 +185,9 @@ class ProxyEvaluator:
         self.quant_cache = QuantCache() if cache is None else cache
         self._evaluations = 0
         self._hits = 0
+        vocab = getattr(getattr(base_model, "config", None), "vocab_size", None)
+        self.chance = math.log(vocab) if isinstance(vocab, int) and vocab > 1 else math.inf
+        """ln(vocab): a score at or above it is marked collapsed."""
 
     # ----- bookkeeping --------------------------------------------------------------
     @property
@@ -253,6 +259,7 @@ class ProxyEvaluator:
             train_loss=tuple(train_loss),
             seconds=time.perf_counter() - start,
             tokens=tokens,
+            collapsed=math.isfinite(loss) and loss >= self.chance,
         )
 
     def _batch(self, step: int) -> torch.Tensor:

@@ -19,8 +19,8 @@ Trials (``optuna.trial.FrozenTrial``, inspectable with optuna-dashboard):
     params       "<unit>.bits" and "<unit>.rank" per search unit, categorical over the choices
     values       [proxy loss, bytes], both minimised
     user_attrs   phase, generation, plan_hash, loss_before, avg_bits, bytes, seconds, tokens,
-                 name; trials scored by workers also hold the plan's JSON (``plan``) and
-                 the ``worker`` that scored it (see ``queue``)
+                 name, collapsed (score at or above ln(vocab)); trials scored by workers also
+                 hold the plan's JSON (``plan``) and the ``worker`` that scored it (see ``queue``)
 """
 
 from __future__ import annotations
@@ -282,6 +282,8 @@ class StudyObjective:
     def _score_and_store(self, plan: Plan, name: str) -> TrialRecord:
         import optuna
 
+        from qradaptor.search.queue import retrying
+
         params, distributions, attrs = self._trial_fields(plan, name)
         score = self._evaluate(plan)
         self.evaluated += 1
@@ -292,9 +294,11 @@ class StudyObjective:
             values=[float(score.loss), float(attrs["bytes"])],
             user_attrs=attrs,
         )
-        self.study.add_trial(trial)
-        # Read back what the study holds, so a new record is the same as its later replay.
-        return record_of(self.study.get_trials(deepcopy=False)[-1], self.space)
+        # Read back the trial by the id the storage gave it (never "the last trial": another
+        # process may add one meanwhile), so a new record is the same as its later replay.
+        storage = self.study._storage
+        trial_id = retrying(lambda: storage.create_new_trial(self.study._study_id, template_trial=trial))
+        return record_of(retrying(lambda: storage.get_trial(trial_id)), self.space)
 
     def _score_by_workers(self, items: list[tuple[Plan, str]]) -> None:
         from optuna.trial import TrialState
@@ -329,6 +333,7 @@ def score_attrs(score: ProxyScore) -> dict[str, Any]:
         "loss_before": score.loss_before if math.isfinite(score.loss_before) else None,
         "seconds": float(score.seconds),
         "tokens": int(score.tokens),
+        "collapsed": bool(score.collapsed),
     }
 
 

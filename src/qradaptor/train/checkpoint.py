@@ -8,7 +8,9 @@ A checkpoint is a folder ``<dir>/step-<NNNNNN>/`` holding
     state.json            step, history, config, fingerprint
 
 It is written into a hidden temporary folder and renamed into place when complete, so a
-process killed while saving leaves the previous checkpoint as the newest complete one.
+process killed while saving leaves the previous checkpoint as the newest complete one. A
+checkpoint damaged afterwards (a full disk, a partial copy) is skipped on resume for the
+newest one that reads back whole, and the resume says so.
 The data position needs no saving: micro-batch i is a function of (seed, i), see data.py.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,10 +102,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
     """Reads a checkpoint folder written by ``save_checkpoint``.
 
     Raises:
-        ValueError: if the folder is not a complete checkpoint.
+        ValueError: if the folder is not a complete checkpoint, or a file of it is corrupt or
+            truncated (the message names the file).
     """
     import torch
     from safetensors.torch import load_file
+
+    from qradaptor.integrity import check_safetensors, read_json
 
     needed = ("adapter.safetensors", "optimizer.pt", "rng.pt", STATE_FILE)
     missing = [name for name in needed if not (path / name).is_file()]
@@ -110,15 +116,75 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise ValueError(
             f"checkpoint {str(path)!r} is incomplete: it lacks {missing} (expected {list(needed)})"
         )
-    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    state = read_json(path / STATE_FILE, "checkpoint state")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"checkpoint state {str(path / STATE_FILE)!r} has no step")
+    check_safetensors(path / "adapter.safetensors", "checkpoint tensors")
+    loaded = {}
+    for name in ("optimizer.pt", "rng.pt"):
+        try:
+            loaded[name] = torch.load(path / name, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError...
+            raise ValueError(
+                f"checkpoint file {str(path / name)!r} is corrupt or truncated ({type(err).__name__}: "
+                f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+            ) from None
     return Checkpoint(
         step=int(state["step"]),
         state=state,
         tensors=load_file(str(path / "adapter.safetensors")),
-        optimizer=torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
-        rng=torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
+        optimizer=loaded["optimizer.pt"],
+        rng=loaded["rng.pt"],
         path=path,
     )
+
+
+def newest_intact(directory: Path, on_skip: Callable[[str], None] | None = None) -> Checkpoint | None:
+    """The newest checkpoint under ``directory`` that reads back whole, or None when there is none.
+
+    A corrupt newer one (a disk that filled, a file copied in half) is skipped for the one
+    before it, and ``on_skip`` is told which and why.
+
+    Raises:
+        ValueError: when checkpoints exist but none reads back; each one's fault is named.
+    """
+    found = complete_checkpoints(directory)
+    faults = []
+    for path in reversed(found):
+        try:
+            checkpoint = load_checkpoint(path)
+        except ValueError as err:
+            faults.append(str(err))
+            continue
+        if faults and on_skip is not None:
+            on_skip(f"{'; '.join(faults)}; resuming from the older intact checkpoint {path.name}")
+        return checkpoint
+    if faults:
+        raise ValueError(
+            "no checkpoint can be resumed from: " + "; ".join(faults) + "; start over with --force"
+        )
+    return None
+
+
+def check_resumable(directory: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuses, from state.json alone, to resume another run's newest checkpoint.
+
+    Cheap (no tensor is read), so ``train_plan`` calls it before it quantises anything; the
+    full check runs again when the checkpoint is loaded.
+
+    Raises:
+        ValueError: as :func:`check_same_run`.
+    """
+    from qradaptor.integrity import read_json
+
+    for path in reversed(complete_checkpoints(directory)):
+        try:
+            state = read_json(path / STATE_FILE, "checkpoint state")
+        except ValueError:
+            continue  # corrupt: the resume skips it for an older one, and says so
+        if isinstance(state, dict):
+            check_same_run(dict(state.get("fingerprint") or {}), fingerprint, path)
+            return
 
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 from qradaptor.schedule import SCHEDULES, Schedule
 from qradaptor.train.compiled import CompileMode, check_compile
 
-RESUMABLE_CHANGES = frozenset({"eval_every", "save_every", "keep_checkpoints", "progress"})
-"""Fields a resume may change: they decide when things are reported or saved, not the result."""
+RESUMABLE_CHANGES = frozenset(
+    {"eval_every", "save_every", "keep_checkpoints", "progress", "collapse_steps", "allow_collapse"}
+)
+"""Fields a resume may change: they decide when things are reported, saved or stopped, not the result."""
 
 
 def _check_int(value: object, name: str, minimum: int) -> None:
@@ -70,6 +72,12 @@ class TrainConfig:
     """Newest checkpoints kept; older ones are deleted once a newer one is complete."""
     divergence_factor: float = 4.0
     """Stop when a step's loss exceeds this multiple of the lowest smoothed loss so far."""
+    collapse_steps: int = 20
+    """Stop as collapsed when the training loss stays at or above ln(vocab), no better than a
+    uniform guess, this many steps in a row after warm-up (0: never); in a run of at least
+    this many steps, a final held-out loss at or above ln(vocab) is a collapse too."""
+    allow_collapse: bool = False
+    """Write the run even when it collapsed (the collapse is still reported)."""
     progress: bool = True
     """Show a progress bar (loss, tokens/s, ETA)."""
 
@@ -94,6 +102,7 @@ class TrainConfig:
         _check_int(self.save_every, "save_every", 0)
         _check_int(self.keep_checkpoints, "keep_checkpoints", 1)
         _check_number(self.divergence_factor, "divergence_factor", low=1.0, low_open=True)
+        _check_int(self.collapse_steps, "collapse_steps", 0)
 
     def total_steps(self, batches_per_epoch: int) -> int:
         """Optimiser steps of the run, given micro-batches per epoch (at least 1)."""

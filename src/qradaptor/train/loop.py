@@ -10,12 +10,16 @@ so their numbers are comparable. Per optimiser step s (0-based):
 
 A non-finite loss, or one above ``divergence_factor`` x the lowest smoothed loss so far,
 stops the run with ``TrainingDiverged`` before anything else is written; the newest
-checkpoint on disk is the last good state.
+checkpoint on disk is the last good state. A collapsed run stops the same way
+(``TrainingCollapsed``): its training loss sat at or above ln(vocab), what a uniform guess
+over the vocabulary scores, for ``collapse_steps`` steps in a row, or its final held-out
+loss did; ``allow_collapse`` lets it finish and only reports it.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +30,7 @@ from qradaptor.schedule import lr_factor
 from qradaptor.train.checkpoint import (
     check_same_run,
     complete_checkpoints,
-    load_checkpoint,
+    newest_intact,
     save_checkpoint,
 )
 from qradaptor.train.compiled import (
@@ -54,6 +58,16 @@ WARMUP_STEPS = 10
 
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite or exploded; the message says where and what to try."""
+
+
+class TrainingCollapsed(TrainingDiverged):
+    """The loss stayed at or above ln(vocab): the model predicts no better than a uniform guess."""
+
+
+def chance_loss(model: nn.Module) -> float | None:
+    """ln(vocab): the loss of a uniform next-token guess (None when the vocabulary is unknown)."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    return math.log(vocab) if isinstance(vocab, int) and vocab > 1 else None
 
 
 @dataclass
@@ -167,6 +181,7 @@ class Trainer:
         fingerprint: dict[str, Any] | None = None,
         diagnose: Callable[[nn.Module, dict[str, torch.Tensor]], str] | None = None,
         log: Callable[[str, float, int], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> None:
         """Prepares the optimiser and schedule; nothing runs until ``run``.
 
@@ -182,6 +197,8 @@ class Trainer:
                 sentence on the likely cause for the error message.
             log: called as ``log(tag, value, step)`` with each step's ``"train/loss"`` and each
                 ``"eval/loss"`` as they happen (e.g. a TensorBoard writer's ``add_scalar``).
+            on_note: receives what the user should know but that stops nothing (a corrupt
+                checkpoint skipped, a collapse allowed); None: printed on stderr.
         """
         import torch
 
@@ -193,6 +210,8 @@ class Trainer:
         self.checkpoints = checkpoints
         self.fingerprint = dict(fingerprint or {})
         self.diagnose = diagnose
+        self._on_note = on_note
+        self.chance = chance_loss(model)
         self.params = list(trainable_tensors(model).values())
         if not self.params:
             raise ValueError("the model has no trainable parameters: every rank in the plan is 0")
@@ -208,6 +227,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup, config.schedule)
         )
+
+    def _note(self, message: str) -> None:
+        if self._on_note is not None:
+            self._on_note(message)
+        else:
+            print(f"note: {message}", file=sys.stderr)
 
     # ----- checkpoints ----------------------------------------------------------------
     def _state(self, result: TrainResult, ema: dict[str, float]) -> dict[str, Any]:
@@ -239,10 +264,9 @@ class Trainer:
         """Loads the newest checkpoint, if any; returns the step to continue from."""
         import torch
 
-        found = complete_checkpoints(self.checkpoints) if self.checkpoints else []
-        if not found:
+        ckpt = newest_intact(self.checkpoints, self._note) if self.checkpoints else None
+        if ckpt is None:
             return 0
-        ckpt = load_checkpoint(found[-1])
         check_same_run(ckpt.state["fingerprint"], self.fingerprint, ckpt.path)
         differ = TrainConfig.from_dict(ckpt.state["config"]).differences(self.config)
         if differ:
@@ -299,6 +323,25 @@ class Trainer:
         if step >= self.warmup and "best" in ema and loss > self.config.divergence_factor * ema["best"]:
             self._diverged(step, loss, ema, batch)
         ema["best"] = min(ema.get("best", math.inf), smoothed)
+        if self.chance is not None and step >= self.warmup:
+            ema["at_chance"] = ema.get("at_chance", 0.0) + 1 if loss >= self.chance else 0.0
+            limit = self.config.collapse_steps
+            if limit and ema["at_chance"] == limit:
+                self._collapsed(
+                    f"the training loss stayed at or above {self.chance:.4g} = ln(vocab), a uniform guess, "
+                    f"for {limit} steps in a row (steps {step + 2 - limit}..{step + 1}, now {loss:.4g})"
+                )
+
+    def _collapsed(self, what: str) -> None:
+        """Raises TrainingCollapsed, or with ``allow_collapse`` only reports it."""
+        if self.config.allow_collapse:
+            self._note(f"training collapsed: {what}; continuing (--allow-collapse)")
+            return
+        raise TrainingCollapsed(
+            f"training collapsed: {what}. No adapter was written. The plan's lowest bit-widths are "
+            "the usual cause: give the weakest blocks more bits, or lower --lr; pass --allow-collapse "
+            "to write the run anyway."
+        )
 
     def _step_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
         cfg = self.config
@@ -392,6 +435,13 @@ class Trainer:
             result.evals.append((self.total_steps, self._heldout()))
             if self.log is not None:
                 self.log("eval/loss", result.evals[-1][1], self.total_steps)
+            final = result.evals[-1][1]
+            limit = self.config.collapse_steps  # a run shorter than that is too short to judge
+            if self.chance is not None and limit and self.total_steps >= limit and final >= self.chance:
+                self._collapsed(
+                    f"the final held-out loss {final:.4g} is at or above {self.chance:.4g} = ln(vocab), "
+                    "a uniform guess"
+                )
         if on_cuda:
             result.peak_memory = int(torch.cuda.max_memory_allocated(self.device))
         return result

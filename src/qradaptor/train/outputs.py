@@ -11,7 +11,10 @@
     RUN/tensorboard/        TensorBoard event files, with qra train --tensorboard (written live)
 
 Nothing is written until training has finished; the adapter folder is written next to its
-final place and renamed over it, so a crash never leaves a half-written adapter.
+final place and renamed over it, so a crash never leaves a half-written adapter. While the
+parts are written, ``RUN/.incomplete`` says so; train.json is written last and the marker
+removed after it, so a run folder is complete exactly when it has train.json and no marker
+(``runs.read_run`` refuses one that is not).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qradaptor.assemble import RUN_ADAPTER, RUN_BASE, RUN_PLAN, RUN_TRAIN
+from qradaptor.assemble import RUN_ADAPTER, RUN_BASE, RUN_INCOMPLETE, RUN_PLAN, RUN_TRAIN
 from qradaptor.atomic import atomic_dir, write_text
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ LOSS_CSV = "loss.csv"
 """step, train loss, held-out loss of a run."""
 LOSS_PNG = "loss.png"
 """The loss curves of a run."""
+INCOMPLETE = RUN_INCOMPLETE
 
 
 def _device_name(device: str) -> str:
@@ -101,6 +105,8 @@ def write_run(run: Path, outcome: TrainOutcome, *, device: str) -> None:
     from qradaptor.packed import quantized_modules, save_packed_base
 
     run.mkdir(parents=True, exist_ok=True)
+    write_text(run / INCOMPLETE, "qra train was writing this run folder; train.json is written last\n")
+    (run / RUN_TRAIN).unlink(missing_ok=True)  # a --force over a finished run: not complete until rewritten
     with atomic_dir(run / RUN_ADAPTER) as folder:
         outcome.model.save_pretrained(str(folder))
     write_text(run / RUN_PLAN, outcome.plan.to_json() + "\n")
@@ -112,12 +118,13 @@ def write_run(run: Path, outcome: TrainOutcome, *, device: str) -> None:
             run / RUN_BASE,
             model_fingerprint=str(outcome.fingerprint.get("weights", "")),
         )
-    write_text(run / RUN_TRAIN, json.dumps(summary(outcome, device), indent=1) + "\n")
     write_text(run / LOSS_CSV, loss_csv(outcome))
     from qradaptor.plotting import can_plot
 
     if can_plot() and outcome.result.losses:
         plot_loss(outcome.result.losses, outcome.result.evals, run / LOSS_PNG, title=outcome.method.name)
+    write_text(run / RUN_TRAIN, json.dumps(summary(outcome, device), indent=1) + "\n")  # the last part
+    (run / INCOMPLETE).unlink()
 
 
 def plot_loss(

@@ -315,6 +315,10 @@ def train_plan(
     }
     if adalora is not None:
         fingerprint["adalora"] = list(adalora)
+    if resume and checkpoints is not None:  # another plan or data: refused before quantising
+        from qradaptor.train.checkpoint import check_resumable
+
+        check_resumable(checkpoints, fingerprint)
     total = config.total_steps(train_set.batches_per_epoch(config.batch_size))
     torch.manual_seed(config.seed)  # adapter initialisation
     model = build_for_method(loaded.model, the_plan, method, config, total, adalora)
