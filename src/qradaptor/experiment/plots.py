@@ -18,7 +18,7 @@ from typing import Any
 
 from qradaptor import correlation
 from qradaptor.experiment.cells import CellResult, SearchInfo
-from qradaptor.experiment.report import ExperimentSummary, LabelRow, Stat
+from qradaptor.experiment.summary import ExperimentSummary, LabelRow, Stat
 
 
 def searches_by_label(cells: Sequence[CellResult]) -> dict[str, list[tuple[SearchInfo, list[int]]]]:
