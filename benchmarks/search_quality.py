@@ -39,7 +39,7 @@ from qradaptor.search.initial import initial_population
 from qradaptor.search.pipeline import SearchConfig, run_search
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.space import MemoryTable, SearchSpace
-from qradaptor.search.study import sqlite_url
+from qradaptor.distributed.study import sqlite_url
 from qradaptor.sensitivity import profile_sensitivity
 
 VARIANTS = ("full", "no_profile", "bits_only", "no_bayes")

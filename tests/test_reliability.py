@@ -65,9 +65,9 @@ def test_a_second_search_on_the_folder_is_refused_before_the_model_loads(
 
 
 def test_a_second_search_on_a_shared_study_is_refused_and_a_dead_owner_is_taken_over(tmp_path) -> None:
-    from qradaptor.search.owner import StudyClaim
-    from qradaptor.search.queue import open_storage
-    from qradaptor.search.study import sqlite_url
+    from qradaptor.distributed.owner import StudyClaim
+    from qradaptor.distributed.queue import open_storage
+    from qradaptor.distributed.study import sqlite_url
 
     storage = open_storage(sqlite_url(tmp_path / "shared.db"))
     with StudyClaim(storage, "qradaptor"):
@@ -109,8 +109,8 @@ def test_config_json_hides_the_password_and_follows_the_umask(tmp_path, monkeypa
 
 
 def test_local_workers_get_the_url_in_their_environment_not_argv(tmp_path, monkeypatch) -> None:
-    from qradaptor.launch import LocalWorkers
-    from qradaptor.search.queue import QueueSettings
+    from qradaptor.distributed.launch import LocalWorkers
+    from qradaptor.distributed.queue import QueueSettings
 
     started = []
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from qradaptor.distributed.study import sqlite_url
 from qradaptor.models.structure import inspect_model
 from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import Budget, parse_budget, violation
@@ -17,7 +18,6 @@ from qradaptor.search.multifidelity import HalvingConfig, promote, run_halving
 from qradaptor.search.pipeline import SearchConfig, run_search
 from qradaptor.search.proxy import ProxyConfig
 from qradaptor.search.space import MemoryTable, SearchSpace
-from qradaptor.search.study import sqlite_url
 
 
 def test_rung_sizes_and_steps() -> None:

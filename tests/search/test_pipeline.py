@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from qradaptor.distributed.study import sqlite_url
 from qradaptor.models.structure import inspect_model
 from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import parse_budget, violation
 from qradaptor.search.initial import initial_population
 from qradaptor.search.pipeline import SearchConfig, run_search
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
+from qradaptor.search.records import genome_of
 from qradaptor.search.space import MemoryTable, SearchSpace
-from qradaptor.search.study import genome_of, sqlite_url
 
 PROXY = ProxyConfig(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_batches=2)
 CONFIG = SearchConfig(

@@ -246,7 +246,9 @@ def search(
     from qradaptor.cli.search_output import print_outcome, write_config, write_run
     from qradaptor.data import pack_texts
     from qradaptor.data.search_texts import search_texts
-    from qradaptor.launch import local_worker_devices
+    from qradaptor.distributed.launch import local_worker_devices
+    from qradaptor.distributed.queue import display_url
+    from qradaptor.distributed.study import sqlite_url
     from qradaptor.lock import RunLock
     from qradaptor.models.loading import load_model
     from qradaptor.search.bayes import BayesConfig
@@ -254,8 +256,6 @@ def search(
     from qradaptor.search.multifidelity import HalvingConfig
     from qradaptor.search.pipeline import SearchConfig, run_search, search_space
     from qradaptor.search.proxy import ProxyConfig
-    from qradaptor.search.queue import display_url
-    from qradaptor.search.study import sqlite_url
 
     device = resolve_device(device)
     config = SearchConfig(
@@ -328,9 +328,9 @@ def search(
         pool = None
         queue = None
         if devices or storage:
-            from qradaptor.launch import LocalWorkers
+            from qradaptor.distributed.launch import LocalWorkers
+            from qradaptor.distributed.queue import QueueSettings
             from qradaptor.search.pipeline import WorkerQueue
-            from qradaptor.search.queue import QueueSettings
 
             settings = QueueSettings()
             pool = LocalWorkers(storage_url, study, devices, run_dir / "workers", settings)
@@ -379,14 +379,14 @@ def search(
 
     shared = None
     if storage:
-        from qradaptor.search.queue import open_storage
+        from qradaptor.distributed.queue import open_storage
 
         shared = open_storage(storage)  # an unreachable server: refused before anything is loaded or written
     with contextlib.ExitStack() as held:
         # One writer per run folder and per study: a second search is refused before any load.
         held.enter_context(RunLock(run_dir, "qra search"))
         if shared is not None:
-            from qradaptor.search.owner import StudyClaim
+            from qradaptor.distributed.owner import StudyClaim
 
             held.enter_context(StudyClaim(shared, study))
         return run()

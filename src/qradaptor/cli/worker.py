@@ -47,8 +47,8 @@ def worker(
         grace: seconds without a heartbeat after which a plan is taken for lost and retried
         name: this worker's name in the trials it scores (default host:pid)
     """
-    from qradaptor.search.queue import QueueSettings
-    from qradaptor.worker import run_worker
+    from qradaptor.distributed.queue import QueueSettings
+    from qradaptor.distributed.worker import run_worker
 
     check_device(device)
     storage = storage or os.environ.get(STORAGE_ENV)

@@ -8,9 +8,13 @@ Pure parts (arrays of choice indices, no model):
     initial    the sensitivity-biased first population
     evolve     the NSGA-II generations against any objective ``Plan -> loss``
     bayes      Matérn-5/2 GP + Expected Improvement near the Pareto front
+    knapsack, candidates, multifidelity, choice   the exact allocation, the halving
+               strategy's candidates and rungs, the final choice
 Glue:
     proxy      the objective for real: a short, seeded LoRA fine-tune scored by held-out loss
-    study      an Optuna study as the score cache: one trial per plan, resume by replay
-    pipeline   ``run_search``: profile, references, NSGA-II, Bayes, choice
+    pipeline   ``run_search``: profile, references, halving or NSGA-II, Bayes, choice
+    cost       what a search will do and its measured cost, said before it starts
     records, report   finished searches as plain records; plots and the summary
+Where a search runs (the Optuna study, the worker queue, workers and their launch) is the
+sibling package ``qradaptor.distributed``, as optuna keeps its storages apart from its samplers.
 """

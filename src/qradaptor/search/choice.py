@@ -11,9 +11,8 @@ import numpy as np
 
 from qradaptor.search.bayes import front_members
 from qradaptor.search.budget import Budget, violations
-from qradaptor.search.records import SEARCH_PHASES, TrialRecord
+from qradaptor.search.records import SEARCH_PHASES, TrialRecord, genome_of
 from qradaptor.search.space import MemoryTable
-from qradaptor.search.study import genome_of
 
 
 def pareto_numbers(records: list[TrialRecord], table: MemoryTable, budget: Budget) -> tuple[int, ...]:

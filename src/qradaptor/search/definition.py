@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qradaptor.distributed.queue import QueueSettings
 from qradaptor.fingerprint import tensor_digest, weights_digest
 from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import Budget
 from qradaptor.search.multifidelity import HalvingConfig
 from qradaptor.search.proxy import ProxyConfig
-from qradaptor.search.queue import QueueSettings
 from qradaptor.search.space import MemoryTable, SearchSpace
 
 if TYPE_CHECKING:

@@ -22,6 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qradaptor.distributed.study import (
+    DEFAULT_STUDY_NAME,
+    StudyObjective,
+    open_study,
+)
 from qradaptor.search.bayes import refine
 from qradaptor.search.budget import check_budget
 from qradaptor.search.choice import choose, pareto_numbers
@@ -36,14 +41,8 @@ from qradaptor.search.evolve import run_nsga2
 from qradaptor.search.knapsack import unit_values
 from qradaptor.search.multifidelity import run_halving
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
-from qradaptor.search.records import SEARCH_PHASES, TrialRecord
+from qradaptor.search.records import SEARCH_PHASES, TrialRecord, genome_of
 from qradaptor.search.space import MemoryTable, SearchSpace, smallest_and_largest, unit_sensitivity
-from qradaptor.search.study import (
-    DEFAULT_STUDY_NAME,
-    StudyObjective,
-    genome_of,
-    open_study,
-)
 
 if TYPE_CHECKING:
     import torch
@@ -138,12 +137,12 @@ def run_search(
     above = check_budget(config.budget, table)
     fingerprint = search_fingerprint(model, structure.signature, train_ids, eval_ids, config, proxy)
     if workers is not None:
-        from qradaptor.search.queue import open_storage
+        from qradaptor.distributed.queue import open_storage
 
         storage = open_storage(storage, workers.queue)
     study = open_study(storage, fingerprint, study_name)  # refuses before any expensive work
     if workers is not None:
-        from qradaptor.search.job import write_job
+        from qradaptor.distributed.job import write_job
 
         write_job(study, workers.model_source, train_ids, eval_ids)
         if workers.on_ready is not None:
@@ -273,7 +272,7 @@ def run_search(
         stages["bayes"] = _refine(objective, space, table, config, unit_sens, plan_kwargs)
     bar.close()
     if workers is not None:
-        from qradaptor.search.job import mark_finished
+        from qradaptor.distributed.job import mark_finished
 
         mark_finished(study)
 

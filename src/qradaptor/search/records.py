@@ -22,7 +22,13 @@ import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from qradaptor.search.space import SearchSpace
 
 PHASES: tuple[str, ...] = ("reference", "initial", "nsga2", "knapsack", "screen", "halving", "bayes")
 """Every phase a trial can come from, in search order."""
@@ -172,3 +178,14 @@ def best_so_far(records: Sequence[TrialRecord]) -> list[float]:
             best = min(best, r.loss)
             out.append(best)
     return out
+
+
+def genome_of(record: TrialRecord, space: SearchSpace) -> npt.NDArray[np.int64]:
+    """The (U, 2) choice indices of a record."""
+    return np.array(
+        [
+            [space.bit_choices.index(b), space.rank_choices.index(r)]
+            for b, r in zip(record.bits, record.ranks, strict=True)
+        ],
+        dtype=np.int64,
+    )

@@ -12,7 +12,7 @@ What these tests pin down (Optuna 5.0, SQLAlchemy 2.1, PostgreSQL 15):
 - SQLite: the same call is *not* exclusive. ``FOR UPDATE`` means nothing to SQLite, and
   Python's sqlite3 opens the write transaction only at the UPDATE, after the read, so two
   processes can both read WAITING and both get True (4 processes claiming 40 trials handed
-  out 1 to 8 of them twice, with no error). ``qradaptor.search.queue.open_storage`` makes it
+  out 1 to 8 of them twice, with no error). ``qradaptor.distributed.queue.open_storage`` makes it
   exclusive: every transaction begins ``BEGIN IMMEDIATE``, taking SQLite's write lock
   before it reads.
 - SQLite answers "database is locked" when a lock wait outlasts the sqlite3 timeout (5 s
@@ -63,7 +63,7 @@ def _claim_worker(url: str, study_name: str, folder: Path, name: str) -> None:
     """Claims WAITING trials with ``queue.claim`` until none is left; writes the ids to ``<name>.ids``."""
     import optuna
 
-    from qradaptor.search.queue import claim, open_storage
+    from qradaptor.distributed.queue import claim, open_storage
 
     study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     (folder / f"{name}.ready").touch()
@@ -188,15 +188,15 @@ def test_plain_rdb_claim_is_exclusive(storage_url, request):
 
 
 def test_our_sqlite_claim_is_exclusive(tmp_path):
-    from qradaptor.search.queue import open_storage
+    from qradaptor.distributed.queue import open_storage
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     assert _interleaved_claims(url, open_storage) == (True, False)
 
 
 if __name__ == "__main__":
-    # python tests/test_storage_backends.py optimize URL STUDY N FOLDER NAME
-    # python tests/test_storage_backends.py claim URL STUDY FOLDER NAME
+    # python tests/distributed/test_storage_backends.py optimize URL STUDY N FOLDER NAME
+    # python tests/distributed/test_storage_backends.py claim URL STUDY FOLDER NAME
     verb, *args = sys.argv[1:]
     if verb == "optimize":
         _optimize_worker(args[0], args[1], int(args[2]), Path(args[3]), args[4])

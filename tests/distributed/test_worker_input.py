@@ -7,9 +7,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from qradaptor.launch import check_memory, place_workers
-from qradaptor.search.queue import QueueEntry, QueueSettings, open_storage, submit
-from qradaptor.search.study import FINGERPRINT_ATTR, sqlite_url
+from qradaptor.distributed.launch import check_memory, place_workers
+from qradaptor.distributed.queue import QueueEntry, QueueSettings, open_storage, submit
+from qradaptor.distributed.study import FINGERPRINT_ATTR, sqlite_url
 
 MIB = 2**20
 
@@ -74,12 +74,12 @@ def test_a_study_without_a_job_is_refused(cli, tmp_path) -> None:
 
 def test_a_worker_with_another_model_takes_no_trial(tiny_model_dir, llama_factory, tmp_path) -> None:
     """The study was made for one model; a worker that loads another is refused before it claims."""
+    from qradaptor.distributed.job import write_job
+    from qradaptor.distributed.study import open_study
+    from qradaptor.distributed.worker import run_worker
     from qradaptor.fingerprint import tensor_digest, weights_digest
     from qradaptor.models.structure import inspect_model
     from qradaptor.plan import Plan
-    from qradaptor.search.job import write_job
-    from qradaptor.search.study import open_study
-    from qradaptor.worker import run_worker
 
     other = llama_factory(seed=1)  # the same architecture, other weights
     ids = torch.randint(0, 50, (4, 8))

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import optuna
     import torch
 
-    from qradaptor.search.queue import QueueSettings
+    from qradaptor.distributed.queue import QueueSettings
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def load_study(storage: str, study_name: str, settings: QueueSettings | None = N
     """
     import optuna
 
-    from qradaptor.search.queue import display_url, open_storage
+    from qradaptor.distributed.queue import display_url, open_storage
 
     opened = open_storage(storage, settings, must_exist=True)
     names = sorted(s.study_name for s in optuna.study.get_all_study_summaries(opened))
@@ -71,9 +71,9 @@ def check_job_inputs(
     Raises:
         ValueError: naming each differing fingerprint field (model structure, weights, data).
     """
+    from qradaptor.distributed.study import FINGERPRINT_ATTR, fingerprint_differences
     from qradaptor.models.structure import inspect_model
     from qradaptor.search.definition import inputs_fingerprint
-    from qradaptor.search.study import FINGERPRINT_ATTR, fingerprint_differences
 
     stored = study.user_attrs.get(FINGERPRINT_ATTR) or {}
     mine = inputs_fingerprint(model, inspect_model(model).signature, train_ids, eval_ids)
@@ -116,12 +116,12 @@ def run_worker(
         ValueError: for an unreachable storage, an unknown study, a study without a job,
             or a model/data that does not match the study; nothing is written then.
     """
+    from qradaptor.distributed.job import is_finished, read_job
+    from qradaptor.distributed.queue import QueueSettings
+    from qradaptor.distributed.study import FINGERPRINT_ATTR
     from qradaptor.models.loading import load_model
     from qradaptor.quant.cache import QuantCache
-    from qradaptor.search.job import is_finished, read_job
     from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
-    from qradaptor.search.queue import QueueSettings
-    from qradaptor.search.study import FINGERPRINT_ATTR
 
     settings = QueueSettings() if settings is None else settings
     name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -166,15 +166,22 @@ def serve_one(study: optuna.Study, evaluator: Callable, settings: QueueSettings,
     """
     from optuna.trial import TrialState
 
+    from qradaptor.distributed.queue import (
+        Heartbeat,
+        claim,
+        complete,
+        fail_stale,
+        finish_unscored,
+        trials_by_hash,
+    )
+    from qradaptor.distributed.study import score_attrs
     from qradaptor.plan import Plan
-    from qradaptor.search.queue import Heartbeat, claim, complete, fail_stale, finish_unscored, trials_by_hash
-    from qradaptor.search.study import score_attrs
 
     fail_stale(study)
     trial = claim(study)
     if trial is None:
         return None
-    from qradaptor.search.queue import retrying
+    from qradaptor.distributed.queue import retrying
 
     retrying(lambda: study._storage.set_trial_user_attr(trial._trial_id, "worker", name))
     key = trial.user_attrs["plan_hash"]

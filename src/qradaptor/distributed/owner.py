@@ -86,7 +86,7 @@ class StudyClaim:
         from optuna.exceptions import DuplicatedStudyError
         from optuna.study import StudyDirection
 
-        from qradaptor.search.queue import retrying
+        from qradaptor.distributed.queue import retrying
 
         for _ in range(5):
             try:
@@ -124,7 +124,7 @@ class StudyClaim:
         return self
 
     def _write(self, **extra: Any) -> None:
-        from qradaptor.search.queue import retrying
+        from qradaptor.distributed.queue import retrying
 
         record = {"pid": os.getpid(), "host": socket.gethostname(), "verb": self.verb, "beat": time.time()}
         for key, value in {**record, **extra}.items():

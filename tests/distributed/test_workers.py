@@ -9,13 +9,13 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from qradaptor.launch import LocalWorkers
+from qradaptor.distributed.launch import LocalWorkers
+from qradaptor.distributed.queue import QueueSettings, trials_by_hash
+from qradaptor.distributed.study import sqlite_url
 from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import parse_budget
 from qradaptor.search.pipeline import SearchConfig, WorkerQueue, run_search
 from qradaptor.search.proxy import ProxyConfig
-from qradaptor.search.queue import QueueSettings, trials_by_hash
-from qradaptor.search.study import sqlite_url
 
 PROXY = ProxyConfig(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_batches=2)
 CONFIG = SearchConfig(

@@ -7,12 +7,12 @@ import math
 import optuna
 import pytest
 
+from qradaptor.distributed.study import StudyObjective, completed_records, open_study, sqlite_url
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
 from qradaptor.search.proxy import ProxyScore
 from qradaptor.search.records import TrialRecord, records_from_csv, records_to_csv
 from qradaptor.search.space import MemoryTable, SearchSpace
-from qradaptor.search.study import StudyObjective, completed_records, open_study, sqlite_url
 
 FINGERPRINT = {"model_signature": "abc", "bits": [2, 4], "ranks": [4, 8], "proxy": {"steps": 3}}
 

@@ -25,8 +25,8 @@ from qradaptor.redact import STORAGE_ENV
 if TYPE_CHECKING:
     import torch
 
+    from qradaptor.distributed.queue import QueueSettings
     from qradaptor.models.structure import ModelStructure
-    from qradaptor.search.queue import QueueSettings
     from qradaptor.search.space import MemoryTable
 
 CUDA_CONTEXT_BYTES = 600 * 2**20

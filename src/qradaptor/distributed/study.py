@@ -31,16 +31,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from qradaptor.search.records import PHASES, TrialRecord
 
 if TYPE_CHECKING:
     import optuna
 
+    from qradaptor.distributed.queue import QueueSettings
     from qradaptor.plan import Plan
     from qradaptor.search.proxy import ProxyScore
-    from qradaptor.search.queue import QueueSettings
     from qradaptor.search.space import MemoryTable, SearchSpace
 
 FINGERPRINT_ATTR = "qradaptor.fingerprint"
@@ -90,7 +88,7 @@ def open_study(
     """
     import optuna
 
-    from qradaptor.search.queue import display_url, open_storage
+    from qradaptor.distributed.queue import display_url, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if isinstance(storage, str):
@@ -192,7 +190,7 @@ class StudyObjective:
             on_poll: called with (done, running) of the batch while waiting for workers.
             check_alive: called while waiting; raises to stop the wait (e.g. no worker left).
         """
-        from qradaptor.search.queue import QueueSettings
+        from qradaptor.distributed.queue import QueueSettings
 
         self.study = study
         self.table = table
@@ -282,7 +280,7 @@ class StudyObjective:
     def _score_and_store(self, plan: Plan, name: str) -> TrialRecord:
         import optuna
 
-        from qradaptor.search.queue import retrying
+        from qradaptor.distributed.queue import retrying
 
         params, distributions, attrs = self._trial_fields(plan, name)
         score = self._evaluate(plan)
@@ -303,7 +301,7 @@ class StudyObjective:
     def _score_by_workers(self, items: list[tuple[Plan, str]]) -> None:
         from optuna.trial import TrialState
 
-        from qradaptor.search.queue import QueueEntry, submit, trials_by_hash, wait_for
+        from qradaptor.distributed.queue import QueueEntry, submit, trials_by_hash, wait_for
 
         pending = {TrialState.WAITING, TrialState.RUNNING}
         groups = trials_by_hash(self.study)
@@ -335,14 +333,3 @@ def score_attrs(score: ProxyScore) -> dict[str, Any]:
         "tokens": int(score.tokens),
         "collapsed": bool(score.collapsed),
     }
-
-
-def genome_of(record: TrialRecord, space: SearchSpace) -> np.ndarray:
-    """The (U, 2) choice indices of a record."""
-    return np.array(
-        [
-            [space.bit_choices.index(b), space.rank_choices.index(r)]
-            for b, r in zip(record.bits, record.ranks, strict=True)
-        ],
-        dtype=np.int64,
-    )
