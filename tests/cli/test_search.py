@@ -212,6 +212,9 @@ def test_a_budget_above_the_largest_plan_returns_it_and_says_so(cli, tiny_model_
     code, stdout, err = search(cli, tiny_model_dir, words, tmp_path / "run", "--budget", "16bits")
     assert code == 0, err
     assert "above the largest plan of the search space" in stdout
+    lines = err.splitlines()
+    said = next(i for i, line in enumerate(lines) if "affords the largest plan of the search space" in line)
+    assert said < next(i for i, line in enumerate(lines) if "this search:" in line)  # before the model load
     plan = Plan.from_json((tmp_path / "run" / "plan.json").read_text())
     assert set(plan.block_bits()) == {8} and set(plan.block_ranks()) == {8}
 

@@ -281,7 +281,12 @@ def search(
 
     structure = load_structure(model)[1]
     table = search_space(structure, config)[1]
-    check_budget(the_budget, table)  # before loading weights
+    if check_budget(the_budget, table):  # before loading weights; said at once, not after the load
+        print(
+            f"qra search: budget {the_budget.describe()} affords the largest plan of the search space: "
+            "nothing to search; it is scored once and returned",
+            file=sys.stderr,
+        )
     texts = search_texts(data, eval_data)  # a bad or too small --data fails before the lock and the load
     for line in texts.warnings:
         print(f"qra search: {line}", file=sys.stderr)
