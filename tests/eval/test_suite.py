@@ -88,3 +88,19 @@ def test_qra_eval_refuses_to_overwrite_before_working(tiny_model_dir, tmp_path, 
     out.write_text("{}")
     assert main(["eval", str(tiny_model_dir), "-o", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err and out.read_text() == "{}"
+
+
+def test_a_corpus_of_ones_own_is_a_perplexity_task(tiny_model_dir, tmp_path, capsys) -> None:
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("\n\n".join("a b c " * 20 for _ in range(4)), encoding="utf-8")
+    assert resolve_tasks([str(corpus), f"ppl:{corpus}"]) == [f"ppl:{corpus}"]
+    out = tmp_path / "results.json"
+    argv = ["eval", str(tiny_model_dir), "--tasks", str(corpus), "--seq-len", "16", "--device", "cpu"]
+    assert main([*argv, "-o", str(out)]) == 0, capsys.readouterr().err
+    (record,) = json.loads(out.read_text())["results"]
+    assert record["task"] == f"ppl:{corpus}" and record["metric"] == "ppl" and record["value"] > 1
+    assert record["details"]["windows"] >= 1 and "the user's corpus" in record["details"]["corpus"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    assert main(["eval", str(tiny_model_dir), "--tasks", str(empty), "--device", "cpu"]) == 2
+    assert "gave no non-empty text" in capsys.readouterr().err

@@ -51,7 +51,9 @@ def eval(  # noqa: A001 - the verb's name is the command's
         run: a training run folder (plan.json, adapter/, base.safetensors, as qra train writes
             it): evaluates the model exactly as trained; not with --plan or --adapter; MODEL
             omitted: the model the run records (train.json, else its adapter)
-        tasks: comma-separated task names or groups, e.g. suite or arc_easy,ppl_wiki
+        tasks: comma-separated task names or groups, e.g. suite or arc_easy,ppl_wiki; a path to a
+            .txt/.json/.jsonl file or save_to_disk folder (or ppl:SOURCE) adds perplexity on that
+            corpus
         limit: documents per task (windows for perplexity); omitted: all
         batch_size: sequences per forward pass
         seq_len: perplexity window in tokens
@@ -69,6 +71,12 @@ def eval(  # noqa: A001 - the verb's name is the command's
     from qradaptor.eval.suite import resolve_tasks
 
     names = resolve_tasks([t.strip() for t in tasks.split(",") if t.strip()])
+    from qradaptor.data import load_texts
+    from qradaptor.eval.suite import USER_PPL_PREFIX
+
+    for name in names:  # a corpus of one's own that can't be read fails before the model loads
+        if name.startswith(USER_PPL_PREFIX):
+            load_texts(name.removeprefix(USER_PPL_PREFIX))
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number of documents, got {limit}")
     if batch_size < 1 or seq_len < 2:

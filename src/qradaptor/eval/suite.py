@@ -20,9 +20,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from qradaptor.eval.results import EvalRecord
+from qradaptor.eval.task import (
+    Backend,
+    EvalSettings,
+    Gsm8kTask,
+    MmluTask,
+    MultipleChoiceTask,
+    PerplexityTask,
+    Task,
+)
 
 PPL_CORPORA: dict[str, tuple[str, str]] = {
     "ppl_wiki": ("embedded:boolq-heldout", "BoolQ Wikipedia passages, test role (not WikiText-2)"),
@@ -37,11 +46,30 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "ppl": tuple(PPL_CORPORA),
     "all": ALL_TASKS,
 }
-Backend = Literal["qradaptor", "harness"]
+
+
+USER_PPL_PREFIX = "ppl:"
+"""``ppl:SOURCE``: perplexity on a corpus of one's own (a .txt/.json/.jsonl file, a save_to_disk
+folder or a dataset id, as ``load_texts`` reads it); a path to an existing file or folder may be
+given bare and is named ``ppl:PATH``."""
+
+
+def _user_corpus(name: str) -> str | None:
+    """``ppl:SOURCE`` for a user corpus task name, else None."""
+    from pathlib import Path
+
+    if name.startswith(USER_PPL_PREFIX) and len(name) > len(USER_PPL_PREFIX):
+        return name
+    if name not in ALL_TASKS and name not in GROUPS and Path(name).expanduser().exists():
+        return USER_PPL_PREFIX + name
+    return None
 
 
 def resolve_tasks(names: Sequence[str]) -> list[str]:
     """Expands groups and checks names; order kept, duplicates dropped.
+
+    A name that is an existing file or folder, or ``ppl:SOURCE``, is a perplexity task on that
+    corpus (``USER_PPL_PREFIX``).
 
     Raises:
         ValueError: naming the unknown task and listing the available tasks and groups.
@@ -50,38 +78,18 @@ def resolve_tasks(names: Sequence[str]) -> list[str]:
         raise ValueError(f"no task given; choose from {list(ALL_TASKS)} or the groups {list(GROUPS)}")
     out: list[str] = []
     for name in names:
-        expanded = GROUPS.get(name, (name,))
+        user = _user_corpus(name)
+        expanded = (user,) if user else GROUPS.get(name, (name,))
         for task in expanded:
-            if task not in ALL_TASKS:
+            if task not in ALL_TASKS and not task.startswith(USER_PPL_PREFIX):
                 raise ValueError(
                     f"unknown task {task!r}; available tasks: {', '.join(ALL_TASKS)}; "
-                    f"groups: {', '.join(GROUPS)}"
+                    f"groups: {', '.join(GROUPS)}; or perplexity on a corpus of your own: an existing "
+                    ".txt/.json/.jsonl file or save_to_disk folder, or ppl:SOURCE"
                 )
             if task not in out:
                 out.append(task)
     return out
-
-
-def _record(
-    task: str,
-    metric: str,
-    value: float,
-    stderr: float | None,
-    n: int,
-    common: dict[str, Any],
-    seconds: float,
-    **details: Any,
-) -> EvalRecord:
-    return EvalRecord(
-        task=task,
-        metric=metric,
-        value=float(value),
-        stderr=stderr,
-        n=int(n),
-        seconds=seconds,
-        details=details,
-        **common,
-    )
 
 
 def run_suite(
@@ -125,101 +133,50 @@ def run_suite(
     """
     import torch
 
-    from qradaptor.data import load_texts
-    from qradaptor.eval.multiple_choice import score_task
-    from qradaptor.eval.perplexity import perplexity
-
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of documents or None, got {limit}")
     if backend not in ("qradaptor", "harness"):
         raise ValueError(f"backend must be 'qradaptor' or 'harness', got {backend!r}")
     names = resolve_tasks(tasks)
-    common = {"model": model_name, "plan_hash": plan_hash, "adapter": adapter}
+    settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed, progress)
     records: list[EvalRecord] = []
-    for task in names:
+    for name in names:
         torch.manual_seed(seed)
         start = time.perf_counter()
-        if task in PPL_CORPORA:
-            source, label = PPL_CORPORA[task]
-            result = perplexity(
-                model,
-                tokenizer,
-                load_texts(source),
-                seq_len=seq_len,
-                stride=stride,
-                batch_size=batch_size,
-                max_windows=limit,
-                corpus=label,
-                progress=progress,
+        metrics = task_of(name).run(model, tokenizer, settings)
+        seconds = time.perf_counter() - start  # every metric of a task shares its time
+        records += [
+            EvalRecord(
+                task=name,
+                metric=m.metric,
+                value=float(m.value),
+                stderr=m.stderr,
+                n=int(m.n),
+                seconds=seconds,
+                details=m.details,
+                model=model_name,
+                plan_hash=plan_hash,
+                adapter=adapter,
             )
-            seconds = time.perf_counter() - start
-            records.append(
-                _record(
-                    task,
-                    "ppl",
-                    result.ppl,
-                    None,
-                    result.tokens,
-                    common,
-                    seconds,
-                    nll=result.nll,
-                    windows=result.windows,
-                    seq_len=result.seq_len,
-                    stride=result.stride,
-                    corpus=result.corpus,
-                    tokenizer=result.tokenizer,
-                )
-            )
-        elif task in ZERO_SHOT:
-            if backend == "harness":
-                from qradaptor.eval.harness import run_harness
-
-                mc = run_harness(model, tokenizer, [task], limit=limit, batch_size=batch_size, seed=seed)[
-                    task
-                ]
-            else:
-                mc = score_task(model, tokenizer, task, limit=limit, batch_size=batch_size, progress=progress)
-            seconds = time.perf_counter() - start
-            records.append(
-                _record(task, "acc", mc.acc, mc.acc_stderr, mc.n, common, seconds, backend=backend)
-            )
-            records.append(
-                _record(
-                    task, "acc_norm", mc.acc_norm, mc.acc_norm_stderr, mc.n, common, seconds, backend=backend
-                )
-            )
-        elif task == "gsm8k":
-            from qradaptor.eval.gsm8k import evaluate_gsm8k
-
-            out = evaluate_gsm8k(model, tokenizer, limit=limit, batch_size=batch_size, progress=progress)
-            seconds = time.perf_counter() - start
-            for metric in ("exact_match_strict", "exact_match_flexible"):
-                records.append(
-                    _record(
-                        task, metric, out[metric], out[f"{metric}_stderr"], out["n"], common, seconds, shots=8
-                    )
-                )
-        else:  # mmlu
-            from qradaptor.eval.mmlu import evaluate_mmlu
-
-            out = evaluate_mmlu(
-                model, tokenizer, limit_per_subject=limit, batch_size=batch_size, progress=progress
-            )
-            seconds = time.perf_counter() - start
-            records.append(
-                _record(
-                    task,
-                    "acc",
-                    out["acc"],
-                    out["acc_stderr"],
-                    out["n"],
-                    common,
-                    seconds,
-                    shots=5,
-                    limit_per_subject=limit,
-                )
-            )
+            for m in metrics
+        ]
     return records
+
+
+def task_of(name: str) -> Task:
+    """The ``Task`` behind one of ``ALL_TASKS``."""
+    if name in PPL_CORPORA:
+        return PerplexityTask(name, *PPL_CORPORA[name])
+    if name.startswith(USER_PPL_PREFIX):
+        source = name.removeprefix(USER_PPL_PREFIX)
+        return PerplexityTask(name, source, f"{source} (the user's corpus, all of it)")
+    if name in ZERO_SHOT:
+        return MultipleChoiceTask(name)
+    if name == "gsm8k":
+        return Gsm8kTask()
+    if name == "mmlu":
+        return MmluTask()
+    raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(ALL_TASKS)}")
 
 
 def zero_shot_average(records: Sequence[EvalRecord], metric: str = "acc") -> float | None:
