@@ -183,6 +183,7 @@ def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path
         (["--ranks", "-4"], "every value of --ranks"),
         (["--budget", "3.5parsecs"], "budget unit 'parsecs' is unknown"),
         (["--budget", "4bit"], "write average stored bits per weight as '4bits'"),
+        (["--method", "rtn"], "--method is now --quant-method here"),
         (["--budget", "2.5bits"], "below the smallest plan of the search space: 3 avg bits"),
         (["--fixed-bits", "4", "--fixed-rank", "8"], "give at most one of --fixed-bits and --fixed-rank"),
         (["--fixed-bits", "4"], "with a budget in bits (3.6bits) leaves nothing to search"),

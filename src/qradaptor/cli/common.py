@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import os
@@ -248,3 +249,19 @@ def read_sensitivity(path: str, signature: str | None = None) -> SensitivityTabl
             f"this model's is {signature}): profile this model with qra profile"
         )
     return table
+
+
+def renamed_option(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Makes ``old`` (hidden from --help) a one-line error naming ``new``.
+
+    One vocabulary across verbs: ``--method`` is qra train's training method, so the quantiser
+    of qra search and qra profile is ``--quant-method``, as in qra plan.
+    """
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+            parser.error(f"{old} is now {new} here ({old} names qra train's training method)")
+
+    parser.add_argument(
+        old, action=Renamed, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )

@@ -17,6 +17,7 @@ from qradaptor.cli.common import (
     load_structure,
     parse_int_list,
     read_sensitivity,
+    renamed_option,
     resolve_device,
 )
 
@@ -99,7 +100,7 @@ def search(
     fixed_rank: int | None = None,
     no_references: bool = False,
     group_size: int = 64,
-    method: str = "hqq",
+    quant_method: str = "hqq",
     seed: int = 0,
     device: str = "auto",
     workers: int = 0,
@@ -170,7 +171,8 @@ def search(
         fixed_rank: ablation: every block at this rank, search bits only (AMQ-like)
         no_references: do not score the uniform reference plans (--preset quick never does)
         group_size: quantisation group size
-        method: hqq or rtn
+        quant_method: the quantiser: hqq or rtn (qra plan's name; --method is qra train's
+            training method)
         seed: seed of the search (the proxy fine-tunes always use seed 0, so a study serves every search seed)
         device: auto (cuda if available), cpu or cuda; proxy fine-tunes run in fp32
         workers: local worker processes scoring plans (0: score in this process, or with
@@ -275,7 +277,7 @@ def search(
         bayes=BayesConfig(iterations=bayes_iterations, batch=bayes_batch),
         seed=seed,
         group_size=group_size,
-        quant_method=method,
+        quant_method=quant_method,
     )
     proxy = ProxyConfig(steps=steps, batch_size=batch_size, lr=lr, eval_batches=eval_batches)
 
@@ -445,5 +447,6 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--fixed-bits", type=int, metavar="B", help=helps["fixed_bits"])
     parser.add_argument("--fixed-rank", type=int, metavar="R", help=helps["fixed_rank"])
     parser.add_argument("--no-references", action="store_true", help=helps["no_references"])
-    parser.add_argument("--method", choices=("hqq", "rtn"), default="hqq", help=helps["method"])
+    parser.add_argument("--quant-method", choices=("hqq", "rtn"), default="hqq", help=helps["quant_method"])
+    renamed_option(parser, "--method", "--quant-method")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
