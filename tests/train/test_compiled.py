@@ -11,7 +11,8 @@ from qradaptor.train import compiled
 from qradaptor.train.compiled import forward_loss, heldout_loss, loss_sums, static_batch
 from qradaptor.train.config import TrainConfig
 from qradaptor.train.data import TokenizedSet
-from qradaptor.train.loop import Trainer, trainable_tensors
+from qradaptor.train.loop import Trainer
+from qradaptor.train.state import trainable_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

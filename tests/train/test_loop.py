@@ -13,7 +13,8 @@ from qradaptor.plan import Plan
 from qradaptor.train.checkpoint import complete_checkpoints, load_checkpoint
 from qradaptor.train.config import TrainConfig
 from qradaptor.train.data import TokenizedSet
-from qradaptor.train.loop import Trainer, TrainingDiverged, trainable_tensors
+from qradaptor.train.loop import Trainer, TrainingDiverged
+from qradaptor.train.state import trainable_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,7 +22,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,15 @@ from qradaptor.train.compiled import (
     static_batch,
 )
 from qradaptor.train.config import TrainConfig
+from qradaptor.train.state import (
+    TrainResult,
+    allocator_tensors,
+    rank_allocator,
+    restore_allocator_,
+    rng_state,
+    set_rng_state_,
+    trainable_tensors,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -52,8 +60,6 @@ if TYPE_CHECKING:
 
 EMA_BETA = 0.9
 """Smoothing of the loss the divergence check compares against."""
-WARMUP_STEPS = 10
-"""Steps left out of the steady throughput: the first ones compile kernels and fill caches."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,97 +74,6 @@ def chance_loss(model: nn.Module) -> float | None:
     """ln(vocab): the loss of a uniform next-token guess (None when the vocabulary is unknown)."""
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     return math.log(vocab) if isinstance(vocab, int) and vocab > 1 else None
-
-
-@dataclass
-class TrainResult:
-    """What a finished run measured."""
-
-    losses: list[float] = field(default_factory=list)
-    """Training loss of every step (including those before a resume)."""
-    evals: list[tuple[int, float]] = field(default_factory=list)
-    """(step, held-out loss) at each evaluation."""
-    step_seconds: list[float] = field(default_factory=list)
-    """Wall time of every step (the first ones include CUDA/Triton warm-up)."""
-    step_tokens: list[int] = field(default_factory=list)
-    """Non-padding input tokens of every step."""
-    peak_memory: int | None = None
-    """Peak CUDA bytes allocated during this process's steps; None on CPU."""
-    resumed_from: int | None = None
-    """The step of the checkpoint this run continued from."""
-
-    @property
-    def steps(self) -> int:
-        """Optimiser steps taken in total."""
-        return len(self.losses)
-
-    @property
-    def tokens(self) -> int:
-        """Non-padding input tokens trained on."""
-        return sum(self.step_tokens)
-
-    @property
-    def train_seconds(self) -> float:
-        """Wall time inside training steps (evaluation and saving excluded)."""
-        return sum(self.step_seconds)
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Training throughput in input tokens per second, every step counted."""
-        return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
-
-    def steady_tokens_per_second(self, skip: int = WARMUP_STEPS) -> float:
-        """Throughput after the first ``skip`` steps (kernel compilation and caches warming up)."""
-        seconds = sum(self.step_seconds[skip:])
-        return sum(self.step_tokens[skip:]) / seconds if seconds > 0 else self.tokens_per_second
-
-
-def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every trainable parameter by name (what a checkpoint saves and a resume restores)."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _allocator(model: nn.Module) -> Any:
-    """AdaLoRA's rank allocator, or None for other methods."""
-    return getattr(getattr(model, "base_model", None), "rankallocator", None)
-
-
-def _allocator_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    allocator = _allocator(model)
-    if allocator is None:
-        return {}
-    out = {}
-    for kind in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
-        for name, value in getattr(allocator, kind).items():
-            out[f"rankallocator.{kind}.{name}"] = value
-    return out
-
-
-def _restore_allocator(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    allocator = _allocator(model)
-    if allocator is None:
-        return
-    for key, value in tensors.items():
-        if key.startswith("rankallocator."):
-            _, kind, name = key.split(".", 2)
-            getattr(allocator, kind)[name] = value.to(next(model.parameters()).device)
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Trainer:
@@ -249,13 +164,13 @@ class Trainer:
 
     def _save(self, step: int, result: TrainResult, ema: dict[str, float]) -> None:
         assert self.checkpoints is not None
-        tensors = {**trainable_tensors(self.model), **_allocator_tensors(self.model)}
+        tensors = {**trainable_tensors(self.model), **allocator_tensors(self.model)}
         save_checkpoint(
             self.checkpoints,
             step,
             tensors=tensors,
             optimizer={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-            rng=_rng_state(),
+            rng=rng_state(),
             state=self._state(result, ema),
             keep=self.config.keep_checkpoints,
         )
@@ -281,10 +196,10 @@ class Trainer:
         with torch.no_grad():
             for name, param in named.items():
                 param.copy_(ckpt.tensors[name])
-        _restore_allocator(self.model, ckpt.tensors)
+        restore_allocator_(self.model, ckpt.tensors)
         self.optimizer.load_state_dict(ckpt.optimizer["optimizer"])
         self.scheduler.load_state_dict(ckpt.optimizer["scheduler"])
-        _set_rng_state(ckpt.rng)
+        set_rng_state_(ckpt.rng)
         result.losses = list(ckpt.state["losses"])
         result.evals = [tuple(e) for e in ckpt.state["evals"]]  # type: ignore[misc]
         result.step_seconds = [float(x) for x in ckpt.state["step_seconds"]]
@@ -403,7 +318,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
-            if _allocator(self.model) is not None:  # AdaLoRA scores the gradients: before zero_grad
+            if rank_allocator(self.model) is not None:  # AdaLoRA scores the gradients: before zero_grad
                 self.model.base_model.update_and_allocate(step)  # type: ignore[union-attr]
             self.optimizer.zero_grad(set_to_none=not graphs)  # graphs: keep_grads_'s own memory
             if on_cuda:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
     from qradaptor.train.data import TokenizedSet
-    from qradaptor.train.loop import TrainResult
+    from qradaptor.train.state import TrainResult
 
 PROBE_STEPS = 4
 """Batches of the gradient probe behind ``rank-gradient``."""
@@ -270,7 +270,8 @@ def train_plan(
     from qradaptor.fingerprint import weights_digest
     from qradaptor.models.loading import load_model
     from qradaptor.models.structure import inspect_model
-    from qradaptor.train.loop import Trainer, trainable_tensors
+    from qradaptor.train.loop import Trainer
+    from qradaptor.train.state import trainable_tensors
 
     method = get_method(method_name)
     adalora: tuple[int, int] | None = None
