@@ -16,8 +16,9 @@ eval``'s ppl_wiki text), which nothing here selects on.
 Plans, per budget: the knapsack plan (``knapsack_genome`` over the KL table), then in turn a
 neighbour of it (the search's crossover and proximity mutation, repaired and filled to the
 budget: what the halving search proposes) and a random plan (random bits, repaired and filled
-to the budget at random: a plan no sensitivity-guided proposer would pick). Every plan has one
-rank everywhere; all plans share one fitted-weights cache, so each (linear, bits) is fitted once.
+to the budget at random: a plan no sensitivity-guided proposer would pick), or the kinds --mix
+names. Every plan has one rank everywhere; all plans share one fitted-weights cache, so each
+(linear, bits) is fitted once.
 
 Fidelities per plan, each from ``ProxyEvaluator``:
     knapsack objective   sum_l S_l(b_l) from the profile (nats per token)
@@ -100,6 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=kind, help=f"default {value} (--cpu-small: {CPU_SMALL[name]})")
     parser.add_argument("--bits", default="2,3,4,8", help="bit choices per block (default 2,3,4,8)")
+    parser.add_argument(
+        "--mix",
+        default="neighbour,random",
+        help="kinds of a budget's other plans, in turn (neighbour, random)",
+    )
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of every block (default 16)")
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-4, help="peak lr of proxy and final fine-tunes")
@@ -129,6 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--budgets x --plans-per-budget must give at least 4 plans, got {args.budgets!r} x "
             f"{args.plans_per_budget}"
         )
+    args.mix_list = args.mix.split(",")
+    if not set(args.mix_list) <= {"neighbour", "random"}:
+        parser.error(f"--mix must list neighbour and/or random, comma-separated, got {args.mix!r}")
     if not 0 < args.lr < math.inf:
         parser.error(f"--lr must be a finite number > 0, got {args.lr}")
     return args
@@ -161,7 +170,7 @@ def propose(args: argparse.Namespace, structure: Any, values: np.ndarray) -> lis
         knapsack = knapsack_genome(table, values, budget, rank=args.rank)
         genomes: list[tuple[str, np.ndarray]] = [("knapsack", knapsack)]
         for i in range(1, args.plans_per_budget):
-            kind = "neighbour" if i % 2 else "random"
+            kind = args.mix_list[(i - 1) % len(args.mix_list)]
             seen = [g for _, g in genomes]
             for _ in range(50):  # a budget's space can run dry of new plans (e.g. near the lowest)
                 if kind == "neighbour":
@@ -402,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     final = evaluator(loaded.model, train_ids, test_ids, args.final_steps, args.final_batch_size, args, cache)
     del loaded  # the evaluators hold their own copies
     settings = {
-        k: getattr(args, k) for k in (*FULL, "bits", "rank", "group_size", "lr", "seed", "sensitivity")
+        k: getattr(args, k) for k in (*FULL, "mix", "bits", "rank", "group_size", "lr", "seed", "sensitivity")
     }
     device = torch.cuda.get_device_name() if args.resolved_device == "cuda" else "CPU"
     machine = (
