@@ -339,12 +339,12 @@ def print_taus(result: dict[str, dict[str, dict[str, Any]]], rows: list[dict[str
         print(
             f"\nKendall tau-b against the final perplexity, {subset} ({count}; {pairs} pairs within budgets)"
         )
-        print(f"{'fidelity':<60} {'all':>6} {'p':>7} {'within':>7}  per budget")
+        print(f"{'fidelity':<60} {'all':>6} {'p':>8} {'within':>7}  per budget")
         for key, label in FIDELITIES.items():
             t = table[key]
             per = " ".join(f"{b}:{v:+.2f}" for b, v in t["per_budget"].items())
             print(
-                f"{label:<60} {t['overall']:>+6.3f} {t['overall_p']:>7.4f} {t['within_budget']:>+7.3f}  {per}"
+                f"{label:<60} {t['overall']:>+6.3f} {t['overall_p']:>8.1e} {t['within_budget']:>+7.3f}  {per}"
             )
 
 
