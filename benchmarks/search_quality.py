@@ -30,6 +30,7 @@ import torch
 
 from qradaptor.correlation import pearson
 from qradaptor.data import load_texts, pack_texts
+from qradaptor.distributed.study import sqlite_url
 from qradaptor.models.loading import load_model
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
@@ -39,7 +40,6 @@ from qradaptor.search.initial import initial_population
 from qradaptor.search.pipeline import SearchConfig, run_search
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.space import MemoryTable, SearchSpace
-from qradaptor.distributed.study import sqlite_url
 from qradaptor.sensitivity import profile_sensitivity
 
 VARIANTS = ("full", "no_profile", "bits_only", "no_bayes")
