@@ -77,9 +77,7 @@ def quantize_model_(
         if spec.bits == UNQUANTIZED:
             continue
         path = structure.module_path(block, name)
-        new = _quantized_linear(
-            model.get_submodule(path), infos[name], spec, plan, simulated, cache, path
-        )
+        new = _quantized_linear(model.get_submodule(path), infos[name], spec, plan, simulated, cache, path)
         _set_module(model, path, new)
     embed = model.get_submodule(structure.embed_path)
     if plan.embed_bits != UNQUANTIZED:

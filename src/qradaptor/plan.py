@@ -340,7 +340,9 @@ class Plan:
             layers[key] = LayerSpec(
                 check_bits(entry["bits"], f"bits of layer {key!r}"),
                 check_rank(entry["rank"], f"rank of layer {key!r}"),
-                None if group_size is None else check_group_size_value(group_size, f"group_size of layer {key!r}"),
+                None
+                if group_size is None
+                else check_group_size_value(group_size, f"group_size of layer {key!r}"),
             )
         known = {
             "group_size",

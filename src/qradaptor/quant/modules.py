@@ -141,7 +141,10 @@ class QuantLinear(nn.Module):
         # environment switch would only risk a graph break in every layer.
         dequantize = dequantize_parts if torch.compiler.is_compiling() else _dequantizer(self.qweight.device)
         if self.double_quant:  # the float16 metadata first: a few values per group, cheap
-            scale, zero = dequantize_meta(self.scale, self.scale_meta), dequantize_meta(self.zero, self.zero_meta)
+            scale, zero = (
+                dequantize_meta(self.scale, self.scale_meta),
+                dequantize_meta(self.zero, self.zero_meta),
+            )
         else:
             scale, zero = self.scale, self.zero
         return dequantize(

@@ -51,7 +51,7 @@ class QuantizedTensor:
     group_size: int
     """Input columns sharing one scale and zero."""
     scale_meta: torch.Tensor | None = None
-    """(ceil(groups / META_BLOCK), 2) float16 (step, offset) of the scale codes; None: not double-quantised."""
+    """(ceil(groups / META_BLOCK), 2) float16 (step, offset) of the scale codes; None: float16 scales."""
     zero_meta: torch.Tensor | None = None
     """The same for the zero codes."""
 
@@ -233,15 +233,23 @@ def quantize(
     groups = cols // group_size
     scale = scale.to(META_DTYPE).float().clamp_min(torch.finfo(META_DTYPE).tiny)
     zero = zero.to(META_DTYPE).float()
-    stored: tuple[torch.Tensor, ...] = (scale.reshape(rows, groups).to(META_DTYPE), zero.reshape(rows, groups).to(META_DTYPE))
+    stored: tuple[torch.Tensor, ...] = (
+        scale.reshape(rows, groups).to(META_DTYPE),
+        zero.reshape(rows, groups).to(META_DTYPE),
+    )
     if double_quant:
-        (scale_codes, scale_meta), (zero_codes, zero_meta) = quantize_meta(stored[0]), quantize_meta(stored[1])
+        (scale_codes, scale_meta), (zero_codes, zero_meta) = (
+            quantize_meta(stored[0]),
+            quantize_meta(stored[1]),
+        )
         stored = (scale_codes, zero_codes, scale_meta, zero_meta)
         # Every dequantised scale is >= its block's float16 minimum of positive scales: > 0.
         scale = dequantize_meta(scale_codes, scale_meta).float().reshape(-1, 1)
         zero = dequantize_meta(zero_codes, zero_meta).float().reshape(-1, 1)
     codes = _codes(w, scale, zero, qmax).to(torch.uint8).reshape(rows, cols)
-    return QuantizedTensor(pack(codes, bits), stored[0], stored[1], (rows, cols), bits, group_size, *stored[2:])
+    return QuantizedTensor(
+        pack(codes, bits), stored[0], stored[1], (rows, cols), bits, group_size, *stored[2:]
+    )
 
 
 def dequantize_parts(

@@ -249,7 +249,10 @@ def knapsack_plan(
     for table in tables:
         wanted = (group_size if len(tables) == 1 else table.group_size, method, double_quant)
         if (table.group_size, table.quant_method, table.double_quant) != wanted:
-            dq = (", double-quantised" if table.double_quant else "", ", double-quantised" if double_quant else "")
+            dq = (
+                ", double-quantised" if table.double_quant else "",
+                ", double-quantised" if double_quant else "",
+            )
             raise ValueError(
                 f"sensitivity table was profiled at group size {table.group_size} with "
                 f"{table.quant_method}{dq[0]}, the plan quantises at group size {group_size} with "
@@ -257,7 +260,9 @@ def knapsack_plan(
             )
     choices = tuple(tables[0].bits) if bits is None else tuple(bits)
     group_sizes = tuple(sorted(t.group_size for t in tables)) if len(tables) > 1 else ()
-    space = SearchSpace.for_structure(structure, "block", bits=choices, ranks=(rank,), group_sizes=group_sizes)
+    space = SearchSpace.for_structure(
+        structure, "block", bits=choices, ranks=(rank,), group_sizes=group_sizes
+    )
     name = plan_kwargs.pop("name", None) or f"knapsack-{_budget_label(budget)}-r{rank}"
     plan_kwargs.setdefault("model_signature", structure.signature)
     table = MemoryTable.build(structure, space, **plan_kwargs)

@@ -171,9 +171,7 @@ class SearchSpace:
         bits = self.bits if self.fixed_bits is None else (self.fixed_bits,)
         if not self.group_sizes:
             return tuple((b, None) for b in bits)
-        return tuple(
-            (b, g) for b in bits for g in ((None,) if b == UNQUANTIZED else self.group_sizes[::-1])
-        )
+        return tuple((b, g) for b in bits for g in ((None,) if b == UNQUANTIZED else self.group_sizes[::-1]))
 
     @property
     def bit_choices(self) -> tuple[int, ...]:
@@ -253,7 +251,8 @@ class SearchSpace:
             quant = (spec.bits, plan.group_size_of(spec) if grouped else None)
             if quant not in self.quant_choices:
                 raise ValueError(
-                    f"{where} has group size {plan.group_size_of(spec)}, not among the choices {self.group_sizes}"
+                    f"{where} has group size {plan.group_size_of(spec)}, not among the choices "
+                    f"{self.group_sizes}"
                 )
             genome[unit] = (self.quant_choices.index(quant), self.rank_choices.index(spec.rank))
         return genome
