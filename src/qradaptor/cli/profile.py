@@ -94,6 +94,7 @@ def measure_profile(
     method: str,
     device: str,
     seed: int,
+    double_quant: bool = False,
 ) -> tuple[SensitivityTable, LoadedModel, float]:
     """Loads ``model`` in fp32 on ``device`` and profiles it on windows packed from ``texts``.
 
@@ -117,6 +118,7 @@ def measure_profile(
         quant_method=method,
         batch_size=batch_size,
         progress=sys.stderr.isatty(),
+        double_quant=double_quant,
     )
     return table, loaded, round(time.perf_counter() - started, 2)
 
@@ -134,6 +136,7 @@ def profile(
     method: str = "hqq",
     device: str = "auto",
     seed: int = 0,
+    double_quant: bool = False,
     force: bool = False,
 ) -> int:
     """Profile how much quantising each block alone moves the model's output (Eq. 6, §3.3).
@@ -164,6 +167,8 @@ def profile(
         device: auto (cuda if available), cpu or cuda; fp32 on both, so the small KLs of
             high bit-widths are not rounding noise
         seed: seed of the document shuffle before packing
+        double_quant: store scales and zeros at 8 bits (QLoRA's double quantisation), as a plan
+            made with --double-quant quantises them; its knapsack needs such a profile
         force: overwrite sensitivity.* files already in the folder
     """
     bits_list = parse_bits(bits)
@@ -186,7 +191,7 @@ def profile(
 
     device = resolve_device(device)
     table, loaded, seconds = measure_profile(
-        model, texts, bits_list, samples, seq_len, batch_size, group_size, method, device, seed
+        model, texts, bits_list, samples, seq_len, batch_size, group_size, method, device, seed, double_quant
     )
     record: dict[str, Any] = {
         **table.to_dict(),  # top level, so SensitivityTable.from_dict reads this file as is
@@ -239,4 +244,5 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--method", choices=QUANT_METHODS, default="hqq", help=helps["method"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
+    parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
