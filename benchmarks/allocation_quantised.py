@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import platform
 import time
@@ -74,6 +75,10 @@ def _table(loaded, folder: Path, group_size: int, double_quant: bool, args: argp
     path = folder / f"sensitivity-g{group_size}{'-dq' if double_quant else ''}.json"
     if path.exists():
         return SensitivityTable.from_dict(json.loads(path.read_text()))
+    if double_quant and args.dq_from_plain:
+        # The approximation --dq-from-plain states: 8-bit metadata moves a block's KL too little
+        # to change the choice, so the float16-metadata profile stands in for it.
+        return dataclasses.replace(_table(loaded, folder, group_size, False, args, cache), double_quant=True)
     calibration = pack_texts(
         load_texts(None), loaded.tokenizer, 256, num_sequences=args.profile_windows, seed=0
     )
@@ -114,6 +119,11 @@ def _space_study(loaded, structure, cache, args: argparse.Namespace) -> None:
         if len(sizes) > 1:
             variants.append((f"2-6,8 x g{{{args.group_sizes}}} dq", True, sizes, SPACE_BITS))
     budgets = [float(b) for b in args.budgets.split(",")]
+    if args.double_quant:  # what 8-bit metadata costs by itself: the same bits, less metadata
+        for dq in (False, True):
+            made = Plan.uniform(structure.num_blocks, 4, 16, group_size=base, double_quant=dq)
+            _score(loaded, structure, cache, f"uniform 4 g{base}{' dq' if dq else ''}", made, args)
+            seen.add(made.plan_hash)
     for label, dq, groups, bits in variants:
         tables = [_table(loaded, folder, g, dq, args, cache) for g in groups]
         for budget in budgets:
@@ -145,6 +155,11 @@ def main() -> None:
     parser.add_argument("--budgets", default="4.0,4.5", help="--space: avg-bits budgets")
     parser.add_argument("--group-sizes", default="64,192", help="--space: group sizes, the plan's first")
     parser.add_argument("--double-quant", action="store_true", help="--space: add double-quantised rows")
+    parser.add_argument(
+        "--dq-from-plain",
+        action="store_true",
+        help="--space: choose double-quantised plans with the float16-metadata profiles (no extra profile)",
+    )
     parser.add_argument("--profile-windows", type=int, default=1, help="--space: 256-token profile windows")
     args = parser.parse_args()
     if not args.plans and not args.space:
