@@ -119,6 +119,7 @@ def _space_study(loaded, structure, cache, args: argparse.Namespace) -> None:
         if len(sizes) > 1:
             variants.append((f"2-6,8 x g{{{args.group_sizes}}} dq", True, sizes, SPACE_BITS))
     budgets = [float(b) for b in args.budgets.split(",")]
+    variants = [v for v in variants if args.only is None or args.only in v[0]]
     if args.double_quant:  # what 8-bit metadata costs by itself: the same bits, less metadata
         for dq in (False, True):
             made = Plan.uniform(structure.num_blocks, 4, 16, group_size=base, double_quant=dq)
@@ -160,6 +161,7 @@ def main() -> None:
         action="store_true",
         help="--space: choose double-quantised plans with the float16-metadata profiles (no extra profile)",
     )
+    parser.add_argument("--only", metavar="TEXT", help="--space: only the spaces whose label contains TEXT")
     parser.add_argument("--profile-windows", type=int, default=1, help="--space: 256-token profile windows")
     args = parser.parse_args()
     if not args.plans and not args.space:

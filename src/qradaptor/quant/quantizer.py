@@ -230,25 +230,26 @@ def quantize(
     scale, zero = _minmax_fit(w, qmax) if method == "rtn" else _hqq_fit(w, qmax)
     # Round the metadata to its storage type before computing codes, so the codes are the
     # best ones for the scale and zero that dequantisation will actually see.
-    groups = cols // group_size
-    scale = scale.to(META_DTYPE).float().clamp_min(torch.finfo(META_DTYPE).tiny)
-    zero = zero.to(META_DTYPE).float()
-    stored: tuple[torch.Tensor, ...] = (
-        scale.reshape(rows, groups).to(META_DTYPE),
-        zero.reshape(rows, groups).to(META_DTYPE),
-    )
-    if double_quant:
-        (scale_codes, scale_meta), (zero_codes, zero_meta) = (
-            quantize_meta(stored[0]),
-            quantize_meta(stored[1]),
+    meta_shape = (rows, cols // group_size)
+    scale16 = scale.to(META_DTYPE).clamp_min(torch.finfo(META_DTYPE).tiny).reshape(meta_shape)
+    zero16 = zero.to(META_DTYPE).reshape(meta_shape)
+    if not double_quant:
+        codes = _codes(w, scale16.float().reshape(-1, 1), zero16.float().reshape(-1, 1), qmax)
+        return QuantizedTensor(
+            pack(codes.to(torch.uint8).reshape(rows, cols), bits),
+            scale16,
+            zero16,
+            (rows, cols),
+            bits,
+            group_size,
         )
-        stored = (scale_codes, zero_codes, scale_meta, zero_meta)
-        # Every dequantised scale is >= its block's float16 minimum of positive scales: > 0.
-        scale = dequantize_meta(scale_codes, scale_meta).float().reshape(-1, 1)
-        zero = dequantize_meta(zero_codes, zero_meta).float().reshape(-1, 1)
-    codes = _codes(w, scale, zero, qmax).to(torch.uint8).reshape(rows, cols)
+    (scale_codes, scale_meta), (zero_codes, zero_meta) = quantize_meta(scale16), quantize_meta(zero16)
+    # Each dequantised scale is >= its block's offset, the least float16 scale: positive.
+    scale_hat = dequantize_meta(scale_codes, scale_meta).float().reshape(-1, 1)
+    zero_hat = dequantize_meta(zero_codes, zero_meta).float().reshape(-1, 1)
+    codes = _codes(w, scale_hat, zero_hat, qmax).to(torch.uint8).reshape(rows, cols)
     return QuantizedTensor(
-        pack(codes, bits), stored[0], stored[1], (rows, cols), bits, group_size, *stored[2:]
+        pack(codes, bits), scale_codes, zero_codes, (rows, cols), bits, group_size, scale_meta, zero_meta
     )
 
 
