@@ -120,11 +120,10 @@ def _space_study(loaded, structure, cache, args: argparse.Namespace) -> None:
             variants.append((f"2-6,8 x g{{{args.group_sizes}}} dq", True, sizes, SPACE_BITS))
     budgets = [float(b) for b in args.budgets.split(",")]
     variants = [v for v in variants if args.only is None or args.only in v[0]]
-    if args.double_quant:  # what 8-bit metadata costs by itself: the same bits, less metadata
-        for dq in (False, True):
-            made = Plan.uniform(structure.num_blocks, 4, 16, group_size=base, double_quant=dq)
-            _score(loaded, structure, cache, f"uniform 4 g{base}{' dq' if dq else ''}", made, args)
-            seen.add(made.plan_hash)
+    if args.double_quant and (args.only is None or args.only in "uniform 4 dq"):
+        # What 8-bit metadata costs by itself: uniform 4-bit with less metadata.
+        made = Plan.uniform(structure.num_blocks, 4, 16, group_size=base, double_quant=True)
+        _score(loaded, structure, cache, f"uniform 4 g{base} dq", made, args)
     for label, dq, groups, bits in variants:
         tables = [_table(loaded, folder, g, dq, args, cache) for g in groups]
         for budget in budgets:
