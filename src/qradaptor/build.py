@@ -17,7 +17,7 @@ from torch import nn
 
 from qradaptor.lora import AdapterVariant, adalora_config, lora_config, prepare_adalora_
 from qradaptor.models.structure import LinearInfo, ModelStructure, inspect_model
-from qradaptor.plan import UNQUANTIZED, Plan
+from qradaptor.plan import UNQUANTIZED, LayerSpec, Plan
 from qradaptor.progress import progress_bar
 from qradaptor.quant.modules import QuantEmbedding, QuantLinear, simulated_linear
 
@@ -40,7 +40,7 @@ def _dense_weight(module: nn.Module, info: LinearInfo) -> torch.Tensor:
 def _quantized_linear(
     module: nn.Module,
     info: LinearInfo,
-    bits: int,
+    spec: LayerSpec,
     plan: Plan,
     simulated: bool,
     cache: QuantCache | None = None,
@@ -48,15 +48,15 @@ def _quantized_linear(
 ) -> nn.Module:
     weight = _dense_weight(module, info)
     bias = None if module.bias is None else module.bias.data
-    method = plan.quant_method
+    method, bits, group_size, dq = plan.quant_method, spec.bits, plan.group_size_of(spec), plan.double_quant
     if cache is None:
         fitted = None
     else:
-        fitted = cache.get(path, weight, bits, plan.group_size, method)  # type: ignore[arg-type]
+        fitted = cache.get(path, weight, bits, group_size, method, double_quant=dq)  # type: ignore[arg-type]
     if simulated:
-        return simulated_linear(weight, bias, bits, plan.group_size, method, fitted=fitted)  # type: ignore[arg-type]
+        return simulated_linear(weight, bias, bits, group_size, method, fitted=fitted, double_quant=dq)  # type: ignore[arg-type]
     if fitted is None:
-        return QuantLinear.from_weight(weight, bias, bits, plan.group_size, method)  # type: ignore[arg-type]
+        return QuantLinear.from_weight(weight, bias, bits, group_size, method, double_quant=dq)  # type: ignore[arg-type]
     return QuantLinear(fitted.copy(), bias, weight.dtype)  # a copy: the model may change its codes (LoftQ)
 
 
@@ -85,7 +85,7 @@ def quantize_model_(
         for block, name, spec in fits:
             path = structure.module_path(block, name)
             new = _quantized_linear(
-                model.get_submodule(path), infos[name], spec.bits, plan, simulated, cache, path
+                model.get_submodule(path), infos[name], spec, plan, simulated, cache, path
             )
             _set_module(model, path, new)
             bar.update()

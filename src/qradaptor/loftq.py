@@ -67,12 +67,14 @@ def loftq_decompose(
     rank: int,
     scaling: float,
     iters: int = 1,
+    *,
+    double_quant: bool = False,
 ) -> tuple[QuantizedTensor, torch.Tensor, torch.Tensor]:
     """LoftQ's alternating quantisation and low-rank fit of one weight (Alg. 1).
 
     Args:
         weight: (out, in) dense weight W.
-        bits, group_size, method: the quantisation, as in ``quantize``.
+        bits, group_size, method, double_quant: the quantisation, as in ``quantize``.
         rank: the adapter rank r.
         scaling: the LoRA scaling s (alpha / r) the adapter will be applied with.
         iters: alternating steps T (>= 1).
@@ -90,7 +92,7 @@ def loftq_decompose(
     low_rank = torch.zeros_like(w)  # s B A, (out, in)
     best: tuple[float, QuantizedTensor, torch.Tensor, torch.Tensor] | None = None
     for _ in range(iters):
-        qt = quantize(w - low_rank, bits, group_size, method)
+        qt = quantize(w - low_rank, bits, group_size, method, double_quant=double_quant)
         residual = w - dequantize(qt)
         b, a = low_rank_split(residual, rank)  # (out, r), (r, in)
         low_rank = b @ a
@@ -139,7 +141,8 @@ def apply_loftq_(
 
     inner = peft_model.base_model.model
     structure = inspect_model(inner)
-    bits = {structure.module_path(b, n): spec.bits for b, n, spec in plan.iter_modules(structure)}
+    specs = {structure.module_path(b, n): spec for b, n, spec in plan.iter_modules(structure)}
+    bits = {path: spec.bits for path, spec in specs.items()}
     for path, weight in dense_weights.items():
         layer = inner.get_submodule(path)
         if not isinstance(layer, LoraLayer) or adapter_name not in layer.lora_A:
@@ -151,13 +154,19 @@ def apply_loftq_(
             raise ValueError(f"dense_weights: LoftQ needs a quantised module, {path!r} is 16-bit in the plan")
         scaling = layer.scaling[adapter_name]
         qt, a, b = loftq_decompose(
-            weight, bits[path], plan.group_size, plan.quant_method, layer.r[adapter_name], scaling, iters
-        )  # type: ignore[arg-type]
+            weight,
+            bits[path],
+            plan.group_size_of(specs[path]),
+            plan.quant_method,  # type: ignore[arg-type]
+            layer.r[adapter_name],
+            scaling,
+            iters,
+            double_quant=plan.double_quant,
+        )
         base = layer.get_base_layer()
         if isinstance(base, QuantLinear):
-            base.qweight.copy_(qt.packed)
-            base.scale.copy_(qt.scale)
-            base.zero.copy_(qt.zero)
+            for stored, fitted in zip(base.quantized().parts(), qt.parts(), strict=True):
+                stored.copy_(fitted)
         else:
             base.weight.copy_(dequantize(qt, base.weight.dtype))
         lora_a, lora_b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight

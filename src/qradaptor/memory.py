@@ -2,7 +2,10 @@
 
 Weights and adapters are counted exactly, the way ``apply_plan`` stores them:
     quantised weight  packed codes, ``bits * ceil(in / 8)`` bytes per output row, plus one
-                      16-bit scale and one 16-bit zero per group of ``group_size`` inputs
+                      16-bit scale and one 16-bit zero per group of ``group_size`` inputs (the
+                      layer's own group size where the plan gives one); with the plan's
+                      ``double_quant`` a block linear's scales and zeros are 8-bit codes plus a
+                      16-bit step and offset per ``META_BLOCK`` of them (``quant.metaquant``)
     16-bit weight     ``numel * weight_bytes`` (2 for bf16/fp16; 4 when run in fp32 on CPU)
     biases, norms     ``numel * weight_bytes``, never quantised
     LoRA rank r       ``r * (in + out) * adapter_bytes`` (PEFT keeps adapters in fp32)
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from qradaptor.models.structure import ModelStructure
 from qradaptor.plan import UNQUANTIZED, Plan
 from qradaptor.quant.bitpack import packed_nbytes
+from qradaptor.quant.metaquant import meta_nbytes
 
 META_BYTES = 2
 """Bytes of one scale or zero (float16)."""
@@ -36,9 +40,15 @@ NF4_NESTED_BLOCK = 256
 """Double quantisation: absmax values per second-level fp32 absmax (bitsandbytes' choice)."""
 
 
-def quantized_nbytes(rows: int, cols: int, bits: int, group_size: int) -> int:
-    """Bytes of a (rows, cols) weight stored at ``bits`` with 16-bit scale and zero per group."""
-    return packed_nbytes(rows, cols, bits) + 2 * META_BYTES * rows * (cols // group_size)
+def quantized_nbytes(rows: int, cols: int, bits: int, group_size: int, *, double_quant: bool = False) -> int:
+    """Bytes of a (rows, cols) weight stored at ``bits`` with a scale and a zero per group.
+
+    Scales and zeros are float16, or with ``double_quant`` 8-bit codes with their blocks' steps
+    and offsets (``metaquant.meta_nbytes`` each).
+    """
+    groups = rows * (cols // group_size)
+    meta = meta_nbytes(groups) if double_quant else META_BYTES * groups
+    return packed_nbytes(rows, cols, bits) + 2 * meta
 
 
 def nf4_nbytes(rows: int, cols: int, *, double_quant: bool) -> int:
@@ -178,7 +188,13 @@ def plan_memory(
         elif base_format != "packed":
             wbytes = nf4_nbytes(info.out_features, info.in_features, double_quant=base_format == "nf4-dq")
         else:
-            wbytes = quantized_nbytes(info.out_features, info.in_features, spec.bits, plan.group_size)
+            wbytes = quantized_nbytes(
+                info.out_features,
+                info.in_features,
+                spec.bits,
+                plan.group_size_of(spec),
+                double_quant=plan.double_quant,
+            )
         lora = spec.rank * (info.in_features + info.out_features)
         adapter_params += lora
         layers.append(

@@ -7,8 +7,10 @@ the very base that was trained, bit for bit, and skip the fit.
 File layout (safetensors), for every quantised module under its path in the unwrapped
 model (``model.layers.3.self_attn.q_proj``; no PEFT ``base_model.model.`` or ``.base_layer``):
     PATH.qweight  uint8 (rows, bits * ceil(cols / 8))  packed codes, see ``quant.bitpack``
-    PATH.scale    float16 (rows, cols // group_size)
-    PATH.zero     float16 (rows, cols // group_size)
+    PATH.scale    float16 (rows, cols // group_size), the module's own group size; uint8 codes
+                  when the plan double-quantises (block linears only)
+    PATH.zero     the same for the zeros
+    PATH.scale_meta, PATH.zero_meta  float16 (ceil(groups / META_BLOCK), 2), double-quantised only
     PATH.bias     the bias, if the module has one
 A tied head that shares the embedding's codes is stored once, under the embedding.
 Metadata (strings): format, format_version, plan_hash, plan (the Plan's JSON), bits (JSON
@@ -55,19 +57,29 @@ class PackedHeader:
     """The caller's fingerprint of the weights it was packed from ("" if none given)."""
 
 
-def _planned(structure: ModelStructure, plan: Plan) -> dict[str, tuple[int, tuple[int, int], bool]]:
-    """Path -> (bits, (rows, cols), has bias) of every module ``plan`` quantises, in order."""
-    out = {
-        structure.module_path(block, name): (spec.bits, (info.out_features, info.in_features), info.bias)
+Planned = tuple[int, tuple[int, int], bool, int, bool]
+"""(bits, (rows, cols), has bias, group size, double-quantised) of one quantised module."""
+
+
+def _planned(structure: ModelStructure, plan: Plan) -> dict[str, Planned]:
+    """Path -> ``Planned`` of every module ``plan`` quantises, in order."""
+    out: dict[str, Planned] = {
+        structure.module_path(block, name): (
+            spec.bits,
+            (info.out_features, info.in_features),
+            info.bias,
+            plan.group_size_of(spec),
+            plan.double_quant,
+        )
         for block, name, spec in plan.iter_modules(structure)
         for info in structure.linears
         if info.name == name and spec.bits != UNQUANTIZED
     }
     if plan.embed_bits != UNQUANTIZED:
-        out[structure.embed_path] = (plan.embed_bits, structure.embed_shape, False)
+        out[structure.embed_path] = (plan.embed_bits, structure.embed_shape, False, plan.group_size, False)
     head = structure.head_path
     if head is not None and plan.head_bits != UNQUANTIZED and structure.head_shape is not None:
-        out[head] = (plan.head_bits, structure.head_shape, structure.head_bias)
+        out[head] = (plan.head_bits, structure.head_shape, structure.head_bias, plan.group_size, False)
     return out
 
 
@@ -127,7 +139,7 @@ def save_packed_base(
     if extra:
         raise ValueError(f"model has packed modules the plan does not quantise, e.g. {extra[:3]}")
     tensors: dict[str, torch.Tensor] = {}
-    for name, (bits, _, _) in planned.items():
+    for name, (bits, *_) in planned.items():
         module = found.get(name)
         if module is None or module.bits != bits:
             got = "no packed module" if module is None else f"{module.bits} bits"
@@ -135,6 +147,8 @@ def save_packed_base(
         if name in shared:
             continue
         parts = {"qweight": module.qweight, "scale": module.scale, "zero": module.zero}
+        if getattr(module, "double_quant", False):
+            parts.update(scale_meta=module.scale_meta, zero_meta=module.zero_meta)
         if getattr(module, "bias", None) is not None:
             parts["bias"] = module.bias
         tensors.update({f"{name}.{k}": t.detach().cpu().contiguous() for k, t in parts.items()})
@@ -213,6 +227,7 @@ def load_packed_base_(model: nn.Module, plan: Plan, path: str | os.PathLike[str]
 
     from qradaptor.models.structure import inspect_model
     from qradaptor.quant.bitpack import packed_row_bytes
+    from qradaptor.quant.metaquant import META_BLOCK
     from qradaptor.quant.modules import QuantEmbedding, QuantLinear
     from qradaptor.quant.quantizer import META_DTYPE, QuantizedTensor
 
@@ -230,18 +245,22 @@ def load_packed_base_(model: nn.Module, plan: Plan, path: str | os.PathLike[str]
     built: dict[str, nn.Module] = {}
     with safe_open(os.fspath(path), framework="pt") as handle:
         keys = set(handle.keys())
-        for name, (bits, (rows, cols), bias) in planned.items():
+        for name, (bits, (rows, cols), bias, group_size, double_quant) in planned.items():
             if name in shared:
                 continue
             if header.bits.get(name) != bits:
                 raise ValueError(f"{where}: {name} has bits {header.bits.get(name)}, the plan says {bits}")
             old = model.get_submodule(name)
-            groups = cols // plan.group_size
+            groups = cols // group_size
+            meta_dtype = torch.uint8 if double_quant else META_DTYPE
             expect = {
                 "qweight": ((rows, packed_row_bytes(cols, bits)), torch.uint8),
-                "scale": ((rows, groups), META_DTYPE),
-                "zero": ((rows, groups), META_DTYPE),
+                "scale": ((rows, groups), meta_dtype),
+                "zero": ((rows, groups), meta_dtype),
             }
+            if double_quant:
+                blocks = -(-rows * groups // META_BLOCK)
+                expect.update(scale_meta=((blocks, 2), META_DTYPE), zero_meta=((blocks, 2), META_DTYPE))
             if bias:
                 expect["bias"] = ((rows,), None)
             parts = {}
@@ -256,7 +275,8 @@ def load_packed_base_(model: nn.Module, plan: Plan, path: str | os.PathLike[str]
                     )
                 parts[part] = t.to(old.weight.device)
             codes = (parts["qweight"], parts["scale"], parts["zero"])
-            qt = QuantizedTensor(*codes, (rows, cols), bits, plan.group_size)
+            meta = (parts["scale_meta"], parts["zero_meta"]) if double_quant else ()
+            qt = QuantizedTensor(*codes, (rows, cols), bits, group_size, *meta)
             dtype = old.weight.dtype
             if name == structure.embed_path:
                 built[name] = QuantEmbedding(qt, dtype, old.padding_idx)

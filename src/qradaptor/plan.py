@@ -9,8 +9,12 @@ Granularity:
     "module"  one (bits, rank) per linear module. Keys are "<block>.<name>", e.g.
               "3.self_attn.q_proj".
 
-bits: 1..8 quantises the weight to that many bits (2, 3, 4, 8 are the search space), 16
-leaves it unquantised. rank: 0 means no adapter. The adapter of rank r is scaled by
+bits: 1..8 quantises the weight to that many bits (2, 3, 4, 8 are the default search space;
+5 and 6 are opt-in), 16 leaves it unquantised. rank: 0 means no adapter. group_size: an entry
+may carry its own quantisation group size (it must divide every linear it covers); without
+one it takes the plan's. double_quant: the block linears' scales and zeros are stored at 8
+bits with a 16-bit step and offset per block of ``META_BLOCK`` values (QLoRA's double
+quantisation), instead of 16 bits each. The adapter of rank r is scaled by
 alpha / r with one alpha for the whole model, as in Eq. 4 of the paper (gamma / r_l).
 """
 
@@ -48,6 +52,13 @@ def check_rank(rank: object, where: str = "rank") -> int:
     return rank
 
 
+def check_group_size_value(group_size: object, where: str = "group_size") -> int:
+    """Returns ``group_size`` if it is a positive integer, else raises ValueError."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"{where} must be a positive integer, got {group_size!r}")
+    return group_size
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """Bits of the frozen weight and rank of the adapter of one block or module."""
@@ -56,10 +67,14 @@ class LayerSpec:
     """1..8, or 16 for unquantised."""
     rank: int
     """LoRA rank; 0 for no adapter."""
+    group_size: int | None = None
+    """Input columns per quantisation group of this entry; None takes the plan's group_size."""
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
         check_rank(self.rank)
+        if self.group_size is not None:
+            check_group_size_value(self.group_size, "LayerSpec.group_size")
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,7 @@ class Plan:
     num_blocks: int
     """Blocks of the model this plan is for."""
     group_size: int = 64
-    """Input columns per quantisation group (one 16-bit scale and zero each)."""
+    """Input columns per quantisation group (one scale and zero each), unless an entry sets its own."""
     quant_method: str = "hqq"
     """How codes are fitted: "rtn" (min-max) or "hqq" (half-quadratic)."""
     alpha: float = 16.0
@@ -87,6 +102,8 @@ class Plan:
     """Fingerprint of the model structure this plan was made for (None: any with num_blocks)."""
     name: str = ""
     """A label for reports, e.g. "uniform-4bit-r16"."""
+    double_quant: bool = False
+    """Store the block linears' scales and zeros at 8 bits (QLoRA's double quantisation)."""
     _granularity: Granularity = field(init=False, repr=False, compare=False, default="block")
 
     def __post_init__(self) -> None:
@@ -94,8 +111,9 @@ class Plan:
 
         if isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 1:
             raise ValueError(f"num_blocks must be a positive integer, got {self.num_blocks!r}")
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
-            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+        check_group_size_value(self.group_size)
+        if not isinstance(self.double_quant, bool):
+            raise ValueError(f"double_quant must be true or false, got {self.double_quant!r}")
         if self.quant_method not in QUANT_METHODS:
             raise ValueError(f"quant_method must be one of {QUANT_METHODS}, got {self.quant_method!r}")
         if not isinstance(self.alpha, int | float) or not self.alpha > 0:
@@ -115,6 +133,12 @@ class Plan:
             if not isinstance(spec, LayerSpec):
                 raise TypeError(f"plan entry {key!r} must be a LayerSpec, got {type(spec).__name__}")
             kinds.add("module" if name else "block")
+            if spec.group_size is not None and (
+                spec.group_size == self.group_size or spec.bits == UNQUANTIZED
+            ):
+                # One spelling per plan: the plan's own group size (or none, at 16 bits) is no
+                # override, so equal plans have equal JSON and hashes.
+                spec = replace(spec, group_size=None)
             layers[str(key)] = spec
         if len(kinds) > 1:
             raise ValueError(
@@ -160,6 +184,10 @@ class Plan:
         if self._granularity == "block":
             return self.layers[str(block)]
         return self.layers.get(f"{block}.{module}", LayerSpec(UNQUANTIZED, 0))
+
+    def group_size_of(self, spec: LayerSpec) -> int:
+        """The group size ``spec`` is quantised at: its own, else the plan's."""
+        return self.group_size if spec.group_size is None else spec.group_size
 
     def iter_modules(self, structure: ModelStructure) -> Iterator[tuple[int, str, LayerSpec]]:
         """(block, module name, spec) for every linear of every block."""
@@ -215,7 +243,9 @@ class Plan:
                     f"give this layer a rank of at most {width}"
                 )
             if spec.bits != UNQUANTIZED:
-                check_group_size(info.in_features, self.group_size, where=structure.module_path(block, name))
+                check_group_size(
+                    info.in_features, self.group_size_of(spec), where=structure.module_path(block, name)
+                )
         if self.embed_bits != UNQUANTIZED:
             check_group_size(structure.embed_shape[1], self.group_size, where=structure.embed_path)
         if self.head_bits != UNQUANTIZED and structure.head_shape is not None:
@@ -287,7 +317,10 @@ class Plan:
             "embed_bits": self.embed_bits,
             "head_bits": self.head_bits,
             "model_signature": self.model_signature,
-            "layers": {k: {"bits": s.bits, "rank": s.rank} for k, s in self.layers.items()},
+            # Options at their defaults are left out, so plans written before they existed keep
+            # their JSON and plan_hash.
+            **({"double_quant": True} if self.double_quant else {}),
+            "layers": {k: _layer_dict(s) for k, s in self.layers.items()},
         }
 
     @classmethod
@@ -307,11 +340,18 @@ class Plan:
             )
         layers = {}
         for key, entry in raw.items():
-            if not isinstance(entry, Mapping) or set(entry) != {"bits", "rank"}:
-                raise ValueError(f'plan layer {key!r} must be {{"bits": int, "rank": int}}, got {entry!r}')
+            if not isinstance(entry, Mapping) or not {"bits", "rank"} <= set(entry) <= _LAYER_FIELDS:
+                raise ValueError(
+                    f'plan layer {key!r} must be {{"bits": int, "rank": int}} with an optional '
+                    f'"group_size": int, got {entry!r}'
+                )
+            group_size = entry.get("group_size")
             layers[key] = LayerSpec(
                 check_bits(entry["bits"], f"bits of layer {key!r}"),
                 check_rank(entry["rank"], f"rank of layer {key!r}"),
+                None
+                if group_size is None
+                else check_group_size_value(group_size, f"group_size of layer {key!r}"),
             )
         known = {
             "group_size",
@@ -321,6 +361,7 @@ class Plan:
             "head_bits",
             "model_signature",
             "name",
+            "double_quant",
         }
         kwargs = {k: data[k] for k in known if k in data}
         return cls(layers, data["num_blocks"], **kwargs)
@@ -344,3 +385,13 @@ class Plan:
         data = self.to_dict()
         data.pop("name")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_LAYER_FIELDS = {"bits", "rank", "group_size"}
+
+
+def _layer_dict(spec: LayerSpec) -> dict[str, int]:
+    out = {"bits": spec.bits, "rank": spec.rank}
+    if spec.group_size is not None:
+        out["group_size"] = spec.group_size
+    return out

@@ -65,6 +65,8 @@ class SensitivityTable:
     """Input columns per quantisation group used for the quantised weights."""
     quant_method: str
     """How the codes were fitted ("rtn" or "hqq")."""
+    double_quant: bool = False
+    """Whether the scales and zeros were double-quantised to 8 bits (``Plan.double_quant``)."""
 
     def __post_init__(self) -> None:
         if not self.bits:
@@ -117,6 +119,8 @@ class SensitivityTable:
             "tokens": self.tokens,
             "group_size": self.group_size,
             "quant_method": self.quant_method,
+            # Left out when false, so files written before the option existed read the same.
+            **({"double_quant": True} if self.double_quant else {}),
         }
 
     @classmethod
@@ -137,6 +141,7 @@ class SensitivityTable:
             tokens=int(data["tokens"]),
             group_size=int(data["group_size"]),
             quant_method=str(data["quant_method"]),
+            double_quant=bool(data.get("double_quant", False)),
         )
 
     def to_csv(self) -> str:
@@ -238,6 +243,7 @@ def _block_quantised(
     group_size: int,
     method: str,
     cache: QuantCache | None = None,
+    double_quant: bool = False,
 ) -> dict[str, nn.Module]:
     """Simulated-quantised copies of every linear of ``block``, keyed by full module path."""
     out = {}
@@ -246,8 +252,13 @@ def _block_quantised(
         module = model.get_submodule(path)
         bias = None if module.bias is None else module.bias.data
         weight = _dense_weight(module, info)
-        fitted = None if cache is None else cache.get(path, weight, bits, group_size, method)  # type: ignore[arg-type]
-        out[path] = simulated_linear(weight, bias, bits, group_size, method, fitted=fitted)  # type: ignore[arg-type]
+        if cache is None:
+            fitted = None
+        else:
+            fitted = cache.get(path, weight, bits, group_size, method, double_quant=double_quant)  # type: ignore[arg-type]
+        out[path] = simulated_linear(
+            weight, bias, bits, group_size, method, fitted=fitted, double_quant=double_quant
+        )  # type: ignore[arg-type]
     return out
 
 
@@ -264,6 +275,7 @@ def profile_sensitivity(
     progress: bool = True,
     cache: QuantCache | None = None,
     reuse_prefix: bool = True,
+    double_quant: bool = False,
 ) -> SensitivityTable:
     """Measures S_l(b) of Eq. 6 (§3.3) for every block l and every candidate bit-width b.
 
@@ -288,6 +300,8 @@ def profile_sensitivity(
         reuse_prefix: replay the recorded full-precision outputs of blocks 0..l-1 while
             block l is scored instead of recomputing them (same numbers, about half the
             block compute); False runs every forward from the embedding.
+        double_quant: double-quantise the scales and zeros to 8 bits, as a plan with
+            ``double_quant`` builds them.
 
     Returns:
         The table of mean KL (nats per token), blocks by bits.
@@ -309,6 +323,10 @@ def profile_sensitivity(
         raise ValueError(f"quant_method must be one of {QUANT_METHODS}, got {quant_method!r}")
     calibration, attention_mask = _check_calibration(calibration, attention_mask, max_tokens)
     structure = inspect_model(model)
+    from qradaptor.quant.quantizer import check_group_size
+
+    for info in structure.linears:  # before any forward: a bad group size fails at once
+        check_group_size(info.in_features, group_size, where=structure.module_path(0, info.name))
     device = next(model.parameters()).device
     ids = calibration.to(device)  # (N, T)
     mask = None if attention_mask is None else attention_mask.to(device)
@@ -343,7 +361,7 @@ def profile_sensitivity(
                 try:
                     for j, b in enumerate(bits_t):
                         for path, new in _block_quantised(
-                            model, structure, block, b, group_size, quant_method, cache
+                            model, structure, block, b, group_size, quant_method, cache, double_quant
                         ).items():
                             _set_module(model, path, new)
                         total = 0.0
@@ -375,6 +393,7 @@ def profile_sensitivity(
         tokens=tokens,
         group_size=group_size,
         quant_method=quant_method,
+        double_quant=double_quant,
     )
 
 

@@ -202,3 +202,31 @@ def test_knapsack_bad_input_is_one_error_and_writes_nothing(
     code, out, err = cli("plan", tiny_model_dir, *argv, *KNAPSACK_QUANT, "-o", target)
     assert code == 2 and re.search(message, err), err
     assert not target.exists()
+
+
+def test_knapsack_over_two_group_sizes_with_double_quant(
+    cli, tiny_model_dir, tiny_profile, structure, tmp_path
+) -> None:
+    """qra profile --double-quant at groups 32 and 64, then one knapsack choosing bits and group per block."""
+    from qradaptor.memory import plan_memory
+
+    files = []
+    for group in (32, 64):
+        folder = tmp_path / f"g{group}"
+        argv = ["--bits", "2,5,6", "--samples", "1", "--seq-len", "8", "--device", "cpu", "--method", "rtn"]
+        code, _, err = cli(
+            "profile", tiny_model_dir, *argv, "--group-size", group, "--double-quant", "-o", folder
+        )
+        assert code == 0, err
+        files.append(str(folder / "sensitivity.json"))
+    argv = ["--baseline", "knapsack", "--budget", "5.1bits", "--sensitivity", ",".join(files)]
+    code, out, err = cli(
+        "plan", tiny_model_dir, *argv, "--group-size", "32", "--quant-method", "rtn", "--double-quant"
+    )
+    assert code == 0, err
+    plan = Plan.from_json(out)
+    assert plan.double_quant and {plan.group_size_of(s) for s in plan.layers.values()} <= {32, 64}
+    assert plan_memory(structure, plan).avg_bits <= 5.1
+    # A profile without double quantisation is refused for a double-quantised plan.
+    code, _, err = cli("plan", tiny_model_dir, *argv[:-1], tiny_profile, *KNAPSACK_QUANT, "--double-quant")
+    assert code == 2 and "with rtn, the plan quantises at group size 32 with rtn, double-quantised" in err

@@ -18,9 +18,9 @@ def count_fits(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = cache_module.quantize
 
-    def counting(weight, bits, group_size, method):
+    def counting(weight, bits, group_size, method, **kwargs):
         calls.append(bits)
-        return real(weight, bits, group_size, method)
+        return real(weight, bits, group_size, method, **kwargs)
 
     monkeypatch.setattr(cache_module, "quantize", counting)
     return calls

@@ -64,6 +64,7 @@ def plan(
     sensitivity: str | None = None,
     device: str = "auto",
     no_progress: bool = False,
+    double_quant: bool = False,
 ) -> int:
     """Write a plan (bits and LoRA rank per block) for a model, as JSON.
 
@@ -113,9 +114,13 @@ def plan(
         budget: with --baseline knapsack: average stored bits (e.g. 4.0bits, group scales and
             zeros included) or model bytes (e.g. 120MB, 1.5GiB; adapters included)
         sensitivity: with --baseline knapsack: a sensitivity.json of qra profile for this
-            model, group size and method (omitted: profile first)
+            model, group size and method (omitted: profile first); or several, comma-separated,
+            one per group size, and each block also chooses its group size among theirs
         device: with --baseline knapsack and no --sensitivity: where to profile (auto, cpu, cuda)
         no_progress: no progress output while profiling
+        double_quant: store the block linears' scales and zeros at 8 bits with a 16-bit step
+            and offset per 256 (QLoRA's double quantisation): about 0.25 bit per weight less
+            metadata at group 64
     """
     from qradaptor.plan import Plan, check_bits, check_rank
 
@@ -138,6 +143,7 @@ def plan(
             head_bits,
             name,
             not no_progress,
+            double_quant,
         )
     if budget is not None or sensitivity is not None:
         raise ValueError(
@@ -149,7 +155,9 @@ def plan(
         if output is not None:
             check_output(output, force=force)
         _, structure = load_structure(model)
-        kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits, name)
+        kwargs = _options(
+            structure, group_size, quant_method, alpha, embed_bits, head_bits, name, double_quant
+        )
         if request[0] == "embed8-body4":
             del kwargs["embed_bits"], kwargs["head_bits"]  # the baseline sets both to 8
         made = _baseline_plan(model, structure, *request, kwargs)
@@ -177,7 +185,7 @@ def plan(
     if output is not None:
         check_output(output, force=force)
     _, structure = load_structure(model)
-    kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits, name)
+    kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits, name, double_quant)
     if uniform is not None:
         made = Plan.uniform(structure.num_blocks, bits_list[0], ranks_list[0], **kwargs)
     else:
@@ -205,6 +213,7 @@ def _knapsack(
     head_bits: int | None,
     name: str | None,
     progress: bool,
+    double_quant: bool = False,
 ) -> int:
     """``--baseline knapsack``: every input checked before the profile or the model loads."""
     from qradaptor.cli.common import check_device, read_sensitivity, resolve_device
@@ -235,9 +244,10 @@ def _knapsack(
     if output is not None:
         check_output(output, force=force)
     _, structure = load_structure(model)
-    kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits, name)
+    kwargs = _options(structure, group_size, quant_method, alpha, embed_bits, head_bits, name, double_quant)
     if sensitivity is not None:
-        table = read_sensitivity(sensitivity, structure.signature)
+        tables = [read_sensitivity(path, structure.signature) for path in sensitivity.split(",")]
+        table = tables[0] if len(tables) == 1 else tables
     else:
         from qradaptor.cli.profile import measure_profile
         from qradaptor.data import load_texts
@@ -255,6 +265,7 @@ def _knapsack(
             resolve_device(device),
             0,
             progress,
+            bool(kwargs.get("double_quant", False)),
         )
         print(f"profiled {len(quantised)} bit-widths in {seconds:.1f} s", file=sys.stderr)
     made = knapsack_plan(structure, table, parsed, bits=choices, rank=16 if rank is None else rank, **kwargs)
@@ -361,6 +372,7 @@ def _options(
     embed_bits: int | None,
     head_bits: int | None,
     name: str | None = None,
+    double_quant: bool = False,
 ) -> dict[str, object]:
     """Plan keyword arguments; a tied head follows --embed-bits unless --head-bits is given."""
     from qradaptor.plan import UNQUANTIZED
@@ -374,6 +386,8 @@ def _options(
         "embed_bits": UNQUANTIZED if embed_bits is None else embed_bits,
         "head_bits": head_bits,
     }
+    if double_quant:
+        options["double_quant"] = True
     if name is not None:
         options["name"] = name
     return options
@@ -401,3 +415,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--budget", metavar="B", help=helps["budget"])
     parser.add_argument("--sensitivity", metavar="FILE", help=helps["sensitivity"])
     parser.add_argument("--device", default="auto", help=helps["device"])
+    parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])

@@ -97,6 +97,7 @@ def measure_profile(
     device: str,
     seed: int,
     progress: bool = True,
+    double_quant: bool = False,
 ) -> tuple[SensitivityTable, LoadedModel, float]:
     """Loads ``model`` in fp32 on ``device`` and profiles it on windows packed from ``texts``.
 
@@ -120,6 +121,7 @@ def measure_profile(
         quant_method=method,
         batch_size=batch_size,
         progress=progress,
+        double_quant=double_quant,
     )
     return table, loaded, round(time.perf_counter() - started, 2)
 
@@ -137,6 +139,7 @@ def profile(
     method: str = "hqq",
     device: str = "auto",
     seed: int = 0,
+    double_quant: bool = False,
     force: bool = False,
     no_progress: bool = False,
 ) -> int:
@@ -168,6 +171,8 @@ def profile(
         device: auto (cuda if available), cpu or cuda; fp32 on both, so the small KLs of
             high bit-widths are not rounding noise
         seed: seed of the document shuffle before packing
+        double_quant: store scales and zeros at 8 bits (QLoRA's double quantisation), as a plan
+            made with --double-quant quantises them; its knapsack needs such a profile
         force: overwrite sensitivity.* files already in the folder
         no_progress: no progress output
     """
@@ -208,6 +213,7 @@ def profile(
         device,
         seed,
         not no_progress,
+        double_quant,
     )
     record: dict[str, Any] = {
         **table.to_dict(),  # top level, so SensitivityTable.from_dict reads this file as is
@@ -260,4 +266,5 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--method", choices=QUANT_METHODS, default="hqq", help=helps["method"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
+    parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
     parser.add_argument("--force", action="store_true", help=helps["force"])

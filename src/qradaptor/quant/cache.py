@@ -22,12 +22,12 @@ from qradaptor.quant.quantizer import QuantizedTensor, QuantMethod, quantize
 if TYPE_CHECKING:
     import torch
 
-CacheKey = tuple[str, int, int, str]
-"""(layer name, bits, group size, method)."""
+CacheKey = tuple[str, int, int, str, bool]
+"""(layer name, bits, group size, method, double quantisation)."""
 
 
 class QuantCache:
-    """Fitted codes by (layer name, bits, group size, method); fits on a miss.
+    """Fitted codes by (layer name, bits, group size, method, double_quant); fits on a miss.
 
     Example:
         >>> cache = QuantCache()
@@ -51,19 +51,26 @@ class QuantCache:
         return sum(qt.nbytes for qt in self._entries.values())
 
     def get(
-        self, name: str, weight: torch.Tensor, bits: int, group_size: int, method: QuantMethod
+        self,
+        name: str,
+        weight: torch.Tensor,
+        bits: int,
+        group_size: int,
+        method: QuantMethod,
+        *,
+        double_quant: bool = False,
     ) -> QuantizedTensor:
         """The fit of ``weight`` (layer ``name``) at ``bits``; computed and kept on the first call.
 
         The returned tensors are shared with the cache: callers that change codes in place
         (LoftQ) must copy them first.
         """
-        key = (name, int(bits), int(group_size), str(method))
+        key = (name, int(bits), int(group_size), str(method), bool(double_quant))
         found = self._entries.get(key)
         if found is not None and found.shape == tuple(weight.shape) and found.packed.device == weight.device:
             self.hits += 1
             return found
         self.misses += 1
-        fitted = quantize(weight, bits, group_size, method)
+        fitted = quantize(weight, bits, group_size, method, double_quant=double_quant)
         self._entries[key] = fitted
         return fitted

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qradaptor.quant.metaquant import dequantize_meta
 from qradaptor.quant.quantizer import QuantizedTensor, QuantMethod, dequantize_parts, quantize
 
 COMPILE_ENV = "QRADAPTOR_COMPILE"
@@ -94,10 +95,14 @@ class QuantLinear(nn.Module):
         self.bits = qt.bits
         self.group_size = qt.group_size
         self.compute_dtype = compute_dtype
+        self.double_quant = qt.double_quant
         # Named `qweight` so PEFT finds the device (it looks for `weight`, then `qweight`).
         self.register_buffer("qweight", qt.packed)
         self.register_buffer("scale", qt.scale)
         self.register_buffer("zero", qt.zero)
+        if qt.double_quant:  # scale and zero hold 8-bit codes; these their blocks' (step, offset)
+            self.register_buffer("scale_meta", qt.scale_meta)
+            self.register_buffer("zero_meta", qt.zero_meta)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
@@ -109,13 +114,16 @@ class QuantLinear(nn.Module):
         group_size: int = 64,
         method: QuantMethod = "hqq",
         compute_dtype: torch.dtype | None = None,
+        *,
+        double_quant: bool = False,
     ) -> QuantLinear:
         """Quantises a (out_features, in_features) weight into a new QuantLinear."""
-        qt = quantize(weight, bits, group_size, method)
+        qt = quantize(weight, bits, group_size, method, double_quant=double_quant)
         return cls(qt, bias, compute_dtype or weight.dtype)
 
     def quantized(self) -> QuantizedTensor:
         """The stored weight as a QuantizedTensor (shares storage)."""
+        meta = (self.scale_meta, self.zero_meta) if self.double_quant else ()
         return QuantizedTensor(
             self.qweight,
             self.scale,
@@ -123,6 +131,7 @@ class QuantLinear(nn.Module):
             (self.out_features, self.in_features),
             self.bits,
             self.group_size,
+            *meta,
         )
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -131,10 +140,17 @@ class QuantLinear(nn.Module):
         # itself (as _compiled_dequantize does); tracing into our Triton launcher and its
         # environment switch would only risk a graph break in every layer.
         dequantize = dequantize_parts if torch.compiler.is_compiling() else _dequantizer(self.qweight.device)
+        if self.double_quant:  # the float16 metadata first: a few values per group, cheap
+            scale, zero = (
+                dequantize_meta(self.scale, self.scale_meta),
+                dequantize_meta(self.zero, self.zero_meta),
+            )
+        else:
+            scale, zero = self.scale, self.zero
         return dequantize(
             self.qweight,
-            self.scale,
-            self.zero,
+            scale,
+            zero,
             self.bits,
             self.in_features,
             self.group_size,
@@ -147,7 +163,7 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-            f"group_size={self.group_size}, bias={self.bias is not None}"
+            f"group_size={self.group_size}, double_quant={self.double_quant}, bias={self.bias is not None}"
         )
 
 
@@ -160,6 +176,9 @@ class QuantEmbedding(nn.Module):
 
     def __init__(self, qt: QuantizedTensor, compute_dtype: torch.dtype, padding_idx: int | None = None):
         super().__init__()
+        if qt.double_quant:
+            # A lookup gathers rows of scales and zeros; 8-bit codes would need their blocks too.
+            raise ValueError("QuantEmbedding takes float16 scales and zeros, got a double-quantised table")
         self.num_embeddings, self.embedding_dim = qt.shape
         self.bits = qt.bits
         self.group_size = qt.group_size
@@ -216,6 +235,7 @@ def simulated_linear(
     method: QuantMethod = "hqq",
     *,
     fitted: QuantizedTensor | None = None,
+    double_quant: bool = False,
 ) -> nn.Linear:
     """A dense ``nn.Linear`` holding the quantise-then-dequantise weight.
 
@@ -223,7 +243,7 @@ def simulated_linear(
     search uses it to score candidates; its outputs equal QuantLinear's. ``fitted`` is the
     weight's fit at ``bits`` when already known (a ``QuantCache`` entry): no fit then.
     """
-    qt = quantize(weight, bits, group_size, method) if fitted is None else fitted
+    qt = quantize(weight, bits, group_size, method, double_quant=double_quant) if fitted is None else fitted
     layer = QuantLinear(qt, bias, weight.dtype)
     out_features, in_features = weight.shape
     # skip_init: the weight is overwritten at once, so its random init would be wasted work.

@@ -14,7 +14,8 @@ Two fits of (s, z, q):
            residual with a closed-form update of z; then, with the codes fixed, a
            least-squares refit of (s, z) per group that lowers the plain l2 error.
 The zero point is a real number, not rounded to an integer: it costs the same 16 bits and
-gives a better fit.
+gives a better fit. With ``double_quant`` the fitted scales and zeros are stored as 8-bit codes
+(``metaquant``), and the weight codes are computed against those stored values.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Literal
 import torch
 
 from qradaptor.quant.bitpack import MAX_BITS, MIN_BITS, pack, unpack
+from qradaptor.quant.metaquant import dequantize_meta, quantize_meta
 
 QuantMethod = Literal["rtn", "hqq"]
 QUANT_METHODS: tuple[str, ...] = ("rtn", "hqq")
@@ -39,25 +41,52 @@ class QuantizedTensor:
     packed: torch.Tensor
     """(rows, bits * ceil(cols / 8)) uint8 bit planes, see ``bitpack``."""
     scale: torch.Tensor
-    """(rows, cols // group_size) float16."""
+    """(rows, cols // group_size) float16, or uint8 codes when double-quantised."""
     zero: torch.Tensor
-    """(rows, cols // group_size) float16."""
+    """(rows, cols // group_size) float16, or uint8 codes when double-quantised."""
     shape: tuple[int, int]
     """(rows, cols) of the original weight."""
     bits: int
     """Bits per code, 1..8."""
     group_size: int
     """Input columns sharing one scale and zero."""
+    scale_meta: torch.Tensor | None = None
+    """(ceil(groups / META_BLOCK), 2) float16 (step, offset) of the scale codes; None: float16 scales."""
+    zero_meta: torch.Tensor | None = None
+    """The same for the zero codes."""
+
+    @property
+    def double_quant(self) -> bool:
+        """Whether scales and zeros are stored as 8-bit codes (``metaquant``)."""
+        return self.scale_meta is not None
+
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        """Every stored tensor: codes, scales, zeros, and the metadata's (step, offset) blocks."""
+        meta = () if self.scale_meta is None or self.zero_meta is None else (self.scale_meta, self.zero_meta)
+        return (self.packed, self.scale, self.zero, *meta)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the stored tensors (codes, scales, zeros)."""
-        return sum(t.numel() * t.element_size() for t in (self.packed, self.scale, self.zero))
+        """Bytes of the stored tensors (codes, scales, zeros, double quantisation's blocks)."""
+        return sum(t.numel() * t.element_size() for t in self.parts())
+
+    def metadata(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero) as float16 (rows, groups), dequantised when double-quantised."""
+        if self.scale_meta is None or self.zero_meta is None:
+            return self.scale, self.zero
+        return dequantize_meta(self.scale, self.scale_meta), dequantize_meta(self.zero, self.zero_meta)
 
     def copy(self) -> QuantizedTensor:
-        """The same fit in new storage (codes, scales and zeros cloned)."""
+        """The same fit in new storage (every tensor cloned)."""
+        clone = [None if t is None else t.clone() for t in (self.scale_meta, self.zero_meta)]
         return QuantizedTensor(
-            self.packed.clone(), self.scale.clone(), self.zero.clone(), self.shape, self.bits, self.group_size
+            self.packed.clone(),
+            self.scale.clone(),
+            self.zero.clone(),
+            self.shape,
+            self.bits,
+            self.group_size,
+            *clone,
         )
 
 
@@ -176,6 +205,8 @@ def quantize(
     bits: int,
     group_size: int = 64,
     method: QuantMethod = "hqq",
+    *,
+    double_quant: bool = False,
 ) -> QuantizedTensor:
     """Quantises a weight matrix group-wise along its input dimension.
 
@@ -184,9 +215,10 @@ def quantize(
         bits: bits per code, 1..8.
         group_size: input columns per (scale, zero) pair; must divide ``cols``.
         method: "rtn" (min-max round-to-nearest) or "hqq" (half-quadratic fit).
+        double_quant: store scales and zeros as 8-bit codes (``metaquant``) instead of float16.
 
     Returns:
-        The packed codes with their float16 scales and zeros.
+        The packed codes with their scales and zeros (float16, or 8-bit codes and blocks).
 
     Raises:
         ValueError: on a bad ``bits``, ``group_size``, ``method`` or weight shape.
@@ -198,17 +230,26 @@ def quantize(
     scale, zero = _minmax_fit(w, qmax) if method == "rtn" else _hqq_fit(w, qmax)
     # Round the metadata to its storage type before computing codes, so the codes are the
     # best ones for the scale and zero that dequantisation will actually see.
-    scale = scale.to(META_DTYPE).float().clamp_min(torch.finfo(META_DTYPE).tiny)
-    zero = zero.to(META_DTYPE).float()
-    codes = _codes(w, scale, zero, qmax).to(torch.uint8).reshape(rows, cols)
-    groups = cols // group_size
+    meta_shape = (rows, cols // group_size)
+    scale16 = scale.to(META_DTYPE).clamp_min(torch.finfo(META_DTYPE).tiny).reshape(meta_shape)
+    zero16 = zero.to(META_DTYPE).reshape(meta_shape)
+    if not double_quant:
+        codes = _codes(w, scale16.float().reshape(-1, 1), zero16.float().reshape(-1, 1), qmax)
+        return QuantizedTensor(
+            pack(codes.to(torch.uint8).reshape(rows, cols), bits),
+            scale16,
+            zero16,
+            (rows, cols),
+            bits,
+            group_size,
+        )
+    (scale_codes, scale_meta), (zero_codes, zero_meta) = quantize_meta(scale16), quantize_meta(zero16)
+    # Each dequantised scale is >= its block's offset, the least float16 scale: positive.
+    scale_hat = dequantize_meta(scale_codes, scale_meta).float().reshape(-1, 1)
+    zero_hat = dequantize_meta(zero_codes, zero_meta).float().reshape(-1, 1)
+    codes = _codes(w, scale_hat, zero_hat, qmax).to(torch.uint8).reshape(rows, cols)
     return QuantizedTensor(
-        packed=pack(codes, bits),
-        scale=scale.reshape(rows, groups).to(META_DTYPE),
-        zero=zero.reshape(rows, groups).to(META_DTYPE),
-        shape=(rows, cols),
-        bits=bits,
-        group_size=group_size,
+        pack(codes, bits), scale_codes, zero_codes, (rows, cols), bits, group_size, scale_meta, zero_meta
     )
 
 
@@ -239,7 +280,8 @@ def dequantize_parts(
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Inverse of :func:`quantize` up to the quantisation error; (rows, cols) of ``dtype``."""
-    return dequantize_parts(qt.packed, qt.scale, qt.zero, qt.bits, qt.shape[1], qt.group_size, dtype)
+    scale, zero = qt.metadata()
+    return dequantize_parts(qt.packed, scale, zero, qt.bits, qt.shape[1], qt.group_size, dtype)
 
 
 def relative_error(weight: torch.Tensor, qt: QuantizedTensor) -> float:

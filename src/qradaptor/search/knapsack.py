@@ -25,6 +25,7 @@ units cost the same (identical blocks), and no cost grid is needed for byte budg
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,33 +90,66 @@ def solve_mckp(costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int) -> np
     return picked
 
 
-def unit_values(space: SearchSpace, sensitivity: SensitivityTable) -> npt.NDArray[np.float64]:
+def unit_values(
+    space: SearchSpace, sensitivity: SensitivityTable | Sequence[SensitivityTable]
+) -> npt.NDArray[np.float64]:
     """(L, len(bit_choices)) S_u(b) for every unit and bit choice; 0 at 16 bits.
 
+    Args:
+        space: the choices; with ``group_sizes``, one table per group size is needed.
+        sensitivity: one table, or one per group size of the space (profiled at that size).
+
     Raises:
-        ValueError: if the table has another block count, lacks a quantised bit choice, or
-            the space is per module (the table is per block).
+        ValueError: if a table has another block count, lacks a quantised bit choice, no table
+            has a group size of the space, or the space is per module (tables are per block).
     """
     if space.modules:
         raise ValueError(
             "the knapsack needs one sensitivity per unit: the profile is per block, so use block granularity"
         )
-    if sensitivity.num_blocks != space.num_blocks:
-        raise ValueError(
-            f"sensitivity table has {sensitivity.num_blocks} blocks, the model {space.num_blocks}: "
-            "it was profiled on another model"
-        )
-    missing = [b for b in space.bit_choices if b != UNQUANTIZED and b not in sensitivity.bits]
-    if missing:
-        raise ValueError(
-            f"sensitivity table lacks bits {missing} of the choices {space.bit_choices}; it has "
-            f"{sensitivity.bits}: profile those bits (qra profile --bits) or drop them"
-        )
-    columns = [
-        np.zeros(space.num_blocks) if b == UNQUANTIZED else np.asarray(sensitivity.column(b))
-        for b in space.bit_choices
-    ]
+    tables = _tables(sensitivity)
+    by_group = {t.group_size: t for t in tables}
+    if space.group_sizes:
+        lacking = [g for g in space.group_sizes if g not in by_group]
+        if lacking:
+            raise ValueError(
+                f"sensitivity tables cover group sizes {sorted(by_group)}, the choices need "
+                f"{list(space.group_sizes)}: profile group sizes {lacking} (qra profile --group-size)"
+            )
+    elif len(tables) != 1:
+        raise ValueError(f"a space without group-size choices takes one sensitivity table, got {len(tables)}")
+    columns = []
+    for b, g in space.quant_choices:
+        table = tables[0] if g is None else by_group[g]
+        if table.num_blocks != space.num_blocks:
+            raise ValueError(
+                f"sensitivity table has {table.num_blocks} blocks, the model {space.num_blocks}: "
+                "it was profiled on another model"
+            )
+        if b == UNQUANTIZED:
+            columns.append(np.zeros(space.num_blocks))
+        elif b not in table.bits:
+            missing = sorted({c for c in space.bit_choices if c != UNQUANTIZED} - set(table.bits))
+            raise ValueError(
+                f"sensitivity table lacks bits {missing} of the choices "
+                f"{tuple(sorted(set(space.bit_choices)))}; it has {table.bits}: profile those bits "
+                "(qra profile --bits) or drop them"
+            )
+        else:
+            columns.append(np.asarray(table.column(b)))
     return np.stack(columns, axis=1)  # (L, K)
+
+
+def _tables(sensitivity: SensitivityTable | Sequence[SensitivityTable]) -> tuple[SensitivityTable, ...]:
+    from qradaptor.sensitivity import SensitivityTable
+
+    tables = (sensitivity,) if isinstance(sensitivity, SensitivityTable) else tuple(sensitivity)
+    if not tables:
+        raise ValueError("sensitivity must be a table or a non-empty sequence of tables, got none")
+    sizes = [t.group_size for t in tables]
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"sensitivity tables must each have their own group size, got group sizes {sizes}")
+    return tables
 
 
 def lowest_at_rank(space: SearchSpace, rank_index: int) -> Genome:
@@ -179,7 +213,7 @@ def _amount(genome: Genome, budget: Budget, table: MemoryTable) -> str:
 
 def knapsack_plan(
     structure: ModelStructure,
-    sensitivity: SensitivityTable,
+    sensitivity: SensitivityTable | Sequence[SensitivityTable],
     budget: Budget,
     *,
     bits: tuple[int, ...] | None = None,
@@ -191,30 +225,44 @@ def knapsack_plan(
     Args:
         structure: the model's blocks and linears.
         sensitivity: its per-block profile (``profile_sensitivity`` or a ``qra profile`` file),
-            fitted at the plan's group size and quantisation method.
+            fitted at the plan's group size, quantisation method and double quantisation; or
+            several, one per group size, and each block then also chooses its group size among
+            theirs (entries at another size than the plan's carry their own).
         budget: avg bits or bytes, as ``parse_budget`` reads them.
         bits: the bit choices (ascending; 16 = unquantised, KL 0); default the profiled ones.
         rank: the LoRA rank of every block.
-        **plan_kwargs: passed to the Plan (group_size, quant_method, alpha, embed_bits, ...);
-            ``name`` defaults to e.g. "knapsack-4.0bits-r16".
+        **plan_kwargs: passed to the Plan (group_size, quant_method, double_quant, alpha,
+            embed_bits, ...); ``name`` defaults to e.g. "knapsack-4.0bits-r16".
 
     Returns:
         The plan, stamped with the model's signature.
 
     Raises:
-        ValueError: for a table of another model, bits or group size, a budget below the
-            smallest plan (naming it), or bad choices.
+        ValueError: for a table of another model, bits, group size or quantiser, a group size
+            that does not divide every linear, a budget below the smallest plan (naming it),
+            or bad choices.
     """
+    tables = _tables(sensitivity)
     group_size = plan_kwargs.get("group_size", 64)
     method = plan_kwargs.get("quant_method", "hqq")
-    if (sensitivity.group_size, sensitivity.quant_method) != (group_size, method):
-        raise ValueError(
-            f"sensitivity table was profiled at group size {sensitivity.group_size} with "
-            f"{sensitivity.quant_method}, the plan quantises at group size {group_size} with {method}: "
-            "profile again with the plan's settings, or give the plan the table's"
-        )
-    choices = tuple(sensitivity.bits) if bits is None else tuple(bits)
-    space = SearchSpace.for_structure(structure, "block", bits=choices, ranks=(rank,))
+    double_quant = plan_kwargs.get("double_quant", False)
+    for table in tables:
+        wanted = (group_size if len(tables) == 1 else table.group_size, method, double_quant)
+        if (table.group_size, table.quant_method, table.double_quant) != wanted:
+            dq = (
+                ", double-quantised" if table.double_quant else "",
+                ", double-quantised" if double_quant else "",
+            )
+            raise ValueError(
+                f"sensitivity table was profiled at group size {table.group_size} with "
+                f"{table.quant_method}{dq[0]}, the plan quantises at group size {group_size} with "
+                f"{method}{dq[1]}: profile again with the plan's settings, or give the plan the table's"
+            )
+    choices = tuple(tables[0].bits) if bits is None else tuple(bits)
+    group_sizes = tuple(sorted(t.group_size for t in tables)) if len(tables) > 1 else ()
+    space = SearchSpace.for_structure(
+        structure, "block", bits=choices, ranks=(rank,), group_sizes=group_sizes
+    )
     name = plan_kwargs.pop("name", None) or f"knapsack-{_budget_label(budget)}-r{rank}"
     plan_kwargs.setdefault("model_signature", structure.signature)
     table = MemoryTable.build(structure, space, **plan_kwargs)

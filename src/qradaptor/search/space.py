@@ -9,7 +9,9 @@ measures genomes against a memory budget with that table.
 Notation:
     L          units, the genome rows: blocks, or (block, module) pairs in block-major order
                (unit u is block u // M, module ``modules[u % M]``, for M modules per block)
-    B, R       the ordered bit-width and rank choices (ascending, so index 0 is cheapest)
+    B, R       the ordered bit-width and rank choices (ascending, so index 0 is cheapest); with
+               ``group_sizes``, B's entries are (bits, group size) pairs, larger groups (less
+               metadata) first within one bit-width
     T[u,i,j]   bytes of unit u's linears (weights, biases, adapters) at (B[i], R[j])
     C          bytes outside the block linears (embedding, head, norms): the same for every genome
     Mem(g)     C + sum_u T[u, g[u,0], g[u,1]], equal to ``plan_memory(...).total_bytes``
@@ -17,13 +19,22 @@ Notation:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from qradaptor.plan import Granularity, LayerSpec, Plan, check_bits, check_rank
+from qradaptor.plan import (
+    UNQUANTIZED,
+    Granularity,
+    LayerSpec,
+    Plan,
+    check_bits,
+    check_group_size_value,
+    check_rank,
+)
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
@@ -64,6 +75,9 @@ class SearchSpace:
     modules: tuple[str, ...] = ()
     """Linear names of one block ("self_attn.q_proj", ...): empty searches per block (genome rows
     are blocks); non-empty searches per module (rows are (block, module) units, block-major)."""
+    group_sizes: tuple[int, ...] = ()
+    """Per-unit group-size choices, ascending; empty: every unit at the plan's group size. When
+    set, every quantised bit-width is offered at each of them (see ``quant_choices``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 1:
@@ -84,6 +98,8 @@ class SearchSpace:
                 f"modules must be a tuple of unique non-empty module names (empty for block "
                 f"granularity), got {names!r}"
             )
+        if self.group_sizes:
+            _check_choices(self.group_sizes, "group_sizes", check_group_size_value)
 
     @classmethod
     def for_structure(
@@ -95,21 +111,33 @@ class SearchSpace:
         ranks: tuple[int, ...] = DEFAULT_RANKS,
         fixed_bits: int | None = None,
         fixed_rank: int | None = None,
+        group_sizes: tuple[int, ...] = (),
     ) -> SearchSpace:
         """The space of a model: its block count and, per module, its linear names.
 
         Args:
             structure: the model's blocks and linears.
             granularity: "block" (one choice per block, the paper's) or "module" (one per linear).
-            bits, ranks, fixed_bits, fixed_rank: as the fields of the same names.
+            bits, ranks, fixed_bits, fixed_rank, group_sizes: as the fields of the same names.
 
         Raises:
-            ValueError: for an unknown granularity, or invalid choices.
+            ValueError: for an unknown granularity, invalid choices, or a group size that does
+                not divide every linear's input size (any unit may take any choice).
         """
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         modules = structure.linear_names if granularity == "module" else ()
-        return cls(structure.num_blocks, bits, ranks, fixed_bits, fixed_rank, modules)
+        for group_size in group_sizes:
+            check_group_size_value(group_size, "every entry of group_sizes")
+            bad = [info for info in structure.linears if info.in_features % group_size]
+            if bad:
+                common = math.gcd(*(info.in_features for info in structure.linears))
+                fits = [g for g in range(16, common + 1, 16) if common % g == 0]
+                raise ValueError(
+                    f"group_sizes: {group_size} does not divide the input size {bad[0].in_features} of "
+                    f"{bad[0].name}; a group-size choice must divide every linear's input, e.g. {fits}"
+                )
+        return cls(structure.num_blocks, bits, ranks, fixed_bits, fixed_rank, modules, group_sizes)
 
     @property
     def granularity(self) -> Granularity:
@@ -134,9 +162,24 @@ class SearchSpace:
         return np.arange(self.num_units, dtype=np.int64) // max(len(self.modules), 1)
 
     @property
+    def quant_choices(self) -> tuple[tuple[int, int | None], ...]:
+        """(bits, group size) of each index of a genome's column 0, ascending in stored bits.
+
+        The group size is None (the plan's) without ``group_sizes`` and at 16 bits; with them,
+        each quantised bit-width comes once per group size, the largest (cheapest) first.
+        """
+        bits = self.bits if self.fixed_bits is None else (self.fixed_bits,)
+        if not self.group_sizes:
+            return tuple((b, None) for b in bits)
+        return tuple((b, g) for b in bits for g in ((None,) if b == UNQUANTIZED else self.group_sizes[::-1]))
+
+    @property
     def bit_choices(self) -> tuple[int, ...]:
-        """The bit-widths a genome's column 0 indexes: ``(fixed_bits,)`` when fixed."""
-        return self.bits if self.fixed_bits is None else (self.fixed_bits,)
+        """The bit-widths a genome's column 0 indexes: ``(fixed_bits,)`` when fixed.
+
+        With ``group_sizes`` a bit-width repeats, once per group size (see ``quant_choices``).
+        """
+        return tuple(b for b, _ in self.quant_choices)
 
     @property
     def rank_choices(self) -> tuple[int, ...]:
@@ -166,8 +209,9 @@ class SearchSpace:
         g = self.check_genome(genome)
         if g.ndim != 2:
             raise ValueError(f"to_plan takes one (L, 2) genome, got shape {g.shape}")
+        quant = self.quant_choices
         layers = {
-            key: LayerSpec(self.bit_choices[i], self.rank_choices[j])
+            key: LayerSpec(quant[i][0], self.rank_choices[j], quant[i][1])
             for key, (i, j) in zip(self.unit_names, g.tolist(), strict=True)
         }
         return Plan(layers, self.num_blocks, **plan_kwargs)
@@ -203,7 +247,14 @@ class SearchSpace:
                 raise ValueError(f"{where} has bits {spec.bits}, not among the choices {self.bit_choices}")
             if spec.rank not in self.rank_choices:
                 raise ValueError(f"{where} has rank {spec.rank}, not among the choices {self.rank_choices}")
-            genome[unit] = (self.bit_choices.index(spec.bits), self.rank_choices.index(spec.rank))
+            grouped = self.group_sizes and spec.bits != UNQUANTIZED
+            quant = (spec.bits, plan.group_size_of(spec) if grouped else None)
+            if quant not in self.quant_choices:
+                raise ValueError(
+                    f"{where} has group size {plan.group_size_of(spec)}, not among the choices "
+                    f"{self.group_sizes}"
+                )
+            genome[unit] = (self.quant_choices.index(quant), self.rank_choices.index(spec.rank))
         return genome
 
 
@@ -268,11 +319,12 @@ class MemoryTable:
         prefix = structure.blocks_path + "."
         constant = numel = -1
         # A linear's bytes depend only on its own (bits, rank), so uniform plans price every unit.
-        for i, bits in enumerate(space.bit_choices):
+        for i, (bits, group_size) in enumerate(space.quant_choices):
             for j, rank in enumerate(space.rank_choices):
+                spec = LayerSpec(bits, rank, group_size)
                 report = plan_memory(
                     structure,
-                    Plan.uniform(space.num_blocks, bits, rank, **plan_kwargs),
+                    Plan({str(b): spec for b in range(space.num_blocks)}, space.num_blocks, **plan_kwargs),
                     weight_bytes=weight_bytes,
                     adapter_bytes=adapter_bytes,
                 )

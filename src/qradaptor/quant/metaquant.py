@@ -1,0 +1,66 @@
+"""Double quantisation: scales and zeros stored as 8-bit codes (QLoRA's "Double Quantization").
+
+A weight quantised at group size g carries one scale and one zero per group: 2 x 16 bits per g
+weights, 0.5 bit per weight at g = 64. Stored as 8-bit codes they cost about half that.
+
+Notation (one metadata tensor, scales or zeros, flattened row-major to n values; blocks of
+``META_BLOCK`` consecutive values, the last one possibly shorter):
+    step   = (max - min) / 255 of the block, float16
+    offset = min of the block, float16
+    code   = round((v - offset) / step), an integer in 0..255 (uint8)
+    v_hat  = float16(code * step + offset)
+
+Unlike QLoRA (symmetric 8-bit floats of mean-centred scales, an fp32 constant per block of
+256), this is asymmetric linear 8-bit with a 16-bit step and offset per block: the zeros of an
+asymmetric quantiser are not centred, and a min-max code keeps every scale positive. Storage of
+n values: ``n + 4 * ceil(n / META_BLOCK)`` bytes (``meta_nbytes``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+META_BLOCK = 256
+"""Metadata values sharing one (step, offset) pair."""
+META_CODE_MAX = 255
+"""Largest 8-bit code."""
+META_DTYPE = torch.float16
+"""Storage type of each block's step and offset (and of the dequantised values)."""
+
+
+def meta_nbytes(n: int) -> int:
+    """Bytes of ``n`` double-quantised values: one byte each plus a float16 (step, offset) per block."""
+    return n + 2 * 2 * -(-n // META_BLOCK)
+
+
+def quantize_meta(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """8-bit codes of ``values`` (any shape) and the (step, offset) of each block.
+
+    Returns:
+        (codes, meta): codes uint8 of ``values``' shape; meta float16 (ceil(n / META_BLOCK), 2),
+        column 0 the step, column 1 the offset.
+    """
+    flat = values.detach().float().reshape(-1)  # (n,)
+    n = flat.numel()
+    pad = (-n) % META_BLOCK
+    # Pad with a copy of the last value: it moves no block's min or max.
+    padded = torch.cat([flat, flat[-1:].expand(pad)]) if pad else flat
+    blocks = padded.reshape(-1, META_BLOCK)  # (nb, META_BLOCK)
+    lo = blocks.amin(dim=1, keepdim=True)
+    hi = blocks.amax(dim=1, keepdim=True)
+    # Round step and offset to their storage type first, so the codes are the best ones for
+    # the step and offset that dequantisation will see.
+    step = ((hi - lo) / META_CODE_MAX).to(META_DTYPE).float()
+    offset = lo.to(META_DTYPE).float()
+    safe = step.clamp_min(torch.finfo(META_DTYPE).tiny)
+    codes = torch.round((blocks - offset) / safe).clamp_(0, META_CODE_MAX).to(torch.uint8)
+    meta = torch.cat([step, offset], dim=1).to(META_DTYPE)  # (nb, 2)
+    return codes.reshape(-1)[:n].reshape(values.shape), meta
+
+
+def dequantize_meta(codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """float16 values of 8-bit ``codes`` (any shape) with each block's (step, offset) from ``meta``."""
+    flat = codes.reshape(-1).float()  # (n,)
+    block = torch.arange(flat.numel(), device=codes.device) // META_BLOCK
+    m = meta.float()[block]  # (n, 2)
+    return (flat * m[:, 0] + m[:, 1]).to(META_DTYPE).reshape(codes.shape)
