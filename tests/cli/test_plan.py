@@ -132,7 +132,7 @@ def tiny_profile(tiny_model_dir, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("profile")
     argv = [str(tiny_model_dir), "--bits", "2,4", "--samples", "3", "--seq-len", "8", "--device", "cpu"]
-    assert main(["profile", *argv, "--group-size", "32", "--method", "rtn", "-o", str(folder)]) == 0
+    assert main(["profile", *argv, "--group-size", "32", "--quant-method", "rtn", "-o", str(folder)]) == 0
     return folder / "sensitivity.json"
 
 
@@ -213,7 +213,18 @@ def test_knapsack_over_two_group_sizes_with_double_quant(
     files = []
     for group in (32, 64):
         folder = tmp_path / f"g{group}"
-        argv = ["--bits", "2,5,6", "--samples", "1", "--seq-len", "8", "--device", "cpu", "--method", "rtn"]
+        argv = [
+            "--bits",
+            "2,5,6",
+            "--samples",
+            "1",
+            "--seq-len",
+            "8",
+            "--device",
+            "cpu",
+            "--quant-method",
+            "rtn",
+        ]
         code, _, err = cli(
             "profile", tiny_model_dir, *argv, "--group-size", group, "--double-quant", "-o", folder
         )

@@ -39,8 +39,8 @@ def test_help_lists_the_options(cli) -> None:
     assert code == 0 and "profile" in out
     code, out, _ = cli("profile", "--help")
     assert code == 0 and "(Eq. 6, §3.3)" in out
-    options = "--data --bits --samples --seq-len --batch-size --group-size --method --device --seed --force"
-    for option in [*options.split(), "-o OUT_DIR"]:
+    options = "--data --bits --samples --seq-len --batch-size --group-size --quant-method --device --seed"
+    for option in [*options.split(), "--force", "-o OUT_DIR"]:
         assert option in out, option
     assert "candidate bit-widths, comma-separated, each 1..8" in out  # the Args: entry of bits
 
@@ -52,7 +52,8 @@ def test_outputs_equal_the_library_on_the_same_calibration(
     data = str(words) if use_file else None
     out_dir = tmp_path / "made" / "sens"  # parents are created
     options = ["--data", data] if use_file else []
-    settings = "--bits 4,2 --samples 3 --seq-len 8 --batch-size 2 --group-size 32 --method rtn --device cpu"
+    settings = "--bits 4,2 --samples 3 --seq-len 8 --batch-size 2 --group-size 32 --quant-method rtn"
+    settings += " --device cpu"
     code, out, err = cli("profile", tiny_model_dir, *options, *settings.split(), "-o", out_dir)
     assert code == 0, err
     expected = _library_table(tiny_model_dir, data)
@@ -167,7 +168,8 @@ def test_sensitivity_ranks_share_ties() -> None:
 def test_progress_lines_reach_a_log_and_no_progress_silences_them(
     cli, tmp_path, tiny_model_dir, words
 ) -> None:
-    settings = "--bits 2 --samples 2 --seq-len 8 --batch-size 2 --group-size 32 --method rtn --device cpu"
+    settings = "--bits 2 --samples 2 --seq-len 8 --batch-size 2 --group-size 32 --quant-method rtn"
+    settings += " --device cpu"
     code, _, err = cli("profile", tiny_model_dir, "--data", words, *settings.split(), "-o", tmp_path / "a")
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("sensitivity: ")]

@@ -15,6 +15,7 @@ from qradaptor.cli.common import (
     check_output,
     check_output_dir,
     parse_int_list,
+    renamed_option,
     resolve_device,
     write_text_atomic,
 )
@@ -136,7 +137,7 @@ def profile(
     seq_len: int = 256,
     batch_size: int = 4,
     group_size: int = 64,
-    method: str = "hqq",
+    quant_method: str = "hqq",
     device: str = "auto",
     seed: int = 0,
     double_quant: bool = False,
@@ -167,7 +168,7 @@ def profile(
         seq_len: tokens per calibration window
         batch_size: windows per forward pass
         group_size: input columns per quantisation group
-        method: how codes are fitted: rtn (min-max) or hqq (half-quadratic)
+        quant_method: how codes are fitted: rtn (min-max) or hqq (half-quadratic)
         device: auto (cuda if available), cpu or cuda; fp32 on both, so the small KLs of
             high bit-widths are not rounding noise
         seed: seed of the document shuffle before packing
@@ -181,8 +182,8 @@ def profile(
         raise ValueError(f"--samples and --seq-len must be >= 1, got {samples} and {seq_len}")
     if batch_size < 1 or group_size < 1:
         raise ValueError(f"--batch-size and --group-size must be >= 1, got {batch_size} and {group_size}")
-    if method not in QUANT_METHODS:
-        raise ValueError(f"--method must be one of {', '.join(QUANT_METHODS)}, got {method!r}")
+    if quant_method not in QUANT_METHODS:
+        raise ValueError(f"--quant-method must be one of {', '.join(QUANT_METHODS)}, got {quant_method!r}")
     check_device(device)
     plot = can_plot()
     folder = _check_out_dir(output, force, plot)  # fail now, not after the profile
@@ -209,7 +210,7 @@ def profile(
         seq_len,
         batch_size,
         group_size,
-        method,
+        quant_method,
         device,
         seed,
         not no_progress,
@@ -263,7 +264,8 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--seq-len", type=int, default=256, metavar="T", help=helps["seq_len"])
     parser.add_argument("--batch-size", type=int, default=4, metavar="B", help=helps["batch_size"])
     parser.add_argument("--group-size", type=int, default=64, metavar="G", help=helps["group_size"])
-    parser.add_argument("--method", choices=QUANT_METHODS, default="hqq", help=helps["method"])
+    parser.add_argument("--quant-method", choices=QUANT_METHODS, default="hqq", help=helps["quant_method"])
+    renamed_option(parser, "--method", "--quant-method")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
     parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
