@@ -173,13 +173,12 @@ def load(name, path):
 
 torch.set_num_threads(1)
 top = load("top_conftest", {tests!r} + "/conftest.py")
-here = load("search_conftest", {tests!r} + "/search/conftest.py")
 this = load("this_test", {tests!r} + "/search/test_pipeline.py")
 model = top.make_tiny_llama(tied=False, initializer_range=0.1)
 model.load_state_dict(torch.load({weights!r}))
 config = this.replace(this.CONFIG, strategy={strategy!r})
 model = model.eval().requires_grad_(False)
-this.search(model, here.pattern_ids, {storage!r}, config, proxy=this.GENTLE_PROXY)
+this.search(model, top.pattern_ids, {storage!r}, config, proxy=this.GENTLE_PROXY)
 """
 
 
