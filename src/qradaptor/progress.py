@@ -9,6 +9,7 @@ and one at the end, so a long step is never silent.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import IO, Any
 
@@ -19,6 +20,10 @@ _LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed, ETA {rema
 """A log line: no bar, whose width a log can't know."""
 
 
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""Terminal escapes tqdm writes to place nested bars (e.g. ESC[A, cursor up): noise in a log."""
+
+
 class _Lines:
     """A stream wrapper that turns tqdm's carriage-return refreshes into whole lines."""
 
@@ -26,7 +31,7 @@ class _Lines:
         self._stream = stream
 
     def write(self, text: str) -> None:
-        for part in text.replace("\r", "\n").split("\n"):
+        for part in _CURSOR_MOVES.sub("", text).replace("\r", "\n").split("\n"):
             if part.strip():
                 self._stream.write(part.rstrip() + "\n")
 

@@ -81,7 +81,7 @@ def search_work(
         parts.append(f"{evolved} proxy fine-tunes of {proxy.steps} steps (NSGA-II)")
     if refine:
         forwards += refine * proxy_windows(proxy.steps)
-        parts.append(f"{refine} Bayesian picks of {proxy.steps} steps")
+        parts.append(f"{refine} Bayesian pick{'s' if refine > 1 else ''} of {proxy.steps} steps")
     fitted = num_blocks * block_weights * len(quantised)
     return SearchWork(", ".join(parts), forwards, fitted)
 
