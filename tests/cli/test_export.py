@@ -91,6 +91,18 @@ def test_export_merged_matches_the_trained_model(trained, tmp_path, cli) -> None
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
 
+def test_every_file_of_an_export_has_one_mode(trained, tmp_path, cli) -> None:
+    import os
+
+    run, _ = trained
+    out = tmp_path / "merged"
+    assert cli("export", run, "-o", out, "--device", "cpu")[0] == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~mask}, modes
+
+
 def test_export_merged_bf16_by_default(trained, tmp_path, cli) -> None:
     run, expected = trained
     code, _, err = cli("export", run, "-o", tmp_path / "m", "--merged", "--device", "cpu")

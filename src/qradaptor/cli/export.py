@@ -58,6 +58,15 @@ def _write_packed(run: str, folder: Path, model: str | None, device: str, progre
     save_packed_base(loaded.model, structure, files.plan, folder / RUN_BASE)
 
 
+def _uniform_modes(folder: Path) -> None:
+    """Every file of an export gets the umask's mode: a writer that goes through a private temp
+    file (safetensors' model.safetensors came out 0600) must not make one file unreadable."""
+    from qradaptor.atomic import new_dir_mode, new_file_mode
+
+    for path in folder.rglob("*"):
+        path.chmod(new_dir_mode() if path.is_dir() else new_file_mode())
+
+
 def export(
     run: str,
     *,
@@ -122,6 +131,7 @@ def export(
             record = {"run": str(Path(run).resolve()), "plan_hash": built.plan.plan_hash, "dtype": dtype}
             record.update(source=built.source, adapter=built.adapter, base=built.base)
             (tmp / "qradaptor_export.json").write_text(json.dumps(record, indent=2) + "\n")
+        _uniform_modes(tmp)
     kind = "packed package" if packed else f"merged {dtype} model"
     print(f"wrote {kind} of run {run} to {out}")
     return 0
