@@ -152,6 +152,55 @@ def test_the_knapsack_plan_is_made_at_each_budget_in_each_cell(tmp_path: Path) -
     assert train.argv[:6] == ("/models/tiny", "--method", "lora", "--plan", made, "--seed")
 
 
+SHARED_PROFILE = """\
+name: k
+model: /models/tiny
+seeds: [0, 1]
+profile: {samples: 8, seq_len: 512}
+search: {no_references: true}
+methods:
+  - {label: kn, plan: knapsack, budgets: [4.0bits]}
+  - {label: qra, search: {}, budgets: [4.0bits]}
+  - {label: ablation, search: {no_profile: true, strategy: paper}, budgets: [4.0bits]}
+  - {label: U, plan: "uniform:4:16"}
+"""
+
+
+def test_a_shared_profile_runs_once_and_every_search_and_knapsack_reads_it(tmp_path: Path) -> None:
+    experiment = load(write(tmp_path, SHARED_PROFILE), tmp_path / "out")
+    argv = ["/models/tiny", "--samples", "8", "--seq-len", "512"]
+    key = f"profile-{digest(argv)}"
+    table = tmp_path / "out" / "profiles" / key / "sensitivity.json"
+    knapsack, searched, ablation, uniform = (experiment.cells[i] for i in (0, 2, 4, 6))
+    assert knapsack.profile.step.argv == (*argv, "-o", str(table.parent))
+    assert knapsack.profile.step.done == table and knapsack.profile.table == table
+    plan = knapsack.steps[0]
+    assert plan.argv[:6] == ("/models/tiny", "--baseline", "knapsack", "--budget", "4.0bits", "--sensitivity")
+    assert plan.argv[6] == str(table)
+    assert searched.search.step.argv[-4:-2] == ("--sensitivity", str(table))
+    assert searched.search.profile == knapsack.profile and searched.profile == knapsack.profile
+    assert "--sensitivity" not in ablation.search.step.argv and ablation.profile is None  # profiles nothing
+    assert uniform.profile is None and uniform.search is None
+    assert searched.commands[:2] == [knapsack.profile.step.command, searched.search.step.command]
+
+    jobs = plan_jobs([experiment])
+    by_name = {job.name: job for job in jobs}
+    assert jobs[0].name == f"profiles/{key}" and jobs[0].after is None
+    assert jobs[0].log_dir == tmp_path / "out" / "profiles" / "logs" / key
+    assert [job.name for job in jobs].count(f"profiles/{key}") == 1
+    assert by_name[f"searches/{searched.search.key}"].after == f"profiles/{key}"
+    assert by_name[f"searches/{ablation.search.key}"].after is None
+    assert by_name["k/kn@4.0bits/seed1"].after == f"profiles/{key}"
+    assert by_name["k/qra@4.0bits/seed0"].after == f"searches/{searched.search.key}"
+    assert by_name["k/U/seed0"].after is None
+    _check_commands([experiment])  # qra profile's own parser takes its options
+
+
+def test_without_a_profile_key_the_knapsack_and_the_search_profile_themselves(tiny) -> None:
+    assert all(cell.profile is None for cell in tiny.cells)
+    assert all("--sensitivity" not in step.argv for cell in tiny.cells for step in cell.steps)
+
+
 def test_a_plan_string_is_passed_straight_to_train(tiny, tmp_path: Path) -> None:
     folder = tmp_path / "out" / "tiny" / "U" / "seed0"
     assert [s.verb for s in tiny.cells[3].steps] == ["train", "eval"]
@@ -409,6 +458,8 @@ ONE = "methods:\n  - {label: a, method: lora16}\n"
         ("name: ../up\n" + ONE, r"exp.yaml: name must be letters, digits"),
         (BASE + "methods: []\n", r"exp.yaml: methods must be a non-empty list, got \[\]"),
         (BASE + "methods:\n  - lora16\n", r"methods\[0\] must be a mapping with a label, got 'lora16'"),
+        (BASE + "profile: 3\n" + ONE, r"exp.yaml: profile must be a mapping of qra profile options, got 3"),
+        (BASE + "profile: {output: p}\n" + ONE, r"exp.yaml: profile: output is set by qra experiment"),
         (BASE + "model: 3\n" + ONE, r"exp.yaml: model must be a hub id, a directory or a .gguf path, got 3"),
         (BASE + "description: [a]\n" + ONE, r"exp.yaml: description must be text, got \['a'\]"),
         ("- name: e\n- seeds: [0]\n", r"exp.yaml must be a mapping with name, seeds and methods; got list"),
@@ -515,7 +566,9 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert len(searches) == len(set(searches))
     # main: 3 seeds x (amq-lora + qra, qra-paper and qra-qa at two budgets) = 21; ablations add
     # bits-only, no-profile and no-bayes at 4.0bits and all five variants at 120MB, x 2 seeds
-    # (joint@4.0bits is main's qra-paper); efficiency (seed 0) shares its searches with main.
+    # (joint@4.0bits is main's qra-paper); efficiency's three (seed 0) profile themselves, so
+    # their cost includes the profile, and share nothing with main, whose searches read one
+    # shared profile.
     # allocation: qra (halving) and qra-paper at 5 budgets x 3 seeds, searched on the defaults
     # as main's are, so its 4.0bits searches are main's (6) and its qra-paper@120MB seeds 0 and 1
     # are the ablations' joint@120MB (2).
@@ -525,4 +578,6 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert {s: k for s, k in _keys(allocation, "qra-paper@120MB").items() if s < 2} == _keys(
         ablations, "joint@120MB"
     )
-    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 6 - 2
+    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 6 - 2 + 3
+    profiles = [job.name for job in jobs if job.name.startswith("profiles/")]
+    assert len(profiles) == 1  # main, ablations, pilot and allocation share one KL table

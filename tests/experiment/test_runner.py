@@ -37,7 +37,7 @@ if oom_out == str(out):
 if failed:
     print("fake failure of", verb, file=sys.stderr)
 elif os.environ.get("FAKE_NOWRITE") != str(out):
-    target = {"train": out / "train.json", "search": out / "summary.json"}.get(verb, out)
+    target = {"train": out / "train.json", "search": out / "summary.json", "profile": out / "sensitivity.json"}.get(verb, out)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("{}")
 line = {"verb": verb, "argv": args, "start": start, "end": time.time(),
@@ -274,6 +274,27 @@ def test_a_device_goes_to_search_train_and_eval_only(fake, tmp_path: Path) -> No
     assert tails["train"] == ["--device", "cpu", "--no-progress"]
     assert all("--device" not in r["argv"] for r in ran(tmp_path) if r["verb"] == "plan")
     assert sum("--device" in r["argv"] for r in ran(tmp_path)) == 16 - 2  # all but the two plan steps
+
+
+def test_a_shared_profile_runs_once_before_the_searches_and_knapsack_plans_that_read_it(
+    fake, tmp_path: Path
+) -> None:
+    text = (
+        "name: shared\nmodel: /m\nseeds: [0, 1]\nprofile: {samples: 2}\nmethods:\n"
+        "  - {label: kn, plan: knapsack, budgets: [4.0bits]}\n"
+        "  - {label: qra, search: {}, budgets: [4.0bits]}\n"
+    )
+    shared = experiment(tmp_path, text)
+    summary = Runner(plan_jobs([shared]), workers=3, command=fake).run()
+    assert not summary.failed and len(summary.done) == 1 + 2 + 4  # the profile, two searches, four cells
+    records = ran(tmp_path)
+    profiles = [r for r in records if r["verb"] == "profile"]
+    assert len(profiles) == 1
+    readers = [r for r in records if "--sensitivity" in r["argv"]]
+    assert sorted(r["verb"] for r in readers) == ["plan", "plan", "search", "search"]
+    assert all(r["start"] >= profiles[0]["end"] for r in readers)
+    again = Runner(plan_jobs([shared]), workers=3, command=fake).run()
+    assert again.steps_run == 0 and len(ran(tmp_path)) == len(records)
 
 
 def test_ctrl_c_stops_the_running_children(fake, tmp_path: Path, monkeypatch) -> None:

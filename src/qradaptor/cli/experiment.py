@@ -24,7 +24,7 @@ def _check_commands(experiments: list[Experiment]) -> None:
     seen: set[str] = set()
     for experiment in experiments:
         for cell in experiment.cells:
-            steps = ([cell.search.step] if cell.search else []) + list(cell.steps)
+            steps = [*cell.before, *cell.steps]
             for step in steps:
                 if step.command in seen:
                     continue

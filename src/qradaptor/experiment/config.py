@@ -19,6 +19,8 @@ The file::
     train: {epochs: 1, batch_size: 32}    # qra train options of every cell
     eval: {tasks: suite, limit: 1000}     # qra eval options of every cell
     search: {steps: 30}                   # qra search options of every searched method
+    profile: {samples: 8, seq_len: 512}   # optional: one qra profile that every search and
+                                          # knapsack plan reads (--sensitivity), not one each
     methods:
       - label: lora16
         method: lora16
@@ -55,7 +57,18 @@ from qradaptor.experiment.fields import (
     options_argv,
 )
 
-TOP_KEYS = ("name", "description", "model", "seeds", "reference", "train", "eval", "search", "methods")
+TOP_KEYS = (
+    "name",
+    "description",
+    "model",
+    "seeds",
+    "reference",
+    "train",
+    "eval",
+    "search",
+    "profile",
+    "methods",
+)
 """Keys an experiment file may have."""
 METHOD_KEYS = ("label", "method", "plan", "search", "budgets", "search_seed", "train", "seeds")
 """Keys a ``methods`` entry may have."""
@@ -81,6 +94,21 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """One ``qra profile`` that every search and knapsack plan of a file reads, run once."""
+
+    key: str
+    """Folder name under ``DIR/profiles``: a digest of the command."""
+    step: Step
+    """The profile command; its ``done`` is the sensitivity.json it writes last (atomically)."""
+
+    @property
+    def table(self) -> Path:
+        """The sensitivity.json that searches and knapsack plans get as ``--sensitivity``."""
+        return self.step.done
+
+
+@dataclass(frozen=True)
 class Search:
     """One ``qra search``, run once however many cells train its plan."""
 
@@ -89,6 +117,8 @@ class Search:
     step: Step
     """The search command; its ``done`` is summary.json, which ``qra search`` writes after
     plan.json and the trials (a search killed in between is not taken for finished)."""
+    profile: Profile | None = None
+    """The shared profile it reads instead of profiling, or None."""
 
     @property
     def folder(self) -> Path:
@@ -121,11 +151,18 @@ class Cell:
     """Its own commands, in order (the search is not among them: see ``search``)."""
     search: Search | None = None
     """The search whose plan it trains, or None."""
+    profile: Profile | None = None
+    """The shared profile its knapsack plan or its search reads, or None."""
+
+    @property
+    def before(self) -> list[Step]:
+        """The shared steps it waits for, in order: the profile, then the search."""
+        return ([self.profile.step] if self.profile else []) + ([self.search.step] if self.search else [])
 
     @property
     def commands(self) -> list[str]:
-        """Every shell line that reproduces the cell, the search's first."""
-        return ([self.search.step.command] if self.search else []) + [s.command for s in self.steps]
+        """Every shell line that reproduces the cell: the profile's and the search's first."""
+        return [s.command for s in (*self.before, *self.steps)]
 
 
 @dataclass(frozen=True)
@@ -150,10 +187,33 @@ def _where(source: Path, key: str) -> str:
     return f"{source}: {key}"
 
 
+def _digest(argv: list[str]) -> str:
+    return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:8]
+
+
 def search_key(budget: str, seed: int, argv: list[str]) -> str:
     """The search folder's name: readable budget and seed, plus a digest of the whole command."""
-    digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:8]
-    return f"{budget}-s{seed}-{digest}"
+    return f"{budget}-s{seed}-{_digest(argv)}"
+
+
+def _flag_value(argv: list[str] | tuple[str, ...], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def _reads(profile: Profile, search_argv: list[str]) -> bool:
+    """Whether a search takes the shared table: it profiles (no --no-profile), has no table of
+    its own, and calibrates on the profile's text (a search on other --data profiles that)."""
+    if {"--sensitivity", "--no-profile"} & set(search_argv):
+        return False
+    return _flag_value(search_argv, "--data") == _flag_value(profile.step.argv, "--data")
+
+
+def _shared_profile(options: Any, root: Path, model_argv: list[str], where: str) -> Profile:
+    """The file's ``profile:`` as one ``qra profile`` into ``DIR/profiles/<digest>``."""
+    argv = [*model_argv, *options_argv(options or {}, "profile", where)]
+    key = f"profile-{_digest(argv)}"
+    out = root / "profiles" / key
+    return Profile(key, Step("profile", (*argv, "-o", str(out)), out / "sensitivity.json"))
 
 
 def load(path: str | Path, output: str | Path) -> Experiment:
@@ -192,13 +252,16 @@ def load(path: str | Path, output: str | Path) -> Experiment:
     if model is not None and not isinstance(model, str):
         raise ValueError(f"{source}: model must be a hub id, a directory or a .gguf path, got {model!r}")
     seeds = check_seeds(data.get("seeds", [0]), _where(source, "seeds"))
-    shared = {verb: data.get(verb) for verb in ("train", "eval", "search")}
+    shared: dict[str, Any] = {verb: data.get(verb) for verb in ("train", "eval", "search")}
     for verb, options in shared.items():
         options_argv(options, verb, _where(source, verb))
+    model_argv = [model] if model else []
+    shared["profile"] = (
+        _shared_profile(data["profile"], root, model_argv, _where(source, "profile")) if "profile" in data else None
+    )
     methods = data["methods"]
     if not isinstance(methods, list) or not methods:
         raise ValueError(f"{source}: methods must be a non-empty list, got {methods!r}")
-    model_argv = [model] if model else []
     cells: list[Cell] = []
     labels: list[str] = []
     for index, entry in enumerate(methods):
@@ -257,13 +320,22 @@ def _method_cells(
     train_argv = merged_argv(shared["train"], entry.get("train"), "train", where)
     eval_argv = options_argv(shared["eval"], "eval", f"{where} (shared eval)")
     search_argv: list[str] | None = None
+    profile: Profile | None = shared["profile"]
     if "search" in entry:
         search_argv = merged_argv(shared["search"], search or {}, "search", where)
+        if profile is not None and _reads(profile, search_argv):
+            search_argv += ["--sensitivity", str(profile.table)]
+        else:  # a search that profiles itself (or not at all, an ablation) does not wait for it
+            profile = None
     plan_spec = _plan_spec(plan, f"{where}.plan") if plan not in (None, KNAPSACK) else None
+    if plan not in (None, KNAPSACK) or (plan is None and "search" not in entry):
+        profile = None
     cells: list[Cell] = []
     for budget in budgets or [None]:
-        if plan == KNAPSACK:  # the exact allocator at this budget, profiled by qra plan itself
+        if plan == KNAPSACK:  # the exact allocator at this budget over the shared profile, or its own
             plan_spec = ["--baseline", KNAPSACK, "--budget", str(budget)]
+            if profile is not None:
+                plan_spec += ["--sensitivity", str(profile.table)]
         cell_label = f"{label}@{budget}" if budget else label
         for seed in seeds:
             folder = root / experiment / cell_label / f"seed{seed}"
@@ -274,7 +346,7 @@ def _method_cells(
                 argv = [*model_argv, "--budget", budget, "--seed", str(seed_of_search), *search_argv]
                 key = search_key(budget, seed_of_search, argv)
                 out = root / "searches" / key
-                found = Search(key, Step("search", (*argv, "-o", str(out)), out / "summary.json"))
+                found = Search(key, Step("search", (*argv, "-o", str(out)), out / "summary.json"), profile)
             cells.append(
                 _cell(
                     experiment,
@@ -288,6 +360,7 @@ def _method_cells(
                     model_argv,
                     train_argv,
                     eval_argv,
+                    profile,
                 )
             )
     return cells
@@ -326,6 +399,7 @@ def _cell(
     model_argv: list[str],
     train_argv: list[str],
     eval_argv: list[str],
+    profile: Profile | None,
 ) -> Cell:
     steps: list[Step] = []
     plan_argv: list[str] = []
@@ -347,4 +421,4 @@ def _cell(
     )
     result = folder / "eval.json"
     steps.append(Step("eval", ("--run", str(run), *eval_argv, "-o", str(result)), result))
-    return Cell(experiment, label, method, budget, seed, folder, tuple(steps), search)
+    return Cell(experiment, label, method, budget, seed, folder, tuple(steps), search, profile)

@@ -11,6 +11,7 @@ from typing import Any
 
 RESERVED = {
     "plan": ("output", "force", "bits", "ranks", "uniform", "baseline"),
+    "profile": ("output", "force", "device"),
     "search": ("output", "seed", "budget", "workers", "storage", "study", "device"),
     "train": ("output", "seed", "plan", "method", "resume", "force", "no_progress", "device", "eval_tasks"),
     "eval": ("output", "run", "plan", "adapter", "force", "json", "device"),

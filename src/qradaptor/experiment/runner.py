@@ -31,7 +31,7 @@ POLL_SECONDS = 0.5
 """How often running steps are checked."""
 STOP_SECONDS = 60.0
 """How long stopped children get to put their checkpoints away before they are killed."""
-DEVICE_VERBS = ("search", "train", "eval")
+DEVICE_VERBS = ("profile", "search", "train", "eval")
 """Verbs that take --device."""
 OOM_RETRIES = 3
 """Times a step that ran out of GPU memory is tried again, with fewer steps beside it."""
@@ -77,20 +77,24 @@ class RunSummary:
 
 
 def plan_jobs(experiments: Sequence[Experiment]) -> list[_Job]:
-    """The searches (each once) and then the cells, in file order."""
-    searches: dict[str, _Job] = {}
+    """The shared profiles, the searches (each once), then the cells, in file order."""
+    shared: dict[str, _Job] = {}
     cells: list[_Job] = []
     for experiment in experiments:
         for cell in experiment.cells:
-            if cell.search is not None and cell.search.key not in searches:
-                folder = cell.search.folder
-                searches[cell.search.key] = _Job(
-                    f"searches/{cell.search.key}", [cell.search.step], folder.parent / "logs" / folder.name
-                )
+            after = None
+            for kind, prior in (("profiles", cell.profile), ("searches", cell.search)):
+                if prior is None:
+                    continue
+                name = f"{kind}/{prior.key}"
+                if name not in shared:
+                    folder = prior.step.done.parent
+                    log_dir = folder.parent / "logs" / folder.name
+                    shared[name] = _Job(name, [prior.step], log_dir, after=after)
+                after = name  # a search waits for the profile, the cell for the last of them
             name = f"{cell.experiment}/{cell.label}/seed{cell.seed}"
-            after = f"searches/{cell.search.key}" if cell.search else None
             cells.append(_Job(name, list(cell.steps), cell.folder / "logs", cell=cell, after=after))
-    return [*searches.values(), *cells]
+    return [*shared.values(), *cells]
 
 
 def pending_steps(jobs: Sequence[_Job]) -> list[tuple[str, Step]]:
