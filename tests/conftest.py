@@ -237,8 +237,6 @@ def pattern():
     return pattern_ids
 
 
-
-
 def train_on_pattern(model):
     """Trains every trainable weight of ``model`` on the pattern for 60 Adam steps; returns it frozen."""
     ids = pattern_ids(16, 0)

@@ -102,9 +102,7 @@ def test_saved_adapter_is_plain_peft(tmp_path, llama_factory) -> None:
     quantize_model_(base, plan)
     from qradaptor.lora import lora_config
 
-    reloaded = PeftModel.from_pretrained(
-        base, tmp_path, config=lora_config(plan, inspect_model(base))
-    )
+    reloaded = PeftModel.from_pretrained(base, tmp_path, config=lora_config(plan, inspect_model(base)))
     torch.testing.assert_close(reloaded(IDS).logits, expected)
 
 

@@ -30,8 +30,7 @@ def test_example_is_frozen() -> None:
 
 def test_prompt_template_with_and_without_input() -> None:
     assert format_prompt(EXAMPLE).endswith(
-        "### Instruction:\nAnswer the question.\n\n### Input:\nWhat is a wetland?\n\n"
-        "### Response:\n"
+        "### Instruction:\nAnswer the question.\n\n### Input:\nWhat is a wetland?\n\n### Response:\n"
     )
     no_input = dataclasses.replace(EXAMPLE, input="  ")
     prompt = format_prompt(no_input)

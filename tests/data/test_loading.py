@@ -187,9 +187,7 @@ def test_instruction_missing_column_names_found_and_required(tmp_path: Path) -> 
         load_instructions(str(path))
     assert "missing column(s) ['instruction', 'output']" in str(info.value)
     assert "found ['prompt', 'response']" in str(info.value)
-    datasets.Dataset.from_dict({"instruction": ["i"], "response": ["r"]}).save_to_disk(
-        str(tmp_path / "ds")
-    )
+    datasets.Dataset.from_dict({"instruction": ["i"], "response": ["r"]}).save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(ValueError, match=r"missing column\(s\) \['output'\].*found \['instr"):
         load_instructions(str(tmp_path / "ds"))
 

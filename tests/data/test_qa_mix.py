@@ -59,9 +59,7 @@ def test_multiple_choice_answer_is_one_of_the_options(
             options = [line[3:] for line in e.input.splitlines() if line[1:3] == ". "]
             assert e.output in [o.strip() for o in options], (name, e)
     # SciQ options are shuffled, so the answer is not always first.
-    firsts = Counter(
-        e.input.split("\nA. ")[1].split("\n")[0] == e.output for e in per_source["sciq"]
-    )
+    firsts = Counter(e.input.split("\nA. ")[1].split("\n")[0] == e.output for e in per_source["sciq"])
     assert 150 < firsts[True] < 350
 
 

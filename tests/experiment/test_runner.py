@@ -37,7 +37,8 @@ if oom_out == str(out):
 if failed:
     print("fake failure of", verb, file=sys.stderr)
 elif os.environ.get("FAKE_NOWRITE") != str(out):
-    target = {"train": out / "train.json", "search": out / "summary.json", "profile": out / "sensitivity.json"}.get(verb, out)
+    done = {"train": "train.json", "search": "summary.json", "profile": "sensitivity.json"}
+    target = out / done[verb] if verb in done else out
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("{}")
 line = {"verb": verb, "argv": args, "start": start, "end": time.time(),

@@ -49,7 +49,5 @@ def test_signature_differs_between_models(tiny_llama, llama_factory) -> None:
 
 def test_unmappable_model_is_refused() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
-    with pytest.raises(
-        ValueError, match="cannot map model Sequential: found no list of repeated blocks"
-    ):
+    with pytest.raises(ValueError, match="cannot map model Sequential: found no list of repeated blocks"):
         inspect_model(model)

@@ -256,9 +256,9 @@ def load(path: str | Path, output: str | Path) -> Experiment:
     for verb, options in shared.items():
         options_argv(options, verb, _where(source, verb))
     model_argv = [model] if model else []
-    shared["profile"] = (
-        _shared_profile(data["profile"], root, model_argv, _where(source, "profile")) if "profile" in data else None
-    )
+    shared["profile"] = None
+    if "profile" in data:
+        shared["profile"] = _shared_profile(data["profile"], root, model_argv, _where(source, "profile"))
     methods = data["methods"]
     if not isinstance(methods, list) or not methods:
         raise ValueError(f"{source}: methods must be a non-empty list, got {methods!r}")

@@ -127,9 +127,7 @@ def write_run(run: Path, outcome: TrainOutcome, *, device: str) -> None:
     (run / INCOMPLETE).unlink()
 
 
-def plot_loss(
-    losses: list[float], evals: list[tuple[int, float]], path: Path, *, title: str = ""
-) -> None:
+def plot_loss(losses: list[float], evals: list[tuple[int, float]], path: Path, *, title: str = "") -> None:
     """Train loss per step and held-out loss at each evaluation, in nats per token."""
     from qradaptor.plotting import pyplot, save_figure
 
