@@ -196,6 +196,35 @@ def test_a_shared_profile_runs_once_and_every_search_and_knapsack_reads_it(tmp_p
     _check_commands([experiment])  # qra profile's own parser takes its options
 
 
+def test_a_method_may_have_its_own_profile_and_knapsack_options(tmp_path: Path) -> None:
+    text = SHARED_PROFILE + (
+        "  - label: kdq\n    plan: knapsack\n    budgets: [4.0bits]\n"
+        "    profile: {bits: [2, 3, 4, 5, 6, 8], double_quant: true}\n"
+        "    knapsack: {bits: [2, 3, 4, 5, 6, 8], double_quant: true}\n"
+    )
+    experiment = load(write(tmp_path, text), tmp_path / "out")
+    shared, own = experiment.cells[0].profile, experiment.cells[-1].profile
+    argv = ["/models/tiny", "--bits", "2,3,4,5,6,8", "--double-quant"]
+    assert own.step.argv[:4] == tuple(argv) and own.key == f"profile-{digest(argv)}" != shared.key
+    plan = experiment.cells[-1].steps[0]
+    assert plan.argv[1:9] == (
+        "--baseline",
+        "knapsack",
+        "--budget",
+        "4.0bits",
+        "--bits",
+        "2,3,4,5,6,8",
+        "--double-quant",
+        "--sensitivity",
+    )
+    assert plan.argv[9] == str(own.table)
+    jobs = plan_jobs([experiment])
+    names = [job.name for job in jobs]
+    assert names.count(f"profiles/{shared.key}") == names.count(f"profiles/{own.key}") == 1
+    assert [job.after for job in jobs if job.name.startswith("k/kdq@")] == [f"profiles/{own.key}"] * 2
+    _check_commands([experiment])
+
+
 def test_without_a_profile_key_the_knapsack_and_the_search_profile_themselves(tiny) -> None:
     assert all(cell.profile is None for cell in tiny.cells)
     assert all("--sensitivity" not in step.argv for cell in tiny.cells for step in cell.steps)
@@ -460,6 +489,22 @@ ONE = "methods:\n  - {label: a, method: lora16}\n"
         (BASE + "methods:\n  - lora16\n", r"methods\[0\] must be a mapping with a label, got 'lora16'"),
         (BASE + "profile: 3\n" + ONE, r"exp.yaml: profile must be a mapping of qra profile options, got 3"),
         (BASE + "profile: {output: p}\n" + ONE, r"exp.yaml: profile: output is set by qra experiment"),
+        (
+            BASE + "methods:\n  - {label: a, method: lora16, profile: {samples: 2}}\n",
+            r"methods\[0\] \(a\): profile goes with a search or plan: knapsack",
+        ),
+        (
+            BASE + "methods:\n  - {label: a, method: lora16, knapsack: {double_quant: true}}\n",
+            r"methods\[0\] \(a\): knapsack options go with plan: knapsack",
+        ),
+        (
+            BASE + "methods:\n  - {label: a, plan: knapsack, budgets: [4bits], knapsack: {budget: 3bits}}\n",
+            r"methods\[0\]\.knapsack: budget is set by qra experiment for every cell",
+        ),
+        (
+            BASE + "methods:\n  - {label: a, search: {no_profile: true}, budgets: [4bits], profile: {}}\n",
+            r"methods\[0\] \(a\): its search would not read its profile",
+        ),
         (BASE + "model: 3\n" + ONE, r"exp.yaml: model must be a hub id, a directory or a .gguf path, got 3"),
         (BASE + "description: [a]\n" + ONE, r"exp.yaml: description must be text, got \['a'\]"),
         ("- name: e\n- seeds: [0]\n", r"exp.yaml must be a mapping with name, seeds and methods; got list"),
@@ -580,4 +625,5 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     )
     assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 6 - 2 + 3
     profiles = [job.name for job in jobs if job.name.startswith("profiles/")]
-    assert len(profiles) == 1  # main, ablations, pilot and allocation share one KL table
+    # main, ablations, pilot and allocation share one KL table; allocation's knapsack-dq has its own
+    assert len(profiles) == 2

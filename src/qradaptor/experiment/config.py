@@ -29,6 +29,11 @@ The file::
       - label: knapsack
         plan: knapsack               # qra plan --baseline knapsack at each budget
         budgets: [4.0bits]
+      - label: knapsack-dq           # its own profile and qra plan options
+        plan: knapsack
+        profile: {bits: [2, 3, 4, 5, 6, 8], double_quant: true}
+        knapsack: {bits: [2, 3, 4, 5, 6, 8], double_quant: true}
+        budgets: [4.0bits]
       - label: qra
         search: {}                   # this method's own search options, over the shared ones
         budgets: [3.5bits, 5.0bits]
@@ -47,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from qradaptor.experiment.fields import (
+    KNAPSACK_RESERVED,
     check_keys,
     check_name,
     check_seeds,
@@ -70,7 +76,18 @@ TOP_KEYS = (
     "methods",
 )
 """Keys an experiment file may have."""
-METHOD_KEYS = ("label", "method", "plan", "search", "budgets", "search_seed", "train", "seeds")
+METHOD_KEYS = (
+    "label",
+    "method",
+    "plan",
+    "search",
+    "budgets",
+    "search_seed",
+    "train",
+    "seeds",
+    "profile",
+    "knapsack",
+)
 """Keys a ``methods`` entry may have."""
 
 
@@ -319,12 +336,24 @@ def _method_cells(
         raise ValueError(f"{where} ({label}): search_seed is an integer >= 0 and goes with a search")
     train_argv = merged_argv(shared["train"], entry.get("train"), "train", where)
     eval_argv = options_argv(shared["eval"], "eval", f"{where} (shared eval)")
+    if "knapsack" in entry and plan != KNAPSACK:
+        raise ValueError(f"{where} ({label}): knapsack options go with plan: knapsack")
+    knapsack_argv = options_argv(entry.get("knapsack"), "plan", f"{where}.knapsack", KNAPSACK_RESERVED)
     search_argv: list[str] | None = None
     profile: Profile | None = shared["profile"]
+    if "profile" in entry:  # this method's own table (other bits, 8-bit metadata), shared by its cells
+        if "search" not in entry and plan != KNAPSACK:
+            raise ValueError(f"{where} ({label}): profile goes with a search or plan: knapsack")
+        profile = _shared_profile(entry["profile"], root, model_argv, f"{where}.profile")
     if "search" in entry:
         search_argv = merged_argv(shared["search"], search or {}, "search", where)
         if profile is not None and _reads(profile, search_argv):
             search_argv += ["--sensitivity", str(profile.table)]
+        elif "profile" in entry:
+            raise ValueError(
+                f"{where} ({label}): its search would not read its profile (it has --no-profile, "
+                "--sensitivity or a --data other than the profile's)"
+            )
         else:  # a search that profiles itself (or not at all, an ablation) does not wait for it
             profile = None
     plan_spec = _plan_spec(plan, f"{where}.plan") if plan not in (None, KNAPSACK) else None
@@ -333,7 +362,7 @@ def _method_cells(
     cells: list[Cell] = []
     for budget in budgets or [None]:
         if plan == KNAPSACK:  # the exact allocator at this budget over the shared profile, or its own
-            plan_spec = ["--baseline", KNAPSACK, "--budget", str(budget)]
+            plan_spec = ["--baseline", KNAPSACK, "--budget", str(budget), *knapsack_argv]
             if profile is not None:
                 plan_spec += ["--sensitivity", str(profile.table)]
         cell_label = f"{label}@{budget}" if budget else label

@@ -21,8 +21,15 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _REPEAT = re.compile(r"^\s*(-?\d+)\s*(?:x\s*(\d+))?\s*$")
 
 
-def options_argv(options: Any, verb: str, where: str) -> list[str]:
-    """``{batch_size: 32, text: true}`` -> ``["--batch-size", "32", "--text"]``."""
+KNAPSACK_RESERVED = ("output", "force", "baseline", "budget", "sensitivity", "uniform", "ranks")
+"""``qra plan`` options a method's ``knapsack:`` may not set (its --bits are the knapsack's choices)."""
+
+
+def options_argv(options: Any, verb: str, where: str, reserved: tuple[str, ...] | None = None) -> list[str]:
+    """``{batch_size: 32, text: true}`` -> ``["--batch-size", "32", "--text"]``.
+
+    ``reserved``: the options the file may not set, when not the verb's own (``RESERVED``).
+    """
     if options is None:
         return []
     if not isinstance(options, dict):
@@ -31,10 +38,11 @@ def options_argv(options: Any, verb: str, where: str) -> list[str]:
     for key, value in options.items():
         if not isinstance(key, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", key):
             raise ValueError(f"{where}: option names are like batch_size, got {key!r}")
-        if key in RESERVED[verb]:
+        refused = RESERVED[verb] if reserved is None else reserved
+        if key in refused:
             raise ValueError(
                 f"{where}: {key} is set by qra experiment for every cell; the file may not set it "
-                f"(set by it: {', '.join(RESERVED[verb])})"
+                f"(set by it: {', '.join(refused)})"
             )
         flag = "--" + key.replace("_", "-")
         if value is True:
