@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import parse_budget
-from qradaptor.search.cost import describe, search_work
+from qradaptor.search.cost import describe, profile_work, search_work
 from qradaptor.search.definition import SearchConfig
 from qradaptor.search.multifidelity import HalvingConfig
 from qradaptor.search.proxy import ProxyConfig
@@ -41,3 +41,13 @@ def test_the_paper_search_counts_its_population_and_references() -> None:
     work = search_work(paper, PROXY, num_blocks=30, block_weights=1000, calibration_windows=4, profile=False)
     assert work.window_forwards == (4 + 11 + 2) * 60  # references, 5 + 3 x 2 evolved, Bayes
     assert "4 uniform references, 11 proxy fine-tunes of 9 steps (NSGA-II)" in work.summary
+
+
+def test_a_profile_alone_is_counted_and_announced_as_a_profile() -> None:
+    work = profile_work(num_blocks=30, block_weights=1000, bits=[2, 3, 4, 8, 16], calibration_windows=8)
+    assert work.window_forwards == 8 * (1 + 30 * 4)  # 16 bits is not profiled
+    assert work.fitted_weights == 30 * 1000 * 4
+    assert work.summary == "30 blocks x 4 bit-widths over 8 windows"
+    assert describe(work, per_window=0.01, per_weight=0.0, what="profile").startswith(
+        "this profile: 30 blocks x 4 bit-widths over 8 windows; about 1 min on this device"
+    )

@@ -113,6 +113,14 @@ def measure_profile(
 
     loaded = load_model(model, dtype=torch.float32, device=device)
     calibration = pack_texts(texts, loaded.tokenizer, seq_len, num_sequences=samples, seed=seed)  # (N, T)
+    # What it will do, priced here, before doing it (a CPU profile runs for minutes).
+    from qradaptor.models.structure import inspect_model
+    from qradaptor.search.cost import profile_line
+
+    line = profile_line(
+        loaded.model, inspect_model(loaded.model), calibration, bits, batch_size, group_size, method
+    )
+    print(f"qra profile: {line}", file=sys.stderr)
     started = time.perf_counter()
     table = profile_sensitivity(
         loaded.model,

@@ -86,8 +86,20 @@ def search_work(
     return SearchWork(", ".join(parts), forwards, fitted)
 
 
+def profile_work(
+    *, num_blocks: int, block_weights: int, bits: list[int], calibration_windows: int
+) -> SearchWork:
+    """Counts a ``qra profile`` alone: the reference forward, then one per (block, bits)."""
+    quantised = [b for b in bits if b != 16]
+    return SearchWork(
+        f"{num_blocks} blocks x {len(quantised)} bit-widths over {calibration_windows} windows",
+        calibration_windows * (1 + num_blocks * len(quantised)),
+        num_blocks * block_weights * len(quantised),
+    )
+
+
 def measure_rates(
-    model: Any, windows: Any, batch_size: int, weight: Any, bits: int, group_size: int
+    model: Any, windows: Any, batch_size: int, weight: Any, bits: int, group_size: int, method: str = "hqq"
 ) -> tuple[float, float]:
     """Seconds per window forward and per fitted weight on this machine, from one of each.
 
@@ -98,6 +110,7 @@ def measure_rates(
         weight: One linear's weight, fitted once at ``bits``.
         bits: A bit-width of the space.
         group_size: The quantisation group size.
+        method: The quantiser the work fits with (hqq or rtn).
 
     Returns:
         (seconds per window forward, seconds per weight fitted).
@@ -115,17 +128,17 @@ def measure_rates(
             torch.cuda.synchronize(batch.device)
         per_window = (time.perf_counter() - began) / len(batch)
     began = time.perf_counter()
-    quantize(weight.detach().float(), bits, group_size)
+    quantize(weight.detach().float(), bits, group_size, method)  # type: ignore[arg-type]
     per_weight = (time.perf_counter() - began) / weight.numel()
     return per_window, per_weight
 
 
-def describe(work: SearchWork, per_window: float, per_weight: float) -> str:
-    """One line: what the search will do and its estimated minutes here."""
+def describe(work: SearchWork, per_window: float, per_weight: float, what: str = "search") -> str:
+    """One line: what the search (or the profile: ``what``) will do and its estimated minutes here."""
     seconds = work.window_forwards * per_window + work.fitted_weights * per_weight
     fits = work.fitted_weights * per_weight
     return (
-        f"this search: {work.summary}; about {math.ceil(seconds / 60)} min on this device "
+        f"this {what}: {work.summary}; about {math.ceil(seconds / 60)} min on this device "
         f"({work.window_forwards:,} window forwards at {per_window * 1e3:.0f} ms, weight fits "
         f"{fits / 60:.1f} min; measured just now)"
     )
@@ -153,3 +166,19 @@ def cost_line(
     quantised = [b for b in config.bits if b != 16] or [4]
     rates = measure_rates(model, windows, proxy.batch_size, weight, max(quantised), config.group_size)
     return describe(work, *rates)
+
+
+def profile_line(
+    model: Any, structure: Any, windows: Any, bits: list[int], batch_size: int, group_size: int, method: str
+) -> str:
+    """``profile_work`` priced by rates measured on ``model`` just now, at the profile's batch."""
+    work = profile_work(
+        num_blocks=structure.num_blocks,
+        block_weights=sum(info.in_features * info.out_features for info in structure.linears),
+        bits=bits,
+        calibration_windows=len(windows),
+    )
+    weight = model.get_submodule(structure.module_path(0, structure.linears[0].name)).weight
+    quantised = [b for b in bits if b != 16] or [4]
+    rates = measure_rates(model, windows, batch_size, weight, max(quantised), group_size, method)
+    return describe(work, *rates, what="profile")
