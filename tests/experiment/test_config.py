@@ -623,7 +623,8 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert {s: k for s, k in _keys(allocation, "qra-paper@120MB").items() if s < 2} == _keys(
         ablations, "joint@120MB"
     )
-    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 6 - 2 + 3
+    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 6 - 2 + 3 + 15  # + allocation's qra-dq
     profiles = [job.name for job in jobs if job.name.startswith("profiles/")]
-    # main, ablations, pilot and allocation share one KL table; allocation's knapsack-dq has its own
+    # main, ablations, pilot and allocation share one KL table; allocation's knapsack-dq and qra-dq
+    # share their own (bits 2-8, 8-bit scales and zeros)
     assert len(profiles) == 2

@@ -19,6 +19,7 @@ from qradaptor.models.structure import inspect_model
 from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import parse_budget, violation
 from qradaptor.search.initial import initial_population
+from qradaptor.search.multifidelity import HalvingConfig
 from qradaptor.search.pipeline import SearchConfig, run_search
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.records import genome_of
@@ -234,3 +235,40 @@ def test_a_search_killed_mid_run_resumes_without_losing_or_repeating_a_trial(
             (r.plan_hash, r.loss) for r in getattr(uninterrupted, rungs)
         ]
     assert resumed.chosen.plan_hash == uninterrupted.chosen.plan_hash
+
+
+def test_a_double_quantised_search_prices_builds_and_profiles_8_bit_scales(
+    trained_llama, pattern, tmp_path
+) -> None:
+    config = replace(
+        CONFIG,
+        strategy="halving",
+        double_quant=True,
+        halving=HalvingConfig(candidates=6, sweep=3, eta=3, rungs=1),
+        bayes=BayesConfig(iterations=0),
+    )
+    outcome = search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config)
+    structure = inspect_model(trained_llama)
+    space = SearchSpace.for_structure(structure, "block", bits=config.bits, ranks=config.ranks)
+    eight_bit = MemoryTable.build(structure, space, group_size=32, double_quant=True)
+    sixteen_bit = table_for(trained_llama, config)
+    genome = genome_of(outcome.chosen, space)
+    assert outcome.plan.double_quant and outcome.sensitivity.double_quant
+    assert violation(genome, config.budget, eight_bit) == 0
+    # At group 32, 16-bit scales and zeros cost 1 bit a weight, 8-bit ones about 0.5: 3.6 bits
+    # afford 3-bit blocks only with the latter, and the search used that room.
+    assert violation(genome, config.budget, sixteen_bit) > 0
+    assert all(r.bytes == int(eight_bit.bytes_of(genome_of(r, space))) for r in outcome.records)
+
+
+def test_a_profile_of_other_scales_is_refused_by_the_search(trained_llama, pattern, tmp_path) -> None:
+    from qradaptor.sensitivity import profile_sensitivity
+
+    plain = profile_sensitivity(trained_llama, pattern(4, 2), bits=[2, 3, 4, 8], group_size=32)
+    config = replace(
+        CONFIG, strategy="halving", double_quant=True, halving=HalvingConfig(candidates=6, sweep=3, rungs=1)
+    )
+    with pytest.raises(
+        ValueError, match="measured without 8-bit scales and zeros .* the search quantises with"
+    ):
+        search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config, sensitivity=plain)

@@ -101,6 +101,7 @@ def search(
     no_references: bool = False,
     group_size: int = 64,
     quant_method: str = "hqq",
+    double_quant: bool = False,
     seed: int = 0,
     device: str = "auto",
     workers: int = 0,
@@ -173,6 +174,9 @@ def search(
         group_size: quantisation group size
         quant_method: the quantiser: hqq or rtn (qra plan's name; --method is qra train's
             training method)
+        double_quant: every plan stores its scales and zeros at 8 bits (QLoRA's double
+            quantisation; about 0.25 instead of 0.5 bit per weight at group 64), as qra plan
+            --double-quant does; a --sensitivity file must be profiled so too
         seed: seed of the search (the proxy fine-tunes always use seed 0, so a study serves every search seed)
         device: auto (cuda if available), cpu or cuda; proxy fine-tunes run in fp32
         workers: local worker processes scoring plans (0: score in this process, or with
@@ -278,6 +282,7 @@ def search(
         seed=seed,
         group_size=group_size,
         quant_method=quant_method,
+        double_quant=double_quant,
     )
     proxy = ProxyConfig(steps=steps, batch_size=batch_size, lr=lr, eval_batches=eval_batches)
 
@@ -449,4 +454,5 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--no-references", action="store_true", help=helps["no_references"])
     parser.add_argument("--quant-method", choices=("hqq", "rtn"), default="hqq", help=helps["quant_method"])
     renamed_option(parser, "--method", "--quant-method")
+    parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])

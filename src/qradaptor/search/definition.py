@@ -78,6 +78,9 @@ class SearchConfig:
     """Quantisation group size of every plan."""
     quant_method: str = "hqq"
     """How codes are fitted: "hqq" or "rtn"."""
+    double_quant: bool = False
+    """Every plan stores its block linears' scales and zeros at 8 bits (QLoRA's double
+    quantisation: about 0.25 instead of 0.5 bit per weight at group 64), priced and built so."""
     alpha: float = 16.0
     """LoRA alpha of every plan (scaling alpha / r)."""
 
@@ -148,6 +151,7 @@ def search_fingerprint(
         "group_size": config.group_size,
         "quant_method": config.quant_method,
         "alpha": config.alpha,
+        **({"double_quant": True} if config.double_quant else {}),  # older studies resume unchanged
     }
 
 
@@ -171,6 +175,7 @@ def search_space(
         "quant_method": config.quant_method,
         "alpha": config.alpha,
         "model_signature": structure.signature,
+        **({"double_quant": True} if config.double_quant else {}),
     }
     return space, MemoryTable.build(structure, space, **plan_kwargs), plan_kwargs
 

@@ -387,6 +387,13 @@ def _profile(
             raise ValueError(
                 f"sensitivity profile lacks the searched bits {missing}; it has {sensitivity.bits}"
             )
+        if sensitivity.double_quant != config.double_quant:
+            said = ("with", "without") if sensitivity.double_quant else ("without", "with")
+            raise ValueError(
+                f"sensitivity profile was measured {said[0]} 8-bit scales and zeros (double "
+                f"quantisation), the search quantises {said[1]}: profile again with the search's "
+                "setting (qra profile --double-quant), or give the search the profile's"
+            )
         return sensitivity
     if calibration is None:
         raise ValueError(
@@ -400,4 +407,5 @@ def _profile(
         quant_method=config.quant_method,
         progress=progress,
         cache=cache,
+        double_quant=config.double_quant,
     )
