@@ -310,15 +310,15 @@ def _report(outcome: TrainOutcome, run: Path) -> None:
 
     memory = outcome.memory
     result = outcome.result
-    measured = memory.get("measured_peak")
+    measured = memory.measured_peak
     peak = f"{measured / 2**20:,.1f} MiB measured, " if measured else ""
     print(
         f"{outcome.method.name}: {result.steps} steps, final train loss {result.losses[-1]:.4f}"
         + (f", held-out loss {result.evals[-1][1]:.4f}" if result.evals else "")
-        + f"; {result.tokens_per_second:,.0f} tokens/s; avg bits {memory['avg_bits']:.2f}, avg rank "
-        f"{memory['avg_rank']:.1f}{' (kept after pruning)' if 'adalora' in memory else ''}, "
-        f"{memory['trainable_params']:,} trainable; peak {peak}"
-        f"{memory['predicted_peak'] / 2**20:,.1f} MiB predicted"
+        + f"; {result.tokens_per_second:,.0f} tokens/s; avg bits {memory.avg_bits:.2f}, avg rank "
+        f"{memory.avg_rank:.1f}{' (kept after pruning)' if memory.adalora else ''}, "
+        f"{memory.trainable_params:,} trainable; peak {peak}"
+        f"{(memory.predicted_peak or 0) / 2**20:,.1f} MiB predicted"
     )
     print(
         f"wrote {run}/{RUN_ADAPTER}, {RUN_PLAN}, {RUN_TRAIN}, {LOSS_CSV}"
