@@ -26,6 +26,7 @@ from qradaptor.cli.search_options import (
     jsonable,
     parse_choices,
 )
+from qradaptor.runfolder.search_run import SEARCH_SENSITIVITY
 
 
 def search(
@@ -269,8 +270,8 @@ def search(
         )
         calibration = train_windows[-calibration_samples:]
         profiled = given_sensitivity
-        if profiled is None and not no_profile and (run_dir / "sensitivity.json").is_file():
-            profiled = read_sensitivity(str(run_dir / "sensitivity.json"))  # resume: profiled already
+        if profiled is None and not no_profile and (run_dir / SEARCH_SENSITIVITY).is_file():
+            profiled = read_sensitivity(str(run_dir / SEARCH_SENSITIVITY))  # resume: profiled already
         from qradaptor.search.cost import cost_line
 
         profiles = profiled is None and config.profile

@@ -20,10 +20,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qradaptor.runfolder.jsonfile import check_format, need, read_json
-from qradaptor.search.records import TrialRecord
+
+if TYPE_CHECKING:
+    from qradaptor.search.records import TrialRecord
 
 SEARCH_SUMMARY = "summary.json"
 """The search's record, written last: its presence says the search finished."""
@@ -152,6 +154,8 @@ class SearchSummary:
             ValueError: not an object, a newer format, or a key of ``summarise`` missing or
                 malformed; the message names ``path``.
         """
+        from qradaptor.search.records import TrialRecord  # numpy: only when a summary is read
+
         chosen = dict(need(data, "chosen", path))
         evaluations, seconds = need(data, "evaluations", path), need(data, "seconds", path)
         check_format(data, SEARCH_FORMAT, path)
