@@ -5,7 +5,7 @@ was planned and trained: the same quantisation of the same base (the run's packe
 it kept them), and an adapter whose modules and ranks match the plan. A mismatch is an
 error, not a silent partial load.
 
-Training run folders (``RUN_*`` below) are read by ``runs``.
+Training run folders (their layout, ``RUN_*``, is ``runfolder/train_run.py``'s) are read by ``runs``.
 """
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qradaptor.plan import UNQUANTIZED, Plan
+from qradaptor.runfolder.train_run import (  # noqa: F401  (re-exported for runs and the verbs)
+    RUN_ADAPTER,
+    RUN_BASE,
+    RUN_CHECKPOINTS,
+    RUN_INCOMPLETE,
+    RUN_PLAN,
+    RUN_TRAIN,
+)
 
 if TYPE_CHECKING:
     pass
 
-RUN_PLAN = "plan.json"
-RUN_ADAPTER = "adapter"
-RUN_BASE = "base.safetensors"
-RUN_TRAIN = "train.json"
-RUN_CHECKPOINTS = "checkpoints"
-RUN_INCOMPLETE = ".incomplete"
-"""Present while ``qra train`` writes a run folder; train.json is written last (train/outputs.py)."""
 ADAPTER_TYPES = ("LORA", "ADALORA")
 
 

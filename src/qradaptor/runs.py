@@ -1,6 +1,7 @@
 """Training run folders: read one, rebuild its model exactly as trained, or merge it for serving.
 
-A training run folder (``qra train``) holds::
+A training run folder (``qra train``; its layout and train.json are ``runfolder/train_run.py``'s)
+holds::
 
     RUN/plan.json              the Plan
     RUN/adapter/               a PEFT adapter (LoRA, LoRA with DoRA, or AdaLoRA)
@@ -30,6 +31,7 @@ from qradaptor.assemble import (
     read_adapter,
 )
 from qradaptor.plan import Plan
+from qradaptor.runfolder.train_run import recorded_base
 
 if TYPE_CHECKING:
     from torch import nn
@@ -98,12 +100,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     base = run / RUN_BASE
     source = method = None  # train.json's "model" is the source as given; PEFT records what was read
     if finished:
-        from qradaptor.integrity import read_json
-
-        recorded = read_json(run / RUN_TRAIN, "run record")
-        recorded = recorded if isinstance(recorded, dict) else {}
-        source = recorded.get("model") if isinstance(recorded.get("model"), str) else None
-        method = recorded.get("method") if isinstance(recorded.get("method"), str) else None
+        source, method = recorded_base(run)
     source = source or (info.base_model if info is not None else None)
     packed = str(base) if base.is_file() else None
     return RunFiles(plan, str(adapter) if info else None, packed, source, method, finished)

@@ -311,3 +311,43 @@ def test_a_corpus_too_small_to_hold_out_from_is_refused_before_the_model_loads(
     code, _, err = cli("search", tiny_model_dir, "--budget", "3.6bits", "-o", tmp_path / "run", "--data", one)
     assert code == 2 and "has 1 document(s)" in err and "--eval-data" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_search_defaults_are_the_library_defaults() -> None:
+    """qra search's defaults (parser and --preset full) equal its configs' dataclass defaults."""
+    from qradaptor.cli import build_parser
+    from qradaptor.cli.common import VERB_DEST
+    from qradaptor.cli.search import PRESETS
+    from qradaptor.search.bayes import BayesConfig
+    from qradaptor.search.multifidelity import HalvingConfig
+    from qradaptor.search.pipeline import SearchConfig
+    from qradaptor.search.proxy import ProxyConfig
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == VERB_DEST).choices["search"]
+    given = {a.dest: a.default for a in sub._actions if a.option_strings}
+    config, proxy, halving, bayes = SearchConfig(budget=None), ProxyConfig(), HalvingConfig(), BayesConfig()
+    for name in (
+        "strategy",
+        "granularity",
+        "population",
+        "generations",
+        "group_size",
+        "seed",
+        "quant_method",
+    ):
+        assert given[name] == getattr(config, name), name
+    assert tuple(int(b) for b in given["bits"].split(",")) == config.bits
+    assert tuple(int(r) for r in given["ranks"].split(",")) == config.ranks
+    assert given["lr"] == proxy.lr and given["eta"] == halving.eta
+    full = PRESETS["full"]
+    assert (full["steps"], full["batch_size"], full["eval_batches"]) == (
+        proxy.steps,
+        proxy.batch_size,
+        proxy.eval_batches,
+    )
+    assert (full["candidates"], full["rungs"], full["bayes_iterations"]) == (
+        halving.candidates,
+        halving.rungs,
+        bayes.iterations,
+    )

@@ -229,3 +229,28 @@ def test_tensorboard_without_its_package_is_refused_before_the_model_loads(
     )
     assert "pip install 'qradaptor[tensorboard]'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _options(verb: str) -> dict[str, object]:
+    """dest -> default of every option of ``qra VERB``."""
+    from qradaptor.cli import build_parser
+    from qradaptor.cli.common import VERB_DEST
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == VERB_DEST).choices[verb]  # argparse's subparsers
+    return {a.dest: a.default for a in sub._actions if a.option_strings}
+
+
+def test_every_train_default_is_the_dataclass_default() -> None:
+    import inspect
+
+    from qradaptor.cli.train import field_defaults
+    from qradaptor.cli.train import train as verb
+
+    defaults, parser = field_defaults(), _options("train")
+    signature = inspect.signature(verb).parameters
+    shared = [name for name in defaults if name in signature]
+    assert len(shared) >= 20 and {"epochs", "lr", "seq_len", "eval_size", "split", "data"} <= set(shared)
+    for name in shared:
+        assert parser[name] == defaults[name], name
+        assert signature[name].default == defaults[name], name

@@ -33,9 +33,9 @@ def test_lora16_on_smollm2_learns_and_reloads_through_peft(tmp_path) -> None:
     losses = outcome.result.losses
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
-    assert outcome.memory["avg_bits"] == 16.0 and outcome.memory["avg_rank"] == 8.0
+    assert outcome.memory.avg_bits == 16.0 and outcome.memory.avg_rank == 8.0
     # r (in + out) per linear: q, o 576+576; k, v 576+192; gate, up, down 576+1536; 30 blocks
-    assert outcome.memory["trainable_params"] == 8 * 30 * (2 * 1152 + 2 * 768 + 3 * 2112)
+    assert outcome.memory.trainable_params == 8 * 30 * (2 * 1152 + 2 * 768 + 3 * 2112)
     write_run(tmp_path, outcome, device="cpu")
     assert json.loads((tmp_path / "train.json").read_text())["steps"] == 8
 

@@ -51,7 +51,7 @@ def test_saved_adapter_reloads_through_peft_with_identical_logits(
     ids = torch.tensor([[2, 3, 4, 2, 3, 4, 1]])
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, outcome.model.eval()(input_ids=ids).logits)
-    assert outcome.memory["avg_bits"] == pytest.approx(16.0 if method == "lora16" else 3.5)
+    assert outcome.memory.avg_bits == pytest.approx(16.0 if method == "lora16" else 3.5)
     assert (tmp_path / "base.safetensors").is_file() == (method != "lora16")
 
 
@@ -154,7 +154,7 @@ def test_gradient_checkpointing_gives_the_same_steps(tiny_model_dir, alpaca) -> 
         device="cpu",
     )
     assert ckpt.result.losses == pytest.approx(plain.result.losses, abs=1e-5)
-    assert ckpt.memory["predicted_peak"] < plain.memory["predicted_peak"]
+    assert ckpt.memory.predicted_peak < plain.memory.predicted_peak
 
 
 def test_nf4_needs_bitsandbytes_on_cuda(monkeypatch) -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from qradaptor.cli.common import (
     check_device,
@@ -20,52 +18,15 @@ from qradaptor.cli.common import (
     renamed_option,
     resolve_device,
 )
-
-GRANULARITIES = ("block", "module")
-STRATEGIES = ("halving", "paper")
-"""Copy of ``search.definition.STRATEGIES``, which loads numpy (a test checks they agree)."""
-PRESETS: dict[str, dict[str, int]] = {
-    "quick": {
-        "seq_len": 256,
-        "steps": 6,
-        "batch_size": 2,
-        "eval_batches": 4,
-        "calibration_samples": 1,
-        "candidates": 12,
-        "rungs": 1,
-        "bayes_iterations": 1,
-    },
-    "full": {
-        "seq_len": 512,
-        "steps": 20,
-        "batch_size": 4,
-        "eval_batches": 4,
-        "calibration_samples": 8,
-        "candidates": 24,
-        "rungs": 2,
-        "bayes_iterations": 5,
-    },
-}
-"""--preset: the sizes of a search; quick fits a laptop CPU (one 256-token profile window ranks
-blocks like four, Spearman 0.95 at 2 bits: docs/SENSITIVITY.md), full has the landed GPU runs'
-profile and proxy sizes (docs/RESULTS.md; the paper profiles on 1,024 C4 samples). quick
-also skips the uniform reference plans (four proxy fine-tunes: 145 s of an 8-minute quick
-search on 2 cores)."""
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-
-
-def _choices(text: str, option: str, check: Any) -> tuple[int, ...]:
-    if not text.strip():
-        raise ValueError(f"{option} must list at least one value, e.g. {option} 2,3,4,8; got an empty list")
-    values = parse_int_list(text, option)
-    for value in values:
-        check(value, f"every value of {option}")
-    return tuple(sorted(set(values)))
+from qradaptor.cli.search_options import (
+    GRANULARITIES,
+    PRESETS,
+    STRATEGIES,
+    check_positive,
+    jsonable,
+    parse_choices,
+)
+from qradaptor.runfolder.search_run import SEARCH_SENSITIVITY
 
 
 def search(
@@ -205,11 +166,11 @@ def search(
     rungs = sizes["rungs"] if rungs is None else rungs
     bayes_iterations = sizes["bayes_iterations"] if bayes_iterations is None else bayes_iterations
     the_budget = parse_budget(budget)
-    bit_choices = _choices(bits, "--bits", check_bits)
-    rank_choices = _choices(ranks, "--ranks", check_rank)
+    bit_choices = parse_choices(bits, "--bits", check_bits)
+    rank_choices = parse_choices(ranks, "--ranks", check_rank)
     if granularity not in GRANULARITIES:
         raise ValueError(f"--granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    _check_positive(
+    check_positive(
         seq_len=seq_len,
         steps=steps,
         batch_size=batch_size,
@@ -221,7 +182,7 @@ def search(
         raise ValueError(f"--workers must be >= 0, got {workers}")
     offspring = max(1, workers) if offspring is None else offspring
     bayes_batch = max(1, workers) if bayes_batch is None else bayes_batch
-    _check_positive(offspring=offspring, bayes_batch=bayes_batch)
+    check_positive(offspring=offspring, bayes_batch=bayes_batch)
     gpu_list = parse_int_list(gpus, "--gpus") if gpus else None
     if generations < 0 or bayes_iterations < 0:
         raise ValueError(
@@ -314,8 +275,8 @@ def search(
         )
         calibration = train_windows[-calibration_samples:]
         profiled = given_sensitivity
-        if profiled is None and not no_profile and (run_dir / "sensitivity.json").is_file():
-            profiled = read_sensitivity(str(run_dir / "sensitivity.json"))  # resume: profiled already
+        if profiled is None and not no_profile and (run_dir / SEARCH_SENSITIVITY).is_file():
+            profiled = read_sensitivity(str(run_dir / SEARCH_SENSITIVITY))  # resume: profiled already
         from qradaptor.search.cost import cost_line
 
         profiles = profiled is None and config.profile
@@ -333,8 +294,8 @@ def search(
             "worker_bytes_predicted": worker_bytes,
             "study": study,
             "preset": chosen_preset,
-            "config": _jsonable(config),
-            "proxy": _jsonable(proxy),
+            "config": jsonable(config),
+            "proxy": jsonable(proxy),
         }
         write_config(run_dir, settings)  # with the command line, passwords hidden
         pool = None
@@ -403,12 +364,6 @@ def search(
             held.enter_context(StudyClaim(shared, study))
         return run()
     raise AssertionError("unreachable")  # ExitStack swallows nothing
-
-
-def _jsonable(obj: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
-    return json.loads(json.dumps(asdict(obj) if is_dataclass(obj) else obj, default=str))
 
 
 VERB = search

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qradaptor.assemble import RUN_ADAPTER, RUN_BASE, RUN_CHECKPOINTS, RUN_PLAN, RUN_TRAIN
 from qradaptor.cli.common import (
@@ -310,15 +311,15 @@ def _report(outcome: TrainOutcome, run: Path) -> None:
 
     memory = outcome.memory
     result = outcome.result
-    measured = memory.get("measured_peak")
+    measured = memory.measured_peak
     peak = f"{measured / 2**20:,.1f} MiB measured, " if measured else ""
     print(
         f"{outcome.method.name}: {result.steps} steps, final train loss {result.losses[-1]:.4f}"
         + (f", held-out loss {result.evals[-1][1]:.4f}" if result.evals else "")
-        + f"; {result.tokens_per_second:,.0f} tokens/s; avg bits {memory['avg_bits']:.2f}, avg rank "
-        f"{memory['avg_rank']:.1f}{' (kept after pruning)' if 'adalora' in memory else ''}, "
-        f"{memory['trainable_params']:,} trainable; peak {peak}"
-        f"{memory['predicted_peak'] / 2**20:,.1f} MiB predicted"
+        + f"; {result.tokens_per_second:,.0f} tokens/s; avg bits {memory.avg_bits:.2f}, avg rank "
+        f"{memory.avg_rank:.1f}{' (kept after pruning)' if memory.adalora else ''}, "
+        f"{memory.trainable_params:,} trainable; peak {peak}"
+        f"{(memory.predicted_peak or 0) / 2**20:,.1f} MiB predicted"
     )
     print(
         f"wrote {run}/{RUN_ADAPTER}, {RUN_PLAN}, {RUN_TRAIN}, {LOSS_CSV}"
@@ -329,8 +330,26 @@ def _report(outcome: TrainOutcome, run: Path) -> None:
 VERB = train
 
 
+def field_defaults() -> dict[str, Any]:
+    """The defaults of ``TrainConfig``'s and ``DataSpec``'s fields, under the verb's option names
+    (DataSpec's ``source`` and ``eval_source`` are --data and --eval-data)."""
+    from dataclasses import MISSING, fields
+
+    from qradaptor.train.config import TrainConfig
+    from qradaptor.train.run import DataSpec
+
+    options = {"source": "data", "eval_source": "eval_data"}
+    return {
+        options.get(f.name, f.name): f.default
+        for spec in (TrainConfig, DataSpec)
+        for f in fields(spec)
+        if f.default is not MISSING
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> None:
-    """Options of ``qra train``."""
+    """Options of ``qra train``; those that are ``TrainConfig`` or ``DataSpec`` fields take the
+    dataclass's default (one source of truth: tests/cli/test_train.py checks the verb's agree)."""
     parser.add_argument("model", nargs="?", default=None, help=helps["model"])
     parser.add_argument("-o", "--output", required=True, metavar="RUN", help=helps["output"])
     parser.add_argument("--plan", metavar="FILE|uniform:BITS:RANK", help=helps["plan"])
@@ -342,30 +361,26 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--data", metavar="SOURCE", help=helps["data"])
     parser.add_argument("--text", action="store_true", help=helps["text"])
     parser.add_argument("--eval-data", metavar="SOURCE", help=helps["eval_data"])
-    parser.add_argument("--eval-size", type=int, default=200, metavar="N", help=helps["eval_size"])
+    parser.add_argument("--eval-size", type=int, metavar="N", help=helps["eval_size"])
     parser.add_argument("--limit", type=int, metavar="N", help=helps["limit"])
-    parser.add_argument("--split", default="train", help=helps["split"])
-    parser.add_argument("--epochs", type=float, default=1.0, help=helps["epochs"])
+    parser.add_argument("--split", help=helps["split"])
+    parser.add_argument("--epochs", type=float, help=helps["epochs"])
     parser.add_argument("--max-steps", type=int, metavar="N", help=helps["max_steps"])
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help=helps["batch_size"])
-    parser.add_argument("--grad-accum", type=int, default=1, metavar="A", help=helps["grad_accum"])
-    parser.add_argument("--lr", type=float, default=2e-4, help=helps["lr"])
-    parser.add_argument("--warmup", type=float, default=0.03, help=helps["warmup"])
-    parser.add_argument(
-        "--schedule", choices=("cosine", "linear", "constant"), default="cosine", help=helps["schedule"]
-    )
-    parser.add_argument("--weight-decay", type=float, default=0.0, help=helps["weight_decay"])
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help=helps["max_grad_norm"])
-    parser.add_argument("--seq-len", type=int, default=512, metavar="T", help=helps["seq_len"])
-    parser.add_argument("--lora-dropout", type=float, default=0.05, help=helps["lora_dropout"])
+    parser.add_argument("--batch-size", type=int, metavar="B", help=helps["batch_size"])
+    parser.add_argument("--grad-accum", type=int, metavar="A", help=helps["grad_accum"])
+    parser.add_argument("--lr", type=float, help=helps["lr"])
+    parser.add_argument("--warmup", type=float, help=helps["warmup"])
+    parser.add_argument("--schedule", choices=("cosine", "linear", "constant"), help=helps["schedule"])
+    parser.add_argument("--weight-decay", type=float, help=helps["weight_decay"])
+    parser.add_argument("--max-grad-norm", type=float, help=helps["max_grad_norm"])
+    parser.add_argument("--seq-len", type=int, metavar="T", help=helps["seq_len"])
+    parser.add_argument("--lora-dropout", type=float, help=helps["lora_dropout"])
     parser.add_argument("--gradient-checkpointing", action="store_true", help=helps["gradient_checkpointing"])
-    parser.add_argument("--compile", choices=COMPILE_MODES, default="off", help=helps["compile"])
-    parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
-    parser.add_argument("--eval-every", type=int, default=0, metavar="N", help=helps["eval_every"])
-    parser.add_argument("--save-every", type=int, default=0, metavar="N", help=helps["save_every"])
-    parser.add_argument(
-        "--keep-checkpoints", type=int, default=2, metavar="N", help=helps["keep_checkpoints"]
-    )
+    parser.add_argument("--compile", choices=COMPILE_MODES, help=helps["compile"])
+    parser.add_argument("--seed", type=int, help=helps["seed"])
+    parser.add_argument("--eval-every", type=int, metavar="N", help=helps["eval_every"])
+    parser.add_argument("--save-every", type=int, metavar="N", help=helps["save_every"])
+    parser.add_argument("--keep-checkpoints", type=int, metavar="N", help=helps["keep_checkpoints"])
     parser.add_argument("--resume", action="store_true", help=helps["resume"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
     parser.add_argument("--allow-collapse", action="store_true", help=helps["allow_collapse"])
@@ -373,3 +388,5 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--eval-limit", type=int, metavar="N", help=helps["eval_limit"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--tensorboard", action="store_true", help=helps["tensorboard"])
+    parameters = inspect.signature(train).parameters
+    parser.set_defaults(**{k: v for k, v in field_defaults().items() if k in parameters})

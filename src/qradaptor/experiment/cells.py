@@ -6,6 +6,9 @@
     DIR/searches/<key>/                          summary.json, plan.json, trials.csv, sensitivity.json
     DIR/searches/logs/<key>/search.log           the search's output
 
+The records of these files (cell.json, train.json, summary.json) and their layout are
+``runfolder``'s; this module turns them into the report's rows.
+
 A cell is done when its state is "done" and its eval.json exists. Train, eval and search
 files are read only for done cells, and only the small ones: results copied back from a GPU
 machine keep no adapter or packed base.
@@ -13,8 +16,6 @@ machine keep no adapter or packed base.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from qradaptor.eval.suite import ZERO_SHOT
+from qradaptor.runfolder.cell import CELL_EVAL, CELL_FILE, CELL_TRAIN, STATES, CellRecord  # noqa: F401
+from qradaptor.runfolder.jsonfile import need, number, read_json
+from qradaptor.runfolder.search_run import (
+    SEARCH_PLAN,
+    SEARCH_SENSITIVITY,
+    SEARCH_SUMMARY,
+    SEARCH_TRIALS_CSV,
+    SearchSummary,
+)
+from qradaptor.runfolder.train_run import RUN_TRAIN, TrainRecord
 from qradaptor.search.records import SEARCH_PHASES, best_so_far, records_from_csv
 
-CELL_FILE = "cell.json"
-STATES = ("pending", "running", "done", "failed", "stopped")
-"""The states a cell.json records."""
 ACC_KEYS = tuple(f"{task}/acc" for task in ZERO_SHOT)
 NORM_KEYS = tuple(f"{task}/acc_norm" for task in ZERO_SHOT)
 MIB = 2**20
@@ -139,114 +147,44 @@ def _mean_of(metrics: Mapping[str, float], keys: Sequence[str]) -> float | None:
     return sum(metrics[k] for k in keys) / len(keys)
 
 
-def _str_or_none(value: Any) -> bool:
-    return value is None or isinstance(value, str)
-
-
-_CELL_FIELDS: dict[str, tuple[str, Any]] = {
-    "experiment": ("a string", lambda v: isinstance(v, str)),
-    "label": ("a string", lambda v: isinstance(v, str) and v != ""),
-    "method": ("a string", lambda v: isinstance(v, str)),
-    "budget": ("a string or null", _str_or_none),
-    "seed": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    "search": ("a string or null", _str_or_none),
-    "commands": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
-    "state": (f"one of {STATES}", lambda v: v in STATES),
-    "error": ("a string or null", _str_or_none),
-}
-
-
-def _check_cell(data: Any, path: Path) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")
-    for key, (rule, ok) in _CELL_FIELDS.items():
-        if key not in data:
-            raise ValueError(f"{path}: field {key!r} is missing (cell.json needs {list(_CELL_FIELDS)})")
-        if not ok(data[key]):
-            raise ValueError(f"{path}: field {key!r} must be {rule}, got {data[key]!r}")
-    return data
-
-
-def _need(data: Mapping[str, Any], key: str, path: Path) -> Any:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a JSON object holding {key!r}, got {type(data).__name__}")
-    if key not in data:
-        raise ValueError(f"{path}: key {key!r} is missing")
-    return data[key]
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None (JSON null, NaN, inf)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _mib(value: Any) -> float | None:
-    number = _number(value)
-    return None if number is None else number / MIB
+    found = number(value)
+    return None if found is None else found / MIB
 
 
 def _read_train(path: Path) -> dict[str, Any]:
-    data = read_json(path)
-    memory = _need(data, "memory", path)
-    tokens = _number(_need(data, "tokens", path))
+    record = TrainRecord.from_dict(read_json(path), path)
+    memory = record.memory
     return {
-        "avg_bits": _number(_need(memory, "avg_bits", path)),
-        "avg_rank": _number(_need(memory, "avg_rank", path)),
-        "peak_mib": _mib(memory.get("measured_peak")),
-        "predicted_peak_mib": _mib(memory.get("predicted_peak")),
-        "tokens_per_s": _number(_need(data, "steady_tokens_per_second", path)),
-        "train_seconds": _number(_need(data, "train_seconds", path)),
-        "train_tokens": None if tokens is None else int(tokens),
-        "final_eval_loss": _number(data.get("final_eval_loss")),
-        "measured_on": _measured_on(data),
-        "weights": _weights(data),
+        "avg_bits": number(memory.avg_bits),
+        "avg_rank": number(memory.avg_rank),
+        "peak_mib": _mib(memory.measured_peak),
+        "predicted_peak_mib": _mib(memory.predicted_peak),
+        "tokens_per_s": record.steady_tokens_per_second,
+        "train_seconds": record.train_seconds,
+        "train_tokens": record.tokens,
+        "final_eval_loss": record.final_eval_loss,
+        "measured_on": record.measured_on,
+        "weights": record.weights,
     }
 
 
-def _weights(data: Mapping[str, Any]) -> str | None:
-    """The provenance sentence of a train.json (None for one written before it was recorded)."""
-    provenance = data.get("provenance")
-    text = provenance.get("text") if isinstance(provenance, Mapping) else None
-    return text if isinstance(text, str) and text else None
-
-
-def _measured_on(data: Mapping[str, Any]) -> str | None:
-    """ "2026-11-23, NVIDIA H200, torch 2.11.0, ..." from a train.json (None if it says nothing)."""
-    versions = data.get("versions") if isinstance(data.get("versions"), Mapping) else {}
-    parts = [data.get("date"), data.get("device_name") or data.get("device")]
-    parts += [f"{name} {version}" for name, version in sorted(versions.items())]
-    text = ", ".join(str(p) for p in parts if p)
-    return text or None
-
-
 def _read_eval(path: Path) -> dict[str, float]:
-    results = _need(read_json(path), "results", path)
+    results = need(read_json(path), "results", path)
     if not isinstance(results, list):
         raise ValueError(f"{path}: 'results' must be a list of records, got {type(results).__name__}")
     metrics: dict[str, float] = {}
     for record in results:
-        task, metric = _need(record, "task", path), _need(record, "metric", path)
-        value = _number(_need(record, "value", path))
+        task, metric = need(record, "task", path), need(record, "metric", path)
+        value = number(need(record, "value", path))
         if value is not None:  # a NaN written as null has nothing to average
             metrics[f"{task}/{metric}"] = value
     return metrics
 
 
-def read_json(path: Path) -> Any:
-    """The JSON in ``path``; ValueError naming the file when it is missing or not JSON."""
-    if not path.is_file():
-        raise ValueError(f"{path}: file is missing")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-
-
 def _per_block(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Bits and ranks per block of a plan.json; a module plan's modules are averaged per block."""
-    layers = _need(read_json(path), "layers", path)
+    layers = need(read_json(path), "layers", path)
     groups: dict[int, list[tuple[int, int]]] = {}
     try:
         for key, spec in layers.items():
@@ -264,7 +202,7 @@ def _lowest_bits_kl(path: Path) -> tuple[float, ...] | None:
     if not path.is_file():  # a search run with --no-profile has none
         return None
     data = read_json(path)
-    bits, kl = _need(data, "bits", path), _need(data, "kl", path)
+    bits, kl = need(data, "bits", path), need(data, "kl", path)
     try:
         column = bits.index(min(bits))
         return tuple(float(row[column]) for row in kl)
@@ -292,68 +230,64 @@ def read_search(folder: Path, experiment_dir: Path) -> SearchInfo:
         ValueError: A needed file missing, or a file not in the format ``qra search`` writes.
     """
     folder = Path(os.path.normpath(folder))  # "seed0/../../../searches/k" reads better resolved
-    path = folder / "summary.json"
-    summary = read_json(path)
-    chosen = _need(summary, "chosen", path)
-    evaluations, seconds = _need(summary, "evaluations", path), _need(summary, "seconds", path)
+    summary = SearchSummary.load(folder)
     try:
-        searched = int(sum(evaluations.get(p, 0) for p in SEARCH_PHASES))
-        searched_seconds = float(sum(seconds.get(p, 0.0) for p in SEARCH_PHASES))
+        searched = int(sum(summary.evaluations.get(p, 0) for p in SEARCH_PHASES))
+        searched_seconds = float(sum(summary.seconds.get(p, 0.0) for p in SEARCH_PHASES))
     except (AttributeError, TypeError) as err:
         raise ValueError(
-            f"{path}: 'evaluations' and 'seconds' must map phases to numbers ({err!r})"
+            f"{folder / SEARCH_SUMMARY}: 'evaluations' and 'seconds' must map phases to numbers ({err!r})"
         ) from None
-    bits, ranks = _per_block(folder / "plan.json")
-    budget = summary.get("budget")
+    bits, ranks = _per_block(folder / SEARCH_PLAN)
     return SearchInfo(
         path=os.path.relpath(folder, os.path.normpath(experiment_dir)),
-        budget=None if budget is None else str(budget),
+        budget=None if summary.budget is None else str(summary.budget),
         evaluations=searched,
-        initial_evaluations=int(evaluations.get("initial", 0)),
-        total_evaluations=int(_need(summary, "total_evaluations", path)),
+        initial_evaluations=int(summary.evaluations.get("initial", 0)),
+        total_evaluations=int(summary.total_evaluations),
         seconds=searched_seconds,
-        wall_seconds=_number(summary.get("wall_seconds")),
-        cost_epochs=_number(summary.get("search_cost_epochs")),
-        proxy_tokens=_number(summary.get("proxy_tokens")),
-        pearson=_number(summary.get("bits_sensitivity_pearson")),
-        chosen_avg_bits=float(_need(chosen, "avg_bits", path)),
-        chosen_loss=_number(_need(chosen, "loss", path)),
+        wall_seconds=number(summary.wall_seconds),
+        cost_epochs=number(summary.search_cost_epochs),
+        proxy_tokens=number(summary.proxy_tokens),
+        pearson=number(summary.bits_sensitivity_pearson),
+        chosen_avg_bits=float(summary.chosen.avg_bits),
+        chosen_loss=number(summary.chosen.loss),
         block_bits=bits,
         block_ranks=ranks,
-        sensitivity=_lowest_bits_kl(folder / "sensitivity.json"),
-        best_so_far=_best_so_far(folder / "trials.csv"),
-        data_roles=tuple((str(k), str(v)) for k, v in (summary.get("data_roles") or {}).items()),
+        sensitivity=_lowest_bits_kl(folder / SEARCH_SENSITIVITY),
+        best_so_far=_best_so_far(folder / SEARCH_TRIALS_CSV),
+        data_roles=tuple((str(k), str(v)) for k, v in (summary.data_roles or {}).items()),
     )
 
 
 def _read_cell(cell_json: Path, experiment_dir: Path) -> CellResult:
-    cell = _check_cell(read_json(cell_json), cell_json)
+    cell = CellRecord.from_dict(read_json(cell_json), cell_json)
     folder = cell_json.parent
-    eval_json = folder / "eval.json"
-    done = cell["state"] == "done" and eval_json.is_file()
-    error = cell["error"]
-    if cell["state"] == "done" and not done:
+    eval_json = folder / CELL_EVAL
+    done = cell.state == "done" and eval_json.is_file()
+    error = cell.error
+    if cell.state == "done" and not done:
         error = error or "eval.json missing"
     common = dict(
-        experiment=cell["experiment"],
-        label=cell["label"],
-        method=cell["method"],
-        budget=cell["budget"],
-        seed=cell["seed"],
-        state=cell["state"],
+        experiment=cell.experiment,
+        label=cell.label,
+        method=cell.method,
+        budget=cell.budget,
+        seed=cell.seed,
+        state=cell.state,
         done=done,
         error=error,
         folder=folder.relative_to(experiment_dir).as_posix(),
-        commands=tuple(cell["commands"]),
+        commands=cell.commands,
     )
     if not done:
         return CellResult(**common)
     search = None
-    if cell["search"] is not None:
-        search = read_search(folder / cell["search"], experiment_dir)
+    if cell.search is not None:
+        search = read_search(folder / cell.search, experiment_dir)
     return CellResult(
         **common,
-        **_read_train(folder / "train" / "train.json"),
+        **_read_train(folder / CELL_TRAIN / RUN_TRAIN),
         metrics=_read_eval(eval_json),
         search=search,
     )

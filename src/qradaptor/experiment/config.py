@@ -62,6 +62,9 @@ from qradaptor.experiment.fields import (
     merged_argv,
     options_argv,
 )
+from qradaptor.runfolder.cell import CELL_EVAL, CELL_TRAIN
+from qradaptor.runfolder.search_run import SEARCH_PLAN, SEARCH_SUMMARY
+from qradaptor.runfolder.train_run import RUN_TRAIN
 
 TOP_KEYS = (
     "name",
@@ -145,7 +148,7 @@ class Search:
     @property
     def plan(self) -> Path:
         """The plan the search chooses."""
-        return self.folder / "plan.json"
+        return self.folder / SEARCH_PLAN
 
 
 @dataclass(frozen=True)
@@ -375,7 +378,7 @@ def _method_cells(
                 argv = [*model_argv, "--budget", budget, "--seed", str(seed_of_search), *search_argv]
                 key = search_key(budget, seed_of_search, argv)
                 out = root / "searches" / key
-                found = Search(key, Step("search", (*argv, "-o", str(out)), out / "summary.json"), profile)
+                found = Search(key, Step("search", (*argv, "-o", str(out)), out / SEARCH_SUMMARY), profile)
             cells.append(
                 _cell(
                     experiment,
@@ -440,14 +443,14 @@ def _cell(
         plan_argv = ["--plan", plan_spec]
     elif search is not None:
         plan_argv = ["--plan", str(search.plan)]
-    run = folder / "train"
+    run = folder / CELL_TRAIN
     steps.append(
         Step(
             "train",
             (*model_argv, "--method", method, *plan_argv, "--seed", str(seed), *train_argv, "-o", str(run)),
-            run / "train.json",
+            run / RUN_TRAIN,
         )
     )
-    result = folder / "eval.json"
+    result = folder / CELL_EVAL
     steps.append(Step("eval", ("--run", str(run), *eval_argv, "-o", str(result)), result))
     return Cell(experiment, label, method, budget, seed, folder, tuple(steps), search, profile)

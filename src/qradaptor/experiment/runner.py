@@ -13,7 +13,6 @@ its commands and its state (done, failed and why).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -23,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qradaptor.atomic import write_text
 from qradaptor.experiment.config import Cell, Experiment, Step
 from qradaptor.redact import redact
+from qradaptor.runfolder.cell import CELL_FILE, CellRecord
 
 POLL_SECONDS = 0.5
 """How often running steps are checked."""
@@ -116,19 +115,17 @@ def write_cell_record(cell: Cell, state: str, error: str | None = None) -> None:
     search = None
     if cell.search is not None:
         search = os.path.relpath(cell.search.folder, cell.folder)
-    record = {
-        "experiment": cell.experiment,
-        "label": cell.label,
-        "method": cell.method,
-        "budget": cell.budget,
-        "seed": cell.seed,
-        "search": search,
-        "commands": [redact(c) for c in cell.commands],  # a storage URL's password: not on disk
-        "state": state,
-        "error": error,
-    }
-    cell.folder.mkdir(parents=True, exist_ok=True)
-    write_text(cell.folder / "cell.json", json.dumps(record, indent=2) + "\n")
+    CellRecord(
+        experiment=cell.experiment,
+        label=cell.label,
+        method=cell.method,
+        budget=cell.budget,
+        seed=cell.seed,
+        search=search,
+        commands=tuple(redact(c) for c in cell.commands),  # a storage URL's password: not on disk
+        state=state,
+        error=error,
+    ).save(cell.folder)
 
 
 def _out_of_memory(log: Path) -> bool:
@@ -289,7 +286,7 @@ class Runner:
     def run(self) -> RunSummary:
         """Runs every job to done or failed; Ctrl-C stops the children and re-raises."""
         for job in self.jobs:  # so the results count the cells not yet run
-            if job.cell is not None and not (job.cell.folder / "cell.json").exists():
+            if job.cell is not None and not (job.cell.folder / CELL_FILE).exists():
                 write_cell_record(job.cell, "pending")
         try:
             while True:

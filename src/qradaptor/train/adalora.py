@@ -8,12 +8,13 @@ adapted; by default the target is the plan's mean adapted rank and init 1.5 x th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import nn
 
     from qradaptor.plan import Plan
+    from qradaptor.runfolder.train_run import AdaloraRanks
 
 ADALORA_INIT_FACTOR = 1.5
 """AdaLoRA starts every module at 1.5x the target average rank and prunes down to it."""
@@ -56,18 +57,19 @@ def adalora_ranks(
     return init_r, target_r
 
 
-def adalora_memory(model: nn.Module, adalora: tuple[int, int], *, num_linears: int) -> dict[str, Any]:
+def adalora_memory(
+    model: nn.Module, adalora: tuple[int, int], *, num_linears: int
+) -> tuple[float, AdaloraRanks]:
     """train.json's avg_rank of an AdaLoRA model (the ranks it keeps, over ``num_linears`` block
     linears, unadapted ones at 0) and its "adalora" record."""
     from qradaptor.lora import adalora_kept_ranks
+    from qradaptor.runfolder.train_run import AdaloraRanks
 
     kept = adalora_kept_ranks(model)
-    return {
-        "avg_rank": sum(kept.values()) / num_linears,
-        "adalora": {
-            "init_r": adalora[0],
-            "target_r": adalora[1],
-            "kept_avg_rank": sum(kept.values()) / len(kept) if kept else 0.0,
-            "kept_ranks": kept,
-        },
-    }
+    ranks = AdaloraRanks(
+        init_r=adalora[0],
+        target_r=adalora[1],
+        kept_avg_rank=sum(kept.values()) / len(kept) if kept else 0.0,
+        kept_ranks=kept,
+    )
+    return sum(kept.values()) / num_linears, ranks

@@ -1,40 +1,33 @@
-"""The run folder a finished training writes, each part atomically.
+"""Writes the run folder a finished training leaves, each part atomically.
 
-    RUN/adapter/            standard PEFT adapter (adapter_config.json + adapter_model.safetensors;
-                            mixed ranks via rank_pattern)
-    RUN/plan.json           the plan trained (qra eval --plan, qra memory --plan)
-    RUN/base.safetensors    the packed quantised base, so that a reload needs no re-fit
-                            (qradaptor backend with quantised modules only)
-    RUN/train.json          method, settings, fingerprint, memory, throughput, loss curve, evals
-    RUN/loss.csv            step, train loss, held-out loss
-    RUN/loss.png            the same as a plot (needs matplotlib: qradaptor[plot])
-    RUN/tensorboard/        TensorBoard event files, with qra train --tensorboard (written live)
-
-Nothing is written until training has finished; the adapter folder is written next to its
-final place and renamed over it, so a crash never leaves a half-written adapter. While the
-parts are written, ``RUN/.incomplete`` says so; train.json is written last and the marker
-removed after it, so a run folder is complete exactly when it has train.json and no marker
-(``runs.read_run`` refuses one that is not).
+The folder's layout and its record, train.json (``TrainRecord``), belong to
+``runfolder/train_run.py``. Nothing is written until training has finished; the adapter
+folder is written next to its final place and renamed over it, so a crash never leaves a
+half-written adapter. While the parts are written, ``RUN/.incomplete`` says so; train.json is
+written last and the marker removed after it, so a run folder is complete exactly when it has
+train.json and no marker (``runs.read_run`` refuses one that is not).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from qradaptor.assemble import RUN_ADAPTER, RUN_BASE, RUN_INCOMPLETE, RUN_PLAN, RUN_TRAIN
 from qradaptor.atomic import atomic_dir, write_text
+from qradaptor.runfolder.train_run import (
+    LOSS_CSV,
+    LOSS_PNG,
+    RUN_ADAPTER,
+    RUN_BASE,
+    RUN_INCOMPLETE,
+    RUN_PLAN,
+    RUN_TRAIN,
+    TrainRecord,
+)
 
 if TYPE_CHECKING:
     from qradaptor.train.run import TrainOutcome
-
-LOSS_CSV = "loss.csv"
-"""step, train loss, held-out loss of a run."""
-LOSS_PNG = "loss.png"
-"""The loss curves of a run."""
-INCOMPLETE = RUN_INCOMPLETE
 
 
 def _device_name(device: str) -> str:
@@ -48,8 +41,8 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def summary(outcome: TrainOutcome, device: str) -> dict[str, Any]:
-    """train.json's content: what was trained, how, and what it measured."""
+def summary(outcome: TrainOutcome, device: str) -> TrainRecord:
+    """train.json's record: what was trained, how, and what it measured."""
     import peft
     import torch
     import transformers
@@ -58,36 +51,36 @@ def summary(outcome: TrainOutcome, device: str) -> dict[str, Any]:
 
     result = outcome.result
     evals = result.evals
-    return {
-        "method": outcome.method.name,
-        "method_summary": outcome.method.summary,
-        "model": outcome.source,
-        "plan_name": outcome.plan.name,
-        "plan_hash": outcome.plan.plan_hash,
-        "config": outcome.config.to_dict(),
-        "fingerprint": outcome.fingerprint,
-        "memory": outcome.memory,
-        "steps": result.steps,
-        "resumed_from": result.resumed_from,
-        "tokens": result.tokens,
-        "train_seconds": round(result.train_seconds, 3),
-        "tokens_per_second": round(result.tokens_per_second, 1),
-        "steady_tokens_per_second": round(result.steady_tokens_per_second(), 1),
-        "step_seconds": [round(x, 5) for x in result.step_seconds],
-        "final_train_loss": result.losses[-1] if result.losses else None,
-        "final_eval_loss": evals[-1][1] if evals else None,
-        "evals": [list(e) for e in evals],
-        "losses": result.losses,
-        "device": device,
-        "device_name": _device_name(device),
-        "date": time.strftime("%Y-%m-%d"),
-        "versions": {
+    return TrainRecord(
+        method=outcome.method.name,
+        method_summary=outcome.method.summary,
+        model=outcome.source,
+        plan_name=outcome.plan.name,
+        plan_hash=outcome.plan.plan_hash,
+        config=outcome.config.to_dict(),
+        fingerprint=outcome.fingerprint,
+        memory=outcome.memory,
+        steps=result.steps,
+        resumed_from=result.resumed_from,
+        tokens=result.tokens,
+        train_seconds=round(result.train_seconds, 3),
+        tokens_per_second=round(result.tokens_per_second, 1),
+        steady_tokens_per_second=round(result.steady_tokens_per_second(), 1),
+        step_seconds=tuple(round(x, 5) for x in result.step_seconds),
+        final_train_loss=result.losses[-1] if result.losses else None,
+        final_eval_loss=evals[-1][1] if evals else None,
+        evals=tuple(evals),
+        losses=tuple(result.losses),
+        device=device,
+        device_name=_device_name(device),
+        date=time.strftime("%Y-%m-%d"),
+        versions={
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peft": peft.__version__,
         },
-        "provenance": read_provenance(outcome.source).to_dict(),  # what the "16-bit" base really is
-    }
+        provenance=read_provenance(outcome.source).to_dict(),  # what the "16-bit" base really is
+    )
 
 
 def loss_csv(outcome: TrainOutcome) -> str:
@@ -105,7 +98,7 @@ def write_run(run: Path, outcome: TrainOutcome, *, device: str) -> None:
     from qradaptor.packed import quantized_modules, save_packed_base
 
     run.mkdir(parents=True, exist_ok=True)
-    write_text(run / INCOMPLETE, "qra train was writing this run folder; train.json is written last\n")
+    write_text(run / RUN_INCOMPLETE, "qra train was writing this run folder; train.json is written last\n")
     (run / RUN_TRAIN).unlink(missing_ok=True)  # a --force over a finished run: not complete until rewritten
     with atomic_dir(run / RUN_ADAPTER) as folder:
         outcome.model.save_pretrained(str(folder))
@@ -123,8 +116,8 @@ def write_run(run: Path, outcome: TrainOutcome, *, device: str) -> None:
 
     if can_plot() and outcome.result.losses:
         plot_loss(outcome.result.losses, outcome.result.evals, run / LOSS_PNG, title=outcome.method.name)
-    write_text(run / RUN_TRAIN, json.dumps(summary(outcome, device), indent=1) + "\n")  # the last part
-    (run / INCOMPLETE).unlink()
+    summary(outcome, device).save(run)  # train.json, the last part
+    (run / RUN_INCOMPLETE).unlink()
 
 
 def plot_loss(losses: list[float], evals: list[tuple[int, float]], path: Path, *, title: str = "") -> None:

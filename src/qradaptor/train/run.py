@@ -8,10 +8,11 @@ and rank, trainable parameters, predicted and measured peak memory, tokens/s, lo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qradaptor.runfolder.train_run import TrainMemory
 from qradaptor.train.adalora import adalora_memory, adalora_ranks, mean_adapted_rank
 from qradaptor.train.config import TrainConfig
 from qradaptor.train.methods import Method, get_method, method_plan
@@ -60,8 +61,8 @@ class TrainOutcome:
     config: TrainConfig
     result: TrainResult
     fingerprint: dict[str, Any]
-    memory: dict[str, Any] = field(default_factory=dict)
-    """avg_bits, avg_rank, trainable_params, predicted_peak, measured_peak, weights_bytes."""
+    memory: TrainMemory
+    """avg_bits, avg_rank, trainable_params, predicted_peak, measured_peak, weights_bytes (train.json's)."""
 
 
 def load_training_data(
@@ -196,7 +197,8 @@ def _memory(
     longest: int,
     dtype: Any,
     adalora: tuple[int, int] | None,
-) -> dict[str, Any]:
+) -> TrainMemory:
+    """train.json's memory before training: the plan's size and the predicted peak."""
     import torch
 
     from qradaptor.memory import plan_memory, training_memory
@@ -221,19 +223,19 @@ def _memory(
         lora_dropout=config.lora_dropout > 0,
         adapter=method.adapter,
     )
-    return {
-        "avg_bits": report.avg_bits,
-        "avg_rank": report.avg_rank,
-        "base_format": fmt,
-        "weights_bytes": report.total_bytes,
-        "predicted_peak": peak.total,
-        "predicted_parts": {
+    return TrainMemory(
+        avg_bits=report.avg_bits,
+        avg_rank=report.avg_rank,
+        base_format=fmt,
+        weights_bytes=report.total_bytes,
+        predicted_peak=peak.total,
+        predicted_parts={
             "weights": peak.weights,
             "gradients": peak.gradients,
             "optimizer": peak.optimizer,
             "activations": peak.activations,
         },
-    }
+    )
 
 
 def train_plan(
@@ -255,9 +257,9 @@ def train_plan(
     """Loads ``source``, builds ``method`` (its plan, or ``plan``), trains it and measures it.
 
     ``adalora_init_r`` and ``adalora_target_r`` (adalora only) default to 1.5 x and 1 x the
-    plan's mean adapted rank; ``memory["avg_rank"]`` of an AdaLoRA run is the rank it kept
+    plan's mean adapted rank; ``memory.avg_rank`` of an AdaLoRA run is the rank it kept
     after pruning (over every block linear, as for the other methods), and
-    ``memory["adalora"]`` says init_r, target_r and the kept rank of each module.
+    ``memory.adalora`` says init_r, target_r and the kept rank of each module.
     ``tensorboard`` is a folder for TensorBoard event files (``train/loss`` every step,
     ``eval/loss`` at each evaluation), written as training goes by torch's SummaryWriter.
 
@@ -327,7 +329,7 @@ def train_plan(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     memory = _memory(structure, the_plan, method, config, train_set.longest(), dtype, adalora)
-    memory["trainable_params"] = sum(p.numel() for p in trainable_tensors(model).values())
+    memory = replace(memory, trainable_params=sum(p.numel() for p in trainable_tensors(model).values()))
     writer = None
     if tensorboard is not None:
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
@@ -348,11 +350,11 @@ def train_plan(
     finally:
         if writer is not None:
             writer.close()
-    memory["measured_peak"] = result.peak_memory
+    memory = replace(memory, measured_peak=result.peak_memory)
     if adalora is not None:
-        memory.update(
-            adalora_memory(model, adalora, num_linears=len(structure.linears) * structure.num_blocks)
-        )
+        linears = len(structure.linears) * structure.num_blocks
+        kept, ranks = adalora_memory(model, adalora, num_linears=linears)
+        memory = replace(memory, avg_rank=kept, adalora=ranks)
     return TrainOutcome(
         model,
         loaded.tokenizer,

@@ -1,0 +1,173 @@
+"""``qra plan --baseline``: the named baseline plans (rank-gradient's probe included) and the
+exact knapsack plan, each checked before the model or the profile loads."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from qradaptor.cli.common import check_output, load_structure, parse_int_list
+from qradaptor.cli.plan import plan_options, write_plan
+
+if TYPE_CHECKING:
+    from qradaptor.models.structure import ModelStructure
+    from qradaptor.plan import Plan
+
+PROBE_WINDOWS = 8
+"""Windows of the embedded calibration text the rank-gradient probe runs on."""
+PROBE_SEQ_LEN = 256
+"""Tokens per probe window (fewer if the model's positions end sooner)."""
+PROBE_BATCH = 2
+"""Windows per probe step; PROBE_WINDOWS / PROBE_BATCH steps in all."""
+
+
+def baseline_request(
+    baseline: str,
+    uniform: str | None,
+    bits: str | None,
+    ranks: str | None,
+    rank: int | None,
+    embed_bits: int | None,
+    head_bits: int | None,
+) -> tuple[str, int, int]:
+    """(name, rank, bits) of a --baseline request, checked before any model is loaded."""
+    from qradaptor.baselines import FIXED_BITS, check_baseline_name
+    from qradaptor.plan import check_bits
+
+    name = check_baseline_name(baseline, "--baseline")
+    if uniform is not None or ranks is not None:
+        raise ValueError(
+            f"--baseline makes the whole plan; give it without --uniform and --ranks "
+            f"(got --uniform {uniform!r}, --ranks {ranks!r})"
+        )
+    if rank is not None and rank < 1:
+        raise ValueError(f"--rank must be an integer >= 1, got {rank}")
+    block_bits = 4
+    if bits is not None:
+        values = parse_int_list(bits, "--bits")
+        if len(values) != 1:
+            raise ValueError(f"--bits with --baseline must be one value (the block bits), got {bits!r}")
+        block_bits = check_bits(values[0], "--bits")
+        if name in FIXED_BITS:
+            raise ValueError(
+                f"--baseline {name} fixes the block bits at {FIXED_BITS[name]}; drop --bits {bits}"
+            )
+    if name == "embed8-body4" and (embed_bits is not None or head_bits is not None):
+        raise ValueError(
+            "--baseline embed8-body4 sets the embedding and head to 8 bits; drop --embed-bits/--head-bits"
+        )
+    return name, 16 if rank is None else rank, block_bits
+
+
+def baseline_plan(
+    model: str | None, structure: ModelStructure, name: str, rank: int, bits: int, options: dict[str, Any]
+) -> Plan:
+    """The baseline plan with the verb's options; rank-gradient first runs the probe."""
+    from qradaptor.baselines import baseline_plan
+
+    norms = _probe(model, structure, rank) if name == "rank-gradient" else None
+    return replace(baseline_plan(name, structure, rank=rank, bits=bits, gradient_norms=norms), **options)
+
+
+def _probe(model: str | None, structure: ModelStructure, rank: int) -> list[float]:
+    """Per-block gradient norms of rank-``rank`` adapters on the 16-bit model (train.probe)."""
+    import torch
+
+    from qradaptor.cli.common import resolve_device
+    from qradaptor.data import load_texts, pack_texts
+    from qradaptor.models.loading import load_model
+    from qradaptor.train.probe import gradient_norms
+
+    loaded = load_model(model, dtype=torch.float32, device=resolve_device("auto"))
+    config = loaded.model.config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    seq_len = min(PROBE_SEQ_LEN, positions or PROBE_SEQ_LEN)
+    ids = pack_texts(load_texts(None), loaded.tokenizer, seq_len, num_sequences=PROBE_WINDOWS, seed=0)
+    batches = list(ids.split(PROBE_BATCH))  # (PROBE_BATCH, T) each
+    norms = gradient_norms(loaded.model, structure, batches, rank=rank, steps=len(batches), seed=0)
+    print(
+        f"gradient probe ({len(batches)} steps of {PROBE_BATCH} x {seq_len} tokens): per-block norms "
+        + ", ".join(f"{g:.3g}" for g in norms),
+        file=sys.stderr,
+    )
+    return norms
+
+
+def knapsack(
+    model: str | None,
+    bits: str | None,
+    ranks: str | None,
+    uniform: str | None,
+    rank: int | None,
+    budget: str | None,
+    sensitivity: str | None,
+    device: str,
+    output: str | None,
+    force: bool,
+    group_size: int,
+    quant_method: str,
+    alpha: float,
+    embed_bits: int | None,
+    head_bits: int | None,
+    name: str | None,
+    progress: bool,
+    double_quant: bool = False,
+) -> int:
+    """``--baseline knapsack``: every input checked before the profile or the model loads."""
+    from qradaptor.cli.common import check_device, read_sensitivity, resolve_device
+    from qradaptor.cli.profile import parse_bits
+    from qradaptor.plan import UNQUANTIZED, check_bits
+    from qradaptor.search.budget import parse_budget
+    from qradaptor.search.knapsack import knapsack_plan
+
+    if uniform is not None or ranks is not None:
+        raise ValueError(
+            f"--baseline knapsack makes the whole plan; give it without --uniform and --ranks "
+            f"(got --uniform {uniform!r}, --ranks {ranks!r})"
+        )
+    if budget is None:
+        raise ValueError("--baseline knapsack needs --budget, e.g. 4.0bits or 120MB")
+    parsed = parse_budget(budget)
+    if rank is not None and rank < 0:
+        raise ValueError(f"--rank must be an integer >= 0, got {rank}")
+    choices = None
+    if bits is not None:
+        values = parse_int_list(bits, "--bits")
+        for b in values:
+            check_bits(b, "--bits")
+        if values != sorted(set(values)):
+            raise ValueError(f"--bits must be ascending without repeats, got {bits!r}")
+        choices = tuple(values)
+    check_device(device)
+    if output is not None:
+        check_output(output, force=force)
+    _, structure = load_structure(model)
+    kwargs = plan_options(
+        structure, group_size, quant_method, alpha, embed_bits, head_bits, name, double_quant
+    )
+    if sensitivity is not None:
+        tables = [read_sensitivity(path, structure.signature) for path in sensitivity.split(",")]
+        table = tables[0] if len(tables) == 1 else tables
+    else:
+        from qradaptor.cli.profile import measure_profile
+        from qradaptor.data import load_texts
+
+        quantised = [b for b in (choices or (2, 3, 4, 8)) if b != UNQUANTIZED]
+        table, _, seconds = measure_profile(
+            model,
+            load_texts(None),
+            parse_bits(",".join(map(str, quantised))),
+            8,
+            256,
+            4,
+            group_size,
+            quant_method,
+            resolve_device(device),
+            0,
+            progress,
+            bool(kwargs.get("double_quant", False)),
+        )
+        print(f"profiled {len(quantised)} bit-widths in {seconds:.1f} s", file=sys.stderr)
+    made = knapsack_plan(structure, table, parsed, bits=choices, rank=16 if rank is None else rank, **kwargs)
+    return write_plan(made, structure, output, force)
