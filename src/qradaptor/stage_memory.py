@@ -57,6 +57,11 @@ LOGIT_BYTES = 16
 MIB = 2**20
 
 
+def mib(nbytes: int) -> str:
+    """``nbytes`` in MiB: "24,576 MiB", one decimal below 10 MiB ("0.5 MiB")."""
+    return f"{nbytes / MIB:,.1f} MiB" if nbytes < 10 * MIB else f"{nbytes / MIB:,.0f} MiB"
+
+
 def parse_size(text: str, option: str = "--max-memory") -> int:
     """Bytes of "24GB" (10**9), "24GiB" (2**30), "24000MB", "1.5TB"; units case-insensitive.
 
@@ -92,8 +97,8 @@ class StagePeak:
 
     def describe(self) -> str:
         """e.g. "4,120 MiB (weights 3,000 MiB + log-probs 1,000 MiB + ...)"."""
-        inner = " + ".join(f"{what} {nbytes / MIB:,.0f} MiB" for what, nbytes in self.parts if nbytes)
-        return f"{self.total / MIB:,.0f} MiB ({inner})"
+        inner = " + ".join(f"{what} {mib(nbytes)}" for what, nbytes in self.parts if nbytes)
+        return f"{mib(self.total)} ({inner})"
 
 
 def dense_bytes(structure: ModelStructure, weight_bytes: int) -> int:
@@ -306,13 +311,10 @@ def check_limit(peak: StagePeak, limit: int, *, change: str) -> None:
     """
     if peak.total <= limit:
         return
-    head = (
-        f"--max-memory {limit / MIB:,.0f} MiB is below what qra {peak.stage} needs: "
-        f"predicted peak {peak.describe()}"
-    )
+    head = f"--max-memory {mib(limit)} is below what qra {peak.stage} needs: predicted peak {peak.describe()}"
     if peak.fixed > limit:
         raise ValueError(
-            f"{head}; the weights, copies and codes alone need {peak.fixed / MIB:,.0f} MiB, so no "
+            f"{head}; the weights, copies and codes alone need {mib(peak.fixed)}, so no "
             f"batch or sequence length fits: give a larger limit or a smaller model or plan"
         )
     raise ValueError(f"{head}; lower {change}")
@@ -331,7 +333,7 @@ def check_device_limit(limit: int, device: str) -> None:
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory
     if limit > total:
         raise ValueError(
-            f"--max-memory {limit / MIB:,.0f} MiB is above the {total / MIB:,.0f} MiB of {device} "
+            f"--max-memory {mib(limit)} is above the {mib(total)} of {device} "
             f"({torch.cuda.get_device_name(torch.device(device))}); give at most that"
         )
 
