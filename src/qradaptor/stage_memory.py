@@ -241,8 +241,10 @@ def search_peak(
     profiles: bool = True,
     shared_base: bool = False,
     gradient_checkpointing: bool = False,
+    weight_bytes: int = 4,
+    cache_on_device: bool = True,
 ) -> StagePeak:
-    """Peak of ``qra search`` (fp32): the larger of its profile and its proxy phase.
+    """Peak of ``qra search``: the larger of its profile and its proxy phase.
 
     Args:
         structure: the model's.
@@ -253,13 +255,16 @@ def search_peak(
         evaluators: proxy evaluators alive at once (the halving strategy: rungs + 1).
         profiles: the search profiles (no ``--sensitivity`` given).
         shared_base, gradient_checkpointing: as ``proxy_peak``.
+        weight_bytes: 4 (the search runs in fp32 today); 2 prices a bf16 search, not built yet.
+        cache_on_device: False prices a QuantCache kept on the host, not built yet.
     """
-    cache = cache_bytes(structure, bits, group_size)
+    cache = cache_bytes(structure, bits, group_size) if cache_on_device else 0
     proxy = proxy_peak(
         structure,
         largest,
         batch_size=batch_size,
         seq_len=seq_len,
+        weight_bytes=weight_bytes,
         base_copies=evaluators,
         cache=cache,
         shared_base=shared_base,
@@ -269,7 +274,13 @@ def search_peak(
         return proxy
     # The search profiles with profile_sensitivity's default of 4 windows per forward.
     profile = profile_peak(
-        structure, samples=calibration_samples, seq_len=seq_len, batch_size=4, cache=cache, stage="search"
+        structure,
+        samples=calibration_samples,
+        seq_len=seq_len,
+        batch_size=4,
+        weight_bytes=weight_bytes,
+        cache=cache,
+        stage="search",
     )
     return max(profile, proxy, key=lambda peak: peak.total)
 
