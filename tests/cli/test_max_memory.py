@@ -137,8 +137,8 @@ def test_train_turns_gradient_checkpointing_on_when_only_that_fits(
 
     seen = {}
 
-    def fake_train_plan(source, method, config, *args, **kwargs):
-        seen["config"] = config
+    def fake_train_plan(source, method, config, spec, *args, **kwargs):
+        seen["config"], seen["spec"] = config, spec
         raise ValueError("stopped before training")
 
     monkeypatch.setattr(run_module, "train_plan", fake_train_plan)
@@ -154,11 +154,13 @@ def test_train_turns_gradient_checkpointing_on_when_only_that_fits(
         "--device",
         "cpu",
         "--no-progress",
+        "--limit",  # qra train's own --limit (examples), not the memory limit
+        "5",
     ]
     between = f"{(plain + checkpointed) // 2000}KB"  # half-way, in whole KB
     code, _, err = cli(*base, "-o", tmp_path / "a", "--max-memory", between)
     assert code == 2 and "stopped before training" in err
-    assert seen["config"].gradient_checkpointing is True
+    assert seen["config"].gradient_checkpointing is True and seen["spec"].limit == 5
     assert f"qra train: gradient checkpointing on: without it the predicted peak {mib(plain)}" in err
     code, _, err = cli(*base, "-o", tmp_path / "b", "--max-memory", "10GB")
     assert seen["config"].gradient_checkpointing is False and "gradient checkpointing on" not in err

@@ -75,7 +75,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     from qradaptor.cli import max_memory as limits
     from qradaptor.eval.suite import resolve_tasks
 
-    limit = limits.parse(max_memory)
+    memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
     names = resolve_tasks([t.strip() for t in tasks.split(",") if t.strip()])
     from qradaptor.data import load_texts
     from qradaptor.eval.suite import USER_PPL_PREFIX
@@ -122,13 +122,13 @@ def eval(  # noqa: A001 - the verb's name is the command's
         structure = load_structure(model)[1]  # the config only: a plan that does not fit fails before loading
         the_plan = Plan.uniform(structure.num_blocks, *given) if isinstance(given, tuple) else given
         the_plan.validate(structure)
-    if limit is not None:
+    if memory_cap is not None:
         from qradaptor.cli.common import load_structure
 
         source = model if model is not None or files is None else files.source
         planned = files.plan if files is not None else the_plan
         limits.check_eval(
-            limit,
+            memory_cap,
             load_structure(source)[1],
             planned if isinstance(planned, Plan) else None,
             batch_size=batch_size,

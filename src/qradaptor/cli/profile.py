@@ -200,7 +200,7 @@ def profile(
         raise ValueError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
     from qradaptor.cli import max_memory as limits
 
-    limit = limits.parse(max_memory)
+    memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
     plot = can_plot()
     folder = _check_out_dir(output, force, plot)  # fail now, not after the profile
 
@@ -219,11 +219,11 @@ def profile(
     from qradaptor.sensitivity import plot_sensitivity
 
     device = resolve_device(device)
-    if limit is not None:
+    if memory_cap is not None:
         from qradaptor.cli.common import load_structure
 
         limits.check_profile(
-            limit,
+            memory_cap,
             load_structure(model)[1],
             samples=samples,
             seq_len=seq_len,

@@ -193,7 +193,7 @@ def search(
     from qradaptor.plan import check_bits, check_rank
     from qradaptor.search.budget import parse_budget
 
-    limit = limits.parse(max_memory)
+    memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
 
     if preset != "auto" and preset not in PRESETS:
         raise ValueError(f"--preset must be one of auto, {', '.join(PRESETS)}, got {preset!r}")
@@ -298,9 +298,9 @@ def search(
             file=sys.stderr,
         )
     lean: dict[str, bool] = {}
-    if limit is not None:
+    if memory_cap is not None:
         checkpointing = limits.check_search(
-            limit,
+            memory_cap,
             structure,
             config,
             calibration_samples=calibration_samples,

@@ -180,7 +180,7 @@ def train(
     check_device(device)
     from qradaptor.cli import max_memory as limits
 
-    limit = limits.parse(max_memory)
+    memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
     config = TrainConfig(
         epochs=epochs,
         max_steps=max_steps,
@@ -239,11 +239,11 @@ def train(
             _read_local_data(eval_data, text, split)
         device = resolve_device(device)
         check_compile(config.compile, device)  # "graphs" on a CPU: refused before the model loads
-        if limit is not None:
+        if memory_cap is not None:
             from qradaptor.cli.common import load_structure
 
             config = limits.check_train(
-                limit,
+                memory_cap,
                 load_structure(model)[1],
                 the_method.name,
                 config,
