@@ -300,7 +300,8 @@ def training_memory(
     With gradient checkpointing only each block's input is kept, plus one block's worth
     during its recomputation. The logits cost, per token and vocabulary entry, the
     ``act_bytes`` logits plus three fp32 tensors at the loss (the saved log-softmax, its
-    gradient and the upcast gradient).
+    gradient and the upcast gradient); fp32 logits need no upcast, so two (counted on CPU
+    with ``tensor_peak.TensorPeak``, tests/test_stage_memory.py).
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
@@ -331,7 +332,7 @@ def training_memory(
     else:
         per_token = sum(block_bytes)
     vocab = structure.head_shape[0] if structure.head_shape else structure.embed_shape[0]
-    logits = tokens * vocab * (act_bytes + 12)
+    logits = tokens * vocab * (act_bytes + (8 if act_bytes == 4 else 12))
     return TrainingMemory(
         weights=report.total_bytes,
         gradients=report.adapter_params * adapter_bytes,

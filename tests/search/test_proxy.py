@@ -158,3 +158,44 @@ def test_bad_ids_raise(tiny_llama, data) -> None:
         ProxyEvaluator(tiny_llama, train.float(), held)
     with pytest.raises(ValueError, match="eval_ids"):
         ProxyEvaluator(tiny_llama, train, held[0])
+
+
+@pytest.mark.parametrize(
+    "lean",
+    [
+        {"shared_base": True},
+        {"gradient_checkpointing": True},
+        {"shared_base": True, "gradient_checkpointing": True},
+    ],
+    ids=["shared-packed", "checkpointing", "both"],
+)
+def test_the_low_memory_paths_score_as_the_default(trained_llama, data, lean) -> None:
+    """Packed candidates on the shared base, and recomputed activations, give the default path's
+    scores (to 1e-5; bit-equal on this CPU), and leave the caller's model as it was."""
+    config = ProxyConfig(steps=3, lr=1e-2, eval_batches=1, lora_dropout=0.1)
+    plans = [Plan.from_lists([4, 8, 3], [8, 0, 4]), Plan.from_lists([2, 16, 4], [16, 4, 0])]
+    before = {k: v.clone() for k, v in trained_llama.state_dict().items()}
+    flags = [p.requires_grad for p in trained_llama.parameters()]
+    default = ProxyEvaluator(trained_llama, *data, config)
+    lean_evaluator = ProxyEvaluator(trained_llama, *data, config, **lean)
+    for plan in plans:
+        a, b = default(plan), lean_evaluator(plan)
+        assert math.isclose(a.loss, b.loss, abs_tol=1e-5) and math.isclose(
+            a.loss_before, b.loss_before, abs_tol=1e-5
+        )
+        assert all(math.isclose(x, y, abs_tol=1e-5) for x, y in zip(a.train_loss, b.train_loss, strict=True))
+    assert all(torch.equal(v, before[k]) for k, v in trained_llama.state_dict().items())
+    assert [p.requires_grad for p in trained_llama.parameters()] == flags
+
+
+def test_the_shared_base_shares_every_tensor_of_the_model(tiny_llama, data) -> None:
+    from qradaptor.search.proxy import shared_copy
+
+    copy = shared_copy(tiny_llama)
+    ptrs = {t.data_ptr() for t in tiny_llama.state_dict().values()}
+    assert {t.data_ptr() for t in copy.state_dict().values()} == ptrs
+    assert copy.lm_head.weight is copy.model.embed_tokens.weight  # tied stays tied
+    assert not any(p.requires_grad for p in copy.parameters())
+    assert all(p.requires_grad for p in tiny_llama.parameters())
+    with pytest.raises(ValueError, match="shared_base needs the model on the evaluator's device"):
+        ProxyEvaluator(tiny_llama, *data, shared_base=True, device="meta")

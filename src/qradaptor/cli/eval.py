@@ -28,6 +28,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     stride: int | None = None,
     backend: str = "qradaptor",
     device: str = "auto",
+    max_memory: str | None = None,
     seed: int = 1234,
     output: str | None = None,
     force: bool = False,
@@ -62,14 +63,19 @@ def eval(  # noqa: A001 - the verb's name is the command's
         backend: qradaptor (our batched scorer) or harness (lm-evaluation-harness itself) for the
             zero-shot tasks
         device: auto (cuda if available), cpu or cuda; bf16 on cuda, fp32 on cpu
+        max_memory: refuse to start unless the predicted peak fits SIZE (e.g. 24GB, 24GiB,
+            24000MB), checked from the model's config before any weight loads; on CUDA the
+            process is also capped at SIZE
         seed: random seed
         output: write the results as JSON to this file (written atomically)
         force: overwrite --output if it exists
         as_json: print JSON instead of the table
         no_progress: no progress output
     """
+    from qradaptor.cli import max_memory as limits
     from qradaptor.eval.suite import resolve_tasks
 
+    memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
     names = resolve_tasks([t.strip() for t in tasks.split(",") if t.strip()])
     from qradaptor.data import load_texts
     from qradaptor.eval.suite import USER_PPL_PREFIX
@@ -116,6 +122,19 @@ def eval(  # noqa: A001 - the verb's name is the command's
         structure = load_structure(model)[1]  # the config only: a plan that does not fit fails before loading
         the_plan = Plan.uniform(structure.num_blocks, *given) if isinstance(given, tuple) else given
         the_plan.validate(structure)
+    if memory_cap is not None:
+        from qradaptor.cli.common import load_structure
+
+        source = model if model is not None or files is None else files.source
+        planned = files.plan if files is not None else the_plan
+        limits.check_eval(
+            memory_cap,
+            load_structure(source)[1],
+            planned if isinstance(planned, Plan) else None,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            device=device,
+        )
     started = time.perf_counter()
     if run is not None:
         built = assemble_run(run, model, dtype=dtype, device=device, progress=not no_progress)
@@ -193,6 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
         "--backend", choices=("qradaptor", "harness"), default="qradaptor", help=helps["backend"]
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
+    parser.add_argument("--max-memory", metavar="SIZE", help=helps["max_memory"])
     parser.add_argument("--seed", type=int, default=1234, help=helps["seed"])
     parser.add_argument("-o", "--output", metavar="FILE", help=helps["output"])
     parser.add_argument("--force", action="store_true", help=helps["force"])

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 OUTPUT_FILES = ("sensitivity.json", "sensitivity.csv", "sensitivity.png")
 """What ``qra profile`` writes into OUT_DIR (the plot only if matplotlib is installed)."""
 _MAX_BITS = 8
+DTYPE_BYTES = {"fp32": 4, "bf16": 2}
+"""--dtype: bytes per weight the model is loaded in."""
 
 
 def parse_bits(text: str) -> list[int]:
@@ -99,8 +101,10 @@ def measure_profile(
     seed: int,
     progress: bool = True,
     double_quant: bool = False,
+    dtype: str = "fp32",
 ) -> tuple[SensitivityTable, LoadedModel, float]:
-    """Loads ``model`` in fp32 on ``device`` and profiles it on windows packed from ``texts``.
+    """Loads ``model`` in ``dtype`` (fp32 or bf16) on ``device`` and profiles it on windows
+    packed from ``texts``; the log-probs and the KL are computed in fp32 either way.
 
     Returns:
         The table, the loaded model and the profiling seconds (the load excluded).
@@ -111,7 +115,7 @@ def measure_profile(
     from qradaptor.models.loading import load_model
     from qradaptor.sensitivity import profile_sensitivity
 
-    loaded = load_model(model, dtype=torch.float32, device=device)
+    loaded = load_model(model, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype], device=device)
     calibration = pack_texts(texts, loaded.tokenizer, seq_len, num_sequences=samples, seed=seed)  # (N, T)
     # What it will do, priced here, before doing it (a CPU profile runs for minutes).
     from qradaptor.models.structure import inspect_model
@@ -149,6 +153,8 @@ def profile(
     device: str = "auto",
     seed: int = 0,
     double_quant: bool = False,
+    dtype: str = "fp32",
+    max_memory: str | None = None,
     force: bool = False,
     no_progress: bool = False,
 ) -> int:
@@ -177,11 +183,16 @@ def profile(
         batch_size: windows per forward pass
         group_size: input columns per quantisation group
         quant_method: how codes are fitted: rtn (min-max) or hqq (half-quadratic)
-        device: auto (cuda if available), cpu or cuda; fp32 on both, so the small KLs of
-            high bit-widths are not rounding noise
+        device: auto (cuda if available), cpu or cuda; fp32 on both unless --dtype bf16, so the
+            small KLs of high bit-widths are not rounding noise
         seed: seed of the document shuffle before packing
         double_quant: store scales and zeros at 8 bits (QLoRA's double quantisation), as a plan
             made with --double-quant quantises them; its knapsack needs such a profile
+        dtype: fp32 or bf16: the dtype the weights are loaded and run in (bf16 halves the
+            weights' memory, no fp32 copy is made; the log-probs and KL stay fp32)
+        max_memory: refuse to start unless the predicted peak fits SIZE (e.g. 24GB, 24GiB,
+            24000MB), checked from the model's config before any weight loads; on CUDA the
+            process is also capped at SIZE
         force: overwrite sensitivity.* files already in the folder
         no_progress: no progress output
     """
@@ -193,6 +204,11 @@ def profile(
     if quant_method not in QUANT_METHODS:
         raise ValueError(f"--quant-method must be one of {', '.join(QUANT_METHODS)}, got {quant_method!r}")
     check_device(device)
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    from qradaptor.cli import max_memory as limits
+
+    memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
     plot = can_plot()
     folder = _check_out_dir(output, force, plot)  # fail now, not after the profile
 
@@ -211,6 +227,18 @@ def profile(
     from qradaptor.sensitivity import plot_sensitivity
 
     device = resolve_device(device)
+    if memory_cap is not None:
+        from qradaptor.cli.common import load_structure
+
+        limits.check_profile(
+            memory_cap,
+            load_structure(model)[1],
+            samples=samples,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            weight_bytes=DTYPE_BYTES[dtype],
+            device=device,
+        )
     table, loaded, seconds = measure_profile(
         model,
         texts,
@@ -224,6 +252,7 @@ def profile(
         seed,
         not no_progress,
         double_quant,
+        dtype,
     )
     record: dict[str, Any] = {
         **table.to_dict(),  # top level, so SensitivityTable.from_dict reads this file as is
@@ -238,7 +267,7 @@ def profile(
             "seed": seed,
             "batch_size": batch_size,
             "device": device,
-            "dtype": "float32",
+            "dtype": {"fp32": "float32", "bf16": "bfloat16"}[dtype],
         },
         "seconds": seconds,
     }
@@ -278,4 +307,6 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
     parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
+    parser.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="fp32", help=helps["dtype"])
+    parser.add_argument("--max-memory", metavar="SIZE", help=helps["max_memory"])
     parser.add_argument("--force", action="store_true", help=helps["force"])

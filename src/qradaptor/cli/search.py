@@ -69,6 +69,7 @@ def search(
     gpus: str | None = None,
     storage: str | None = None,
     study: str = "qradaptor",
+    max_memory: str | None = None,
     no_progress: bool = False,
 ) -> int:
     """Search per-block bits and LoRA ranks under a memory budget (QR-Adaptor).
@@ -147,10 +148,17 @@ def search(
         storage: the study's storage URL instead of the run folder's study.db, e.g.
             postgresql+psycopg2://user@host:5432/db for workers on several machines
         study: the study's name in the storage
+        max_memory: refuse to start unless this process's predicted peak fits SIZE (e.g. 24GB,
+            24GiB, 24000MB), checked from the model's config before any weight loads; the
+            proxies then build packed candidates on the shared base, one at a time, with
+            gradient checkpointing when only that fits; on CUDA the process is capped at SIZE
         no_progress: no progress output
     """
+    from qradaptor.cli import max_memory as limits
     from qradaptor.plan import check_bits, check_rank
     from qradaptor.search.budget import parse_budget
+
+    memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
 
     if preset != "auto" and preset not in PRESETS:
         raise ValueError(f"--preset must be one of auto, {', '.join(PRESETS)}, got {preset!r}")
@@ -255,6 +263,19 @@ def search(
             "nothing to search; it is scored once and returned",
             file=sys.stderr,
         )
+    lean: dict[str, bool] = {}
+    if memory_cap is not None:
+        checkpointing = limits.check_search(
+            memory_cap,
+            structure,
+            config,
+            calibration_samples=calibration_samples,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            profiles=given_sensitivity is None and not no_profile,
+            device=device,
+        )
+        lean = {"shared_base": True, "gradient_checkpointing": checkpointing}
     texts = search_texts(data, eval_data)  # a bad or too small --data fails before the lock and the load
     for line in texts.warnings:
         print(f"qra search: {line}", file=sys.stderr)
@@ -334,6 +355,7 @@ def search(
                     device=device,
                     progress=not no_progress,
                     workers=queue,
+                    **lean,
                 )
         except KeyboardInterrupt:
             print(
@@ -401,6 +423,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--gpus", metavar="0,1", help=helps["gpus"])
     parser.add_argument("--storage", metavar="URL", help=helps["storage"])
     parser.add_argument("--study", default="qradaptor", metavar="NAME", help=helps["study"])
+    parser.add_argument("--max-memory", metavar="SIZE", help=helps["max_memory"])
     parser.add_argument("--lr", type=float, default=2e-4, help=helps["lr"])
     parser.add_argument("--no-profile", action="store_true", help=helps["no_profile"])
     parser.add_argument("--sensitivity", metavar="FILE", help=helps["sensitivity"])

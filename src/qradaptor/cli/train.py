@@ -96,6 +96,7 @@ def train(
     eval_tasks: str | None = None,
     eval_limit: int | None = None,
     device: str = "auto",
+    max_memory: str | None = None,
     tensorboard: bool = False,
     no_progress: bool = False,
 ) -> int:
@@ -161,6 +162,9 @@ def train(
             --seq-len tokens) into RUN/eval.json
         eval_limit: documents per task of --eval-tasks
         device: auto (cuda if available), cpu or cuda; bf16 on cuda, fp32 on cpu
+        max_memory: refuse to start unless the predicted peak fits SIZE (e.g. 24GB, 24GiB,
+            24000MB), checked from the model's config before any weight loads; gradient
+            checkpointing is turned on when only that fits; on CUDA the process is capped at SIZE
         tensorboard: also log train and held-out loss as TensorBoard events in RUN/tensorboard,
             as training goes (needs the tensorboard package: pip install 'qradaptor[tensorboard]')
         no_progress: no progress output
@@ -175,6 +179,9 @@ def train(
         if value is not None and the_method.adapter != "adalora":
             raise ValueError(f"{flag} is an option of --method adalora, not of {the_method.name!r}")
     check_device(device)
+    from qradaptor.cli import max_memory as limits
+
+    memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
     config = TrainConfig(
         epochs=epochs,
         max_steps=max_steps,
@@ -233,6 +240,21 @@ def train(
             _read_local_data(eval_data, text, split)
         device = resolve_device(device)
         check_compile(config.compile, device)  # "graphs" on a CPU: refused before the model loads
+        if memory_cap is not None:
+            from qradaptor.cli.common import load_structure
+
+            config = limits.check_train(
+                memory_cap,
+                load_structure(model)[1],
+                the_method.name,
+                config,
+                given,
+                rank=rank,
+                bits=bits,
+                adalora_init_r=adalora_init_r,
+                adalora_target_r=adalora_target_r,
+                device=device,
+            )
         spec = DataSpec(
             source=data, text=text, eval_source=eval_data, eval_size=eval_size, limit=limit, split=split
         )
@@ -387,6 +409,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--eval-tasks", metavar="TASKS", help=helps["eval_tasks"])
     parser.add_argument("--eval-limit", type=int, metavar="N", help=helps["eval_limit"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
+    parser.add_argument("--max-memory", metavar="SIZE", help=helps["max_memory"])
     parser.add_argument("--tensorboard", action="store_true", help=helps["tensorboard"])
     parameters = inspect.signature(train).parameters
     parser.set_defaults(**{k: v for k, v in field_defaults().items() if k in parameters})

@@ -100,6 +100,8 @@ def run_search(
     progress: bool = True,
     on_record: Callable[[TrialRecord, bool], None] | None = None,
     workers: WorkerQueue | None = None,
+    shared_base: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> SearchOutcome:
     """Runs (or resumes) the QR-Adaptor search of ``model`` under ``config.budget``.
 
@@ -119,6 +121,9 @@ def run_search(
         on_record: called with (record, replayed) for every distinct plan.
         workers: score plans by worker processes through the study (see ``queue``)
             instead of in this process; the records are the same either way.
+        shared_base: build candidates packed on tensors shared with ``model``, one alive at a
+            time (``ProxyEvaluator``'s low-memory path; same scores to float rounding).
+        gradient_checkpointing: proxy steps recompute activations in the backward.
 
     Returns:
         The records, the front, the chosen plan and the cost of each stage.
@@ -152,6 +157,7 @@ def run_search(
     from qradaptor.quant.cache import QuantCache
 
     quant_cache = QuantCache()  # every (linear, bits) fitted once: by the profile, reused by each build
+    lean = {"shared_base": shared_base, "gradient_checkpointing": gradient_checkpointing}
     start = time.perf_counter()
     unit_sens = None
     if config.profile and not above:
@@ -167,7 +173,9 @@ def run_search(
 
     evaluator = None
     if workers is None:
-        evaluator = ProxyEvaluator(model, train_ids, eval_ids, proxy, device=device, cache=quant_cache)
+        evaluator = ProxyEvaluator(
+            model, train_ids, eval_ids, proxy, device=device, cache=quant_cache, **lean
+        )
     total = (len(space.bit_choices) if config.references else 0) + (1 if above else config.evaluations)
     bar = progress_bar(total=total, desc="search", unit="plan", enabled=progress)
     base_done = 0
@@ -232,6 +240,7 @@ def run_search(
             quant_cache,
             table,
             progress,
+            lean,
         )
         top = run_halving(
             [*rungs, objective],
@@ -338,6 +347,7 @@ def _lower_rungs(
     quant_cache: QuantCache,
     table: MemoryTable,
     progress: bool,
+    lean: dict[str, bool] | None = None,
 ) -> list[StudyObjective]:
     """The halving strategy's rungs below the top, each its own study, scored in this process.
 
@@ -355,7 +365,9 @@ def _lower_rungs(
         rung_fingerprint = {**fingerprint, "proxy": asdict(rung_proxy)}
         # Named by fidelity, not position: other --rungs/--eta reuse the scores of equal steps.
         study = open_study(storage, rung_fingerprint, f"{study_name}.steps{steps}")
-        evaluator = ProxyEvaluator(model, train_ids, eval_ids, rung_proxy, device=device, cache=quant_cache)
+        evaluator = ProxyEvaluator(
+            model, train_ids, eval_ids, rung_proxy, device=device, cache=quant_cache, **(lean or {})
+        )
         label = "screen (forward only)" if steps == 0 else f"rung {rung} ({steps} steps)"
         bar = progress_bar(total=sizes[rung], desc=label, unit="plan", enabled=progress, leave=False)
         rungs.append(StudyObjective(study, evaluator, table, on_record=lambda *_, bar=bar: bar.update(1)))

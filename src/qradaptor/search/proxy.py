@@ -125,6 +125,24 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else math.inf
 
 
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules that shares its tensors: no weight is duplicated.
+
+    Parameters become new frozen ``Parameter`` objects over the same storage (so the copy's
+    ``requires_grad`` never touches the original's, and tied weights stay tied), buffers are
+    the same tensors. Replacing a module of the copy (``apply_plan`` does) leaves the original
+    as it was; changing a shared tensor in place would not, and nothing here does.
+    """
+    from torch import nn as torch_nn
+
+    memo: dict[int, object] = {}
+    for param in model.parameters():
+        memo[id(param)] = torch_nn.Parameter(param.detach(), requires_grad=False)
+    for buffer in model.buffers():
+        memo[id(buffer)] = buffer
+    return copy.deepcopy(model, memo)
+
+
 class ProxyEvaluator:
     """Scores Plans by proxy tuning; callable as the search's objective ``Plan -> ProxyScore``.
 
@@ -147,6 +165,8 @@ class ProxyEvaluator:
         config: ProxyConfig | None = None,
         device: str | torch.device | None = None,
         cache: QuantCache | None = None,
+        shared_base: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         """Copies ``base_model`` (the caller's model is never changed) and the data.
 
@@ -159,6 +179,14 @@ class ProxyEvaluator:
             cache: fitted (linear, bits) codes of ``base_model`` to reuse and extend (e.g. the
                 profile's); None starts an empty one. Either way each layer is fitted once
                 per bit-width over all the plans this evaluator builds.
+            shared_base: the low-memory path: the base and every candidate share
+                ``base_model``'s tensors (``shared_copy``; it must stay unchanged while the
+                evaluator lives) and candidates are built packed (``QuantLinear``, one alive at
+                a time), so a candidate costs only its codes and adapters, not a dense model.
+                Scores agree with the default path to float rounding (tests/search/test_proxy.py);
+                on a CPU the packed steps are slower. Needs ``device`` to be the model's.
+            gradient_checkpointing: recompute each block's activations in the proxy steps'
+                backward (less memory, same scores).
 
         Raises:
             ValueError: if the ids are not 2-d long tensors or the config is not a ProxyConfig.
@@ -175,7 +203,17 @@ class ProxyEvaluator:
             device = param.device if param is not None else "cpu"
         self.config = config
         self.device = torch.device(device)
-        self._base = copy.deepcopy(base_model).to(self.device).eval().requires_grad_(False)
+        self.shared_base = shared_base
+        self.gradient_checkpointing = gradient_checkpointing
+        param = next(base_model.parameters(), None)
+        if shared_base and param is not None and param.device != self.device:
+            raise ValueError(
+                f"shared_base needs the model on the evaluator's device {self.device}, got {param.device}"
+            )
+        if shared_base:
+            self._base = shared_copy(base_model).eval()
+        else:
+            self._base = copy.deepcopy(base_model).to(self.device).eval().requires_grad_(False)
         self._train_ids = train_ids.detach().to(self.device)
         rows = min(eval_ids.shape[0], config.eval_batches * config.batch_size)
         self._eval_ids = eval_ids[:rows].detach().to(self.device)
@@ -237,12 +275,14 @@ class ProxyEvaluator:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.seed)
             model = apply_plan(
-                copy.deepcopy(self._base),
+                shared_copy(self._base) if self.shared_base else copy.deepcopy(self._base),
                 plan,
-                simulated=True,
+                simulated=not self.shared_base,
                 lora_dropout=self.config.lora_dropout,
                 cache=self.quant_cache,
             )
+            if self.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             loss_before = self.held_out_loss(model)
             params = [p for p in model.parameters() if p.requires_grad]
             train_loss: list[float] = []

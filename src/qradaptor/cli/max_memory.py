@@ -1,0 +1,213 @@
+"""``--max-memory SIZE`` of qra profile, search, train and eval: each verb's predicted peak
+(``stage_memory``, from the config alone) is checked against the limit before any weight
+loads, and on CUDA the process is capped there (``torch.cuda.set_per_process_memory_fraction``).
+
+Each ``check_*`` returns what the verb must change to fit (gradient checkpointing turned on)
+or raises one ``ValueError`` with the numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from qradaptor.stage_memory import (
+    StagePeak,
+    cap_device_,
+    check_device_limit,
+    check_limit,
+    mib,
+    parse_size,
+    profile_peak,
+)
+
+if TYPE_CHECKING:
+    from qradaptor.models.structure import ModelStructure
+    from qradaptor.plan import Plan
+    from qradaptor.train.config import TrainConfig
+
+
+def parse(max_memory: str | None) -> int | None:
+    """Bytes of ``--max-memory``, None when not given; a bad size fails before anything else.
+
+    Raises:
+        ValueError: naming the accepted forms.
+    """
+    return None if max_memory is None else parse_size(max_memory)
+
+
+def enforce(verb: str, peak: StagePeak, limit: int, device: str, change: str) -> None:
+    """Refuses ``peak`` over ``limit`` (or a limit over the GPU), then caps the GPU and says so.
+
+    Raises:
+        ValueError: see ``stage_memory.check_device_limit`` and ``check_limit``.
+    """
+    check_device_limit(limit, device)
+    check_limit(peak, limit, change=change)
+    fraction = cap_device_(limit, device)
+    capped = f"; {device} capped at {fraction:.3f} of its memory" if fraction is not None else ""
+    print(
+        f"qra {verb}: predicted peak {mib(peak.total)} within --max-memory {mib(limit)}" + capped,
+        file=sys.stderr,
+    )
+
+
+def check_profile(
+    limit: int,
+    structure: ModelStructure,
+    *,
+    samples: int,
+    seq_len: int,
+    batch_size: int,
+    weight_bytes: int,
+    device: str,
+) -> None:
+    """``qra profile``: the profile's peak at ``weight_bytes`` (4 fp32, 2 bf16)."""
+    peak = profile_peak(
+        structure, samples=samples, seq_len=seq_len, batch_size=batch_size, weight_bytes=weight_bytes
+    )
+    change = "--samples, --seq-len or --batch-size" + (
+        ", or load in bf16 (--dtype bf16)" if weight_bytes == 4 else ""
+    )
+    enforce("profile", peak, limit, device, change)
+
+
+def check_search(
+    limit: int,
+    structure: ModelStructure,
+    config: Any,
+    *,
+    calibration_samples: int,
+    seq_len: int,
+    batch_size: int,
+    profiles: bool,
+    device: str,
+) -> bool:
+    """``qra search`` on the low-memory path (shared base, packed candidates); returns whether
+    the proxies need gradient checkpointing to fit.
+
+    Raises:
+        ValueError: when even the smallest plan of the space cannot be searched within the limit,
+            or the largest cannot at this batch and length even with checkpointing.
+    """
+    from qradaptor.memory import plan_memory
+    from qradaptor.search.pipeline import search_space
+    from qradaptor.search.space import smallest_and_largest
+    from qradaptor.stage_memory import search_peak
+
+    space, table, _ = search_space(structure, config)
+    low, high = smallest_and_largest(table, space)
+    evaluators = config.halving.rungs + 1 if config.strategy == "halving" else 1
+
+    def peak(genome: Any, checkpointing: bool) -> StagePeak:
+        plan = space.to_plan(genome, model_signature=structure.signature, group_size=config.group_size)
+        return search_peak(
+            structure,
+            plan_memory(structure, plan, weight_bytes=4),
+            bits=space.bit_choices,
+            group_size=config.group_size,
+            calibration_samples=calibration_samples,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            evaluators=evaluators,
+            profiles=profiles,
+            shared_base=True,
+            gradient_checkpointing=checkpointing,
+        )
+
+    smallest = peak(low, True)
+    if smallest.total > limit:
+        raise ValueError(
+            f"--max-memory {mib(limit)} is below what even the smallest plan of the search "
+            f"space needs: predicted peak {smallest.describe()}; give a larger limit, fewer --bits "
+            "choices, or lower --calibration-samples, --seq-len or --batch-size"
+        )
+    plain = peak(high, False)
+    if plain.total <= limit:
+        enforce("search", plain, limit, device, "--batch-size or --seq-len")
+        return False
+    checkpointed = peak(high, True)
+    change = "--batch-size, --seq-len or --calibration-samples, or drop the highest --bits or --ranks choices"
+    enforce("search", checkpointed, limit, device, change)
+    print(
+        f"qra search: gradient checkpointing on in the proxy fine-tunes: without it the predicted peak "
+        f"{mib(plain.total)} exceeds --max-memory {mib(limit)}",
+        file=sys.stderr,
+    )
+    return True
+
+
+def check_train(
+    limit: int,
+    structure: ModelStructure,
+    method_name: str,
+    config: TrainConfig,
+    plan: Plan | None,
+    *,
+    rank: int,
+    bits: int,
+    adalora_init_r: int | None,
+    adalora_target_r: int | None,
+    device: str,
+) -> TrainConfig:
+    """``qra train``: the config to train with, gradient checkpointing turned on when only
+    that makes the predicted peak fit (said in one line).
+
+    Raises:
+        ValueError: when the peak does not fit even with gradient checkpointing.
+    """
+    import torch
+
+    from qradaptor.stage_memory import train_peak
+    from qradaptor.train.adalora import adalora_ranks, mean_adapted_rank
+    from qradaptor.train.methods import get_method, method_plan
+    from qradaptor.train.run import _memory
+
+    method = get_method(method_name)
+    norms = [1.0] * structure.num_blocks if method.baseline == "rank-gradient" else None  # ranks' mean
+    the_plan = method_plan(method, structure, plan, rank=rank, bits=bits, gradient_norms=norms)
+    the_plan = the_plan.for_model(structure)
+    adalora = None
+    if method.adapter == "adalora":
+        adalora = adalora_ranks(mean_adapted_rank(the_plan), adalora_init_r, adalora_target_r)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    act = 2 if dtype == torch.bfloat16 else 4
+
+    def peak(cfg: TrainConfig) -> StagePeak:
+        from qradaptor.memory import plan_memory
+
+        # The longest example is not known before the data loads: every one at --seq-len.
+        predicted = _memory(structure, the_plan, method, cfg, cfg.seq_len, dtype, adalora)["predicted_peak"]
+        report = plan_memory(structure, the_plan, weight_bytes=act)
+        return train_peak(structure, report, predicted, act)
+
+    change = "--batch-size (raise --grad-accum to keep the effective batch) or --seq-len"
+    plain = peak(config)
+    if plain.total <= limit or config.gradient_checkpointing:
+        enforce("train", plain, limit, device, change)
+        return config
+    checkpointed_config = replace(config, gradient_checkpointing=True)
+    checkpointed = peak(checkpointed_config)
+    enforce("train", checkpointed, limit, device, change)
+    print(
+        f"qra train: gradient checkpointing on: without it the predicted peak {mib(plain.total)} "
+        f"exceeds --max-memory {mib(limit)}",
+        file=sys.stderr,
+    )
+    return checkpointed_config
+
+
+def check_eval(
+    limit: int, structure: ModelStructure, plan: Plan | None, *, batch_size: int, seq_len: int, device: str
+) -> None:
+    """``qra eval``: the built plan (None: the unquantised model) scoring one batch."""
+    from qradaptor.memory import plan_memory
+    from qradaptor.plan import UNQUANTIZED, Plan
+    from qradaptor.stage_memory import eval_peak
+
+    weight_bytes = 2 if device.startswith("cuda") else 4
+    the_plan = Plan.uniform(structure.num_blocks, UNQUANTIZED, 0) if plan is None else plan
+    report = plan_memory(structure, the_plan, weight_bytes=weight_bytes)
+    peak = eval_peak(structure, report, batch_size=batch_size, seq_len=seq_len, weight_bytes=weight_bytes)
+    enforce("eval", peak, limit, device, "--batch-size or --seq-len")

@@ -1,0 +1,251 @@
+"""``--max-memory`` of qra profile, search, train and eval: checked from the config before any
+weight loads, refused with the numbers, gradient checkpointing turned on when only that fits."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from qradaptor.cli.common import load_structure
+from qradaptor.search.budget import parse_budget
+from qradaptor.search.definition import SearchConfig
+from qradaptor.search.multifidelity import HalvingConfig
+from qradaptor.stage_memory import mib
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def words(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 documents of 40 words of the word tokenizer."""
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice("abc") for _ in range(40)) for _ in range(20)]
+    path = tmp_path_factory.mktemp("data") / "words.txt"
+    path.write_text("\n\n".join(docs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def alpaca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [{"instruction": "a b", "input": "c", "output": "a b c"} for _ in range(10)]
+    path = tmp_path_factory.mktemp("alpaca") / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """Any weight load fails the test: every refusal must come before one."""
+    import qradaptor.models.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+def _one_line(err: str) -> str:
+    return " ".join(err.split())
+
+
+@pytest.mark.parametrize("verb", ["profile", "search", "train", "eval"])
+@pytest.mark.parametrize("size", ["24", "24 GB", "24G", "lots"])
+def test_an_unparsable_limit_is_one_error_before_anything(cli, tmp_path, no_load, verb, size) -> None:
+    extra = {
+        "profile": ["-o", tmp_path / "p"],
+        "search": ["--budget", "4bits", "-o", tmp_path / "s"],
+        "train": ["--method", "lora16", "-o", tmp_path / "t"],
+        "eval": ["--tasks", "ppl_wiki"],
+    }[verb]
+    code, _, err = cli(verb, *extra, "--max-memory", size)
+    assert code == 2
+    assert (
+        "--max-memory must be a number and a unit with nothing between, e.g. 24GB, 24GiB, 24000MB"
+        in _one_line(err)
+    )
+    assert f"got {size!r}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_profile_refused_with_the_numbers_before_loading(
+    cli, tiny_model_dir, words, tmp_path, no_load
+) -> None:
+    args = ["profile", tiny_model_dir, "--data", words, "-o", tmp_path / "p", "--device", "cpu"]
+    code, _, err = cli(*args, "--samples", "8", "--seq-len", "64", "--max-memory", "1MB")
+    line = _one_line(err)
+    assert code == 2 and "--max-memory 1.0 MiB is below what qra profile needs: predicted peak" in line
+    # 8 x 64 tokens: 512 x 256 x 4 bytes of log-probs; batch 4 x 64 x 256 x 16 bytes scored
+    assert "predicted peak 2.5 MiB (weights 0.5 MiB + full-precision log-probs 0.5 MiB + " in line
+    assert "scoring one batch 1.0 MiB)" in line
+    assert "lower --samples, --seq-len or --batch-size, or load in bf16 (--dtype bf16)" in line
+    code, _, err = cli(*args, "--max-memory", "100KB")
+    assert code == 2 and "so no batch or sequence length fits" in _one_line(err)
+    assert not (tmp_path / "p").exists()
+
+
+def test_profile_within_the_limit_runs_and_says_so(cli, tiny_model_dir, words, tmp_path) -> None:
+    settings = "--bits 2,4 --samples 2 --seq-len 16 --group-size 32 --quant-method rtn --device cpu"
+    code, _, err = cli(
+        "profile",
+        tiny_model_dir,
+        "--data",
+        words,
+        *settings.split(),
+        "-o",
+        tmp_path / "p",
+        "--max-memory",
+        "1GB",
+    )
+    assert code == 0, err
+    assert "qra profile: predicted peak 0.8 MiB within --max-memory 954 MiB" in err
+    code, _, err = cli(
+        "profile", tiny_model_dir, "--data", words, *settings.split(), "-o", tmp_path / "b", "--dtype", "bf16"
+    )
+    assert code == 0, err
+    record = json.loads((tmp_path / "b" / "sensitivity.json").read_text())
+    assert record["settings"]["dtype"] == "bfloat16"
+
+
+def _train_peaks(model_dir: Path, **config) -> tuple[int, int]:
+    """Predicted train peaks of lora16 on CPU without and with gradient checkpointing."""
+    import torch
+
+    from qradaptor.memory import plan_memory
+    from qradaptor.stage_memory import train_peak
+    from qradaptor.train.config import TrainConfig
+    from qradaptor.train.methods import get_method, method_plan
+    from qradaptor.train.run import _memory
+
+    structure = load_structure(str(model_dir))[1]
+    method = get_method("lora16")
+    plan = method_plan(method, structure, None).for_model(structure)
+    report = plan_memory(structure, plan, weight_bytes=4)
+    totals = []
+    for ckpt in (False, True):
+        cfg = TrainConfig(**config, gradient_checkpointing=ckpt)
+        step = _memory(structure, plan, method, cfg, cfg.seq_len, torch.float32, None)["predicted_peak"]
+        totals.append(train_peak(structure, report, step, 4).total)
+    return totals[0], totals[1]
+
+
+def test_train_turns_gradient_checkpointing_on_when_only_that_fits(
+    cli, tiny_model_dir, alpaca, tmp_path, monkeypatch
+) -> None:
+    import qradaptor.train.run as run_module
+
+    seen = {}
+
+    def fake_train_plan(source, method, config, spec, *args, **kwargs):
+        seen["config"], seen["spec"] = config, spec
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr(run_module, "train_plan", fake_train_plan)
+    plain, checkpointed = _train_peaks(tiny_model_dir, batch_size=8, seq_len=512)
+    assert checkpointed < plain
+    base = [
+        "train",
+        tiny_model_dir,
+        "--method",
+        "lora16",
+        "--data",
+        alpaca,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--limit",  # qra train's own --limit (examples), not the memory limit
+        "5",
+    ]
+    between = f"{(plain + checkpointed) // 2000}KB"  # half-way, in whole KB
+    code, _, err = cli(*base, "-o", tmp_path / "a", "--max-memory", between)
+    assert code == 2 and "stopped before training" in err
+    assert seen["config"].gradient_checkpointing is True and seen["spec"].limit == 5
+    assert f"qra train: gradient checkpointing on: without it the predicted peak {mib(plain)}" in err
+    code, _, err = cli(*base, "-o", tmp_path / "b", "--max-memory", "10GB")
+    assert seen["config"].gradient_checkpointing is False and "gradient checkpointing on" not in err
+    monkeypatch.setattr(run_module, "train_plan", lambda *a, **k: pytest.fail("trained over the limit"))
+    code, _, err = cli(*base, "-o", tmp_path / "c", "--max-memory", f"{checkpointed // 1000 - 1}KB")
+    line = _one_line(err)
+    assert code == 2 and "is below what qra train needs: predicted peak" in line
+    assert "lower --batch-size (raise --grad-accum to keep the effective batch) or --seq-len" in line
+
+
+def test_eval_refused_before_loading(cli, tiny_model_dir, no_load) -> None:
+    code, _, err = cli(
+        "eval", tiny_model_dir, "--plan", "uniform:4:8", "--device", "cpu", "--max-memory", "1MB"
+    )
+    line = _one_line(err)
+    assert code == 2 and "is below what qra eval needs: predicted peak" in line
+    assert "scoring one batch" in line and "lower --batch-size or --seq-len" in line
+
+
+def test_search_below_the_smallest_plan_is_refused_before_loading(
+    cli, tiny_model_dir, words, tmp_path, no_load
+) -> None:
+    code, _, err = cli(
+        "search", tiny_model_dir, "--budget", "3.6bits", "-o", tmp_path / "s", "--data", words,
+        "--device", "cpu", "--max-memory", "100KB",
+    )  # fmt: skip
+    line = _one_line(err)
+    assert (
+        code == 2 and "is below what even the smallest plan of the search space needs: predicted peak" in line
+    )
+    assert not (tmp_path / "s" / "study.db").exists()
+
+
+def test_search_check_turns_checkpointing_on_when_only_that_fits(tiny_model_dir, capsys) -> None:
+    from qradaptor.cli.max_memory import check_search
+    from qradaptor.memory import plan_memory
+    from qradaptor.search.pipeline import search_space
+    from qradaptor.search.space import smallest_and_largest
+    from qradaptor.stage_memory import search_peak
+
+    structure = load_structure(str(tiny_model_dir))[1]
+    config = SearchConfig(budget=parse_budget("3.6bits"), halving=HalvingConfig(rungs=2), group_size=32)
+    space, table, _ = search_space(structure, config)
+    high = smallest_and_largest(table, space)[1]
+    report = plan_memory(
+        structure, space.to_plan(high, model_signature=structure.signature, group_size=32), weight_bytes=4
+    )
+    kwargs = dict(
+        bits=space.bit_choices, group_size=32, calibration_samples=1, seq_len=512, batch_size=8, evaluators=3
+    )
+    plain = search_peak(structure, report, **kwargs, shared_base=True)
+    checkpointed = search_peak(structure, report, **kwargs, shared_base=True, gradient_checkpointing=True)
+    today = search_peak(structure, report, **kwargs)
+    assert checkpointed.total < plain.total < today.total
+    common = dict(calibration_samples=1, seq_len=512, batch_size=8, profiles=True, device="cpu")
+    assert check_search(plain.total, structure, config, **common) is False
+    assert check_search(plain.total - 1, structure, config, **common) is True
+    assert "gradient checkpointing on in the proxy fine-tunes" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="is below what qra search needs"):
+        check_search(checkpointed.total - 1, structure, config, **common)
+
+
+def test_a_search_within_the_limit_chooses_as_the_default_one(cli, tiny_model_dir, words, tmp_path) -> None:
+    """The low-memory path (shared base, packed candidates, one alive at a time) scores every
+    plan as the default path does: the same trials, losses to 1e-5, the same choice."""
+    args = [
+        "search", tiny_model_dir, "--budget", "3.6bits", "--data", words, "--eval-data", words,
+        "--device", "cpu",
+        "--seq-len", 16, "--steps", 2, "--batch-size", 2, "--eval-batches", 1, "--calibration-samples", 2,
+        "--group-size", 32, "--ranks", "4,8", "--candidates", 6, "--rungs", 1, "--bayes-iterations", 1,
+        "--no-progress",
+    ]  # fmt: skip
+    code, _, err = cli(*args, "-o", tmp_path / "default")
+    assert code == 0, err
+    code, _, err = cli(*args, "-o", tmp_path / "lean", "--max-memory", "1GB")
+    assert code == 0, err
+    assert "qra search: predicted peak" in err and "within --max-memory 954 MiB" in err
+    trials = [
+        {
+            t["plan_hash"]: t["loss"]
+            for t in map(json.loads, (tmp_path / name / "trials.jsonl").read_text().splitlines())
+        }
+        for name in ("default", "lean")
+    ]
+    assert trials[0].keys() == trials[1].keys()
+    assert all(abs(trials[0][k] - trials[1][k]) <= 1e-5 for k in trials[0])
+    chosen = [json.loads((tmp_path / n / "summary.json").read_text())["chosen"] for n in ("default", "lean")]
+    assert chosen[0]["plan_hash"] == chosen[1]["plan_hash"]
