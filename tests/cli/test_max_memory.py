@@ -125,7 +125,7 @@ def _train_peaks(model_dir: Path, **config) -> tuple[int, int]:
     totals = []
     for ckpt in (False, True):
         cfg = TrainConfig(**config, gradient_checkpointing=ckpt)
-        step = _memory(structure, plan, method, cfg, cfg.seq_len, torch.float32, None)["predicted_peak"]
+        step = _memory(structure, plan, method, cfg, cfg.seq_len, torch.float32, None).predicted_peak
         totals.append(train_peak(structure, report, step, 4).total)
     return totals[0], totals[1]
 

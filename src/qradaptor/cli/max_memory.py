@@ -178,7 +178,7 @@ def check_train(
         from qradaptor.memory import plan_memory
 
         # The longest example is not known before the data loads: every one at --seq-len.
-        predicted = _memory(structure, the_plan, method, cfg, cfg.seq_len, dtype, adalora)["predicted_peak"]
+        predicted = _memory(structure, the_plan, method, cfg, cfg.seq_len, dtype, adalora).predicted_peak
         report = plan_memory(structure, the_plan, weight_bytes=act)
         return train_peak(structure, report, predicted, act)
 
