@@ -152,3 +152,64 @@ def test_bad_input_is_one_clear_error(
     code, _, err = cli("export", "--format", "gguf", *map(fill, argv))
     assert code == 2 and fill(message) in err and err.count("\n") == 1, err
     assert not list(tmp_path.glob("*.gguf*")) and not list(mixed.glob("*.gguf*"))
+
+
+def test_separate_adapter_adds_back_to_the_merged_run(mixed, tmp_path, cli) -> None:
+    out = tmp_path / "model.gguf"
+    code, stdout, err = cli("export", mixed, "--format", "gguf", "-o", out, "--adapter", "separate")
+    assert code == 0, err
+    assert f"LoRA adapter in {tmp_path / 'model.lora.gguf'}" in stdout
+    base, merged = _read_back(out), _merged_weights(mixed)
+    record = {t["name"]: t for t in json.loads((tmp_path / "model.gguf.json").read_text())["tensors"]}
+    assert {record[f"blk.{i}.attn_q.weight"]["how"] for i in (0, 1)} == {"codes"}  # base as trained
+    assert record["blk.3.ffn_up.weight"]["how"] == "source"
+    reader = GGUFReader(tmp_path / "model.lora.gguf")
+    fields = {name: reader.fields[name].contents() for name in ("general.type", "adapter.type")}
+    assert fields == {"general.type": "adapter", "adapter.type": "lora"}
+    alpha = reader.fields["adapter.lora.alpha"].contents()
+    assert alpha == MIXED.alpha
+    lora = {t.name: torch.from_numpy(np.array(t.data, dtype=np.float32)) for t in reader.tensors}
+    assert len(lora) == 2 * 14  # blocks 0 and 3 have adapters
+    for name in {n.rsplit(".", 1)[0] for n in lora}:
+        a, b = lora[f"{name}.lora_a"], lora[f"{name}.lora_b"]  # (rank, in), (out, rank)
+        assert a.shape[0] == b.shape[1] == 4
+        served = base[name][1] + alpha / a.shape[0] * b @ a  # what llama.cpp computes with
+        rel = float((served - merged[name]).norm() / merged[name].norm())
+        assert rel < (1e-3 if name.startswith("blk.0") else 1e-5), (name, rel)
+
+
+def test_dora_has_no_llama_cpp_adapter(mixed, tmp_path) -> None:
+    import shutil
+
+    from qradaptor.export.gguf_lora import check_lora_adapter
+
+    shutil.copytree(mixed / "adapter", tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(ValueError, match="is DoRA, which llama.cpp cannot apply at run time"):
+        check_lora_adapter(str(tmp_path / "adapter"))
+
+
+@pytest.mark.parametrize("adapter", ["merged", "separate"])
+def test_llama_cpp_serves_the_run(mixed, tiny_gguf, tmp_path, cli, adapter) -> None:
+    """llama.cpp itself reads the file and applies the adapter file (skipped without llama-cpp-python)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from qradaptor.models.loading import load_model
+
+    out = tmp_path / "model.gguf"
+    assert cli("export", mixed, "--format", "gguf", "-o", out, "--adapter", adapter)[0] == 0
+    lora = {"lora_path": str(tmp_path / "model.lora.gguf")} if adapter == "separate" else {}
+    llm = llama_cpp.Llama(str(out), n_ctx=16, logits_all=True, n_threads=1, verbose=False, **lora)
+    ids = [0, 5, 26, 3, 29, 7, 1, 2]
+    llm.eval(ids)
+    served = torch.tensor(np.asarray(llm.scores[: len(ids)]))
+    with torch.no_grad():
+        run = merged_run(mixed).model(torch.tensor([ids])).logits[0]
+        read = load_model(str(out)).model(torch.tensor([ids])).logits[0]
+        unquantised = load_model(str(tiny_gguf)).model(torch.tensor([ids])).logits[0]
+    quantising = (unquantised - run).abs().max()  # what the plan did to the model: 2.8
+    if adapter == "merged":  # llama.cpp computes what transformers computes from the same file
+        assert (served - read).abs().max() < quantising / 20  # (its activations are 8-bit: 0.04)
+    else:  # base + adapter in llama.cpp is the run; the base alone (read) is far from it
+        assert (served - run).abs().max() < quantising / 20
+        assert (served - read).abs().max() > 10 * (served - run).abs().max()

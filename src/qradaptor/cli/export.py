@@ -34,13 +34,15 @@ def _check_out(run: Path, output: str, force: bool) -> Path:
     return out
 
 
-def _check_out_file(run: Path, output: str, force: bool) -> tuple[Path, Path]:
-    """(the GGUF, its JSON sidecar) if they may be written, else ValueError naming why."""
+def _check_out_file(run: Path, output: str, force: bool) -> tuple[Path, Path, Path]:
+    """(the GGUF, its JSON sidecar, its LoRA adapter file) if they may be written, else
+    ValueError naming why."""
     out = Path(output).expanduser()
     sidecar = out.with_name(out.name + ".json")
+    lora = out.with_name(out.name.removesuffix(".gguf") + ".lora.gguf")
     if out.is_dir():
         raise ValueError(f"-o {output!r} is a folder; give the .gguf file to write")
-    for path in (out, sidecar):
+    for path in (out, sidecar, lora):
         if path.exists() and not force:
             raise ValueError(f"-o {output!r}: {str(path)!r} already exists; pass --force to replace it")
     if not out.parent.is_dir():
@@ -48,11 +50,13 @@ def _check_out_file(run: Path, output: str, force: bool) -> tuple[Path, Path]:
     check_output_dir(out.parent, "-o")
     if run.resolve() in out.resolve().parents:
         raise ValueError(f"-o {output!r} must lie outside the run folder {str(run)!r}")
-    return out, sidecar
+    return out, sidecar, lora
 
 
 def _export_gguf(run: str, output: str, model: str | None, adapter: str, force: bool, progress: bool) -> None:
     """Checks everything, then writes the GGUF and its sidecar (each a temp file renamed into place)."""
+    from contextlib import ExitStack
+
     from qradaptor.atomic import atomic_file
     from qradaptor.export.gguf_export import ADAPTER_MODES, export_gguf, gguf_source
     from qradaptor.runs import read_run
@@ -60,11 +64,19 @@ def _export_gguf(run: str, output: str, model: str | None, adapter: str, force: 
     if adapter not in ADAPTER_MODES:
         raise ValueError(f"--adapter must be one of {', '.join(ADAPTER_MODES)}, got {adapter!r}")
     files = read_run(run)  # not a run, or an unfinished one: fail before anything is written
-    out, sidecar = _check_out_file(Path(run).expanduser(), output, force)
+    out, sidecar, lora = _check_out_file(Path(run).expanduser(), output, force)
     gguf_source(files, run, model)  # a source or plan with no GGUF type: refused before loading
-    with atomic_file(out) as tmp, atomic_file(sidecar) as tmp_json:
-        written = export_gguf(run, tmp, model=model, adapter=adapter, progress=progress)
+    separate = adapter == "separate" and files.adapter is not None
+    if separate:
+        from qradaptor.export.gguf_lora import check_lora_adapter
+
+        check_lora_adapter(str(files.adapter))
+    with ExitStack() as stack:  # every file renamed into place only once all are written
+        tmp, tmp_json = stack.enter_context(atomic_file(out)), stack.enter_context(atomic_file(sidecar))
+        tmp_lora = stack.enter_context(atomic_file(lora)) if separate else None
+        written = export_gguf(run, tmp, model=model, adapter=adapter, lora_path=tmp_lora, progress=progress)
         record = {"run": str(Path(run).resolve()), "gguf": str(out.resolve()), **written.to_dict()}
+        record.update({"lora": str(lora.resolve())} if separate else {})
         tmp_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     summary = written.to_dict()
     worst = summary["max_rel_error"]
@@ -73,7 +85,7 @@ def _export_gguf(run: str, output: str, model: str | None, adapter: str, force: 
     print(
         f"wrote GGUF of run {run} to {out}: {out.stat().st_size} bytes (plan: {written.planned_bytes}); "
         f"tensors {types}; {how}; largest relative error {worst['rel_error']:.2e} ({worst['tensor']}); "
-        f"per-tensor record in {sidecar}"
+        f"per-tensor record in {sidecar}" + (f"; LoRA adapter in {lora}" if separate else "")
     )
 
 
@@ -154,7 +166,8 @@ def export(
         force: replace OUT if it exists (only once the new export is complete)
         fmt: hf (a transformers folder, merged or packed) or gguf (one GGUF file for llama.cpp)
         adapter: with --format gguf: merged (the adapter merged into the weights before they are
-            written)
+            written), or separate (the base as trained, and OUT with .lora.gguf for .gguf as a
+            GGUF LoRA adapter that llama.cpp applies with --lora; plain LoRA only)
         no_progress: no progress output
     """
     if fmt not in FORMATS:
@@ -216,4 +229,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="hf", help=helps["fmt"])
-    parser.add_argument("--adapter", choices=("merged",), default="merged", help=helps["adapter"])
+    parser.add_argument("--adapter", choices=("merged", "separate"), default="merged", help=helps["adapter"])

@@ -8,6 +8,10 @@ re-quantised: to Q4_1/Q5_1 with the plan's own quantiser at group 32 (HQQ beats 
 min-max), to Q8_0 by ``gguf``. Each written tensor is read back through ``gguf``'s
 dequantiser and its error against the merged weight recorded (``TensorRecord``).
 
+With ``--adapter separate`` nothing is merged: the base is written as trained (a quantised
+layer's codes unchanged wherever its type holds them, adapter or not) and the adapter goes to
+a second file, a GGUF LoRA adapter that llama.cpp applies at run time (``gguf_lora``).
+
 Everything that is not a block linear, the embedding or the head (norms, the tokenizer, the
 chat template, every metadata key) is copied from the source GGUF unchanged. Only GGUF-sourced
 Llama-architecture models are exported for now: a Hugging Face source would need its tokenizer
@@ -21,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qradaptor.export.gguf_lora import lora_arrays, lora_weights, write_lora_gguf
 from qradaptor.export.gguf_types import (
     BLOCK,
     CODE_BITS,
@@ -45,8 +50,8 @@ if TYPE_CHECKING:
 
 ARCHITECTURES = ("llama",)
 """GGUF architectures exported (their q/k row order is handled by ``llama_rows``)."""
-ADAPTER_MODES = ("merged",)
-"""What ``--adapter`` takes."""
+ADAPTER_MODES = ("merged", "separate")
+"""What ``--adapter`` takes: merged into the weights, or a GGUF LoRA adapter beside the base."""
 HOW = ("codes", "source", "requantised", "dense")
 """How a tensor was written: our codes unchanged; the source's bytes unchanged; re-quantised
 from the merged weight; a dense F16 copy of a merged 16-bit weight."""
@@ -87,6 +92,8 @@ class GGUFExport:
     every tensor took the plan's bits exactly."""
     tensor_bytes: int
     """Bytes of the tensor data written (the file adds the header and metadata)."""
+    lora_tensors: int = 0
+    """Adapted linears in the GGUF LoRA adapter (``--adapter separate``); 0: none written."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the counts by type and how, and the largest error."""
@@ -97,6 +104,7 @@ class GGUFExport:
             "adapter": self.adapter,
             "planned_bytes": self.planned_bytes,
             "tensor_bytes": self.tensor_bytes,
+            "lora_tensors": self.lora_tensors,
             "types": dict(Counter(t.type for t in self.tensors)),
             "how": dict(Counter(t.how for t in self.tensors)),
             "max_rel_error": {"tensor": worst.name, "rel_error": worst.rel_error},
@@ -147,6 +155,7 @@ def export_gguf(
     *,
     model: str | None = None,
     adapter: str = "merged",
+    lora_path: str | Path | None = None,
     progress: bool = False,
 ) -> GGUFExport:
     """Writes run ``run_dir`` as a GGUF file at ``path`` (module docstring).
@@ -155,14 +164,18 @@ def export_gguf(
         run_dir: a training run folder (plan.json, adapter/, base.safetensors).
         path: the file to write (the caller makes it atomic).
         model: the base model; omitted: the one the run records. Must be a GGUF.
-        adapter: "merged": the adapter merged into the weights before they are quantised.
+        adapter: "merged": the adapter merged into the weights before they are quantised;
+            "separate": the base as trained (its codes unchanged where the type holds them) and
+            the adapter written to ``lora_path`` as a GGUF LoRA adapter (``gguf_lora``).
+        lora_path: where the adapter goes with "separate" (needed when the run has one).
         progress: show the weight fits of a run without a packed base.
 
     Returns:
         Every tensor's type, how it was written and its error; the planned and written bytes.
 
     Raises:
-        ValueError: as :func:`gguf_source`, or for an ``adapter`` mode not in ``ADAPTER_MODES``.
+        ValueError: as :func:`gguf_source`, for an ``adapter`` mode not in ``ADAPTER_MODES``, or
+            "separate" for a DoRA or AdaLoRA adapter, or without ``lora_path``.
     """
     import torch
     from gguf import GGUFReader
@@ -182,15 +195,22 @@ def export_gguf(
     codes = {name: module.quantized() for name, module in quantized_modules(loaded.model).items()}
     merged = loaded.model
     dequantize_model_(merged, structure)
-    if files.adapter is not None:
-        merged = peft_load(merged, files.adapter).merge_and_unload()
-    weights = {name: t.detach() for name, t in merged.state_dict().items()}
+    weights = {name: t.detach() for name, t in merged.state_dict().items()}  # the base as trained
     config = merged.config
+    lora = {}
+    if files.adapter is not None:
+        peft = peft_load(merged, files.adapter)
+        if adapter == "merged":
+            weights = {name: t.detach() for name, t in peft.merge_and_unload().state_dict().items()}
+        elif lora_path is None:
+            raise ValueError("adapter 'separate' needs lora_path, the adapter file to write")
+        else:
+            lora = lora_weights(peft, files.adapter)
     heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
 
     reader = GGUFReader(source)
     planned = _planned_tensors(structure, plan, reader)
-    records, arrays = [], {}
+    records, arrays, lora_arrays_ = [], {}, {}
     for tensor in reader.tensors:
         if tensor.name not in planned:  # norms and the like: the source's bytes
             arrays[tensor.name] = (tensor.data, tensor.tensor_type.name)
@@ -200,6 +220,9 @@ def export_gguf(
         role = tensor.name.split(".")[-2]
         order = (lambda x, h=heads[role]: llama_rows(x, h)) if role in heads else (lambda x: x)
         weight = order(weights[f"{path_}.weight"].float())  # (rows, cols), llama.cpp's row order
+        if path_ in lora:
+            rows = (lambda x, h=heads[role]: llama_rows(x, h)) if role in heads else None
+            lora_arrays_[tensor.name] = lora_arrays(lora[path_], plan.alpha, rows)
         qt = codes.get(path_)
         if qt is not None and role in heads:
             qt = llama_rows_codes(qt, heads[role])
@@ -208,6 +231,10 @@ def export_gguf(
         arrays[tensor.name] = (data, type_name)
         records.append(TensorRecord(tensor.name, path_, bits, type_name, how, error))
     _write(reader, arrays, path, records, plan.plan_hash)
+    if lora_arrays_:
+        assert lora_path is not None
+        architecture = str(reader.fields["general.architecture"].contents())
+        write_lora_gguf(lora_path, architecture, plan.alpha, lora_arrays_)
     memory = plan_memory(structure, plan)
     return GGUFExport(
         tuple(records),
@@ -216,6 +243,7 @@ def export_gguf(
         adapter if files.adapter is not None else "none",
         memory.total_bytes - memory.adapter_bytes,
         sum(int(a.nbytes) for a, _ in arrays.values()),
+        len(lora_arrays_),
     )
 
 
