@@ -312,11 +312,8 @@ def _write(
         kind = field.types[0]
         sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
-    weights = Counter()
-    for record in records:
-        if record.module:
-            weights[record.type] += 1
-    common = weights.most_common(1)[0][0]
+    planned_types = Counter(record.type for record in records if record.module)
+    common = planned_types.most_common(1)[0][0]  # llama.cpp shows it as the file's type
     writer.add_file_type(int(getattr(LlamaFileType, f"MOSTLY_{common}", LlamaFileType.GUESSED)))
     writer.add_string("qradaptor.plan_hash", plan_hash)
     for name, (data, type_name) in arrays.items():
