@@ -1,4 +1,4 @@
-"""``qra export``: a training run as a merged 16-bit model for serving, or as a packed package."""
+"""``qra export``: a training run as a merged 16-bit model for serving, a packed package, or a GGUF."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from qradaptor.cli.common import check_device, check_output_dir, resolve_device
 
 DTYPES = ("bfloat16", "float16", "float32")
 """What --dtype accepts for a merged export."""
+FORMATS = ("hf", "gguf")
+"""What --format accepts: a transformers folder (merged or packed), or one GGUF file for llama.cpp."""
 
 
 def _check_out(run: Path, output: str, force: bool) -> Path:
@@ -30,6 +32,61 @@ def _check_out(run: Path, output: str, force: bool) -> Path:
     if here == there or there in here.parents or here in there.parents:
         raise ValueError(f"-o {output!r} must lie outside the run folder {str(run)!r} and not contain it")
     return out
+
+
+def _check_out_file(run: Path, output: str, force: bool) -> tuple[Path, Path, Path]:
+    """(the GGUF, its JSON sidecar, its LoRA adapter file) if they may be written, else
+    ValueError naming why."""
+    out = Path(output).expanduser()
+    sidecar = out.with_name(out.name + ".json")
+    lora = out.with_name(out.name.removesuffix(".gguf") + ".lora.gguf")
+    if out.is_dir():
+        raise ValueError(f"-o {output!r} is a folder; give the .gguf file to write")
+    for path in (out, sidecar, lora):
+        if path.exists() and not force:
+            raise ValueError(f"-o {output!r}: {str(path)!r} already exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise ValueError(f"-o {output!r} cannot be written: folder {str(out.parent)!r} does not exist")
+    check_output_dir(out.parent, "-o")
+    if run.resolve() in out.resolve().parents:
+        raise ValueError(f"-o {output!r} must lie outside the run folder {str(run)!r}")
+    return out, sidecar, lora
+
+
+def _export_gguf(run: str, output: str, model: str | None, adapter: str, force: bool, progress: bool) -> None:
+    """Checks everything, then writes the GGUF and its sidecar (each a temp file renamed into place)."""
+    from contextlib import ExitStack
+
+    from qradaptor.atomic import atomic_file
+    from qradaptor.export.gguf_export import ADAPTER_MODES, export_gguf, gguf_source
+    from qradaptor.runs import read_run
+
+    if adapter not in ADAPTER_MODES:
+        raise ValueError(f"--adapter must be one of {', '.join(ADAPTER_MODES)}, got {adapter!r}")
+    files = read_run(run)  # not a run, or an unfinished one: fail before anything is written
+    out, sidecar, lora = _check_out_file(Path(run).expanduser(), output, force)
+    gguf_source(files, run, model)  # a source or plan with no GGUF type: refused before loading
+    separate = adapter == "separate" and files.adapter is not None
+    if separate:
+        from qradaptor.export.gguf_lora import check_lora_adapter
+
+        check_lora_adapter(str(files.adapter))
+    with ExitStack() as stack:  # every file renamed into place only once all are written
+        tmp, tmp_json = stack.enter_context(atomic_file(out)), stack.enter_context(atomic_file(sidecar))
+        tmp_lora = stack.enter_context(atomic_file(lora)) if separate else None
+        written = export_gguf(run, tmp, model=model, adapter=adapter, lora_path=tmp_lora, progress=progress)
+        record = {"run": str(Path(run).resolve()), "gguf": str(out.resolve()), **written.to_dict()}
+        record.update({"lora": str(lora.resolve())} if separate else {})
+        tmp_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    summary = written.to_dict()
+    worst = summary["max_rel_error"]
+    types = ", ".join(f"{n} {t}" for t, n in sorted(summary["types"].items()))
+    how = ", ".join(f"{n} {h}" for h, n in sorted(summary["how"].items()))
+    print(
+        f"wrote GGUF of run {run} to {out}: {out.stat().st_size} bytes (plan: {written.planned_bytes}); "
+        f"tensors {types}; {how}; largest relative error {worst['rel_error']:.2e} ({worst['tensor']}); "
+        f"per-tensor record in {sidecar}" + (f"; LoRA adapter in {lora}" if separate else "")
+    )
 
 
 def _write_packed(run: str, folder: Path, model: str | None, device: str, progress: bool) -> None:
@@ -77,9 +134,11 @@ def export(
     dtype: str = "bfloat16",
     device: str = "auto",
     force: bool = False,
+    fmt: str = "hf",
+    adapter: str = "merged",
     no_progress: bool = False,
 ) -> int:
-    """Export a training run: a merged 16-bit model for serving, or a packed package.
+    """Export a training run: a merged 16-bit model for serving, a packed package, or a GGUF.
 
     --merged (the default) dequantises the base exactly as it was trained (the run's packed
     codes), merges the adapter into it and writes a plain transformers model with its
@@ -88,6 +147,13 @@ def export(
     OUT: a small package that qradaptor's assemble_run loads; it still needs the base model for
     the unquantised weights and the tokenizer. OUT is written in a temporary folder next to it
     and renamed into place when complete.
+
+    --format gguf writes OUT as one GGUF file for llama.cpp (a GGUF-sourced Llama model, e.g.
+    the embedded SmolLM2): the adapter merged, each block linear at the GGUF type of its plan
+    bits (2-4 -> Q4_1, 5 -> Q5_1, 6-8 -> Q8_0, 16 -> as the source stores it, F16 once an
+    adapter changed it), our codes written unchanged where the type holds them, the rest
+    re-quantised; tokenizer, chat template and norms copied from the source. OUT.json records
+    each tensor's type and relative error (docs/EXPORT.md).
 
     Args:
         run: the training run folder (plan.json, adapter/, base.safetensors)
@@ -98,8 +164,19 @@ def export(
         dtype: parameter dtype of a merged model (the merge itself runs in float32)
         device: auto (cuda if available), cpu or cuda, for the merge
         force: replace OUT if it exists (only once the new export is complete)
+        fmt: hf (a transformers folder, merged or packed) or gguf (one GGUF file for llama.cpp)
+        adapter: with --format gguf: merged (the adapter merged into the weights before they are
+            written), or separate (the base as trained, and OUT with .lora.gguf for .gguf as a
+            GGUF LoRA adapter that llama.cpp applies with --lora; plain LoRA only)
         no_progress: no progress output
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "gguf":
+        if merged or packed:
+            raise ValueError("--format gguf writes one file; --merged and --packed are for --format hf")
+        _export_gguf(run, output, model, adapter, force, not no_progress)
+        return 0
     if merged and packed:
         raise ValueError("give --merged or --packed, not both")
     if dtype not in DTYPES:
@@ -151,3 +228,5 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help=helps["dtype"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="hf", help=helps["fmt"])
+    parser.add_argument("--adapter", choices=("merged", "separate"), default="merged", help=helps["adapter"])

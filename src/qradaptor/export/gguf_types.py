@@ -1,0 +1,182 @@
+"""Which GGUF type a plan's bits become, and our packed codes written as GGUF blocks.
+
+Notation (one GGUF block of 32 consecutive inputs of one row):
+    ours   W_hat = (q - z) * s         q in [0, 2**bits - 1]; s, z float16 per group of g inputs
+    Q4_1   W     = d * q + m           q in [0, 15]; d, m float16 per block of 32
+    Q5_1   W     = d * q + m           q in [0, 31]; the same with a fifth bit plane
+    Q8_0   W     = d * q               q in [-128, 127]; d float16 per block of 32 (symmetric)
+
+When g is a multiple of 32 every GGUF block lies inside one of our groups, so codes of at most
+4 (5) bits are Q4_1 (Q5_1) codes unchanged, with d = s (a float16 already) and m = -z * s. The
+product z * s of two float16 values is exact in float32; m is that product rounded once to
+float16, the only change (a relative error near 2**-12 of the block's minimum). Our 6- to
+8-bit codes are asymmetric (a real zero point) and Q8_0 is symmetric, so those weights are
+re-quantised; so is every weight an adapter was merged into (it is off the grid).
+
+Mapping (``GGUF_TYPES``): 2, 3, 4 bits -> Q4_1 and 5 -> Q5_1 (codes written unchanged),
+6, 7, 8 -> Q8_0 (re-quantised), 16 -> the source tensor's own bytes when the run left the weight
+unchanged, else F16. No K-quants: ``gguf`` cannot quantise them, and they need rows that are
+multiples of 256 (SmolLM2-135M's 576 is not). 1 bit has no GGUF type: llama.cpp's ~1-bit
+formats (IQ1_S, IQ1_M, TQ1_0) are codebooks and ternary grids, not 1-bit codes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qradaptor.plan import UNQUANTIZED
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from qradaptor.models.structure import ModelStructure
+    from qradaptor.plan import Plan
+    from qradaptor.quant.quantizer import QuantizedTensor
+
+BLOCK = 32
+"""Weights per block of every GGUF type written here (Q4_1, Q5_1, Q8_0)."""
+GGUF_TYPES: dict[int, str] = {2: "Q4_1", 3: "Q4_1", 4: "Q4_1", 5: "Q5_1", 6: "Q8_0", 7: "Q8_0", 8: "Q8_0"}
+"""The GGUF type of a quantised tensor at each plan bit-width (16: see ``DENSE_TYPE``)."""
+CODE_BITS: dict[str, int] = {"Q4_1": 4, "Q5_1": 5}
+"""Types that hold our codes unchanged, with their code bits."""
+DENSE_TYPE = "F16"
+"""The type of a 16-bit weight that the run changed (an adapter merged into it)."""
+
+
+def gguf_type(bits: int, *, where: str = "a layer") -> str:
+    """The GGUF type of a weight quantised at ``bits`` (``GGUF_TYPES``).
+
+    Raises:
+        ValueError: for bits with no GGUF type (1), naming ``where``.
+    """
+    if bits not in GGUF_TYPES:
+        raise ValueError(
+            f"{where} has {bits} bits, which have no GGUF type: llama.cpp's ~1-bit formats (IQ1_S, "
+            f"IQ1_M, TQ1_0) are codebooks, not 1-bit codes; GGUF export takes bits "
+            f"{sorted(GGUF_TYPES)} or 16"
+        )
+    return GGUF_TYPES[bits]
+
+
+def check_gguf_plan(plan: Plan, structure: ModelStructure) -> None:
+    """Raises ValueError unless every tensor ``plan`` quantises has a GGUF type and whole blocks.
+
+    Checked before any weight is loaded: bits with no GGUF type (the first few layers named),
+    and quantised weights whose rows are not a multiple of ``BLOCK`` inputs.
+    """
+    plan.validate(structure)
+    tensors = [
+        (structure.module_path(block, name), spec.bits, info.in_features)
+        for block, name, spec in plan.iter_modules(structure)
+        for info in structure.linears
+        if info.name == name
+    ]
+    tensors.append((structure.embed_path, plan.embed_bits, structure.embed_shape[1]))
+    if structure.head_path is not None and structure.head_shape is not None and not structure.tied:
+        tensors.append((structure.head_path, plan.head_bits, structure.head_shape[1]))
+    quantised = [(path, bits, cols) for path, bits, cols in tensors if bits != UNQUANTIZED]
+    no_type = [path for path, bits, _ in quantised if bits not in GGUF_TYPES]
+    if no_type:
+        bits = next(b for p, b, _ in quantised if p == no_type[0])
+        more = f" and {len(no_type) - 1} more" if len(no_type) > 1 else ""
+        gguf_type(bits, where=f"{no_type[0]}{more}")
+    ragged = [(path, cols) for path, _, cols in quantised if cols % BLOCK]
+    if ragged:
+        raise ValueError(
+            f"GGUF block types need rows of a multiple of {BLOCK} inputs; {ragged[0][0]} has rows of "
+            f"{ragged[0][1]}; give such layers 16 bits"
+        )
+
+
+def holds_codes(type_name: str, bits: int, group_size: int) -> bool:
+    """Whether ``type_name`` holds codes of ``bits`` bits at ``group_size`` unchanged."""
+    return type_name in CODE_BITS and bits <= CODE_BITS[type_name] and group_size % BLOCK == 0
+
+
+def codes_to_blocks(qt: QuantizedTensor, type_name: str) -> np.ndarray:
+    """Our codes as Q4_1 or Q5_1 blocks, the codes unchanged (module docstring).
+
+    Args:
+        qt: a quantised (rows, cols) weight, possibly double-quantised.
+        type_name: "Q4_1" or "Q5_1".
+
+    Returns:
+        (rows, cols // 32 * block bytes) uint8, as ``gguf.quants.quantize`` returns blocks.
+
+    Raises:
+        ValueError: if ``type_name`` cannot hold the codes (more bits, or groups not made of
+            whole blocks).
+    """
+    import numpy as np
+
+    from qradaptor.quant.bitpack import unpack
+
+    if not holds_codes(type_name, qt.bits, qt.group_size):
+        raise ValueError(
+            f"{type_name} cannot hold {qt.bits}-bit codes at group size {qt.group_size} unchanged "
+            f"(it needs at most {CODE_BITS.get(type_name, 0)} bits and groups of a multiple of {BLOCK})"
+        )
+    rows, cols = qt.shape
+    scale, zero = qt.metadata()  # (rows, groups) float16
+    per = qt.group_size // BLOCK
+    s = scale.float().repeat_interleave(per, dim=1).reshape(-1, 1)  # (blocks, 1)
+    z = zero.float().repeat_interleave(per, dim=1).reshape(-1, 1)
+    d = s.numpy().astype(np.float16)  # exact: s is a float16 value
+    m = (-z * s).numpy().astype(np.float16)  # z * s is exact in float32; rounded once here
+    q = unpack(qt.packed, qt.bits, cols).reshape(-1, BLOCK).numpy()  # (blocks, 32) uint8
+    # Byte j holds element j in its low nibble and element j + 16 in its high one.
+    qs = (q[:, :16] & 0x0F) | ((q[:, 16:] & 0x0F) << 4)
+    parts = [d.view(np.uint8), m.view(np.uint8)]
+    if type_name == "Q5_1":  # bit j of a little-endian u32: the fifth bit of element j
+        parts.append(np.packbits((q >> 4) & 1, axis=-1, bitorder="little"))
+    parts.append(qs.astype(np.uint8))
+    return np.concatenate(parts, axis=-1).reshape(rows, -1)
+
+
+def quantize_dense(weight: torch.Tensor, type_name: str) -> np.ndarray:
+    """A float weight as GGUF ``type_name`` by ``gguf.quants`` (Q4_1, Q5_1, Q8_0, F16, F32)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    return quantize(weight.detach().float().cpu().numpy().astype(np.float32), GGMLQuantizationType[type_name])
+
+
+def dequantize_blocks(data: np.ndarray, type_name: str, shape: tuple[int, int]) -> torch.Tensor:
+    """GGUF data of ``type_name`` back to a float32 (rows, cols) tensor, by ``gguf.quants``."""
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    values = dequantize(np.ascontiguousarray(data), GGMLQuantizationType[type_name])
+    return torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))
+
+
+def llama_rows(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Rows of a q or k projection in llama.cpp's order (``convert_hf_to_gguf``'s ``permute``).
+
+    llama.cpp's rotary embedding pairs neighbouring dimensions of a head, Hugging Face's pairs
+    the two halves, so each head's rows (2, half) are interleaved as (half, 2). Rows move as a
+    whole: packed codes, scales and dense weights are permuted alike.
+
+    Args:
+        x: (rows, ...) with rows = heads * head_dim.
+        heads: attention heads of the projection (key-value heads for k).
+    """
+    rows = x.shape[0]
+    return x.reshape(heads, 2, rows // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+
+def llama_rows_codes(qt: QuantizedTensor, heads: int) -> QuantizedTensor:
+    """``qt`` with its rows in llama.cpp's q/k order (see :func:`llama_rows`).
+
+    Double-quantised metadata is dequantised first: its blocks run over the flat (rows,
+    groups) order, which the permutation would break.
+    """
+    from qradaptor.quant.quantizer import QuantizedTensor
+
+    scale, zero = qt.metadata()
+    parts = (llama_rows(t, heads).contiguous() for t in (qt.packed, scale, zero))
+    return QuantizedTensor(*parts, qt.shape, qt.bits, qt.group_size)

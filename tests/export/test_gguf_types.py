@@ -1,0 +1,94 @@
+"""Our codes as GGUF blocks: read back by gguf's own dequantiser, the codes unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qradaptor.export.gguf_types import (
+    check_gguf_plan,
+    codes_to_blocks,
+    dequantize_blocks,
+    gguf_type,
+    holds_codes,
+    llama_rows,
+    llama_rows_codes,
+)
+from qradaptor.models.structure import inspect_model
+from qradaptor.plan import Plan
+from qradaptor.quant.bitpack import unpack
+from qradaptor.quant.quantizer import dequantize, quantize
+
+
+def _weight(rows: int = 24, cols: int = 128, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, cols, generator=gen) * 0.05
+
+
+def _gguf_codes(blocks: np.ndarray, type_name: str) -> np.ndarray:
+    """The codes stored in Q4_1/Q5_1 blocks, (blocks, 32), decoded by hand from the layout."""
+    flat = blocks.reshape(-1, 20 if type_name == "Q4_1" else 24)
+    qs = flat[:, -16:]
+    low = np.concatenate([qs & 0x0F, qs >> 4], axis=1)  # elements 0..15, then 16..31
+    if type_name == "Q4_1":
+        return low
+    high = np.unpackbits(flat[:, 4:8], axis=1, bitorder="little")  # bit j: element j's fifth bit
+    return low | (high << 4)
+
+
+@pytest.mark.parametrize(
+    ("bits", "group_size", "method", "type_name", "double_quant"),
+    [
+        (4, 32, "rtn", "Q4_1", False),
+        (4, 64, "hqq", "Q4_1", False),
+        (3, 128, "rtn", "Q4_1", True),
+        (2, 32, "hqq", "Q4_1", False),
+        (5, 32, "rtn", "Q5_1", False),
+        (5, 64, "hqq", "Q5_1", True),
+        (3, 32, "rtn", "Q5_1", False),
+    ],
+)
+def test_codes_are_written_unchanged_and_dequantise_alike(bits, group_size, method, type_name, double_quant):
+    qt = quantize(_weight(), bits, group_size, method, double_quant=double_quant)
+    blocks = codes_to_blocks(qt, type_name)
+    assert blocks.shape == (24, 128 // 32 * (20 if type_name == "Q4_1" else 24)) and blocks.dtype == np.uint8
+    ours = unpack(qt.packed, bits, 128).reshape(-1, 32).numpy()
+    np.testing.assert_array_equal(_gguf_codes(blocks, type_name), ours)
+    theirs, mine = dequantize_blocks(blocks, type_name, (24, 128)), dequantize(qt)
+    # The only change is the block offset m = -z * s rounded to float16: at most half an ulp of it.
+    scale, zero = qt.metadata()
+    m = (-zero.float() * scale.float()).abs().repeat_interleave(group_size, dim=1)
+    assert bool(((theirs - mine).abs() <= m * 2.0**-11 + 1e-7).all())
+    assert float((theirs - mine).norm() / mine.norm()) < 1e-3
+
+
+def test_codes_that_do_not_fit_are_refused():
+    assert not any(holds_codes(*case) for case in [("Q4_1", 5, 32), ("Q4_1", 4, 16), ("Q8_0", 8, 32)])
+    with pytest.raises(ValueError, match="Q4_1 cannot hold 5-bit codes at group size 32"):
+        codes_to_blocks(quantize(_weight(), 5, 32, "rtn"), "Q4_1")
+    with pytest.raises(ValueError, match="group size 16"):
+        codes_to_blocks(quantize(_weight(), 4, 16, "rtn"), "Q4_1")
+
+
+def test_the_mapping():
+    assert [gguf_type(b) for b in range(2, 9)] == ["Q4_1"] * 3 + ["Q5_1"] + ["Q8_0"] * 3
+    with pytest.raises(ValueError, match="blk.0 has 1 bits, which have no GGUF type"):
+        gguf_type(1, where="blk.0")
+
+
+def test_llama_rows_interleaves_each_head_halves():
+    x = torch.arange(8).reshape(8, 1)
+    assert llama_rows(x, 2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    qt = quantize(_weight(rows=32), 3, 64, "hqq", double_quant=True)
+    assert torch.equal(dequantize(llama_rows_codes(qt, 4)), llama_rows(dequantize(qt), 4))
+
+
+def test_plan_check_names_the_layer_and_the_rule(llama_factory):
+    structure = inspect_model(llama_factory())
+    check_gguf_plan(Plan.from_lists([2, 8, 16], [0, 0, 0], group_size=32), structure)
+    with pytest.raises(ValueError, match=r"model.layers.1.self_attn.q_proj and 6 more has 1 bits"):
+        check_gguf_plan(Plan.from_lists([4, 1, 16], [0, 0, 0], group_size=32), structure)
+    ragged = inspect_model(llama_factory(hidden_size=48, intermediate_size=96, num_attention_heads=4))
+    with pytest.raises(ValueError, match="32 inputs; model.layers.0.self_attn.q_proj has rows of 48"):
+        check_gguf_plan(Plan.from_lists([4, 16, 16], [0, 0, 0], group_size=16), ragged)
