@@ -298,7 +298,20 @@ def test_a_shared_profile_runs_once_before_the_searches_and_knapsack_plans_that_
     assert again.steps_run == 0 and len(ran(tmp_path)) == len(records)
 
 
-def test_ctrl_c_stops_the_running_children(fake, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_ctrl_c_stops_the_running_children(fake, tmp_path: Path, monkeypatch, sigint: str) -> None:
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    if sigint == "ignored":  # inherited by children, as under `cmd &` in a non-interactive shell
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _ctrl_c_stops_the_running_children(fake, tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_stops_the_running_children(fake, tmp_path: Path, monkeypatch) -> None:
     text = "name: stop\nseeds: [0]\nmethods:\n  - {label: quick, method: lora16}\n"
     text += "  - {label: slow, method: dora}\n"
     monkeypatch.setenv("FAKE_SLOW", "slow:30")

@@ -96,6 +96,18 @@ def plan_jobs(experiments: Sequence[Experiment]) -> list[_Job]:
     return [*shared.values(), *cells]
 
 
+def _interruptible() -> None:
+    """In a child before exec: SIGINT back to its default, so ``_stop`` can interrupt it.
+
+    A runner started in the background of a non-interactive shell (``cmd &``, some CI) inherits
+    SIGINT ignored, and so would every child; Python keeps an ignored SIGINT, so the stop's
+    SIGINT would be lost and a step would run on (and finish) in its grace time.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def pending_steps(jobs: Sequence[_Job]) -> list[tuple[str, Step]]:
     """Every (job, step) whose output is missing: what a run would execute."""
     return [(job.name, step) for job in jobs for step in job.steps if not step.done.exists()]
@@ -223,6 +235,7 @@ class Runner:
             stdout=job.log,
             stderr=subprocess.STDOUT,
             env=self._env(job.gpu),
+            preexec_fn=_interruptible if os.name == "posix" else None,
         )
         job.started = time.monotonic()
         if job.state != "running" and job.cell is not None:
