@@ -15,14 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qradaptor.plan import UNQUANTIZED, Plan
-from qradaptor.runfolder.train_run import (  # noqa: F401  (re-exported for runs and the verbs)
-    RUN_ADAPTER,
-    RUN_BASE,
-    RUN_CHECKPOINTS,
-    RUN_INCOMPLETE,
-    RUN_PLAN,
-    RUN_TRAIN,
-)
 
 if TYPE_CHECKING:
     pass

@@ -18,12 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qradaptor.assemble import (
-    RUN_ADAPTER,
-    RUN_BASE,
-    RUN_CHECKPOINTS,
-    RUN_INCOMPLETE,
-    RUN_PLAN,
-    RUN_TRAIN,
     AssembledModel,
     assemble,
     peft_load,
@@ -31,7 +25,15 @@ from qradaptor.assemble import (
     read_adapter,
 )
 from qradaptor.plan import Plan
-from qradaptor.runfolder.train_run import recorded_base
+from qradaptor.runfolder.train_run import (
+    RUN_ADAPTER,
+    RUN_BASE,
+    RUN_CHECKPOINTS,
+    RUN_INCOMPLETE,
+    RUN_PLAN,
+    RUN_TRAIN,
+    recorded_base,
+)
 
 if TYPE_CHECKING:
     from torch import nn

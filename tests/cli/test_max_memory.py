@@ -4,7 +4,6 @@ weight loads, refused with the numbers, gradient checkpointing turned on when on
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ from qradaptor.search.multifidelity import HalvingConfig
 from qradaptor.stage_memory import mib
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def words(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 documents of 40 words of the word tokenizer."""
-    rng = random.Random(0)
-    docs = [" ".join(rng.choice("abc") for _ in range(40)) for _ in range(20)]
-    path = tmp_path_factory.mktemp("data") / "words.txt"
-    path.write_text("\n\n".join(docs), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ PAPER = ["--strategy", "paper"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def words(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A .txt corpus of the word tokenizer's words: 20 documents of 40 words."""
-    rng = random.Random(0)
-    docs = [" ".join(rng.choice("abc") for _ in range(40)) for _ in range(20)]
-    path = tmp_path_factory.mktemp("data") / "words.txt"
-    path.write_text("\n\n".join(docs), encoding="utf-8")
-    return path
 
 
 def search(cli, tiny_model_dir, words, out: Path, *extra: object) -> tuple[int, str, str]:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qradaptor.assemble import RUN_ADAPTER, RUN_BASE, RUN_CHECKPOINTS, RUN_PLAN, RUN_TRAIN
 from qradaptor.cli.common import (
     check_device,
     check_output_dir,
@@ -18,6 +17,7 @@ from qradaptor.cli.common import (
     resolve_device,
     write_text_atomic,
 )
+from qradaptor.runfolder.train_run import RUN_ADAPTER, RUN_BASE, RUN_CHECKPOINTS, RUN_PLAN, RUN_TRAIN
 from qradaptor.train.compiled import COMPILE_MODES, check_compile
 
 if TYPE_CHECKING:
