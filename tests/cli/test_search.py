@@ -187,6 +187,23 @@ def test_bad_input_is_one_line_and_leaves_no_study(
     assert not (tmp_path / "run" / "study.db").exists()
 
 
+def test_a_profile_of_other_scales_is_refused_before_the_model_loads(
+    cli, tiny_model_dir, words, tmp_path
+) -> None:
+    settings = ["--bits", "2,3,4,8", "--samples", "2", "--seq-len", "8", "--group-size", "32"]
+    code, _, err = cli(
+        "profile", tiny_model_dir, "--data", words, *settings, "--device", "cpu", "-o", tmp_path / "p"
+    )
+    assert code == 0, err
+    table = tmp_path / "p" / "sensitivity.json"
+    code, _, err = search(
+        cli, tiny_model_dir, words, tmp_path / "run", "--double-quant", "--sensitivity", table
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "measured without 8-bit scales and zeros (double quantisation), the search quantises with" in err
+    assert not (tmp_path / "run").exists()  # refused before the lock, the study and config.json
+
+
 def test_resuming_with_another_space_is_refused_and_the_study_is_kept(
     cli, tiny_model_dir, words, tmp_path
 ) -> None:

@@ -229,7 +229,7 @@ def search(
     from qradaptor.search.bayes import BayesConfig
     from qradaptor.search.budget import check_budget
     from qradaptor.search.multifidelity import HalvingConfig
-    from qradaptor.search.pipeline import SearchConfig, run_search, search_space
+    from qradaptor.search.pipeline import SearchConfig, check_given_profile, run_search, search_space
     from qradaptor.search.proxy import ProxyConfig
 
     device = resolve_device(device)
@@ -256,7 +256,9 @@ def search(
     proxy = ProxyConfig(steps=steps, batch_size=batch_size, lr=lr, eval_batches=eval_batches)
 
     structure = load_structure(model)[1]
-    table = search_space(structure, config)[1]
+    space, table, _ = search_space(structure, config)
+    if given_sensitivity is not None and not no_profile:  # refused here, before the lock and the load
+        check_given_profile(given_sensitivity, structure, space, config)
     if check_budget(the_budget, table):  # before loading weights; said at once, not after the load
         print(
             f"qra search: budget {the_budget.describe()} affords the largest plan of the search space: "

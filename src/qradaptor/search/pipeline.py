@@ -374,6 +374,30 @@ def _lower_rungs(
     return rungs
 
 
+def check_given_profile(
+    sensitivity: SensitivityTable, structure: ModelStructure, space: SearchSpace, config: SearchConfig
+) -> None:
+    """Raises ValueError unless a given profile fits the search: its blocks, every searched bit
+    width and its scales' precision. Cheap, so ``qra search`` calls it before loading weights."""
+    from qradaptor.plan import UNQUANTIZED
+
+    quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
+    if sensitivity.num_blocks != structure.num_blocks:
+        raise ValueError(
+            f"sensitivity profile has {sensitivity.num_blocks} blocks, the model {structure.num_blocks}"
+        )
+    missing = [b for b in quantised if b not in sensitivity.bits]
+    if missing:
+        raise ValueError(f"sensitivity profile lacks the searched bits {missing}; it has {sensitivity.bits}")
+    if sensitivity.double_quant != config.double_quant:
+        said = ("with", "without") if sensitivity.double_quant else ("without", "with")
+        raise ValueError(
+            f"sensitivity profile was measured {said[0]} 8-bit scales and zeros (double "
+            f"quantisation), the search quantises {said[1]}: profile again with the search's "
+            "setting (qra profile --double-quant), or give the search the profile's"
+        )
+
+
 def _profile(
     model: nn.Module,
     structure: ModelStructure,
@@ -390,22 +414,7 @@ def _profile(
 
     quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
     if sensitivity is not None:
-        if sensitivity.num_blocks != structure.num_blocks:
-            raise ValueError(
-                f"sensitivity profile has {sensitivity.num_blocks} blocks, the model {structure.num_blocks}"
-            )
-        missing = [b for b in quantised if b not in sensitivity.bits]
-        if missing:
-            raise ValueError(
-                f"sensitivity profile lacks the searched bits {missing}; it has {sensitivity.bits}"
-            )
-        if sensitivity.double_quant != config.double_quant:
-            said = ("with", "without") if sensitivity.double_quant else ("without", "with")
-            raise ValueError(
-                f"sensitivity profile was measured {said[0]} 8-bit scales and zeros (double "
-                f"quantisation), the search quantises {said[1]}: profile again with the search's "
-                "setting (qra profile --double-quant), or give the search the profile's"
-            )
+        check_given_profile(sensitivity, structure, space, config)
         return sensitivity
     if calibration is None:
         raise ValueError(
