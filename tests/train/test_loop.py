@@ -243,3 +243,17 @@ def test_a_corrupt_newest_checkpoint_is_skipped_for_the_newest_intact_one(llama_
         (tmp_path / f"step-{step:06d}" / "optimizer.pt").write_bytes(b"\x80")
     with pytest.raises(ValueError, match=r"no checkpoint can be resumed from: .*optimizer.pt' is corrupt"):
         Trainer(build(llama_factory), data, None, cfg, checkpoints=tmp_path).run(resume=True)
+
+
+def test_the_run_says_what_is_left_and_its_cost_after_its_second_step(llama_factory, capsys) -> None:
+    """One line, after the warm-up step: steps left, held-out evaluations left, minutes measured."""
+    data, held = pattern_set(), pattern_set(8, seed=1)
+    Trainer(build(llama_factory), data, held, config(max_steps=12, eval_every=5, progress=True)).run()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "more steps" in line]
+    assert len(lines) == 1, lines
+    # after step 2 of 12: 10 steps and the evaluations at 5 and 10, then the final one
+    assert lines[0].startswith("train: 10 more steps of 4 sequences, 3 held-out evaluations; about ")
+    assert "(step 2 took " in lines[0]
+    capsys.readouterr()
+    Trainer(build(llama_factory), data, None, config(max_steps=2, progress=True)).run()
+    assert "more steps" not in capsys.readouterr().err  # nothing left to price

@@ -52,6 +52,9 @@ from qradaptor.train.state import (
     trainable_tensors,
 )
 
+COST_STEP = 2
+"""The step after which the run says what is left and its cost: the first carries warm-up."""
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -148,6 +151,22 @@ class Trainer:
             self._on_note(message)
         else:
             print(f"note: {message}", file=sys.stderr)
+
+    def _cost_line(self, done: int, step_seconds: float) -> str:
+        """What the rest of the run will do and about how long, from a step just measured."""
+        cfg = self.config
+        left = self.total_steps - done
+        evals = 0
+        if self.eval_set is not None:  # those between steps (multiples of eval_every), then the final one
+            every = cfg.eval_every
+            evals = ((self.total_steps - 1) // every - done // every if every else 0) + 1
+        what = f"{left} more steps of {cfg.batch_size * cfg.grad_accum} sequences"
+        if evals:
+            what += f", {evals} held-out evaluation{'s' if evals > 1 else ''}"
+        return (
+            f"train: {what}; about {math.ceil(left * step_seconds / 60)} min of steps on this device "
+            f"(step {done} took {step_seconds:.2f} s, measured just now)"
+        )
 
     # ----- checkpoints ----------------------------------------------------------------
     def _state(self, result: TrainResult, ema: dict[str, float]) -> dict[str, Any]:
@@ -344,6 +363,8 @@ class Trainer:
                 self._save(done, result, ema)
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{seen_tokens / seen_seconds:,.0f}")
+            if done == start + COST_STEP and cfg.progress and done < self.total_steps:
+                bar.write(self._cost_line(done, result.step_seconds[-1]), file=sys.stderr)  # above a bar
         bar.close()
         self.model.eval()
         if self.eval_set is not None:
