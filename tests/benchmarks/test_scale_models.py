@@ -54,7 +54,7 @@ def test_dry_run_builds_every_stage_command_and_nothing_else(tmp_path: Path) -> 
     evaluate = next(line for line in lines if line.startswith("8b") and " eval " in line)
     assert "--limit 64" in evaluate and "--plan uniform:4:16" in evaluate
     search = next(line for line in lines if line.startswith("8b") and "search" in line)
-    assert "--candidates 6" in search  # the capped preset by default
+    assert "--candidates 6" in search and "--dtype bf16" in search  # the capped preset, in bf16
     assert "--max-memory 2GB" in lines[-1] and lines[-1].startswith("8b")
     smol = next(line for line in lines if line.startswith("smollm2") and "profile" in line)
     assert "/models/" not in smol  # the embedded model: no source argument
