@@ -248,15 +248,16 @@ def search_peak(
 
     Args:
         structure: the model's.
-        largest: ``plan_memory(structure, largest plan of the space, weight_bytes=4)``.
+        largest: ``plan_memory(structure, largest plan of the space, weight_bytes=weight_bytes)``.
         bits: the space's bit choices (the QuantCache fills at each quantised one).
         group_size: the plans' group size.
         calibration_samples, seq_len, batch_size: the profile's windows, the proxy's batch.
         evaluators: proxy evaluators alive at once (the halving strategy: rungs + 1).
         profiles: the search profiles (no ``--sensitivity`` given).
         shared_base, gradient_checkpointing: as ``proxy_peak``.
-        weight_bytes: 4 (the search runs in fp32 today); 2 prices a bf16 search, not built yet.
-        cache_on_device: False prices a QuantCache kept on the host, not built yet.
+        weight_bytes: 4 for fp32, 2 for ``qra search --dtype bf16``.
+        cache_on_device: False: the QuantCache is kept on the host (``QuantCache(storage="cpu")``),
+            so neither phase holds it on the device.
     """
     cache = cache_bytes(structure, bits, group_size) if cache_on_device else 0
     proxy = proxy_peak(

@@ -184,7 +184,7 @@ def test_search_below_the_smallest_plan_is_refused_before_loading(
 
 
 def test_search_check_turns_checkpointing_on_when_only_that_fits(tiny_model_dir, capsys) -> None:
-    from qradaptor.cli.max_memory import check_search
+    from qradaptor.cli.max_memory import SearchFit, check_search
     from qradaptor.memory import plan_memory
     from qradaptor.search.pipeline import search_space
     from qradaptor.search.space import smallest_and_largest
@@ -205,9 +205,10 @@ def test_search_check_turns_checkpointing_on_when_only_that_fits(tiny_model_dir,
     today = search_peak(structure, report, **kwargs)
     assert checkpointed.total < plain.total < today.total
     common = dict(calibration_samples=1, seq_len=512, batch_size=8, profiles=True, device="cpu")
-    assert check_search(plain.total, structure, config, **common) is False
-    assert check_search(plain.total - 1, structure, config, **common) is True
-    assert "gradient checkpointing on in the proxy fine-tunes" in capsys.readouterr().err
+    assert check_search(plain.total, structure, config, **common) == SearchFit(False, False)
+    # On a CPU the host is the device: no QuantCache on the host, checkpointing is next.
+    assert check_search(plain.total - 1, structure, config, **common) == SearchFit(True, False)
+    assert "qra search: gradient checkpointing in the proxy fine-tunes: otherwise" in capsys.readouterr().err
     with pytest.raises(ValueError, match="is below what qra search needs"):
         check_search(checkpointed.total - 1, structure, config, **common)
 
@@ -238,3 +239,73 @@ def test_a_search_within_the_limit_chooses_as_the_default_one(cli, tiny_model_di
     assert all(abs(trials[0][k] - trials[1][k]) <= 1e-5 for k in trials[0])
     chosen = [json.loads((tmp_path / n / "summary.json").read_text())["chosen"] for n in ("default", "lean")]
     assert chosen[0]["plan_hash"] == chosen[1]["plan_hash"]
+
+
+def test_a_bf16_search_scores_as_fp32_within_the_tolerance(cli, tiny_model_dir, words, tmp_path) -> None:
+    """``--dtype bf16`` loads, profiles and proxy-tunes in bf16: every trial's loss within 0.03
+    nats of the fp32 search's (bf16 keeps 8 bits of mantissa; losses and KL stay fp32)."""
+    args = [
+        "search", tiny_model_dir, "--budget", "3.6bits", "--data", words, "--eval-data", words,
+        "--device", "cpu", "--max-memory", "1GB",
+        "--seq-len", 16, "--steps", 2, "--batch-size", 2, "--eval-batches", 1, "--calibration-samples", 2,
+        "--group-size", 32, "--ranks", "4,8", "--candidates", 6, "--rungs", 1, "--bayes-iterations", 0,
+        "--no-progress",
+    ]  # fmt: skip
+    for name, dtype in (("fp32", "fp32"), ("bf16", "bf16")):
+        code, _, err = cli(*args, "-o", tmp_path / name, "--dtype", dtype)
+        assert code == 0, err
+    trials = [
+        {
+            t["plan_hash"]: t["loss"]
+            for t in map(json.loads, (tmp_path / name / "trials.jsonl").read_text().splitlines())
+        }
+        for name in ("fp32", "bf16")
+    ]
+    shared = trials[0].keys() & trials[1].keys()
+    assert len(shared) >= 2
+    assert max(abs(trials[0][k] - trials[1][k]) for k in shared) <= 0.03
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bf16"
+
+
+def test_a_bf16_search_below_its_limit_is_refused_before_loading(
+    cli, tiny_model_dir, words, tmp_path, no_load
+) -> None:
+    code, _, err = cli(
+        "search", tiny_model_dir, "--budget", "3.6bits", "-o", tmp_path / "s", "--data", words,
+        "--device", "cpu", "--dtype", "bf16", "--max-memory", "100KB",
+    )  # fmt: skip
+    assert code == 2 and "is below what even the smallest plan of the search space needs" in _one_line(err)
+    assert not (tmp_path / "s" / "study.db").exists()
+    code, _, err = cli("search", "--budget", "4bits", "-o", tmp_path / "w", "--dtype", "bf16", "--workers", 1)
+    assert code == 2 and "--dtype bf16 is for a search in this process" in err
+
+
+def test_the_8b_search_fits_24gib_in_bf16_with_the_cache_on_the_host(monkeypatch, capsys) -> None:
+    """Issue 16's 8B shape at the full preset's settings, priced from the config alone."""
+    import torch
+    from transformers import LlamaConfig
+
+    from qradaptor.cli.max_memory import SearchFit, check_search
+    from qradaptor.models.structure import structure_from_config
+
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 2**40})
+    )
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: None)
+    shape = LlamaConfig(
+        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+        intermediate_size=14336, vocab_size=49152, tie_word_embeddings=False,
+    )  # fmt: skip
+    structure = structure_from_config(shape)
+    config = SearchConfig(budget=parse_budget("4.0bits"), halving=HalvingConfig(candidates=24, rungs=2))
+    common = dict(calibration_samples=8, seq_len=512, batch_size=4, profiles=True, device="cuda")
+    assert check_search(24 * 2**30, structure, config, **common, weight_bytes=2) == SearchFit(True, True)
+    err = capsys.readouterr().err
+    assert "the QuantCache kept on the host and gradient checkpointing in the proxy fine-tunes" in err
+    assert "predicted peak 24,17" in err.replace("24,18", "24,17")  # 23.6 GiB
+    # 40 GiB: the cache on the host alone fits (39.1 GiB), and costs less time than checkpointing.
+    assert check_search(40 * 2**30, structure, config, **common, weight_bytes=2) == SearchFit(False, True)
+    with pytest.raises(ValueError, match=r"--max-memory 22,888 MiB is below what qra search needs"):
+        check_search(24 * 10**9, structure, config, **common, weight_bytes=2)  # 24GB: 22.4 GiB
+    with pytest.raises(ValueError, match=r"even the smallest plan .* load in bf16 \(--dtype bf16\)"):
+        check_search(24 * 2**30, structure, config, **common, weight_bytes=4)  # fp32: 27.5 GiB of weights

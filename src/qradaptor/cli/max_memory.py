@@ -9,7 +9,7 @@ or raises one ``ValueError`` with the numbers.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from qradaptor.stage_memory import (
@@ -73,6 +73,16 @@ def check_profile(
     enforce("profile", peak, limit, device, change)
 
 
+@dataclass(frozen=True)
+class SearchFit:
+    """How ``qra search`` stays within ``--max-memory``: what ``run_search`` is told to do."""
+
+    gradient_checkpointing: bool
+    """The proxy steps recompute activations in the backward."""
+    cache_on_host: bool
+    """The QuantCache stays on the host; each candidate's codes move to the device when built."""
+
+
 def check_search(
     limit: int,
     structure: ModelStructure,
@@ -83,13 +93,16 @@ def check_search(
     batch_size: int,
     profiles: bool,
     device: str,
-) -> bool:
-    """``qra search`` on the low-memory path (shared base, packed candidates); returns whether
-    the proxies need gradient checkpointing to fit.
+    weight_bytes: int = 4,
+) -> SearchFit:
+    """``qra search`` on the low-memory path (shared base, packed candidates, at ``weight_bytes``
+    per weight: 4 fp32, 2 bf16): the first of these that fits, cheapest first: as it is, the
+    QuantCache on the host (CUDA only: on a CPU the host is the device), gradient
+    checkpointing, both. Says in one line what it turned on.
 
     Raises:
         ValueError: when even the smallest plan of the space cannot be searched within the limit,
-            or the largest cannot at this batch and length even with checkpointing.
+            or the largest cannot at this batch and length with everything on.
     """
     from qradaptor.memory import plan_memory
     from qradaptor.search.pipeline import search_space
@@ -99,12 +112,13 @@ def check_search(
     space, table, _ = search_space(structure, config)
     low, high = smallest_and_largest(table, space)
     evaluators = config.halving.rungs + 1 if config.strategy == "halving" else 1
+    host = device.startswith("cuda")
 
-    def peak(genome: Any, checkpointing: bool) -> StagePeak:
+    def peak(genome: Any, fit: SearchFit) -> StagePeak:
         plan = space.to_plan(genome, model_signature=structure.signature, group_size=config.group_size)
         return search_peak(
             structure,
-            plan_memory(structure, plan, weight_bytes=4),
+            plan_memory(structure, plan, weight_bytes=weight_bytes),
             bits=space.bit_choices,
             group_size=config.group_size,
             calibration_samples=calibration_samples,
@@ -113,29 +127,36 @@ def check_search(
             evaluators=evaluators,
             profiles=profiles,
             shared_base=True,
-            gradient_checkpointing=checkpointing,
+            gradient_checkpointing=fit.gradient_checkpointing,
+            weight_bytes=weight_bytes,
+            cache_on_device=not fit.cache_on_host,
         )
 
-    smallest = peak(low, True)
+    fits = [SearchFit(False, False), *([SearchFit(False, True)] if host else []), SearchFit(True, False)]
+    fits += [SearchFit(True, True)] if host else []
+    smallest = peak(low, fits[-1])
     if smallest.total > limit:
+        bf16 = ", load in bf16 (--dtype bf16)" if weight_bytes == 4 else ""
         raise ValueError(
             f"--max-memory {mib(limit)} is below what even the smallest plan of the search "
-            f"space needs: predicted peak {smallest.describe()}; give a larger limit, fewer --bits "
-            "choices, or lower --calibration-samples, --seq-len or --batch-size"
+            f"space needs: predicted peak {smallest.describe()}; give a larger limit{bf16}, fewer "
+            "--bits choices, or lower --calibration-samples, --seq-len or --batch-size"
         )
-    plain = peak(high, False)
-    if plain.total <= limit:
-        enforce("search", plain, limit, device, "--batch-size or --seq-len")
-        return False
-    checkpointed = peak(high, True)
+    plain = peak(high, fits[0])
+    fit, chosen = next(((f, p) for f in fits if (p := peak(high, f)).total <= limit), (fits[-1], None))
     change = "--batch-size, --seq-len or --calibration-samples, or drop the highest --bits or --ranks choices"
-    enforce("search", checkpointed, limit, device, change)
-    print(
-        f"qra search: gradient checkpointing on in the proxy fine-tunes: without it the predicted peak "
-        f"{mib(plain.total)} exceeds --max-memory {mib(limit)}",
-        file=sys.stderr,
-    )
-    return True
+    enforce("search", chosen or peak(high, fit), limit, device, change)
+    turned = [
+        *(["the QuantCache kept on the host"] if fit.cache_on_host else []),
+        *(["gradient checkpointing in the proxy fine-tunes"] if fit.gradient_checkpointing else []),
+    ]
+    if turned:
+        print(
+            f"qra search: {' and '.join(turned)}: otherwise the predicted peak {mib(plain.total)} "
+            f"exceeds --max-memory {mib(limit)}",
+            file=sys.stderr,
+        )
+    return fit
 
 
 def check_train(

@@ -65,6 +65,7 @@ def search(
     double_quant: bool = False,
     seed: int = 0,
     device: str = "auto",
+    dtype: str = "fp32",
     workers: int = 0,
     gpus: str | None = None,
     storage: str | None = None,
@@ -140,7 +141,10 @@ def search(
             quantisation; about 0.25 instead of 0.5 bit per weight at group 64), as qra plan
             --double-quant does; a --sensitivity file must be profiled so too
         seed: seed of the search (the proxy fine-tunes always use seed 0, so a study serves every search seed)
-        device: auto (cuda if available), cpu or cuda; proxy fine-tunes run in fp32
+        device: auto (cuda if available), cpu or cuda; proxy fine-tunes run in --dtype
+        dtype: fp32 or bf16: the dtype the model is loaded, profiled and proxy-tuned in (bf16
+            halves the weights' memory; the KL, log-probs and losses stay fp32); not with
+            --workers or --storage, whose workers load fp32
         workers: local worker processes scoring plans (0: score in this process, or with
             --storage wait for workers started elsewhere); too many for a device's memory
             are refused
@@ -159,6 +163,14 @@ def search(
     from qradaptor.search.budget import parse_budget
 
     memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
+    from qradaptor.cli.profile import DTYPE_BYTES
+
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    if dtype != "fp32" and (workers or storage):
+        raise ValueError(
+            f"--dtype {dtype} is for a search in this process; --workers and --storage load fp32"
+        )
 
     if preset != "auto" and preset not in PRESETS:
         raise ValueError(f"--preset must be one of auto, {', '.join(PRESETS)}, got {preset!r}")
@@ -267,7 +279,7 @@ def search(
         )
     lean: dict[str, bool] = {}
     if memory_cap is not None:
-        checkpointing = limits.check_search(
+        fit = limits.check_search(
             memory_cap,
             structure,
             config,
@@ -276,8 +288,10 @@ def search(
             batch_size=batch_size,
             profiles=given_sensitivity is None and not no_profile,
             device=device,
+            weight_bytes=DTYPE_BYTES[dtype],
         )
-        lean = {"shared_base": True, "gradient_checkpointing": checkpointing}
+        lean = {"shared_base": True, "gradient_checkpointing": fit.gradient_checkpointing}
+        lean["cache_on_host"] = fit.cache_on_host
     texts = search_texts(data, eval_data)  # a bad or too small --data fails before the lock and the load
     for line in texts.warnings:
         print(f"qra search: {line}", file=sys.stderr)
@@ -286,7 +300,11 @@ def search(
     def run() -> int:
         """The search, once the folder (and the --storage study) are this process's."""
         started = time.perf_counter()
-        loaded = load_model(model, device=device)
+        import torch
+
+        loaded = load_model(
+            model, device=device, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        )
         devices, worker_bytes = local_worker_devices(
             workers, device, gpu_list, structure, table, loaded.model, batch_size, seq_len, group_size
         )
@@ -313,6 +331,7 @@ def search(
             "roles": texts.roles,
             "epoch_tokens": int(train_windows.numel()),
             "device": device,
+            "dtype": dtype,
             "workers": devices,
             "worker_bytes_predicted": worker_bytes,
             "study": study,
@@ -436,3 +455,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     renamed_option(parser, "--method", "--quant-method")
     parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help=helps["dtype"])

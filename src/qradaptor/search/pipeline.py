@@ -102,6 +102,7 @@ def run_search(
     workers: WorkerQueue | None = None,
     shared_base: bool = False,
     gradient_checkpointing: bool = False,
+    cache_on_host: bool = False,
 ) -> SearchOutcome:
     """Runs (or resumes) the QR-Adaptor search of ``model`` under ``config.budget``.
 
@@ -124,6 +125,8 @@ def run_search(
         shared_base: build candidates packed on tensors shared with ``model``, one alive at a
             time (``ProxyEvaluator``'s low-memory path; same scores to float rounding).
         gradient_checkpointing: proxy steps recompute activations in the backward.
+        cache_on_host: keep the fitted codes (``QuantCache``) on the host, each candidate's
+            moved to the device when it is built (same scores; tests/search/test_lean_search.py).
 
     Returns:
         The records, the front, the chosen plan and the cost of each stage.
@@ -156,7 +159,8 @@ def run_search(
 
     from qradaptor.quant.cache import QuantCache
 
-    quant_cache = QuantCache()  # every (linear, bits) fitted once: by the profile, reused by each build
+    # Every (linear, bits) fitted once: by the profile, reused by each build.
+    quant_cache = QuantCache(storage="cpu" if cache_on_host else None)
     lean = {"shared_base": shared_base, "gradient_checkpointing": gradient_checkpointing}
     start = time.perf_counter()
     unit_sens = None
