@@ -309,3 +309,37 @@ def test_the_8b_search_fits_24gib_in_bf16_with_the_cache_on_the_host(monkeypatch
         check_search(24 * 10**9, structure, config, **common, weight_bytes=2)  # 24GB: 22.4 GiB
     with pytest.raises(ValueError, match=r"even the smallest plan .* load in bf16 \(--dtype bf16\)"):
         check_search(24 * 2**30, structure, config, **common, weight_bytes=4)  # fp32: 27.5 GiB of weights
+    # Without the uniform references every plan scored is within 4.0 bits: the candidate is
+    # priced at the dearest plan within the budget, not at 8 bits everywhere, and 24GB fits.
+    from dataclasses import replace
+
+    lean = replace(config, references=False)
+    assert check_search(24 * 10**9, structure, lean, **common, weight_bytes=2) == SearchFit(True, True)
+    assert "predicted peak 2" in capsys.readouterr().err
+
+
+def test_without_references_the_candidate_is_the_dearest_plan_within_the_budget(tiny_model_dir) -> None:
+    """dearest_within: most bytes within the budget (brute force over a small space), never
+    more than the space's largest; only for avg-bits budgets."""
+    import itertools
+
+    import numpy as np
+
+    from qradaptor.search.knapsack import dearest_within
+    from qradaptor.search.pipeline import search_space
+    from qradaptor.search.space import smallest_and_largest
+
+    structure = load_structure(str(tiny_model_dir))[1]
+    config = SearchConfig(budget=parse_budget("3.6bits"), group_size=32, bits=(2, 4, 8), ranks=(4, 8))
+    space, table, _ = search_space(structure, config)
+    dearest = dearest_within(table, config.budget)
+    assert float(table.avg_bits_of(dearest)) <= 3.6
+    assert (dearest[:, 1] == len(space.rank_choices) - 1).all()
+    best = max(
+        int(table.bytes_of(np.array([[b, 1] for b in bits])))
+        for bits in itertools.product(range(3), repeat=space.num_units)
+        if float(table.avg_bits_of(np.array([[b, 1] for b in bits]))) <= 3.6
+    )
+    assert int(table.bytes_of(dearest)) == best < int(table.bytes_of(smallest_and_largest(table, space)[1]))
+    with pytest.raises(ValueError, match="needs an avg-bits budget"):
+        dearest_within(table, parse_budget("100MB"))

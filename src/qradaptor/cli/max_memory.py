@@ -98,7 +98,9 @@ def check_search(
     """``qra search`` on the low-memory path (shared base, packed candidates, at ``weight_bytes``
     per weight: 4 fp32, 2 bf16): the first of these that fits, cheapest first: as it is, the
     QuantCache on the host (CUDA only: on a CPU the host is the device), gradient
-    checkpointing, both. Says in one line what it turned on.
+    checkpointing, both. Says in one line what it turned on. The candidate is priced at the
+    space's largest plan, or without uniform references under an avg-bits budget at the dearest
+    plan within the budget (every other plan scored is repaired into it).
 
     Raises:
         ValueError: when even the smallest plan of the space cannot be searched within the limit,
@@ -111,6 +113,12 @@ def check_search(
 
     space, table, _ = search_space(structure, config)
     low, high = smallest_and_largest(table, space)
+    if not config.references and config.budget.kind == "avg_bits":
+        # Every plan scored is repaired into the budget (the uniform references are not), so
+        # the dearest plan within it bounds the candidate, not the space's largest.
+        from qradaptor.search.knapsack import dearest_within
+
+        high = dearest_within(table, config.budget)
     evaluators = config.halving.rungs + 1 if config.strategy == "halving" else 1
     host = device.startswith("cuda")
 

@@ -205,6 +205,25 @@ def knapsack_genome(table: MemoryTable, values: npt.ArrayLike, budget: Budget, *
     return genome
 
 
+def dearest_within(table: MemoryTable, budget: Budget) -> Genome:
+    """The genome of most bytes within an avg-bits ``budget``, every unit at the largest rank.
+
+    What a search that scores only plans within its budget (no uniform references) holds at
+    most: under avg bits a unit's bytes are its bits' plus its rank's and rank costs no bits,
+    so the largest rank is free and the dearest bits within the budget are a knapsack over
+    negated bytes, exact.
+
+    Raises:
+        ValueError: for a byte budget (rank and bits trade there: bound by the space's
+            largest plan instead), or one below the smallest plan.
+    """
+    if budget.kind != "avg_bits":
+        raise ValueError(f"dearest_within needs an avg-bits budget, got {budget.describe()}")
+    rank = table.space.rank_choices[-1]
+    values = -table.unit_bytes[:, :, -1].astype(np.float64)  # least negated bytes = most bytes
+    return knapsack_genome(table, values, budget, rank=rank)
+
+
 def _amount(genome: Genome, budget: Budget, table: MemoryTable) -> str:
     if budget.kind == "avg_bits":
         return f"{float(table.avg_bits_of(genome)):g} avg bits"
