@@ -63,8 +63,9 @@ class Reference:
 class SearchSummary:
     """summary.json: what a finished search evaluated, chose and cost.
 
-    The first eight fields are ``search.report.summarise``'s; the rest were added over time,
-    so a file from before one of them reads it as None.
+    ``search.report.summarise`` fills the fields up to ``references`` from a search's trials;
+    the rest, about the run, were added over time, so a file from before one of them reads it
+    as None.
     """
 
     evaluations: Mapping[str, int]
