@@ -101,7 +101,7 @@ def _plots(run_dir: Path, outcome: SearchOutcome, config: Any) -> None:
         return
     from qradaptor.search import report
     from qradaptor.search.records import SEARCH_PHASES
-    from qradaptor.sensitivity import plot_sensitivity
+    from qradaptor.sensitivity_table import plot_sensitivity
 
     records = list(outcome.records)
     budget_bytes = config.budget.value if config.budget.kind == "bytes" else None

@@ -7,7 +7,7 @@
     RUN/trials.csv          every trial of the study (``search.records``), and trials.jsonl
     RUN/screened.csv        the halving strategy's lower rungs
     RUN/pareto.json         the trials on the Pareto front
-    RUN/sensitivity.json    the profile (``sensitivity.SensitivityTable``), and sensitivity.csv
+    RUN/sensitivity.json    the profile (``sensitivity_table.SensitivityTable``), and sensitivity.csv
     RUN/study.db            the Optuna study (the score cache; a search resumes from it)
     RUN/*.png               plots
 
