@@ -70,7 +70,8 @@ def _score(loaded, structure, cache, label: str, made: Plan, args: argparse.Name
 def _table(loaded, folder: Path, group_size: int, double_quant: bool, args: argparse.Namespace, cache):
     """The KL table at ``group_size``, read from ``folder`` or profiled (and written) there."""
     from qradaptor.data import load_texts, pack_texts
-    from qradaptor.sensitivity import SensitivityTable, profile_sensitivity
+    from qradaptor.sensitivity import profile_sensitivity
+    from qradaptor.sensitivity_table import SensitivityTable
 
     path = folder / f"sensitivity-g{group_size}{'-dq' if double_quant else ''}.json"
     if path.exists():

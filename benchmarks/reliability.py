@@ -98,7 +98,7 @@ def data_files(folder: Path) -> dict[str, Path]:
 
 def embedded_gguf_cuts(folder: Path) -> dict[str, Path]:
     """The embedded GGUF cut in its header, in its tensor data, and one byte short."""
-    from qradaptor.models.loading import embedded_gguf_path
+    from qradaptor.models.sources import embedded_gguf_path
 
     whole = embedded_gguf_path().read_bytes()
     cuts = {

@@ -26,7 +26,8 @@ import torch
 from qradaptor.correlation import pearson, spearman
 from qradaptor.data import load_texts, pack_texts
 from qradaptor.models.loading import load_model
-from qradaptor.sensitivity import plot_sensitivity, profile_sensitivity
+from qradaptor.sensitivity import profile_sensitivity
+from qradaptor.sensitivity_table import plot_sensitivity
 
 
 def _ints(text: str) -> list[int]:

@@ -12,7 +12,8 @@ from qradaptor.build import quantize_model_
 from qradaptor.correlation import pearson, spearman
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import LayerSpec, Plan
-from qradaptor.sensitivity import SensitivityTable, plot_sensitivity, profile_sensitivity
+from qradaptor.sensitivity import profile_sensitivity
+from qradaptor.sensitivity_table import SensitivityTable, plot_sensitivity
 
 BITS = (2, 3, 4, 8)
 

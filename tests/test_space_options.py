@@ -24,7 +24,7 @@ from qradaptor.quant.quantizer import dequantize, quantize
 from qradaptor.search.budget import parse_budget
 from qradaptor.search.knapsack import knapsack_plan
 from qradaptor.search.space import MemoryTable, SearchSpace
-from qradaptor.sensitivity import SensitivityTable
+from qradaptor.sensitivity_table import SensitivityTable
 
 # The tiny Llama: hidden 64 (q/k/v/o/gate/up inputs), intermediate 128 (down_proj's input).
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")

@@ -141,7 +141,7 @@ def test_knapsack_from_a_profile_equals_the_library(cli, tiny_model_dir, tiny_pr
 
     from qradaptor.search.budget import parse_budget
     from qradaptor.search.knapsack import knapsack_plan
-    from qradaptor.sensitivity import SensitivityTable
+    from qradaptor.sensitivity_table import SensitivityTable
 
     target = tmp_path / "k.json"
     argv = ["--baseline", "knapsack", "--budget", "3.7bits", "--sensitivity", tiny_profile, "--rank", "8"]

@@ -12,7 +12,8 @@ import torch
 from qradaptor.cli import profile as profile_verb
 from qradaptor.data import load_texts, pack_texts
 from qradaptor.models.loading import load_model
-from qradaptor.sensitivity import SensitivityTable, profile_sensitivity
+from qradaptor.sensitivity import profile_sensitivity
+from qradaptor.sensitivity_table import SensitivityTable
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -94,12 +94,16 @@ def write_search(folder: Path, losses: list[tuple[str, float]], cost: float, pea
     searched = [r for r in records if r.phase != "reference"]
     chosen = min(searched, key=lambda r: r.loss)
     summary = search_report.summarise(records, pareto=[chosen.number], chosen_number=chosen.number)
-    summary.update(
-        budget="3.5 avg bits", wall_seconds=99.0, search_cost_epochs=cost, proxy_tokens=cost * 100_000
+    summary = replace(
+        summary,
+        budget="3.5 avg bits",
+        wall_seconds=99.0,
+        search_cost_epochs=cost,
+        proxy_tokens=cost * 100_000,
     )
     folder.mkdir(parents=True)
     if pearson_r is not None:
-        summary["bits_sensitivity_pearson"] = pearson_r
+        summary = replace(summary, profiled=True, bits_sensitivity_pearson=pearson_r)
         kl = [[0.3, 0.1, 0.05, 0.001], [0.2, 0.08, 0.04, 0.001], [0.1, 0.05, 0.02, 0.001]]
         sensitivity = {
             "format": 1,
@@ -112,7 +116,7 @@ def write_search(folder: Path, losses: list[tuple[str, float]], cost: float, pea
         (folder / "sensitivity.json").write_text(
             json.dumps(sensitivity, indent=2)
         )  # SensitivityTable.to_dict
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary.save(folder)
     (folder / "trials.csv").write_text(records_to_csv(records))
     plan = Plan.from_lists(list(chosen.bits), list(chosen.ranks), group_size=32)
     (folder / "plan.json").write_text(plan.to_json() + "\n")

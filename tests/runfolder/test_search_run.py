@@ -22,7 +22,7 @@ def _summary() -> SearchSummary:
         TrialRecord(1, "initial", 0, "h1", (4, 3), (8, 16), 1.9, 2.9, 900, 4.0, 1.0, tokens=64),
         TrialRecord(2, "nsga2", 1, "h2", (3, 3), (8, 8), math.inf, math.inf, 800, 3.5, 1.0, tokens=64),
     ]
-    summary = SearchSummary.from_dict(report.summarise(records, pareto=[1, 0], chosen_number=1))
+    summary = report.summarise(records, pareto=[1, 0], chosen_number=1)
     return replace(
         summary,
         budget="4.0 avg bits",
@@ -55,7 +55,15 @@ def test_a_search_summary_round_trips_through_its_file(tmp_path: Path) -> None:
     profiled.save(tmp_path)
     assert json.loads((tmp_path / SEARCH_SUMMARY).read_text())["bits_sensitivity_pearson"] is None
     assert SearchSummary.load(tmp_path) == profiled
-    assert report.format_summary(data).startswith("phase")  # the printed table reads the same dict
+    assert report.format_summary(summary).startswith("phase")  # the printed table reads the record
+
+
+def test_summary_json_is_written_byte_for_byte_as_before(tmp_path: Path) -> None:
+    # data/search_summary.json was written by the code before summarise returned a record (a
+    # dict then read by SearchSummary.from_dict): the record must write the same bytes.
+    replace(_summary(), profiled=True, bits_sensitivity_pearson=0.5).save(tmp_path)
+    golden = (Path(__file__).parent / "data" / "search_summary.json").read_text()
+    assert (tmp_path / SEARCH_SUMMARY).read_text() == golden
 
 
 def test_every_committed_summary_json_reads_and_keeps_its_values() -> None:
@@ -67,6 +75,9 @@ def test_every_committed_summary_json_reads_and_keeps_its_values() -> None:
         assert summary.profiled == ("bits_sensitivity_pearson" in old)
         again = summary.to_dict()
         assert {k: again[k] for k in old} == old, path  # keys added since are None
+        # and byte for byte: the same keys are written in the same order, with the same numbers
+        text = json.dumps({k: v for k, v in again.items() if k in old}, indent=2, default=str) + "\n"
+        assert text == path.read_text(), path
         assert SearchSummary.from_dict(again) == summary
 
 

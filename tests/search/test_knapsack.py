@@ -13,7 +13,7 @@ from qradaptor.plan import Plan
 from qradaptor.search.budget import Budget, parse_budget, violation
 from qradaptor.search.knapsack import knapsack_genome, knapsack_plan, solve_mckp, unit_values
 from qradaptor.search.space import MemoryTable, SearchSpace
-from qradaptor.sensitivity import SensitivityTable
+from qradaptor.sensitivity_table import SensitivityTable
 
 
 def brute_force(costs, values, capacity):

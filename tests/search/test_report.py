@@ -116,40 +116,41 @@ def test_correlation_hand_computed() -> None:
 def test_summarise_hand_computed(records) -> None:
     summary = summarise(records, pareto=[7, 5, 6], chosen_number=7)
     halving = ("knapsack", "screen", "halving")  # the other strategy's phases: counted, none here
-    assert summary["evaluations"] == {
+    assert summary.evaluations == {
         "reference": 2,
         "initial": 3,
         "nsga2": 2,
         "bayes": 1,
         **dict.fromkeys(halving, 0),
     }
-    assert summary["seconds"] == pytest.approx(
+    assert summary.seconds == pytest.approx(
         {"reference": 9.0, "initial": 9.0, "nsga2": 4.0, "bayes": 6.0, **dict.fromkeys(halving, 0.0)}
     )
-    assert all(summary["best_loss"].pop(p) is None for p in halving)
-    assert summary["total_seconds"] == pytest.approx(28.0)
-    assert summary["total_evaluations"] == 8
-    assert summary["best_loss"] == pytest.approx(
-        {"reference": 2.5, "initial": 2.6, "nsga2": 2.55, "bayes": 2.4}
-    )
-    assert summary["pareto"] == [5, 6, 7]
-    chosen = summary["chosen"]
-    assert (chosen["number"], chosen["loss"], chosen["bytes"]) == (7, 2.40, int(8.5 * MIB))
-    assert (chosen["bits"], chosen["ranks"], chosen["avg_bits"]) == ([4, 3, 2], [8, 16, 8], 3.0)
-    assert chosen["on_pareto"] is True
-    refs = {r["name"]: r for r in summary["references"]}
-    assert refs["uniform-4bit-r8"]["loss"] == pytest.approx(2.5)
-    assert refs["uniform-4bit-r8"]["chosen_minus_reference"] == pytest.approx(-0.1)
-    assert refs["uniform-2bit-r8"]["chosen_minus_reference"] == pytest.approx(-0.4)
-    json.dumps(summary, allow_nan=False)  # JSON-able, no inf or nan
+    best = dict(summary.best_loss)
+    assert all(best.pop(p) is None for p in halving)
+    assert summary.total_seconds == pytest.approx(28.0)
+    assert summary.total_evaluations == 8
+    assert best == pytest.approx({"reference": 2.5, "initial": 2.6, "nsga2": 2.55, "bayes": 2.4})
+    assert summary.pareto == (5, 6, 7)
+    chosen = summary.chosen
+    assert (chosen.number, chosen.loss, chosen.bytes) == (7, 2.40, int(8.5 * MIB))
+    assert (chosen.bits, chosen.ranks, chosen.avg_bits) == ((4, 3, 2), (8, 16, 8), 3.0)
+    assert summary.chosen_on_pareto is True
+    refs = {r.trial.name: r for r in summary.references}
+    assert refs["uniform-4bit-r8"].trial.loss == pytest.approx(2.5)
+    assert refs["uniform-4bit-r8"].chosen_minus_reference == pytest.approx(-0.1)
+    assert refs["uniform-2bit-r8"].chosen_minus_reference == pytest.approx(-0.4)
+    assert summary.budget is None and summary.profiled is False  # the run's fields: the writer's
+    json.dumps(summary.to_dict(), allow_nan=False)  # JSON-able, no inf or nan
 
 
 def test_summarise_non_finite_chosen_is_none(records) -> None:
     summary = summarise(records, pareto=[], chosen_number=3)
-    assert summary["chosen"]["loss"] is None
-    assert summary["chosen"]["on_pareto"] is False
-    assert all(r["chosen_minus_reference"] is None for r in summary["references"])
-    json.dumps(summary, allow_nan=False)
+    data = summary.to_dict()
+    assert data["chosen"]["loss"] is None
+    assert data["chosen"]["on_pareto"] is False
+    assert all(r["chosen_minus_reference"] is None for r in data["references"])
+    json.dumps(data, allow_nan=False)
     assert "chosen #3 (initial): loss -" in format_summary(summary)
 
 
@@ -163,11 +164,6 @@ def test_format_summary_table(records) -> None:
     assert "chosen #7 (bayes, on the Pareto front): loss 2.4000, 8.50 MiB, 3.000 avg bits" in text
     assert "  bits  4 3 2" in text
     assert any(line.split() == ["uniform-2bit-r8", "2.8000", "6.00", "-0.4000"] for line in lines)
-
-
-def test_format_summary_rejects_partial_dict() -> None:
-    with pytest.raises(ValueError, match=r"summary must have the keys.*'chosen'"):
-        format_summary({"evaluations": {}})
 
 
 def test_empty_records_rejected(tmp_path) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qradaptor.models.loading import ResolvedSource
+    from qradaptor.models.sources import ResolvedSource
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
-    from qradaptor.sensitivity import SensitivityTable
+    from qradaptor.sensitivity_table import SensitivityTable
 
 VERB_DEST = "_verb"
 """Namespace attribute holding the chosen verb's name."""
@@ -69,7 +69,8 @@ def load_structure(model: str | None) -> tuple[ResolvedSource, ModelStructure]:
     Raises:
         ValueError: if the source does not exist, is not a causal LM, or can't be mapped.
     """
-    from qradaptor.models.loading import load_config, resolve_source
+    from qradaptor.models.loading import load_config
+    from qradaptor.models.sources import resolve_source
     from qradaptor.models.structure import structure_from_config
 
     resolved = resolve_source(model)
@@ -230,7 +231,7 @@ def read_sensitivity(path: str, signature: str | None = None) -> SensitivityTabl
         ValueError: if the file is missing, is not a sensitivity table, or was profiled on a
             model of another signature.
     """
-    from qradaptor.sensitivity import SensitivityTable
+    from qradaptor.sensitivity_table import SensitivityTable
 
     file = Path(path).expanduser()
     if not file.is_file():

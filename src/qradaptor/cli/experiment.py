@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from qradaptor.cli.common import DEVICES, check_device
 
 if TYPE_CHECKING:
-    from qradaptor.experiment.config import Experiment
+    from qradaptor.experiment.commands import Experiment
 
 
 def _check_commands(experiments: list[Experiment]) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from qradaptor.cli.common import load_structure
 
 if TYPE_CHECKING:
-    from qradaptor.models.loading import ResolvedSource
+    from qradaptor.models.sources import ResolvedSource
     from qradaptor.models.structure import ModelStructure
 
 

@@ -23,7 +23,7 @@ from qradaptor.plotting import can_plot
 
 if TYPE_CHECKING:
     from qradaptor.models.loading import LoadedModel
-    from qradaptor.sensitivity import SensitivityTable
+    from qradaptor.sensitivity_table import SensitivityTable
 
 OUTPUT_FILES = ("sensitivity.json", "sensitivity.csv", "sensitivity.png")
 """What ``qra profile`` writes into OUT_DIR (the plot only if matplotlib is installed)."""
@@ -224,7 +224,7 @@ def profile(
 
     from qradaptor.models.provenance import read_provenance
     from qradaptor.models.structure import inspect_model
-    from qradaptor.sensitivity import plot_sensitivity
+    from qradaptor.sensitivity_table import plot_sensitivity
 
     device = resolve_device(device)
     if memory_cap is not None:

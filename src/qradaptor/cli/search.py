@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import sys
-import time
 from pathlib import Path
 
 from qradaptor.cli.common import (
@@ -23,10 +21,8 @@ from qradaptor.cli.search_options import (
     PRESETS,
     STRATEGIES,
     check_positive,
-    jsonable,
     parse_choices,
 )
-from qradaptor.runfolder.search_run import SEARCH_SENSITIVITY
 
 
 def search(
@@ -230,18 +226,14 @@ def search(
     check_output_dir(run_dir)  # writable, or creatable: before the model loads
     given_sensitivity = read_sensitivity(sensitivity) if sensitivity else None
 
-    from qradaptor.cli.search_output import print_outcome, write_config, write_run
-    from qradaptor.data import pack_texts
+    from qradaptor.cli.search_execution import SearchRequest, execute
     from qradaptor.data.search_texts import search_texts
-    from qradaptor.distributed.launch import local_worker_devices
-    from qradaptor.distributed.queue import display_url
-    from qradaptor.distributed.study import sqlite_url
     from qradaptor.lock import RunLock
-    from qradaptor.models.loading import load_model
     from qradaptor.search.bayes import BayesConfig
     from qradaptor.search.budget import check_budget
     from qradaptor.search.multifidelity import HalvingConfig
-    from qradaptor.search.pipeline import SearchConfig, check_given_profile, run_search, search_space
+    from qradaptor.search.pipeline import SearchConfig, search_space
+    from qradaptor.search.profiling import check_given_profile
     from qradaptor.search.proxy import ProxyConfig
 
     device = resolve_device(device)
@@ -295,104 +287,26 @@ def search(
     texts = search_texts(data, eval_data)  # a bad or too small --data fails before the lock and the load
     for line in texts.warnings:
         print(f"qra search: {line}", file=sys.stderr)
-    storage_url = storage or sqlite_url(run_dir / "study.db")
-
-    def run() -> int:
-        """The search, once the folder (and the --storage study) are this process's."""
-        started = time.perf_counter()
-        import torch
-
-        loaded = load_model(
-            model, device=device, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-        )
-        devices, worker_bytes = local_worker_devices(
-            workers, device, gpu_list, structure, table, loaded.model, batch_size, seq_len, group_size
-        )
-        train_windows = pack_texts(texts.calibration, loaded.tokenizer, seq_len, seed=0)  # the whole corpus
-        needed = steps * batch_size
-        train_ids = train_windows[:needed]
-        eval_ids = pack_texts(
-            texts.selection, loaded.tokenizer, seq_len, num_sequences=eval_batches * batch_size
-        )
-        calibration = train_windows[-calibration_samples:]
-        profiled = given_sensitivity
-        if profiled is None and not no_profile and (run_dir / SEARCH_SENSITIVITY).is_file():
-            profiled = read_sensitivity(str(run_dir / SEARCH_SENSITIVITY))  # resume: profiled already
-        from qradaptor.search.cost import cost_line
-
-        profiles = profiled is None and config.profile
-        line = cost_line(loaded.model, structure, config, proxy, train_ids, calibration_samples, profiles)
-        print(f"qra search: {line}", file=sys.stderr)  # what it will do, priced here, before doing it
-        settings = {
-            "model": loaded.source,
-            "budget": budget,
-            "data": texts.roles["calibration"],
-            "eval_data": texts.roles["selection"],
-            "roles": texts.roles,
-            "epoch_tokens": int(train_windows.numel()),
-            "device": device,
-            "dtype": dtype,
-            "workers": devices,
-            "worker_bytes_predicted": worker_bytes,
-            "study": study,
-            "preset": chosen_preset,
-            "config": jsonable(config),
-            "proxy": jsonable(proxy),
-        }
-        write_config(run_dir, settings)  # with the command line, passwords hidden
-        pool = None
-        queue = None
-        if devices or storage:
-            from qradaptor.distributed.launch import LocalWorkers
-            from qradaptor.distributed.queue import QueueSettings
-            from qradaptor.search.pipeline import WorkerQueue
-
-            settings = QueueSettings()
-            pool = LocalWorkers(storage_url, study, devices, run_dir / "workers", settings)
-            queue = WorkerQueue(
-                model_source=loaded.source,
-                queue=settings,
-                on_ready=(lambda _study: pool.start()) if devices else None,
-                check_alive=pool.check_alive if devices else None,
-            )
-            print(
-                f"plans are scored by {len(devices)} local worker(s) (logs in {run_dir / 'workers'}); "
-                "more can join from any machine: "
-                f"qra worker --storage {display_url(storage_url)} --study {study}",
-                file=sys.stderr,
-            )
-        try:
-            with pool if pool is not None else contextlib.nullcontext():
-                outcome = run_search(
-                    loaded.model,
-                    train_ids,
-                    eval_ids,
-                    config,
-                    storage=storage_url,
-                    proxy=proxy,
-                    calibration=calibration,
-                    sensitivity=profiled,
-                    study_name=study,
-                    device=device,
-                    progress=not no_progress,
-                    workers=queue,
-                    **lean,
-                )
-        except KeyboardInterrupt:
-            print(
-                f"interrupted; finished trials are in the study {study!r} of {display_url(storage_url)}: "
-                "run the same command to resume",
-                file=sys.stderr,
-            )
-            return 130
-        seconds = time.perf_counter() - started
-        vocab = loaded.model.config.vocab_size
-        summary = write_run(
-            run_dir, outcome, config, int(train_windows.numel()), seconds, texts.roles, math.log(vocab)
-        )
-        print_outcome(outcome, summary, run_dir)
-        return 0
-
+    request = SearchRequest(
+        model=model,
+        budget=budget,
+        config=config,
+        proxy=proxy,
+        seq_len=seq_len,
+        calibration_samples=calibration_samples,
+        texts=texts,
+        sensitivity=given_sensitivity,
+        run_dir=run_dir,
+        device=device,
+        dtype=dtype,
+        preset=chosen_preset,
+        workers=workers,
+        gpus=gpu_list,
+        storage=storage,
+        study=study,
+        lean=lean,
+        progress=not no_progress,
+    )
     shared = None
     if storage:
         from qradaptor.distributed.queue import open_storage
@@ -405,7 +319,7 @@ def search(
             from qradaptor.distributed.owner import StudyClaim
 
             held.enter_context(StudyClaim(shared, study))
-        return run()
+        return execute(request, structure, table)
     raise AssertionError("unreachable")  # ExitStack swallows nothing
 
 

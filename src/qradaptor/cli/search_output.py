@@ -43,9 +43,7 @@ def write_run(
     from qradaptor.search.records import records_to_csv
 
     records = list(outcome.records)
-    summary = SearchSummary.from_dict(
-        report.summarise(records, pareto=outcome.pareto, chosen_number=outcome.chosen.number)
-    )
+    summary = report.summarise(records, pareto=outcome.pareto, chosen_number=outcome.chosen.number)
     # Every rung's fine-tune tokens count: the screen's forward passes train on nothing.
     proxy_tokens = sum(r.tokens for r in (*records, *outcome.screened) if r.phase != "reference")
     summary = replace(
@@ -103,7 +101,7 @@ def _plots(run_dir: Path, outcome: SearchOutcome, config: Any) -> None:
         return
     from qradaptor.search import report
     from qradaptor.search.records import SEARCH_PHASES
-    from qradaptor.sensitivity import plot_sensitivity
+    from qradaptor.sensitivity_table import plot_sensitivity
 
     records = list(outcome.records)
     budget_bytes = config.budget.value if config.budget.kind == "bytes" else None
@@ -130,7 +128,7 @@ def print_outcome(outcome: SearchOutcome, summary: SearchSummary, run_dir: Path)
 
     if outcome.note:
         print(outcome.note)
-    print(report.format_summary(summary.to_dict()))
+    print(report.format_summary(summary))
     chosen = outcome.chosen
     print(
         f"chosen plan: proxy loss {chosen.loss:.4f}, {chosen.avg_bits:.3f} avg bits, {chosen.bytes} bytes; "

@@ -8,20 +8,11 @@ import inspect
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from qradaptor.cli.common import (
-    check_device,
-    check_output_dir,
-    read_plan,
-    resolve_device,
-    write_text_atomic,
-)
-from qradaptor.runfolder.train_run import RUN_ADAPTER, RUN_BASE, RUN_CHECKPOINTS, RUN_PLAN, RUN_TRAIN
+from qradaptor.cli.common import check_device, check_output_dir, read_plan, resolve_device
+from qradaptor.runfolder.train_run import RUN_CHECKPOINTS, RUN_TRAIN
 from qradaptor.train.compiled import COMPILE_MODES, check_compile
-
-if TYPE_CHECKING:
-    from qradaptor.train.run import TrainOutcome
 
 DIVERGED = 3
 """Exit code when training stopped on a diverging loss."""
@@ -224,6 +215,7 @@ def train(
 
     with RunLock(run, "qra train"):  # one writer per run folder: a second train is refused here
         _check_run_folder(run, resume=resume, force=force)  # again: the holder may just have finished
+        from qradaptor.cli.train_output import evaluate_run, print_outcome
         from qradaptor.plan import Plan
         from qradaptor.train.loop import TrainingDiverged
         from qradaptor.train.outputs import write_run
@@ -292,61 +284,9 @@ def train(
             return INTERRUPTED
         write_run(run, outcome, device=device)
         if eval_tasks is not None:
-            _evaluate(outcome, run, eval_tasks, eval_limit, device, seq_len, not no_progress)
-        _report(outcome, run)
+            evaluate_run(outcome, run, eval_tasks, eval_limit, device, seq_len, not no_progress)
+        print_outcome(outcome, run)
         return 0
-
-
-def _evaluate(
-    outcome: TrainOutcome, run: Path, tasks: str, limit: int | None, device: str, seq_len: int, progress: bool
-) -> None:
-    from qradaptor.eval.results import format_table, to_json
-    from qradaptor.eval.suite import resolve_tasks, run_suite, zero_shot_average
-    from qradaptor.models.provenance import read_provenance
-
-    names = resolve_tasks([t.strip() for t in tasks.split(",") if t.strip()])
-    records = run_suite(
-        outcome.model,
-        outcome.tokenizer,
-        names,
-        model_name=outcome.source,
-        plan_hash=outcome.plan.plan_hash,
-        adapter=str(run / RUN_ADAPTER),
-        limit=limit,
-        seq_len=seq_len,
-        progress=progress,
-    )
-    meta = {
-        "run": str(run),
-        "tasks": names,
-        "limit": limit,
-        "device": device,
-        "zero_shot_avg_acc": zero_shot_average(records, "acc"),
-        "provenance": read_provenance(outcome.source).to_dict(),
-    }
-    write_text_atomic(run / "eval.json", to_json(records, meta) + "\n", force=True)
-    print(format_table(records))
-
-
-def _report(outcome: TrainOutcome, run: Path) -> None:
-    from qradaptor.train.outputs import LOSS_CSV
-
-    memory = outcome.memory
-    result = outcome.result
-    measured = memory.measured_peak
-    peak = f"{measured / 2**20:,.1f} MiB measured, " if measured else ""
-    print(
-        f"{outcome.method.name}: {result.steps} steps, final train loss {result.losses[-1]:.4f}"
-        + (f", held-out loss {result.evals[-1][1]:.4f}" if result.evals else "")
-        + f"; {result.tokens_per_second:,.0f} tokens/s; avg bits {memory.avg_bits:.2f}, avg rank "
-        f"{memory.avg_rank:.1f}{' (kept after pruning)' if memory.adalora else ''}, "
-        f"{memory.trainable_params:,} trainable; peak {peak}"
-        f"{(memory.predicted_peak or 0) / 2**20:,.1f} MiB predicted"
-    )
-    print(
-        f"wrote {run}/{RUN_ADAPTER}, {RUN_PLAN}, {RUN_TRAIN}, {LOSS_CSV}"
-        + (f", {RUN_BASE}" if (run / RUN_BASE).exists() else "")
-    )
 
 
 VERB = train

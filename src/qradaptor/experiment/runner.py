@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qradaptor.experiment.config import Cell, Experiment, Step
+from qradaptor.experiment.commands import Cell, Experiment, Step
 from qradaptor.redact import redact
 from qradaptor.runfolder.cell import CELL_FILE, CellRecord
 

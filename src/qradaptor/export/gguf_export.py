@@ -120,7 +120,8 @@ def gguf_source(files: RunFiles, run_dir: str | Path, model: str | None) -> tupl
             GGUF of a supported architecture, or a plan with no GGUF type for some tensor.
     """
     from qradaptor.models.gguf_header import read_header
-    from qradaptor.models.loading import load_config, resolve_source
+    from qradaptor.models.loading import load_config
+    from qradaptor.models.sources import resolve_source
     from qradaptor.models.structure import structure_from_config
     from qradaptor.runs import NF4_METHODS
 

@@ -96,7 +96,7 @@ def read_provenance(source: str | os.PathLike[str] | None) -> Provenance:
     """Read what a model source stores without loading its weights.
 
     Args:
-        source: As for ``models.loading.resolve_source``: None (the embedded GGUF), a ``.gguf``
+        source: As for ``models.sources.resolve_source``: None (the embedded GGUF), a ``.gguf``
             file, a model folder, or a hub id (read from the local HF cache only, never the network).
 
     Returns:
@@ -106,7 +106,7 @@ def read_provenance(source: str | os.PathLike[str] | None) -> Provenance:
         ValueError: As ``resolve_source`` for a source that names nothing, or for a GGUF whose
             header cannot be read.
     """
-    from qradaptor.models.loading import resolve_source
+    from qradaptor.models.sources import resolve_source
 
     resolved = resolve_source(source)
     if resolved.origin in ("embedded", "gguf"):

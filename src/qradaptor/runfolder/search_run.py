@@ -7,7 +7,7 @@
     RUN/trials.csv          every trial of the study (``search.records``), and trials.jsonl
     RUN/screened.csv        the halving strategy's lower rungs
     RUN/pareto.json         the trials on the Pareto front
-    RUN/sensitivity.json    the profile (``sensitivity.SensitivityTable``), and sensitivity.csv
+    RUN/sensitivity.json    the profile (``sensitivity_table.SensitivityTable``), and sensitivity.csv
     RUN/study.db            the Optuna study (the score cache; a search resumes from it)
     RUN/*.png               plots
 
@@ -63,8 +63,9 @@ class Reference:
 class SearchSummary:
     """summary.json: what a finished search evaluated, chose and cost.
 
-    The first eight fields are ``search.report.summarise``'s; the rest were added over time,
-    so a file from before one of them reads it as None.
+    ``search.report.summarise`` fills the fields up to ``references`` from a search's trials;
+    the rest, about the run, were added over time, so a file from before one of them reads it
+    as None.
     """
 
     evaluations: Mapping[str, int]

@@ -38,7 +38,7 @@ from qradaptor.search.space import Genome, MemoryTable, SearchSpace
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
-    from qradaptor.sensitivity import SensitivityTable
+    from qradaptor.sensitivity_table import SensitivityTable
 
 
 def solve_mckp(costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int) -> npt.NDArray[np.int64] | None:
@@ -141,7 +141,7 @@ def unit_values(
 
 
 def _tables(sensitivity: SensitivityTable | Sequence[SensitivityTable]) -> tuple[SensitivityTable, ...]:
-    from qradaptor.sensitivity import SensitivityTable
+    from qradaptor.sensitivity_table import SensitivityTable
 
     tables = (sensitivity,) if isinstance(sensitivity, SensitivityTable) else tuple(sensitivity)
     if not tables:

@@ -8,9 +8,9 @@
     6. choice        the lowest proxy loss within the budget
 
 Every proxy evaluation goes through a ``StudyObjective``: a plan is tuned once and stored
-in the Optuna study, so running the same search again resumes it (see ``study``). This is
-the one module of ``search`` that touches a model, and only to hand it to the profiler and
-to the ``ProxyEvaluator``.
+in the Optuna study, so running the same search again resumes it (see ``study``). This module
+touches a model only to hand it to the profiler (``search/profiling.py``) and to the
+``ProxyEvaluator``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from qradaptor.search.definition import (  # noqa: F401 - re-exported: the searc
 from qradaptor.search.evolve import run_nsga2
 from qradaptor.search.knapsack import unit_values
 from qradaptor.search.multifidelity import run_halving
+from qradaptor.search.profiling import search_profile
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.records import SEARCH_PHASES, TrialRecord, genome_of
 from qradaptor.search.space import MemoryTable, SearchSpace, smallest_and_largest, unit_sensitivity
@@ -48,10 +49,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
     from qradaptor.quant.cache import QuantCache
-    from qradaptor.sensitivity import SensitivityTable
+    from qradaptor.sensitivity_table import SensitivityTable
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def run_search(
     start = time.perf_counter()
     unit_sens = None
     if config.profile and not above:
-        sensitivity = _profile(
+        sensitivity = search_profile(
             model, structure, space, config, calibration, sensitivity, progress, quant_cache
         )
         lowest = space.bit_choices[0]  # choices ascend
@@ -376,61 +376,3 @@ def _lower_rungs(
         bar = progress_bar(total=sizes[rung], desc=label, unit="plan", enabled=progress, leave=False)
         rungs.append(StudyObjective(study, evaluator, table, on_record=lambda *_, bar=bar: bar.update(1)))
     return rungs
-
-
-def check_given_profile(
-    sensitivity: SensitivityTable, structure: ModelStructure, space: SearchSpace, config: SearchConfig
-) -> None:
-    """Raises ValueError unless a given profile fits the search: its blocks, every searched bit
-    width and its scales' precision. Cheap, so ``qra search`` calls it before loading weights."""
-    from qradaptor.plan import UNQUANTIZED
-
-    quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
-    if sensitivity.num_blocks != structure.num_blocks:
-        raise ValueError(
-            f"sensitivity profile has {sensitivity.num_blocks} blocks, the model {structure.num_blocks}"
-        )
-    missing = [b for b in quantised if b not in sensitivity.bits]
-    if missing:
-        raise ValueError(f"sensitivity profile lacks the searched bits {missing}; it has {sensitivity.bits}")
-    if sensitivity.double_quant != config.double_quant:
-        said = ("with", "without") if sensitivity.double_quant else ("without", "with")
-        raise ValueError(
-            f"sensitivity profile was measured {said[0]} 8-bit scales and zeros (double "
-            f"quantisation), the search quantises {said[1]}: profile again with the search's "
-            "setting (qra profile --double-quant), or give the search the profile's"
-        )
-
-
-def _profile(
-    model: nn.Module,
-    structure: ModelStructure,
-    space: SearchSpace,
-    config: SearchConfig,
-    calibration: torch.Tensor | None,
-    sensitivity: SensitivityTable | None,
-    progress: bool,
-    cache: QuantCache | None = None,
-) -> SensitivityTable:
-    """The given profile after checking it fits, or a fresh one at the space's quantised bits."""
-    from qradaptor.plan import UNQUANTIZED
-    from qradaptor.sensitivity import profile_sensitivity
-
-    quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
-    if sensitivity is not None:
-        check_given_profile(sensitivity, structure, space, config)
-        return sensitivity
-    if calibration is None:
-        raise ValueError(
-            "profiling needs calibration windows: pass calibration= or sensitivity=, or profile=False"
-        )
-    return profile_sensitivity(
-        model,
-        calibration,
-        bits=quantised,
-        group_size=config.group_size,
-        quant_method=config.quant_method,
-        progress=progress,
-        cache=cache,
-        double_quant=config.double_quant,
-    )

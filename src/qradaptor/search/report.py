@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qradaptor.plotting import pyplot, save_figure
+from qradaptor.runfolder.search_run import Reference, SearchSummary
 from qradaptor.search.records import PHASES, SEARCH_PHASES, TrialRecord, best_so_far
 
 MIB = 2**20
@@ -285,15 +286,15 @@ def _json_loss(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def summarise(records: Sequence[TrialRecord], *, pareto: Sequence[int], chosen_number: int) -> dict[str, Any]:
-    """JSON-able numbers of a finished search.
+def summarise(records: Sequence[TrialRecord], *, pareto: Sequence[int], chosen_number: int) -> SearchSummary:
+    """The numbers of a finished search, as summary.json's record.
 
-    Keys: ``evaluations``, ``seconds`` and ``best_loss`` (each a dict over ``PHASES``; a best
-    loss is None when the phase has no finite loss), ``total_evaluations``, ``total_seconds``,
-    ``pareto`` (sorted numbers), ``chosen`` (``TrialRecord.to_dict`` of the chosen trial plus
-    ``on_pareto``) and ``references`` (``to_dict`` of each reference plus
-    ``chosen_minus_reference``, the chosen loss minus the reference's: negative is better).
-    Non-finite losses and differences become None.
+    Fills the record's trial fields: ``evaluations``, ``seconds`` and ``best_loss`` (each over
+    ``PHASES``; a best loss is None when the phase has no finite loss), ``total_evaluations``,
+    ``total_seconds``, ``pareto`` (sorted numbers), ``chosen`` and ``chosen_on_pareto``, and
+    ``references`` (each with ``chosen_minus_reference``, the chosen loss minus the
+    reference's: negative is better; None when not finite). The fields about the run (budget,
+    cost, roles, ...) are left None for the writer to fill with ``dataclasses.replace``.
 
     Args:
         records: Every trial of the study, references included.
@@ -312,58 +313,49 @@ def summarise(records: Sequence[TrialRecord], *, pareto: Sequence[int], chosen_n
     for phase in PHASES:
         finite = [r.loss for r in records if r.phase == phase and math.isfinite(r.loss)]
         best[phase] = min(finite) if finite else None
-    references = [
-        {**r.to_dict(), "chosen_minus_reference": _json_loss(chosen.loss - r.loss)}
-        for r in records
-        if r.phase == "reference"
-    ]
-    return {
-        "evaluations": {p: sum(r.phase == p for r in records) for p in PHASES},
-        "seconds": {p: sum(r.seconds for r in records if r.phase == p) for p in PHASES},
-        "best_loss": best,
-        "total_evaluations": len(records),
-        "total_seconds": sum(r.seconds for r in records),
-        "pareto": sorted(set(pareto)),
-        "chosen": {**chosen.to_dict(), "on_pareto": chosen.number in set(pareto)},
-        "references": references,
-    }
+    return SearchSummary(
+        evaluations={p: sum(r.phase == p for r in records) for p in PHASES},
+        seconds={p: sum(r.seconds for r in records if r.phase == p) for p in PHASES},
+        best_loss=best,
+        total_evaluations=len(records),
+        total_seconds=sum(r.seconds for r in records),
+        pareto=tuple(sorted(set(pareto))),
+        chosen=chosen,
+        chosen_on_pareto=chosen.number in set(pareto),
+        references=tuple(
+            Reference(r, _json_loss(chosen.loss - r.loss)) for r in records if r.phase == "reference"
+        ),
+    )
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """A small text table of ``summarise``'s output for the terminal.
-
-    Raises:
-        ValueError: ``summary`` lacks a key that ``summarise`` writes.
-    """
-    needed = "evaluations seconds best_loss total_evaluations total_seconds chosen references".split()
-    missing = [k for k in needed if k not in summary]
-    if missing:
-        raise ValueError(f"summary must have the keys of summarise(), missing {missing}")
+def format_summary(summary: SearchSummary) -> str:
+    """A small text table of a search's summary for the terminal."""
     lines = [f"{'phase':<10} {'evals':>6} {'seconds':>10} {'best loss':>10}"]
     for p in PHASES:
-        if not summary["evaluations"][p]:
+        evaluations = summary.evaluations.get(p, 0)
+        if not evaluations:
             continue  # a phase of the other strategy, or one this search skipped
-        best = _fmt(summary["best_loss"][p])
-        lines.append(f"{p:<10} {summary['evaluations'][p]:>6} {summary['seconds'][p]:>10.1f} {best:>10}")
-    lines.append(f"{'total':<10} {summary['total_evaluations']:>6} {summary['total_seconds']:>10.1f}")
-    c = summary["chosen"]
-    where = f"{c['phase']}, on the Pareto front" if c.get("on_pareto") else c["phase"]
+        best = _fmt(summary.best_loss.get(p))
+        lines.append(f"{p:<10} {evaluations:>6} {summary.seconds[p]:>10.1f} {best:>10}")
+    lines.append(f"{'total':<10} {summary.total_evaluations:>6} {summary.total_seconds:>10.1f}")
+    c = summary.chosen
+    where = f"{c.phase}, on the Pareto front" if summary.chosen_on_pareto else c.phase
     lines += [
         "",
-        f"chosen #{c['number']} ({where}): loss {_fmt(c['loss'])}, {c['bytes'] / MIB:.2f} MiB, "
-        f"{c['avg_bits']:.3f} avg bits",
-        f"  bits  {' '.join(map(str, c['bits']))}",
-        f"  ranks {' '.join(map(str, c['ranks']))}",
+        f"chosen #{c.number} ({where}): loss {_fmt(c.loss)}, {c.bytes / MIB:.2f} MiB, "
+        f"{c.avg_bits:.3f} avg bits",
+        f"  bits  {' '.join(map(str, c.bits))}",
+        f"  ranks {' '.join(map(str, c.ranks))}",
     ]
-    if summary["references"]:
-        names = [r["name"] or f"#{r['number']}" for r in summary["references"]]
+    if summary.references:
+        names = [_label(r.trial) for r in summary.references]
         width = max(len("reference"), *map(len, names))
         lines += ["", f"{'reference':<{width}} {'loss':>10} {'MiB':>9} {'chosen-ref':>11}"]
-        for name, r in zip(names, summary["references"], strict=True):
-            delta = _fmt(r["chosen_minus_reference"], "+.4f")
-            lines.append(f"{name:<{width}} {_fmt(r['loss']):>10} {r['bytes'] / MIB:>9.2f} {delta:>11}")
+        for name, r in zip(names, summary.references, strict=True):
+            delta = _fmt(r.chosen_minus_reference, "+.4f")
+            lines.append(f"{name:<{width}} {_fmt(r.trial.loss):>10} {r.trial.bytes / MIB:>9.2f} {delta:>11}")
     return "\n".join(lines)

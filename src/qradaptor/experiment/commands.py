@@ -1,0 +1,134 @@
+"""An experiment once read: its cells, each a list of ``qra`` commands, and the searches and
+profiles that cells share by command.
+
+Plain records: ``experiment/config.py`` makes them from a file, ``experiment/runner.py`` runs
+them. A step names the file whose presence says it finished, by the run folders' own names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qradaptor.runfolder.search_run import SEARCH_PLAN
+
+
+@dataclass(frozen=True)
+class Step:
+    """One qra command of a cell."""
+
+    verb: str
+    """plan, search, train or eval."""
+    argv: tuple[str, ...]
+    """Its arguments after ``qra VERB``."""
+    done: Path
+    """The file whose presence means this step has finished."""
+
+    @property
+    def command(self) -> str:
+        """The shell line that runs it."""
+        import shlex
+
+        return shlex.join(["qra", self.verb, *self.argv])
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One ``qra profile`` that every search and knapsack plan of a file reads, run once."""
+
+    key: str
+    """Folder name under ``DIR/profiles``: a digest of the command."""
+    step: Step
+    """The profile command; its ``done`` is the sensitivity.json it writes last (atomically)."""
+
+    @property
+    def table(self) -> Path:
+        """The sensitivity.json that searches and knapsack plans get as ``--sensitivity``."""
+        return self.step.done
+
+
+@dataclass(frozen=True)
+class Search:
+    """One ``qra search``, run once however many cells train its plan."""
+
+    key: str
+    """Folder name under ``DIR/searches``: budget, seed and a digest of the command."""
+    step: Step
+    """The search command; its ``done`` is summary.json, which ``qra search`` writes after
+    plan.json and the trials (a search killed in between is not taken for finished)."""
+    profile: Profile | None = None
+    """The shared profile it reads instead of profiling, or None."""
+
+    @property
+    def folder(self) -> Path:
+        """The ``qra search`` run folder (``DIR/searches/<key>``)."""
+        return self.step.done.parent
+
+    @property
+    def plan(self) -> Path:
+        """The plan the search chooses."""
+        return self.folder / SEARCH_PLAN
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (method, budget, seed) of an experiment: its folder and its commands."""
+
+    experiment: str
+    """The experiment's name."""
+    label: str
+    """The method's label, with ``@BUDGET`` for a searched one (e.g. qra@3.5bits)."""
+    method: str
+    """The ``qra train --method`` it trains with."""
+    budget: str | None
+    """The search budget, or None."""
+    seed: int
+    """Seed of the fine-tune (and of the search, unless the method fixes search_seed)."""
+    folder: Path
+    """``DIR/<experiment>/<label>/seed<k>``."""
+    steps: tuple[Step, ...]
+    """Its own commands, in order (the search is not among them: see ``search``)."""
+    search: Search | None = None
+    """The search whose plan it trains, or None."""
+    profile: Profile | None = None
+    """The shared profile its knapsack plan or its search reads, or None."""
+
+    @property
+    def before(self) -> list[Step]:
+        """The shared steps it waits for, in order: the profile, then the search."""
+        return ([self.profile.step] if self.profile else []) + ([self.search.step] if self.search else [])
+
+    @property
+    def commands(self) -> list[str]:
+        """Every shell line that reproduces the cell: the profile's and the search's first."""
+        return [s.command for s in (*self.before, *self.steps)]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment file, read."""
+
+    name: str
+    """Folder under the output and the results' title."""
+    description: str
+    """A paragraph for the results page."""
+    source: Path
+    """The file it was read from."""
+    labels: tuple[str, ...]
+    """Row order of the results (with budgets)."""
+    reference: str | None
+    """Label whose tokens/s the others are divided by."""
+    cells: tuple[Cell, ...] = field(default_factory=tuple)
+    """Every cell, method by method, budget by budget, seed by seed."""
+
+
+def digest(argv: list[str]) -> str:
+    """Eight hex digits of a command's arguments: the same command, the same shared folder."""
+    return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:8]
+
+
+def search_key(budget: str, seed: int, argv: list[str]) -> str:
+    """The search folder's name: readable budget and seed, plus a digest of the whole command."""
+    return f"{budget}-s{seed}-{digest(argv)}"

@@ -1,0 +1,83 @@
+"""The search's sensitivity stage (Eq. 6): a given profile checked against the search, or a
+fresh one measured on the model at the space's quantised bit widths.
+
+``qra search`` calls ``check_given_profile`` before loading any weight; ``run_search`` calls
+``search_profile`` with the model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from qradaptor.models.structure import ModelStructure
+    from qradaptor.quant.cache import QuantCache
+    from qradaptor.search.definition import SearchConfig
+    from qradaptor.search.space import SearchSpace
+    from qradaptor.sensitivity_table import SensitivityTable
+
+
+def check_given_profile(
+    sensitivity: SensitivityTable, structure: ModelStructure, space: SearchSpace, config: SearchConfig
+) -> None:
+    """Raises ValueError unless a given profile fits the search: its blocks, every searched bit
+    width and its scales' precision. Cheap, so ``qra search`` calls it before loading weights."""
+    from qradaptor.plan import UNQUANTIZED
+
+    quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
+    if sensitivity.num_blocks != structure.num_blocks:
+        raise ValueError(
+            f"sensitivity profile has {sensitivity.num_blocks} blocks, the model {structure.num_blocks}"
+        )
+    missing = [b for b in quantised if b not in sensitivity.bits]
+    if missing:
+        raise ValueError(f"sensitivity profile lacks the searched bits {missing}; it has {sensitivity.bits}")
+    if sensitivity.double_quant != config.double_quant:
+        said = ("with", "without") if sensitivity.double_quant else ("without", "with")
+        raise ValueError(
+            f"sensitivity profile was measured {said[0]} 8-bit scales and zeros (double "
+            f"quantisation), the search quantises {said[1]}: profile again with the search's "
+            "setting (qra profile --double-quant), or give the search the profile's"
+        )
+
+
+def search_profile(
+    model: nn.Module,
+    structure: ModelStructure,
+    space: SearchSpace,
+    config: SearchConfig,
+    calibration: torch.Tensor | None,
+    sensitivity: SensitivityTable | None,
+    progress: bool,
+    cache: QuantCache | None = None,
+) -> SensitivityTable:
+    """The given profile after checking it fits, or a fresh one at the space's quantised bits.
+
+    Raises:
+        ValueError: a given profile that does not fit (``check_given_profile``), or no
+            calibration windows to profile on.
+    """
+    from qradaptor.plan import UNQUANTIZED
+    from qradaptor.sensitivity import profile_sensitivity
+
+    quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
+    if sensitivity is not None:
+        check_given_profile(sensitivity, structure, space, config)
+        return sensitivity
+    if calibration is None:
+        raise ValueError(
+            "profiling needs calibration windows: pass calibration= or sensitivity=, or profile=False"
+        )
+    return profile_sensitivity(
+        model,
+        calibration,
+        bits=quantised,
+        group_size=config.group_size,
+        quant_method=config.quant_method,
+        progress=progress,
+        cache=cache,
+        double_quant=config.double_quant,
+    )
