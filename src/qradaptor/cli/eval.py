@@ -140,6 +140,12 @@ def eval(  # noqa: A001 - the verb's name is the command's
         built = assemble_run(run, model, dtype=dtype, device=device, progress=not no_progress)
     else:
         built = assemble(model, the_plan, adapter, dtype=dtype, device=device, progress=not no_progress)
+    if not no_progress:  # what it will do, priced here, before doing it
+        from qradaptor.eval.cost import eval_line
+        from qradaptor.eval.task import EvalSettings
+
+        settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed)
+        print(f"qra eval: {eval_line(built.model, built.tokenizer, names, settings)}", file=sys.stderr)
     records = run_suite(
         built.model,
         built.tokenizer,
