@@ -60,7 +60,7 @@ def fit_affine(
     lo = np.minimum(x.min(axis=1), F32(0))  # (rows,)
     hi = x.max(axis=1)
     sum_w, sum_x = w.sum(axis=1), (w * x).sum(axis=1)
-    flat = hi == lo  # all equal (and >= 0): every code 0, the minimum says it all
+    flat = hi == lo  # all equal and <= 0: every code 0, the minimum alone gives the value
 
     def error(scale: np.ndarray, low: np.ndarray, codes: np.ndarray) -> np.ndarray:
         diff = scale[:, None] * codes + low[:, None] - x
@@ -71,7 +71,8 @@ def fit_affine(
     codes = np.clip(nearest(iscale[:, None] * (x - lo[:, None])), 0, nmax)
     best = error(scale, lo, codes.astype(F32))
     for step in range(steps + 1):
-        iscale = _safe_div(np.full_like(hi, F32(rmin + rdelta * step + nmax)), hi - lo)
+        steps_over_range = (F32(rmin) + F32(rdelta) * F32(step)) + F32(nmax)  # float32, in ggml's order
+        iscale = _safe_div(np.full_like(hi, steps_over_range), hi - lo)
         trial = np.clip(nearest(iscale[:, None] * (x - lo[:, None])), 0, nmax)
         tl = trial.astype(F32)
         sum_l, sum_l2, sum_xl = (w * tl).sum(axis=1), (w * tl * tl).sum(axis=1), (w * tl * x).sum(axis=1)
