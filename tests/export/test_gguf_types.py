@@ -98,9 +98,18 @@ def test_a_type_that_cannot_hold_the_bits_is_refused(overrides, message):
 def test_k_quants_fall_back_for_rows_not_a_multiple_of_256():
     assert row_type("Q2_K", 1536) == ("Q2_K", "")
     assert row_type("Q4_1", 576) == ("Q4_1", "")
-    for planned, fallback in [("Q2_K", "Q4_1"), ("Q3_K", "Q4_1"), ("Q4_K", "Q4_1"), ("Q5_K", "Q5_1"), ("Q6_K", "Q8_0")]:
+    for planned, fallback in [
+        ("Q2_K", "Q4_1"),
+        ("Q3_K", "Q4_1"),
+        ("Q4_K", "Q4_1"),
+        ("Q5_K", "Q5_1"),
+        ("Q6_K", "Q8_0"),
+    ]:
         written, why = row_type(planned, 576)
-        assert written == fallback and why == f"{planned} needs rows of a multiple of 256 inputs, these have 576: {fallback}"
+        assert (
+            written == fallback
+            and why == f"{planned} needs rows of a multiple of 256 inputs, these have 576: {fallback}"
+        )
 
 
 def test_llama_rows_interleaves_each_head_halves():

@@ -61,7 +61,9 @@ def test_ggml_s_reference_quantiser_gives_the_same_bytes_and_error(type_name, gg
     theirs_error = _rel(_read(theirs, type_name, x.shape), x)
     assert ours_error <= theirs_error * 1.001, (ours_error, theirs_error)
     # The same fits in another float32 summation order: all but a few super-blocks agree byte for byte.
-    same = (ours.reshape(-1, BLOCK_BYTES[type_name]) == theirs.reshape(-1, BLOCK_BYTES[type_name])).all(axis=1)
+    same = (ours.reshape(-1, BLOCK_BYTES[type_name]) == theirs.reshape(-1, BLOCK_BYTES[type_name])).all(
+        axis=1
+    )
     assert same.mean() > 0.95, same.mean()
 
 
@@ -71,7 +73,9 @@ def test_bits_per_weight_are_ggml_s():
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match=r"Q2_K needs rows of a multiple of 256 inputs, got shape \(4, 576\)"):
+    with pytest.raises(
+        ValueError, match=r"Q2_K needs rows of a multiple of 256 inputs, got shape \(4, 576\)"
+    ):
         quantize_k(np.zeros((4, 576), np.float32), "Q2_K")
     with pytest.raises(ValueError, match="type_name must be one of"):
         quantize_k(np.zeros((4, 256), np.float32), "Q8_0")

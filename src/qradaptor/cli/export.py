@@ -69,7 +69,13 @@ def _gguf_types(text: str | None) -> dict[int, str]:
 
 
 def _export_gguf(
-    run: str, output: str, model: str | None, adapter: str, force: bool, progress: bool, gguf_types: str | None
+    run: str,
+    output: str,
+    model: str | None,
+    adapter: str,
+    force: bool,
+    progress: bool,
+    gguf_types: str | None,
 ) -> None:
     """Checks everything, then writes the GGUF and its sidecar (each a temp file renamed into place)."""
     from contextlib import ExitStack
@@ -95,7 +101,11 @@ def _export_gguf(
         written = export_gguf(
             run, tmp, model=model, adapter=adapter, lora_path=tmp_lora, types=types, progress=progress
         )
-        record = {"run": str(Path(run).resolve()), "gguf": str(out.resolve()), "file_bytes": tmp.stat().st_size}
+        record = {
+            "run": str(Path(run).resolve()),
+            "gguf": str(out.resolve()),
+            "file_bytes": tmp.stat().st_size,
+        }
         record.update(written.to_dict())
         record.update({"lora": str(lora.resolve())} if separate else {})
         tmp_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -108,7 +118,8 @@ def _export_gguf(
     print(
         f"wrote GGUF of run {run} to {out}: {out.stat().st_size} bytes (plan: {written.planned_bytes}; "
         f"planned weights {weights['written']} bytes against the plan's {weights['plan']}); "
-        f"tensors {types}; {how}" + (f"; rows not a multiple of 256: {fallbacks}" if fallbacks else "")
+        f"tensors {types}; {how}"
+        + (f"; rows not a multiple of 256: {fallbacks}" if fallbacks else "")
         + f"; largest relative error {worst['rel_error']:.2e} ({worst['tensor']}); "
         f"per-tensor record in {sidecar}" + (f"; LoRA adapter in {lora}" if separate else "")
     )

@@ -249,7 +249,9 @@ def export_gguf(
         if tensor.name not in planned:  # norms and the like: the source's bytes
             arrays[tensor.name] = (tensor.data, tensor.tensor_type.name)
             kind = tensor.tensor_type.name
-            records.append(TensorRecord(tensor.name, "", UNQUANTIZED, kind, "source", 0.0, int(tensor.data.nbytes)))
+            records.append(
+                TensorRecord(tensor.name, "", UNQUANTIZED, kind, "source", 0.0, int(tensor.data.nbytes))
+            )
             continue
         path_, bits = planned[tensor.name]
         role = tensor.name.split(".")[-2]

@@ -112,7 +112,10 @@ def row_type(type_name: str, cols: int) -> tuple[str, str]:
 
     if type_name in K_TYPES and cols % SUPER:
         fallback = FALLBACK[type_name]
-        return fallback, f"{type_name} needs rows of a multiple of {SUPER} inputs, these have {cols}: {fallback}"
+        return (
+            fallback,
+            f"{type_name} needs rows of a multiple of {SUPER} inputs, these have {cols}: {fallback}",
+        )
     return type_name, ""
 
 

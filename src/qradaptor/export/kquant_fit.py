@@ -127,7 +127,12 @@ def fit_symmetric3(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
             sl2 = sum_l2 - wi * li * li
             new = np.clip(nearest(_safe_div(xi * sl2, slx)), -nmax, nmax - 1).astype(F32)
             nslx, nsl2 = slx + wi * xi * new, sl2 + wi * new * new
-            take = (slx > 0) & (new != levels[:, i]) & (nsl2 > 0) & (nslx * nslx * sum_l2 > sum_lx * sum_lx * nsl2)
+            take = (
+                (slx > 0)
+                & (new != levels[:, i])
+                & (nsl2 > 0)
+                & (nslx * nslx * sum_l2 > sum_lx * sum_lx * nsl2)
+            )
             levels[:, i] = np.where(take, new, levels[:, i])
             sum_lx, sum_l2 = np.where(take, nslx, sum_lx), np.where(take, nsl2, sum_l2)
     scale = np.where(zero, F32(0), _safe_div(sum_lx, sum_l2))

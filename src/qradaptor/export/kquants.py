@@ -98,7 +98,9 @@ def _affine(x: np.ndarray, type_name: str) -> KBlocks:
     dmin, lm = _unsigned_grid(the_min, smax)
     step = d.astype(F32)[:, None] * ls.astype(F32)  # (nb, subs)
     offset = dmin.astype(F32)[:, None] * lm.astype(F32)
-    requant = np.clip(nearest((sub + offset.reshape(-1, 1)) / np.where(step == 0, 1, step).reshape(-1, 1)), 0, nmax)
+    requant = np.clip(
+        nearest((sub + offset.reshape(-1, 1)) / np.where(step == 0, 1, step).reshape(-1, 1)), 0, nmax
+    )
     codes = np.where(step.reshape(-1, 1) != 0, requant, codes)  # ggml keeps the fit's codes where d * sc = 0
     return KBlocks(type_name, d, dmin, ls, lm, codes.reshape(nb, SUPER).astype(np.uint8))
 
@@ -133,7 +135,9 @@ def _q3_k(x: np.ndarray) -> KBlocks:
     requant = np.clip(nearest(sub / np.where(step == 0, 1, step)), -4, 3) + 4
     codes = np.where(step != 0, requant, codes)
     zero = np.zeros_like(sc)
-    return KBlocks("Q3_K", d, np.zeros(nb, np.float16), sc + 32, zero, codes.reshape(nb, SUPER).astype(np.uint8))
+    return KBlocks(
+        "Q3_K", d, np.zeros(nb, np.float16), sc + 32, zero, codes.reshape(nb, SUPER).astype(np.uint8)
+    )
 
 
 def _q6_k(x: np.ndarray) -> KBlocks:
