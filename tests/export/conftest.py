@@ -1,4 +1,5 @@
-"""A tiny Llama GGUF written in-process, a private qradaptor cache, and training runs on it."""
+"""Tiny Llama GGUFs written in-process, a private qradaptor cache, training runs on them, and
+ggml's own reference quantisers through llama-cpp-python (skipped without it)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import pytest
 import torch
 
 BLOCKS, HIDDEN, FFN, HEADS, KV_HEADS = 4, 64, 128, 4, 2
+WIDE = dict(blocks=5, hidden=256, ffn=512)
+"""A tiny model whose rows (256 and 512 inputs) take K-quants."""
 
 
-def write_tiny_gguf(path: Path) -> Path:
-    """A 4-block Llama GGUF (hidden 64, 4 heads, 2 key-value heads), byte-level BPE over 30
-    tokens, a chat template; block linears F32, norms F32, the tied embedding Q8_0."""
+def write_tiny_gguf(path: Path, *, blocks: int = BLOCKS, hidden: int = HIDDEN, ffn: int = FFN) -> Path:
+    """A Llama GGUF of ``blocks`` blocks (hidden 64, 4 heads, 2 key-value heads by default),
+    byte-level BPE over 30 tokens, a chat template; block linears F32, norms F32, the tied
+    embedding Q8_0."""
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import quantize
 
@@ -24,9 +28,9 @@ def write_tiny_gguf(path: Path) -> Path:
     w = GGUFWriter(str(path), "llama")
     w.add_name("tiny")
     w.add_context_length(64)
-    w.add_embedding_length(HIDDEN)
-    w.add_block_count(BLOCKS)
-    w.add_feed_forward_length(FFN)
+    w.add_embedding_length(hidden)
+    w.add_block_count(blocks)
+    w.add_feed_forward_length(ffn)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
     w.add_rope_freq_base(10000.0)
@@ -43,22 +47,22 @@ def write_tiny_gguf(path: Path) -> Path:
     def rand(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
-    embed = quantize(rand(len(vocab), HIDDEN), GGMLQuantizationType.Q8_0)
+    embed = quantize(rand(len(vocab), hidden), GGMLQuantizationType.Q8_0)
     w.add_tensor("token_embd.weight", embed, raw_dtype=GGMLQuantizationType.Q8_0)
-    w.add_tensor("output_norm.weight", (1 + rand(HIDDEN)).astype(np.float32))
-    kv = HIDDEN * KV_HEADS // HEADS
+    w.add_tensor("output_norm.weight", (1 + rand(hidden)).astype(np.float32))
+    kv = hidden * KV_HEADS // HEADS
     shapes = dict(
-        attn_q=(HIDDEN, HIDDEN),
-        attn_k=(kv, HIDDEN),
-        attn_v=(kv, HIDDEN),
-        attn_output=(HIDDEN, HIDDEN),
-        ffn_gate=(FFN, HIDDEN),
-        ffn_up=(FFN, HIDDEN),
-        ffn_down=(HIDDEN, FFN),
+        attn_q=(hidden, hidden),
+        attn_k=(kv, hidden),
+        attn_v=(kv, hidden),
+        attn_output=(hidden, hidden),
+        ffn_gate=(ffn, hidden),
+        ffn_up=(ffn, hidden),
+        ffn_down=(hidden, ffn),
     )
-    for i in range(BLOCKS):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", (1 + rand(HIDDEN)).astype(np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", (1 + rand(HIDDEN)).astype(np.float32))
+    for i in range(blocks):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", (1 + rand(hidden)).astype(np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", (1 + rand(hidden)).astype(np.float32))
         for name, shape in shapes.items():
             w.add_tensor(f"blk.{i}.{name}.weight", rand(*shape))
     w.write_header_to_file()
@@ -75,6 +79,43 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QRADAPTOR_CACHE", str(root / "cache"))
         yield write_tiny_gguf(root / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def wide_gguf(tmp_path_factory: pytest.TempPathFactory):
+    """The ``WIDE`` tiny GGUF, with its own ``$QRADAPTOR_CACHE``."""
+    root = tmp_path_factory.mktemp("gguf-wide")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QRADAPTOR_CACHE", str(root / "cache"))
+        yield write_tiny_gguf(root / "wide.gguf", **WIDE)
+
+
+@pytest.fixture(scope="session")
+def ggml_quantize():
+    """``quantize(x, type_name) -> bytes`` by ggml's ``quantize_row_*_ref`` (llama-cpp-python's
+    own build of ggml, through ctypes); skips the test without llama-cpp-python."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    base = Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"
+    # The wheel's own ggml; else libllama's handle, through which dlsym also finds ggml's symbols.
+    lib = ctypes.CDLL(str(base)) if base.is_file() else llama_cpp.llama_cpp._lib
+    if not hasattr(lib, "quantize_row_q2_K_ref"):
+        pytest.skip("this llama-cpp-python build does not export ggml's reference quantisers")
+
+    def quantize(x: np.ndarray, type_name: str) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+        out = np.zeros((x.shape[0], x.shape[1] // block * size), np.uint8)
+        row = getattr(lib, f"quantize_row_{type_name.lower()[:-2]}_K_ref")
+        row.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        row.restype = None
+        row(x.ctypes.data, out.ctypes.data, x.size)
+        return out
+
+    return quantize
 
 
 def make_run(run: Path, source: Path, plan, *, adapter_seed: int | None = 0) -> Path:

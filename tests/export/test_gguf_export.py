@@ -18,8 +18,9 @@ from qradaptor.runs import merged_run
 from .conftest import HEADS, KV_HEADS, make_run
 
 MIXED = Plan.from_lists([4, 2, 8, 16], [4, 0, 0, 4], embed_bits=8, head_bits=8, group_size=32, name="mixed")
-"""Block 0: adapter merged, re-quantised to Q4_1; block 1: 2-bit codes as Q4_1 unchanged;
-block 2: Q8_0; block 3: 16 bits with an adapter, F16; embedding: Q8_0."""
+"""Block 0: adapter merged, re-quantised to Q4_1; block 1: 2-bit codes as Q4_1 unchanged (Q2_K
+falls back: rows of 64 and 128 inputs); block 2: Q8_0; block 3: 16 bits with an adapter, F16;
+embedding: Q8_0. K-quants are tested on a wider model in test_gguf_kquant_export.py."""
 EXACT = Plan.from_lists([4, 2, 3, 16], [0, 0, 0, 0], group_size=64, quant_method="hqq", name="exact")
 """Every weight written as our codes or the source's bytes."""
 EXPECTED = {"blk.0": ("Q4_1", "requantised"), "blk.1": ("Q4_1", "codes"), "blk.2": ("Q8_0", "requantised")}

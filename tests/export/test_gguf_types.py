@@ -14,6 +14,8 @@ from qradaptor.export.gguf_types import (
     holds_codes,
     llama_rows,
     llama_rows_codes,
+    row_type,
+    type_map,
 )
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
@@ -71,10 +73,43 @@ def test_codes_that_do_not_fit_are_refused():
         codes_to_blocks(quantize(_weight(), 4, 16, "rtn"), "Q4_1")
 
 
-def test_the_mapping():
-    assert [gguf_type(b) for b in range(2, 9)] == ["Q4_1"] * 3 + ["Q5_1"] + ["Q8_0"] * 3
+def test_the_mapping_keeps_the_plan_s_bits():
+    assert [gguf_type(b) for b in range(2, 9)] == ["Q2_K", "Q3_K", "Q4_1", "Q5_1", "Q6_K", "Q8_0", "Q8_0"]
     with pytest.raises(ValueError, match="blk.0 has 1 bits, which have no GGUF type"):
         gguf_type(1, where="blk.0")
+    types = type_map({4: "Q4_K", 2: "Q4_1"})
+    assert gguf_type(4, types=types) == "Q4_K" and gguf_type(2, types=types) == "Q4_1"
+    assert gguf_type(3, types=types) == "Q3_K"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({1: "Q2_K"}, "1 bits have no GGUF type"),
+        ({4: "Q2_K"}, "4-bit weights can be written as Q4_1 or Q4_K, got 'Q2_K'"),
+        ({8: "Q6_K"}, "8-bit weights can be written as Q8_0, got 'Q6_K'"),
+    ],
+)
+def test_a_type_that_cannot_hold_the_bits_is_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        type_map(overrides)
+
+
+def test_k_quants_fall_back_for_rows_not_a_multiple_of_256():
+    assert row_type("Q2_K", 1536) == ("Q2_K", "")
+    assert row_type("Q4_1", 576) == ("Q4_1", "")
+    for planned, fallback in [
+        ("Q2_K", "Q4_1"),
+        ("Q3_K", "Q4_1"),
+        ("Q4_K", "Q4_1"),
+        ("Q5_K", "Q5_1"),
+        ("Q6_K", "Q8_0"),
+    ]:
+        written, why = row_type(planned, 576)
+        assert (
+            written == fallback
+            and why == f"{planned} needs rows of a multiple of 256 inputs, these have 576: {fallback}"
+        )
 
 
 def test_llama_rows_interleaves_each_head_halves():

@@ -53,7 +53,30 @@ def _check_out_file(run: Path, output: str, force: bool) -> tuple[Path, Path, Pa
     return out, sidecar, lora
 
 
-def _export_gguf(run: str, output: str, model: str | None, adapter: str, force: bool, progress: bool) -> None:
+def _gguf_types(text: str | None) -> dict[int, str]:
+    """``--gguf-types`` ("4=Q4_K,5=Q5_K") as the bits -> type map to export with."""
+    from qradaptor.export.gguf_types import type_map
+
+    overrides: dict[int, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        bits, sep, name = item.partition("=")
+        if not sep or not bits.strip().isdigit():
+            raise ValueError(f"--gguf-types takes BITS=TYPE[,BITS=TYPE...], e.g. 4=Q4_K; got {item!r}")
+        overrides[int(bits)] = name.strip().upper()
+    return type_map(overrides)
+
+
+def _export_gguf(
+    run: str,
+    output: str,
+    model: str | None,
+    adapter: str,
+    force: bool,
+    progress: bool,
+    gguf_types: str | None,
+) -> None:
     """Checks everything, then writes the GGUF and its sidecar (each a temp file renamed into place)."""
     from contextlib import ExitStack
 
@@ -63,6 +86,7 @@ def _export_gguf(run: str, output: str, model: str | None, adapter: str, force: 
 
     if adapter not in ADAPTER_MODES:
         raise ValueError(f"--adapter must be one of {', '.join(ADAPTER_MODES)}, got {adapter!r}")
+    types = _gguf_types(gguf_types)
     files = read_run(run)  # not a run, or an unfinished one: fail before anything is written
     out, sidecar, lora = _check_out_file(Path(run).expanduser(), output, force)
     gguf_source(files, run, model)  # a source or plan with no GGUF type: refused before loading
@@ -74,17 +98,29 @@ def _export_gguf(run: str, output: str, model: str | None, adapter: str, force: 
     with ExitStack() as stack:  # every file renamed into place only once all are written
         tmp, tmp_json = stack.enter_context(atomic_file(out)), stack.enter_context(atomic_file(sidecar))
         tmp_lora = stack.enter_context(atomic_file(lora)) if separate else None
-        written = export_gguf(run, tmp, model=model, adapter=adapter, lora_path=tmp_lora, progress=progress)
-        record = {"run": str(Path(run).resolve()), "gguf": str(out.resolve()), **written.to_dict()}
+        written = export_gguf(
+            run, tmp, model=model, adapter=adapter, lora_path=tmp_lora, types=types, progress=progress
+        )
+        record = {
+            "run": str(Path(run).resolve()),
+            "gguf": str(out.resolve()),
+            "file_bytes": tmp.stat().st_size,
+        }
+        record.update(written.to_dict())
         record.update({"lora": str(lora.resolve())} if separate else {})
         tmp_json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     summary = written.to_dict()
     worst = summary["max_rel_error"]
     types = ", ".join(f"{n} {t}" for t, n in sorted(summary["types"].items()))
     how = ", ".join(f"{n} {h}" for h, n in sorted(summary["how"].items()))
+    fallbacks = ", ".join(f"{n} {f}" for f, n in sorted(summary["fallbacks"].items()))
+    weights = summary["planned_tensor_bytes"]
     print(
-        f"wrote GGUF of run {run} to {out}: {out.stat().st_size} bytes (plan: {written.planned_bytes}); "
-        f"tensors {types}; {how}; largest relative error {worst['rel_error']:.2e} ({worst['tensor']}); "
+        f"wrote GGUF of run {run} to {out}: {out.stat().st_size} bytes (plan: {written.planned_bytes}; "
+        f"planned weights {weights['written']} bytes against the plan's {weights['plan']}); "
+        f"tensors {types}; {how}"
+        + (f"; rows not a multiple of 256: {fallbacks}" if fallbacks else "")
+        + f"; largest relative error {worst['rel_error']:.2e} ({worst['tensor']}); "
         f"per-tensor record in {sidecar}" + (f"; LoRA adapter in {lora}" if separate else "")
     )
 
@@ -136,6 +172,7 @@ def export(
     force: bool = False,
     fmt: str = "hf",
     adapter: str = "merged",
+    gguf_types: str | None = None,
     no_progress: bool = False,
 ) -> int:
     """Export a training run: a merged 16-bit model for serving, a packed package, or a GGUF.
@@ -150,10 +187,11 @@ def export(
 
     --format gguf writes OUT as one GGUF file for llama.cpp (a GGUF-sourced Llama model, e.g.
     the embedded SmolLM2): the adapter merged, each block linear at the GGUF type of its plan
-    bits (2-4 -> Q4_1, 5 -> Q5_1, 6-8 -> Q8_0, 16 -> as the source stores it, F16 once an
-    adapter changed it), our codes written unchanged where the type holds them, the rest
-    re-quantised; tokenizer, chat template and norms copied from the source. OUT.json records
-    each tensor's type and relative error (docs/EXPORT.md).
+    bits (2 -> Q2_K, 3 -> Q3_K, 4 -> Q4_1, 5 -> Q5_1, 6 -> Q6_K, 7, 8 -> Q8_0, 16 -> as the
+    source stores it, F16 once an adapter changed it; K-quants fall back to Q4_1, Q5_1 or Q8_0
+    for rows that are not a multiple of 256 inputs), our codes written unchanged where the type
+    holds them, the rest re-quantised; tokenizer, chat template and norms copied from the
+    source. OUT.json records each tensor's type, bytes and relative error (docs/EXPORT.md).
 
     Args:
         run: the training run folder (plan.json, adapter/, base.safetensors)
@@ -168,6 +206,8 @@ def export(
         adapter: with --format gguf: merged (the adapter merged into the weights before they are
             written), or separate (the base as trained, and OUT with .lora.gguf for .gguf as a
             GGUF LoRA adapter that llama.cpp applies with --lora; plain LoRA only)
+        gguf_types: with --format gguf: other types for some bit-widths, BITS=TYPE[,...]: 2=Q4_1 or
+            3=Q4_1 (keep the codes exact), 4=Q4_K, 5=Q5_K, 6=Q8_0
         no_progress: no progress output
     """
     if fmt not in FORMATS:
@@ -175,8 +215,10 @@ def export(
     if fmt == "gguf":
         if merged or packed:
             raise ValueError("--format gguf writes one file; --merged and --packed are for --format hf")
-        _export_gguf(run, output, model, adapter, force, not no_progress)
+        _export_gguf(run, output, model, adapter, force, not no_progress, gguf_types)
         return 0
+    if gguf_types:
+        raise ValueError("--gguf-types is for --format gguf")
     if merged and packed:
         raise ValueError("give --merged or --packed, not both")
     if dtype not in DTYPES:
@@ -230,3 +272,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--force", action="store_true", help=helps["force"])
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="hf", help=helps["fmt"])
     parser.add_argument("--adapter", choices=("merged", "separate"), default="merged", help=helps["adapter"])
+    parser.add_argument("--gguf-types", metavar="BITS=TYPE[,...]", help=helps["gguf_types"])

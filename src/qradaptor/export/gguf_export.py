@@ -5,8 +5,10 @@ adapter merged in float32 (as ``runs.merged_run`` does), and each tensor is then
 ``gguf_types`` maps its bits. A quantised weight the merge left unchanged (rank 0, or a zero
 adapter) is written as our codes unchanged where the type holds them; every other weight is
 re-quantised: to Q4_1/Q5_1 with the plan's own quantiser at group 32 (HQQ beats GGUF's
-min-max), to Q8_0 by ``gguf``. Each written tensor is read back through ``gguf``'s
-dequantiser and its error against the merged weight recorded (``TensorRecord``).
+min-max), to a K-quant by ``kquants`` (ggml's reference quantisers), to Q8_0 by ``gguf``. A
+K-quant planned for rows that are not a multiple of 256 inputs falls back to a 32-block type
+(``gguf_types.row_type``). Each written tensor is read back through ``gguf``'s dequantiser and
+its error against the merged weight recorded (``TensorRecord``), with its bytes and the plan's.
 
 With ``--adapter separate`` nothing is merged: the base is written as trained (a quantised
 layer's codes unchanged wherever its type holds them, adapter or not) and the adapter goes to
@@ -30,6 +32,7 @@ from qradaptor.export.gguf_types import (
     BLOCK,
     CODE_BITS,
     DENSE_TYPE,
+    GGUF_TYPES,
     check_gguf_plan,
     codes_to_blocks,
     dequantize_blocks,
@@ -38,6 +41,7 @@ from qradaptor.export.gguf_types import (
     llama_rows,
     llama_rows_codes,
     quantize_dense,
+    row_type,
 )
 from qradaptor.plan import UNQUANTIZED
 
@@ -73,6 +77,14 @@ class TensorRecord:
     """One of ``HOW``."""
     rel_error: float
     """||W - W_gguf||_F / ||W||_F: the merged weight against the file's, dequantised by gguf."""
+    nbytes: int = 0
+    """Bytes of its data in the file."""
+    planned_bytes: int = 0
+    """The plan's bytes for this weight (``memory.plan_memory``); 0 for a tensor the plan does
+    not price one by one (norms)."""
+    fallback: str = ""
+    """Why the type differs from the one its bits map to (a K-quant's rows not a multiple of
+    256 inputs); "" when it does not."""
 
 
 @dataclass(frozen=True)
@@ -94,20 +106,34 @@ class GGUFExport:
     """Bytes of the tensor data written (the file adds the header and metadata)."""
     lora_tensors: int = 0
     """Adapted linears in the GGUF LoRA adapter (``--adapter separate``); 0: none written."""
+    type_map: tuple[tuple[int, str], ...] = tuple(GGUF_TYPES.items())
+    """(bits, GGUF type) used, ``GGUF_TYPES`` with any ``--gguf-types`` choices applied."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the counts by type and how, and the largest error."""
+        """JSON-ready, with the counts by type and how, the fallbacks, the planned tensors' bytes
+        against the plan's, the worst error per type and overall."""
         worst = max(self.tensors, key=lambda t: t.rel_error)
+        planned, mapped = [t for t in self.tensors if t.module], dict(self.type_map)
+        by_type: dict[str, float] = {}
+        for t in planned:
+            by_type[t.type] = max(by_type.get(t.type, 0.0), t.rel_error)
         return {
             "source": self.source,
             "plan_hash": self.plan_hash,
             "adapter": self.adapter,
+            "type_map": {str(bits): name for bits, name in self.type_map},
             "planned_bytes": self.planned_bytes,
             "tensor_bytes": self.tensor_bytes,
+            "planned_tensor_bytes": {
+                "written": sum(t.nbytes for t in planned),
+                "plan": sum(t.planned_bytes for t in planned),
+            },
             "lora_tensors": self.lora_tensors,
             "types": dict(Counter(t.type for t in self.tensors)),
             "how": dict(Counter(t.how for t in self.tensors)),
+            "fallbacks": dict(Counter(f"{mapped[t.bits]} -> {t.type}" for t in planned if t.fallback)),
             "max_rel_error": {"tensor": worst.name, "rel_error": worst.rel_error},
+            "max_rel_error_by_type": by_type,
             "tensors": [asdict(t) for t in self.tensors],
         }
 
@@ -157,6 +183,7 @@ def export_gguf(
     model: str | None = None,
     adapter: str = "merged",
     lora_path: str | Path | None = None,
+    types: dict[int, str] | None = None,
     progress: bool = False,
 ) -> GGUFExport:
     """Writes run ``run_dir`` as a GGUF file at ``path`` (module docstring).
@@ -169,6 +196,7 @@ def export_gguf(
             "separate": the base as trained (its codes unchanged where the type holds them) and
             the adapter written to ``lora_path`` as a GGUF LoRA adapter (``gguf_lora``).
         lora_path: where the adapter goes with "separate" (needed when the run has one).
+        types: bits -> GGUF type (``gguf_types.type_map``); omitted: ``GGUF_TYPES``.
         progress: show the weight fits of a run without a packed base.
 
     Returns:
@@ -209,13 +237,22 @@ def export_gguf(
             lora = lora_weights(peft, files.adapter)
     heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
 
+    types = types or dict(GGUF_TYPES)
+    memory = plan_memory(structure, plan)
+    priced = {layer.path: layer.weight_bytes for layer in memory.layers}
+    priced[structure.embed_path] = memory.embed_bytes
+    if structure.head_path is not None:
+        priced[structure.head_path] = memory.head_bytes
     reader = GGUFReader(source)
     planned = _planned_tensors(structure, plan, reader)
     records, arrays, lora_arrays_ = [], {}, {}
     for tensor in reader.tensors:
         if tensor.name not in planned:  # norms and the like: the source's bytes
             arrays[tensor.name] = (tensor.data, tensor.tensor_type.name)
-            records.append(TensorRecord(tensor.name, "", UNQUANTIZED, tensor.tensor_type.name, "source", 0.0))
+            kind = tensor.tensor_type.name
+            records.append(
+                TensorRecord(tensor.name, "", UNQUANTIZED, kind, "source", 0.0, int(tensor.data.nbytes))
+            )
             continue
         path_, bits = planned[tensor.name]
         role = tensor.name.split(".")[-2]
@@ -227,16 +264,16 @@ def export_gguf(
         qt = codes.get(path_)
         if qt is not None and role in heads:
             qt = llama_rows_codes(qt, heads[role])
-        data, type_name, how = _encode(tensor, weight, bits, qt, plan.quant_method)
+        data, type_name, how, fallback = _encode(tensor, weight, bits, qt, plan.quant_method, types)
         error = _relative_error(weight, dequantize_blocks(data, type_name, tuple(weight.shape)))
         arrays[tensor.name] = (data, type_name)
-        records.append(TensorRecord(tensor.name, path_, bits, type_name, how, error))
+        nbytes, price = int(data.nbytes), priced.get(path_, 0)
+        records.append(TensorRecord(tensor.name, path_, bits, type_name, how, error, nbytes, price, fallback))
     _write(reader, arrays, path, records, plan.plan_hash)
     if lora_arrays_:
         assert lora_path is not None
         architecture = str(reader.fields["general.architecture"].contents())
         write_lora_gguf(lora_path, architecture, plan.alpha, lora_arrays_)
-    memory = plan_memory(structure, plan)
     return GGUFExport(
         tuple(records),
         source,
@@ -245,6 +282,7 @@ def export_gguf(
         memory.total_bytes - memory.adapter_bytes,
         sum(int(a.nbytes) for a, _ in arrays.values()),
         len(lora_arrays_),
+        tuple(sorted(types.items())),
     )
 
 
@@ -269,9 +307,9 @@ def _planned_tensors(structure: ModelStructure, plan: Any, reader: Any) -> dict[
 
 
 def _encode(
-    tensor: Any, weight: torch.Tensor, bits: int, qt: Any, method: str
-) -> tuple[np.ndarray, str, str]:
-    """(data, GGUF type, how) of one planned tensor; ``weight`` is the merged one."""
+    tensor: Any, weight: torch.Tensor, bits: int, qt: Any, method: str, types: dict[int, str]
+) -> tuple[np.ndarray, str, str, str]:
+    """(data, GGUF type, how, fallback) of one planned tensor; ``weight`` is the merged one."""
     import torch
 
     from qradaptor.quant.quantizer import dequantize, quantize
@@ -279,16 +317,16 @@ def _encode(
     if bits == UNQUANTIZED:
         source = tensor.tensor_type.name
         if torch.equal(dequantize_blocks(tensor.data, source, tuple(weight.shape)), weight):
-            return tensor.data, source, "source"
-        return quantize_dense(weight, DENSE_TYPE), DENSE_TYPE, "dense"
-    type_name = gguf_type(bits, where=tensor.name)
+            return tensor.data, source, "source", ""
+        return quantize_dense(weight, DENSE_TYPE), DENSE_TYPE, "dense", ""
+    type_name, fallback = row_type(gguf_type(bits, where=tensor.name, types=types), weight.shape[1])
     unchanged = qt is not None and torch.equal(dequantize(qt), weight)
     if unchanged and holds_codes(type_name, qt.bits, qt.group_size):
-        return codes_to_blocks(qt, type_name), type_name, "codes"
+        return codes_to_blocks(qt, type_name), type_name, "codes", fallback
     if type_name in CODE_BITS:
         refit = quantize(weight, CODE_BITS[type_name], BLOCK, method)  # type: ignore[arg-type]
-        return codes_to_blocks(refit, type_name), type_name, "requantised"
-    return quantize_dense(weight, type_name), type_name, "requantised"
+        return codes_to_blocks(refit, type_name), type_name, "requantised", fallback
+    return quantize_dense(weight, type_name), type_name, "requantised", fallback
 
 
 def _relative_error(weight: torch.Tensor, written: torch.Tensor) -> float:

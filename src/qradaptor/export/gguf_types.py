@@ -5,23 +5,32 @@ Notation (one GGUF block of 32 consecutive inputs of one row):
     Q4_1   W     = d * q + m           q in [0, 15]; d, m float16 per block of 32
     Q5_1   W     = d * q + m           q in [0, 31]; the same with a fifth bit plane
     Q8_0   W     = d * q               q in [-128, 127]; d float16 per block of 32 (symmetric)
+The K-quants (Q2_K..Q6_K, 256-input super-blocks with quantised sub-block scales) are in
+``kquants``.
 
 When g is a multiple of 32 every GGUF block lies inside one of our groups, so codes of at most
 4 (5) bits are Q4_1 (Q5_1) codes unchanged, with d = s (a float16 already) and m = -z * s. The
 product z * s of two float16 values is exact in float32; m is that product rounded once to
-float16, the only change (a relative error near 2**-12 of the block's minimum). Our 6- to
-8-bit codes are asymmetric (a real zero point) and Q8_0 is symmetric, so those weights are
-re-quantised; so is every weight an adapter was merged into (it is off the grid).
+float16, the only change (a relative error near 2**-12 of the block's minimum). Every other
+type is re-quantised: K-quants' sub-block scales are themselves quantised under a super-block
+scale, and Q8_0 is symmetric while our codes have a real zero point; so is every weight an
+adapter was merged into (it is off the grid).
 
-Mapping (``GGUF_TYPES``): 2, 3, 4 bits -> Q4_1 and 5 -> Q5_1 (codes written unchanged),
-6, 7, 8 -> Q8_0 (re-quantised), 16 -> the source tensor's own bytes when the run left the weight
-unchanged, else F16. No K-quants: ``gguf`` cannot quantise them, and they need rows that are
-multiples of 256 (SmolLM2-135M's 576 is not). 1 bit has no GGUF type: llama.cpp's ~1-bit
-formats (IQ1_S, IQ1_M, TQ1_0) are codebooks and ternary grids, not 1-bit codes.
+Mapping (``GGUF_TYPES``, the type that keeps the plan's bits in the file): 2 -> Q2_K (2.625 bits
+per weight), 3 -> Q3_K (3.4375), 4 -> Q4_1 and 5 -> Q5_1 (5 and 6 bits: our codes and float16
+scale and offset per group of 32, exactly the plan's bytes at group 32), 6 -> Q6_K (6.5625),
+7, 8 -> Q8_0 (8.5); 16 -> the source tensor's own bytes when the run left the weight unchanged,
+else F16. ``TYPE_CHOICES`` lists what ``--gguf-types`` may pick instead (4 -> Q4_K, 5 -> Q5_K,
+2 or 3 -> Q4_1 to keep the codes exact, 6 -> Q8_0). K-quants need rows of a multiple of 256
+inputs: other rows fall back (``FALLBACK``) to the 32-block type nearest in bits that holds the
+plan's codes exactly (Q4_1, Q5_1), or to Q8_0 for 6 bits, and the tensor's record says so
+(llama.cpp's ``llama-quantize`` falls back the same way). 1 bit has no GGUF type: llama.cpp's
+~1-bit formats (IQ1_S, IQ1_M, TQ1_0) are codebooks and ternary grids, not 1-bit codes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from qradaptor.plan import UNQUANTIZED
@@ -35,17 +44,31 @@ if TYPE_CHECKING:
     from qradaptor.quant.quantizer import QuantizedTensor
 
 BLOCK = 32
-"""Weights per block of every GGUF type written here (Q4_1, Q5_1, Q8_0)."""
-GGUF_TYPES: dict[int, str] = {2: "Q4_1", 3: "Q4_1", 4: "Q4_1", 5: "Q5_1", 6: "Q8_0", 7: "Q8_0", 8: "Q8_0"}
+"""Weights per block of the 32-block types (Q4_1, Q5_1, Q8_0); the K-quants' is ``kquants.SUPER``."""
+GGUF_TYPES: dict[int, str] = {2: "Q2_K", 3: "Q3_K", 4: "Q4_1", 5: "Q5_1", 6: "Q6_K", 7: "Q8_0", 8: "Q8_0"}
 """The GGUF type of a quantised tensor at each plan bit-width (16: see ``DENSE_TYPE``)."""
+TYPE_CHOICES: dict[int, tuple[str, ...]] = {
+    2: ("Q2_K", "Q4_1"),
+    3: ("Q3_K", "Q4_1"),
+    4: ("Q4_1", "Q4_K"),
+    5: ("Q5_1", "Q5_K"),
+    6: ("Q6_K", "Q8_0"),
+    7: ("Q8_0",),
+    8: ("Q8_0",),
+}
+"""The types a weight of each bit-width may be written as: enough bits for its codes, the
+default first."""
+FALLBACK: dict[str, str] = {"Q2_K": "Q4_1", "Q3_K": "Q4_1", "Q4_K": "Q4_1", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+"""The 32-block type a K-quant falls back to for rows that are not a multiple of 256 inputs."""
 CODE_BITS: dict[str, int] = {"Q4_1": 4, "Q5_1": 5}
 """Types that hold our codes unchanged, with their code bits."""
 DENSE_TYPE = "F16"
 """The type of a 16-bit weight that the run changed (an adapter merged into it)."""
 
 
-def gguf_type(bits: int, *, where: str = "a layer") -> str:
-    """The GGUF type of a weight quantised at ``bits`` (``GGUF_TYPES``).
+def gguf_type(bits: int, *, where: str = "a layer", types: Mapping[int, str] | None = None) -> str:
+    """The GGUF type of a weight quantised at ``bits``: ``types`` (from :func:`type_map`), else
+    ``GGUF_TYPES``.
 
     Raises:
         ValueError: for bits with no GGUF type (1), naming ``where``.
@@ -56,7 +79,44 @@ def gguf_type(bits: int, *, where: str = "a layer") -> str:
             f"IQ1_M, TQ1_0) are codebooks, not 1-bit codes; GGUF export takes bits "
             f"{sorted(GGUF_TYPES)} or 16"
         )
-    return GGUF_TYPES[bits]
+    return (types or GGUF_TYPES)[bits]
+
+
+def type_map(overrides: Mapping[int, str]) -> dict[int, str]:
+    """``GGUF_TYPES`` with ``overrides`` (bits -> type) applied, each checked against ``TYPE_CHOICES``.
+
+    Raises:
+        ValueError: for bits with no GGUF type, or a type that is not among that width's choices.
+    """
+    types = dict(GGUF_TYPES)
+    for bits, name in overrides.items():
+        if bits not in TYPE_CHOICES:
+            raise ValueError(
+                f"--gguf-types: {bits} bits have no GGUF type; it takes bits {sorted(TYPE_CHOICES)}"
+            )
+        if name not in TYPE_CHOICES[bits]:
+            raise ValueError(
+                f"--gguf-types: {bits}-bit weights can be written as {' or '.join(TYPE_CHOICES[bits])}, "
+                f"got {name!r}"
+            )
+        types[bits] = name
+    return types
+
+
+def row_type(type_name: str, cols: int) -> tuple[str, str]:
+    """(the type written, why it differs from ``type_name`` or "") for rows of ``cols`` inputs.
+
+    A K-quant needs rows of a multiple of 256 inputs; other rows take ``FALLBACK``.
+    """
+    from qradaptor.export.kquants import K_TYPES, SUPER
+
+    if type_name in K_TYPES and cols % SUPER:
+        fallback = FALLBACK[type_name]
+        return (
+            fallback,
+            f"{type_name} needs rows of a multiple of {SUPER} inputs, these have {cols}: {fallback}",
+        )
+    return type_name, ""
 
 
 def check_gguf_plan(plan: Plan, structure: ModelStructure) -> None:
@@ -135,12 +195,18 @@ def codes_to_blocks(qt: QuantizedTensor, type_name: str) -> np.ndarray:
 
 
 def quantize_dense(weight: torch.Tensor, type_name: str) -> np.ndarray:
-    """A float weight as GGUF ``type_name`` by ``gguf.quants`` (Q4_1, Q5_1, Q8_0, F16, F32)."""
+    """A float weight as GGUF ``type_name``: K-quants by ``kquants``, the rest by ``gguf.quants``
+    (Q4_1, Q5_1, Q8_0, F16, F32)."""
     import numpy as np
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize
 
-    return quantize(weight.detach().float().cpu().numpy().astype(np.float32), GGMLQuantizationType[type_name])
+    from qradaptor.export.kquants import K_TYPES, quantize_rows
+
+    values = weight.detach().float().cpu().numpy().astype(np.float32)
+    if type_name in K_TYPES:
+        return quantize_rows(values, type_name)
+    return quantize(values, GGMLQuantizationType[type_name])
 
 
 def dequantize_blocks(data: np.ndarray, type_name: str, shape: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,177 @@
+"""Scale fits of llama.cpp's K-quants, as pure array functions over many sub-blocks at once.
+
+Each function fits one scale (and for the affine types one minimum) per row of ``x``: a row is
+one sub-block of 16 or 32 weights of a 256-weight super-block. They follow the reference
+(non-imatrix) fits in ggml's ``ggml-quants.c`` that ``llama-quantize`` uses without an
+importance matrix, vectorised across rows instead of looping over them:
+
+    fit_affine      make_qkx2_quants   x ~ scale * L - the_min,  L in [0, nmax]   (Q2_K, Q4_K, Q5_K)
+    fit_symmetric3  make_q3_quants     x ~ scale * L,  L in [-nmax, nmax - 1]     (Q3_K)
+    fit_symmetric   make_qx_quants     the same, by a scan of 18 trial scales     (Q6_K)
+
+All arithmetic is float32 as in ggml, and rounding is to nearest with ties to even
+(``np.rint``, ggml's ``nearest_int``), so the fits land on ggml's codes but for the order of
+float32 sums.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+ZERO_GROUP = 1e-15
+"""A sub-block whose largest magnitude is below this is all zero (ggml's GROUP_MAX_EPS)."""
+
+
+def nearest(x: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, ties to even (ggml's ``nearest_int``), as int32."""
+    return np.rint(x).astype(np.int32)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den where den != 0, else 0 (a degenerate row's value is masked out by its caller)."""
+    out = np.zeros_like(num, dtype=F32)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def fit_affine(
+    x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, steps: int, use_mad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scale, minimum and codes of ``x ~ scale * L - the_min`` minimising a weighted error.
+
+    Starts from the min-max grid (the minimum clamped to at most 0), then tries ``steps + 1``
+    grids of ``nmax + rmin + rdelta * i`` steps over the range, each refitted by weighted least
+    squares for scale and minimum; a trial replaces the best so far when its weighted error
+    (absolute with ``use_mad``, else squared) is lower. The range of later trials starts at the
+    best minimum so far, as in ggml.
+
+    Args:
+        x: (rows, n) float32 weights of one sub-block per row.
+        weights: (rows, n) float32 importance of each weight.
+        nmax: the largest code (3, 15 or 31).
+        rmin, rdelta, steps: the trial grid (ggml's values per type).
+        use_mad: weigh absolute rather than squared errors.
+
+    Returns:
+        (scale (rows,), the_min (rows,) >= 0, codes (rows, n) int32 in [0, nmax]).
+    """
+    x, w = x.astype(F32), weights.astype(F32)
+    lo = np.minimum(x.min(axis=1), F32(0))  # (rows,)
+    hi = x.max(axis=1)
+    sum_w, sum_x = w.sum(axis=1), (w * x).sum(axis=1)
+    flat = hi == lo  # all equal and <= 0: every code 0, the minimum alone gives the value
+
+    def error(scale: np.ndarray, low: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        diff = scale[:, None] * codes + low[:, None] - x
+        return (w * (np.abs(diff) if use_mad else diff * diff)).sum(axis=1)
+
+    iscale = _safe_div(np.full_like(hi, nmax), hi - lo)
+    scale = _safe_div(np.ones_like(hi), iscale)
+    codes = np.clip(nearest(iscale[:, None] * (x - lo[:, None])), 0, nmax)
+    best = error(scale, lo, codes.astype(F32))
+    for step in range(steps + 1):
+        steps_over_range = (F32(rmin) + F32(rdelta) * F32(step)) + F32(nmax)  # float32, in ggml's order
+        iscale = _safe_div(np.full_like(hi, steps_over_range), hi - lo)
+        trial = np.clip(nearest(iscale[:, None] * (x - lo[:, None])), 0, nmax)
+        tl = trial.astype(F32)
+        sum_l, sum_l2, sum_xl = (w * tl).sum(axis=1), (w * tl * tl).sum(axis=1), (w * tl * x).sum(axis=1)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = _safe_div(sum_w * sum_xl - sum_x * sum_l, det)
+        this_min = _safe_div(sum_l2 * sum_x - sum_l * sum_xl, det)
+        positive = this_min > 0  # the offset may only lower the grid: refit the scale alone
+        this_scale = np.where(positive, _safe_div(sum_xl, sum_l2), this_scale)
+        this_min = np.where(positive, F32(0), this_min)
+        trial_error = error(this_scale, this_min, tl)
+        better = (det > 0) & (trial_error < best) & ~flat
+        codes = np.where(better[:, None], trial, codes)
+        best = np.where(better, trial_error, best)
+        scale, lo = np.where(better, this_scale, scale), np.where(better, this_min, lo)
+    scale = np.where(flat, F32(0), scale)
+    codes = np.where(flat[:, None], 0, codes)
+    return scale.astype(F32), (-lo).astype(F32), codes
+
+
+def _signed_start(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the signed weight of largest magnitude per row, rows that are all zero)."""
+    at = np.abs(x).argmax(axis=1)
+    peak = np.take_along_axis(x, at[:, None], axis=1)[:, 0]
+    return peak, np.abs(peak) < ZERO_GROUP
+
+
+def fit_symmetric3(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and codes of ``x ~ scale * (L - nmax)`` by coordinate descent on x**2-weighted error.
+
+    The grid starts with the weight of largest magnitude at code -nmax, then up to five sweeps
+    move each code in turn to its best value given the others, keeping a move only if it raises
+    (sum w x l)**2 / (sum w l**2) (the fitted scale's error reduction). A sweep that changes
+    nothing leaves the state as it was, so later sweeps are no-ops, as ggml's early exit.
+
+    Args:
+        x: (rows, n) float32.
+        nmax: 4 for Q3_K's codes in [-4, 3].
+
+    Returns:
+        (scale (rows,), codes (rows, n) int32 in [0, 2 * nmax - 1]; all 0 for an all-zero row).
+    """
+    x = x.astype(F32)
+    peak, zero = _signed_start(x)
+    iscale = _safe_div(np.full_like(peak, -nmax), peak)
+    levels = np.clip(nearest(iscale[:, None] * x), -nmax, nmax - 1).astype(F32)  # (rows, n)
+    w = x * x
+    sum_lx, sum_l2 = (w * x * levels).sum(axis=1), (w * levels * levels).sum(axis=1)
+    for _ in range(5):
+        for i in range(x.shape[1]):
+            xi, wi, li = x[:, i], w[:, i], levels[:, i]
+            slx = sum_lx - wi * xi * li
+            sl2 = sum_l2 - wi * li * li
+            new = np.clip(nearest(_safe_div(xi * sl2, slx)), -nmax, nmax - 1).astype(F32)
+            nslx, nsl2 = slx + wi * xi * new, sl2 + wi * new * new
+            take = (
+                (slx > 0)
+                & (new != levels[:, i])
+                & (nsl2 > 0)
+                & (nslx * nslx * sum_l2 > sum_lx * sum_lx * nsl2)
+            )
+            levels[:, i] = np.where(take, new, levels[:, i])
+            sum_lx, sum_l2 = np.where(take, nslx, sum_lx), np.where(take, nsl2, sum_l2)
+    scale = np.where(zero, F32(0), _safe_div(sum_lx, sum_l2))
+    return scale.astype(F32), np.where(zero[:, None], 0, levels.astype(np.int32) + nmax)
+
+
+def fit_symmetric(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and codes of ``x ~ scale * (L - nmax)``, the best of 19 trial grids (x**2-weighted).
+
+    Trial grids put the weight of largest magnitude at code -(nmax + 0.1 i), i in -9..9; each
+    is scored by its least-squares scale's error reduction (sum w x l)**2 / (sum w l**2) with
+    w = x**2, and the best one's codes and scale are kept (ggml's ``make_qx_quants`` with
+    ``rmse_type`` 1).
+
+    Args:
+        x: (rows, n) float32.
+        nmax: 32 for Q6_K's codes in [-32, 31].
+
+    Returns:
+        (scale (rows,), codes (rows, n) int32 in [0, 2 * nmax - 1]; all 0 for an all-zero row).
+    """
+    x = x.astype(F32)
+    peak, zero = _signed_start(x)
+    w = x * x
+
+    def trial(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        iscale = _safe_div(np.full_like(peak, -(nmax + F32(0.1) * step) if step else -nmax), peak)
+        levels = np.clip(nearest(iscale[:, None] * x), -nmax, nmax - 1)
+        lf = levels.astype(F32)
+        return levels, (w * x * lf).sum(axis=1), (w * lf * lf).sum(axis=1)
+
+    levels, sum_lx, sum_l2 = trial(0)
+    scale = _safe_div(sum_lx, sum_l2)
+    best = scale * sum_lx
+    for step in (*range(-9, 0), *range(1, 10)):
+        t_levels, t_lx, t_l2 = trial(step)
+        take = (t_l2 > 0) & (t_lx * t_lx > best * t_l2)
+        t_scale = _safe_div(t_lx, t_l2)
+        levels = np.where(take[:, None], t_levels, levels)
+        scale, best = np.where(take, t_scale, scale), np.where(take, t_scale * t_lx, best)
+    scale = np.where(zero, F32(0), scale)
+    return scale.astype(F32), np.where(zero[:, None], 0, levels + nmax)
