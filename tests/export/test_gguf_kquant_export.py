@@ -54,7 +54,7 @@ def _run_weights(run: Path, blocks: int) -> dict[str, torch.Tensor]:
 
 def test_each_block_has_its_planned_k_type_and_bytes(wide_run, tmp_path, cli) -> None:
     out = tmp_path / "model.gguf"
-    code, stdout, err = cli("export", wide_run, "--format", "gguf", "-o", out)
+    code, stdout, err = cli("export", wide_run, "--format", "gguf", "-o", out, "--gguf-types", "3=Q3_K")
     assert code == 0, err
     assert "rows not a multiple of 256" not in stdout
     record = json.loads((tmp_path / "model.gguf.json").read_text())
@@ -102,7 +102,7 @@ def test_gguf_types_pick_q4_k_and_exact_2_bit_codes(wide_run, tmp_path, cli) -> 
 def test_rows_k_quants_cannot_take_fall_back_and_say_so(tiny_gguf, tmp_path, cli) -> None:
     run = make_run(tmp_path / "narrow", tiny_gguf, Plan.from_lists([2, 3, 6, 8], [0] * 4, group_size=32))
     out = tmp_path / "narrow.gguf"
-    code, stdout, err = cli("export", run, "--format", "gguf", "-o", out)
+    code, stdout, err = cli("export", run, "--format", "gguf", "-o", out, "--gguf-types", "3=Q3_K")
     assert code == 0, err
     assert "rows not a multiple of 256: 7 Q2_K -> Q4_1, 7 Q3_K -> Q4_1, 7 Q6_K -> Q8_0" in stdout
     record = json.loads((tmp_path / "narrow.gguf.json").read_text())
@@ -141,7 +141,7 @@ def test_llama_cpp_scores_the_k_quant_file_as_we_read_it(wide_run, tmp_path, cli
     from qradaptor.models.loading import load_model
 
     out = tmp_path / "model.gguf"
-    assert cli("export", wide_run, "--format", "gguf", "-o", out)[0] == 0
+    assert cli("export", wide_run, "--format", "gguf", "-o", out, "--gguf-types", "3=Q3_K")[0] == 0
     ids = [int(i) for i in np.random.default_rng(1).integers(0, 30, 48)]
     llm = llama_cpp.Llama(str(out), n_ctx=64, logits_all=True, n_threads=1, verbose=False)
     llm.eval(ids)

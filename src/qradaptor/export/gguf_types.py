@@ -16,12 +16,14 @@ type is re-quantised: K-quants' sub-block scales are themselves quantised under 
 scale, and Q8_0 is symmetric while our codes have a real zero point; so is every weight an
 adapter was merged into (it is off the grid).
 
-Mapping (``GGUF_TYPES``, the type that keeps the plan's bits in the file): 2 -> Q2_K (2.625 bits
-per weight), 3 -> Q3_K (3.4375), 4 -> Q4_1 and 5 -> Q5_1 (5 and 6 bits: our codes and float16
-scale and offset per group of 32, exactly the plan's bytes at group 32), 6 -> Q6_K (6.5625),
-7, 8 -> Q8_0 (8.5); 16 -> the source tensor's own bytes when the run left the weight unchanged,
+Mapping (``GGUF_TYPES``, the type that keeps the plan's bits in the file where that costs little):
+2 -> Q2_K (2.625 bits per weight), 3 -> Q4_1 (our codes unchanged, 5 bits: re-quantising a 3-bit
+grid with a zero point to Q3_K's symmetric levels cost +78% perplexity on SmolLM2 against +0.6%
+for the exact codes, docs/EXPORT.md; ``--gguf-types 3=Q3_K`` for 3.4375 bits), 4 -> Q4_1 and
+5 -> Q5_1 (5 and 6 bits: our codes and float16 scale and offset per group of 32, exactly the
+plan's bytes at group 32), 6 -> Q6_K (6.5625), 7, 8 -> Q8_0 (8.5); 16 -> the source tensor's own bytes when the run left the weight unchanged,
 else F16. ``TYPE_CHOICES`` lists what ``--gguf-types`` may pick instead (4 -> Q4_K, 5 -> Q5_K,
-2 or 3 -> Q4_1 to keep the codes exact, 6 -> Q8_0). K-quants need rows of a multiple of 256
+2 -> Q4_1 to keep the codes exact, 3 -> Q3_K, 6 -> Q8_0). K-quants need rows of a multiple of 256
 inputs: other rows fall back (``FALLBACK``) to the 32-block type nearest in bits that holds the
 plan's codes exactly (Q4_1, Q5_1), or to Q8_0 for 6 bits, and the tensor's record says so
 (llama.cpp's ``llama-quantize`` falls back the same way). 1 bit has no GGUF type: llama.cpp's
@@ -45,11 +47,11 @@ if TYPE_CHECKING:
 
 BLOCK = 32
 """Weights per block of the 32-block types (Q4_1, Q5_1, Q8_0); the K-quants' is ``kquants.SUPER``."""
-GGUF_TYPES: dict[int, str] = {2: "Q2_K", 3: "Q3_K", 4: "Q4_1", 5: "Q5_1", 6: "Q6_K", 7: "Q8_0", 8: "Q8_0"}
+GGUF_TYPES: dict[int, str] = {2: "Q2_K", 3: "Q4_1", 4: "Q4_1", 5: "Q5_1", 6: "Q6_K", 7: "Q8_0", 8: "Q8_0"}
 """The GGUF type of a quantised tensor at each plan bit-width (16: see ``DENSE_TYPE``)."""
 TYPE_CHOICES: dict[int, tuple[str, ...]] = {
     2: ("Q2_K", "Q4_1"),
-    3: ("Q3_K", "Q4_1"),
+    3: ("Q4_1", "Q3_K"),
     4: ("Q4_1", "Q4_K"),
     5: ("Q5_1", "Q5_K"),
     6: ("Q6_K", "Q8_0"),
