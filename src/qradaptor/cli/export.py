@@ -12,8 +12,9 @@ from qradaptor.cli.common import check_device, check_output_dir, resolve_device
 
 DTYPES = ("bfloat16", "float16", "float32")
 """What --dtype accepts for a merged export."""
-FORMATS = ("hf", "gguf")
-"""What --format accepts: a transformers folder (merged or packed), or one GGUF file for llama.cpp."""
+FORMATS = ("hf", "gguf", "compressed-tensors")
+"""What --format accepts: a transformers folder (merged or packed), one GGUF file for llama.cpp, or
+a compressed-tensors folder for transformers and vLLM (``cli/export_ct.py``)."""
 
 
 def _check_out(run: Path, output: str, force: bool) -> Path:
@@ -131,7 +132,7 @@ def export(
     merged: bool = False,
     packed: bool = False,
     model: str | None = None,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     device: str = "auto",
     force: bool = False,
     fmt: str = "hf",
@@ -161,10 +162,14 @@ def export(
         merged: write a merged 16-bit model (the default)
         packed: copy the run's plan, adapter and packed base instead
         model: the base model the run was trained on; omitted: the one its adapter records
-        dtype: parameter dtype of a merged model (the merge itself runs in float32)
+        dtype: parameter dtype of a merged model (the merge itself runs in float32; default
+            bfloat16), or of a compressed-tensors folder's dense tensors and scales (default float16)
         device: auto (cuda if available), cpu or cuda, for the merge
         force: replace OUT if it exists (only once the new export is complete)
-        fmt: hf (a transformers folder, merged or packed) or gguf (one GGUF file for llama.cpp)
+        fmt: hf (a transformers folder, merged or packed), gguf (one GGUF file for llama.cpp) or
+            compressed-tensors (a folder transformers loads and vLLM serves: plans at 4/8/16 bits
+            with q/k/v and gate/up tied; the adapter merged, linears re-quantised with integer
+            zero points and the error recorded in OUT/qradaptor_export.json; docs/EXPORT.md)
         adapter: with --format gguf: merged (the adapter merged into the weights before they are
             written), or separate (the base as trained, and OUT with .lora.gguf for .gguf as a
             GGUF LoRA adapter that llama.cpp applies with --lora; plain LoRA only)
@@ -177,6 +182,17 @@ def export(
             raise ValueError("--format gguf writes one file; --merged and --packed are for --format hf")
         _export_gguf(run, output, model, adapter, force, not no_progress)
         return 0
+    if fmt == "compressed-tensors":
+        from qradaptor.cli.export_ct import export_ct
+
+        if merged or packed or adapter != "merged":
+            raise ValueError(
+                "--format compressed-tensors merges the adapter; --merged, --packed and "
+                "--adapter separate are for the other formats"
+            )
+        export_ct(run, output, model, dtype, force, not no_progress)
+        return 0
+    dtype = dtype or "bfloat16"
     if merged and packed:
         raise ValueError("give --merged or --packed, not both")
     if dtype not in DTYPES:
@@ -225,7 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     mode.add_argument("--merged", action="store_true", help=helps["merged"])
     mode.add_argument("--packed", action="store_true", help=helps["packed"])
     parser.add_argument("--model", metavar="SOURCE", help=helps["model"])
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help=helps["dtype"])
+    parser.add_argument("--dtype", choices=DTYPES, help=helps["dtype"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="hf", help=helps["fmt"])
