@@ -94,14 +94,16 @@ def check_vllm_plan(plan: Plan, structure: ModelStructure) -> None:
                 (first, a), (other, b) = next(
                     ((group[0], quant[0]), (n, q)) for n, q in zip(group, quant, strict=True) if q != quant[0]
                 )
+                same_bits = a[0] == b[0]  # then the group sizes differ: name them
                 raise ValueError(
                     f"plan {plan.name or '(unnamed)'} gives {structure.module_path(block, first)} "
-                    f"{_describe(a)} but {structure.module_path(block, other)} {_describe(b)}: vLLM fuses "
+                    f"{_describe(a, same_bits)} but {structure.module_path(block, other)} "
+                    f"{_describe(b, same_bits)}: vLLM fuses "
                     f"{'/'.join(n.rsplit('.', 1)[-1] for n in group)} into one layer, so they must share "
                     "bits and group size"
                 )
 
 
-def _describe(quant: tuple[int, int | None]) -> str:
+def _describe(quant: tuple[int, int | None], with_group_size: bool) -> str:
     bits, group_size = quant
-    return f"{bits} bits" if group_size is None else f"{bits} bits (group size {group_size})"
+    return f"{bits} bits (group size {group_size})" if with_group_size else f"{bits} bits"
