@@ -41,7 +41,7 @@ def vllm_bits(bits: tuple[int, ...] | None, option: str = "--bits") -> tuple[int
     if bad:
         raise ValueError(
             f"{option} {','.join(map(str, bits))} with --serve vllm: vLLM serves compressed-tensors "
-            f"linears at {', '.join(map(str, SERVE_BITS[:-1]))} bits or 16 (unquantised), not {bad[0]}"
+            f"linears at {' or '.join(map(str, SERVE_BITS[:-1]))} bits, or 16 (unquantised), not {bad[0]}"
         )
     return tuple(bits)
 
