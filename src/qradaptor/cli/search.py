@@ -30,6 +30,9 @@ from qradaptor.cli.search_options import (
 from qradaptor.export.vllm_constraints import SERVE_TARGETS
 from qradaptor.runfolder.search_run import SEARCH_SENSITIVITY
 
+SEARCH_BITS_TEXT = "2,3,4,8"
+"""--bits without --serve (``search.definition.SearchConfig``'s bits; a test checks they agree)."""
+
 
 def search(
     model: str | None = None,
@@ -193,7 +196,7 @@ def search(
     rungs = sizes["rungs"] if rungs is None else rungs
     bayes_iterations = sizes["bayes_iterations"] if bayes_iterations is None else bayes_iterations
     the_budget = parse_budget(budget)
-    bit_choices = parse_choices("2,3,4,8" if bits is None else bits, "--bits", check_bits)
+    bit_choices = parse_choices(SEARCH_BITS_TEXT if bits is None else bits, "--bits", check_bits)
     if serve is not None:
         bit_choices = servable_bits(serve, bits, bit_choices, granularity, fixed_bits)
     rank_choices = parse_choices(ranks, "--ranks", check_rank)
