@@ -137,6 +137,7 @@ def export(
     force: bool = False,
     fmt: str = "hf",
     adapter: str = "merged",
+    refit: str = "source",
     no_progress: bool = False,
 ) -> int:
     """Export a training run: a merged 16-bit model for serving, a packed package, or a GGUF.
@@ -173,6 +174,9 @@ def export(
         adapter: with --format gguf: merged (the adapter merged into the weights before they are
             written), or separate (the base as trained, and OUT with .lora.gguf for .gguf as a
             GGUF LoRA adapter that llama.cpp applies with --lora; plain LoRA only)
+        refit: with --format compressed-tensors: what a linear whose codes cannot be written
+            unchanged is re-quantised from: source (the source weight plus the adapter's change)
+            or merged (the run's merged weight: a second quantisation; docs/EXPORT.md)
         no_progress: no progress output
     """
     if fmt not in FORMATS:
@@ -190,7 +194,7 @@ def export(
                 "--format compressed-tensors merges the adapter; --merged, --packed and "
                 "--adapter separate are for the other formats"
             )
-        export_ct(run, output, model, dtype, force, not no_progress)
+        export_ct(run, output, model, dtype, refit, force, not no_progress)
         return 0
     dtype = dtype or "bfloat16"
     if merged and packed:
@@ -246,3 +250,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--force", action="store_true", help=helps["force"])
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="hf", help=helps["fmt"])
     parser.add_argument("--adapter", choices=("merged", "separate"), default="merged", help=helps["adapter"])
+    parser.add_argument("--refit", choices=("source", "merged"), default="source", help=helps["refit"])

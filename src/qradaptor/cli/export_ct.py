@@ -10,13 +10,14 @@ CT_DTYPE = "float16"
 
 
 def export_ct(
-    run: str, output: str, model: str | None, dtype: str | None, force: bool, progress: bool
+    run: str, output: str, model: str | None, dtype: str | None, refit: str, force: bool, progress: bool
 ) -> None:
     """Checks the run, the output and the plan (vLLM's constraints), then writes the folder."""
     from qradaptor.atomic import atomic_dir
     from qradaptor.cli.export import _check_out, _uniform_modes
     from qradaptor.export.ct_export import (
         RECORD_FILE,
+        REFITS,
         SCALE_DTYPES,
         ct_source,
         export_compressed_tensors,
@@ -25,6 +26,8 @@ def export_ct(
     from qradaptor.runs import read_run
 
     dtype = dtype or CT_DTYPE
+    if refit not in REFITS:
+        raise ValueError(f"--refit must be one of {', '.join(REFITS)}, got {refit!r}")
     if dtype not in SCALE_DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(SCALE_DTYPES)}, got {dtype!r}")
     files = read_run(run)  # not a run, or an unfinished one: fail before anything is written
@@ -38,7 +41,9 @@ def export_ct(
             "pip install 'qradaptor[serve]' (or compressed-tensors==0.20.1)"
         ) from None
     with atomic_dir(out) as tmp:
-        written = export_compressed_tensors(run, tmp, model=model, dtype=dtype, progress=progress)
+        written = export_compressed_tensors(
+            run, tmp, model=model, dtype=dtype, refit=refit, progress=progress
+        )
         write_record(tmp / RECORD_FILE, run, written)
         _uniform_modes(tmp)
     summary = written.to_dict()
@@ -47,7 +52,7 @@ def export_ct(
     how = ", ".join(f"{n} {h}" for h, n in sorted(summary["how"].items())) or "no quantised linears"
     print(
         f"wrote compressed-tensors folder of run {run} to {out}: weights {size} bytes "
-        f"(plan: {written.planned_bytes}); linears {how}"
+        f"(plan: {written.planned_bytes}); linears {how} (re-fitted from the {written.refit} weights)"
         + (f"; largest relative error {worst['rel_error']:.2e} ({worst['module']})" if worst else "")
         + f"; per-linear record in {out / RECORD_FILE}"
     )

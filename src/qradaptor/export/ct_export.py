@@ -10,10 +10,20 @@ written and its relative error.
 
 The adapter is merged first, as ``runs.merged_run`` does (the base dequantised as trained, the
 adapter merged in float32). A quantised linear the merge left unchanged whose zero points are
-all integers is written as our codes unchanged ("codes"); every other one is re-quantised with
-integer zero points ("requantised", ``ct_codes.integer_zero_fit``), starting from its own fit
-where the merge left it unchanged and from the plan's quantiser on the merged weight where an
-adapter changed it. The plan must be one vLLM serves (``vllm_constraints``).
+all integers is written as our codes unchanged ("codes"). Every other one is re-quantised with
+integer zero points ("requantised", ``ct_codes.integer_zero_fit`` after the plan's quantiser)
+from a target that ``refit`` names:
+
+    "source"  W_0 + (W_merged - W_hat): the source weight with the adapter's change added (the
+              merge of a LoRA into the 16-bit base that serving usually quantises). The
+              default: one quantisation away from W_0, as the run's base is.
+    "merged"  W_merged itself. Closer to the run on paper, but a second quantisation of a
+              weight that already sits on a 2**b-level grid with a real-valued offset: at 4
+              bits it costs as much again as the first (SmolLM2's perplexities for both are
+              in docs/EXPORT.md).
+
+Either way the record gives each linear's error against W_merged, the run's weight. The plan
+must be one vLLM serves (``vllm_constraints``).
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
     from qradaptor.runs import RunFiles
 
+REFITS = ("source", "merged")
+"""What a re-quantised linear is fitted to (module docstring)."""
 SCALE_DTYPES = ("float16", "bfloat16", "float32")
 """Export dtypes: of the dense tensors and the scales (float16 holds our scales exactly)."""
 WEIGHTS_FILE = "model.safetensors"
@@ -53,7 +65,9 @@ class LinearRecord:
     how: str
     """"codes" (ours unchanged) or "requantised" (integer zero points fitted)."""
     rel_error: float
-    """||W - W_ct||_F / ||W||_F: the merged weight against the folder's, dequantised."""
+    """||W - W_ct||_F / ||W||_F: the merged weight (the run's) against the folder's, dequantised."""
+    target_error: float
+    """The same against the re-quantisation's target (``refit``); equal to rel_error for "merged"."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,8 @@ class CTExport:
     """Dtype of the dense tensors and the scales."""
     adapter: str
     """"merged", or "none" for a run without one."""
+    refit: str
+    """What re-quantised linears were fitted to (``REFITS``)."""
     planned_bytes: int
     """The plan's bytes without adapters (``memory.plan_memory``)."""
     tensor_bytes: int
@@ -83,6 +99,7 @@ class CTExport:
             "plan_hash": self.plan_hash,
             "dtype": self.dtype,
             "adapter": self.adapter,
+            "refit": self.refit,
             "planned_bytes": self.planned_bytes,
             "tensor_bytes": self.tensor_bytes,
             "how": dict(Counter(r.how for r in self.linears)),
@@ -123,6 +140,7 @@ def export_compressed_tensors(
     *,
     model: str | None = None,
     dtype: str = "float16",
+    refit: str = "source",
     progress: bool = False,
 ) -> CTExport:
     """Writes run ``run_dir`` into the empty folder ``folder`` (module docstring).
@@ -132,13 +150,14 @@ def export_compressed_tensors(
         folder: an existing empty folder (the caller renames it into place).
         model: the base model; omitted: the one the run records.
         dtype: of the dense tensors and the scales, one of ``SCALE_DTYPES``.
+        refit: what a re-quantised linear is fitted to, one of ``REFITS`` (module docstring).
         progress: show the weight fits of a run without a packed base.
 
     Returns:
         How each quantised linear was written and its error; the planned and written bytes.
 
     Raises:
-        ValueError: as :func:`ct_source`, or for a ``dtype`` not in ``SCALE_DTYPES``.
+        ValueError: as :func:`ct_source`, or for a ``dtype`` or ``refit`` not among the choices.
         ImportError: without the ``compressed-tensors`` package.
     """
     import torch
@@ -147,10 +166,13 @@ def export_compressed_tensors(
     from qradaptor.assemble import peft_load, quantized_base
     from qradaptor.memory import plan_memory
     from qradaptor.packed import quantized_modules
+    from qradaptor.quant.quantizer import dequantize
     from qradaptor.runs import dequantize_model_, read_run
 
     if dtype not in SCALE_DTYPES:
         raise ValueError(f"dtype must be one of {SCALE_DTYPES}, got {dtype!r}")
+    if refit not in REFITS:
+        raise ValueError(f"refit must be one of {REFITS}, got {refit!r}")
     import compressed_tensors  # noqa: F401  (fail before the model loads)
 
     the_dtype = getattr(torch, dtype)
@@ -165,6 +187,7 @@ def export_compressed_tensors(
     if files.adapter is not None:
         merged = peft_load(merged, files.adapter).merge_and_unload()
     weights = {name: t.detach().float() for name, t in merged.state_dict().items()}
+    source_weights = _source_weights(source, structure, plan) if refit == "source" else {}
 
     tensors: dict[str, torch.Tensor] = {}
     records, groups = [], {}
@@ -174,9 +197,16 @@ def export_compressed_tensors(
             continue
         weight = weights.pop(f"{path}.weight")
         group_size = plan.group_size_of(spec)
-        ic, how = _integer_codes(weight, codes[path], spec.bits, group_size, plan.quant_method, the_dtype)
-        error = float((weight - ic.dequantize()).norm() / weight.norm().clamp_min(1e-30))
-        records.append(LinearRecord(path, spec.bits, group_size, how, error))
+        qt = codes[path]
+        if path in source_weights:  # W_0 + (W_merged - W_hat)
+            target = source_weights.pop(path) + (weight - dequantize(qt))
+        else:
+            target = weight
+        ic, how = _integer_codes(weight, target, qt, spec.bits, group_size, plan.quant_method, the_dtype)
+        written = ic.dequantize()
+        error = float((weight - written).norm() / weight.norm().clamp_min(1e-30))
+        target_error = float((target - written).norm() / target.norm().clamp_min(1e-30))
+        records.append(LinearRecord(path, spec.bits, group_size, how, error, target_error))
         groups.setdefault((spec.bits, group_size), []).append(path)
         tensors.update({f"{path}.{key}": value for key, value in pack_codes(ic).items()})
     if getattr(merged.config, "tie_word_embeddings", False) and structure.head_path is not None:
@@ -199,29 +229,52 @@ def export_compressed_tensors(
         plan.plan_hash,
         dtype,
         "merged" if files.adapter is not None else "none",
+        refit,
         memory.total_bytes - memory.adapter_bytes,
         sum(t.numel() * t.element_size() for t in tensors.values()),
     )
 
 
+def _source_weights(source: str, structure: ModelStructure, plan: Any) -> dict[str, torch.Tensor]:
+    """Path -> the source's float32 weight, for every linear the plan quantises."""
+    import torch
+
+    from qradaptor.models.loading import load_model
+
+    state = load_model(source, dtype=torch.float32).model.state_dict()
+    return {
+        structure.module_path(block, name): state[f"{structure.module_path(block, name)}.weight"].float()
+        for block, name, spec in plan.iter_modules(structure)
+        if spec.bits != UNQUANTIZED
+    }
+
+
 def _integer_codes(
-    weight: torch.Tensor, qt: Any, bits: int, group_size: int, method: str, scale_dtype: torch.dtype
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    qt: Any,
+    bits: int,
+    group_size: int,
+    method: str,
+    scale_dtype: torch.dtype,
 ) -> tuple[IntegerCodes, str]:
-    """(the linear as integer codes, "codes" or "requantised"); ``weight`` is the merged one."""
+    """(the linear as integer codes, "codes" or "requantised"); ``weight`` is the merged one,
+    ``target`` what a re-quantisation fits."""
     import torch
 
     from qradaptor.quant.quantizer import dequantize, quantize
 
-    unchanged = torch.equal(dequantize(qt), weight)
-    if unchanged:
+    on_grid = torch.equal(dequantize(qt), weight)
+    if on_grid:
         exact = exact_codes(qt, scale_dtype)
         if exact is not None:
             return exact, "codes"
+    if on_grid and target is weight:
         start = qt  # the run's own fit: the weight still lies on its grid
-    else:  # an adapter moved it off the grid: fit it again with the plan's quantiser
-        start = quantize(weight, bits, group_size, method)  # type: ignore[arg-type]
+    else:  # fit the target afresh with the plan's quantiser
+        start = quantize(target, bits, group_size, method)  # type: ignore[arg-type]
     scale, zero = start.metadata()
-    return integer_zero_fit(weight, bits, group_size, scale, zero, scale_dtype), "requantised"
+    return integer_zero_fit(target, bits, group_size, scale, zero, scale_dtype), "requantised"
 
 
 def quantization_config(
