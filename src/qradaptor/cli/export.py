@@ -1,4 +1,4 @@
-"""``qra export``: a training run as a merged 16-bit model for serving, a packed package, or a GGUF."""
+"""``qra export``: a run as a merged 16-bit model, a packed package, a GGUF or a compressed-tensors folder."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def export(
     refit: str = "source",
     no_progress: bool = False,
 ) -> int:
-    """Export a training run: a merged 16-bit model for serving, a packed package, or a GGUF.
+    """Export a training run: a merged 16-bit model, a packed package, a GGUF or compressed-tensors.
 
     --merged (the default) dequantises the base exactly as it was trained (the run's packed
     codes), merges the adapter into it and writes a plain transformers model with its
@@ -156,6 +156,12 @@ def export(
     adapter changed it), our codes written unchanged where the type holds them, the rest
     re-quantised; tokenizer, chat template and norms copied from the source. OUT.json records
     each tensor's type and relative error (docs/EXPORT.md).
+
+    --format compressed-tensors writes OUT as a pack-quantized folder that transformers and vLLM
+    read (one config group per bit-width; plans at 4/8/16 bits with q/k/v and gate/up tied, as
+    qra plan/search --serve vllm make them). Our zero points are real numbers and the format's
+    are integers, so linears are re-quantised (--refit) and OUT/qradaptor_export.json records
+    each one's error (docs/EXPORT.md).
 
     Args:
         run: the training run folder (plan.json, adapter/, base.safetensors)
