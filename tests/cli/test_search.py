@@ -323,7 +323,7 @@ def test_search_defaults_are_the_library_defaults() -> None:
     """qra search's defaults (parser and --preset full) equal its configs' dataclass defaults."""
     from qradaptor.cli import build_parser
     from qradaptor.cli.common import VERB_DEST
-    from qradaptor.cli.search import PRESETS
+    from qradaptor.cli.search import PRESETS, SEARCH_BITS_TEXT
     from qradaptor.search.bayes import BayesConfig
     from qradaptor.search.multifidelity import HalvingConfig
     from qradaptor.search.pipeline import SearchConfig
@@ -343,7 +343,8 @@ def test_search_defaults_are_the_library_defaults() -> None:
         "quant_method",
     ):
         assert given[name] == getattr(config, name), name
-    assert tuple(int(b) for b in given["bits"].split(",")) == config.bits
+    assert given["bits"] is None  # SEARCH_BITS_TEXT, or 4,8,16 with --serve vllm
+    assert tuple(int(b) for b in SEARCH_BITS_TEXT.split(",")) == config.bits
     assert tuple(int(r) for r in given["ranks"].split(",")) == config.ranks
     assert given["lr"] == proxy.lr and given["eta"] == halving.eta
     full = PRESETS["full"]

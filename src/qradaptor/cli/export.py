@@ -1,4 +1,4 @@
-"""``qra export``: a training run as a merged 16-bit model for serving, a packed package, or a GGUF."""
+"""``qra export``: a run as a merged 16-bit model, a packed package, a GGUF or a compressed-tensors folder."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from qradaptor.cli.common import check_device, check_output_dir, resolve_device
 
 DTYPES = ("bfloat16", "float16", "float32")
 """What --dtype accepts for a merged export."""
-FORMATS = ("hf", "gguf")
-"""What --format accepts: a transformers folder (merged or packed), or one GGUF file for llama.cpp."""
+FORMATS = ("hf", "gguf", "compressed-tensors")
+"""What --format accepts: a transformers folder (merged or packed), one GGUF file for llama.cpp, or
+a compressed-tensors folder for transformers and vLLM (``cli/export_ct.py``)."""
 
 
 def _check_out(run: Path, output: str, force: bool) -> Path:
@@ -167,15 +168,16 @@ def export(
     merged: bool = False,
     packed: bool = False,
     model: str | None = None,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     device: str = "auto",
     force: bool = False,
     fmt: str = "hf",
     adapter: str = "merged",
     gguf_types: str | None = None,
+    refit: str = "source",
     no_progress: bool = False,
 ) -> int:
-    """Export a training run: a merged 16-bit model for serving, a packed package, or a GGUF.
+    """Export a training run: a merged 16-bit model, a packed package, a GGUF or compressed-tensors.
 
     --merged (the default) dequantises the base exactly as it was trained (the run's packed
     codes), merges the adapter into it and writes a plain transformers model with its
@@ -187,11 +189,17 @@ def export(
 
     --format gguf writes OUT as one GGUF file for llama.cpp (a GGUF-sourced Llama model, e.g.
     the embedded SmolLM2): the adapter merged, each block linear at the GGUF type of its plan
-    bits (2 -> Q2_K, 3 -> Q3_K, 4 -> Q4_1, 5 -> Q5_1, 6 -> Q6_K, 7, 8 -> Q8_0, 16 -> as the
+    bits (2 -> Q2_K, 3 -> Q4_1 (Q3_K on request), 4 -> Q4_1, 5 -> Q5_1, 6 -> Q6_K, 7, 8 -> Q8_0, 16 -> as the
     source stores it, F16 once an adapter changed it; K-quants fall back to Q4_1, Q5_1 or Q8_0
     for rows that are not a multiple of 256 inputs), our codes written unchanged where the type
     holds them, the rest re-quantised; tokenizer, chat template and norms copied from the
     source. OUT.json records each tensor's type, bytes and relative error (docs/EXPORT.md).
+
+    --format compressed-tensors writes OUT as a pack-quantized folder that transformers and vLLM
+    read (one config group per bit-width; plans at 4/8/16 bits with q/k/v and gate/up tied, as
+    qra plan/search --serve vllm make them). Our zero points are real numbers and the format's
+    are integers, so linears are re-quantised (--refit) and OUT/qradaptor_export.json records
+    each one's error (docs/EXPORT.md).
 
     Args:
         run: the training run folder (plan.json, adapter/, base.safetensors)
@@ -199,15 +207,22 @@ def export(
         merged: write a merged 16-bit model (the default)
         packed: copy the run's plan, adapter and packed base instead
         model: the base model the run was trained on; omitted: the one its adapter records
-        dtype: parameter dtype of a merged model (the merge itself runs in float32)
+        dtype: parameter dtype of a merged model (the merge itself runs in float32; default
+            bfloat16), or of a compressed-tensors folder's dense tensors and scales (default float16)
         device: auto (cuda if available), cpu or cuda, for the merge
         force: replace OUT if it exists (only once the new export is complete)
-        fmt: hf (a transformers folder, merged or packed) or gguf (one GGUF file for llama.cpp)
+        fmt: hf (a transformers folder, merged or packed), gguf (one GGUF file for llama.cpp) or
+            compressed-tensors (a folder transformers loads and vLLM serves: plans at 4/8/16 bits
+            with q/k/v and gate/up tied; the adapter merged, linears re-quantised with integer
+            zero points and the error recorded in OUT/qradaptor_export.json; docs/EXPORT.md)
         adapter: with --format gguf: merged (the adapter merged into the weights before they are
             written), or separate (the base as trained, and OUT with .lora.gguf for .gguf as a
             GGUF LoRA adapter that llama.cpp applies with --lora; plain LoRA only)
         gguf_types: with --format gguf: other types for some bit-widths, BITS=TYPE[,...]: 2=Q4_1 or
-            3=Q4_1 (keep the codes exact), 4=Q4_K, 5=Q5_K, 6=Q8_0
+            3=Q3_K (3.4375 bits, re-quantised; the default keeps the codes as Q4_1), 4=Q4_K, 5=Q5_K, 6=Q8_0
+        refit: with --format compressed-tensors: what a linear whose codes cannot be written
+            unchanged is re-quantised from: source (the source weight plus the adapter's change)
+            or merged (the run's merged weight: a second quantisation; docs/EXPORT.md)
         no_progress: no progress output
     """
     if fmt not in FORMATS:
@@ -219,6 +234,17 @@ def export(
         return 0
     if gguf_types:
         raise ValueError("--gguf-types is for --format gguf")
+    if fmt == "compressed-tensors":
+        from qradaptor.cli.export_ct import export_ct
+
+        if merged or packed or adapter != "merged":
+            raise ValueError(
+                "--format compressed-tensors merges the adapter; --merged, --packed and "
+                "--adapter separate are for the other formats"
+            )
+        export_ct(run, output, model, dtype, refit, force, not no_progress)
+        return 0
+    dtype = dtype or "bfloat16"
     if merged and packed:
         raise ValueError("give --merged or --packed, not both")
     if dtype not in DTYPES:
@@ -267,9 +293,10 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     mode.add_argument("--merged", action="store_true", help=helps["merged"])
     mode.add_argument("--packed", action="store_true", help=helps["packed"])
     parser.add_argument("--model", metavar="SOURCE", help=helps["model"])
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help=helps["dtype"])
+    parser.add_argument("--dtype", choices=DTYPES, help=helps["dtype"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="hf", help=helps["fmt"])
     parser.add_argument("--adapter", choices=("merged", "separate"), default="merged", help=helps["adapter"])
     parser.add_argument("--gguf-types", metavar="BITS=TYPE[,...]", help=helps["gguf_types"])
+    parser.add_argument("--refit", choices=("source", "merged"), default="source", help=helps["refit"])

@@ -12,6 +12,7 @@ from qradaptor.cli.common import (
     parse_int_list,
     write_text_atomic,
 )
+from qradaptor.export.vllm_constraints import SERVE_TARGETS
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
@@ -56,6 +57,7 @@ def plan(
     device: str = "auto",
     no_progress: bool = False,
     double_quant: bool = False,
+    serve: str | None = None,
 ) -> int:
     """Write a plan (bits and LoRA rank per block) for a model, as JSON.
 
@@ -112,9 +114,16 @@ def plan(
         double_quant: store the block linears' scales and zeros at 8 bits with a 16-bit step
             and offset per 256 (QLoRA's double quantisation): about 0.25 bit per weight less
             metadata at group 64
+        serve: with --baseline knapsack: only plans this engine serves; vllm: bits 4, 8 or 16
+            (--bits default 4,8,16; q/k/v and gate/up share a block's bits), 16-bit embedding
+            and head, as ``qra export --format compressed-tensors`` writes them
     """
     from qradaptor.plan import Plan, check_bits, check_rank
 
+    if serve is not None and baseline != "knapsack":
+        raise ValueError(
+            f"--serve goes with --baseline knapsack (or qra search), got --baseline {baseline!r}"
+        )
     if baseline == "knapsack":
         from qradaptor.cli.plan_baselines import knapsack
 
@@ -137,6 +146,7 @@ def plan(
             name,
             not no_progress,
             double_quant,
+            serve,
         )
     if budget is not None or sensitivity is not None:
         raise ValueError(
@@ -264,3 +274,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--sensitivity", metavar="FILE", help=helps["sensitivity"])
     parser.add_argument("--device", default="auto", help=helps["device"])
     parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
+    parser.add_argument("--serve", choices=SERVE_TARGETS, help=helps["serve"])

@@ -113,8 +113,10 @@ def knapsack(
     name: str | None,
     progress: bool,
     double_quant: bool = False,
+    serve: str | None = None,
 ) -> int:
-    """``--baseline knapsack``: every input checked before the profile or the model loads."""
+    """``--baseline knapsack``: every input checked before the profile or the model loads;
+    ``serve="vllm"`` keeps to the bits vLLM serves (``export.vllm_constraints``)."""
     from qradaptor.cli.common import check_device, read_sensitivity, resolve_device
     from qradaptor.cli.profile import parse_bits
     from qradaptor.plan import UNQUANTIZED, check_bits
@@ -139,6 +141,17 @@ def knapsack(
         if values != sorted(set(values)):
             raise ValueError(f"--bits must be ascending without repeats, got {bits!r}")
         choices = tuple(values)
+    if serve is not None:
+        from qradaptor.export.vllm_constraints import SERVE_TARGETS, vllm_bits
+
+        if serve not in SERVE_TARGETS:
+            raise ValueError(f"--serve must be one of {', '.join(SERVE_TARGETS)}, got {serve!r}")
+        for option, value in (("--embed-bits", embed_bits), ("--head-bits", head_bits)):
+            if value is not None and value != UNQUANTIZED:
+                raise ValueError(
+                    f"{option} {value} with --serve vllm: vLLM serves a 16-bit embedding and head"
+                )
+        choices = vllm_bits(choices)
     check_device(device)
     if output is not None:
         check_output(output, force=force)
@@ -170,4 +183,8 @@ def knapsack(
         )
         print(f"profiled {len(quantised)} bit-widths in {seconds:.1f} s", file=sys.stderr)
     made = knapsack_plan(structure, table, parsed, bits=choices, rank=16 if rank is None else rank, **kwargs)
+    if serve is not None:  # a block plan at 4/8/16 ties every fused group: this only confirms it
+        from qradaptor.export.vllm_constraints import check_vllm_plan
+
+        check_vllm_plan(made, structure)
     return write_plan(made, structure, output, force)

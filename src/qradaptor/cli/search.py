@@ -22,7 +22,12 @@ from qradaptor.cli.search_options import (
     STRATEGIES,
     check_positive,
     parse_choices,
+    servable_bits,
 )
+from qradaptor.export.vllm_constraints import SERVE_TARGETS
+
+SEARCH_BITS_TEXT = "2,3,4,8"
+"""--bits without --serve (``search.definition.SearchConfig``'s bits; a test checks they agree)."""
 
 
 def search(
@@ -37,7 +42,7 @@ def search(
     eta: int = 3,
     data: str | None = None,
     eval_data: str | None = None,
-    bits: str = "2,3,4,8",
+    bits: str | None = None,
     ranks: str = "4,8,16",
     granularity: str = "block",
     seq_len: int | None = None,
@@ -68,6 +73,7 @@ def search(
     study: str = "qradaptor",
     max_memory: str | None = None,
     no_progress: bool = False,
+    serve: str | None = None,
 ) -> int:
     """Search per-block bits and LoRA ranks under a memory budget (QR-Adaptor).
 
@@ -109,7 +115,8 @@ def search(
         eval_data: selection text the plans are scored on; omitted: the selection part of an
             embedded --data (embedded:wiki-selection by default), or about 1/5 of a user's
             --data held out by a stable hash of each document
-        bits: comma-separated bit-width choices (1..8, or 16 for unquantised)
+        bits: comma-separated bit-width choices (1..8, or 16 for unquantised); default 2,3,4,8,
+            or 4,8,16 with --serve vllm
         ranks: comma-separated LoRA rank choices (0 = no adapter)
         granularity: block (one choice per transformer block, the paper's) or module (per linear)
         seq_len: tokens per training and held-out window
@@ -133,6 +140,9 @@ def search(
         group_size: quantisation group size
         quant_method: the quantiser: hqq or rtn (qra plan's name; --method is qra train's
             training method)
+        serve: search only plans this engine serves; vllm: bits 4, 8 or 16 at block granularity
+            (a block's q/k/v and gate/up then share its bits), as qra export --format
+            compressed-tensors writes them
         double_quant: every plan stores its scales and zeros at 8 bits (QLoRA's double
             quantisation; about 0.25 instead of 0.5 bit per weight at group 64), as qra plan
             --double-quant does; a --sensitivity file must be profiled so too
@@ -182,7 +192,9 @@ def search(
     rungs = sizes["rungs"] if rungs is None else rungs
     bayes_iterations = sizes["bayes_iterations"] if bayes_iterations is None else bayes_iterations
     the_budget = parse_budget(budget)
-    bit_choices = parse_choices(bits, "--bits", check_bits)
+    bit_choices = parse_choices(SEARCH_BITS_TEXT if bits is None else bits, "--bits", check_bits)
+    if serve is not None:
+        bit_choices = servable_bits(serve, bits, bit_choices, granularity, fixed_bits)
     rank_choices = parse_choices(ranks, "--ranks", check_rank)
     if granularity not in GRANULARITIES:
         raise ValueError(f"--granularity must be one of {GRANULARITIES}, got {granularity!r}")
@@ -334,7 +346,8 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--strategy", choices=STRATEGIES, default="halving", help=helps["strategy"])
     parser.add_argument("--data", metavar="SOURCE", help=helps["data"])
     parser.add_argument("--eval-data", metavar="SOURCE", help=helps["eval_data"])
-    parser.add_argument("--bits", default="2,3,4,8", help=helps["bits"])
+    parser.add_argument("--bits", help=helps["bits"])
+    parser.add_argument("--serve", choices=SERVE_TARGETS, help=helps["serve"])
     parser.add_argument("--ranks", default="4,8,16", help=helps["ranks"])
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help=helps["granularity"])
     for name in PRESETS["full"]:  # None: the --preset's value, named in the help from PRESETS

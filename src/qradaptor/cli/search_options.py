@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from qradaptor.cli.common import parse_int_list
+from qradaptor.export.vllm_constraints import SERVE_TARGETS, vllm_bits
 
 GRANULARITIES = ("block", "module")
 STRATEGIES = ("halving", "paper")
@@ -64,3 +65,19 @@ def jsonable(obj: Any) -> Any:
     from dataclasses import asdict, is_dataclass
 
     return json.loads(json.dumps(asdict(obj) if is_dataclass(obj) else obj, default=str))
+
+
+def servable_bits(
+    serve: str, bits: str | None, choices: tuple[int, ...], granularity: str, fixed_bits: int | None
+) -> tuple[int, ...]:
+    """The bit choices of a ``--serve`` search, else ValueError naming what the engine cannot serve."""
+    if serve not in SERVE_TARGETS:
+        raise ValueError(f"--serve must be one of {', '.join(SERVE_TARGETS)}, got {serve!r}")
+    if granularity != "block":
+        raise ValueError(
+            f"--serve vllm searches block granularity (a block's q/k/v and gate/up, which vLLM fuses, "
+            f"then share its bits); --granularity {granularity} would give them different bits"
+        )
+    if fixed_bits is not None:
+        vllm_bits((fixed_bits,), "--fixed-bits")
+    return vllm_bits(None if bits is None else choices)
