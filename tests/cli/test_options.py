@@ -1,5 +1,5 @@
 """The argparse builder of ``cli/options.py``: one option per dataclass field, its flag, type,
-default, choices and help from the field."""
+default, choices and help from the field; and qra search's and qra train's options from theirs."""
 
 from __future__ import annotations
 
@@ -92,3 +92,37 @@ def test_a_type_argparse_cannot_take_is_refused_naming_the_field() -> None:
 
     with pytest.raises(TypeError, match="Listy.values"):
         add_options(argparse.ArgumentParser(), Listy)
+
+
+def _sub(verb: str) -> argparse.ArgumentParser:
+    from qradaptor.cli import build_parser
+    from qradaptor.cli.common import VERB_DEST
+
+    parser = build_parser()
+    return next(a for a in parser._actions if a.dest == VERB_DEST).choices[verb]
+
+
+@pytest.mark.parametrize("verb", ["search", "train"])
+def test_the_verbs_options_are_their_dataclasses_fields(verb) -> None:
+    """Every field an option with the field's default and a help; no option without a field."""
+    from qradaptor.recipes.search_options import SearchOptions
+    from qradaptor.recipes.train_options import TrainOptions
+
+    options = {"search": SearchOptions, "train": TrainOptions}[verb]
+    actions = {a.dest: a for a in _sub(verb)._actions if a.dest not in ("help", "_debug", argparse.SUPPRESS)}
+    fields = {f.name: f for f in dataclasses.fields(options)}
+    assert set(actions) == set(fields)
+    docs = field_docs(options)
+    for name, field in fields.items():
+        if field.default is not dataclasses.MISSING:
+            assert actions[name].default == field.default, name
+        assert docs[name] and actions[name].help.startswith(docs[name]) or name == "no_progress", name
+
+
+def test_the_serve_type_is_the_engines_vllm_serves() -> None:
+    from typing import get_args
+
+    from qradaptor.export.vllm_constraints import SERVE_TARGETS
+    from qradaptor.recipes.search_options import Serve
+
+    assert get_args(Serve) == SERVE_TARGETS
