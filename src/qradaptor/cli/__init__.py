@@ -3,9 +3,12 @@ and experiment.
 
 Each verb is a typed function in its own module (``info.py``, ``plan.py``, ``memory.py``)
 whose docstring is its help: the summary becomes the verb's description and the ``Args:``
-entries become the options' help. This module builds the argparse parser from them and
-turns every ``ValueError``/``OSError`` into one line ``qra <verb>: error: <message>`` on
-stderr with exit code 2 (``--debug`` re-raises instead, for the traceback).
+entries become the options' help. A verb whose module names an ``OPTIONS`` dataclass (search,
+train) takes one argument, that dataclass, built from its fields (``cli/options.py``: the
+field docstrings are the help) and run by a library recipe. This module builds the argparse
+parser from them and turns every ``ValueError``/``OSError`` into one line
+``qra <verb>: error: <message>`` on stderr with exit code 2 (``--debug`` re-raises instead,
+for the traceback).
 
 Only light modules are imported here, so ``qra --help`` answers without loading torch.
 """
@@ -46,7 +49,10 @@ VERBS = (
     export_verb,
     experiment_verb,
 )
-"""Modules that each define ``VERB`` (a function) and ``add_arguments(parser, help)``."""
+"""Modules that each define ``VERB`` (a function) and ``add_arguments(parser, help)``, and
+optionally ``OPTIONS`` (the dataclass ``VERB`` takes)."""
+OPTIONS_DEST = "_options"
+"""Namespace attribute holding the verb's options dataclass (None: keyword arguments)."""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -119,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_HelpFormatter,
         )
         module.add_arguments(sub, helps)
-        sub.set_defaults(_call=module.VERB)
+        sub.set_defaults(_call=module.VERB, **{OPTIONS_DEST: getattr(module, "OPTIONS", None)})
     return parser
 
 
@@ -127,8 +133,13 @@ def _call(function: Callable[..., int], args: argparse.Namespace) -> int:
     import inspect
 
     kwargs: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k not in (VERB_DEST, DEBUG_DEST, "_call")
+        k: v for k, v in vars(args).items() if k not in (VERB_DEST, DEBUG_DEST, OPTIONS_DEST, "_call")
     }
+    options = getattr(args, OPTIONS_DEST, None)
+    if options is not None:
+        from qradaptor.cli.options import options_from
+
+        return function(options_from(options, kwargs))
     if NO_PROGRESS_DEST not in inspect.signature(function).parameters:
         kwargs.pop(NO_PROGRESS_DEST, None)  # a quick verb: nothing to show
     return function(**kwargs)

@@ -11,7 +11,7 @@
     RUN/study.db            the Optuna study (the score cache; a search resumes from it)
     RUN/*.png               plots
 
-``cli/search_output.py`` writes the folder; the experiment report reads it back.
+``recipes/search_output.py`` writes the folder; the experiment report reads it back.
 """
 
 from __future__ import annotations

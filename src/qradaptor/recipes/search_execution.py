@@ -1,7 +1,7 @@
 """``qra search`` once its options are checked and its run folder (and study) are held: load
 the model, cut the token windows, start the workers, run the search and write the folder.
 
-``cli/search.py`` checks every option before anything loads and takes the locks; this module
+``recipes/search.py`` checks every option before anything loads and takes the locks; this module
 does the work that needs the weights, so the verb reads as checks, then one call.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qradaptor.cli.common import read_sensitivity
-from qradaptor.cli.search_options import jsonable
+from qradaptor.recipes.inputs import read_sensitivity
+from qradaptor.recipes.search_options import jsonable
 from qradaptor.runfolder.search_run import SEARCH_SENSITIVITY
 
 if TYPE_CHECKING:
@@ -78,12 +78,12 @@ def execute(request: SearchRequest, structure: ModelStructure, table: MemoryTabl
         structure, table: the model's structure and the search space's memory table, from
             ``search_space`` before any weight loaded.
     """
-    from qradaptor.cli.search_output import print_outcome, write_config, write_run
     from qradaptor.data import pack_texts
     from qradaptor.distributed.launch import local_worker_devices
     from qradaptor.distributed.queue import display_url
     from qradaptor.distributed.study import sqlite_url
     from qradaptor.models.loading import load_model
+    from qradaptor.recipes.search_output import print_outcome, write_config, write_run
     from qradaptor.search.cost import cost_line
     from qradaptor.search.pipeline import run_search
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qradaptor.cli.common import write_text_atomic
+from qradaptor.recipes.inputs import write_text_atomic
 from qradaptor.runfolder.train_run import RUN_ADAPTER, RUN_BASE, RUN_PLAN, RUN_TRAIN
 
 if TYPE_CHECKING:
