@@ -129,7 +129,7 @@ def test_a_table_of_another_model_or_other_bits_is_refused(llama_factory) -> Non
         unit_values(space, _sensitivity(4))
     with pytest.raises(ValueError, match=r"lacks bits \[8\] of the choices \(2, 3, 4, 8\)"):
         unit_values(space, _sensitivity(3, bits=(2, 3, 4)))
-    with pytest.raises(ValueError, match="use block granularity"):
+    with pytest.raises(ValueError, match="at module granularity takes a per-module sensitivity table"):
         unit_values(SearchSpace(3, modules=("a", "b")), _sensitivity(3))
     structure = inspect_model(llama_factory())
     with pytest.raises(
