@@ -65,6 +65,14 @@ def solve_mckp(costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int) -> np
     if not np.issubdtype(c.dtype, np.integer) or (c < 0).any():
         raise ValueError("costs must be non-negative integers")
     c = c.astype(np.int64)
+    allowed = np.isfinite(v)
+    if not allowed.any(axis=1).all():
+        return None
+    # Cheapest and dearest allowed completion of the units after each one: (L,) each.
+    least = np.where(allowed, c, np.iinfo(np.int64).max).min(axis=1)
+    most = np.where(allowed, c, 0).max(axis=1)
+    least_after = np.concatenate([np.cumsum(least[::-1])[::-1][1:], [0]])
+    most_after = np.concatenate([np.cumsum(most[::-1])[::-1][1:], [0]])
     # The frontier: states sorted by cost with strictly falling value; parents rebuild the choice.
     cost = np.zeros(1, dtype=np.int64)
     value = np.zeros(1, dtype=np.float64)
@@ -74,15 +82,23 @@ def solve_mckp(costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int) -> np
         new_value = (value[:, None] + v[unit][None, :]).ravel()
         state = np.repeat(np.arange(cost.size), c.shape[1])
         choice = np.tile(np.arange(c.shape[1]), cost.size)
-        keep = (new_cost <= capacity) & np.isfinite(new_value)
+        # Exact pruning: a state no completion can fit within capacity is dropped.
+        keep = (new_cost <= capacity - least_after[unit]) & np.isfinite(new_value)
         if not keep.any():
             return None
         new_cost, new_value, state, choice = new_cost[keep], new_value[keep], state[keep], choice[keep]
-        order = np.lexsort((choice, state, new_value, new_cost))  # by cost, then value
+        # By cost, then value; lexsort is stable and the candidates come in (state, choice)
+        # order, so ties keep the lower state, then the lower choice.
+        order = np.lexsort((new_value, new_cost))
         new_cost, new_value, state, choice = new_cost[order], new_value[order], state[order], choice[order]
         # Keep a state only if it beats every cheaper (or equally cheap, earlier) one.
         best_before = np.concatenate([[np.inf], np.minimum.accumulate(new_value)[:-1]])
-        front = new_value < best_before
+        front = np.flatnonzero(new_value < best_before)
+        # Exact pruning: states whose every completion fits all end best completed alike, so
+        # only the least valued of them (the dearest: values fall along the front) can win.
+        roomy = np.flatnonzero(new_cost[front] <= capacity - most_after[unit])
+        if roomy.size:
+            front = front[roomy[-1] :]
         cost, value = new_cost[front], new_value[front]
         parents.append((state[front], choice[front]))
     # Values fall along the frontier, so its last state is the least value (the cheapest such).
