@@ -196,3 +196,16 @@ def test_the_block_path_is_unchanged(llama_factory) -> None:
         structure, table, parse_budget("3.7bits"), rank=8, group_size=32, tied=fused_groups(structure)
     )
     assert tied == plan
+
+
+def test_the_search_refuses_a_module_table(llama_factory) -> None:
+    from qradaptor.search.definition import SearchConfig
+    from qradaptor.search.profiling import check_given_profile
+
+    structure = inspect_model(llama_factory())
+    config = SearchConfig(budget=parse_budget("4bits"), bits=(2, 4, 8))
+    space = SearchSpace.for_structure(structure, "block", bits=(2, 4, 8))
+    with pytest.raises(
+        ValueError, match=r"the search takes a per-block sensitivity table .*got a per-module"
+    ):
+        check_given_profile(_module_table(structure), structure, space, config)
