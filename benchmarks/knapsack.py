@@ -4,7 +4,10 @@ Prices SmolLM2-135M's block linears (30 blocks x 7 linears; the shapes come from
 model's config, no weights loaded) at several bit choices and budgets, with the KL table of
 a landed search (docs/results/paper/searches/4.0bits-s0-*/sensitivity.json) where the bits
 match, and synthetic KLs (4x less per extra bit) for module units and bit-widths it lacks.
-Prints one row per problem: units, choices, states on the last frontier, and milliseconds.
+Prints one row per problem: units, choices, states on the last frontier, and milliseconds;
+"module, tied" ties vLLM's fused groups (q/k/v, gate/up) into one item each. Then the whole
+``knapsack_plan`` at module granularity (memory table, knapsack and plan) from a synthetic
+per-module table, under an avg-bits and a byte budget.
 
     python benchmarks/knapsack.py
 """
@@ -19,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from qradaptor.cli.common import load_structure, read_sensitivity
+from qradaptor.export.vllm_constraints import fused_groups
 from qradaptor.search.budget import parse_budget
-from qradaptor.search.knapsack import knapsack_genome, solve_mckp, unit_values
+from qradaptor.search.knapsack import knapsack_genome, knapsack_plan, tie_items, unit_values
 from qradaptor.search.space import MemoryTable, SearchSpace
+from qradaptor.sensitivity_table import SensitivityTable
 
 ROOT = Path(__file__).parents[1]
 
@@ -39,7 +44,11 @@ def main() -> None:
         ("block", (2, 3, 4, 8)),
         ("block", (2, 3, 4, 5, 6, 8, 16)),
         ("module", (2, 3, 4, 5, 6, 8)),
+        ("module", (2, 3, 4, 5, 6, 8, 16)),
+        ("module, tied", (4, 8, 16)),
     ):
+        tied = fused_groups(structure) if granularity.endswith("tied") else ()
+        granularity = granularity.split(",")[0]
         space = SearchSpace.for_structure(structure, granularity, bits=bits, ranks=(16,))
         table = MemoryTable.build(structure, space, group_size=64)
         if granularity == "block" and set(bits) - {16} <= set(table_kl.bits):
@@ -47,10 +56,10 @@ def main() -> None:
         else:  # synthetic: a lognormal scale per unit, 4x less KL per extra bit, 0 at 16
             scale = np.random.default_rng(0).lognormal(0, 1, space.num_units)[:, None]
             values = np.where(np.array(bits) == 16, 0.0, scale * 4.0 ** -(np.array(bits) - 2.0))
-        for text in ("3.5bits", "4.0bits", "4.5bits", "5.5bits"):
+        for text in ("3.5bits", "4.0bits", "4.5bits", "5.5bits") if not tied else ("4.5bits", "6.0bits"):
             budget = parse_budget(text)
             start = time.perf_counter()
-            genome = knapsack_genome(table, values, budget, rank=16)
+            genome = knapsack_genome(table, values, budget, rank=16, items=tie_items(space, tied))
             ms = 1000 * (time.perf_counter() - start)
             rows = np.arange(space.num_units)
             uniform = values[:, bits.index(4)].sum()
@@ -59,11 +68,24 @@ def main() -> None:
                 f"{float(table.avg_bits_of(genome)):>9.3f} {values[rows, genome[:, 0]].sum():>9.4f} "
                 f"{uniform:>13.4f}"
             )
-    # The solver alone on the largest problem, to separate it from pricing.
-    costs = np.rint(table.unit_bit_weights).astype(np.int64)
-    start = time.perf_counter()
-    solve_mckp(costs, values, int(4.0 * table.linear_numel))
-    print(f"solve_mckp alone, {space.num_units} x {len(bits)}: {1000 * (time.perf_counter() - start):.1f} ms")
+    # The whole library call at module granularity, every bit choice, pricing included.
+    bits = (2, 3, 4, 5, 6, 8)
+    rows = structure.num_blocks * len(structure.linear_names)
+    scale = np.random.default_rng(1).lognormal(0, 1, rows)
+    sens = SensitivityTable(
+        bits=bits,
+        kl=tuple(tuple(float(s * 4.0 ** -(b - 2.0)) for b in bits) for s in scale),
+        tokens=256,
+        group_size=64,
+        quant_method="hqq",
+        granularity="module",
+        modules=structure.linear_names,
+    )
+    for text in ("4.0bits", "4.5bits", "110MB"):
+        start = time.perf_counter()
+        knapsack_plan(structure, sens, parse_budget(text), bits=(*bits, 16), granularity="module")
+        ms = 1000 * (time.perf_counter() - start)
+        print(f"knapsack_plan, {rows} modules x {len(bits) + 1} bits, {text}: {ms:.0f} ms")
 
 
 if __name__ == "__main__":

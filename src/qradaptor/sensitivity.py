@@ -1,18 +1,23 @@
-"""Layer-wise sensitivity profiling: how much each block's quantisation moves the output.
+"""Layer-wise sensitivity profiling: how much each block's (or module's) quantisation moves
+the output.
 
 For every transformer block l and candidate bit-width b (§3.3, Eq. 6 of QR-Adaptor):
 
     S_l(b) = 1/|D| * sum_{t in D} KL( P(y | x_<=t; W_fp) || P(y | x_<=t; W with only block l at b bits) )
            = 1/|D| * sum_t sum_v p_fp(v) * (log p_fp(v) - log p_q(v))
 
-in nats per token, where D is every non-padding position of the calibration windows. The
-paper's S_l is the column at the lowest candidate bits (``SensitivityTable.min_bits_profile``);
-the search min-max normalises it to bias its initial population (``search.initial.normalise``).
+in nats per token, where D is every non-padding position of the calibration windows. Per
+module (``granularity="module"``) the same KL is taken with only one linear of block l at b
+bits, a row per (block, module): Eq. 6 applied to each linear, on the same windows and the
+same cached reference. The paper's S_l is the column at the lowest candidate bits
+(``SensitivityTable.min_bits_profile``); the search min-max normalises it to bias its initial
+population (``search.initial.normalise``).
 
 Cost: one full-precision forward over the calibration set, then one forward per
-(block, bits). Each (block, bits) weight is quantised exactly once (a dense "simulated"
-copy, see ``quant.modules.simulated_linear``) and swapped in only while that block is scored;
-the original modules are put back, so the model is bit-identical afterwards. Blocks before
+(block, bits), or per (block, module, bits): 7x the forwards on a Llama block, the same fits.
+Each (linear, bits) weight is quantised exactly once (a dense "simulated" copy, see
+``quant.modules.simulated_linear``) and swapped in only while its row is scored; the
+original modules are put back, so the model is bit-identical afterwards. Blocks before
 l see the full-precision input whatever block l holds, so their output is recorded once in
 the full-precision pass and replayed (``reuse_prefix``): scoring block l runs only blocks
 l..L-1 and the head, about half the block compute on average, with bit-identical results.
@@ -37,7 +42,7 @@ from qradaptor.build import _dense_weight, _set_module
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import check_bits
 from qradaptor.quant.modules import simulated_linear
-from qradaptor.sensitivity_table import SensitivityTable
+from qradaptor.sensitivity_table import GRANULARITIES, SensitivityTable
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
@@ -128,19 +133,32 @@ def _record_block_outputs(
     return logprobs, outputs
 
 
-def _block_quantised(
+def _units(structure: ModelStructure, granularity: str) -> list[tuple[str, ...]]:
+    """The linear names quantised together in each row of one block: all of them per block,
+    one per row per module (in ``structure.linear_names`` order)."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if granularity == "block":
+        return [structure.linear_names]
+    return [(name,) for name in structure.linear_names]
+
+
+def _quantised(
     model: nn.Module,
     structure: ModelStructure,
     block: int,
+    names: tuple[str, ...],
     bits: int,
     group_size: int,
     method: str,
     cache: QuantCache | None = None,
     double_quant: bool = False,
 ) -> dict[str, nn.Module]:
-    """Simulated-quantised copies of every linear of ``block``, keyed by full module path."""
+    """Simulated-quantised copies of the linears ``names`` of ``block``, keyed by full module path."""
     out = {}
     for info in structure.linears:
+        if info.name not in names:
+            continue
         path = structure.module_path(block, info.name)
         module = model.get_submodule(path)
         bias = None if module.bias is None else module.bias.data
@@ -169,14 +187,15 @@ def profile_sensitivity(
     cache: QuantCache | None = None,
     reuse_prefix: bool = True,
     double_quant: bool = False,
+    granularity: str = "block",
 ) -> SensitivityTable:
-    """Measures S_l(b) of Eq. 6 (§3.3) for every block l and every candidate bit-width b.
+    """Measures S_l(b) of Eq. 6 (§3.3) for every block (or module) l and candidate bit-width b.
 
     The full-precision log-probs are computed once and kept (float32, on the model's device);
-    then for each block and each bit-width that block's linears alone are replaced by
-    quantise-dequantise copies, the calibration set is run again, and the KL to the
-    full-precision distribution is averaged over tokens. The original modules are restored
-    (also on error), so the model's outputs are bit-identical afterwards.
+    then for each block and each bit-width that block's linears alone (per module: one linear
+    of it alone) are replaced by quantise-dequantise copies, the calibration set is run again,
+    and the KL to the full-precision distribution is averaged over tokens. The original
+    modules are restored (also on error), so the model's outputs are bit-identical afterwards.
 
     Args:
         model: a causal LM that ``inspect_model`` understands (Llama/Qwen/Mistral/GPT-2-style).
@@ -195,14 +214,16 @@ def profile_sensitivity(
             block compute); False runs every forward from the embedding.
         double_quant: double-quantise the scales and zeros to 8 bits, as a plan with
             ``double_quant`` builds them.
+        granularity: "block" (a row per block, all its linears quantised) or "module" (a row
+            per (block, linear), only that linear quantised; ``modules`` names them).
 
     Returns:
-        The table of mean KL (nats per token), blocks by bits.
+        The table of mean KL (nats per token), blocks (or (block, module) units) by bits.
 
     Raises:
         ValueError: for empty or out-of-range ``bits``, calibration that is not a non-empty
             2-D integer tensor, a bad ``batch_size``/``max_tokens``/``quant_method``/
-            ``group_size``, or a model ``inspect_model`` cannot map.
+            ``group_size``/``granularity``, or a model ``inspect_model`` cannot map.
     """
     from qradaptor.progress import progress_bar
     from qradaptor.quant.quantizer import QUANT_METHODS
@@ -216,6 +237,7 @@ def profile_sensitivity(
         raise ValueError(f"quant_method must be one of {QUANT_METHODS}, got {quant_method!r}")
     calibration, attention_mask = _check_calibration(calibration, attention_mask, max_tokens)
     structure = inspect_model(model)
+    units = _units(structure, granularity)  # linears quantised together, per row of a block
     from qradaptor.quant.quantizer import check_group_size
 
     for info in structure.linears:  # before any forward: a bad group size fails at once
@@ -233,7 +255,7 @@ def profile_sensitivity(
 
     was_training = model.training
     model.eval()
-    kl: list[list[float]] = [[0.0] * len(bits_t) for _ in range(structure.num_blocks)]
+    kl: list[list[float]] = [[0.0] * len(bits_t) for _ in range(structure.num_blocks * len(units))]
     try:
         with torch.inference_mode():
             blocks = model.get_submodule(structure.blocks_path)
@@ -246,15 +268,16 @@ def profile_sensitivity(
             else:
                 reference = [_logprobs(model, b_ids, b_mask) for b_ids, b_mask in batches]
             original_blocks = list(blocks)
-            fits = structure.num_blocks * len(bits_t)
+            fits = structure.num_blocks * len(units) * len(bits_t)
             bar = progress_bar(total=fits, desc="sensitivity", unit="fit", enabled=progress)
-            for block in range(structure.num_blocks):
-                paths = [structure.module_path(block, info.name) for info in structure.linears]
+            rows = [(block, names) for block in range(structure.num_blocks) for names in units]
+            for row, (block, names) in enumerate(rows):
+                paths = [structure.module_path(block, name) for name in names]
                 originals = {path: model.get_submodule(path) for path in paths}
                 try:
                     for j, b in enumerate(bits_t):
-                        for path, new in _block_quantised(
-                            model, structure, block, b, group_size, quant_method, cache, double_quant
+                        for path, new in _quantised(
+                            model, structure, block, names, b, group_size, quant_method, cache, double_quant
                         ).items():
                             _set_module(model, path, new)
                         total = 0.0
@@ -269,7 +292,7 @@ def profile_sensitivity(
                                 for earlier in range(block):
                                     blocks[earlier] = original_blocks[earlier]
                         # KL >= 0 exactly; tiny negatives are float rounding of identical outputs.
-                        kl[block][j] = max(total / tokens, 0.0)
+                        kl[row][j] = max(total / tokens, 0.0)
                         # Put the originals back before quantising the next bit-width from them.
                         for path, original in originals.items():
                             _set_module(model, path, original)
@@ -287,4 +310,6 @@ def profile_sensitivity(
         group_size=group_size,
         quant_method=quant_method,
         double_quant=double_quant,
+        granularity=granularity,
+        modules=structure.linear_names if granularity == "module" else (),
     )

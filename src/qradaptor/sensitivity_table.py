@@ -1,5 +1,6 @@
-"""The sensitivity profile as data: ``SensitivityTable`` (Eq. 6's S_l(b) for every block and
-bit-width), its files (sensitivity.json, sensitivity.csv) and its plot.
+"""The sensitivity profile as data: ``SensitivityTable`` (Eq. 6's S_l(b) for every block, or
+every linear module of every block, and bit-width), its files (sensitivity.json,
+sensitivity.csv) and its plot.
 
 Plain data and no torch: the knapsack, the search and the CLI read a profile through this
 module without loading the profiler (``sensitivity.py``), which measures one on a model.
@@ -15,16 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 SENSITIVITY_FORMAT = 1
+GRANULARITIES = ("block", "module")
+"""What one row of a table quantises: every linear of a block, or one linear of a block."""
 
 
 @dataclass(frozen=True)
 class SensitivityTable:
-    """Mean per-token KL divergence caused by quantising one block at one bit-width (Eq. 6)."""
+    """Mean per-token KL divergence caused by quantising one block (or one linear module of a
+    block) at one bit-width (Eq. 6)."""
 
     bits: tuple[int, ...]
     """Candidate bit-widths, ascending; the column order of ``kl``."""
     kl: tuple[tuple[float, ...], ...]
-    """kl[block][i]: mean KL(P_fp || P_q) in nats per token with only ``block`` at ``bits[i]``."""
+    """kl[unit][i]: mean KL(P_fp || P_q) in nats per token with only ``unit`` at ``bits[i]``; a
+    unit is a block, or per module a (block, module) pair in block-major order (row
+    ``block * len(modules) + m`` is module ``modules[m]`` of ``block``)."""
     tokens: int
     """Calibration positions the mean runs over (padding excluded)."""
     group_size: int
@@ -33,6 +39,11 @@ class SensitivityTable:
     """How the codes were fitted ("rtn" or "hqq")."""
     double_quant: bool = False
     """Whether the scales and zeros were double-quantised to 8 bits (``Plan.double_quant``)."""
+    granularity: str = "block"
+    """"block" (a row per block, all its linears quantised) or "module" (a row per linear)."""
+    modules: tuple[str, ...] = ()
+    """Per module: the linear names of one block (e.g. "self_attn.q_proj"), the order of each
+    block's rows; empty per block."""
 
     def __post_init__(self) -> None:
         if not self.bits:
@@ -42,14 +53,59 @@ class SensitivityTable:
                 raise ValueError(
                     f"kl rows must have one value per bit-width ({len(self.bits)}), got {len(row)}"
                 )
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity == "block" and self.modules:
+            raise ValueError(f"a per-block table names no modules, got modules {self.modules!r}")
+        if self.granularity == "module":
+            names = self.modules
+            if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"a per-module table needs unique module names, got {names!r}")
+            if len(self.kl) % len(names):
+                raise ValueError(
+                    f"a per-module table has one row per (block, module): {len(self.kl)} rows is not a "
+                    f"multiple of its {len(names)} modules"
+                )
 
     @property
     def num_blocks(self) -> int:
         """Number of blocks profiled."""
+        return len(self.kl) // max(len(self.modules), 1)
+
+    @property
+    def num_units(self) -> int:
+        """Rows of ``kl``: blocks, or blocks x modules."""
         return len(self.kl)
 
+    @property
+    def unit_names(self) -> tuple[str, ...]:
+        """A Plan key per row: "3" per block, "3.self_attn.q_proj" per module."""
+        if not self.modules:
+            return tuple(str(b) for b in range(self.num_blocks))
+        return tuple(f"{b}.{m}" for b in range(self.num_blocks) for m in self.modules)
+
+    def require_granularity(self, granularity: str, where: str) -> None:
+        """Raises ValueError unless the table is of ``granularity``, naming what ``where`` takes.
+
+        Args:
+            granularity: "block" or "module".
+            where: who needs the table, e.g. "the knapsack at block granularity".
+        """
+        if self.granularity == granularity:
+            return
+        have = (
+            f"a per-module one ({len(self.modules)} linears x {self.num_blocks} blocks)"
+            if self.granularity == "module"
+            else f"a per-block one ({self.num_blocks} blocks)"
+        )
+        how = "qra profile --granularity module" if granularity == "module" else "qra profile, the default"
+        raise ValueError(
+            f"{where} takes a per-{granularity} sensitivity table ({how}), got {have}: profile at "
+            f"{granularity} granularity, or ask for {self.granularity} granularity"
+        )
+
     def column(self, bits: int) -> tuple[float, ...]:
-        """S_l at ``bits`` for every block l.
+        """S_l at ``bits`` for every row l (a block, or per module a (block, module) unit).
 
         Raises:
             ValueError: if ``bits`` was not profiled.
@@ -60,7 +116,7 @@ class SensitivityTable:
         return tuple(row[i] for row in self.kl)
 
     def min_bits_profile(self) -> tuple[float, ...]:
-        """The paper's S_l (Eq. 6): KL per block at the lowest candidate bit-width."""
+        """The paper's S_l (Eq. 6): KL per row (block or module) at the lowest candidate bit-width."""
         return self.column(min(self.bits))
 
     def normalised(self, bits: int | None = None) -> tuple[float, ...]:
@@ -87,6 +143,8 @@ class SensitivityTable:
             "quant_method": self.quant_method,
             # Left out when false, so files written before the option existed read the same.
             **({"double_quant": True} if self.double_quant else {}),
+            # Left out per block, so a block profile's file is what it was before modules.
+            **({"granularity": "module", "modules": list(self.modules)} if self.modules else {}),
         }
 
     @classmethod
@@ -108,36 +166,53 @@ class SensitivityTable:
             group_size=int(data["group_size"]),
             quant_method=str(data["quant_method"]),
             double_quant=bool(data.get("double_quant", False)),
+            granularity=str(data.get("granularity", "block")),
+            modules=tuple(str(m) for m in data.get("modules", ())),
         )
 
     def to_csv(self) -> str:
-        """CSV text: a header ``block,kl_2bit,kl_3bit,...`` then one row per block."""
+        """CSV text: a header ``block,kl_2bit,kl_3bit,...`` then one row per block; per module
+        ``block,module,kl_2bit,...`` and one row per (block, module)."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["block", *(f"kl_{b}bit" for b in self.bits)])
-        for block, row in enumerate(self.kl):
-            writer.writerow([block, *(repr(v) for v in row)])
+        per_module = ["module"] if self.modules else []
+        writer.writerow(["block", *per_module, *(f"kl_{b}bit" for b in self.bits)])
+        for unit, row in enumerate(self.kl):
+            if self.modules:
+                block, m = divmod(unit, len(self.modules))
+                writer.writerow([block, self.modules[m], *(repr(v) for v in row)])
+            else:
+                writer.writerow([unit, *(repr(v) for v in row)])
         return out.getvalue()
 
 
 def plot_sensitivity(table: SensitivityTable, path: str | os.PathLike[str]) -> None:
-    """Plots S_l by block depth, one line per bit-width, log y axis; writes ``path`` atomically.
+    """Plots S_l by block depth, log y axis; writes ``path`` atomically.
 
-    The format follows the suffix (e.g. ``.png``, ``.pdf``).
+    Per block, one line per bit-width; per module, one line per module at the lowest bits (a
+    line per module and bit-width would be unreadable). The format follows the suffix (e.g.
+    ``.png``, ``.pdf``).
     """
     from qradaptor.plotting import pyplot, save_figure
 
     fig, ax = pyplot().subplots(figsize=(8, 4.5))
     blocks = list(range(table.num_blocks))
-    for b in table.bits:
-        # log axis: zero KL (possible at 8 bits on tiny models) would vanish, so floor it.
-        values = [max(v, 1e-12) for v in table.column(b)]
-        ax.plot(blocks, values, marker="o", markersize=3, label=f"{b}-bit")
+    # log axis: zero KL (possible at 8 bits on tiny models) would vanish, so floor it.
+    if table.modules:
+        low = table.column(min(table.bits))
+        for m, name in enumerate(table.modules):
+            values = [max(low[b * len(table.modules) + m], 1e-12) for b in blocks]
+            ax.plot(blocks, values, marker="o", markersize=3, label=f"{name}, {min(table.bits)}-bit")
+    else:
+        for b in table.bits:
+            values = [max(v, 1e-12) for v in table.column(b)]
+            ax.plot(blocks, values, marker="o", markersize=3, label=f"{b}-bit")
     ax.set_yscale("log")
     ax.set_xlabel("block (depth)")
     ax.set_ylabel("mean KL(P_fp || P_q), nats/token")
+    what = "Module" if table.modules else "Block"
     ax.set_title(
-        f"Block sensitivity (Eq. 6), {table.quant_method}, group {table.group_size}, {table.tokens} tokens"
+        f"{what} sensitivity (Eq. 6), {table.quant_method}, group {table.group_size}, {table.tokens} tokens"
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a line

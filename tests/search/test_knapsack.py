@@ -45,6 +45,24 @@ def test_solver_equals_brute_force_on_small_tables(seed: int) -> None:
     assert values[rows, got].sum() == pytest.approx(expected[0], abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_solver_equals_brute_force_with_forbidden_choices(seed: int) -> None:
+    """The exact prunes (no completion fits; every completion fits) with inf values among the choices."""
+    rng = np.random.default_rng(100 + seed)
+    units, choices = rng.integers(2, 6), rng.integers(2, 4)
+    costs = rng.integers(0, 12, (units, choices))
+    values = np.where(rng.random((units, choices)) < 0.25, np.inf, rng.random((units, choices)))
+    capacity = int(rng.integers(0, 12 * units))
+    expected = brute_force(costs, values, capacity)
+    got = solve_mckp(costs, values, capacity)
+    if expected is None or not np.isfinite(expected[0]):
+        assert got is None
+        return
+    rows = np.arange(units)
+    assert costs[rows, got].sum() <= capacity
+    assert values[rows, got].sum() == pytest.approx(expected[0], abs=1e-12)
+
+
 def test_solver_hand_case_prefers_the_cheaper_of_equal_values() -> None:
     # Unit 0 gains 1.0 for 2 more cost units, unit 1 gains 0.5: with room for one upgrade, unit 0.
     costs = np.array([[1, 3], [1, 3]])
@@ -129,7 +147,7 @@ def test_a_table_of_another_model_or_other_bits_is_refused(llama_factory) -> Non
         unit_values(space, _sensitivity(4))
     with pytest.raises(ValueError, match=r"lacks bits \[8\] of the choices \(2, 3, 4, 8\)"):
         unit_values(space, _sensitivity(3, bits=(2, 3, 4)))
-    with pytest.raises(ValueError, match="use block granularity"):
+    with pytest.raises(ValueError, match="at module granularity takes a per-module sensitivity table"):
         unit_values(SearchSpace(3, modules=("a", "b")), _sensitivity(3))
     structure = inspect_model(llama_factory())
     with pytest.raises(

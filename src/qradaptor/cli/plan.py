@@ -13,6 +13,7 @@ from qradaptor.cli.common import (
     write_text_atomic,
 )
 from qradaptor.export.vllm_constraints import SERVE_TARGETS
+from qradaptor.sensitivity_table import GRANULARITIES
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
@@ -58,6 +59,7 @@ def plan(
     no_progress: bool = False,
     double_quant: bool = False,
     serve: str | None = None,
+    granularity: str = "block",
 ) -> int:
     """Write a plan (bits and LoRA rank per block) for a model, as JSON.
 
@@ -82,6 +84,8 @@ def plan(
     within the budget (a multiple-choice knapsack over the profile, solved by dynamic
     programming in milliseconds), every block at rank R. Without --sensitivity it profiles
     first, as qra profile does by default (8 x 256 tokens of the embedded calibration text).
+    With --granularity module it allocates bits per linear of each block instead, from a
+    per-module profile (qra profile --granularity module).
 
     Args:
         model: a local model directory, a .gguf file or a hub id; omitted: the embedded
@@ -117,12 +121,20 @@ def plan(
         serve: with --baseline knapsack: only plans this engine serves; vllm: bits 4, 8 or 16
             (--bits default 4,8,16; q/k/v and gate/up share a block's bits), 16-bit embedding
             and head, as ``qra export --format compressed-tensors`` writes them
+        granularity: with --baseline knapsack: block (one bit-width per block) or module (one
+            per linear; --sensitivity must be a per-module profile; with --serve vllm each
+            fused group, q/k/v and gate/up, is one choice whose KL is its members' summed)
     """
     from qradaptor.plan import Plan, check_bits, check_rank
 
     if serve is not None and baseline != "knapsack":
         raise ValueError(
             f"--serve goes with --baseline knapsack (or qra search), got --baseline {baseline!r}"
+        )
+    if granularity != "block" and baseline != "knapsack":
+        raise ValueError(
+            f"--granularity {granularity} goes with --baseline knapsack (other plans are per block), "
+            f"got --baseline {baseline!r}"
         )
     if baseline == "knapsack":
         from qradaptor.cli.plan_baselines import knapsack
@@ -147,6 +159,7 @@ def plan(
             not no_progress,
             double_quant,
             serve,
+            granularity,
         )
     if budget is not None or sensitivity is not None:
         raise ValueError(
@@ -275,3 +288,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--device", default="auto", help=helps["device"])
     parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
     parser.add_argument("--serve", choices=SERVE_TARGETS, help=helps["serve"])
+    parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help=helps["granularity"])

@@ -114,9 +114,11 @@ def knapsack(
     progress: bool,
     double_quant: bool = False,
     serve: str | None = None,
+    granularity: str = "block",
 ) -> int:
     """``--baseline knapsack``: every input checked before the profile or the model loads;
-    ``serve="vllm"`` keeps to the bits vLLM serves (``export.vllm_constraints``)."""
+    ``serve="vllm"`` keeps to the bits vLLM serves (``export.vllm_constraints``) and, per
+    module, gives each fused group one choice."""
     from qradaptor.cli.common import check_device, read_sensitivity, resolve_device
     from qradaptor.cli.profile import parse_bits
     from qradaptor.plan import UNQUANTIZED, check_bits
@@ -130,6 +132,10 @@ def knapsack(
         )
     if budget is None:
         raise ValueError("--baseline knapsack needs --budget, e.g. 4.0bits or 120MB")
+    from qradaptor.sensitivity_table import GRANULARITIES
+
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     parsed = parse_budget(budget)
     if rank is not None and rank < 0:
         raise ValueError(f"--rank must be an integer >= 0, got {rank}")
@@ -180,10 +186,25 @@ def knapsack(
             0,
             progress,
             bool(kwargs.get("double_quant", False)),
+            granularity=granularity,
         )
         print(f"profiled {len(quantised)} bit-widths in {seconds:.1f} s", file=sys.stderr)
-    made = knapsack_plan(structure, table, parsed, bits=choices, rank=16 if rank is None else rank, **kwargs)
-    if serve is not None:  # a block plan at 4/8/16 ties every fused group: this only confirms it
+    tied: list[tuple[str, ...]] = []
+    if serve is not None:
+        from qradaptor.export.vllm_constraints import fused_groups
+
+        tied = fused_groups(structure)  # vLLM runs each as one layer: one bit-width each
+    made = knapsack_plan(
+        structure,
+        table,
+        parsed,
+        bits=choices,
+        rank=16 if rank is None else rank,
+        granularity=granularity,  # type: ignore[arg-type]
+        tied=tied,
+        **kwargs,
+    )
+    if serve is not None:  # the knapsack tied every fused group: this only confirms it
         from qradaptor.export.vllm_constraints import check_vllm_plan
 
         check_vllm_plan(made, structure)

@@ -1,4 +1,4 @@
-"""``qra profile``: per-block KL sensitivity at each candidate bit-width (Eq. 6, §3.3)."""
+"""``qra profile``: per-block (or per-module) KL sensitivity at each candidate bit-width (Eq. 6, §3.3)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from qradaptor.cli.common import (
     write_text_atomic,
 )
 from qradaptor.plotting import can_plot
+from qradaptor.sensitivity_table import GRANULARITIES
 
 if TYPE_CHECKING:
     from qradaptor.models.loading import LoadedModel
@@ -77,14 +78,17 @@ def _render(data: dict[str, Any], table: SensitivityTable) -> str:
         f"model  {data['model']} ({data['origin']})",
         f"data   {table.tokens} tokens ({s['samples']} x {s['seq_len']}) of {s['data']}, seed {s['seed']}",
         f"quant  {table.quant_method}, group {table.group_size}; {s['device']} {s['dtype']}",
-        "S_l(b): mean KL(P_fp || P_q) in nats per token with only block l at b bits (Eq. 6)",
+        f"S_l(b): mean KL(P_fp || P_q) in nats per token with only {table.granularity} l at b bits (Eq. 6)",
         "",
-        f"{'block':>5} " + " ".join(f"{f'{b}-bit':>10}" for b in table.bits) + f" {f'rank@{low}':>7}",
     ]
-    for block, row in enumerate(table.kl):
-        lines.append(f"{block:>5} " + " ".join(f"{v:>10.4g}" for v in row) + f" {ranks[block]:>7}")
-    order = sorted(range(table.num_blocks), key=lambda i: ranks[i])
-    lines += ["", f"most sensitive at {low} bits: " + ", ".join(map(str, order[:5]))]
+    names = table.unit_names  # "3", or "3.self_attn.q_proj" per module
+    width = max(5, *map(len, names))
+    head = f"{table.granularity:>{width}} " + " ".join(f"{f'{b}-bit':>10}" for b in table.bits)
+    lines.append(head + f" {f'rank@{low}':>7}")
+    for unit, row in enumerate(table.kl):
+        lines.append(f"{names[unit]:>{width}} " + " ".join(f"{v:>10.4g}" for v in row) + f" {ranks[unit]:>7}")
+    order = sorted(range(table.num_units), key=lambda i: ranks[i])
+    lines += ["", f"most sensitive at {low} bits: " + ", ".join(names[i] for i in order[:5])]
     return "\n".join(lines)
 
 
@@ -102,6 +106,7 @@ def measure_profile(
     progress: bool = True,
     double_quant: bool = False,
     dtype: str = "fp32",
+    granularity: str = "block",
 ) -> tuple[SensitivityTable, LoadedModel, float]:
     """Loads ``model`` in ``dtype`` (fp32 or bf16) on ``device`` and profiles it on windows
     packed from ``texts``; the log-probs and the KL are computed in fp32 either way.
@@ -121,8 +126,9 @@ def measure_profile(
     from qradaptor.models.structure import inspect_model
     from qradaptor.search.cost import profile_line
 
+    structure = inspect_model(loaded.model)
     line = profile_line(
-        loaded.model, inspect_model(loaded.model), calibration, bits, batch_size, group_size, method
+        loaded.model, structure, calibration, bits, batch_size, group_size, method, granularity
     )
     print(f"qra profile: {line}", file=sys.stderr)
     started = time.perf_counter()
@@ -135,6 +141,7 @@ def measure_profile(
         batch_size=batch_size,
         progress=progress,
         double_quant=double_quant,
+        granularity=granularity,
     )
     return table, loaded, round(time.perf_counter() - started, 2)
 
@@ -154,6 +161,7 @@ def profile(
     seed: int = 0,
     double_quant: bool = False,
     dtype: str = "fp32",
+    granularity: str = "block",
     max_memory: str | None = None,
     force: bool = False,
     no_progress: bool = False,
@@ -163,8 +171,10 @@ def profile(
     For every block l and bit-width b, S_l(b) is the mean KL divergence (nats per token) from
     the full-precision next-token distribution to the one with only block l quantised to b
     bits, over calibration windows packed from --data. The column at the lowest bits is the
-    paper's S_l, which biases the search's initial population. Cost: one forward per (block,
-    bits) over SAMPLES x SEQ_LEN tokens, plus SAMPLES x SEQ_LEN x vocab x 4 bytes of stored
+    paper's S_l, which biases the search's initial population. With --granularity module, a
+    row per linear of each block, only that linear quantised (for qra plan --baseline knapsack
+    --granularity module). Cost: one forward per (block, bits), or per (block, module, bits),
+    over SAMPLES x SEQ_LEN tokens, plus SAMPLES x SEQ_LEN x vocab x 4 bytes of stored
     full-precision log-probs (403 MB for 2048 SmolLM2 tokens). Writes OUT_DIR/sensitivity.json
     (the table, the model and the settings), sensitivity.csv and sensitivity.png (needs
     matplotlib), and prints the table with each block's rank at the lowest bits.
@@ -190,6 +200,9 @@ def profile(
             made with --double-quant quantises them; its knapsack needs such a profile
         dtype: fp32 or bf16: the dtype the weights are loaded and run in (bf16 halves the
             weights' memory, no fp32 copy is made; the log-probs and KL stay fp32)
+        granularity: block (a row per block, all its linears quantised) or module (a row per
+            linear of each block, only it quantised: 7x the forwards on a Llama block, the
+            same weight fits)
         max_memory: refuse to start unless the predicted peak fits SIZE (e.g. 24GB, 24GiB,
             24000MB), checked from the model's config before any weight loads; on CUDA the
             process is also capped at SIZE
@@ -206,6 +219,8 @@ def profile(
     check_device(device)
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     from qradaptor.cli import max_memory as limits
 
     memory_cap = limits.parse(max_memory)  # bytes, None: no --max-memory
@@ -253,6 +268,7 @@ def profile(
         not no_progress,
         double_quant,
         dtype,
+        granularity,
     )
     record: dict[str, Any] = {
         **table.to_dict(),  # top level, so SensitivityTable.from_dict reads this file as is
@@ -308,5 +324,6 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
     parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
     parser.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="fp32", help=helps["dtype"])
+    parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help=helps["granularity"])
     parser.add_argument("--max-memory", metavar="SIZE", help=helps["max_memory"])
     parser.add_argument("--force", action="store_true", help=helps["force"])

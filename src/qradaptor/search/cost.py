@@ -87,13 +87,17 @@ def search_work(
 
 
 def profile_work(
-    *, num_blocks: int, block_weights: int, bits: list[int], calibration_windows: int
+    *, num_blocks: int, block_weights: int, bits: list[int], calibration_windows: int, modules: int = 0
 ) -> SearchWork:
-    """Counts a ``qra profile`` alone: the reference forward, then one per (block, bits)."""
+    """Counts a ``qra profile`` alone: the reference forward, then one per (block, bits), or
+    per (block, module, bits) with ``modules`` linears a block profiled one at a time (the
+    fits are the same: each linear at each bit-width once)."""
     quantised = [b for b in bits if b != 16]
+    rows = num_blocks * max(modules, 1)
+    per_module = f" x {modules} modules" if modules else ""
     return SearchWork(
-        f"{num_blocks} blocks x {len(quantised)} bit-widths over {calibration_windows} windows",
-        calibration_windows * (1 + num_blocks * len(quantised)),
+        f"{num_blocks} blocks{per_module} x {len(quantised)} bit-widths over {calibration_windows} windows",
+        calibration_windows * (1 + rows * len(quantised)),
         num_blocks * block_weights * len(quantised),
     )
 
@@ -169,7 +173,14 @@ def cost_line(
 
 
 def profile_line(
-    model: Any, structure: Any, windows: Any, bits: list[int], batch_size: int, group_size: int, method: str
+    model: Any,
+    structure: Any,
+    windows: Any,
+    bits: list[int],
+    batch_size: int,
+    group_size: int,
+    method: str,
+    granularity: str = "block",
 ) -> str:
     """``profile_work`` priced by rates measured on ``model`` just now, at the profile's batch."""
     work = profile_work(
@@ -177,6 +188,7 @@ def profile_line(
         block_weights=sum(info.in_features * info.out_features for info in structure.linears),
         bits=bits,
         calibration_windows=len(windows),
+        modules=len(structure.linears) if granularity == "module" else 0,
     )
     weight = model.get_submodule(structure.module_path(0, structure.linears[0].name)).weight
     quantised = [b for b in bits if b != 16] or [4]

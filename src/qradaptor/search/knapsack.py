@@ -21,6 +21,11 @@ KL table cannot).
 Solved exactly by dynamic programming over the Pareto list of (cost, value) states: after
 each unit only states that no cheaper state beats are kept, so the list stays short when many
 units cost the same (identical blocks), and no cost grid is needed for byte budgets.
+
+At module granularity a unit is one linear of one block and S_u its own KL (a per-module
+profile, ``qra profile --granularity module``). Units that must share one choice (vLLM's
+fused q/k/v and gate/up, ``tied``) become one item whose cost is the sum of theirs, exactly,
+and whose KL is the sum of theirs: the same additivity assumption, now within a block.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from qradaptor.plan import UNQUANTIZED
+from qradaptor.plan import UNQUANTIZED, Granularity
 from qradaptor.search.budget import Budget, check_budget, violation
 from qradaptor.search.space import Genome, MemoryTable, SearchSpace
 
@@ -60,6 +65,14 @@ def solve_mckp(costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int) -> np
     if not np.issubdtype(c.dtype, np.integer) or (c < 0).any():
         raise ValueError("costs must be non-negative integers")
     c = c.astype(np.int64)
+    allowed = np.isfinite(v)
+    if not allowed.any(axis=1).all():
+        return None
+    # Cheapest and dearest allowed completion of the units after each one: (L,) each.
+    least = np.where(allowed, c, np.iinfo(np.int64).max).min(axis=1)
+    most = np.where(allowed, c, 0).max(axis=1)
+    least_after = np.concatenate([np.cumsum(least[::-1])[::-1][1:], [0]])
+    most_after = np.concatenate([np.cumsum(most[::-1])[::-1][1:], [0]])
     # The frontier: states sorted by cost with strictly falling value; parents rebuild the choice.
     cost = np.zeros(1, dtype=np.int64)
     value = np.zeros(1, dtype=np.float64)
@@ -69,15 +82,23 @@ def solve_mckp(costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int) -> np
         new_value = (value[:, None] + v[unit][None, :]).ravel()
         state = np.repeat(np.arange(cost.size), c.shape[1])
         choice = np.tile(np.arange(c.shape[1]), cost.size)
-        keep = (new_cost <= capacity) & np.isfinite(new_value)
+        # Exact pruning: a state no completion can fit within capacity is dropped.
+        keep = (new_cost <= capacity - least_after[unit]) & np.isfinite(new_value)
         if not keep.any():
             return None
         new_cost, new_value, state, choice = new_cost[keep], new_value[keep], state[keep], choice[keep]
-        order = np.lexsort((choice, state, new_value, new_cost))  # by cost, then value
+        # By cost, then value; lexsort is stable and the candidates come in (state, choice)
+        # order, so ties keep the lower state, then the lower choice.
+        order = np.lexsort((new_value, new_cost))
         new_cost, new_value, state, choice = new_cost[order], new_value[order], state[order], choice[order]
         # Keep a state only if it beats every cheaper (or equally cheap, earlier) one.
         best_before = np.concatenate([[np.inf], np.minimum.accumulate(new_value)[:-1]])
-        front = new_value < best_before
+        front = np.flatnonzero(new_value < best_before)
+        # Exact pruning: states whose every completion fits all end best completed alike, so
+        # only the least valued of them (the dearest: values fall along the front) can win.
+        roomy = np.flatnonzero(new_cost[front] <= capacity - most_after[unit])
+        if roomy.size:
+            front = front[roomy[-1] :]
         cost, value = new_cost[front], new_value[front]
         parents.append((state[front], choice[front]))
     # Values fall along the frontier, so its last state is the least value (the cheapest such).
@@ -100,14 +121,18 @@ def unit_values(
         sensitivity: one table, or one per group size of the space (profiled at that size).
 
     Raises:
-        ValueError: if a table has another block count, lacks a quantised bit choice, no table
-            has a group size of the space, or the space is per module (tables are per block).
+        ValueError: if a table is of another granularity than the space, has another block
+            count or other modules, lacks a quantised bit choice, or no table has a group size
+            of the space.
     """
-    if space.modules:
-        raise ValueError(
-            "the knapsack needs one sensitivity per unit: the profile is per block, so use block granularity"
-        )
     tables = _tables(sensitivity)
+    for table in tables:
+        table.require_granularity(space.granularity, f"the knapsack at {space.granularity} granularity")
+        if table.modules != space.modules:
+            raise ValueError(
+                f"sensitivity table profiled modules {table.modules}, the model's linears are "
+                f"{space.modules}: it was profiled on another model"
+            )
     by_group = {t.group_size: t for t in tables}
     if space.group_sizes:
         lacking = [g for g in space.group_sizes if g not in by_group]
@@ -127,7 +152,7 @@ def unit_values(
                 "it was profiled on another model"
             )
         if b == UNQUANTIZED:
-            columns.append(np.zeros(space.num_blocks))
+            columns.append(np.zeros(space.num_units))
         elif b not in table.bits:
             missing = sorted({c for c in space.bit_choices if c != UNQUANTIZED} - set(table.bits))
             raise ValueError(
@@ -159,7 +184,46 @@ def lowest_at_rank(space: SearchSpace, rank_index: int) -> Genome:
     return low
 
 
-def knapsack_genome(table: MemoryTable, values: npt.ArrayLike, budget: Budget, *, rank: int) -> Genome:
+def tie_items(space: SearchSpace, tied: Sequence[tuple[str, ...]]) -> npt.NDArray[np.int64]:
+    """(L,) the knapsack item of every unit: units of one block named in one ``tied`` group
+    share an item (one choice); every other unit is an item of its own.
+
+    Args:
+        space: a module space (at block granularity a block's linears already share a choice,
+            so every unit is its own item).
+        tied: groups of linear names of one block, e.g. ("self_attn.q_proj", "self_attn.k_proj").
+
+    Raises:
+        ValueError: for a name that is not one of the space's modules, or in two groups.
+    """
+    items = np.arange(space.num_units, dtype=np.int64)
+    if not space.modules:
+        return items
+    seen: set[str] = set()
+    for group in tied:
+        unknown = [name for name in group if name not in space.modules]
+        twice = [name for i, name in enumerate(group) if name in seen or name in group[:i]]
+        if unknown or twice:
+            raise ValueError(
+                f"tied groups must name distinct linears among {space.modules}, got "
+                f"{unknown[0] if unknown else twice[0]!r} in {group}"
+            )
+        seen.update(group)
+        index = [space.modules.index(name) for name in group]
+        for block in range(space.num_blocks):
+            units = block * len(space.modules) + np.asarray(index)
+            items[units] = units[0]
+    return items
+
+
+def knapsack_genome(
+    table: MemoryTable,
+    values: npt.ArrayLike,
+    budget: Budget,
+    *,
+    rank: int,
+    items: npt.ArrayLike | None = None,
+) -> Genome:
     """The genome of least summed value within ``budget``, every unit at ``rank``.
 
     Args:
@@ -167,6 +231,8 @@ def knapsack_genome(table: MemoryTable, values: npt.ArrayLike, budget: Budget, *
         values: (L, len(bit_choices)) per-unit value of each bit choice (``unit_values``).
         budget: avg bits (costs: stored bits) or bytes (costs: bytes, adapters included).
         rank: the rank of every unit; one of the space's rank choices.
+        items: (L,) optional item of each unit (``tie_items``): units of one item take one
+            choice, costing and scoring the sum of theirs; default every unit its own.
 
     Returns:
         (L, 2) genome within the budget.
@@ -198,7 +264,19 @@ def knapsack_genome(table: MemoryTable, values: npt.ArrayLike, budget: Budget, *
     else:
         costs = table.unit_bytes[:, :, j]  # (L, K)
         capacity = int(np.floor(budget.value)) - table.constant_bytes
-    picked = solve_mckp(costs, v, capacity)
+    if items is None:
+        picked = solve_mckp(costs, v, capacity)
+    else:
+        # One row per item: its members' costs and values summed, then handed back to each member.
+        _, member_of = np.unique(np.asarray(items), return_inverse=True)
+        if member_of.shape != (space.num_units,):
+            raise ValueError(f"items must have one entry per unit ({space.num_units}), got {np.shape(items)}")
+        item_costs = np.zeros((member_of.max() + 1, costs.shape[1]), dtype=np.int64)
+        item_values = np.zeros(item_costs.shape, dtype=np.float64)
+        np.add.at(item_costs, member_of, costs)
+        np.add.at(item_values, member_of, v)
+        chosen = solve_mckp(item_costs, item_values, capacity)
+        picked = None if chosen is None else chosen[member_of]
     assert picked is not None, "the smallest plan fits, so the knapsack has a solution"
     genome = np.stack([picked, np.full_like(picked, j)], axis=1)
     assert violation(genome, budget, table) == 0, "the knapsack's costs are the table's"
@@ -237,19 +315,27 @@ def knapsack_plan(
     *,
     bits: tuple[int, ...] | None = None,
     rank: int = 16,
+    granularity: Granularity = "block",
+    tied: Sequence[tuple[str, ...]] = (),
     **plan_kwargs: Any,
 ) -> Plan:
-    """The knapsack baseline of a model: least summed KL within ``budget``, per block, at one rank.
+    """The knapsack baseline of a model: least summed KL within ``budget``, per block or per
+    module, at one rank.
 
     Args:
         structure: the model's blocks and linears.
-        sensitivity: its per-block profile (``profile_sensitivity`` or a ``qra profile`` file),
-            fitted at the plan's group size, quantisation method and double quantisation; or
-            several, one per group size, and each block then also chooses its group size among
-            theirs (entries at another size than the plan's carry their own).
+        sensitivity: its profile at ``granularity`` (``profile_sensitivity`` or a ``qra
+            profile`` file), fitted at the plan's group size, quantisation method and double
+            quantisation; or several, one per group size, and each unit then also chooses its
+            group size among theirs (entries at another size than the plan's carry their own).
         budget: avg bits or bytes, as ``parse_budget`` reads them.
         bits: the bit choices (ascending; 16 = unquantised, KL 0); default the profiled ones.
-        rank: the LoRA rank of every block.
+        rank: the LoRA rank of every unit.
+        granularity: "block" (one choice per block) or "module" (one per linear of a block;
+            needs a per-module profile).
+        tied: at module granularity, groups of a block's linear names that share one choice
+            (e.g. ``export.vllm_constraints.fused_groups``); each group is one knapsack item
+            whose KL is the sum of its members' (additivity assumed, not measured).
         **plan_kwargs: passed to the Plan (group_size, quant_method, double_quant, alpha,
             embed_bits, ...); ``name`` defaults to e.g. "knapsack-4.0bits-r16".
 
@@ -257,9 +343,9 @@ def knapsack_plan(
         The plan, stamped with the model's signature.
 
     Raises:
-        ValueError: for a table of another model, bits, group size or quantiser, a group size
-            that does not divide every linear, a budget below the smallest plan (naming it),
-            or bad choices.
+        ValueError: for a table of another granularity, model, bits, group size or quantiser,
+            a group size that does not divide every linear, a budget below the smallest plan
+            (naming it), or bad choices or tied names.
     """
     tables = _tables(sensitivity)
     group_size = plan_kwargs.get("group_size", 64)
@@ -280,12 +366,15 @@ def knapsack_plan(
     choices = tuple(tables[0].bits) if bits is None else tuple(bits)
     group_sizes = tuple(sorted(t.group_size for t in tables)) if len(tables) > 1 else ()
     space = SearchSpace.for_structure(
-        structure, "block", bits=choices, ranks=(rank,), group_sizes=group_sizes
+        structure, granularity, bits=choices, ranks=(rank,), group_sizes=group_sizes
     )
-    name = plan_kwargs.pop("name", None) or f"knapsack-{_budget_label(budget)}-r{rank}"
+    values = unit_values(space, sensitivity)  # the tables' granularity checked before pricing
+    items = tie_items(space, tied)
+    per = "-module" if space.modules else ""
+    name = plan_kwargs.pop("name", None) or f"knapsack{per}-{_budget_label(budget)}-r{rank}"
     plan_kwargs.setdefault("model_signature", structure.signature)
     table = MemoryTable.build(structure, space, **plan_kwargs)
-    genome = knapsack_genome(table, unit_values(space, sensitivity), budget, rank=rank)
+    genome = knapsack_genome(table, values, budget, rank=rank, items=items)
     return space.to_plan(genome, name=name, **plan_kwargs)
 
 

@@ -28,6 +28,8 @@ def check_given_profile(
     from qradaptor.plan import UNQUANTIZED
 
     quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
+    # The search biases and seeds its plans by block (a module unit takes its block's value).
+    sensitivity.require_granularity("block", "the search")
     if sensitivity.num_blocks != structure.num_blocks:
         raise ValueError(
             f"sensitivity profile has {sensitivity.num_blocks} blocks, the model {structure.num_blocks}"
