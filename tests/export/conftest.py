@@ -1,5 +1,5 @@
 """Tiny Llama GGUFs written in-process, a private qradaptor cache, training runs on them, and
-ggml's own reference quantisers through llama-cpp-python (skipped without it)."""
+ggml's own quantiser through llama-cpp-python (skipped without it)."""
 
 from __future__ import annotations
 
@@ -92,30 +92,12 @@ def wide_gguf(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def ggml_quantize():
-    """``quantize(x, type_name) -> bytes`` by ggml's ``quantize_row_*_ref`` (llama-cpp-python's
-    own build of ggml, through ctypes); skips the test without llama-cpp-python."""
-    import ctypes
+    """``quantize(x, type_name) -> bytes`` by ggml's own quantiser (``ggml_quantize_chunk``, what
+    ``llama_model_quantize`` runs per tensor), through llama-cpp-python; skips without it."""
+    pytest.importorskip("llama_cpp")
+    from qradaptor.export.llama_quantize import ggml_quantize_rows
 
-    llama_cpp = pytest.importorskip("llama_cpp")
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    base = Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"
-    # The wheel's own ggml; else libllama's handle, through which dlsym also finds ggml's symbols.
-    lib = ctypes.CDLL(str(base)) if base.is_file() else llama_cpp.llama_cpp._lib
-    if not hasattr(lib, "quantize_row_q2_K_ref"):
-        pytest.skip("this llama-cpp-python build does not export ggml's reference quantisers")
-
-    def quantize(x: np.ndarray, type_name: str) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
-        out = np.zeros((x.shape[0], x.shape[1] // block * size), np.uint8)
-        row = getattr(lib, f"quantize_row_{type_name.lower()[:-2]}_K_ref")
-        row.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-        row.restype = None
-        row(x.ctypes.data, out.ctypes.data, x.size)
-        return out
-
-    return quantize
+    return ggml_quantize_rows
 
 
 def make_run(run: Path, source: Path, plan, *, adapter_seed: int | None = 0) -> Path:

@@ -9,9 +9,10 @@ importance matrix, vectorised across rows instead of looping over them:
     fit_symmetric3  make_q3_quants     x ~ scale * L,  L in [-nmax, nmax - 1]     (Q3_K)
     fit_symmetric   make_qx_quants     the same, by a scan of 18 trial scales     (Q6_K)
 
-All arithmetic is float32 as in ggml, and rounding is to nearest with ties to even
-(``np.rint``, ggml's ``nearest_int``), so the fits land on ggml's codes but for the order of
-float32 sums.
+All arithmetic is float32 as in ggml, rounding is to nearest with ties to even (``np.rint``,
+ggml's ``nearest_int``), and every sum over a sub-block is taken one term at a time from the
+first (``ordered_sum``), as ggml's loops do: numpy's pairwise sums round differently, which
+flipped a code in about 1% of super-blocks. So the fits give ggml's bytes exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ ZERO_GROUP = 1e-15
 def nearest(x: np.ndarray) -> np.ndarray:
     """Round to the nearest integer, ties to even (ggml's ``nearest_int``), as int32."""
     return np.rint(x).astype(np.int32)
+
+
+def ordered_sum(x: np.ndarray) -> np.ndarray:
+    """Float32 sum over the last axis in ggml's loop order, ``((x0 + x1) + x2) + ...``.
+
+    ``np.add.accumulate`` adds left to right by definition; ``np.sum`` sums pairwise.
+    """
+    return np.add.accumulate(x.astype(F32, copy=False), axis=-1, dtype=F32)[..., -1]
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -59,12 +68,12 @@ def fit_affine(
     x, w = x.astype(F32), weights.astype(F32)
     lo = np.minimum(x.min(axis=1), F32(0))  # (rows,)
     hi = x.max(axis=1)
-    sum_w, sum_x = w.sum(axis=1), (w * x).sum(axis=1)
+    sum_w, sum_x = ordered_sum(w), ordered_sum(w * x)
     flat = hi == lo  # all equal and <= 0: every code 0, the minimum alone gives the value
 
     def error(scale: np.ndarray, low: np.ndarray, codes: np.ndarray) -> np.ndarray:
         diff = scale[:, None] * codes + low[:, None] - x
-        return (w * (np.abs(diff) if use_mad else diff * diff)).sum(axis=1)
+        return ordered_sum(w * (np.abs(diff) if use_mad else diff * diff))
 
     iscale = _safe_div(np.full_like(hi, nmax), hi - lo)
     scale = _safe_div(np.ones_like(hi), iscale)
@@ -75,7 +84,7 @@ def fit_affine(
         iscale = _safe_div(np.full_like(hi, steps_over_range), hi - lo)
         trial = np.clip(nearest(iscale[:, None] * (x - lo[:, None])), 0, nmax)
         tl = trial.astype(F32)
-        sum_l, sum_l2, sum_xl = (w * tl).sum(axis=1), (w * tl * tl).sum(axis=1), (w * tl * x).sum(axis=1)
+        sum_l, sum_l2, sum_xl = ordered_sum(w * tl), ordered_sum(w * tl * tl), ordered_sum(w * tl * x)
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = _safe_div(sum_w * sum_xl - sum_x * sum_l, det)
         this_min = _safe_div(sum_l2 * sum_x - sum_l * sum_xl, det)
@@ -119,7 +128,7 @@ def fit_symmetric3(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     iscale = _safe_div(np.full_like(peak, -nmax), peak)
     levels = np.clip(nearest(iscale[:, None] * x), -nmax, nmax - 1).astype(F32)  # (rows, n)
     w = x * x
-    sum_lx, sum_l2 = (w * x * levels).sum(axis=1), (w * levels * levels).sum(axis=1)
+    sum_lx, sum_l2 = ordered_sum(w * x * levels), ordered_sum(w * levels * levels)
     for _ in range(5):
         for i in range(x.shape[1]):
             xi, wi, li = x[:, i], w[:, i], levels[:, i]
@@ -162,7 +171,7 @@ def fit_symmetric(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
         iscale = _safe_div(np.full_like(peak, -(nmax + F32(0.1) * step) if step else -nmax), peak)
         levels = np.clip(nearest(iscale[:, None] * x), -nmax, nmax - 1)
         lf = levels.astype(F32)
-        return levels, (w * x * lf).sum(axis=1), (w * lf * lf).sum(axis=1)
+        return levels, ordered_sum(w * x * lf), ordered_sum(w * lf * lf)
 
     levels, sum_lx, sum_l2 = trial(0)
     scale = _safe_div(sum_lx, sum_l2)
