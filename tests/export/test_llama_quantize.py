@@ -49,5 +49,7 @@ def test_a_default_without_a_file_type_is_refused(wide_gguf, tmp_path) -> None:
 def test_rows_that_are_not_whole_blocks_are_refused() -> None:
     from qradaptor.export.llama_quantize import ggml_quantize_rows
 
-    with pytest.raises(ValueError, match=r"Q4_K needs rows of a multiple of 256 inputs, got shape \(2, 576\)"):
+    with pytest.raises(
+        ValueError, match=r"Q4_K needs rows of a multiple of 256 inputs, got shape \(2, 576\)"
+    ):
         ggml_quantize_rows(np.zeros((2, 576), np.float32), "Q4_K")
