@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -78,6 +81,107 @@ def make_word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
 
 
+def write_tiny_gguf(
+    path: Path,
+    *,
+    arch: str = "llama",
+    blocks: int = 2,
+    hidden: int = 32,
+    ffn: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    linear_dtype: type = np.float32,
+    embed: str = "F32",
+    head: str | None = None,
+    random_norms: bool = False,
+    chat_template: bool = False,
+    token_scores: bool = True,
+) -> Path:
+    """A tiny Llama GGUF (byte-level BPE over 30 tokens), written in-process; the tests of
+    ``models/`` take the defaults, those of ``export/`` their own (``tests/export/conftest.py``).
+
+    Values are 0.1 x N(0, 1) from one seeded generator, drawn in file order, so a file is the same
+    bytes on every run.
+
+    Args:
+        path: Where to write it.
+        arch: ``general.architecture``.
+        blocks, hidden, ffn, heads, kv_heads: the model's sizes.
+        linear_dtype: numpy dtype of the block linears (``np.float16`` stores them as F16).
+        embed: the embedding's type, "F32" or "Q8_0".
+        head: None stores no ``output.weight`` (tied); ``"copy"`` stores the embedding again as
+            Q8_0 (a tied model written untied); ``"other"`` stores an unrelated F32 head.
+        random_norms: norms of 1 + N(0, 0.01) rather than ones.
+        chat_template: store a chat template (every message's content in turn).
+        token_scores: store ``tokenizer.ggml.scores`` (all 0).
+    """
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(0)
+    vocab = [chr(c) for c in range(97, 123)] + ["ab", "<s>", "</s>", " "]
+    w = GGUFWriter(str(path), arch)
+    w.add_name("tiny")
+    w.add_context_length(64)
+    w.add_embedding_length(hidden)
+    w.add_block_count(blocks)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(vocab))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(vocab)
+    w.add_token_types([1] * len(vocab))
+    if token_scores:
+        w.add_token_scores([0.0] * len(vocab))
+    w.add_token_merges(["a b"])
+    w.add_bos_token_id(len(vocab) - 3)
+    w.add_eos_token_id(len(vocab) - 2)
+    if chat_template:
+        w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+
+    def rand(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    def norm() -> np.ndarray:
+        return (1 + rand(hidden)).astype(np.float32) if random_norms else np.ones(hidden, np.float32)
+
+    values = rand(len(vocab), hidden)
+    if embed == "Q8_0":
+        codes = quantize(values, GGMLQuantizationType.Q8_0)
+        w.add_tensor("token_embd.weight", codes, raw_dtype=GGMLQuantizationType.Q8_0)
+    else:
+        w.add_tensor("token_embd.weight", values)
+    if head == "copy":
+        codes = quantize(values, GGMLQuantizationType.Q8_0)
+        w.add_tensor("output.weight", codes, raw_dtype=GGMLQuantizationType.Q8_0)
+    elif head == "other":
+        w.add_tensor("output.weight", rand(len(vocab), hidden))
+    w.add_tensor("output_norm.weight", norm())
+    kv = hidden * kv_heads // heads
+    shapes = dict(
+        attn_q=(hidden, hidden),
+        attn_k=(kv, hidden),
+        attn_v=(kv, hidden),
+        attn_output=(hidden, hidden),
+        ffn_gate=(ffn, hidden),
+        ffn_up=(ffn, hidden),
+        ffn_down=(hidden, ffn),
+    )
+    for i in range(blocks):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", norm())
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", norm())
+        for name, shape in shapes.items():
+            w.add_tensor(f"blk.{i}.{name}.weight", rand(*shape).astype(linear_dtype))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 @pytest.fixture
 def tiny_llama():
     return make_tiny_llama()
@@ -87,6 +191,12 @@ def tiny_llama():
 def llama_factory():
     """make_tiny_llama itself, for tests that need several or untied ones."""
     return make_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def gguf_writer():
+    """:func:`write_tiny_gguf` itself, for the fixtures and tests that write tiny GGUFs."""
+    return write_tiny_gguf
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,17 @@ importance matrix, vectorised across rows instead of looping over them:
     fit_symmetric3  make_q3_quants     x ~ scale * L,  L in [-nmax, nmax - 1]     (Q3_K)
     fit_symmetric   make_qx_quants     the same, by a scan of 18 trial scales     (Q6_K)
 
-All arithmetic is float32 as in ggml, and rounding is to nearest with ties to even
-(``np.rint``, ggml's ``nearest_int``), so the fits land on ggml's codes but for the order of
-float32 sums.
+The two scale searches (``fit_affine``, ``fit_symmetric``) run through one driver,
+``keep_best``: each row keeps a trial grid where it wins, trials in ggml's order. All
+arithmetic is float32 as in ggml, rounding is to nearest with ties to even (``np.rint``,
+ggml's ``nearest_int``), and every sum over a sub-block is taken one term at a time from the
+first (``ordered_sum``), as ggml's loops do: numpy's pairwise sums round differently, which
+changed a fit in about 1% of super-blocks. So the fits give ggml's bytes exactly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -28,11 +33,49 @@ def nearest(x: np.ndarray) -> np.ndarray:
     return np.rint(x).astype(np.int32)
 
 
+def ordered_sum(x: np.ndarray) -> np.ndarray:
+    """Float32 sum over the last axis in ggml's loop order, ``((x0 + x1) + x2) + ...``.
+
+    ``np.add.accumulate`` adds left to right by definition; ``np.sum`` sums pairwise.
+    """
+    return np.add.accumulate(x.astype(F32, copy=False), axis=-1, dtype=F32)[..., -1]
+
+
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den where den != 0, else 0 (a degenerate row's value is masked out by its caller)."""
     out = np.zeros_like(num, dtype=F32)
     np.divide(num, den, out=out, where=den != 0)
     return out
+
+
+State = tuple[np.ndarray, ...]
+"""A fit's running state: arrays whose first axis is the row (sub-block), e.g. (codes, scale, error)."""
+
+
+def keep_best(
+    start: State, trials: Iterable[int], trial: Callable[[State, int], tuple[np.ndarray, State]]
+) -> State:
+    """The search every reference fit runs: trials in ggml's order, each kept row by row where better.
+
+    ggml loops over one sub-block at a time and overwrites its best codes and scale when a trial
+    wins; here all rows run at once and each takes the trial's state where it won.
+
+    Args:
+        start: the state before any trial.
+        trials: the trial indices, in order.
+        trial: (the best state so far, index) -> (rows where the trial wins, the trial's state).
+
+    Returns:
+        The best state of each row.
+    """
+    best = start
+    for index in trials:
+        wins, state = trial(best, index)
+        best = tuple(
+            np.where(wins.reshape(-1, *[1] * (old.ndim - 1)), new, old)
+            for old, new in zip(best, state, strict=True)
+        )
+    return best
 
 
 def fit_affine(
@@ -59,34 +102,34 @@ def fit_affine(
     x, w = x.astype(F32), weights.astype(F32)
     lo = np.minimum(x.min(axis=1), F32(0))  # (rows,)
     hi = x.max(axis=1)
-    sum_w, sum_x = w.sum(axis=1), (w * x).sum(axis=1)
+    sum_w, sum_x = ordered_sum(w), ordered_sum(w * x)
     flat = hi == lo  # all equal and <= 0: every code 0, the minimum alone gives the value
 
     def error(scale: np.ndarray, low: np.ndarray, codes: np.ndarray) -> np.ndarray:
         diff = scale[:, None] * codes + low[:, None] - x
-        return (w * (np.abs(diff) if use_mad else diff * diff)).sum(axis=1)
+        return ordered_sum(w * (np.abs(diff) if use_mad else diff * diff))
+
+    def trial(best: State, step: int) -> tuple[np.ndarray, State]:
+        _, _, low, best_error = best
+        steps_over_range = (F32(rmin) + F32(rdelta) * F32(step)) + F32(nmax)  # float32, in ggml's order
+        iscale = _safe_div(np.full_like(hi, steps_over_range), hi - low)
+        codes = np.clip(nearest(iscale[:, None] * (x - low[:, None])), 0, nmax)
+        tl = codes.astype(F32)
+        sum_l, sum_l2, sum_xl = ordered_sum(w * tl), ordered_sum(w * tl * tl), ordered_sum(w * tl * x)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        scale = _safe_div(sum_w * sum_xl - sum_x * sum_l, det)
+        the_min = _safe_div(sum_l2 * sum_x - sum_l * sum_xl, det)
+        positive = the_min > 0  # the offset may only lower the grid: refit the scale alone
+        scale = np.where(positive, _safe_div(sum_xl, sum_l2), scale)
+        the_min = np.where(positive, F32(0), the_min)
+        trial_error = error(scale, the_min, tl)
+        return (det > 0) & (trial_error < best_error) & ~flat, (codes, scale, the_min, trial_error)
 
     iscale = _safe_div(np.full_like(hi, nmax), hi - lo)
     scale = _safe_div(np.ones_like(hi), iscale)
     codes = np.clip(nearest(iscale[:, None] * (x - lo[:, None])), 0, nmax)
-    best = error(scale, lo, codes.astype(F32))
-    for step in range(steps + 1):
-        steps_over_range = (F32(rmin) + F32(rdelta) * F32(step)) + F32(nmax)  # float32, in ggml's order
-        iscale = _safe_div(np.full_like(hi, steps_over_range), hi - lo)
-        trial = np.clip(nearest(iscale[:, None] * (x - lo[:, None])), 0, nmax)
-        tl = trial.astype(F32)
-        sum_l, sum_l2, sum_xl = (w * tl).sum(axis=1), (w * tl * tl).sum(axis=1), (w * tl * x).sum(axis=1)
-        det = sum_w * sum_l2 - sum_l * sum_l
-        this_scale = _safe_div(sum_w * sum_xl - sum_x * sum_l, det)
-        this_min = _safe_div(sum_l2 * sum_x - sum_l * sum_xl, det)
-        positive = this_min > 0  # the offset may only lower the grid: refit the scale alone
-        this_scale = np.where(positive, _safe_div(sum_xl, sum_l2), this_scale)
-        this_min = np.where(positive, F32(0), this_min)
-        trial_error = error(this_scale, this_min, tl)
-        better = (det > 0) & (trial_error < best) & ~flat
-        codes = np.where(better[:, None], trial, codes)
-        best = np.where(better, trial_error, best)
-        scale, lo = np.where(better, this_scale, scale), np.where(better, this_min, lo)
+    start = (codes, scale, lo, error(scale, lo, codes.astype(F32)))
+    codes, scale, lo, _ = keep_best(start, range(steps + 1), trial)
     scale = np.where(flat, F32(0), scale)
     codes = np.where(flat[:, None], 0, codes)
     return scale.astype(F32), (-lo).astype(F32), codes
@@ -119,7 +162,7 @@ def fit_symmetric3(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     iscale = _safe_div(np.full_like(peak, -nmax), peak)
     levels = np.clip(nearest(iscale[:, None] * x), -nmax, nmax - 1).astype(F32)  # (rows, n)
     w = x * x
-    sum_lx, sum_l2 = (w * x * levels).sum(axis=1), (w * levels * levels).sum(axis=1)
+    sum_lx, sum_l2 = ordered_sum(w * x * levels), ordered_sum(w * levels * levels)
     for _ in range(5):
         for i in range(x.shape[1]):
             xi, wi, li = x[:, i], w[:, i], levels[:, i]
@@ -158,20 +201,21 @@ def fit_symmetric(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     peak, zero = _signed_start(x)
     w = x * x
 
-    def trial(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def grid(step: int) -> State:
+        """The grid with the peak at code -(nmax + 0.1 step): (codes, its least-squares scale,
+        sum w x l, sum w l**2, and the error reduction scale * sum w x l)."""
         iscale = _safe_div(np.full_like(peak, -(nmax + F32(0.1) * step) if step else -nmax), peak)
         levels = np.clip(nearest(iscale[:, None] * x), -nmax, nmax - 1)
         lf = levels.astype(F32)
-        return levels, (w * x * lf).sum(axis=1), (w * lf * lf).sum(axis=1)
+        sum_lx, sum_l2 = ordered_sum(w * x * lf), ordered_sum(w * lf * lf)
+        scale = _safe_div(sum_lx, sum_l2)
+        return levels, scale, sum_lx, sum_l2, scale * sum_lx
 
-    levels, sum_lx, sum_l2 = trial(0)
-    scale = _safe_div(sum_lx, sum_l2)
-    best = scale * sum_lx
-    for step in (*range(-9, 0), *range(1, 10)):
-        t_levels, t_lx, t_l2 = trial(step)
-        take = (t_l2 > 0) & (t_lx * t_lx > best * t_l2)
-        t_scale = _safe_div(t_lx, t_l2)
-        levels = np.where(take[:, None], t_levels, levels)
-        scale, best = np.where(take, t_scale, scale), np.where(take, t_scale * t_lx, best)
+    def trial(best: State, step: int) -> tuple[np.ndarray, State]:
+        state = grid(step)
+        sum_lx, sum_l2 = state[2], state[3]
+        return (sum_l2 > 0) & (sum_lx * sum_lx > best[4] * sum_l2), state
+
+    levels, scale, *_ = keep_best(grid(0), (*range(-9, 0), *range(1, 10)), trial)
     scale = np.where(zero, F32(0), scale)
     return scale.astype(F32), np.where(zero[:, None], 0, levels + nmax)

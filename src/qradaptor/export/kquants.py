@@ -28,7 +28,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qradaptor.export.kquant_fit import F32, ZERO_GROUP, fit_affine, fit_symmetric, fit_symmetric3, nearest
+from qradaptor.export.kquant_fit import (
+    F32,
+    ZERO_GROUP,
+    fit_affine,
+    fit_symmetric,
+    fit_symmetric3,
+    nearest,
+    ordered_sum,
+)
 
 SUPER = 256
 """Weights per K-quant super-block (ggml's QK_K)."""
@@ -43,6 +51,8 @@ _AFFINE = {  # code max, sub-block scale max, ggml's trial grid (rmin, rdelta, s
     "Q4_K": (15, 63, (-1.0, 0.1, 20), False),
     "Q5_K": (31, 63, (-0.5, 0.1, 15), False),
 }
+_TINY = float(np.nextafter(F32(0), F32(1)))
+"""The smallest positive float32: a magnitude at least this is not zero."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ def _affine(x: np.ndarray, type_name: str) -> KBlocks:
     if type_name == "Q2_K":
         weights = np.abs(sub)
     else:  # Q4_K, Q5_K: the sub-block's RMS plus each magnitude
-        weights = np.sqrt((sub * sub).mean(axis=1, keepdims=True)) + np.abs(sub)
+        weights = np.sqrt(ordered_sum(sub * sub) / F32(size))[:, None] + np.abs(sub)
     scale, the_min, codes = fit_affine(sub, weights, nmax, rmin, rdelta, steps, use_mad)
     scale, the_min = scale.reshape(nb, -1), the_min.reshape(nb, -1)
     d, ls = _unsigned_grid(scale, smax)
@@ -113,16 +123,19 @@ def _unsigned_grid(values: np.ndarray, smax: int) -> tuple[np.ndarray, np.ndarra
     return (top / F32(smax)).astype(np.float16), codes
 
 
-def _signed_grid(scale: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(d float16, its float32 value, codes in [-levels, levels - 1]) with the sub-block scale of
-    largest magnitude at code -levels, as ggml's Q3_K and Q6_K do."""
+def _signed_grid(
+    scale: np.ndarray, levels: int, floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(d float16, its float32 value, codes in [-levels, levels - 1], live) with the sub-block
+    scale of largest magnitude at code -levels, as ggml's Q3_K and Q6_K do. A super-block is
+    live when that scale's magnitude is at least ``floor``; else d and the codes are 0."""
     at = np.abs(scale).argmax(axis=1)
     peak = np.take_along_axis(scale, at[:, None], axis=1)[:, 0]  # (nb,) signed
-    live = np.abs(peak) >= ZERO_GROUP
+    live = np.abs(peak) >= floor
     iscale = np.where(live, F32(-levels) / np.where(live, peak, 1), F32(0)).astype(F32)
     codes = np.clip(nearest(iscale[:, None] * scale), -levels, levels - 1)
     d = np.where(live, F32(1) / np.where(live, iscale, 1), F32(0)).astype(np.float16)
-    return d, d.astype(F32), codes
+    return d, d.astype(F32), codes, live
 
 
 def _q3_k(x: np.ndarray) -> KBlocks:
@@ -130,13 +143,14 @@ def _q3_k(x: np.ndarray) -> KBlocks:
     nb = x.shape[0]
     sub = x.reshape(-1, 16)
     scale, codes = fit_symmetric3(sub, 4)
-    d, d32, sc = _signed_grid(scale.reshape(nb, -1), 32)
+    d, d32, sc, live = _signed_grid(scale.reshape(nb, -1), 32, _TINY)  # ggml: max_scale != 0
     step = (d32[:, None] * sc.astype(F32)).reshape(-1, 1)  # (nb * 16, 1)
     requant = np.clip(nearest(sub / np.where(step == 0, 1, step)), -4, 3) + 4
     codes = np.where(step != 0, requant, codes)
+    stored = np.where(live[:, None], sc + 32, 0)  # ggml leaves a dead super-block's scale bytes 0
     zero = np.zeros_like(sc)
     return KBlocks(
-        "Q3_K", d, np.zeros(nb, np.float16), sc + 32, zero, codes.reshape(nb, SUPER).astype(np.uint8)
+        "Q3_K", d, np.zeros(nb, np.float16), stored, zero, codes.reshape(nb, SUPER).astype(np.uint8)
     )
 
 
@@ -145,11 +159,13 @@ def _q6_k(x: np.ndarray) -> KBlocks:
     nb = x.shape[0]
     sub = x.reshape(-1, 16)
     scale, codes = fit_symmetric(sub, 32)
-    d, d32, sc = _signed_grid(scale.reshape(nb, -1), 128)
+    d, d32, sc, live = _signed_grid(scale.reshape(nb, -1), 128, ZERO_GROUP)  # ggml: GROUP_MAX_EPS
     step = (d32[:, None] * sc.astype(F32)).reshape(-1, 1)
     requant = np.clip(nearest(sub / np.where(step == 0, 1, step)), -32, 31) + 32
     codes = np.where(step != 0, requant, codes).reshape(nb, SUPER)
-    codes = np.where((d32 == 0)[:, None], 0, codes)  # an all-zero super-block is all zero bytes
+    # ggml writes a super-block whose scales are all below GROUP_MAX_EPS as zero bytes; one whose
+    # d merely rounds to 0 in float16 keeps the fit's codes (both read back as zeros).
+    codes = np.where(live[:, None], codes, 0)
     zero = np.zeros_like(sc)
     return KBlocks("Q6_K", d, np.zeros(nb, np.float16), sc, zero, codes.astype(np.uint8))
 
