@@ -77,7 +77,9 @@ FITS: dict[str, tuple[float, Fit]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=32, help="windows per perplexity corpus")
     parser.add_argument("--seq-len", type=int, default=512)
     args = parser.parse_args()
@@ -104,7 +106,10 @@ def main() -> None:
         )
         ppl = {r.task: r.value for r in records}
         seconds = time.perf_counter() - began
-        print(f"| {label} | {bits:.2f} | {ppl['ppl_wiki']:.2f} | {ppl['ppl_lambada']:.2f} | {seconds:.0f} |", flush=True)
+        print(
+            f"| {label} | {bits:.2f} | {ppl['ppl_wiki']:.2f} | {ppl['ppl_lambada']:.2f} | {seconds:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ Mapping (``GGUF_TYPES``, the type that keeps the plan's bits in the file where t
 grid with a zero point to Q3_K's symmetric levels cost +78% perplexity on SmolLM2 against +0.6%
 for the exact codes, docs/EXPORT.md; ``--gguf-types 3=Q3_K`` for 3.4375 bits), 4 -> Q4_1 and
 5 -> Q5_1 (5 and 6 bits: our codes and float16 scale and offset per group of 32, exactly the
-plan's bytes at group 32), 6 -> Q6_K (6.5625), 7, 8 -> Q8_0 (8.5); 16 -> the source tensor's own bytes when the run left the weight unchanged,
-else F16. ``TYPE_CHOICES`` lists what ``--gguf-types`` may pick instead (4 -> Q4_K, 5 -> Q5_K,
-2 -> Q4_1 to keep the codes exact, 3 -> Q3_K, 6 -> Q8_0). K-quants need rows of a multiple of 256
+plan's bytes at group 32), 6 -> Q6_K (6.5625), 7, 8 -> Q8_0 (8.5); 16 -> the source tensor's
+own bytes when the run left the weight unchanged, else F16. ``TYPE_CHOICES`` lists what
+``--gguf-types`` may pick instead (4 -> Q4_K, 5 -> Q5_K, 2 -> Q4_1 to keep the codes exact,
+3 -> Q3_K, 6 -> Q8_0). K-quants need rows of a multiple of 256
 inputs: other rows fall back (``FALLBACK``) to the 32-block type nearest in bits that holds the
 plan's codes exactly (Q4_1, Q5_1), or to Q8_0 for 6 bits, and the tensor's record says so
 (llama.cpp's ``llama-quantize`` falls back the same way). 1 bit has no GGUF type: llama.cpp's
