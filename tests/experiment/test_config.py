@@ -626,5 +626,11 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 6 - 2 + 3 + 15  # + allocation's qra-dq
     profiles = [job.name for job in jobs if job.name.startswith("profiles/")]
     # main, ablations, pilot and allocation share one KL table; allocation's knapsack-dq and qra-dq
-    # share their own (bits 2-8, 8-bit scales and zeros)
-    assert len(profiles) == 2
+    # share their own (bits 2-8, 8-bit scales and zeros), and knapsack-module has a per-module one
+    assert len(profiles) == 3
+    granularity = sorted(
+        " ".join(job.steps[0].argv).count("--granularity module")
+        for job in jobs
+        if job.name.startswith("profiles/")
+    )
+    assert granularity == [0, 0, 1]
