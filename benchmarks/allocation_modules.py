@@ -106,10 +106,9 @@ def _summed_kl(made, structure, table) -> float:
 
 
 def _score(args: argparse.Namespace) -> None:
-    import copy
+    # Run as a script, this folder is on sys.path: the plans are scored as allocation_quantised's.
+    from allocation_quantised import quantised_ppl
 
-    from qradaptor.build import apply_plan
-    from qradaptor.eval.suite import run_suite
     from qradaptor.memory import plan_memory
     from qradaptor.plan import Plan
     from qradaptor.search.budget import parse_budget
@@ -160,18 +159,7 @@ def _score(args: argparse.Namespace) -> None:
         seen.add(label)
         start = time.perf_counter()
         write_text(folder / f"plan-{label.replace(' ', '_').replace('@', '')}.json", made.to_json())
-        model = apply_plan(copy.deepcopy(loaded.model), made, simulated=True, cache=cache).eval()
-        records = run_suite(
-            model,
-            loaded.tokenizer,
-            ["ppl_wiki", "ppl_lambada"],
-            model_name="embedded",
-            plan_hash=made.plan_hash,
-            limit=args.limit,
-            seq_len=512,
-            progress=False,
-        )
-        ppl = {r.task: r.value for r in records}
+        ppl = quantised_ppl(loaded, cache, made, limit=args.limit, seq_len=512)
         report = plan_memory(structure, made)
         kl = [_summed_kl(made, structure, t) for t in tables.values()]
         means = [

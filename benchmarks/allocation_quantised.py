@@ -42,9 +42,9 @@ SPACE_BITS = (2, 3, 4, 5, 6, 8)
 """Bit-widths of the richer space's profiles."""
 
 
-def _score(loaded, structure, cache, label: str, made: Plan, args: argparse.Namespace) -> None:
-    """Builds ``made`` (simulated, from the shared cache), prints its row."""
-    start = time.perf_counter()
+def quantised_ppl(loaded, cache: QuantCache, made: Plan, *, limit: int, seq_len: int) -> dict[str, float]:
+    """ppl_wiki and ppl_lambada of ``made`` built on a copy of the loaded model (simulated, its
+    fits from the shared ``cache``, adapters untrained), as ``qra eval`` scores them."""
     model = apply_plan(copy.deepcopy(loaded.model), made, simulated=True, cache=cache).eval()
     records = run_suite(
         model,
@@ -52,11 +52,17 @@ def _score(loaded, structure, cache, label: str, made: Plan, args: argparse.Name
         ["ppl_wiki", "ppl_lambada"],
         model_name="embedded",
         plan_hash=made.plan_hash,
-        limit=args.limit,
-        seq_len=args.seq_len,
+        limit=limit,
+        seq_len=seq_len,
         progress=False,
     )
-    ppl = {r.task: r.value for r in records}
+    return {r.task: r.value for r in records}
+
+
+def _score(loaded, structure, cache, label: str, made: Plan, args: argparse.Namespace) -> None:
+    """Builds ``made`` (simulated, from the shared cache), prints its row."""
+    start = time.perf_counter()
+    ppl = quantised_ppl(loaded, cache, made, limit=args.limit, seq_len=args.seq_len)
     report = plan_memory(structure, made)
     bits = "".join(str(b) if b < 10 else "F" for b in made.block_bits())
     groups = "".join("L" if made.group_size_of(s) > made.group_size else "." for s in made.layers.values())
