@@ -64,7 +64,8 @@ def _score(loaded, structure, cache, label: str, made: Plan, args: argparse.Name
     start = time.perf_counter()
     ppl = quantised_ppl(loaded, cache, made, limit=args.limit, seq_len=args.seq_len)
     report = plan_memory(structure, made)
-    bits = "".join(str(b) if b < 10 else "F" for b in made.block_bits())
+    per_block = made.granularity == "block"  # a module plan (a search's per module) has no row of block bits
+    bits = "".join(str(b) if b < 10 else "F" for b in made.block_bits()) if per_block else "(per module)"
     groups = "".join("L" if made.group_size_of(s) > made.group_size else "." for s in made.layers.values())
     print(
         f"{label:<30} {report.avg_bits:>8.3f} {report.total_bytes / 2**20:>8.1f} {ppl['ppl_wiki']:>9.2f} "

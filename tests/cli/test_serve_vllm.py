@@ -78,7 +78,10 @@ def test_search_choices_with_serve_vllm() -> None:
     ("extra", "message"),
     [
         (["--bits", "3,4"], "--bits 3,4 with --serve vllm"),
-        (["--granularity", "module"], "--serve vllm searches block granularity"),
+        (
+            ["--granularity", "module", "--strategy", "paper"],
+            "--serve vllm with --strategy paper searches block",
+        ),
         (["--fixed-bits", "2"], "--fixed-bits 2 with --serve vllm"),
     ],
 )

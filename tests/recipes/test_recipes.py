@@ -3,6 +3,8 @@ command line, before anything loads, and one way of fitting --max-memory for sea
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from qradaptor.recipes.search_options import PRESETS, SearchOptions
@@ -92,3 +94,35 @@ def test_first_fit_takes_the_cheapest_that_fits_and_refuses_when_none_does(capsy
     assert "predicted peak" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--batch-size"):
         first_fit("train", list(peaks), peak, 50 * 2**20, "cpu", "--batch-size")
+
+
+def test_a_module_search_for_vllm_ties_its_fused_groups_and_takes_only_a_module_profile(
+    tiny_model_dir, tmp_path
+) -> None:
+    import json
+
+    from qradaptor.export.vllm_constraints import fused_groups
+    from qradaptor.recipes.search import prepare
+    from qradaptor.sensitivity_table import SensitivityTable
+
+    options = SearchOptions(
+        model=str(tiny_model_dir),
+        budget="6bits",
+        output=str(tmp_path / "run"),
+        device="cpu",
+        granularity="module",
+        serve="vllm",
+        group_size=32,
+        seq_len=16,
+    )
+    request, structure, _ = prepare(options)
+    assert request.config.tied == tuple(fused_groups(structure)) and len(request.config.tied) == 2
+    assert request.config.bits == (4, 8, 16) and request.config.profile_granularity == "module"
+    per_block = SensitivityTable(
+        bits=(4, 8), kl=((0.2, 0.01),) * 3, tokens=8, group_size=32, quant_method="hqq"
+    )
+    path = tmp_path / "sensitivity.json"
+    path.write_text(json.dumps(per_block.to_dict()))
+    with pytest.raises(ValueError, match=r"at module granularity takes a per-module .*got a per-block one"):
+        prepare(replace(options, sensitivity=str(path)))
+    assert not (tmp_path / "run").exists()

@@ -206,6 +206,7 @@ def test_the_search_refuses_a_module_table(llama_factory) -> None:
     config = SearchConfig(budget=parse_budget("4bits"), bits=(2, 4, 8))
     space = SearchSpace.for_structure(structure, "block", bits=(2, 4, 8))
     with pytest.raises(
-        ValueError, match=r"the search takes a per-block sensitivity table .*got a per-module"
+        ValueError,
+        match=r"the halving search at block granularity takes a per-block sensitivity table .*per-module",
     ):
         check_given_profile(_module_table(structure), structure, space, config)

@@ -55,9 +55,9 @@ def test_unknown_strategy_and_unsupported_combinations_are_refused() -> None:
         SearchConfig(budget=budget, strategy="nsga")
     with pytest.raises(ValueError, match="the no-profile ablation runs with strategy 'paper'"):
         SearchConfig(budget=budget, profile=False)
-    with pytest.raises(ValueError, match="use block granularity, or strategy 'paper'"):
-        SearchConfig(budget=budget, granularity="module")
     SearchConfig(budget=budget, profile=False, granularity="module", strategy="paper")
+    assert SearchConfig(budget=budget, granularity="module").profile_granularity == "module"
+    assert SearchConfig(budget=budget, granularity="module", strategy="paper").profile_granularity == "block"
 
 
 @pytest.fixture(scope="module")

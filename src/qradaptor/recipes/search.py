@@ -115,7 +115,7 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
     the_budget = parse_budget(o.budget)
     bit_choices = parse_choices(SEARCH_BITS_TEXT if o.bits is None else o.bits, "--bits", check_bits)
     if o.serve is not None:
-        bit_choices = servable_bits(o.serve, o.bits, bit_choices, o.granularity, o.fixed_bits)
+        bit_choices = servable_bits(o.serve, o.bits, bit_choices, o.granularity, o.fixed_bits, o.strategy)
     rank_choices = parse_choices(o.ranks, "--ranks", check_rank)
     if o.granularity not in GRANULARITIES:
         raise ValueError(f"--granularity must be one of {GRANULARITIES}, got {o.granularity!r}")
@@ -162,6 +162,10 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
     proxy = ProxyConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, eval_batches=o.eval_batches)
 
     structure = load_structure(o.model)[1]
+    if o.serve is not None and o.granularity == "module":
+        from qradaptor.export.vllm_constraints import fused_groups
+
+        config = replace(config, tied=tuple(fused_groups(structure)))  # one choice per fused layer
     space, table, _ = search_space(structure, config)
     if given_sensitivity is not None and not o.no_profile:  # refused here, before the lock and the load
         check_given_profile(given_sensitivity, structure, space, config)

@@ -81,15 +81,21 @@ def jsonable(obj: Any) -> Any:
 
 
 def servable_bits(
-    serve: str, bits: str | None, choices: tuple[int, ...], granularity: str, fixed_bits: int | None
+    serve: str,
+    bits: str | None,
+    choices: tuple[int, ...],
+    granularity: str,
+    fixed_bits: int | None,
+    strategy: str = "halving",
 ) -> tuple[int, ...]:
     """The bit choices of a ``--serve`` search, else ValueError naming what the engine cannot serve."""
     if serve not in SERVE_TARGETS:
         raise ValueError(f"--serve must be one of {', '.join(SERVE_TARGETS)}, got {serve!r}")
-    if granularity != "block":
+    if granularity != "block" and strategy != "halving":
         raise ValueError(
-            f"--serve vllm searches block granularity (a block's q/k/v and gate/up, which vLLM fuses, "
-            f"then share its bits); --granularity {granularity} would give them different bits"
+            f"--serve vllm with --strategy {strategy} searches block granularity (a block's q/k/v "
+            f"and gate/up, which vLLM fuses, then share its bits); --granularity {granularity} would "
+            "give them different bits (the halving strategy keeps each fused group tied)"
         )
     if fixed_bits is not None:
         vllm_bits((fixed_bits,), "--fixed-bits")
@@ -127,13 +133,15 @@ class SearchOptions:
     """comma-separated bit-width choices (1..8, or 16 for unquantised); default 2,3,4,8, or 4,8,16
     with --serve vllm"""
     serve: Serve | None = None
-    """search only plans this engine serves; vllm: bits 4, 8 or 16 at block granularity (a
-    block's q/k/v and gate/up then share its bits), as qra export --format compressed-tensors
-    writes them"""
+    """search only plans this engine serves; vllm: bits 4, 8 or 16, a block's q/k/v and gate/up
+    sharing one choice (per block, or per fused group with --granularity module), as qra export
+    --format compressed-tensors writes them"""
     ranks: str = "4,8,16"
     """comma-separated LoRA rank choices (0 = no adapter)"""
     granularity: Granularity = "block"
-    """block (one choice per transformer block, the paper's) or module (per linear)"""
+    """block (one choice per transformer block, the paper's) or module (per linear; the halving
+    strategy then takes a per-module profile, qra profile --granularity module, and profiles
+    one itself without --sensitivity, about 7x the forwards of a per-block one)"""
     seq_len: int | None = None
     """tokens per training and held-out window"""
     steps: int | None = None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -192,6 +193,8 @@ def refine(
     sensitivity: npt.ArrayLike | None = None,
     plan_kwargs: Mapping[str, Any] | None = None,
     on_iteration: Callable[[int], None] | None = None,
+    encoder: Callable[[Genome], npt.NDArray[np.float64]] | None = None,
+    plan_of: Callable[[Genome], Plan] | None = None,
 ) -> list[tuple[Genome, float]]:
     """Evaluates ``config.iterations`` plans chosen by Expected Improvement near the front (§3.5).
 
@@ -212,6 +215,10 @@ def refine(
         sensitivity: per-unit sensitivity for the repair order, or None.
         plan_kwargs: passed to every Plan (group_size, alpha, ...).
         on_iteration: called with the 1-based iteration number before its evaluations.
+        encoder: (n, U, 2) genomes -> (n, d) GP inputs; default ``encode`` (every gene), at
+            module granularity ``type_features.type_encoder`` (the KL per module type).
+        plan_of: the Plan of one genome; default ``table.space.to_plan(genome, **plan_kwargs)``
+            (an item table of ``ties`` expands its genomes to units first).
 
     Returns:
         The new (genome, loss) pairs, in evaluation order.
@@ -222,6 +229,8 @@ def refine(
     config = BayesConfig() if config is None else config
     space = table.space
     rng = np.random.default_rng(seed)
+    encoder = encoder or partial(encode, space=space)
+    plan_of = plan_of or partial(space.to_plan, **dict(plan_kwargs or {}))
     sens = None if sensitivity is None else np.asarray(sensitivity, dtype=np.float64)
     genomes = [space.check_genome(g) for g, _ in history]
     losses = [float(v) for _, v in history]
@@ -237,15 +246,15 @@ def refine(
             break
         finite = np.isfinite(values)
         if finite.sum() >= 2:
-            model = fit_gp(encode(stacked[finite], space), values[finite])
+            model = fit_gp(encoder(stacked[finite]), values[finite])
             best = float(values[finite & (violations(stacked, budget, table) == 0)].min())
-            chosen = choose_batch(model, encode(pool, space), best, config.batch)
+            chosen = choose_batch(model, encoder(pool), best, config.batch)
         else:
             chosen = list(range(min(config.batch, len(pool))))
         if on_iteration is not None:
             on_iteration(iteration)
         picked = [pool[i] for i in chosen]
-        scores = score_plans(objective, [space.to_plan(g, **dict(plan_kwargs or {})) for g in picked])
+        scores = score_plans(objective, [plan_of(g) for g in picked])
         for genome, loss in zip(picked, scores, strict=True):
             loss = loss if math.isfinite(loss) else math.inf
             genomes.append(genome)

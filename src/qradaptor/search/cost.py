@@ -41,6 +41,7 @@ def search_work(
     block_weights: int,
     calibration_windows: int,
     profile: bool,
+    modules: int = 0,
 ) -> SearchWork:
     """Counts a search's work (see the module docstring) before any of it runs.
 
@@ -51,6 +52,8 @@ def search_work(
         block_weights: Weights of one block's linears.
         calibration_windows: Windows the profile runs on.
         profile: Whether the search profiles (no profile given, none skipped).
+        modules: Linears of a block when the profile is per module (``profile_granularity``):
+            a row per (block, module), so ``modules`` times the per-block profile's forwards.
     """
     quantised = [b for b in config.bits if b != 16]
     eval_windows = proxy.eval_batches * proxy.batch_size
@@ -61,8 +64,10 @@ def search_work(
     forwards = 0
     parts = []
     if profile:
-        forwards += calibration_windows * (1 + num_blocks * len(quantised))
-        parts.append(f"profile {num_blocks} blocks x {len(quantised)} bit-widths")
+        forwards += calibration_windows * (1 + num_blocks * max(modules, 1) * len(quantised))
+        rows = f"{num_blocks} blocks x {modules} modules" if modules else f"{num_blocks} blocks"
+        why = f" (per module: {modules}x the forwards of a per-block profile)" if modules else ""
+        parts.append(f"profile {rows} x {len(quantised)} bit-widths{why}")
     if config.references:
         forwards += len(config.bits) * proxy_windows(proxy.steps)
         parts.append(f"{len(config.bits)} uniform references")
@@ -165,6 +170,7 @@ def cost_line(
         block_weights=sum(info.in_features * info.out_features for info in structure.linears),
         calibration_windows=calibration_windows,
         profile=profile,
+        modules=len(structure.linears) if config.profile_granularity == "module" else 0,
     )
     weight = model.get_submodule(structure.module_path(0, structure.linears[0].name)).weight
     quantised = [b for b in config.bits if b != 16] or [4]

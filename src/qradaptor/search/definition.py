@@ -51,7 +51,11 @@ class SearchConfig:
     ranks: tuple[int, ...] = (4, 8, 16)
     """LoRA rank choices per unit."""
     granularity: str = "block"
-    """"block" (the paper's) or "module": one (bits, rank) per block or per linear."""
+    """"block" (the paper's) or "module": one (bits, rank) per block or per linear. The halving
+    strategy's knapsack then needs a per-module profile (``profile_granularity``)."""
+    tied: tuple[tuple[str, ...], ...] = ()
+    """Halving at module granularity: groups of a block's linear names that share one choice in
+    every candidate (vLLM's fused q/k/v and gate/up, ``export.vllm_constraints.fused_groups``)."""
     fixed_bits: int | None = None
     """Rank-only ablation: every unit at these bits."""
     fixed_rank: int | None = None
@@ -92,12 +96,23 @@ class SearchConfig:
                 "the halving strategy starts from the knapsack over the sensitivity profile; "
                 "the no-profile ablation runs with strategy 'paper' (qra search --strategy paper)"
             )
-        if self.strategy == "halving" and self.granularity != "block":
+        if not isinstance(self.tied, tuple) or not all(
+            isinstance(g, tuple) and all(isinstance(n, str) for n in g) for g in self.tied
+        ):
+            raise ValueError(f"tied must be a tuple of tuples of linear names, got {self.tied!r}")
+        if self.tied and (self.strategy != "halving" or self.granularity != "module"):
             raise ValueError(
-                "the halving strategy's knapsack needs one sensitivity per unit and the profile is "
-                "per block: use block granularity, or strategy 'paper' (--strategy paper) for "
-                "module granularity"
+                "tied groups are kept by the halving strategy at module granularity (a block's "
+                f"linears share its choice anyway), got strategy {self.strategy!r} at "
+                f"{self.granularity} granularity with tied={list(self.tied)}"
             )
+
+    @property
+    def profile_granularity(self) -> str:
+        """The sensitivity table the search takes: per module for the halving strategy at module
+        granularity (its knapsack needs one KL per unit), else per block (the paper strategy
+        gives a module its block's value, ``space.unit_sensitivity``)."""
+        return "module" if self.strategy == "halving" and self.granularity == "module" else "block"
 
     @property
     def evaluations(self) -> int:

@@ -15,6 +15,11 @@ paper's operators (``candidates``). The knapsack plan at the budget is promoted 
 rung whatever its score, so the chosen plan, the best on the top rung, is never worse than
 it there. The paper's Gaussian-process refinement (``bayes``) then runs on the top rung.
 
+At module granularity the same holds with a unit per linear: the knapsack over a per-module
+KL table (``qra profile --granularity module``), candidates made on the items of ``ties`` so
+that tied groups (vLLM's fused q/k/v and gate/up) share one choice in every plan, and the
+refinement's GP over the KL per module type instead of 2 x 210 genes (``refinement``).
+
 Every rung is a ``StudyObjective`` of its own study (named by its steps), so each score is
 computed once, ever, and a killed search resumes by replay like the paper strategy.
 """
@@ -30,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qradaptor.search.candidates import knapsack_candidates, neighbours
+from qradaptor.search.ties import TiedUnits
 
 if TYPE_CHECKING:
     from qradaptor.plan import Plan
@@ -103,6 +109,7 @@ def run_halving(
     *,
     seed: int = 0,
     plan_kwargs: Mapping[str, Any] | None = None,
+    tied: Sequence[tuple[str, ...]] = (),
 ) -> list[list[TrialRecord]]:
     """Scores the candidates rung by rung, promoting the best 1/eta and always the knapsack plan.
 
@@ -114,6 +121,8 @@ def run_halving(
         config: candidates and rung sizes.
         seed: seeds the neighbourhood draws.
         plan_kwargs: passed to every Plan.
+        tied: at module granularity, groups of a block's linear names that share one choice
+            in every candidate (``ties``: the candidates are made on items, then expanded).
 
     Returns:
         Each rung's records, in the order scored (the knapsack plan first).
@@ -121,11 +130,12 @@ def run_halving(
     if len(rungs) != config.rungs + 1:
         raise ValueError(f"run_halving needs {config.rungs + 1} rung objectives, got {len(rungs)}")
     space = table.space
-    v = np.asarray(values, dtype=np.float64)
+    units = TiedUnits.build(table, tied)
+    v = units.values(values)  # (I, K): one row per item (per unit when nothing is tied)
     rng = np.random.default_rng(seed)
-    sweep = knapsack_candidates(table, v, budget, min(config.sweep, config.candidates))
-    near = neighbours(rng, sweep, table, budget, v[:, 0] - v[:, -1], config.candidates - len(sweep))
-    genomes: list[Genome] = sweep + near
+    sweep = knapsack_candidates(units.items, v, budget, min(config.sweep, config.candidates))
+    near = neighbours(rng, sweep, units.items, budget, v[:, 0] - v[:, -1], config.candidates - len(sweep))
+    genomes: list[Genome] = [units.expand(g) for g in sweep + near]
     kwargs = dict(plan_kwargs or {})
     alive = list(range(len(genomes)))  # positions in genomes; 0 is the knapsack plan at the budget
     sizes = config.sizes()

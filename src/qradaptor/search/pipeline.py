@@ -1,6 +1,7 @@
 """The whole QR-Adaptor search on one model: profile, evolve, refine, choose (§3.3–3.5).
 
     1. sensitivity   KL of each block quantised alone (Eq. 6), unless given or switched off
+                     (of each linear alone for the halving strategy per module)
     2. references    uniform plans of the space, scored for comparison (optional)
     3. initial       sensitivity-biased population, repaired to the budget (§3.3)
     4. nsga2         generations of layer-wise crossover and proximity mutation (§3.4)
@@ -27,7 +28,6 @@ from qradaptor.distributed.study import (
     StudyObjective,
     open_study,
 )
-from qradaptor.search.bayes import refine
 from qradaptor.search.budget import check_budget
 from qradaptor.search.choice import choose, pareto_numbers
 from qradaptor.search.definition import (  # noqa: F401 - re-exported: the search's public names
@@ -43,6 +43,7 @@ from qradaptor.search.multifidelity import run_halving
 from qradaptor.search.profiling import search_profile
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.records import SEARCH_PHASES, TrialRecord, genome_of
+from qradaptor.search.refinement import refine_blocks, refine_modules
 from qradaptor.search.space import MemoryTable, SearchSpace, smallest_and_largest, unit_sensitivity
 
 if TYPE_CHECKING:
@@ -169,10 +170,11 @@ def run_search(
             model, structure, space, config, calibration, sensitivity, progress, quant_cache
         )
         lowest = space.bit_choices[0]  # choices ascend
-        block_sens = (
+        row_sens = (
             sensitivity.column(lowest) if lowest in sensitivity.bits else sensitivity.min_bits_profile()
         )
-        unit_sens = unit_sensitivity(space, block_sens)
+        # A per-module table has a row per unit already; a per-block one lends each module its block's.
+        unit_sens = np.asarray(row_sens) if sensitivity.modules else unit_sensitivity(space, row_sens)
     stages["sensitivity"] = time.perf_counter() - start
 
     evaluator = None
@@ -246,20 +248,25 @@ def run_search(
             progress,
             lean,
         )
+        values = unit_values(space, sensitivity)
         top = run_halving(
             [*rungs, objective],
             table,
             config.budget,
-            unit_values(space, sensitivity),
+            values,
             config.halving,
             seed=config.seed,
             plan_kwargs=plan_kwargs,
+            tied=config.tied,
         )
         screened = [record for rung in top[:-1] for record in rung]
         lower_evaluated = sum(rung.evaluated for rung in rungs)
         lower_replayed = sum(rung.replayed for rung in rungs)
         stages["halving"] = time.perf_counter() - start
-        stages["bayes"] = _refine(objective, space, table, config, unit_sens, plan_kwargs)
+        if space.modules:
+            stages["bayes"] = refine_modules(objective, table, config, values, plan_kwargs)
+        else:
+            stages["bayes"] = refine_blocks(objective, space, table, config, unit_sens, plan_kwargs)
     else:
         start = time.perf_counter()
 
@@ -282,7 +289,7 @@ def run_search(
             on_generation=on_generation,
         )
         stages["nsga2"] = time.perf_counter() - start
-        stages["bayes"] = _refine(objective, space, table, config, unit_sens, plan_kwargs)
+        stages["bayes"] = refine_blocks(objective, space, table, config, unit_sens, plan_kwargs)
     bar.close()
     if workers is not None:
         from qradaptor.distributed.job import mark_finished
@@ -305,37 +312,6 @@ def run_search(
         note=note,
         screened=tuple(screened),
     )
-
-
-def _refine(
-    objective: StudyObjective,
-    space: SearchSpace,
-    table: MemoryTable,
-    config: SearchConfig,
-    unit_sens: np.ndarray | None,
-    plan_kwargs: dict,
-) -> float:
-    """The Gaussian-process refinement (§3.5) from every record so far; returns its seconds."""
-    start = time.perf_counter()
-    if config.bayes.iterations:
-        objective.phase = "bayes"
-
-        def on_iteration(iteration: int) -> None:
-            objective.generation = iteration
-
-        history = [(genome_of(r, space), r.loss) for r in objective.records]
-        refine(
-            objective,
-            table,
-            config.budget,
-            history,
-            config=config.bayes,
-            seed=config.seed,
-            sensitivity=unit_sens,
-            plan_kwargs=plan_kwargs,
-            on_iteration=on_iteration,
-        )
-    return time.perf_counter() - start
 
 
 def _lower_rungs(

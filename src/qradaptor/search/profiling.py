@@ -23,16 +23,25 @@ if TYPE_CHECKING:
 def check_given_profile(
     sensitivity: SensitivityTable, structure: ModelStructure, space: SearchSpace, config: SearchConfig
 ) -> None:
-    """Raises ValueError unless a given profile fits the search: its blocks, every searched bit
-    width and its scales' precision. Cheap, so ``qra search`` calls it before loading weights."""
+    """Raises ValueError unless a given profile fits the search: its granularity, blocks and
+    modules, every searched bit width and its scales' precision. Cheap, so ``qra search`` calls
+    it before loading weights."""
     from qradaptor.plan import UNQUANTIZED
 
     quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
-    # The search biases and seeds its plans by block (a module unit takes its block's value).
-    sensitivity.require_granularity("block", "the search")
+    # Halving per module: the knapsack needs one KL per module. Otherwise the search biases and
+    # seeds its plans by block (the paper strategy gives a module unit its block's value).
+    granularity = config.profile_granularity
+    where = f"the {config.strategy} search at {config.granularity} granularity"
+    sensitivity.require_granularity(granularity, where)
     if sensitivity.num_blocks != structure.num_blocks:
         raise ValueError(
             f"sensitivity profile has {sensitivity.num_blocks} blocks, the model {structure.num_blocks}"
+        )
+    if granularity == "module" and sensitivity.modules != structure.linear_names:
+        raise ValueError(
+            f"sensitivity profile has modules {list(sensitivity.modules)}, the model's linears are "
+            f"{list(structure.linear_names)}: it was profiled on another model"
         )
     missing = [b for b in quantised if b not in sensitivity.bits]
     if missing:
@@ -82,4 +91,5 @@ def search_profile(
         progress=progress,
         cache=cache,
         double_quant=config.double_quant,
+        granularity=config.profile_granularity,
     )
