@@ -188,3 +188,11 @@ def test_symmetric_types_and_refusals():
     qt = quantize(_weight(rows=32), 4, 32, "symmetric")
     permuted = llama_rows_codes(qt, 4)
     assert permuted.symmetric and torch.equal(dequantize(permuted), llama_rows(dequantize(qt), 4))
+
+
+@pytest.mark.parametrize(("bits", "type_name"), [(4, "Q4_0"), (5, "Q5_0"), (8, "Q8_0")])
+def test_symmetric_fit_is_ggml_s_own_quantiser_byte_for_byte(bits, type_name, ggml_quantize):
+    """Against llama.cpp's C quantiser itself (``ggml_quantize_chunk``), not gguf's port of it."""
+    w = _heavy_tailed(seed=3)
+    ours = codes_to_blocks(quantize(w, bits, 32, "symmetric"), type_name)
+    np.testing.assert_array_equal(ours, ggml_quantize(w.numpy(), type_name))
