@@ -96,9 +96,10 @@ def _mse(model, ref: torch.Tensor) -> float:
     return float((model(IDS).logits - ref).square().mean())
 
 
-def test_loftq_model_is_closer_to_the_16_bit_model(llama_factory) -> None:
+@pytest.mark.parametrize("method", ["hqq", "symmetric"])
+def test_loftq_model_is_closer_to_the_16_bit_model(llama_factory, method) -> None:
     ref = llama_factory()(IDS).logits
-    plan = Plan.uniform(3, 2, 8)
+    plan = Plan.uniform(3, 2, 8, quant_method=method)  # symmetric: the packed base has no zeros
     plain = _mse(apply_plan(llama_factory(), plan), ref)  # B = 0: the quantised model
     loftq = _mse(apply_plan(llama_factory(), plan, variant=LOFTQ), ref)
     simulated = _mse(apply_plan(llama_factory(), plan, simulated=True, variant=LOFTQ), ref)

@@ -11,6 +11,8 @@ from qradaptor.plan import Plan
 def test_quantized_bytes_by_hand() -> None:
     # 3-bit 576x576 at group 64: 576*576*3/8 code bytes + 576*9 groups * 2 numbers * 2 bytes
     assert quantized_nbytes(576, 576, 3, 64) == 124416 + 20736
+    # symmetric: the same codes and one 16-bit scale per group, no zero
+    assert quantized_nbytes(576, 576, 3, 64, symmetric=True) == 124416 + 10368
 
 
 PLANS = [
@@ -21,6 +23,9 @@ PLANS = [
     Plan.uniform(3, 16, 16),
     Plan.from_lists([2, 16, 4], [16, 0, 8]),
     Plan.from_lists([8, 8, 8], [4, 4, 4], embed_bits=8, head_bits=8),
+    Plan.from_lists(
+        [4, 16, 5], [8, 0, 4], embed_bits=8, head_bits=8, quant_method="symmetric", group_size=32
+    ),
 ]
 
 
@@ -55,6 +60,9 @@ def test_avg_bits_include_metadata(tiny_llama) -> None:
     assert plan_memory(s, Plan.uniform(3, 3, 16), weight_bytes=4).avg_bits == pytest.approx(3.5)
     assert plan_memory(s, Plan.uniform(3, 16, 16), weight_bytes=4).avg_bits == 16
     assert plan_memory(s, Plan.from_lists([4, 16, 2], [8, 0, 4])).avg_rank == 4
+    # symmetric: bits + 16 / g (a scale per group, no zero)
+    assert plan_memory(s, Plan.uniform(3, 4, 16, quant_method="symmetric", group_size=32)).avg_bits == 4.5
+    assert plan_memory(s, Plan.uniform(3, 4, 16, quant_method="symmetric")).avg_bits == 4.25
 
 
 def test_training_memory_parts(tiny_llama) -> None:

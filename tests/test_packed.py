@@ -202,3 +202,19 @@ def test_save_refuses_a_model_quantised_otherwise(llama_factory, tmp_path) -> No
     with pytest.raises(ValueError, match="packed modules the plan does not quantise"):
         save_packed_base(model, structure, Plan.uniform(3, 16, 0), tmp_path / "b.safetensors")
     assert not list(tmp_path.iterdir())  # nothing written, no temp file left
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_symmetric_round_trip_stores_no_zeros(llama_factory, tmp_path, tied) -> None:
+    plan = Plan.from_lists(
+        [4, 8, 16], [8, 0, 4], embed_bits=5, head_bits=5, group_size=32, quant_method="symmetric"
+    )
+    path = _pack(llama_factory(tied=tied), plan, tmp_path / "base.safetensors")
+    loaded, fitted = llama_factory(tied=tied), llama_factory(tied=tied)
+    load_packed_base_(loaded, plan, path)
+    quantize_model_(fitted, plan)
+    _assert_same_model(loaded, fitted)
+    assert loaded.model.layers[0].self_attn.q_proj.zero is None and loaded.model.embed_tokens.zero is None
+    with safe_open(str(path), framework="pt") as handle:
+        keys = set(handle.keys())
+    assert "model.layers.0.self_attn.q_proj.scale" in keys and not any(k.endswith(".zero") for k in keys)

@@ -113,3 +113,19 @@ def test_bad_plan_json(data: object, message: str) -> None:
 def test_invalid_json_text() -> None:
     with pytest.raises(ValueError, match="plan is not valid JSON"):
         Plan.from_json("{not json")
+
+
+def test_symmetric_plans() -> None:
+    from qradaptor.plan import SYMMETRIC_METHOD
+    from qradaptor.quant.quantizer import SYMMETRIC
+
+    assert SYMMETRIC_METHOD == SYMMETRIC  # plan.py names it without loading torch
+    plan = Plan.uniform(3, 4, 16, quant_method="symmetric", group_size=32)
+    assert Plan.from_json(plan.to_json()) == plan and plan.to_dict()["quant_method"] == "symmetric"
+    assert plan.plan_hash != Plan.uniform(3, 4, 16, group_size=32).plan_hash
+    with pytest.raises(ValueError, match="quant_method 'symmetric' stores one float16 scale .* no zero"):
+        Plan.uniform(3, 4, 16, quant_method="symmetric", double_quant=True)
+    with pytest.raises(ValueError, match="quant_method 'symmetric' needs bits >= 2"):
+        Plan.from_lists([4, 1, 16], [8, 8, 8], quant_method="symmetric")
+    with pytest.raises(ValueError, match="needs bits >= 2"):
+        Plan.uniform(3, 4, 16, quant_method="symmetric", embed_bits=1)

@@ -5,7 +5,8 @@ Weights and adapters are counted exactly, the way ``apply_plan`` stores them:
                       16-bit scale and one 16-bit zero per group of ``group_size`` inputs (the
                       layer's own group size where the plan gives one); with the plan's
                       ``double_quant`` a block linear's scales and zeros are 8-bit codes plus a
-                      16-bit step and offset per ``META_BLOCK`` of them (``quant.metaquant``)
+                      16-bit step and offset per ``META_BLOCK`` of them (``quant.metaquant``);
+                      with the plan's quant_method "symmetric" a scale only, no zero
     16-bit weight     ``numel * weight_bytes`` (2 for bf16/fp16; 4 when run in fp32 on CPU)
     biases, norms     ``numel * weight_bytes``, never quantised
     LoRA rank r       ``r * (in + out) * adapter_bytes`` (PEFT keeps adapters in fp32)
@@ -14,7 +15,8 @@ With ``base_format="nf4"`` or ``"nf4-dq"`` the 4-bit layers are bitsandbytes NF4
 (``nf4_nbytes``: what the GPU holds; qlora-nf4-nodq and qlora-nf4).
 
 "Avg. bits" (the paper's x-axis) is bits per block-linear weight including the scale and
-zero metadata: 4-bit at group 64 is 4 + 32/64 = 4.5. Training adds gradients and AdamW
+zero metadata: 4-bit at group 64 is 4 + 32/64 = 4.5; symmetric (a scale, no zero) 4 + 16/g,
+4.5 at group 32 and 4.25 at group 64. Training adds gradients and AdamW
 states of the adapters and an activation estimate (documented in ``training_memory``).
 """
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qradaptor.models.structure import ModelStructure
-from qradaptor.plan import UNQUANTIZED, Plan
+from qradaptor.plan import SYMMETRIC_METHOD, UNQUANTIZED, Plan
 from qradaptor.quant.bitpack import packed_nbytes
 from qradaptor.quant.metaquant import meta_nbytes
 
@@ -40,13 +42,18 @@ NF4_NESTED_BLOCK = 256
 """Double quantisation: absmax values per second-level fp32 absmax (bitsandbytes' choice)."""
 
 
-def quantized_nbytes(rows: int, cols: int, bits: int, group_size: int, *, double_quant: bool = False) -> int:
+def quantized_nbytes(
+    rows: int, cols: int, bits: int, group_size: int, *, double_quant: bool = False, symmetric: bool = False
+) -> int:
     """Bytes of a (rows, cols) weight stored at ``bits`` with a scale and a zero per group.
 
     Scales and zeros are float16, or with ``double_quant`` 8-bit codes with their blocks' steps
-    and offsets (``metaquant.meta_nbytes`` each).
+    and offsets (``metaquant.meta_nbytes`` each). ``symmetric``: a float16 scale and no zero.
     """
     groups = rows * (cols // group_size)
+    if symmetric:
+        assert not double_quant, "a symmetric fit has no double quantisation (Plan refuses it)"
+        return packed_nbytes(rows, cols, bits) + META_BYTES * groups
     meta = meta_nbytes(groups) if double_quant else META_BYTES * groups
     return packed_nbytes(rows, cols, bits) + 2 * meta
 
@@ -194,6 +201,7 @@ def plan_memory(
                 spec.bits,
                 plan.group_size_of(spec),
                 double_quant=plan.double_quant,
+                symmetric=plan.quant_method == SYMMETRIC_METHOD,
             )
         lora = spec.rank * (info.in_features + info.out_features)
         adapter_params += lora
@@ -209,12 +217,14 @@ def plan_memory(
             )
         )
 
+    symmetric = plan.quant_method == SYMMETRIC_METHOD
+
     def table_bytes(shape: tuple[int, int], bits: int) -> int:
         rows, cols = shape
         return (
             rows * cols * weight_bytes
             if bits == UNQUANTIZED
-            else quantized_nbytes(rows, cols, bits, plan.group_size)
+            else quantized_nbytes(rows, cols, bits, plan.group_size, symmetric=symmetric)
         )
 
     head = 0

@@ -9,7 +9,8 @@ model (``model.layers.3.self_attn.q_proj``; no PEFT ``base_model.model.`` or ``.
     PATH.qweight  uint8 (rows, bits * ceil(cols / 8))  packed codes, see ``quant.bitpack``
     PATH.scale    float16 (rows, cols // group_size), the module's own group size; uint8 codes
                   when the plan double-quantises (block linears only)
-    PATH.zero     the same for the zeros
+    PATH.zero     the same for the zeros; absent when the plan's quant_method is "symmetric"
+                  (no zero point: every group's zero is the code midpoint)
     PATH.scale_meta, PATH.zero_meta  float16 (ceil(groups / META_BLOCK), 2), double-quantised only
     PATH.bias     the bias, if the module has one
 A tied head that shares the embedding's codes is stored once, under the embedding.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qradaptor.plan import UNQUANTIZED, Plan
+from qradaptor.plan import SYMMETRIC_METHOD, UNQUANTIZED, Plan
 
 if TYPE_CHECKING:
     import torch
@@ -57,12 +58,13 @@ class PackedHeader:
     """The caller's fingerprint of the weights it was packed from ("" if none given)."""
 
 
-Planned = tuple[int, tuple[int, int], bool, int, bool]
-"""(bits, (rows, cols), has bias, group size, double-quantised) of one quantised module."""
+Planned = tuple[int, tuple[int, int], bool, int, bool, bool]
+"""(bits, (rows, cols), has bias, group size, double-quantised, symmetric) of one quantised module."""
 
 
 def _planned(structure: ModelStructure, plan: Plan) -> dict[str, Planned]:
     """Path -> ``Planned`` of every module ``plan`` quantises, in order."""
+    symmetric = plan.quant_method == SYMMETRIC_METHOD
     out: dict[str, Planned] = {
         structure.module_path(block, name): (
             spec.bits,
@@ -70,16 +72,19 @@ def _planned(structure: ModelStructure, plan: Plan) -> dict[str, Planned]:
             info.bias,
             plan.group_size_of(spec),
             plan.double_quant,
+            symmetric,
         )
         for block, name, spec in plan.iter_modules(structure)
         for info in structure.linears
         if info.name == name and spec.bits != UNQUANTIZED
     }
     if plan.embed_bits != UNQUANTIZED:
-        out[structure.embed_path] = (plan.embed_bits, structure.embed_shape, False, plan.group_size, False)
+        embed = (plan.embed_bits, structure.embed_shape, False, plan.group_size, False, symmetric)
+        out[structure.embed_path] = embed
     head = structure.head_path
     if head is not None and plan.head_bits != UNQUANTIZED and structure.head_shape is not None:
-        out[head] = (plan.head_bits, structure.head_shape, structure.head_bias, plan.group_size, False)
+        shape, bias = structure.head_shape, structure.head_bias
+        out[head] = (plan.head_bits, shape, bias, plan.group_size, False, symmetric)
     return out
 
 
@@ -146,7 +151,9 @@ def save_packed_base(
             raise ValueError(f"model does not match plan {plan.plan_hash}: {name} has {got}, not {bits} bits")
         if name in shared:
             continue
-        parts = {"qweight": module.qweight, "scale": module.scale, "zero": module.zero}
+        parts = {"qweight": module.qweight, "scale": module.scale}
+        if module.zero is not None:  # a symmetric fit has none
+            parts["zero"] = module.zero
         if getattr(module, "double_quant", False):
             parts.update(scale_meta=module.scale_meta, zero_meta=module.zero_meta)
         if getattr(module, "bias", None) is not None:
@@ -245,7 +252,7 @@ def load_packed_base_(model: nn.Module, plan: Plan, path: str | os.PathLike[str]
     built: dict[str, nn.Module] = {}
     with safe_open(os.fspath(path), framework="pt") as handle:
         keys = set(handle.keys())
-        for name, (bits, (rows, cols), bias, group_size, double_quant) in planned.items():
+        for name, (bits, (rows, cols), bias, group_size, double_quant, symmetric) in planned.items():
             if name in shared:
                 continue
             if header.bits.get(name) != bits:
@@ -256,8 +263,9 @@ def load_packed_base_(model: nn.Module, plan: Plan, path: str | os.PathLike[str]
             expect = {
                 "qweight": ((rows, packed_row_bytes(cols, bits)), torch.uint8),
                 "scale": ((rows, groups), meta_dtype),
-                "zero": ((rows, groups), meta_dtype),
             }
+            if not symmetric:
+                expect["zero"] = ((rows, groups), meta_dtype)
             if double_quant:
                 blocks = -(-rows * groups // META_BLOCK)
                 expect.update(scale_meta=((blocks, 2), META_DTYPE), zero_meta=((blocks, 2), META_DTYPE))
@@ -274,7 +282,7 @@ def load_packed_base_(model: nn.Module, plan: Plan, path: str | os.PathLike[str]
                         + (f" {dtype}" if dtype is not None else "")
                     )
                 parts[part] = t.to(old.weight.device)
-            codes = (parts["qweight"], parts["scale"], parts["zero"])
+            codes = (parts["qweight"], parts["scale"], parts.get("zero"))
             meta = (parts["scale_meta"], parts["zero_meta"]) if double_quant else ()
             qt = QuantizedTensor(*codes, (rows, cols), bits, group_size, *meta)
             dtype = old.weight.dtype

@@ -14,7 +14,9 @@ bits: 1..8 quantises the weight to that many bits (2, 3, 4, 8 are the default se
 may carry its own quantisation group size (it must divide every linear it covers); without
 one it takes the plan's. double_quant: the block linears' scales and zeros are stored at 8
 bits with a 16-bit step and offset per block of ``META_BLOCK`` values (QLoRA's double
-quantisation), instead of 16 bits each. The adapter of rank r is scaled by
+quantisation), instead of 16 bits each. quant_method: how codes are fitted, "rtn", "hqq" (both
+asymmetric: a scale and a zero per group) or "symmetric" (llama.cpp's signed-absmax rounding: a
+scale per group and no zero, bits 2..8, no double_quant). The adapter of rank r is scaled by
 alpha / r with one alpha for the whole model, as in Eq. 4 of the paper (gamma / r_l).
 """
 
@@ -35,6 +37,9 @@ UNQUANTIZED = 16
 SEARCH_BITS: tuple[int, ...] = (2, 3, 4, 8, 16)
 """Bit-widths the search considers by default."""
 PLAN_FORMAT = 1
+SYMMETRIC_METHOD = "symmetric"
+"""The quant_method that stores a scale and no zero per group (``quant.quantizer.SYMMETRIC``,
+named here too so that memory and packed need not load torch; a test checks they agree)."""
 Granularity = Literal["block", "module"]
 
 
@@ -91,7 +96,8 @@ class Plan:
     group_size: int = 64
     """Input columns per quantisation group (one scale and zero each), unless an entry sets its own."""
     quant_method: str = "hqq"
-    """How codes are fitted: "rtn" (min-max) or "hqq" (half-quadratic)."""
+    """How codes are fitted: "rtn" (min-max), "hqq" (half-quadratic) or "symmetric" (llama.cpp's
+    Q4_0/Q5_0/Q8_0 rounding, no zero point)."""
     alpha: float = 16.0
     """LoRA alpha (gamma in Eq. 4): an adapter of rank r is scaled by alpha / r."""
     embed_bits: int = UNQUANTIZED
@@ -107,7 +113,7 @@ class Plan:
     _granularity: Granularity = field(init=False, repr=False, compare=False, default="block")
 
     def __post_init__(self) -> None:
-        from qradaptor.quant.quantizer import QUANT_METHODS
+        from qradaptor.quant.quantizer import QUANT_METHODS, check_symmetric
 
         if isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 1:
             raise ValueError(f"num_blocks must be a positive integer, got {self.num_blocks!r}")
@@ -152,6 +158,9 @@ class Plan:
                     f"block plan has no entry for blocks {missing} (it needs 0..{self.num_blocks - 1})"
                 )
             layers = {str(i): layers[str(i)] for i in range(self.num_blocks)}
+        if self.quant_method == SYMMETRIC_METHOD:
+            quantised = {s.bits for s in layers.values()} | {self.embed_bits, self.head_bits}
+            check_symmetric(min(quantised), self.double_quant, where="quant_method 'symmetric'")
         object.__setattr__(self, "layers", MappingProxyType(layers))
         object.__setattr__(self, "_granularity", granularity)
 

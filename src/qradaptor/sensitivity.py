@@ -202,7 +202,7 @@ def profile_sensitivity(
         calibration: (N, T) token ids, e.g. from ``pack_texts``.
         bits: candidate bit-widths, each 1..8.
         group_size: input columns per quantisation group.
-        quant_method: "rtn" or "hqq".
+        quant_method: "rtn", "hqq" or "symmetric" (``quant.quantizer.QUANT_METHODS``).
         batch_size: windows per forward pass.
         attention_mask: optional (N, T) mask; positions where it is 0 are excluded.
         max_tokens: keep only the first ``max_tokens // T`` windows (at least one), to bound

@@ -36,7 +36,8 @@ class SensitivityTable:
     group_size: int
     """Input columns per quantisation group used for the quantised weights."""
     quant_method: str
-    """How the codes were fitted ("rtn" or "hqq")."""
+    """How the codes were fitted ("rtn", "hqq" or "symmetric"); a search or knapsack of another
+    quantiser refuses the table by this name."""
     double_quant: bool = False
     """Whether the scales and zeros were double-quantised to 8 bits (``Plan.double_quant``)."""
     granularity: str = "block"

@@ -59,3 +59,12 @@ def test_search_is_q4_0_layout_and_no_worse() -> None:
             assert any(_is_q4_0_group(group, top / k) for k in range(1, 9)), group
     x = w.reshape(-1, 32)
     assert float(((x - searched) ** 2).sum()) <= float(((x - reference) ** 2).sum()) * (1 + 1e-6)
+
+
+def test_the_symmetric_quantiser_is_this_reference() -> None:
+    """quant_method "symmetric" (built after this benchmark) gives the reference row's weights,
+    so that row measures what a symmetric plan at group 32 evaluates to."""
+    from qradaptor.quant.quantizer import dequantize, quantize
+
+    w = _weight()
+    assert torch.equal(dequantize(quantize(w, 4, 32, "symmetric")), _module().q4_0_reference(w, 32))

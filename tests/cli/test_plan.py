@@ -241,3 +241,23 @@ def test_knapsack_over_two_group_sizes_with_double_quant(
     # A profile without double quantisation is refused for a double-quantised plan.
     code, _, err = cli("plan", tiny_model_dir, *argv[:-1], tiny_profile, *KNAPSACK_QUANT, "--double-quant")
     assert code == 2 and "with rtn, the plan quantises at group size 32 with rtn, double-quantised" in err
+
+
+def test_symmetric_quantiser(cli, tiny_model_dir) -> None:
+    code, out, _ = cli(
+        "plan", tiny_model_dir, "--uniform", "4:16", "--group-size", "32", "--quant-method", "symmetric"
+    )
+    assert code == 0 and Plan.from_json(out).quant_method == "symmetric"
+    # Refused before anything is profiled: a symmetric fit has no zeros to double-quantise.
+    code, _, err = cli(
+        "plan",
+        tiny_model_dir,
+        "--baseline",
+        "knapsack",
+        "--budget",
+        "4bits",
+        "--quant-method",
+        "symmetric",
+        "--double-quant",
+    )
+    assert code == 2 and "--quant-method symmetric stores one float16 scale per group and no zero" in err

@@ -129,6 +129,8 @@ def test_without_matplotlib_writes_json_and_csv_and_says_so(
         (["--seq-len", "0"], "--samples and --seq-len must be >= 1, got 8 and 0"),
         (["--batch-size", "0"], "--batch-size and --group-size must be >= 1"),
         (["--data", "missing.txt"], "source file 'missing.txt' does not exist"),
+        (["--quant-method", "symmetric", "--double-quant"], "symmetric stores one float16 scale per group"),
+        (["--quant-method", "symmetric", "--bits", "1,2"], "--quant-method symmetric needs bits >= 2"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(

@@ -177,6 +177,11 @@ def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path
         (["--fixed-bits", "4", "--fixed-rank", "8"], "give at most one of --fixed-bits and --fixed-rank"),
         (["--fixed-bits", "4"], "with a budget in bits (3.6bits) leaves nothing to search"),
         (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (
+            ["--quant-method", "symmetric", "--double-quant"],
+            "--quant-method symmetric stores one float16 scale per group and no zero",
+        ),
+        (["--quant-method", "symmetric", "--bits", "1,4"], "--quant-method symmetric needs bits >= 2"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_study(

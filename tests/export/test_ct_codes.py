@@ -43,3 +43,42 @@ def test_integer_zeros_keep_our_codes() -> None:
     exact = exact_codes(whole, torch.float16)
     assert exact is not None and torch.equal(exact.dequantize(), dequantize(whole))
     assert exact_codes(whole, torch.bfloat16) is None  # bfloat16 cannot hold every float16 scale
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_symmetric_codes_are_compressed_tensors_symmetric_scheme_unchanged(bits) -> None:
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    from qradaptor.export.ct_codes import pack_codes, scheme_args
+
+    qt = quantize(_weight(), bits, 32, "symmetric")
+    exact = exact_codes(qt, torch.float16)
+    assert exact is not None and exact.zero is None
+    assert torch.equal(exact.codes, unpack(qt.packed, bits, 128)) and torch.equal(exact.scale, qt.scale)
+    assert torch.equal(exact.dequantize(), dequantize(qt))
+    packed = pack_codes(exact)  # asserts the compressor kept our codes
+    assert "weight_zero_point" not in packed
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**scheme_args(bits, 32, True)))
+    theirs = PackedQuantizationCompressor.decompress(packed, scheme)["weight"]
+    # compressed-tensors multiplies in the scale's dtype (float16): ours rounded once to it
+    assert theirs.dtype == torch.float16 and torch.equal(theirs, dequantize(qt).half())
+
+
+def test_symmetric_refit_in_bfloat16_recomputes_codes_for_the_stored_scales() -> None:
+    from qradaptor.export.ct_codes import symmetric_refit
+
+    w = _weight()
+    qt = quantize(w, 4, 32, "symmetric")
+    assert exact_codes(qt, torch.bfloat16) is None  # bfloat16 rounds float16 scales
+    fit = symmetric_refit(w, 4, 32, torch.bfloat16)
+    assert fit.zero is None and fit.scale.dtype == torch.bfloat16
+    assert int(fit.codes.min()) >= 0 and int(fit.codes.max()) <= 15
+    # round to nearest against the stored scale: within half a step of every weight in range
+    step = fit.scale.float().abs().repeat_interleave(32, dim=1)
+    inside = (fit.codes > 0) & (fit.codes < 15)
+    assert bool(((fit.dequantize() - w).abs()[inside] <= step[inside] / 2 + 1e-7).all())
+    error = float((fit.dequantize() - w).norm() / w.norm())
+    assert error < 1.05 * float((dequantize(qt) - w).norm() / w.norm())
+    assert symmetric_refit(w, 4, 32, torch.float16).codes.equal(unpack(qt.packed, 4, 128))

@@ -221,3 +221,52 @@ def test_existing_output_needs_force(runs, tmp_path, cli) -> None:
     assert cli("export", runs["u4"], "--format", "compressed-tensors", "-o", out, "--force")[0] == 0
     assert "old" not in {p.name for p in out.iterdir()} and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_symmetric_codes_go_in_unchanged_with_the_run_s_logits(tiny_gguf, tmp_path, cli, dtype) -> None:
+    """A symmetric plan is compressed-tensors' symmetric scheme as it is: no zero point, our
+    codes and scales, the run's logits up to float rounding (transformers' own loader)."""
+    pytest.importorskip("compressed_tensors")
+    from safetensors import safe_open
+
+    from qradaptor.export.ct_readback import decompressed_model, transformers_model
+
+    plan = Plan.uniform(BLOCKS, 4, 0, group_size=32, quant_method="symmetric", name="sym4")
+    run = make_run(tmp_path / "sym4", tiny_gguf, plan)
+    out = tmp_path / "ct"
+    record = _export(cli, run, out, "--dtype", dtype)
+    assert record["how"] == {"codes": 7 * BLOCKS} and record["max_rel_error"]["rel_error"] == 0.0
+    (group,) = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"].values()
+    assert group["weights"]["symmetric"] is True and group["weights"]["num_bits"] == 4
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert not any(k.endswith("weight_zero_point") for k in f.keys())  # noqa: SIM118
+    with torch.no_grad():
+        served, ours = transformers_model(out, torch.float32)(IDS).logits, merged_run(run).model(IDS).logits
+        read = decompressed_model(out)(IDS).logits
+    gap = (served - ours).abs().max()
+    # float32: the same weights exactly, summation order only; float16: every weight and the
+    # dense tensors rounded once to float16 (compressed-tensors multiplies in the scales' dtype).
+    assert gap < (1e-5 if dtype == "float32" else 2e-2), gap
+    assert torch.equal(served, read)
+
+
+def test_symmetric_mixed_plan_and_merged_adapter(tiny_gguf, tmp_path, cli) -> None:
+    pytest.importorskip("compressed_tensors")
+    from qradaptor.export.ct_readback import decompressed_model
+
+    plan = Plan.from_lists([4, 8, 16, 4], [4, 0, 0, 0], group_size=32, quant_method="symmetric", name="sym")
+    run = make_run(tmp_path / "sym", tiny_gguf, plan)
+    out = tmp_path / "ct"
+    record = _export(cli, run, out, "--dtype", "float32")
+    how = {lin["module"]: lin["how"] for lin in record["linears"]}
+    # block 0 carries a merged adapter: off the grid, fitted again by the symmetric rule
+    assert {h for m, h in how.items() if ".layers.0." in m} == {"requantised"}
+    assert {h for m, h in how.items() if ".layers.0." not in m} == {"codes"}
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert all(g["weights"]["symmetric"] for g in config["config_groups"].values())
+    read, ours = decompressed_model(out).state_dict(), merged_run(run).model.state_dict()
+    for key in ("model.layers.1.mlp.down_proj.weight", "model.layers.3.self_attn.q_proj.weight"):
+        assert torch.equal(read[key], ours[key]), key  # codes unchanged: bit for bit in float32
+    errors = [lin["rel_error"] for lin in record["linears"] if ".layers.0." in lin["module"]]
+    assert 0 < max(errors) < 0.15

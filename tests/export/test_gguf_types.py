@@ -128,3 +128,71 @@ def test_plan_check_names_the_layer_and_the_rule(llama_factory):
     ragged = inspect_model(llama_factory(hidden_size=48, intermediate_size=96, num_attention_heads=4))
     with pytest.raises(ValueError, match="32 inputs; model.layers.0.self_attn.q_proj has rows of 48"):
         check_gguf_plan(Plan.from_lists([4, 16, 16], [0, 0, 0], group_size=16), ragged)
+
+
+def _heavy_tailed(rows: int = 24, cols: int = 256, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)  # StudentT samples from the global generator
+    return torch.distributions.StudentT(3.0).sample((rows, cols)) * 0.02
+
+
+@pytest.mark.parametrize(("bits", "type_name"), [(4, "Q4_0"), (5, "Q5_0"), (8, "Q8_0")])
+@pytest.mark.parametrize("make", [_weight, _heavy_tailed], ids=["normal", "heavy-tailed"])
+def test_symmetric_fit_is_llama_cpp_s_blocks_byte_for_byte(bits, type_name, make):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize as gguf_quantize
+
+    w = make()
+    qt = quantize(w, bits, 32, "symmetric")
+    ours = codes_to_blocks(qt, type_name)
+    theirs = gguf_quantize(w.numpy(), GGMLQuantizationType[type_name])
+    assert ours.dtype == theirs.dtype == np.uint8 and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs)
+    read = dequantize_blocks(ours, type_name, tuple(w.shape))
+    assert torch.equal(read.view(torch.int32), dequantize(qt).view(torch.int32))  # bit for bit
+
+
+@pytest.mark.parametrize(
+    ("bits", "group_size", "type_name"),
+    [
+        (2, 32, "Q4_0"),
+        (3, 64, "Q4_0"),
+        (4, 128, "Q4_0"),
+        (3, 32, "Q5_0"),
+        (5, 64, "Q5_0"),
+        (6, 32, "Q8_0"),
+        (4, 64, "Q8_0"),
+    ],
+)
+def test_symmetric_codes_of_other_widths_and_groups_dequantise_bit_for_bit(bits, group_size, type_name):
+    # Codes move to the type's midpoint (an integer shift) and d = s: nothing is rounded.
+    qt = quantize(_heavy_tailed(), bits, group_size, "symmetric")
+    assert holds_codes(type_name, bits, group_size, symmetric=True)
+    read = dequantize_blocks(codes_to_blocks(qt, type_name), type_name, (24, 256))
+    assert torch.equal(read.view(torch.int32), dequantize(qt).view(torch.int32))
+
+
+def test_symmetric_types_and_refusals():
+    sym = type_map({}, "symmetric")
+    assert [sym[b] for b in range(2, 9)] == ["Q2_K", "Q4_0", "Q4_0", "Q5_0", "Q6_K", "Q8_0", "Q8_0"]
+    assert type_map({2: "Q4_0", 6: "Q8_0"}, "symmetric")[2] == "Q4_0"
+    with pytest.raises(
+        ValueError, match=r"can be written as Q4_0 or Q4_K, got 'Q4_1' \(the choices of a symmetric"
+    ):
+        type_map({4: "Q4_1"}, "symmetric")
+    assert row_type("Q4_K", 576, "symmetric")[0] == "Q4_0" and row_type("Q5_K", 576, "symmetric")[0] == "Q5_0"
+    # an asymmetric fit's codes have a real zero: never Q4_0; a symmetric one never Q4_1
+    assert not holds_codes("Q4_0", 4, 32) and not holds_codes("Q4_1", 4, 32, symmetric=True)
+    assert not holds_codes("Q4_0", 5, 32, symmetric=True) and not holds_codes("Q4_0", 4, 16, symmetric=True)
+    with pytest.raises(ValueError, match="Q4_0 cannot hold 4-bit codes at group size 32 .* asymmetric fit"):
+        codes_to_blocks(quantize(_weight(), 4, 32, "rtn"), "Q4_0")
+    qt = quantize(_weight(rows=32), 4, 32, "symmetric")
+    permuted = llama_rows_codes(qt, 4)
+    assert permuted.symmetric and torch.equal(dequantize(permuted), llama_rows(dequantize(qt), 4))
+
+
+@pytest.mark.parametrize(("bits", "type_name"), [(4, "Q4_0"), (5, "Q5_0"), (8, "Q8_0")])
+def test_symmetric_fit_is_ggml_s_own_quantiser_byte_for_byte(bits, type_name, ggml_quantize):
+    """Against llama.cpp's C quantiser itself (``ggml_quantize_chunk``), not gguf's port of it."""
+    w = _heavy_tailed(seed=3)
+    ours = codes_to_blocks(quantize(w, bits, 32, "symmetric"), type_name)
+    np.testing.assert_array_equal(ours, ggml_quantize(w.numpy(), type_name))

@@ -61,12 +61,14 @@ def test_bf16_compute() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
-def test_fused_cuda_kernels_equal_the_eager_dequantisation(bits: int) -> None:
+@pytest.mark.parametrize(
+    ("bits", "method"), [(b, "hqq") for b in (1, 2, 3, 4, 5, 8)] + [(b, "symmetric") for b in (2, 4, 5, 8)]
+)
+def test_fused_cuda_kernels_equal_the_eager_dequantisation(bits: int, method: str) -> None:
     from qradaptor.quant.modules import _compiled_dequantize, _triton_dequantize
     from qradaptor.quant.quantizer import dequantize_parts, quantize
 
-    qt = quantize(torch.randn(96, 192, device="cuda"), bits, 64)
+    qt = quantize(torch.randn(96, 192, device="cuda"), bits, 64, method)  # symmetric: zero None
     call = (qt.packed, qt.scale, qt.zero, bits, 192, 64, torch.bfloat16)
     expected = dequantize_parts(*call)
     assert torch.equal(_compiled_dequantize()(*call), expected)

@@ -61,7 +61,7 @@ def test_bits_out_of_range(bits: object) -> None:
 
 
 def test_unknown_method() -> None:
-    with pytest.raises(ValueError, match=r"method must be one of \('rtn', 'hqq'\), got 'gptq'"):
+    with pytest.raises(ValueError, match=r"method must be one of \('rtn', 'hqq', 'symmetric'\), got 'gptq'"):
         quantize(torch.randn(4, 64), 4, 64, "gptq")  # type: ignore[arg-type]
 
 

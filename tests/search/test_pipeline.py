@@ -272,3 +272,18 @@ def test_a_profile_of_other_scales_is_refused_by_the_search(trained_llama, patte
         ValueError, match="measured without 8-bit scales and zeros .* the search quantises with"
     ):
         search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config, sensitivity=plain)
+
+
+def test_a_profile_of_another_quantiser_is_refused_by_the_search(trained_llama, pattern, tmp_path) -> None:
+    from qradaptor.sensitivity import profile_sensitivity
+
+    hqq = profile_sensitivity(trained_llama, pattern(4, 2), bits=[2, 3, 4, 8], group_size=32)
+    config = replace(
+        CONFIG,
+        strategy="halving",
+        quant_method="symmetric",
+        halving=HalvingConfig(candidates=6, sweep=3, rungs=1),
+    )
+    refused = "measured with quant_method 'hqq', the search quantises with 'symmetric'"
+    with pytest.raises(ValueError, match=refused):
+        search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config, sensitivity=hqq)

@@ -31,7 +31,7 @@ VERB_DEST = "_verb"
 """Namespace attribute holding the chosen verb's name."""
 DEBUG_DEST = "_debug"
 """Namespace attribute of the --debug flag."""
-QUANT_METHODS = ("rtn", "hqq")
+QUANT_METHODS = ("rtn", "hqq", "symmetric")
 """Copy of ``qradaptor.quant.quantizer.QUANT_METHODS``, which loads torch (a test checks they agree)."""
 _UNITS = ("KiB", "MiB", "GiB", "TiB")
 

@@ -54,8 +54,8 @@ def _check_out_file(run: Path, output: str, force: bool) -> tuple[Path, Path, Pa
     return out, sidecar, lora
 
 
-def _gguf_types(text: str | None) -> dict[int, str]:
-    """``--gguf-types`` ("4=Q4_K,5=Q5_K") as the bits -> type map to export with."""
+def _gguf_types(text: str | None, method: str) -> dict[int, str]:
+    """``--gguf-types`` ("4=Q4_K,5=Q5_K") as the bits -> type map to export a ``method`` plan with."""
     from qradaptor.export.gguf_types import type_map
 
     overrides: dict[int, str] = {}
@@ -66,7 +66,7 @@ def _gguf_types(text: str | None) -> dict[int, str]:
         if not sep or not bits.strip().isdigit():
             raise ValueError(f"--gguf-types takes BITS=TYPE[,BITS=TYPE...], e.g. 4=Q4_K; got {item!r}")
         overrides[int(bits)] = name.strip().upper()
-    return type_map(overrides)
+    return type_map(overrides, method)
 
 
 def _export_gguf(
@@ -87,8 +87,8 @@ def _export_gguf(
 
     if adapter not in ADAPTER_MODES:
         raise ValueError(f"--adapter must be one of {', '.join(ADAPTER_MODES)}, got {adapter!r}")
-    types = _gguf_types(gguf_types)
     files = read_run(run)  # not a run, or an unfinished one: fail before anything is written
+    types = _gguf_types(gguf_types, files.plan.quant_method)
     out, sidecar, lora = _check_out_file(Path(run).expanduser(), output, force)
     gguf_source(files, run, model)  # a source or plan with no GGUF type: refused before loading
     separate = adapter == "separate" and files.adapter is not None
@@ -219,7 +219,9 @@ def export(
             written), or separate (the base as trained, and OUT with .lora.gguf for .gguf as a
             GGUF LoRA adapter that llama.cpp applies with --lora; plain LoRA only)
         gguf_types: with --format gguf: other types for some bit-widths, BITS=TYPE[,...]: 2=Q4_1 or
-            3=Q3_K (3.4375 bits, re-quantised; the default keeps the codes as Q4_1), 4=Q4_K, 5=Q5_K, 6=Q8_0
+            3=Q3_K (3.4375 bits, re-quantised; the default keeps the codes as Q4_1), 4=Q4_K, 5=Q5_K, 6=Q8_0;
+            a --quant-method symmetric run's codes go unchanged to Q4_0 (2..4 bits), Q5_0 (5) and
+            Q8_0 (6..8), by default at 3, 4, 5, 7 and 8 bits (2=Q4_0, 6=Q8_0 to keep them too)
         refit: with --format compressed-tensors: what a linear whose codes cannot be written
             unchanged is re-quantised from: source (the source weight plus the adapter's change)
             or merged (the run's merged weight: a second quantisation; docs/EXPORT.md)

@@ -101,8 +101,11 @@ def plan(
         rank: base LoRA rank of --baseline (default 16)
         output: write the plan to this file (default: print it)
         force: overwrite --output if it exists
-        group_size: input columns per quantisation group (one 16-bit scale and zero each)
-        quant_method: how codes are fitted: rtn (min-max) or hqq (half-quadratic)
+        group_size: input columns per quantisation group (one 16-bit scale and zero each; a
+            scale only with --quant-method symmetric)
+        quant_method: how codes are fitted: rtn (min-max), hqq (half-quadratic) or symmetric
+            (llama.cpp's rounding, no zero: 4, 5 and 8 bits at group 32 export unchanged as
+            Q4_0, Q5_0 and Q8_0; bits 2..8, no --double-quant)
         alpha: LoRA alpha; an adapter of rank r is scaled by alpha / r
         embed_bits: bits of the input embedding (default 16 = unquantised); on a tied model
             also the head's unless --head-bits is given
@@ -136,6 +139,10 @@ def plan(
             f"--granularity {granularity} goes with --baseline knapsack (other plans are per block), "
             f"got --baseline {baseline!r}"
         )
+    if quant_method == "symmetric" and double_quant:  # before a knapsack profiles anything
+        from qradaptor.quant.quantizer import check_symmetric
+
+        check_symmetric(2, double_quant, where="--quant-method symmetric")
     if baseline == "knapsack":
         from qradaptor.cli.plan_baselines import knapsack
 

@@ -192,7 +192,8 @@ def profile(
         seq_len: tokens per calibration window
         batch_size: windows per forward pass
         group_size: input columns per quantisation group
-        quant_method: how codes are fitted: rtn (min-max) or hqq (half-quadratic)
+        quant_method: how codes are fitted: rtn (min-max), hqq (half-quadratic) or symmetric
+            (llama.cpp's Q4_0/Q5_0/Q8_0 rounding, no zero point; bits 2..8)
         device: auto (cuda if available), cpu or cuda; fp32 on both unless --dtype bf16, so the
             small KLs of high bit-widths are not rounding noise
         seed: seed of the document shuffle before packing
@@ -216,6 +217,10 @@ def profile(
         raise ValueError(f"--batch-size and --group-size must be >= 1, got {batch_size} and {group_size}")
     if quant_method not in QUANT_METHODS:
         raise ValueError(f"--quant-method must be one of {', '.join(QUANT_METHODS)}, got {quant_method!r}")
+    if quant_method == "symmetric":  # no zero to double-quantise, no 1-bit grid
+        from qradaptor.quant.quantizer import check_symmetric
+
+        check_symmetric(min(bits_list), double_quant, where="--quant-method symmetric")
     check_device(device)
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")

@@ -13,6 +13,14 @@ quantiser on the merged weight), round the zero to the nearest integer, recomput
 then refit the scale by least squares with the codes and zero fixed (the offset the rounding
 made is partly absorbed by the scale), keeping per group whichever of the two is closer.
 
+A symmetric fit (quant_method "symmetric": ``W_hat = (q - 2**(b-1)) * s``, no zero) is
+compressed-tensors' symmetric scheme as it is: ``q' = q - 2**(b-1)``, no zero point, the same
+float16 scale (``symmetric: true`` in the config group). Its codes go in unchanged whenever the
+weight is still on their grid and the export dtype holds the scales (float16 and float32 do);
+otherwise the target is fitted afresh by the same symmetric rule (``symmetric_refit``). Its
+scales may be negative (llama.cpp's rule d = m / -2**(b-1) keeps the sign of the group's
+extreme, which then lands on the code -2**(b-1)); compressed-tensors multiplies them as they are.
+
 The tensors are written by compressed-tensors' own ``PackedQuantizationCompressor``, handed
 the dequantised weight, the scale and the zero point: its quantiser then recovers exactly our
 codes (``(q - zp) * s / s + zp`` rounds back to ``q``), which ``pack_codes`` checks.
@@ -37,8 +45,9 @@ class IntegerCodes:
     """(rows, cols) uint8 in [0, 2**bits - 1]."""
     scale: torch.Tensor
     """(rows, cols // group_size) in the export's scale dtype."""
-    zero: torch.Tensor
-    """(rows, cols // group_size) int16, integers in [0, 2**bits - 1]."""
+    zero: torch.Tensor | None
+    """(rows, cols // group_size) int16, integers in [0, 2**bits - 1]; None for a symmetric fit
+    (every zero the code midpoint 2**(bits - 1), compressed-tensors' zero point 0)."""
     bits: int
     """Bits per code."""
     group_size: int
@@ -48,17 +57,23 @@ class IntegerCodes:
         """(rows, cols) float32 ``(q - zp) * s``, what compressed-tensors computes in float32."""
         rows, cols = self.codes.shape
         q = self.codes.float().reshape(rows, -1, self.group_size)
-        w = (q - self.zero.float().unsqueeze(-1)) * self.scale.float().unsqueeze(-1)
+        z = float(1 << (self.bits - 1)) if self.zero is None else self.zero.float().unsqueeze(-1)
+        w = (q - z) * self.scale.float().unsqueeze(-1)
         return w.reshape(rows, cols)
 
 
 def exact_codes(qt: QuantizedTensor, scale_dtype: torch.dtype) -> IntegerCodes | None:
-    """Our codes unchanged, if every zero is an integer in range and every scale is held
-    exactly by ``scale_dtype``; else None."""
+    """Our codes unchanged, if every zero is an integer in range (a symmetric fit has none) and
+    every scale is held exactly by ``scale_dtype``; else None."""
     import torch
 
     from qradaptor.quant.bitpack import unpack
 
+    if qt.symmetric:
+        if not torch.equal(qt.scale.to(scale_dtype).float(), qt.scale.float()):
+            return None
+        codes = unpack(qt.packed, qt.bits, qt.shape[1])
+        return IntegerCodes(codes, qt.scale.to(scale_dtype), None, qt.bits, qt.group_size)
     scale, zero = qt.metadata()
     qmax = (1 << qt.bits) - 1
     z = zero.float()
@@ -127,13 +142,36 @@ def integer_zero_fit(
     )
 
 
-def scheme_args(bits: int, group_size: int) -> dict[str, Any]:
+def symmetric_refit(
+    weight: torch.Tensor, bits: int, group_size: int, scale_dtype: torch.dtype
+) -> IntegerCodes:
+    """``weight`` (rows, cols) fitted by the symmetric rule (``quant.symmetric``), its scales
+    stored in ``scale_dtype``: where that rounds a scale (bfloat16), the group's codes are
+    recomputed against the stored one, round to nearest within the code range."""
+    import torch
+
+    from qradaptor.quant.quantizer import quantize
+
+    qt = quantize(weight, bits, group_size, "symmetric")
+    exact = exact_codes(qt, scale_dtype)
+    if exact is not None:
+        return exact
+    rows, cols = weight.shape
+    mid = 1 << (bits - 1)
+    d = qt.scale.to(scale_dtype)  # (rows, groups)
+    w = weight.detach().float().reshape(rows, -1, group_size)
+    safe = torch.where(d == 0, torch.ones_like(d), d).float().unsqueeze(-1)  # an all-zero group
+    codes = torch.round(w / safe + mid).clamp_(0, 2 * mid - 1)  # (rows, groups, g)
+    return IntegerCodes(codes.to(torch.uint8).reshape(rows, cols), d, None, bits, group_size)
+
+
+def scheme_args(bits: int, group_size: int, symmetric: bool = False) -> dict[str, Any]:
     """compressed-tensors' ``QuantizationArgs`` of our weights: integer, asymmetric (a zero
-    point per group), group strategy, static."""
+    point per group) or ``symmetric`` (none), group strategy, static."""
     return {
         "num_bits": bits,
         "type": "int",
-        "symmetric": False,
+        "symmetric": symmetric,
         "strategy": "group",
         "group_size": group_size,
         "dynamic": False,
@@ -142,7 +180,8 @@ def scheme_args(bits: int, group_size: int) -> dict[str, Any]:
 
 def pack_codes(ic: IntegerCodes) -> dict[str, torch.Tensor]:
     """``weight_packed`` (int32), ``weight_scale``, ``weight_zero_point`` (int32, packed along
-    the output rows) and ``weight_shape`` of one linear, by compressed-tensors' compressor.
+    the output rows; none when symmetric) and ``weight_shape`` of one linear, by
+    compressed-tensors' compressor.
 
     Raises:
         ImportError: without the ``compressed-tensors`` package (``pip install qradaptor[serve]``).
@@ -152,15 +191,14 @@ def pack_codes(ic: IntegerCodes) -> dict[str, torch.Tensor]:
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
+    symmetric = ic.zero is None
     scheme = QuantizationScheme(
-        targets=["Linear"], weights=QuantizationArgs(**scheme_args(ic.bits, ic.group_size))
+        targets=["Linear"], weights=QuantizationArgs(**scheme_args(ic.bits, ic.group_size, symmetric))
     )
     offset = 1 << (ic.bits - 1)  # compressed-tensors' codes and zeros are signed
-    state = {
-        "weight": ic.dequantize(),
-        "weight_scale": ic.scale,
-        "weight_zero_point": (ic.zero - offset).to(torch.int8),
-    }
+    state = {"weight": ic.dequantize(), "weight_scale": ic.scale}
+    if ic.zero is not None:  # a symmetric scheme has no zero point
+        state["weight_zero_point"] = (ic.zero - offset).to(torch.int8)
     out = dict(PackedQuantizationCompressor.compress(state, scheme))
     back = unpack_from_int32(out["weight_packed"], ic.bits, ic.codes.shape).to(torch.int16) + offset
     assert torch.equal(back, ic.codes.to(torch.int16)), "the compressor changed our codes"

@@ -10,8 +10,11 @@ written and its relative error.
 
 The adapter is merged first, as ``runs.merged_run`` does (the base dequantised as trained, the
 adapter merged in float32). A quantised linear the merge left unchanged whose zero points are
-all integers is written as our codes unchanged ("codes"). Every other one is re-quantised with
-integer zero points ("requantised", ``ct_codes.integer_zero_fit`` after the plan's quantiser)
+all integers is written as our codes unchanged ("codes"); so is every linear of a plan whose
+quant_method is "symmetric" that the merge left unchanged (compressed-tensors' symmetric scheme,
+no zero point, ``symmetric: true``), where the dtype holds its float16 scales. Every other one
+is re-quantised with integer zero points ("requantised", ``ct_codes.integer_zero_fit`` after the
+plan's quantiser; a symmetric plan's by the symmetric rule again, ``ct_codes.symmetric_refit``)
 from a target that ``refit`` names:
 
     "source"  W_0 + (W_merged - W_hat): the source weight with the adapter's change added (the
@@ -34,7 +37,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qradaptor.export.ct_codes import IntegerCodes, exact_codes, integer_zero_fit, pack_codes, scheme_args
+from qradaptor.export.ct_codes import (
+    IntegerCodes,
+    exact_codes,
+    integer_zero_fit,
+    pack_codes,
+    scheme_args,
+    symmetric_refit,
+)
 from qradaptor.export.vllm_constraints import check_vllm_plan
 from qradaptor.plan import UNQUANTIZED
 
@@ -269,6 +279,8 @@ def _integer_codes(
         exact = exact_codes(qt, scale_dtype)
         if exact is not None:
             return exact, "codes"
+    if qt.symmetric:  # no zero to make an integer: the symmetric rule again, on the target
+        return symmetric_refit(target, bits, group_size, scale_dtype), "requantised"
     if on_grid and target is weight:
         start = qt  # the run's own fit: the weight still lies on its grid
     else:  # fit the target afresh with the plan's quantiser
@@ -283,7 +295,8 @@ def quantization_config(
     """The ``quantization_config`` of config.json, validated by compressed-tensors' own model.
 
     One config group per (bits, group size), e.g. ``int4_g32``, targeting its modules by exact
-    name; ``ignore`` lists the 16-bit linears and the head.
+    name, symmetric for a plan of quant_method "symmetric"; ``ignore`` lists the 16-bit linears
+    and the head.
     """
     from compressed_tensors.quantization import QuantizationConfig
 
@@ -294,8 +307,11 @@ def quantization_config(
     ]
     if structure.head_path is not None:
         ignore.append(structure.head_path)
+    from qradaptor.plan import SYMMETRIC_METHOD
+
+    symmetric = plan.quant_method == SYMMETRIC_METHOD
     config_groups = {
-        f"int{bits}_g{group_size}": {"targets": paths, "weights": scheme_args(bits, group_size)}
+        f"int{bits}_g{group_size}": {"targets": paths, "weights": scheme_args(bits, group_size, symmetric)}
         for (bits, group_size), paths in sorted(groups.items())
     }
     config = QuantizationConfig.model_validate(

@@ -6,7 +6,8 @@ folder ``ct_export`` writes:
 - ``AutoModelForCausalLM.from_pretrained(DIR)`` (weights left compressed) fails on any
   asymmetric pack-quantized folder: compressed-tensors shapes the model's packed zero point
   for the meta device as if unpacked ((rows, groups) instead of (rows / (32 / bits), groups)),
-  and transformers refuses the size mismatch (llm-compressor issue #1618).
+  and transformers refuses the size mismatch (llm-compressor issue #1618). A symmetric folder
+  (quant_method "symmetric": no zero point) loads this way too, with the same logits.
 - ``from_pretrained(DIR, quantization_config=CompressedTensorsConfig(dequantize=True))``
   loads, but dequantises every linear with one config group's scheme (``get_dense_scheme``):
   right for a plan at one bit-width, wrong for a mixed one.

@@ -6,6 +6,8 @@ adapter merged in float32 (as ``runs.merged_run`` does), and each tensor is then
 adapter) is written as our codes unchanged where the type holds them; every other weight is
 re-quantised: to Q4_1/Q5_1 with the plan's own quantiser at group 32 (HQQ beats GGUF's
 min-max), to a K-quant by ``kquants`` (ggml's reference quantisers), to Q8_0 by ``gguf``. A
+plan with quant_method "symmetric" maps to the symmetric types (Q4_0, Q5_0, Q8_0 hold its codes,
+``gguf_types.SYMMETRIC``), re-quantised to them with the same rounding as llama.cpp's. A
 K-quant planned for rows that are not a multiple of 256 inputs falls back to a 32-block type
 (``gguf_types.row_type``). Each written tensor is read back through ``gguf``'s dequantiser and
 its error against the merged weight recorded (``TensorRecord``), with its bytes and the plan's.
@@ -30,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from qradaptor.export.gguf_lora import lora_arrays, lora_weights, write_lora_gguf
 from qradaptor.export.gguf_types import (
     BLOCK,
-    CODE_BITS,
     DENSE_TYPE,
     GGUF_TYPES,
     check_gguf_plan,
@@ -42,6 +43,8 @@ from qradaptor.export.gguf_types import (
     llama_rows_codes,
     quantize_dense,
     row_type,
+    type_family,
+    type_map,
 )
 from qradaptor.plan import UNQUANTIZED
 
@@ -196,7 +199,9 @@ def export_gguf(
             "separate": the base as trained (its codes unchanged where the type holds them) and
             the adapter written to ``lora_path`` as a GGUF LoRA adapter (``gguf_lora``).
         lora_path: where the adapter goes with "separate" (needed when the run has one).
-        types: bits -> GGUF type (``gguf_types.type_map``); omitted: ``GGUF_TYPES``.
+        types: bits -> GGUF type for some bit-widths (``--gguf-types``), checked against the
+            choices of the plan's quantiser (``gguf_types.type_map``); the rest take its
+            defaults (``GGUF_TYPES``, or ``gguf_types.SYMMETRIC`` for a symmetric plan).
         progress: show the weight fits of a run without a packed base.
 
     Returns:
@@ -218,6 +223,7 @@ def export_gguf(
         raise ValueError(f"adapter must be one of {ADAPTER_MODES}, got {adapter!r}")
     files = read_run(run_dir)
     source, _ = gguf_source(files, run_dir, model)
+    types = type_map(types or {}, files.plan.quant_method)  # refused before any weight loads
     loaded, structure, plan, _ = quantized_base(
         source, files.plan, files.adapter, files.base, torch.float32, "cpu", progress
     )
@@ -237,7 +243,6 @@ def export_gguf(
             lora = lora_weights(peft, files.adapter)
     heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
 
-    types = types or dict(GGUF_TYPES)
     memory = plan_memory(structure, plan)
     priced = {layer.path: layer.weight_bytes for layer in memory.layers}
     priced[structure.embed_path] = memory.embed_bytes
@@ -319,12 +324,14 @@ def _encode(
         if torch.equal(dequantize_blocks(tensor.data, source, tuple(weight.shape)), weight):
             return tensor.data, source, "source", ""
         return quantize_dense(weight, DENSE_TYPE), DENSE_TYPE, "dense", ""
-    type_name, fallback = row_type(gguf_type(bits, where=tensor.name, types=types), weight.shape[1])
+    planned = gguf_type(bits, where=tensor.name, types=types)
+    type_name, fallback = row_type(planned, weight.shape[1], method)
     unchanged = qt is not None and torch.equal(dequantize(qt), weight)
-    if unchanged and holds_codes(type_name, qt.bits, qt.group_size):
+    if unchanged and holds_codes(type_name, qt.bits, qt.group_size, qt.symmetric):
         return codes_to_blocks(qt, type_name), type_name, "codes", fallback
-    if type_name in CODE_BITS:
-        refit = quantize(weight, CODE_BITS[type_name], BLOCK, method)  # type: ignore[arg-type]
+    code_bits = type_family(method).code_bits
+    if type_name in code_bits:
+        refit = quantize(weight, code_bits[type_name], BLOCK, method)  # type: ignore[arg-type]
         return codes_to_blocks(refit, type_name), type_name, "requantised", fallback
     return quantize_dense(weight, type_name), type_name, "requantised", fallback
 

@@ -83,6 +83,8 @@ class _DequantLinear(torch.autograd.Function):
 class QuantLinear(nn.Module):
     """A frozen linear layer stored as packed k-bit codes with per-group scale and zero.
 
+    A symmetric fit has no zero: its ``zero`` buffer is None (not in the state dict).
+
     Attributes:
         in_features, out_features: as in ``nn.Linear``.
         bits, group_size: the quantisation of the weight.
@@ -99,7 +101,7 @@ class QuantLinear(nn.Module):
         # Named `qweight` so PEFT finds the device (it looks for `weight`, then `qweight`).
         self.register_buffer("qweight", qt.packed)
         self.register_buffer("scale", qt.scale)
-        self.register_buffer("zero", qt.zero)
+        self.register_buffer("zero", qt.zero)  # None when symmetric
         if qt.double_quant:  # scale and zero hold 8-bit codes; these their blocks' (step, offset)
             self.register_buffer("scale_meta", qt.scale_meta)
             self.register_buffer("zero_meta", qt.zero_meta)
@@ -186,7 +188,7 @@ class QuantEmbedding(nn.Module):
         self.padding_idx = padding_idx
         self.register_buffer("qweight", qt.packed)
         self.register_buffer("scale", qt.scale)
-        self.register_buffer("zero", qt.zero)
+        self.register_buffer("zero", qt.zero)  # None when symmetric
 
     @classmethod
     def from_embedding(
@@ -212,7 +214,7 @@ class QuantEmbedding(nn.Module):
         return dequantize_parts(
             self.qweight[ids],
             self.scale[ids],
-            self.zero[ids],
+            None if self.zero is None else self.zero[ids],
             self.bits,
             self.embedding_dim,
             self.group_size,

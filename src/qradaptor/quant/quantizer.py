@@ -1,4 +1,4 @@
-"""Group-wise asymmetric weight quantisation: ``quantize`` and ``dequantize``.
+"""Group-wise weight quantisation: ``quantize`` and ``dequantize``.
 
 Notation (one output row, one group of ``group_size`` input columns):
     W      real weights of the group, shape (g,)
@@ -16,6 +16,12 @@ Two fits of (s, z, q):
 The zero point is a real number, not rounded to an integer: it costs the same 16 bits and
 gives a better fit. With ``double_quant`` the fitted scales and zeros are stored as 8-bit codes
 (``metaquant``), and the weight codes are computed against those stored values.
+
+A third fit stores no zero at all:
+    "symmetric"  llama.cpp's signed-absmax rounding (``symmetric``): a float16 scale per group,
+           W_hat = (q - 2**(bits - 1)) * s. At 4, 5 and 8 bits with group 32 its codes are
+           llama.cpp's Q4_0, Q5_0 and Q8_0 blocks exactly; it takes 2..8 bits and no
+           ``double_quant`` (there is one scale per group and no zero to pair it with).
 """
 
 from __future__ import annotations
@@ -27,23 +33,27 @@ import torch
 
 from qradaptor.quant.bitpack import MAX_BITS, MIN_BITS, pack, unpack
 from qradaptor.quant.metaquant import dequantize_meta, quantize_meta
+from qradaptor.quant.symmetric import SYMMETRIC_MIN_BITS, code_midpoint, symmetric_fit
 
-QuantMethod = Literal["rtn", "hqq"]
-QUANT_METHODS: tuple[str, ...] = ("rtn", "hqq")
+QuantMethod = Literal["rtn", "hqq", "symmetric"]
+QUANT_METHODS: tuple[str, ...] = ("rtn", "hqq", "symmetric")
+SYMMETRIC = "symmetric"
+"""The method that stores no zero point (``symmetric``)."""
 META_DTYPE = torch.float16
 """Storage type of scales and zero points (16 bits each, counted by the memory model)."""
 
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """A weight matrix stored as packed k-bit codes plus per-group scale and zero."""
+    """A weight matrix stored as packed k-bit codes plus per-group scale and (asymmetric) zero."""
 
     packed: torch.Tensor
     """(rows, bits * ceil(cols / 8)) uint8 bit planes, see ``bitpack``."""
     scale: torch.Tensor
     """(rows, cols // group_size) float16, or uint8 codes when double-quantised."""
-    zero: torch.Tensor
-    """(rows, cols // group_size) float16, or uint8 codes when double-quantised."""
+    zero: torch.Tensor | None
+    """(rows, cols // group_size) float16, or uint8 codes when double-quantised; None when
+    symmetric: every group's zero is then the code midpoint 2**(bits - 1), stored nowhere."""
     shape: tuple[int, int]
     """(rows, cols) of the original weight."""
     bits: int
@@ -56,6 +66,11 @@ class QuantizedTensor:
     """The same for the zero codes."""
 
     @property
+    def symmetric(self) -> bool:
+        """Whether the fit has no stored zero (method "symmetric": W_hat = (q - 2**(bits-1)) * s)."""
+        return self.zero is None
+
+    @property
     def double_quant(self) -> bool:
         """Whether scales and zeros are stored as 8-bit codes (``metaquant``)."""
         return self.scale_meta is not None
@@ -63,7 +78,8 @@ class QuantizedTensor:
     def parts(self) -> tuple[torch.Tensor, ...]:
         """Every stored tensor: codes, scales, zeros, and the metadata's (step, offset) blocks."""
         meta = () if self.scale_meta is None or self.zero_meta is None else (self.scale_meta, self.zero_meta)
-        return (self.packed, self.scale, self.zero, *meta)
+        zero = () if self.zero is None else (self.zero,)
+        return (self.packed, self.scale, *zero, *meta)
 
     @property
     def nbytes(self) -> int:
@@ -71,7 +87,13 @@ class QuantizedTensor:
         return sum(t.numel() * t.element_size() for t in self.parts())
 
     def metadata(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, zero) as float16 (rows, groups), dequantised when double-quantised."""
+        """(scale, zero) as float16 (rows, groups), dequantised when double-quantised.
+
+        A symmetric fit's zero is made here, the midpoint in every group (exact in float16), so
+        that code written for (q - z) * s reads every fit alike.
+        """
+        if self.zero is None:
+            return self.scale, torch.full_like(self.scale, code_midpoint(self.bits))
         if self.scale_meta is None or self.zero_meta is None:
             return self.scale, self.zero
         return dequantize_meta(self.scale, self.scale_meta), dequantize_meta(self.zero, self.zero_meta)
@@ -82,7 +104,7 @@ class QuantizedTensor:
         return QuantizedTensor(
             self.packed.clone(),
             self.scale.clone(),
-            self.zero.clone(),
+            None if self.zero is None else self.zero.clone(),
             self.shape,
             self.bits,
             self.group_size,
@@ -108,14 +130,29 @@ def check_group_size(cols: int, group_size: int, *, where: str = "weight") -> No
         )
 
 
-def _check_args(weight: torch.Tensor, bits: int, group_size: int, method: str) -> None:
+def _check_args(weight: torch.Tensor, bits: int, group_size: int, method: str, double_quant: bool) -> None:
     if weight.ndim != 2:
         raise ValueError(f"weight must be 2-D (rows, cols), got shape {tuple(weight.shape)}")
     if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
     if method not in QUANT_METHODS:
         raise ValueError(f"method must be one of {QUANT_METHODS}, got {method!r}")
+    if method == SYMMETRIC:
+        check_symmetric(bits, double_quant)
     check_group_size(weight.shape[1], group_size)
+
+
+def check_symmetric(bits: int, double_quant: bool, *, where: str = "method 'symmetric'") -> None:
+    """Raises ValueError where the symmetric fit cannot serve: one bit, or ``double_quant``."""
+    if bits < SYMMETRIC_MIN_BITS:
+        raise ValueError(
+            f"{where} needs bits >= {SYMMETRIC_MIN_BITS} (one bit holds only the extreme and 0), got {bits}"
+        )
+    if double_quant:
+        raise ValueError(
+            f"{where} stores one float16 scale per group and no zero: double_quant (8-bit scales "
+            "and zeros) applies to rtn and hqq only"
+        )
 
 
 def _minmax_fit(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,19 +251,34 @@ def quantize(
         weight: (rows, cols) float tensor, ``nn.Linear`` layout (out_features, in_features).
         bits: bits per code, 1..8.
         group_size: input columns per (scale, zero) pair; must divide ``cols``.
-        method: "rtn" (min-max round-to-nearest) or "hqq" (half-quadratic fit).
-        double_quant: store scales and zeros as 8-bit codes (``metaquant``) instead of float16.
+        method: "rtn" (min-max round-to-nearest), "hqq" (half-quadratic fit) or "symmetric"
+            (llama.cpp's signed-absmax rounding, no zero point; bits 2..8).
+        double_quant: store scales and zeros as 8-bit codes (``metaquant``) instead of float16
+            (rtn and hqq only).
 
     Returns:
-        The packed codes with their scales and zeros (float16, or 8-bit codes and blocks).
+        The packed codes with their scales and zeros (float16, or 8-bit codes and blocks;
+        no zeros when symmetric).
 
     Raises:
-        ValueError: on a bad ``bits``, ``group_size``, ``method`` or weight shape.
+        ValueError: on a bad ``bits``, ``group_size``, ``method`` or weight shape, or a
+            symmetric fit at one bit or with ``double_quant``.
     """
-    _check_args(weight, bits, group_size, method)
+    _check_args(weight, bits, group_size, method, double_quant)
     rows, cols = weight.shape
     qmax = (1 << bits) - 1
     w = weight.detach().float().reshape(-1, group_size)  # (rows * groups, g)
+    if method == SYMMETRIC:
+        d, codes = symmetric_fit(w, bits)  # (rows * groups, 1), (rows * groups, g)
+        scale16 = d.to(META_DTYPE).reshape(rows, cols // group_size)
+        return QuantizedTensor(
+            pack(codes.to(torch.uint8).reshape(rows, cols), bits),
+            scale16,
+            None,
+            (rows, cols),
+            bits,
+            group_size,
+        )
     scale, zero = _minmax_fit(w, qmax) if method == "rtn" else _hqq_fit(w, qmax)
     # Round the metadata to its storage type before computing codes, so the codes are the
     # best ones for the scale and zero that dequantisation will actually see.
@@ -256,7 +308,7 @@ def quantize(
 def dequantize_parts(
     packed: torch.Tensor,
     scale: torch.Tensor,
-    zero: torch.Tensor,
+    zero: torch.Tensor | None,
     bits: int,
     cols: int,
     group_size: int,
@@ -265,6 +317,7 @@ def dequantize_parts(
     """Dequantises packed rows: ``(q - z) * s`` per group, in ``dtype``.
 
     Works on any leading shape, so gathered rows (an embedding lookup) dequantise too.
+    ``zero`` None is a symmetric fit: z is the code midpoint 2**(bits - 1) in every group.
 
     Returns:
         (..., cols) tensor of ``dtype``.
@@ -274,13 +327,14 @@ def dequantize_parts(
     q = codes.reshape(*lead, cols // group_size, group_size).float()
     # In float32, rounded once at the end: a fused kernel and the eager ops then agree
     # bit for bit (in bf16 the eager path would round (q - z) before the multiply).
-    w = (q - zero.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)
+    z = float(code_midpoint(bits)) if zero is None else zero.float().unsqueeze(-1)
+    w = (q - z) * scale.float().unsqueeze(-1)
     return w.reshape(*lead, cols).to(dtype)
 
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Inverse of :func:`quantize` up to the quantisation error; (rows, cols) of ``dtype``."""
-    scale, zero = qt.metadata()
+    scale, zero = qt.metadata() if not qt.symmetric else (qt.scale, None)
     return dequantize_parts(qt.packed, scale, zero, qt.bits, qt.shape[1], qt.group_size, dtype)
 
 

@@ -5,6 +5,10 @@ column it reads its byte in each of the ``bits`` planes (eight neighbouring colu
 a byte, so the reads come from cache), shifts out its bit, and scales. It computes exactly what
 ``quantizer.dequantize_parts`` computes ((q - z) * s in float32, rounded once), and a GPU
 test checks the two agree bit for bit. Imported only when a CUDA tensor is dequantised.
+
+A symmetric fit (no stored zero) is given the kernel as a zero tensor of its midpoint
+2**(bits - 1), made per call: the same formula as the torch path, at the cost of one
+(rows, groups) float16 tensor, 1/g of the dense weight the call writes anyway.
 """
 
 from __future__ import annotations
@@ -55,13 +59,15 @@ NUM_WARPS = 8
 def dequantize_triton(
     packed: torch.Tensor,
     scale: torch.Tensor,
-    zero: torch.Tensor,
+    zero: torch.Tensor | None,
     bits: int,
     cols: int,
     group_size: int,
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """Same contract as ``quantizer.dequantize_parts`` for a 2-D packed weight on CUDA."""
+    if zero is None:  # symmetric: every group's zero is the code midpoint
+        zero = torch.full_like(scale, 1 << (bits - 1))
     rows = packed.shape[0]
     plane_bytes = (cols + 7) // 8
     out = torch.empty(rows, cols, device=packed.device, dtype=dtype)

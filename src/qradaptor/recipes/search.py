@@ -144,6 +144,11 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
             f"--generations and --bayes-iterations must be >= 0, got {o.generations}, {o.bayes_iterations}"
         )
     _check_ablations(o, the_budget)
+    if o.quant_method == "symmetric":  # no zero to double-quantise, no 1-bit grid
+        from qradaptor.quant.quantizer import check_symmetric
+
+        quantised = [b for b in bit_choices if b != 16] or [16]
+        check_symmetric(min(quantised), o.double_quant, where="--quant-method symmetric")
     run_dir = Path(o.output).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output {o.output!r} is a file; give a folder for the run")

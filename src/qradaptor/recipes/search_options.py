@@ -206,8 +206,10 @@ class SearchOptions:
     """ablation: every block at this rank, search bits only (AMQ-like)"""
     no_references: bool = False
     """do not score the uniform reference plans (--preset quick never does)"""
-    quant_method: Literal["hqq", "rtn"] = "hqq"
-    """the quantiser: hqq or rtn (qra plan's name; --method is qra train's training method)"""
+    quant_method: Literal["hqq", "rtn", "symmetric"] = "hqq"
+    """the quantiser: hqq, rtn or symmetric (llama.cpp's Q4_0/Q5_0/Q8_0 rounding, a scale and no
+    zero per group; bits 2..8, no --double-quant) (qra plan's name; --method is qra train's
+    training method)"""
     double_quant: bool = False
     """every plan stores its scales and zeros at 8 bits (QLoRA's double quantisation; about 0.25
     instead of 0.5 bit per weight at group 64), as qra plan --double-quant does; a --sensitivity

@@ -119,7 +119,7 @@ def measure_rates(
         weight: One linear's weight, fitted once at ``bits``.
         bits: A bit-width of the space.
         group_size: The quantisation group size.
-        method: The quantiser the work fits with (hqq or rtn).
+        method: The quantiser the work fits with (hqq, rtn or symmetric).
 
     Returns:
         (seconds per window forward, seconds per weight fitted).

@@ -81,7 +81,7 @@ class SearchConfig:
     group_size: int = 64
     """Quantisation group size of every plan."""
     quant_method: str = "hqq"
-    """How codes are fitted: "hqq" or "rtn"."""
+    """How codes are fitted: "hqq", "rtn" or "symmetric" (no zero point, no double_quant)."""
     double_quant: bool = False
     """Every plan stores its block linears' scales and zeros at 8 bits (QLoRA's double
     quantisation: about 0.25 instead of 0.5 bit per weight at group 64), priced and built so."""

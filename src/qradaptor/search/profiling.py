@@ -46,6 +46,12 @@ def check_given_profile(
     missing = [b for b in quantised if b not in sensitivity.bits]
     if missing:
         raise ValueError(f"sensitivity profile lacks the searched bits {missing}; it has {sensitivity.bits}")
+    if sensitivity.quant_method != config.quant_method:
+        raise ValueError(
+            f"sensitivity profile was measured with quant_method {sensitivity.quant_method!r}, the "
+            f"search quantises with {config.quant_method!r}: profile again with the search's "
+            f"quantiser (qra profile --quant-method {config.quant_method}), or give the search the profile's"
+        )
     if sensitivity.double_quant != config.double_quant:
         said = ("with", "without") if sensitivity.double_quant else ("without", "with")
         raise ValueError(
