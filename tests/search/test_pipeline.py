@@ -287,3 +287,15 @@ def test_a_profile_of_another_quantiser_is_refused_by_the_search(trained_llama, 
     refused = "measured with quant_method 'hqq', the search quantises with 'symmetric'"
     with pytest.raises(ValueError, match=refused):
         search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config, sensitivity=hqq)
+
+
+def test_a_profile_of_another_group_size_is_refused_by_the_search(trained_llama, pattern, tmp_path) -> None:
+    from qradaptor.sensitivity import profile_sensitivity
+
+    at_16 = profile_sensitivity(trained_llama, pattern(4, 2), bits=[2, 3, 4, 8], group_size=16)
+    config = replace(CONFIG, strategy="halving", halving=HalvingConfig(candidates=6, sweep=3, rungs=1))
+    assert config.group_size != 16
+    with pytest.raises(
+        ValueError, match=f"measured at group size 16, the search quantises at {config.group_size}"
+    ):
+        search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config, sensitivity=at_16)

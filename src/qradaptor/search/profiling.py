@@ -24,7 +24,7 @@ def check_given_profile(
     sensitivity: SensitivityTable, structure: ModelStructure, space: SearchSpace, config: SearchConfig
 ) -> None:
     """Raises ValueError unless a given profile fits the search: its granularity, blocks and
-    modules, every searched bit width and its scales' precision. Cheap, so ``qra search`` calls
+    modules, every searched bit width, its group size, quantiser and scales' precision. Cheap, so ``qra search`` calls
     it before loading weights."""
     from qradaptor.plan import UNQUANTIZED
 
@@ -46,6 +46,14 @@ def check_given_profile(
     missing = [b for b in quantised if b not in sensitivity.bits]
     if missing:
         raise ValueError(f"sensitivity profile lacks the searched bits {missing}; it has {sensitivity.bits}")
+    # A KL measured at another group size ranks the bits of another memory cost.
+    if sensitivity.group_size != config.group_size:
+        raise ValueError(
+            f"sensitivity profile was measured at group size {sensitivity.group_size}, the search "
+            f"quantises at {config.group_size}: profile again at the search's group size (qra "
+            f"profile --group-size {config.group_size}), or search at the profile's (--group-size "
+            f"{sensitivity.group_size})"
+        )
     if sensitivity.quant_method != config.quant_method:
         raise ValueError(
             f"sensitivity profile was measured with quant_method {sensitivity.quant_method!r}, the "
