@@ -105,3 +105,17 @@ def test_search_refuses_what_llama_cpp_would_re_quantise_before_loading(
 ) -> None:
     code, _, err = cli("search", "--budget", "5bits", "--serve", "llama.cpp", *extra, "-o", tmp_path / "s")
     assert code == 2 and message in err and not (tmp_path / "s").exists(), err
+
+
+def test_search_takes_llama_cpp_s_quantiser_when_none_is_given(tiny_model_dir, tmp_path) -> None:
+    """What a --serve llama.cpp search would run (checked before any weight loads)."""
+    from qradaptor.recipes.search import prepare
+    from qradaptor.recipes.search_options import SearchOptions
+
+    options = SearchOptions(
+        model=str(tiny_model_dir), budget="6bits", serve="llama.cpp", output=str(tmp_path / "s"), device="cpu"
+    )
+    request, _, _ = prepare(options)
+    config = request.config
+    assert (config.bits, config.group_size, config.quant_method) == ((4, 5, 8, 16), 32, "symmetric")
+    assert not config.double_quant and config.tied == ()  # llama.cpp fuses nothing
