@@ -74,6 +74,11 @@ def test_knapsack_refuses_what_llama_cpp_would_re_quantise_before_loading(
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
 
 
+def test_knapsack_refuses_a_choice_of_group_sizes(cli, tiny_model_dir, profile) -> None:
+    code, _, err = _knapsack(cli, tiny_model_dir, f"{profile},{profile}", "6bits")
+    assert code == 2 and "with --serve llama.cpp: GGUF blocks are 32 weights, so give one profile" in err
+
+
 def test_without_serve_the_defaults_stay_hqq_at_group_64(cli, tiny_model_dir) -> None:
     code, out, err = cli("plan", tiny_model_dir, "--uniform", "4:0")
     assert code == 0, err

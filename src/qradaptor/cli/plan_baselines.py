@@ -167,6 +167,11 @@ def knapsack(
         from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
 
         choices, group_size, quant_method = llama_cpp_choices(choices, group_size, quant_method, double_quant)
+        if sensitivity is not None and "," in sensitivity:  # one table per group size: a choice of sizes
+            raise ValueError(
+                f"--sensitivity {sensitivity} with --serve llama.cpp: GGUF blocks are 32 weights, so "
+                "give one profile, of --group-size 32 --quant-method symmetric"
+            )
     group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
     quant_method = DEFAULT_QUANT_METHOD if quant_method is None else quant_method
     check_device(device)
