@@ -119,10 +119,10 @@ def test_the_verbs_options_are_their_dataclasses_fields(verb) -> None:
         assert docs[name] and actions[name].help.startswith(docs[name]) or name == "no_progress", name
 
 
-def test_the_serve_type_is_the_engines_vllm_serves() -> None:
+def test_the_serve_type_is_the_engines_serve_takes() -> None:
     from typing import get_args
 
-    from qradaptor.export.vllm_constraints import SERVE_TARGETS
+    from qradaptor.export.serve_targets import SERVE_TARGETS
     from qradaptor.recipes.search_options import Serve
 
     assert get_args(Serve) == SERVE_TARGETS

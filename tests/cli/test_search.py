@@ -329,6 +329,7 @@ def test_search_defaults_are_the_library_defaults() -> None:
     from qradaptor.cli import build_parser
     from qradaptor.cli.common import VERB_DEST
     from qradaptor.cli.search import PRESETS, SEARCH_BITS_TEXT
+    from qradaptor.recipes.search_options import quantiser
     from qradaptor.search.bayes import BayesConfig
     from qradaptor.search.multifidelity import HalvingConfig
     from qradaptor.search.pipeline import SearchConfig
@@ -338,16 +339,11 @@ def test_search_defaults_are_the_library_defaults() -> None:
     sub = next(a for a in parser._actions if a.dest == VERB_DEST).choices["search"]
     given = {a.dest: a.default for a in sub._actions if a.option_strings}
     config, proxy, halving, bayes = SearchConfig(budget=None), ProxyConfig(), HalvingConfig(), BayesConfig()
-    for name in (
-        "strategy",
-        "granularity",
-        "population",
-        "generations",
-        "group_size",
-        "seed",
-        "quant_method",
-    ):
+    for name in ("strategy", "granularity", "population", "generations", "seed"):
         assert given[name] == getattr(config, name), name
+    # None: not given, so --serve llama.cpp can pick its own; otherwise the config's
+    assert given["group_size"] is None and given["quant_method"] is None
+    assert quantiser(None, None, None) == (config.group_size, config.quant_method)
     assert given["bits"] is None  # SEARCH_BITS_TEXT, or 4,8,16 with --serve vllm
     assert tuple(int(b) for b in SEARCH_BITS_TEXT.split(",")) == config.bits
     assert tuple(int(r) for r in given["ranks"].split(",")) == config.ranks

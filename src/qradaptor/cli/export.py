@@ -116,10 +116,17 @@ def _export_gguf(
     how = ", ".join(f"{n} {h}" for h, n in sorted(summary["how"].items()))
     fallbacks = ", ".join(f"{n} {f}" for f, n in sorted(summary["fallbacks"].items()))
     weights = summary["planned_tensor_bytes"]
+    served = summary["llama_cpp_as_planned"]
+    as_planned = (
+        f"; llama.cpp-exact plan: {served['unchanged_at_planned_bytes']} of {served['block_tensors']} "
+        "block tensors written unchanged at the plan's bytes"
+        if served["plan"] == "llama.cpp-exact"
+        else ""
+    )
     print(
         f"wrote GGUF of run {run} to {out}: {out.stat().st_size} bytes (plan: {written.planned_bytes}; "
         f"planned weights {weights['written']} bytes against the plan's {weights['plan']}); "
-        f"tensors {types}; {how}"
+        f"tensors {types}; {how}{as_planned}"
         + (f"; rows not a multiple of 256: {fallbacks}" if fallbacks else "")
         + f"; largest relative error {worst['rel_error']:.2e} ({worst['tensor']}); "
         f"per-tensor record in {sidecar}" + (f"; LoRA adapter in {lora}" if separate else "")

@@ -12,12 +12,17 @@ from qradaptor.cli.common import (
     parse_int_list,
     write_text_atomic,
 )
-from qradaptor.export.vllm_constraints import SERVE_TARGETS
+from qradaptor.export.serve_targets import SERVE_TARGETS
 from qradaptor.sensitivity_table import GRANULARITIES
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
+
+DEFAULT_GROUP_SIZE = 64
+"""--group-size when not given (``Plan``'s default), except with --serve llama.cpp (32)."""
+DEFAULT_QUANT_METHOD = "hqq"
+"""--quant-method when not given (``Plan``'s default), except with --serve llama.cpp (symmetric)."""
 
 
 def _per_block(values: list[int], option: str, num_blocks: int) -> list[int]:
@@ -47,8 +52,8 @@ def plan(
     rank: int | None = None,
     output: str | None = None,
     force: bool = False,
-    group_size: int = 64,
-    quant_method: str = "hqq",
+    group_size: int | None = None,
+    quant_method: str | None = None,
     alpha: float = 16.0,
     embed_bits: int | None = None,
     head_bits: int | None = None,
@@ -102,10 +107,11 @@ def plan(
         output: write the plan to this file (default: print it)
         force: overwrite --output if it exists
         group_size: input columns per quantisation group (one 16-bit scale and zero each; a
-            scale only with --quant-method symmetric)
+            scale only with --quant-method symmetric) (default 64; 32 with --serve llama.cpp)
         quant_method: how codes are fitted: rtn (min-max), hqq (half-quadratic) or symmetric
             (llama.cpp's rounding, no zero: 4, 5 and 8 bits at group 32 export unchanged as
-            Q4_0, Q5_0 and Q8_0; bits 2..8, no --double-quant)
+            Q4_0, Q5_0 and Q8_0; bits 2..8, no --double-quant) (default hqq; symmetric with
+            --serve llama.cpp)
         alpha: LoRA alpha; an adapter of rank r is scaled by alpha / r
         embed_bits: bits of the input embedding (default 16 = unquantised); on a tied model
             also the head's unless --head-bits is given
@@ -123,7 +129,11 @@ def plan(
             metadata at group 64
         serve: with --baseline knapsack: only plans this engine serves; vllm: bits 4, 8 or 16
             (--bits default 4,8,16; q/k/v and gate/up share a block's bits), 16-bit embedding
-            and head, as ``qra export --format compressed-tensors`` writes them
+            and head, as ``qra export --format compressed-tensors`` writes them; llama.cpp:
+            --quant-method symmetric, --group-size 32, bits 4, 5, 8 or 16 (--bits default
+            4,5,8,16), no --double-quant, each block linear written to GGUF unchanged as Q4_0,
+            Q5_0, Q8_0 or F16 at the plan's bytes (``qra export --format gguf``); no ties: each
+            GGUF tensor has its own type
         granularity: with --baseline knapsack: block (one bit-width per block) or module (one
             per linear; --sensitivity must be a per-module profile; with --serve vllm each
             fused group, q/k/v and gate/up, is one choice whose KL is its members' summed)
@@ -139,6 +149,9 @@ def plan(
             f"--granularity {granularity} goes with --baseline knapsack (other plans are per block), "
             f"got --baseline {baseline!r}"
         )
+    if serve != "llama.cpp":  # a llama.cpp knapsack picks its own (plan_baselines.knapsack)
+        group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
+        quant_method = DEFAULT_QUANT_METHOD if quant_method is None else quant_method
     if quant_method == "symmetric" and double_quant:  # before a knapsack profiles anything
         from qradaptor.quant.quantizer import check_symmetric
 
@@ -284,8 +297,8 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--rank", type=int, metavar="R", help=helps["rank"])
     parser.add_argument("-o", "--output", metavar="FILE", help=helps["output"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
-    parser.add_argument("--group-size", type=int, default=64, help=helps["group_size"])
-    parser.add_argument("--quant-method", choices=QUANT_METHODS, default="hqq", help=helps["quant_method"])
+    parser.add_argument("--group-size", type=int, help=helps["group_size"])
+    parser.add_argument("--quant-method", choices=QUANT_METHODS, help=helps["quant_method"])
     parser.add_argument("--alpha", type=float, default=16.0, help=helps["alpha"])
     parser.add_argument("--embed-bits", type=int, help=helps["embed_bits"])
     parser.add_argument("--head-bits", type=int, help=helps["head_bits"])

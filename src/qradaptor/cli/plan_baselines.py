@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from qradaptor.cli.common import check_output, load_structure, parse_int_list
-from qradaptor.cli.plan import plan_options, write_plan
+from qradaptor.cli.plan import DEFAULT_GROUP_SIZE, DEFAULT_QUANT_METHOD, plan_options, write_plan
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
@@ -105,8 +105,8 @@ def knapsack(
     device: str,
     output: str | None,
     force: bool,
-    group_size: int,
-    quant_method: str,
+    group_size: int | None,
+    quant_method: str | None,
     alpha: float,
     embed_bits: int | None,
     head_bits: int | None,
@@ -118,7 +118,10 @@ def knapsack(
 ) -> int:
     """``--baseline knapsack``: every input checked before the profile or the model loads;
     ``serve="vllm"`` keeps to the bits vLLM serves (``export.vllm_constraints``) and, per
-    module, gives each fused group one choice."""
+    module, gives each fused group one choice; ``serve="llama.cpp"`` keeps to the bits, group
+    size and quantiser GGUF holds unchanged (``export.llama_cpp_constraints``), picking those
+    not given. ``group_size`` and ``quant_method`` None: not given (64 and hqq without
+    ``serve="llama.cpp"``)."""
     from qradaptor.cli.common import check_device, read_sensitivity, resolve_device
     from qradaptor.cli.profile import parse_bits
     from qradaptor.plan import UNQUANTIZED, check_bits
@@ -148,16 +151,29 @@ def knapsack(
             raise ValueError(f"--bits must be ascending without repeats, got {bits!r}")
         choices = tuple(values)
     if serve is not None:
-        from qradaptor.export.vllm_constraints import SERVE_TARGETS, vllm_bits
+        from qradaptor.export.serve_targets import check_serve_target
 
-        if serve not in SERVE_TARGETS:
-            raise ValueError(f"--serve must be one of {', '.join(SERVE_TARGETS)}, got {serve!r}")
+        check_serve_target(serve)
+    if serve == "vllm":
+        from qradaptor.export.vllm_constraints import vllm_bits
+
         for option, value in (("--embed-bits", embed_bits), ("--head-bits", head_bits)):
             if value is not None and value != UNQUANTIZED:
                 raise ValueError(
                     f"{option} {value} with --serve vllm: vLLM serves a 16-bit embedding and head"
                 )
         choices = vllm_bits(choices)
+    if serve == "llama.cpp":
+        from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
+
+        choices, group_size, quant_method = llama_cpp_choices(choices, group_size, quant_method, double_quant)
+        if sensitivity is not None and "," in sensitivity:  # one table per group size: a choice of sizes
+            raise ValueError(
+                f"--sensitivity {sensitivity} with --serve llama.cpp: GGUF blocks are 32 weights, so "
+                "give one profile, of --group-size 32 --quant-method symmetric"
+            )
+    group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
+    quant_method = DEFAULT_QUANT_METHOD if quant_method is None else quant_method
     check_device(device)
     if output is not None:
         check_output(output, force=force)
@@ -190,7 +206,7 @@ def knapsack(
         )
         print(f"profiled {len(quantised)} bit-widths in {seconds:.1f} s", file=sys.stderr)
     tied: list[tuple[str, ...]] = []
-    if serve is not None:
+    if serve == "vllm":  # llama.cpp types each tensor alone: no ties
         from qradaptor.export.vllm_constraints import fused_groups
 
         tied = fused_groups(structure)  # vLLM runs each as one layer: one bit-width each
@@ -204,8 +220,12 @@ def knapsack(
         tied=tied,
         **kwargs,
     )
-    if serve is not None:  # the knapsack tied every fused group: this only confirms it
+    if serve == "vllm":  # the knapsack tied every fused group: this only confirms it
         from qradaptor.export.vllm_constraints import check_vllm_plan
 
         check_vllm_plan(made, structure)
+    if serve == "llama.cpp":  # the choices were llama.cpp's: this only confirms it
+        from qradaptor.export.llama_cpp_constraints import check_llama_cpp_plan
+
+        check_llama_cpp_plan(made, structure)
     return write_plan(made, structure, output, force)

@@ -12,6 +12,11 @@ K-quant planned for rows that are not a multiple of 256 inputs falls back to a 3
 (``gguf_types.row_type``). Each written tensor is read back through ``gguf``'s dequantiser and
 its error against the merged weight recorded (``TensorRecord``), with its bytes and the plan's.
 
+A plan llama.cpp serves as planned (``llama_cpp_constraints``: symmetric, group 32, bits 4, 5,
+8 or 16, as ``--serve llama.cpp`` makes) also writes its 16-bit block linears as F16, the
+plan's 2 bytes a weight, rather than as the source's type; the record says how many block
+tensors went in at the plan's type and bytes (all of them unless an adapter was merged in).
+
 With ``--adapter separate`` nothing is merged: the base is written as trained (a quantised
 layer's codes unchanged wherever its type holds them, adapter or not) and the adapter goes to
 a second file, a GGUF LoRA adapter that llama.cpp applies at run time (``gguf_lora``).
@@ -111,6 +116,18 @@ class GGUFExport:
     """Adapted linears in the GGUF LoRA adapter (``--adapter separate``); 0: none written."""
     type_map: tuple[tuple[int, str], ...] = tuple(GGUF_TYPES.items())
     """(bits, GGUF type) used, ``GGUF_TYPES`` with any ``--gguf-types`` choices applied."""
+    llama_cpp_plan: str = ""
+    """Why the plan is not one llama.cpp serves as planned (``llama_cpp_mismatch``); "": it is."""
+    block_paths: frozenset[str] = frozenset()
+    """Our paths of the block linears (the tensors ``llama_cpp_plan`` is about)."""
+
+    def as_planned(self) -> dict[str, Any]:
+        """Whether the plan is llama.cpp-exact, and how many block tensors went in unchanged (our
+        codes as Q4_0/Q5_0/Q8_0, or F16 at 16 bits) at exactly the plan's bytes, of how many."""
+        block = [t for t in self.tensors if t.module in self.block_paths]
+        kept = sum(t.nbytes == t.planned_bytes and (t.how == "codes" or t.type == DENSE_TYPE) for t in block)
+        plan = self.llama_cpp_plan or "llama.cpp-exact"
+        return {"plan": plan, "block_tensors": len(block), "unchanged_at_planned_bytes": kept}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the counts by type and how, the fallbacks, the planned tensors' bytes
@@ -132,6 +149,7 @@ class GGUFExport:
                 "plan": sum(t.planned_bytes for t in planned),
             },
             "lora_tensors": self.lora_tensors,
+            "llama_cpp_as_planned": self.as_planned(),
             "types": dict(Counter(t.type for t in self.tensors)),
             "how": dict(Counter(t.how for t in self.tensors)),
             "fallbacks": dict(Counter(f"{mapped[t.bits]} -> {t.type}" for t in planned if t.fallback)),
@@ -215,6 +233,7 @@ def export_gguf(
     from gguf import GGUFReader
 
     from qradaptor.assemble import peft_load, quantized_base
+    from qradaptor.export.llama_cpp_constraints import llama_cpp_mismatch
     from qradaptor.memory import plan_memory
     from qradaptor.packed import quantized_modules
     from qradaptor.runs import dequantize_model_, read_run
@@ -250,6 +269,8 @@ def export_gguf(
         priced[structure.head_path] = memory.head_bytes
     reader = GGUFReader(source)
     planned = _planned_tensors(structure, plan, reader)
+    not_exact = llama_cpp_mismatch(plan, structure)
+    block_paths = frozenset(structure.module_path(b, n) for b, n, _ in plan.iter_modules(structure))
     records, arrays, lora_arrays_ = [], {}, {}
     for tensor in reader.tensors:
         if tensor.name not in planned:  # norms and the like: the source's bytes
@@ -269,7 +290,8 @@ def export_gguf(
         qt = codes.get(path_)
         if qt is not None and role in heads:
             qt = llama_rows_codes(qt, heads[role])
-        data, type_name, how, fallback = _encode(tensor, weight, bits, qt, plan.quant_method, types)
+        f16 = not not_exact and path_ in block_paths  # a 16-bit block linear as planned: F16
+        data, type_name, how, fallback = _encode(tensor, weight, bits, qt, plan.quant_method, types, f16)
         error = _relative_error(weight, dequantize_blocks(data, type_name, tuple(weight.shape)))
         arrays[tensor.name] = (data, type_name)
         nbytes, price = int(data.nbytes), priced.get(path_, 0)
@@ -288,6 +310,8 @@ def export_gguf(
         sum(int(a.nbytes) for a, _ in arrays.values()),
         len(lora_arrays_),
         tuple(sorted(types.items())),
+        not_exact,
+        block_paths,
     )
 
 
@@ -312,16 +336,24 @@ def _planned_tensors(structure: ModelStructure, plan: Any, reader: Any) -> dict[
 
 
 def _encode(
-    tensor: Any, weight: torch.Tensor, bits: int, qt: Any, method: str, types: dict[int, str]
+    tensor: Any,
+    weight: torch.Tensor,
+    bits: int,
+    qt: Any,
+    method: str,
+    types: dict[int, str],
+    f16: bool = False,
 ) -> tuple[np.ndarray, str, str, str]:
-    """(data, GGUF type, how, fallback) of one planned tensor; ``weight`` is the merged one."""
+    """(data, GGUF type, how, fallback) of one planned tensor; ``weight`` is the merged one.
+    ``f16``: a 16-bit weight goes in as F16 (the source's bytes only if they are F16)."""
     import torch
 
     from qradaptor.quant.quantizer import dequantize, quantize
 
     if bits == UNQUANTIZED:
         source = tensor.tensor_type.name
-        if torch.equal(dequantize_blocks(tensor.data, source, tuple(weight.shape)), weight):
+        same = torch.equal(dequantize_blocks(tensor.data, source, tuple(weight.shape)), weight)
+        if same and (not f16 or source == DENSE_TYPE):
             return tensor.data, source, "source", ""
         return quantize_dense(weight, DENSE_TYPE), DENSE_TYPE, "dense", ""
     planned = gguf_type(bits, where=tensor.name, types=types)

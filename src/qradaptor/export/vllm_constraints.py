@@ -24,8 +24,6 @@ SERVE_BITS: tuple[int, ...] = (4, 8, UNQUANTIZED)
 """Bits vLLM serves a compressed-tensors linear at (16: unquantised, left dense)."""
 FUSED: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 """Linears (by their last name) that vLLM fuses into one layer of one block."""
-SERVE_TARGETS = ("vllm",)
-"""What ``--serve`` takes."""
 
 
 def vllm_bits(bits: tuple[int, ...] | None, option: str = "--bits") -> tuple[int, ...]:

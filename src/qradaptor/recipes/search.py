@@ -28,6 +28,7 @@ from qradaptor.recipes.search_options import (
     SearchOptions,
     check_positive,
     parse_choices,
+    quantiser,
     servable_bits,
 )
 
@@ -115,7 +116,19 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
     the_budget = parse_budget(o.budget)
     bit_choices = parse_choices(SEARCH_BITS_TEXT if o.bits is None else o.bits, "--bits", check_bits)
     if o.serve is not None:
-        bit_choices = servable_bits(o.serve, o.bits, bit_choices, o.granularity, o.fixed_bits, o.strategy)
+        bit_choices = servable_bits(
+            o.serve,
+            o.bits,
+            bit_choices,
+            o.granularity,
+            o.fixed_bits,
+            o.strategy,
+            o.group_size,
+            o.quant_method,
+            o.double_quant,
+        )
+    group_size, quant_method = quantiser(o.serve, o.group_size, o.quant_method)
+    o = replace(o, group_size=group_size, quant_method=quant_method)  # type: ignore[arg-type]
     rank_choices = parse_choices(o.ranks, "--ranks", check_rank)
     if o.granularity not in GRANULARITIES:
         raise ValueError(f"--granularity must be one of {GRANULARITIES}, got {o.granularity!r}")
@@ -167,7 +180,7 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
     proxy = ProxyConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, eval_batches=o.eval_batches)
 
     structure = load_structure(o.model)[1]
-    if o.serve is not None and o.granularity == "module":
+    if o.serve == "vllm" and o.granularity == "module":  # llama.cpp fuses nothing: no ties
         from qradaptor.export.vllm_constraints import fused_groups
 
         config = replace(config, tied=tuple(fused_groups(structure)))  # one choice per fused layer

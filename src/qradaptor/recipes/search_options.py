@@ -13,19 +13,25 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from qradaptor.export.vllm_constraints import SERVE_TARGETS, vllm_bits
+from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
+from qradaptor.export.serve_targets import check_serve_target
+from qradaptor.export.vllm_constraints import vllm_bits
 from qradaptor.recipes.inputs import parse_int_list
 from qradaptor.search.proxy import ProxyConfig
 
 Strategy = Literal["halving", "paper"]
 Granularity = Literal["block", "module"]
-Serve = Literal["vllm"]
-"""Copy of ``export.vllm_constraints.SERVE_TARGETS`` as a type (a test checks they agree)."""
+Serve = Literal["vllm", "llama.cpp"]
+"""Copy of ``export.serve_targets.SERVE_TARGETS`` as a type (a test checks they agree)."""
 GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 """Copy of ``search.definition.STRATEGIES``, which loads numpy (a test checks they agree)."""
 SEARCH_BITS_TEXT = "2,3,4,8"
 """--bits without --serve (``search.definition.SearchConfig``'s bits; a test checks they agree)."""
+SEARCH_GROUP_SIZE = 64
+"""--group-size when not given, but for --serve llama.cpp (``SearchConfig``'s; a test checks)."""
+SEARCH_QUANT_METHOD = "hqq"
+"""--quant-method when not given, but for --serve llama.cpp (``SearchConfig``'s; a test checks)."""
 PRESETS: dict[str, dict[str, int]] = {
     "quick": {
         "seq_len": 256,
@@ -87,10 +93,19 @@ def servable_bits(
     granularity: str,
     fixed_bits: int | None,
     strategy: str = "halving",
+    group_size: int | None = None,
+    quant_method: str | None = None,
+    double_quant: bool = False,
 ) -> tuple[int, ...]:
-    """The bit choices of a ``--serve`` search, else ValueError naming what the engine cannot serve."""
-    if serve not in SERVE_TARGETS:
-        raise ValueError(f"--serve must be one of {', '.join(SERVE_TARGETS)}, got {serve!r}")
+    """The bit choices of a ``--serve`` search, else ValueError naming what the engine cannot
+    serve; for llama.cpp also a --group-size, --quant-method or --double-quant it would
+    re-quantise (None: not given, ``quantiser`` picks it)."""
+    check_serve_target(serve)
+    if serve == "llama.cpp":  # GGUF types each tensor alone: any granularity, no ties
+        if fixed_bits is not None:
+            llama_cpp_choices((fixed_bits,), group_size, quant_method, double_quant, "--fixed-bits")
+        given = None if bits is None else choices
+        return llama_cpp_choices(given, group_size, quant_method, double_quant)[0]
     if granularity != "block" and strategy != "halving":
         raise ValueError(
             f"--serve vllm with --strategy {strategy} searches block granularity (a block's q/k/v "
@@ -100,6 +115,18 @@ def servable_bits(
     if fixed_bits is not None:
         vllm_bits((fixed_bits,), "--fixed-bits")
     return vllm_bits(None if bits is None else choices)
+
+
+def quantiser(serve: str | None, group_size: int | None, quant_method: str | None) -> tuple[int, str]:
+    """(group size, quant method) of a search: those given, else llama.cpp's for --serve
+    llama.cpp (32, symmetric; ``servable_bits`` refused any other), else 64 and hqq."""
+    if serve == "llama.cpp":
+        _, llama_group_size, llama_method = llama_cpp_choices(None, group_size, quant_method)
+        return llama_group_size, llama_method
+    return (
+        SEARCH_GROUP_SIZE if group_size is None else group_size,
+        SEARCH_QUANT_METHOD if quant_method is None else quant_method,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,12 +157,14 @@ class SearchOptions:
     (embedded:wiki-selection by default), or about 1/5 of a user's --data held out by a stable
     hash of each document"""
     bits: str | None = None
-    """comma-separated bit-width choices (1..8, or 16 for unquantised); default 2,3,4,8, or 4,8,16
-    with --serve vllm"""
+    """comma-separated bit-width choices (1..8, or 16 for unquantised); default 2,3,4,8, 4,8,16
+    with --serve vllm, 4,5,8,16 with --serve llama.cpp"""
     serve: Serve | None = None
     """search only plans this engine serves; vllm: bits 4, 8 or 16, a block's q/k/v and gate/up
     sharing one choice (per block, or per fused group with --granularity module), as qra export
-    --format compressed-tensors writes them"""
+    --format compressed-tensors writes them; llama.cpp: --quant-method symmetric, --group-size
+    32, bits 4, 5, 8 or 16, no --double-quant, every block linear written to GGUF unchanged as
+    Q4_0, Q5_0, Q8_0 or F16 (no ties: each GGUF tensor has its own type)"""
     ranks: str = "4,8,16"
     """comma-separated LoRA rank choices (0 = no adapter)"""
     granularity: Granularity = "block"
@@ -169,8 +198,8 @@ class SearchOptions:
     """paper: NSGA-II population size"""
     generations: int = 5
     """paper: NSGA-II generations"""
-    group_size: int = 64
-    """quantisation group size"""
+    group_size: int | None = None
+    """quantisation group size (default 64; 32 with --serve llama.cpp)"""
     seed: int = 0
     """seed of the search (the proxy fine-tunes always use seed 0, so a study serves every search
     seed)"""
@@ -206,10 +235,10 @@ class SearchOptions:
     """ablation: every block at this rank, search bits only (AMQ-like)"""
     no_references: bool = False
     """do not score the uniform reference plans (--preset quick never does)"""
-    quant_method: Literal["hqq", "rtn", "symmetric"] = "hqq"
+    quant_method: Literal["hqq", "rtn", "symmetric"] | None = None
     """the quantiser: hqq, rtn or symmetric (llama.cpp's Q4_0/Q5_0/Q8_0 rounding, a scale and no
     zero per group; bits 2..8, no --double-quant) (qra plan's name; --method is qra train's
-    training method)"""
+    training method) (default hqq; symmetric with --serve llama.cpp)"""
     double_quant: bool = False
     """every plan stores its scales and zeros at 8 bits (QLoRA's double quantisation; about 0.25
     instead of 0.5 bit per weight at group 64), as qra plan --double-quant does; a --sensitivity
