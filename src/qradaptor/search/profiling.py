@@ -24,8 +24,8 @@ def check_given_profile(
     sensitivity: SensitivityTable, structure: ModelStructure, space: SearchSpace, config: SearchConfig
 ) -> None:
     """Raises ValueError unless a given profile fits the search: its granularity, blocks and
-    modules, every searched bit width, its group size, quantiser and scales' precision. Cheap, so ``qra search`` calls
-    it before loading weights."""
+    modules, every searched bit width, its group size, quantiser and scales' precision. Cheap,
+    so ``qra search`` calls it before loading weights."""
     from qradaptor.plan import UNQUANTIZED
 
     quantised = tuple(b for b in space.bit_choices if b != UNQUANTIZED) or (min(config.bits),)
