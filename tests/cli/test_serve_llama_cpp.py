@@ -1,8 +1,10 @@
-"""``--serve llama.cpp`` on qra plan --baseline knapsack and qra search: only plans whose block
-linears GGUF holds unchanged (symmetric codes at group 32 as Q4_0/Q5_0/Q8_0, or F16)."""
+"""``--serve llama.cpp`` on qra plan --baseline knapsack, qra search and qra profile: only plans
+whose block linears GGUF holds unchanged (symmetric codes at group 32 as Q4_0/Q5_0/Q8_0, or F16),
+and profiles of that quantiser."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,34 @@ def test_search_takes_llama_cpp_s_quantiser_when_none_is_given(tiny_model_dir, t
     config = request.config
     assert (config.bits, config.group_size, config.quant_method) == ((4, 5, 8, 16), 32, "symmetric")
     assert not config.double_quant and config.tied == ()  # llama.cpp fuses nothing
+
+
+@pytest.mark.parametrize(("serve", "bits"), [("llama.cpp", (4, 5, 8)), ("vllm", (4, 8))])
+def test_profile_with_serve_measures_what_the_engine_s_plans_quantise(
+    tiny_model_dir, tmp_path, serve, bits
+) -> None:
+    from qradaptor.cli import main
+    from qradaptor.sensitivity_table import SensitivityTable
+
+    argv = [str(tiny_model_dir), "--samples", "2", "--seq-len", "8", "--device", "cpu", "--serve", serve]
+    assert main(["profile", *argv, "-o", str(tmp_path)]) == 0
+    table = SensitivityTable.from_dict(json.loads((tmp_path / "sensitivity.json").read_text()))
+    method, group_size = ("symmetric", 32) if serve == "llama.cpp" else ("hqq", 64)
+    assert (table.bits, table.quant_method, table.group_size) == (bits, method, group_size)
+
+
+@pytest.mark.parametrize(
+    ("extra", "given"),
+    [
+        (["--quant-method", "hqq"], "--quant-method hqq"),
+        (["--group-size", "64"], "--group-size 64"),
+        (["--bits", "3,4"], "--bits 3,4"),
+        (["--double-quant"], "--double-quant"),
+    ],
+)
+def test_profile_refuses_what_llama_cpp_would_re_quantise_before_loading(cli, tmp_path, extra, given) -> None:
+    out = tmp_path / "prof"
+    code, _, err = cli("profile", tmp_path / "no-such-model", "--serve", "llama.cpp", *extra, "-o", out)
+    assert code == 2
+    assert f"{given} with --serve llama.cpp: {RULE}" in err
+    assert not out.exists()

@@ -19,6 +19,8 @@ from qradaptor.cli.common import (
     resolve_device,
     write_text_atomic,
 )
+from qradaptor.cli.plan import DEFAULT_GROUP_SIZE, DEFAULT_QUANT_METHOD
+from qradaptor.export.serve_targets import SERVE_TARGETS, check_serve_target
 from qradaptor.plotting import can_plot
 from qradaptor.sensitivity_table import GRANULARITIES
 
@@ -31,6 +33,10 @@ OUTPUT_FILES = ("sensitivity.json", "sensitivity.csv", "sensitivity.png")
 _MAX_BITS = 8
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
 """--dtype: bytes per weight the model is loaded in."""
+
+
+DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
+"""--bits when not given and no --serve."""
 
 
 def parse_bits(text: str) -> list[int]:
@@ -151,18 +157,19 @@ def profile(
     *,
     output: str,
     data: str | None = None,
-    bits: str = "2,3,4,8",
+    bits: str | None = None,
     samples: int = 8,
     seq_len: int = 256,
     batch_size: int = 4,
-    group_size: int = 64,
-    quant_method: str = "hqq",
+    group_size: int | None = None,
+    quant_method: str | None = None,
     device: str = "auto",
     seed: int = 0,
     double_quant: bool = False,
     dtype: str = "fp32",
     granularity: str = "block",
     max_memory: str | None = None,
+    serve: str | None = None,
     force: bool = False,
     no_progress: bool = False,
 ) -> int:
@@ -187,13 +194,16 @@ def profile(
             separated by blank lines), a .json/.jsonl file with a text field, a save_to_disk
             folder or a hub dataset id; omitted: embedded:wiki-calibration (Wikipedia passages
             of DROP and CoQA, which no reported task uses)
-        bits: candidate bit-widths, comma-separated, each 1..8
+        bits: candidate bit-widths, comma-separated, each 1..8 (default 2,3,4,8; with
+            --serve the engine's quantised bits: 4,5,8 for llama.cpp, 4,8 for vllm)
         samples: calibration windows
         seq_len: tokens per calibration window
         batch_size: windows per forward pass
-        group_size: input columns per quantisation group
+        group_size: input columns per quantisation group (default 64; 32 with --serve
+            llama.cpp)
         quant_method: how codes are fitted: rtn (min-max), hqq (half-quadratic) or symmetric
-            (llama.cpp's Q4_0/Q5_0/Q8_0 rounding, no zero point; bits 2..8)
+            (llama.cpp's Q4_0/Q5_0/Q8_0 rounding, no zero point; bits 2..8) (default hqq;
+            symmetric with --serve llama.cpp)
         device: auto (cuda if available), cpu or cuda; fp32 on both unless --dtype bf16, so the
             small KLs of high bit-widths are not rounding noise
         seed: seed of the document shuffle before packing
@@ -207,10 +217,14 @@ def profile(
         max_memory: refuse to start unless the predicted peak fits SIZE (e.g. 24GB, 24GiB,
             24000MB), checked from the model's config before any weight loads; on CUDA the
             process is also capped at SIZE
+        serve: profile what this engine's plans quantise with, as qra plan --baseline knapsack
+            --serve ENGINE and qra search --serve ENGINE plan: llama.cpp (symmetric, group 32,
+            bits 4,5,8) or vllm (bits 4,8); options given that the engine cannot serve are
+            refused before anything loads
         force: overwrite sensitivity.* files already in the folder
         no_progress: no progress output
     """
-    bits_list = parse_bits(bits)
+    bits_list, group_size, quant_method = _choices(bits, group_size, quant_method, double_quant, serve)
     if samples < 1 or seq_len < 1:
         raise ValueError(f"--samples and --seq-len must be >= 1, got {samples} and {seq_len}")
     if batch_size < 1 or group_size < 1:
@@ -313,17 +327,48 @@ def profile(
 VERB = profile
 
 
+def _choices(
+    bits: str | None, group_size: int | None, quant_method: str | None, double_quant: bool, serve: str | None
+) -> tuple[list[int], int, str]:
+    """(bits, group size, quant method) to profile: those given, the rest the defaults or,
+    with ``serve``, what that engine's plans use, so the knapsack over the table can take it.
+
+    Raises:
+        ValueError: an unknown ``serve``, or a choice given that the engine cannot serve.
+    """
+    from qradaptor.plan import UNQUANTIZED
+
+    given = tuple(parse_bits(bits)) if bits is not None else None
+    if serve is not None:
+        check_serve_target(serve)
+    if serve == "llama.cpp":
+        from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
+
+        chosen, group_size, quant_method = llama_cpp_choices(given, group_size, quant_method, double_quant)
+    elif serve == "vllm":
+        from qradaptor.export.vllm_constraints import vllm_bits
+
+        chosen = vllm_bits(given)
+    else:
+        chosen = given or DEFAULT_BITS
+    return (
+        [b for b in chosen if b != UNQUANTIZED],  # an engine's 16-bit choice has no KL to measure
+        DEFAULT_GROUP_SIZE if group_size is None else group_size,
+        DEFAULT_QUANT_METHOD if quant_method is None else quant_method,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> None:
     """Options of ``qra profile``."""
     parser.add_argument("model", nargs="?", default=None, help=helps["model"])
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help=helps["output"])
     parser.add_argument("--data", metavar="DATA", help=helps["data"])
-    parser.add_argument("--bits", default="2,3,4,8", metavar="B[,B...]", help=helps["bits"])
+    parser.add_argument("--bits", metavar="B[,B...]", help=helps["bits"])
     parser.add_argument("--samples", type=int, default=8, metavar="N", help=helps["samples"])
     parser.add_argument("--seq-len", type=int, default=256, metavar="T", help=helps["seq_len"])
     parser.add_argument("--batch-size", type=int, default=4, metavar="B", help=helps["batch_size"])
-    parser.add_argument("--group-size", type=int, default=64, metavar="G", help=helps["group_size"])
-    parser.add_argument("--quant-method", choices=QUANT_METHODS, default="hqq", help=helps["quant_method"])
+    parser.add_argument("--group-size", type=int, metavar="G", help=helps["group_size"])
+    parser.add_argument("--quant-method", choices=QUANT_METHODS, help=helps["quant_method"])
     renamed_option(parser, "--method", "--quant-method")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=helps["device"])
     parser.add_argument("--seed", type=int, default=0, help=helps["seed"])
@@ -331,4 +376,5 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="fp32", help=helps["dtype"])
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help=helps["granularity"])
     parser.add_argument("--max-memory", metavar="SIZE", help=helps["max_memory"])
+    parser.add_argument("--serve", choices=SERVE_TARGETS, help=helps["serve"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
