@@ -268,40 +268,41 @@ def quantize(
     rows, cols = weight.shape
     qmax = (1 << bits) - 1
     w = weight.detach().float().reshape(-1, group_size)  # (rows * groups, g)
+    meta_shape = (rows, cols // group_size)
     if method == SYMMETRIC:
         d, codes = symmetric_fit(w, bits)  # (rows * groups, 1), (rows * groups, g)
-        scale16 = d.to(META_DTYPE).reshape(rows, cols // group_size)
-        return QuantizedTensor(
-            pack(codes.to(torch.uint8).reshape(rows, cols), bits),
-            scale16,
-            None,
-            (rows, cols),
-            bits,
-            group_size,
-        )
-    scale, zero = _minmax_fit(w, qmax) if method == "rtn" else _hqq_fit(w, qmax)
-    # Round the metadata to its storage type before computing codes, so the codes are the
-    # best ones for the scale and zero that dequantisation will actually see.
-    meta_shape = (rows, cols // group_size)
-    scale16 = scale.to(META_DTYPE).clamp_min(torch.finfo(META_DTYPE).tiny).reshape(meta_shape)
-    zero16 = zero.to(META_DTYPE).reshape(meta_shape)
-    if not double_quant:
+        scale16, zero16 = d.to(META_DTYPE).reshape(meta_shape), None
+    else:
+        scale, zero = _minmax_fit(w, qmax) if method == "rtn" else _hqq_fit(w, qmax)
+        # Round the metadata to its storage type before computing codes, so the codes are the
+        # best ones for the scale and zero that dequantisation will actually see.
+        scale16 = scale.to(META_DTYPE).clamp_min(torch.finfo(META_DTYPE).tiny).reshape(meta_shape)
+        zero16 = zero.to(META_DTYPE).reshape(meta_shape)
+        if double_quant:
+            return _double_quantised(w, scale16, zero16, bits, group_size, (rows, cols))
         codes = _codes(w, scale16.float().reshape(-1, 1), zero16.float().reshape(-1, 1), qmax)
-        return QuantizedTensor(
-            pack(codes.to(torch.uint8).reshape(rows, cols), bits),
-            scale16,
-            zero16,
-            (rows, cols),
-            bits,
-            group_size,
-        )
+    return QuantizedTensor(
+        pack(codes.to(torch.uint8).reshape(rows, cols), bits), scale16, zero16, (rows, cols), bits, group_size
+    )
+
+
+def _double_quantised(
+    w: torch.Tensor,
+    scale16: torch.Tensor,
+    zero16: torch.Tensor,
+    bits: int,
+    group_size: int,
+    shape: tuple[int, int],
+) -> QuantizedTensor:
+    """``w`` (rows * groups, g) stored with its float16 scales and zeros as 8-bit codes
+    (``metaquant``), its weight codes computed against those stored values."""
     (scale_codes, scale_meta), (zero_codes, zero_meta) = quantize_meta(scale16), quantize_meta(zero16)
     # Each dequantised scale is >= its block's offset, the least float16 scale: positive.
     scale_hat = dequantize_meta(scale_codes, scale_meta).float().reshape(-1, 1)
     zero_hat = dequantize_meta(zero_codes, zero_meta).float().reshape(-1, 1)
-    codes = _codes(w, scale_hat, zero_hat, qmax).to(torch.uint8).reshape(rows, cols)
+    codes = _codes(w, scale_hat, zero_hat, (1 << bits) - 1).to(torch.uint8).reshape(shape)
     return QuantizedTensor(
-        pack(codes, bits), scale_codes, zero_codes, (rows, cols), bits, group_size, scale_meta, zero_meta
+        pack(codes, bits), scale_codes, zero_codes, shape, bits, group_size, scale_meta, zero_meta
     )
 
 
