@@ -329,7 +329,7 @@ def test_search_defaults_are_the_library_defaults() -> None:
     from qradaptor.cli import build_parser
     from qradaptor.cli.common import VERB_DEST
     from qradaptor.cli.search import PRESETS, SEARCH_BITS_TEXT
-    from qradaptor.recipes.search_options import quantiser
+    from qradaptor.export.serve_targets import quantiser
     from qradaptor.search.bayes import BayesConfig
     from qradaptor.search.multifidelity import HalvingConfig
     from qradaptor.search.pipeline import SearchConfig

@@ -89,7 +89,7 @@ def test_without_serve_the_defaults_stay_hqq_at_group_64(cli, tiny_model_dir) ->
 
 
 def test_search_choices_with_serve_llama_cpp() -> None:
-    from qradaptor.recipes.search_options import quantiser
+    from qradaptor.export.serve_targets import quantiser
 
     assert servable_bits("llama.cpp", None, (2, 3, 4, 8), "module", None, "paper") == (4, 5, 8, 16)
     assert servable_bits("llama.cpp", "4,16", (4, 16), "block", 4, "halving", 32, "symmetric") == (4, 16)

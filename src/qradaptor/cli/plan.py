@@ -12,17 +12,12 @@ from qradaptor.cli.common import (
     parse_int_list,
     write_text_atomic,
 )
-from qradaptor.export.serve_targets import SERVE_TARGETS
+from qradaptor.export.serve_targets import SERVE_TARGETS, quantiser
 from qradaptor.sensitivity_table import GRANULARITIES
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
     from qradaptor.plan import Plan
-
-DEFAULT_GROUP_SIZE = 64
-"""--group-size when not given (``Plan``'s default), except with --serve llama.cpp (32)."""
-DEFAULT_QUANT_METHOD = "hqq"
-"""--quant-method when not given (``Plan``'s default), except with --serve llama.cpp (symmetric)."""
 
 
 def _per_block(values: list[int], option: str, num_blocks: int) -> list[int]:
@@ -149,9 +144,7 @@ def plan(
             f"--granularity {granularity} goes with --baseline knapsack (other plans are per block), "
             f"got --baseline {baseline!r}"
         )
-    if serve != "llama.cpp":  # a llama.cpp knapsack picks its own (plan_baselines.knapsack)
-        group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
-        quant_method = DEFAULT_QUANT_METHOD if quant_method is None else quant_method
+    group_size, quant_method = quantiser(serve, group_size, quant_method, double_quant)
     if quant_method == "symmetric" and double_quant:  # before a knapsack profiles anything
         from qradaptor.quant.quantizer import check_symmetric
 

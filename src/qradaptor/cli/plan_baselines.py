@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from qradaptor.cli.common import check_output, load_structure, parse_int_list
-from qradaptor.cli.plan import DEFAULT_GROUP_SIZE, DEFAULT_QUANT_METHOD, plan_options, write_plan
+from qradaptor.cli.plan import plan_options, write_plan
 
 if TYPE_CHECKING:
     from qradaptor.models.structure import ModelStructure
@@ -105,8 +105,8 @@ def knapsack(
     device: str,
     output: str | None,
     force: bool,
-    group_size: int | None,
-    quant_method: str | None,
+    group_size: int,
+    quant_method: str,
     alpha: float,
     embed_bits: int | None,
     head_bits: int | None,
@@ -120,8 +120,7 @@ def knapsack(
     ``serve="vllm"`` keeps to the bits vLLM serves (``export.vllm_constraints``) and, per
     module, gives each fused group one choice; ``serve="llama.cpp"`` keeps to the bits, group
     size and quantiser GGUF holds unchanged (``export.llama_cpp_constraints``), picking those
-    not given. ``group_size`` and ``quant_method`` None: not given (64 and hqq without
-    ``serve="llama.cpp"``)."""
+    not given (``qra plan`` picked the group size and quantiser, ``serve_targets.quantiser``)."""
     from qradaptor.cli.common import check_device, read_sensitivity, resolve_device
     from qradaptor.cli.profile import parse_bits
     from qradaptor.plan import UNQUANTIZED, check_bits
@@ -172,8 +171,6 @@ def knapsack(
                 f"--sensitivity {sensitivity} with --serve llama.cpp: GGUF blocks are 32 weights, so "
                 "give one profile, of --group-size 32 --quant-method symmetric"
             )
-    group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
-    quant_method = DEFAULT_QUANT_METHOD if quant_method is None else quant_method
     check_device(device)
     if output is not None:
         check_output(output, force=force)

@@ -19,8 +19,7 @@ from qradaptor.cli.common import (
     resolve_device,
     write_text_atomic,
 )
-from qradaptor.cli.plan import DEFAULT_GROUP_SIZE, DEFAULT_QUANT_METHOD
-from qradaptor.export.serve_targets import SERVE_TARGETS, check_serve_target
+from qradaptor.export.serve_targets import SERVE_TARGETS, check_serve_target, quantiser
 from qradaptor.plotting import can_plot
 from qradaptor.sensitivity_table import GRANULARITIES
 
@@ -341,21 +340,19 @@ def _choices(
     given = tuple(parse_bits(bits)) if bits is not None else None
     if serve is not None:
         check_serve_target(serve)
+    group_size, quant_method = quantiser(serve, group_size, quant_method, double_quant)
     if serve == "llama.cpp":
         from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
 
-        chosen, group_size, quant_method = llama_cpp_choices(given, group_size, quant_method, double_quant)
+        chosen = llama_cpp_choices(given, group_size, quant_method, double_quant)[0]
     elif serve == "vllm":
         from qradaptor.export.vllm_constraints import vllm_bits
 
         chosen = vllm_bits(given)
     else:
         chosen = given or DEFAULT_BITS
-    return (
-        [b for b in chosen if b != UNQUANTIZED],  # an engine's 16-bit choice has no KL to measure
-        DEFAULT_GROUP_SIZE if group_size is None else group_size,
-        DEFAULT_QUANT_METHOD if quant_method is None else quant_method,
-    )
+    # An engine's 16-bit choice has no KL to measure.
+    return [b for b in chosen if b != UNQUANTIZED], group_size, quant_method
 
 
 def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> None:

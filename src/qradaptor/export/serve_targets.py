@@ -10,9 +10,34 @@ from __future__ import annotations
 
 SERVE_TARGETS: tuple[str, ...] = ("vllm", "llama.cpp")
 """What ``--serve`` takes."""
+DEFAULT_GROUP_SIZE = 64
+"""--group-size when not given, but for --serve llama.cpp (``Plan``'s and ``SearchConfig``'s)."""
+DEFAULT_QUANT_METHOD = "hqq"
+"""--quant-method when not given, but for --serve llama.cpp (``Plan``'s and ``SearchConfig``'s)."""
 
 
 def check_serve_target(serve: str) -> None:
     """Raises ValueError naming ``SERVE_TARGETS`` unless ``serve`` is one of them."""
     if serve not in SERVE_TARGETS:
         raise ValueError(f"--serve must be one of {', '.join(SERVE_TARGETS)}, got {serve!r}")
+
+
+def quantiser(
+    serve: str | None, group_size: int | None, quant_method: str | None, double_quant: bool = False
+) -> tuple[int, str]:
+    """(group size, quant method) of a profile, knapsack or search kept to ``serve``: those
+    given (None: not given), else llama.cpp's for --serve llama.cpp (32, symmetric), else
+    ``DEFAULT_GROUP_SIZE`` and ``DEFAULT_QUANT_METHOD``.
+
+    Raises:
+        ValueError: with --serve llama.cpp, a group size, quantiser or --double-quant that
+            GGUF would re-quantise (``llama_cpp_constraints.llama_cpp_choices``).
+    """
+    if serve == "llama.cpp":
+        from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
+
+        _, group_size, quant_method = llama_cpp_choices(None, group_size, quant_method, double_quant)
+    return (
+        DEFAULT_GROUP_SIZE if group_size is None else group_size,
+        DEFAULT_QUANT_METHOD if quant_method is None else quant_method,
+    )

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qradaptor.export.serve_targets import quantiser
 from qradaptor.recipes.inputs import (
     check_device,
     check_output_dir,
@@ -28,7 +29,6 @@ from qradaptor.recipes.search_options import (
     SearchOptions,
     check_positive,
     parse_choices,
-    quantiser,
     servable_bits,
 )
 

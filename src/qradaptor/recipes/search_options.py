@@ -28,10 +28,6 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 """Copy of ``search.definition.STRATEGIES``, which loads numpy (a test checks they agree)."""
 SEARCH_BITS_TEXT = "2,3,4,8"
 """--bits without --serve (``search.definition.SearchConfig``'s bits; a test checks they agree)."""
-SEARCH_GROUP_SIZE = 64
-"""--group-size when not given, but for --serve llama.cpp (``SearchConfig``'s; a test checks)."""
-SEARCH_QUANT_METHOD = "hqq"
-"""--quant-method when not given, but for --serve llama.cpp (``SearchConfig``'s; a test checks)."""
 PRESETS: dict[str, dict[str, int]] = {
     "quick": {
         "seq_len": 256,
@@ -99,7 +95,7 @@ def servable_bits(
 ) -> tuple[int, ...]:
     """The bit choices of a ``--serve`` search, else ValueError naming what the engine cannot
     serve; for llama.cpp also a --group-size, --quant-method or --double-quant it would
-    re-quantise (None: not given, ``quantiser`` picks it)."""
+    re-quantise (None: not given, ``serve_targets.quantiser`` picks it)."""
     check_serve_target(serve)
     if serve == "llama.cpp":  # GGUF types each tensor alone: any granularity, no ties
         if fixed_bits is not None:
@@ -115,18 +111,6 @@ def servable_bits(
     if fixed_bits is not None:
         vllm_bits((fixed_bits,), "--fixed-bits")
     return vllm_bits(None if bits is None else choices)
-
-
-def quantiser(serve: str | None, group_size: int | None, quant_method: str | None) -> tuple[int, str]:
-    """(group size, quant method) of a search: those given, else llama.cpp's for --serve
-    llama.cpp (32, symmetric; ``servable_bits`` refused any other), else 64 and hqq."""
-    if serve == "llama.cpp":
-        _, llama_group_size, llama_method = llama_cpp_choices(None, group_size, quant_method)
-        return llama_group_size, llama_method
-    return (
-        SEARCH_GROUP_SIZE if group_size is None else group_size,
-        SEARCH_QUANT_METHOD if quant_method is None else quant_method,
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
