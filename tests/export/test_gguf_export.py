@@ -83,6 +83,26 @@ def test_every_tensor_has_the_plan_type_and_round_trips(mixed, tiny_gguf, tmp_pa
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
 
+def test_a_merged_adapter_can_go_into_a_wider_type(mixed, tmp_path, cli) -> None:
+    # Block 0's weights moved off their 4-bit grid when the adapter was merged: Q5_1 (a 5-bit
+    # re-fit) keeps more of them than the default Q4_1 re-fit; block 1's 2-bit codes go to F16.
+    errors = {}
+    for name, types in (("default", []), ("wide", ["--gguf-types", "4=Q5_1,2=F16"])):
+        code, _, err = cli("export", mixed, "--format", "gguf", "-o", tmp_path / f"{name}.gguf", *types)
+        assert code == 0, err
+        sidecar = json.loads((tmp_path / f"{name}.gguf.json").read_text())
+        errors[name] = {t["name"]: t for t in sidecar["tensors"]}
+    assert sidecar["type_map"]["4"] == "Q5_1" and sidecar["type_map"]["2"] == "F16"
+    wide, default = errors["wide"], errors["default"]
+    for name, record in wide.items():
+        if name.startswith("blk.0.") and "norm" not in name:
+            assert (record["type"], record["how"]) == ("Q5_1", "requantised"), name
+            assert record["rel_error"] < default[name]["rel_error"] / 1.5, name
+        if name.startswith("blk.1.") and "norm" not in name:
+            assert (record["type"], record["how"]) == ("F16", "dense") and record["rel_error"] < 1e-3, name
+            assert record["nbytes"] > default[name]["nbytes"], name
+
+
 def test_metadata_tokenizer_and_chat_template_are_the_source_s(mixed, tiny_gguf, tmp_path, cli) -> None:
     out = tmp_path / "model.gguf"
     assert cli("export", mixed, "--format", "gguf", "-o", out)[0] == 0

@@ -87,13 +87,26 @@ def test_the_mapping_keeps_the_plan_s_bits():
     ("overrides", "message"),
     [
         ({1: "Q2_K"}, "1 bits have no GGUF type"),
-        ({4: "Q2_K"}, "4-bit weights can be written as Q4_1 or Q4_K, got 'Q2_K'"),
-        ({8: "Q6_K"}, "8-bit weights can be written as Q8_0, got 'Q6_K'"),
+        ({4: "Q2_K"}, "4-bit weights can be written as Q4_1 or Q4_K, or a wider type for a merged adapter: "
+         "Q5_1, Q5_K, Q6_K, Q8_0, F16; got 'Q2_K'"),
+        ({8: "Q6_K"}, "8-bit weights can be written as Q8_0, or a wider type for a merged adapter: F16; got"),
+        ({5: "Q4_1"}, "5-bit weights can be written as Q5_1 or Q5_K, or a wider .* Q6_K, Q8_0, F16; got"),
     ],
 )
 def test_a_type_that_cannot_hold_the_bits_is_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         type_map(overrides)
+
+
+def test_any_width_may_pick_a_wider_type_for_a_merged_adapter():
+    types = type_map({3: "Q5_1", 4: "Q8_0", 8: "F16", 6: "F16"})
+    assert [types[b] for b in (3, 4, 6, 8)] == ["Q5_1", "Q8_0", "F16", "F16"]
+    assert type_map({4: "Q5_0", 2: "Q6_K"}, "symmetric")[4] == "Q5_0"
+    with pytest.raises(ValueError, match="wider type for a merged adapter: Q5_0, Q5_K, Q6_K, Q8_0, F16"):
+        type_map({4: "Q5_1"}, "symmetric")  # a symmetric plan's family has no Q5_1
+    # only wider than the default: 6-bit weights (Q6_K, 6.5625) cannot pick Q5_1 (6.0)
+    with pytest.raises(ValueError, match="6-bit weights can be written as Q6_K or Q8_0, or a wider"):
+        type_map({6: "Q5_1"})
 
 
 def test_k_quants_fall_back_for_rows_not_a_multiple_of_256():
@@ -176,7 +189,7 @@ def test_symmetric_types_and_refusals():
     assert [sym[b] for b in range(2, 9)] == ["Q2_K", "Q4_0", "Q4_0", "Q5_0", "Q6_K", "Q8_0", "Q8_0"]
     assert type_map({2: "Q4_0", 6: "Q8_0"}, "symmetric")[2] == "Q4_0"
     with pytest.raises(
-        ValueError, match=r"can be written as Q4_0 or Q4_K, got 'Q4_1' \(the choices of a symmetric"
+        ValueError, match=r"as Q4_0 or Q4_K, or a wider .*; got 'Q4_1' \(the choices of a symmetric"
     ):
         type_map({4: "Q4_1"}, "symmetric")
     assert row_type("Q4_K", 576, "symmetric")[0] == "Q4_0" and row_type("Q5_K", 576, "symmetric")[0] == "Q5_0"

@@ -228,7 +228,10 @@ def export(
         gguf_types: with --format gguf: other types for some bit-widths, BITS=TYPE[,...]: 2=Q4_1 or
             3=Q3_K (3.4375 bits, re-quantised; the default keeps the codes as Q4_1), 4=Q4_K, 5=Q5_K, 6=Q8_0;
             a --quant-method symmetric run's codes go unchanged to Q4_0 (2..4 bits), Q5_0 (5) and
-            Q8_0 (6..8), by default at 3, 4, 5, 7 and 8 bits (2=Q4_0, 6=Q8_0 to keep them too)
+            Q8_0 (6..8), by default at 3, 4, 5, 7 and 8 bits (2=Q4_0, 6=Q8_0 to keep them too); any
+            width may also take a wider type (Q5_1 or Q5_0, Q5_K, Q6_K, Q8_0, F16), for --adapter
+            merged: a merged weight is off the plan's grid and a fresh low-bit rounding undoes
+            much of what the adapter learned (docs/EXPORT.md)
         refit: with --format compressed-tensors: what a linear whose codes cannot be written
             unchanged is re-quantised from: source (the source weight plus the adapter's change)
             or merged (the run's merged weight: a second quantisation; docs/EXPORT.md)

@@ -365,7 +365,8 @@ def _encode(
     if type_name in code_bits:
         refit = quantize(weight, code_bits[type_name], BLOCK, method)  # type: ignore[arg-type]
         return codes_to_blocks(refit, type_name), type_name, "requantised", fallback
-    return quantize_dense(weight, type_name), type_name, "requantised", fallback
+    how = "dense" if type_name == DENSE_TYPE else "requantised"  # F16 asked for (--gguf-types)
+    return quantize_dense(weight, type_name), type_name, how, fallback
 
 
 def _relative_error(weight: torch.Tensor, written: torch.Tensor) -> float:

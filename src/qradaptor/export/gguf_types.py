@@ -35,8 +35,11 @@ for 3.4375 bits), 4 -> Q4_1 and 5 -> Q5_1 (5 and 6 bits: our codes and float16 s
 per group of 32, exactly the plan's bytes at group 32), 6 -> Q6_K (6.5625), 7, 8 -> Q8_0 (8.5);
 16 -> the source tensor's own bytes when the run left the weight unchanged, else F16.
 ``TYPE_CHOICES`` lists what ``--gguf-types`` may pick instead (4 -> Q4_K, 5 -> Q5_K, 2 -> Q4_1
-to keep the codes exact, 3 -> Q3_K, 6 -> Q8_0). K-quants need rows of a multiple of 256 inputs:
-other rows fall back (``FALLBACK``) to the 32-block type nearest in bits that holds the plan's
+to keep the codes exact, 3 -> Q3_K, 6 -> Q8_0); any width may also pick a wider type
+(``TypeFamily.wider``: Q5_1 or Q5_0, Q5_K, Q6_K, Q8_0, F16), for a weight an adapter was merged
+into: it is off the plan's grid and is re-quantised anyway, and a fresh rounding at the plan's
+own bits undoes much of what a low-bit adapter learned (docs/EXPORT.md). K-quants need rows of
+a multiple of 256 inputs: other rows fall back (``FALLBACK``) to the 32-block type nearest in bits that holds the plan's
 codes exactly (Q4_1, Q5_1), or to Q8_0 for 6 bits, and the tensor's record says so (llama.cpp's
 ``llama-quantize`` falls back the same way). 1 bit has no GGUF type: llama.cpp's ~1-bit formats
 (IQ1_S, IQ1_M, TQ1_0) are codebooks and ternary grids, not 1-bit codes.
@@ -79,6 +82,11 @@ CODE_BITS: dict[str, int] = {"Q4_1": 4, "Q5_1": 5}
 """Types that hold our codes unchanged, with their code bits."""
 DENSE_TYPE = "F16"
 """The type of a 16-bit weight that the run changed (an adapter merged into it)."""
+BITS_PER_WEIGHT: dict[str, float] = {
+    "Q2_K": 2.625, "Q3_K": 3.4375, "Q4_0": 4.5, "Q4_K": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_K": 5.5,
+    "Q5_1": 6.0, "Q6_K": 6.5625, "Q8_0": 8.5, DENSE_TYPE: 16.0,
+}  # fmt: skip
+"""Stored bits per weight of each type a planned tensor can be written as (scales included)."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +101,20 @@ class TypeFamily:
     """The 32-block type a K-quant falls back to for rows not a multiple of 256 inputs."""
     code_bits: dict[str, int]
     """Types that hold this fit's codes unchanged, with their code bits."""
+    wider: tuple[str, ...]
+    """Types any width may pick when they store more bits per weight than its default: for a
+    weight an adapter was merged into (module docstring)."""
+
+    def allowed(self, bits: int) -> tuple[str, ...]:
+        """The types ``--gguf-types`` accepts for ``bits``: ``choices`` then the wider ones."""
+        floor = BITS_PER_WEIGHT[self.types[bits]]
+        wider = (t for t in self.wider if BITS_PER_WEIGHT[t] > floor and t not in self.choices[bits])
+        return self.choices[bits] + tuple(wider)
 
 
-ASYMMETRIC = TypeFamily(GGUF_TYPES, TYPE_CHOICES, FALLBACK, CODE_BITS)
+ASYMMETRIC = TypeFamily(
+    GGUF_TYPES, TYPE_CHOICES, FALLBACK, CODE_BITS, wider=("Q5_1", "Q5_K", "Q6_K", "Q8_0", DENSE_TYPE)
+)
 """rtn and hqq: Q4_1 and Q5_1 hold the codes."""
 SYMMETRIC = TypeFamily(
     types={2: "Q2_K", 3: "Q4_0", 4: "Q4_0", 5: "Q5_0", 6: "Q6_K", 7: "Q8_0", 8: "Q8_0"},
@@ -110,6 +129,7 @@ SYMMETRIC = TypeFamily(
     },
     fallback={"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q4_0", "Q5_K": "Q5_0", "Q6_K": "Q8_0"},
     code_bits={"Q4_0": 4, "Q5_0": 5, "Q8_0": 8},
+    wider=("Q5_0", "Q5_K", "Q6_K", "Q8_0", DENSE_TYPE),
 )
 """quant_method "symmetric": Q4_0, Q5_0 and Q8_0 hold the codes."""
 
@@ -139,7 +159,7 @@ def gguf_type(bits: int, *, where: str = "a layer", types: Mapping[int, str] | N
 
 def type_map(overrides: Mapping[int, str], method: str = "hqq") -> dict[int, str]:
     """The default types of ``method``'s family with ``overrides`` (bits -> type) applied, each
-    checked against the family's choices.
+    checked against the family's choices and wider types (``TypeFamily.allowed``).
 
     Raises:
         ValueError: for bits with no GGUF type, or a type that is not among that width's choices.
@@ -151,10 +171,12 @@ def type_map(overrides: Mapping[int, str], method: str = "hqq") -> dict[int, str
             raise ValueError(
                 f"--gguf-types: {bits} bits have no GGUF type; it takes bits {sorted(family.choices)}"
             )
-        if name not in family.choices[bits]:
+        if name not in family.allowed(bits):
+            wider = family.allowed(bits)[len(family.choices[bits]) :]
+            more = f", or a wider type for a merged adapter: {', '.join(wider)}" if wider else ""
             raise ValueError(
                 f"--gguf-types: {bits}-bit weights can be written as "
-                f"{' or '.join(family.choices[bits])}, got {name!r} (the choices of a {method} plan)"
+                f"{' or '.join(family.choices[bits])}{more}; got {name!r} (the choices of a {method} plan)"
             )
         types[bits] = name
     return types
