@@ -146,15 +146,27 @@ class _Props:
     total_memory = 24 * 2**30
 
 
+def _set_fraction_as_torch(calls: list):
+    """``torch.cuda.set_per_process_memory_fraction`` as torch resolves its device: through
+    ``_get_device_index(device)`` (optional=False), which refuses a device without an index."""
+    from torch.cuda._utils import _get_device_index
+
+    return lambda fraction, device=None: calls.append((fraction, _get_device_index(device)))
+
+
 def test_a_limit_above_the_gpu_is_refused_and_the_cap_is_set(monkeypatch) -> None:
     calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: _Props())
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Test GPU")
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", _set_fraction_as_torch(calls))
     with pytest.raises(ValueError, match=r"above the 24,576 MiB of cuda \(Test GPU\)"):
         check_device_limit(25 * 2**30, "cuda")
     check_device_limit(24 * 2**30, "cuda")
     check_device_limit(10**15, "cpu")  # nothing to compare with on a CPU
+    # A bare "cuda" is capped on the current device; torch refuses an index-less device.
     assert cap_device_(12 * 2**30, "cuda") == 0.5
-    assert calls == [(0.5, torch.device("cuda"))]
-    assert cap_device_(12 * 2**30, "cpu") is None and len(calls) == 1
+    assert cap_device_(12 * 2**30, "cuda:0") == 0.5
+    assert calls == [(0.5, 1), (0.5, 0)]
+    assert cap_device_(12 * 2**30, "cpu") is None and len(calls) == 2
+

@@ -342,11 +342,14 @@ def check_device_limit(limit: int, device: str) -> None:
         return
     import torch
 
-    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    from qradaptor.devices import indexed
+
+    where = indexed(device)
+    total = torch.cuda.get_device_properties(where).total_memory
     if limit > total:
         raise ValueError(
             f"--max-memory {mib(limit)} is above the {mib(total)} of {device} "
-            f"({torch.cuda.get_device_name(torch.device(device))}); give at most that"
+            f"({torch.cuda.get_device_name(where)}); give at most that"
         )
 
 
@@ -358,7 +361,9 @@ def cap_device_(limit: int, device: str) -> float | None:
         return None
     import torch
 
-    where = torch.device(device)
+    from qradaptor.devices import indexed
+
+    where = indexed(device)  # set_per_process_memory_fraction refuses a bare "cuda"
     total = torch.cuda.get_device_properties(where).total_memory
     fraction = min(1.0, limit / total)
     torch.cuda.set_per_process_memory_fraction(fraction, where)

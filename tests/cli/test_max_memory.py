@@ -291,6 +291,7 @@ def test_the_8b_search_fits_24gib_in_bf16_with_the_cache_on_the_host(monkeypatch
     monkeypatch.setattr(
         torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 2**40})
     )
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: None)
     shape = LlamaConfig(
         hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,

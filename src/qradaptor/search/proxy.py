@@ -191,8 +191,6 @@ class ProxyEvaluator:
         Raises:
             ValueError: if the ids are not 2-d long tensors or the config is not a ProxyConfig.
         """
-        import torch
-
         config = ProxyConfig() if config is None else config
         if not isinstance(config, ProxyConfig):
             raise ValueError(f"config must be a ProxyConfig, got {type(config).__name__}")
@@ -201,8 +199,10 @@ class ProxyEvaluator:
         if device is None:
             param = next(base_model.parameters(), None)
             device = param.device if param is not None else "cpu"
+        from qradaptor.devices import indexed
+
         self.config = config
-        self.device = torch.device(device)
+        self.device = indexed(device)  # "cuda" as cuda:N, so it equals a parameter's device
         self.shared_base = shared_base
         self.gradient_checkpointing = gradient_checkpointing
         param = next(base_model.parameters(), None)
