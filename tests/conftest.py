@@ -331,11 +331,9 @@ T = 32
 
 
 def pattern_ids(rows: int, offset: int) -> torch.Tensor:
-    """(rows, T) windows of one period-8 token cycle, each at its own phase.
-
-    Tokens repeat inside the cycle, so the next token depends on context, not only on the
-    current one: the blocks (which the plan quantises) matter, not just embedding and head.
-    """
+    """(rows, T) windows of one period-8 token cycle, each at its own phase. Tokens repeat inside the
+    cycle, so the next token depends on context, not only on the current one: the blocks (which the
+    plan quantises) matter, not just embedding and head."""
     cycle = torch.tensor([3, 41, 3, 97, 41, 3, 150, 97])
     starts = (torch.arange(rows) * 3 + offset)[:, None]  # (rows, 1)
     return cycle[(starts + torch.arange(T)) % len(cycle)]  # (rows, T)
@@ -345,6 +343,22 @@ def pattern_ids(rows: int, offset: int) -> torch.Tensor:
 def pattern():
     """``pattern_ids`` itself: ``pattern(rows, offset)`` gives (rows, T) windows."""
     return pattern_ids
+
+
+def search_on_pattern(model, storage: str, config, proxy, **kwargs):
+    """``run_search`` on the pattern: 16 training windows at phase 0, 8 held-out ones at phase 1,
+    4 calibration ones at phase 2, no progress output; ``kwargs`` go on to ``run_search``."""
+    from qradaptor.search.pipeline import run_search
+
+    train, held_out, calibration = pattern_ids(16, 0), pattern_ids(8, 1), pattern_ids(4, 2)
+    options = dict(storage=storage, proxy=proxy, calibration=calibration, progress=False)
+    return run_search(model, train, held_out, config, **options, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def pattern_search():
+    """``search_on_pattern`` itself: ``pattern_search(model, storage, config, proxy, **kwargs)``."""
+    return search_on_pattern
 
 
 def train_on_pattern(model):
@@ -362,23 +376,20 @@ def train_on_pattern(model):
 
 @pytest.fixture(scope="module")
 def trained_llama(llama_factory):
-    """A tiny 3-block Llama fully trained on the pattern, so quantisation has something to hurt.
-
-    A wider init (0.1) than the default makes the blocks carry the prediction.
-    """
+    """A tiny 3-block Llama fully trained on the pattern, so quantisation has something to hurt; a
+    wider init (0.1) than the default makes the blocks carry the prediction."""
     return train_on_pattern(llama_factory(tied=False, initializer_range=0.1))
 
 
 def idle_odd_blocks_llama(llama_factory, seed: int = 0):
     """An 8-block Llama whose odd blocks do (almost) nothing, trained on the pattern.
 
-    Weights are drawn here (N(0, 0.1) matrices, unit norms) rather than by transformers' own
-    init, so the model does not change with the transformers version. The odd blocks' matrices
-    are scaled to 1% and frozen before training: quantising them costs nothing, while the even
-    blocks carry the prediction. Plans of one budget therefore differ by where they put their
-    bits, which is what a search must find (on a model of identical blocks trained to near-zero
-    loss, every plan of a budget scored within 0.1% and random plans beat the search by noise).
-    """
+    Weights are drawn here (N(0, 0.1) matrices, unit norms) rather than by transformers' own init,
+    so the model does not change with the transformers version. The odd blocks' matrices are scaled
+    to 1% and frozen before training: quantising them costs nothing, while the even blocks carry the
+    prediction. Plans of one budget therefore differ by where they put their bits, which is what a
+    search must find (on a model of identical blocks trained to near-zero loss, every plan of a
+    budget scored within 0.1% and random plans beat the search by noise)."""
     model = llama_factory(tied=False, layers=8)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -387,12 +398,11 @@ def idle_odd_blocks_llama(llama_factory, seed: int = 0):
                 parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
             else:
                 parameter.fill_(1.0)
-        for index, block in enumerate(model.model.layers):
-            if index % 2:
-                for parameter in block.parameters():
-                    if parameter.dim() == 2:
-                        parameter.mul_(0.01)
-                block.requires_grad_(False)
+        for block in model.model.layers[1::2]:
+            for parameter in block.parameters():
+                if parameter.dim() == 2:
+                    parameter.mul_(0.01)
+            block.requires_grad_(False)
     return train_on_pattern(model)
 
 

@@ -14,7 +14,7 @@ from qradaptor.distributed.queue import QueueSettings, trials_by_hash
 from qradaptor.distributed.study import sqlite_url
 from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import parse_budget
-from qradaptor.search.pipeline import SearchConfig, WorkerQueue, run_search
+from qradaptor.search.pipeline import SearchConfig, WorkerQueue
 from qradaptor.search.proxy import ProxyConfig
 
 PROXY = ProxyConfig(steps=4, batch_size=4, lr=1e-2, warmup=1, eval_batches=2)
@@ -49,27 +49,13 @@ def model(model_dir):
     return load_model(str(model_dir)).model
 
 
-def _search(model, pattern, storage, workers=None, config=CONFIG):
-    return run_search(
-        model,
-        pattern(16, 0),
-        pattern(8, 1),
-        config,
-        storage=storage,
-        proxy=PROXY,
-        calibration=pattern(4, 2),
-        progress=False,
-        workers=workers,
-    )
-
-
 @pytest.fixture(scope="module")
-def single_process(model, pattern, tmp_path_factory):
+def single_process(model, pattern_search, tmp_path_factory):
     """The reference: the same search scored in this process."""
-    return _search(model, pattern, sqlite_url(tmp_path_factory.mktemp("single") / "study.db"))
+    return pattern_search(model, sqlite_url(tmp_path_factory.mktemp("single") / "study.db"), CONFIG, PROXY)
 
 
-def _with_workers(model, model_dir, pattern, storage, count, tmp_path, during=None):
+def _with_workers(model, model_dir, pattern_search, storage, count, tmp_path, during=None):
     pool = LocalWorkers(storage, "qradaptor", ["cpu"] * count, tmp_path / "logs", SETTINGS)
     queue = WorkerQueue(
         str(model_dir), SETTINGS, on_ready=lambda _: pool.start(), check_alive=pool.check_alive
@@ -79,7 +65,7 @@ def _with_workers(model, model_dir, pattern, storage, count, tmp_path, during=No
         watcher = threading.Thread(target=during, args=(pool,), daemon=True)
         watcher.start()
     with pool:
-        outcome = _search(model, pattern, storage, queue)
+        outcome = pattern_search(model, storage, CONFIG, PROXY, workers=queue)
     if watcher is not None:
         watcher.join(timeout=60)
     return outcome, pool
@@ -112,9 +98,9 @@ def _same_records(a, b) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("count", [2, 4])
 def test_workers_give_the_single_process_search_with_no_duplicate_or_missing_trial(
-    model, model_dir, pattern, storage_url, single_process, count, tmp_path
+    model, model_dir, pattern_search, storage_url, single_process, count, tmp_path
 ) -> None:
-    outcome, pool = _with_workers(model, model_dir, pattern, storage_url, count, tmp_path)
+    outcome, pool = _with_workers(model, model_dir, pattern_search, storage_url, count, tmp_path)
     assert _same_records(outcome, single_process)
     assert [r.number for r in outcome.records] == [r.number for r in single_process.records]
     assert outcome.chosen.plan_hash == single_process.chosen.plan_hash
@@ -126,7 +112,9 @@ def test_workers_give_the_single_process_search_with_no_duplicate_or_missing_tri
     assert len(scorers) >= 2, scorers  # the work was shared
     assert all(p.popen.returncode == 0 for p in pool.processes)  # each left once the search was done
     if count == 2:  # run again: every plan is read back from the study, no worker is needed
-        again = _search(model, pattern, storage_url, WorkerQueue(str(model_dir), SETTINGS))
+        again = pattern_search(
+            model, storage_url, CONFIG, PROXY, workers=WorkerQueue(str(model_dir), SETTINGS)
+        )
         assert again.evaluated == 0 and again.replayed == scored
         assert _same_records(again, outcome)
 
@@ -144,13 +132,13 @@ def _kill_first_worker_mid_trial(pool: LocalWorkers, storage: str) -> None:
 
 @pytest.mark.slow
 def test_a_sigkilled_worker_s_trial_is_retried_by_another(
-    model, model_dir, pattern, single_process, tmp_path
+    model, model_dir, pattern_search, single_process, tmp_path
 ) -> None:
     storage_url = sqlite_url(tmp_path / "study.db")  # the protocol is the storage's; one is enough here
     outcome, pool = _with_workers(
         model,
         model_dir,
-        pattern,
+        pattern_search,
         storage_url,
         2,
         tmp_path,

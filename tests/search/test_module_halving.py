@@ -16,7 +16,7 @@ from qradaptor.search.budget import parse_budget, violation
 from qradaptor.search.cost import search_work
 from qradaptor.search.knapsack import knapsack_genome, knapsack_plan, tie_items
 from qradaptor.search.multifidelity import HalvingConfig
-from qradaptor.search.pipeline import SearchConfig, run_search
+from qradaptor.search.pipeline import SearchConfig
 from qradaptor.search.profiling import check_given_profile
 from qradaptor.search.proxy import ProxyConfig
 from qradaptor.search.records import genome_of
@@ -110,24 +110,10 @@ CONFIG = SearchConfig(
 PROXY = ProxyConfig(steps=4, batch_size=4, lr=1e-3, warmup=1, eval_batches=2)
 
 
-def _search(model, pattern, storage, config=CONFIG, **kwargs):
-    return run_search(
-        model,
-        pattern(16, 0),
-        pattern(8, 1),
-        config,
-        storage=storage,
-        proxy=PROXY,
-        calibration=pattern(4, 2),
-        progress=False,
-        **kwargs,
-    )
-
-
 @pytest.fixture(scope="module")
-def module_search(trained_llama, pattern, tmp_path_factory):
+def module_search(trained_llama, pattern_search, tmp_path_factory):
     storage = sqlite_url(tmp_path_factory.mktemp("modules") / "s.db")
-    return storage, _search(trained_llama, pattern, storage)
+    return storage, pattern_search(trained_llama, storage, CONFIG, PROXY)
 
 
 def test_the_choice_is_the_top_rung_argmin_and_no_worse_than_the_module_knapsack(
@@ -157,19 +143,19 @@ def test_the_choice_is_the_top_rung_argmin_and_no_worse_than_the_module_knapsack
     assert len(outcome.screened) >= CONFIG.halving.candidates
 
 
-def test_running_again_replays_every_module_plan(trained_llama, pattern, module_search) -> None:
+def test_running_again_replays_every_module_plan(trained_llama, pattern_search, module_search) -> None:
     storage, first = module_search
-    again = _search(trained_llama, pattern, storage)
+    again = pattern_search(trained_llama, storage, CONFIG, PROXY)
     assert again.evaluated == 0 and again.replayed == first.evaluated
     assert again.records == first.records and again.screened == first.screened
     assert all(len(r.bits) == 21 for r in again.records)  # 3 blocks x 7 linears, read back from the study
 
 
-def test_fused_groups_stay_tied_in_every_scored_plan(trained_llama, pattern, tmp_path) -> None:
+def test_fused_groups_stay_tied_in_every_scored_plan(trained_llama, pattern_search, tmp_path) -> None:
     structure = inspect_model(trained_llama)
     groups = fused_groups(structure)
     config = replace(CONFIG, tied=tuple(groups), budget=parse_budget("3.8bits"))
-    outcome = _search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config)
+    outcome = pattern_search(trained_llama, sqlite_url(tmp_path / "s.db"), config, PROXY)
     units = TiedUnits.build(MemoryTable.build(structure, outcome.space, group_size=32), groups)
     scored = [*outcome.records, *outcome.screened]
     assert {r.phase for r in outcome.records} >= {"knapsack", "bayes"} and len(scored) > 12

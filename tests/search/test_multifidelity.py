@@ -15,7 +15,7 @@ from qradaptor.search.budget import Budget, parse_budget, violation
 from qradaptor.search.candidates import knapsack_candidates, neighbours
 from qradaptor.search.knapsack import knapsack_genome
 from qradaptor.search.multifidelity import HalvingConfig, promote, run_halving
-from qradaptor.search.pipeline import SearchConfig, run_search
+from qradaptor.search.pipeline import SearchConfig
 from qradaptor.search.proxy import ProxyConfig
 from qradaptor.search.space import MemoryTable, SearchSpace
 
@@ -145,25 +145,13 @@ CONFIG = SearchConfig(
     references=False,
     halving=HalvingConfig(candidates=12, sweep=4),
 )
-
-
-def _search(model, pattern, storage, **config):
-    return run_search(
-        model,
-        pattern(16, 0),
-        pattern(8, 1),
-        replace(CONFIG, **config),
-        storage=storage,
-        proxy=ProxyConfig(steps=4, batch_size=4, lr=1e-3, warmup=1, eval_batches=2),
-        calibration=pattern(4, 2),
-        progress=False,
-    )
+PROXY = ProxyConfig(steps=4, batch_size=4, lr=1e-3, warmup=1, eval_batches=2)
 
 
 def test_the_choice_is_never_worse_than_the_knapsack_plan_on_the_top_rung(
-    trained_llama, pattern, tmp_path
+    trained_llama, pattern_search, tmp_path
 ) -> None:
-    outcome = _search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"))
+    outcome = pattern_search(trained_llama, sqlite_url(tmp_path / "s.db"), CONFIG, PROXY)
     knapsack = [r for r in outcome.records if r.phase == "knapsack"]
     assert len(knapsack) == 1 and outcome.chosen.loss <= knapsack[0].loss
     assert {r.phase for r in outcome.records} <= {"knapsack", "halving", "bayes"}
@@ -178,21 +166,24 @@ def test_the_choice_is_never_worse_than_the_knapsack_plan_on_the_top_rung(
     assert top == {r.plan_hash for r in rung1[: len(top)]}
 
 
-def test_running_again_replays_every_rung(trained_llama, pattern, tmp_path) -> None:
+def test_running_again_replays_every_rung(trained_llama, pattern_search, tmp_path) -> None:
     storage = sqlite_url(tmp_path / "s.db")
-    first = _search(trained_llama, pattern, storage)
-    again = _search(trained_llama, pattern, storage)
+    first = pattern_search(trained_llama, storage, CONFIG, PROXY)
+    again = pattern_search(trained_llama, storage, CONFIG, PROXY)
     assert first.evaluated == len(first.records) + len(first.screened)
     assert again.evaluated == 0 and again.replayed == first.evaluated
     assert again.records == first.records and again.screened == first.screened
 
 
-def test_another_rung_count_reuses_the_screen_of_the_same_study(trained_llama, pattern, tmp_path) -> None:
+def test_another_rung_count_reuses_the_screen_of_the_same_study(
+    trained_llama, pattern_search, tmp_path
+) -> None:
     """Rung studies are named by their steps: changing --rungs keeps the forward-only scores."""
     storage = sqlite_url(tmp_path / "s.db")
-    first = _search(trained_llama, pattern, storage, bayes=BayesConfig(iterations=0))
-    more = replace(CONFIG.halving, rungs=2)
-    again = _search(trained_llama, pattern, storage, bayes=BayesConfig(iterations=0), halving=more)
+    no_bayes = replace(CONFIG, bayes=BayesConfig(iterations=0))
+    first = pattern_search(trained_llama, storage, no_bayes, PROXY)
+    more_rungs = replace(no_bayes, halving=replace(CONFIG.halving, rungs=2))
+    again = pattern_search(trained_llama, storage, more_rungs, PROXY)
     screen = [r for r in first.screened if r.generation == 0]
     assert [r for r in again.screened if r.generation == 0] == screen
     assert again.replayed >= len(screen) + 1  # and the knapsack plan's top-rung score

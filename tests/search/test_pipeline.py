@@ -20,7 +20,7 @@ from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import parse_budget, violation
 from qradaptor.search.initial import initial_population
 from qradaptor.search.multifidelity import HalvingConfig
-from qradaptor.search.pipeline import SearchConfig, run_search
+from qradaptor.search.pipeline import SearchConfig
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.records import genome_of
 from qradaptor.search.space import MemoryTable, SearchSpace
@@ -39,20 +39,6 @@ CONFIG = SearchConfig(
 )
 
 
-def search(model, pattern, storage: str, config: SearchConfig = CONFIG, proxy: ProxyConfig = PROXY, **kwargs):
-    return run_search(
-        model,
-        pattern(16, 0),
-        pattern(8, 1),
-        config,
-        storage=storage,
-        proxy=proxy,
-        calibration=pattern(4, 2),
-        progress=False,
-        **kwargs,
-    )
-
-
 def table_for(model, config: SearchConfig = CONFIG) -> MemoryTable:
     structure = inspect_model(model)
     space = SearchSpace.for_structure(structure, config.granularity, bits=config.bits, ranks=config.ranks)
@@ -66,7 +52,7 @@ recover so much that the proxy ranks plans of one budget by its own noise."""
 
 @pytest.mark.parametrize("strategy", ["halving", "paper"])
 def test_search_beats_random_plans_of_the_same_budget_for_every_seed(
-    idle_odd_llama8, pattern, tmp_path, strategy
+    idle_odd_llama8, pattern, pattern_search, tmp_path, strategy
 ) -> None:
     """On a model where plans differ, every seed's choice is about as good as the best of 12
     random plans and far better than the typical one.
@@ -81,12 +67,11 @@ def test_search_beats_random_plans_of_the_same_budget_for_every_seed(
     # The premise: where a plan puts its bits matters here (0.0292 vs 0.0344 when written).
     assert median > 1.1 * best, sorted(random_losses)
     for seed in range(3):
-        outcome = search(
+        outcome = pattern_search(
             idle_odd_llama8,
-            pattern,
             sqlite_url(tmp_path / f"{seed}.db"),
             replace(CONFIG, seed=seed, strategy=strategy),
-            proxy=GENTLE_PROXY,
+            GENTLE_PROXY,
         )
         chosen = outcome.chosen.loss
         # No more fine-tune tokens than the random plans took (halving's rung 0 tunes nothing).
@@ -96,8 +81,9 @@ def test_search_beats_random_plans_of_the_same_budget_for_every_seed(
         assert chosen <= best + 0.2 * (median - best), (seed, chosen, sorted(random_losses))
 
 
-def test_chosen_plan_is_the_lowest_loss_within_the_budget(trained_llama, pattern, tmp_path) -> None:
-    outcome = search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), replace(CONFIG, references=True))
+def test_chosen_plan_is_the_lowest_loss_within_the_budget(trained_llama, pattern_search, tmp_path) -> None:
+    config = replace(CONFIG, references=True)
+    outcome = pattern_search(trained_llama, sqlite_url(tmp_path / "s.db"), config, PROXY)
     table = table_for(trained_llama)
     phases = [r.phase for r in outcome.records]
     assert phases[:4] == ["reference"] * 4 and {"initial", "nsga2", "bayes"} <= set(phases)
@@ -112,55 +98,52 @@ def test_chosen_plan_is_the_lowest_loss_within_the_budget(trained_llama, pattern
     assert outcome.evaluated == len(outcome.records) and outcome.replayed == 0
 
 
-def test_running_again_replays_every_trial_and_tunes_nothing(trained_llama, pattern, tmp_path) -> None:
+def test_running_again_replays_every_trial_and_tunes_nothing(trained_llama, pattern_search, tmp_path) -> None:
     storage = sqlite_url(tmp_path / "s.db")
-    first = search(trained_llama, pattern, storage)
-    again = search(trained_llama, pattern, storage)
+    first = pattern_search(trained_llama, storage, CONFIG, PROXY)
+    again = pattern_search(trained_llama, storage, CONFIG, PROXY)
     assert again.evaluated == 0 and again.replayed == len(first.records)
     assert again.records == first.records and again.chosen == first.chosen
 
 
-def test_budget_below_the_smallest_plan_is_refused_before_any_work(trained_llama, pattern, tmp_path) -> None:
+def test_budget_below_the_smallest_plan_is_refused_before_any_work(
+    trained_llama, pattern_search, tmp_path
+) -> None:
+    config = replace(CONFIG, budget=parse_budget("2.5bits"))
     with pytest.raises(ValueError, match=r"below the smallest plan of the search space: 3 avg bits"):
-        search(
-            trained_llama,
-            pattern,
-            sqlite_url(tmp_path / "s.db"),
-            replace(CONFIG, budget=parse_budget("2.5bits")),
-        )
+        pattern_search(trained_llama, sqlite_url(tmp_path / "s.db"), config, PROXY)
     assert not (tmp_path / "s.db").exists()
 
 
-def test_budget_above_the_largest_plan_returns_it_and_says_so(trained_llama, pattern, tmp_path) -> None:
-    outcome = search(
-        trained_llama, pattern, sqlite_url(tmp_path / "s.db"), replace(CONFIG, budget=parse_budget("16bits"))
-    )
+def test_budget_above_the_largest_plan_returns_it_and_says_so(
+    trained_llama, pattern_search, tmp_path
+) -> None:
+    config = replace(CONFIG, budget=parse_budget("16bits"))
+    outcome = pattern_search(trained_llama, sqlite_url(tmp_path / "s.db"), config, PROXY)
     assert "above the largest plan" in outcome.note and "9 avg bits" in outcome.note
     assert outcome.chosen.bits == (8, 8, 8) and outcome.chosen.ranks == (8, 8, 8)
     assert len(outcome.records) == 1
 
 
 def test_resume_with_another_search_space_is_refused_and_keeps_the_study(
-    trained_llama, pattern, tmp_path
+    trained_llama, pattern_search, tmp_path
 ) -> None:
     storage = sqlite_url(tmp_path / "s.db")
-    first = search(
-        trained_llama, pattern, storage, replace(CONFIG, generations=1, bayes=BayesConfig(iterations=0))
-    )
+    one_generation = replace(CONFIG, generations=1, bayes=BayesConfig(iterations=0))
+    first = pattern_search(trained_llama, storage, one_generation, PROXY)
     with pytest.raises(ValueError, match=r"ranks: study has \[4, 8\], this run has \[4, 8, 16\]"):
-        search(trained_llama, pattern, storage, replace(CONFIG, ranks=(4, 8, 16)))
-    again = search(
-        trained_llama, pattern, storage, replace(CONFIG, generations=1, bayes=BayesConfig(iterations=0))
-    )
+        pattern_search(trained_llama, storage, replace(CONFIG, ranks=(4, 8, 16)), PROXY)
+    again = pattern_search(trained_llama, storage, one_generation, PROXY)
     assert again.evaluated == 0 and again.records == first.records
 
 
-def test_resume_on_another_model_is_refused(trained_llama, llama_factory, pattern, tmp_path) -> None:
+def test_resume_on_another_model_is_refused(trained_llama, llama_factory, pattern_search, tmp_path) -> None:
     storage = sqlite_url(tmp_path / "s.db")
-    search(trained_llama, pattern, storage, replace(CONFIG, generations=0, bayes=BayesConfig(iterations=0)))
+    initial_only = replace(CONFIG, generations=0, bayes=BayesConfig(iterations=0))
+    pattern_search(trained_llama, storage, initial_only, PROXY)
     other = llama_factory(tied=False, initializer_range=0.1, seed=1)
     with pytest.raises(ValueError, match=r"weights: study has"):
-        search(other, pattern, storage, replace(CONFIG, generations=0, bayes=BayesConfig(iterations=0)))
+        pattern_search(other, storage, initial_only, PROXY)
 
 
 _CHILD = """
@@ -179,7 +162,7 @@ model = top.make_tiny_llama(tied=False, initializer_range=0.1)
 model.load_state_dict(torch.load({weights!r}))
 config = this.replace(this.CONFIG, strategy={strategy!r})
 model = model.eval().requires_grad_(False)
-this.search(model, top.pattern_ids, {storage!r}, config, proxy=this.GENTLE_PROXY)
+top.search_on_pattern(model, {storage!r}, config, this.GENTLE_PROXY)
 """
 
 
@@ -201,12 +184,10 @@ def _complete_trials(db: Path) -> list[tuple[int, int, str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["paper", "halving"])
 def test_a_search_killed_mid_run_resumes_without_losing_or_repeating_a_trial(
-    trained_llama, pattern, tmp_path, strategy
+    trained_llama, pattern_search, tmp_path, strategy
 ) -> None:
     config = replace(CONFIG, strategy=strategy)
-    uninterrupted = search(
-        trained_llama, pattern, sqlite_url(tmp_path / "whole.db"), config, proxy=GENTLE_PROXY
-    )
+    uninterrupted = pattern_search(trained_llama, sqlite_url(tmp_path / "whole.db"), config, GENTLE_PROXY)
     scored = len(uninterrupted.records) + len(uninterrupted.screened)
     # The child process runs the same search and is SIGKILLed after a few finished trials.
     weights = tmp_path / "weights.pt"
@@ -225,7 +206,7 @@ def test_a_search_killed_mid_run_resumes_without_losing_or_repeating_a_trial(
     assert child.returncode == -signal.SIGKILL, err.decode()[-2000:]
     assert 4 <= len(before) < scored
 
-    resumed = search(trained_llama, pattern, sqlite_url(db), config, proxy=GENTLE_PROXY)
+    resumed = pattern_search(trained_llama, sqlite_url(db), config, GENTLE_PROXY)
     after = _complete_trials(db)
     assert set(before) <= set(after)  # nothing lost
     assert len({(study, h) for study, _, h in after}) == len(after) == scored  # nothing repeated
@@ -238,7 +219,7 @@ def test_a_search_killed_mid_run_resumes_without_losing_or_repeating_a_trial(
 
 
 def test_a_double_quantised_search_prices_builds_and_profiles_8_bit_scales(
-    trained_llama, pattern, tmp_path
+    trained_llama, pattern_search, tmp_path
 ) -> None:
     config = replace(
         CONFIG,
@@ -247,7 +228,7 @@ def test_a_double_quantised_search_prices_builds_and_profiles_8_bit_scales(
         halving=HalvingConfig(candidates=6, sweep=3, eta=3, rungs=1),
         bayes=BayesConfig(iterations=0),
     )
-    outcome = search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config)
+    outcome = pattern_search(trained_llama, sqlite_url(tmp_path / "s.db"), config, PROXY)
     structure = inspect_model(trained_llama)
     space = SearchSpace.for_structure(structure, "block", bits=config.bits, ranks=config.ranks)
     eight_bit = MemoryTable.build(structure, space, group_size=32, double_quant=True)
@@ -261,7 +242,9 @@ def test_a_double_quantised_search_prices_builds_and_profiles_8_bit_scales(
     assert all(r.bytes == int(eight_bit.bytes_of(genome_of(r, space))) for r in outcome.records)
 
 
-def test_a_profile_of_other_scales_is_refused_by_the_search(trained_llama, pattern, tmp_path) -> None:
+def test_a_profile_of_other_scales_is_refused_by_the_search(
+    trained_llama, pattern, pattern_search, tmp_path
+) -> None:
     from qradaptor.sensitivity import profile_sensitivity
 
     plain = profile_sensitivity(trained_llama, pattern(4, 2), bits=[2, 3, 4, 8], group_size=32)
@@ -271,10 +254,12 @@ def test_a_profile_of_other_scales_is_refused_by_the_search(trained_llama, patte
     with pytest.raises(
         ValueError, match="measured without 8-bit scales and zeros .* the search quantises with"
     ):
-        search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config, sensitivity=plain)
+        pattern_search(trained_llama, sqlite_url(tmp_path / "s.db"), config, PROXY, sensitivity=plain)
 
 
-def test_a_profile_of_another_quantiser_is_refused_by_the_search(trained_llama, pattern, tmp_path) -> None:
+def test_a_profile_of_another_quantiser_is_refused_by_the_search(
+    trained_llama, pattern, pattern_search, tmp_path
+) -> None:
     from qradaptor.sensitivity import profile_sensitivity
 
     hqq = profile_sensitivity(trained_llama, pattern(4, 2), bits=[2, 3, 4, 8], group_size=32)
@@ -286,10 +271,12 @@ def test_a_profile_of_another_quantiser_is_refused_by_the_search(trained_llama, 
     )
     refused = "measured with quant_method 'hqq', the search quantises with 'symmetric'"
     with pytest.raises(ValueError, match=refused):
-        search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config, sensitivity=hqq)
+        pattern_search(trained_llama, sqlite_url(tmp_path / "s.db"), config, PROXY, sensitivity=hqq)
 
 
-def test_a_profile_of_another_group_size_is_refused_by_the_search(trained_llama, pattern, tmp_path) -> None:
+def test_a_profile_of_another_group_size_is_refused_by_the_search(
+    trained_llama, pattern, pattern_search, tmp_path
+) -> None:
     from qradaptor.sensitivity import profile_sensitivity
 
     at_16 = profile_sensitivity(trained_llama, pattern(4, 2), bits=[2, 3, 4, 8], group_size=16)
@@ -298,4 +285,4 @@ def test_a_profile_of_another_group_size_is_refused_by_the_search(trained_llama,
     with pytest.raises(
         ValueError, match=f"measured at group size 16, the search quantises at {config.group_size}"
     ):
-        search(trained_llama, pattern, sqlite_url(tmp_path / "s.db"), config, sensitivity=at_16)
+        pattern_search(trained_llama, sqlite_url(tmp_path / "s.db"), config, PROXY, sensitivity=at_16)
