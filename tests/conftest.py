@@ -317,23 +317,17 @@ def postgres_url(postgres_server):
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def storage_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    """An empty Optuna storage: an SQLite file in ``tmp_path``, then a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'optuna.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 # ----- a token pattern and tiny Llamas trained on it (search and distributed tests) -----
 T = 32
 """Tokens per pattern window."""
 
 
 def pattern_ids(rows: int, offset: int) -> torch.Tensor:
-    """(rows, T) windows of one period-8 token cycle, each at its own phase. Tokens repeat inside the
-    cycle, so the next token depends on context, not only on the current one: the blocks (which the
-    plan quantises) matter, not just embedding and head."""
+    """(rows, T) windows of one period-8 token cycle, each at its own phase.
+
+    Tokens repeat inside the cycle, so the next token depends on context, not only on the
+    current one: the blocks (which the plan quantises) matter, not just embedding and head.
+    """
     cycle = torch.tensor([3, 41, 3, 97, 41, 3, 150, 97])
     starts = (torch.arange(rows) * 3 + offset)[:, None]  # (rows, 1)
     return cycle[(starts + torch.arange(T)) % len(cycle)]  # (rows, T)
@@ -376,8 +370,10 @@ def train_on_pattern(model):
 
 @pytest.fixture(scope="module")
 def trained_llama(llama_factory):
-    """A tiny 3-block Llama fully trained on the pattern, so quantisation has something to hurt; a
-    wider init (0.1) than the default makes the blocks carry the prediction."""
+    """A tiny 3-block Llama fully trained on the pattern, so quantisation has something to hurt.
+
+    A wider init (0.1) than the default makes the blocks carry the prediction.
+    """
     return train_on_pattern(llama_factory(tied=False, initializer_range=0.1))
 
 
@@ -389,7 +385,8 @@ def idle_odd_blocks_llama(llama_factory, seed: int = 0):
     to 1% and frozen before training: quantising them costs nothing, while the even blocks carry the
     prediction. Plans of one budget therefore differ by where they put their bits, which is what a
     search must find (on a model of identical blocks trained to near-zero loss, every plan of a
-    budget scored within 0.1% and random plans beat the search by noise)."""
+    budget scored within 0.1% and random plans beat the search by noise).
+    """
     model = llama_factory(tied=False, layers=8)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
