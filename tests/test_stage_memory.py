@@ -169,4 +169,3 @@ def test_a_limit_above_the_gpu_is_refused_and_the_cap_is_set(monkeypatch) -> Non
     assert cap_device_(12 * 2**30, "cuda:0") == 0.5
     assert calls == [(0.5, 1), (0.5, 0)]
     assert cap_device_(12 * 2**30, "cpu") is None and len(calls) == 2
-

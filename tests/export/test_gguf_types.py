@@ -87,8 +87,11 @@ def test_the_mapping_keeps_the_plan_s_bits():
     ("overrides", "message"),
     [
         ({1: "Q2_K"}, "1 bits have no GGUF type"),
-        ({4: "Q2_K"}, "4-bit weights can be written as Q4_1 or Q4_K, or a wider type for a merged adapter: "
-         "Q5_1, Q5_K, Q6_K, Q8_0, F16; got 'Q2_K'"),
+        (
+            {4: "Q2_K"},
+            "4-bit weights can be written as Q4_1 or Q4_K, or a wider type for a merged adapter: "
+            "Q5_1, Q5_K, Q6_K, Q8_0, F16; got 'Q2_K'",
+        ),
         ({8: "Q6_K"}, "8-bit weights can be written as Q8_0, or a wider type for a merged adapter: F16; got"),
         ({5: "Q4_1"}, "5-bit weights can be written as Q5_1 or Q5_K, or a wider .* Q6_K, Q8_0, F16; got"),
     ],
