@@ -85,6 +85,25 @@ def test_a_search_writes_its_run_folder_and_a_second_run_resumes_it(
     assert code == 0, err
 
 
+def test_steps_0_is_a_search_of_forward_passes_only(cli, tiny_model_dir, words, tmp_path) -> None:
+    # The screen is the top rung: every plan, the Bayes picks too, is scored by its held-out loss
+    # before any tuning; the choice is the lowest of them, never worse than the knapsack plan.
+    out = tmp_path / "run"
+    settings = ["--strategy", "halving", "--candidates", 9, "--steps", 0, "--bayes-iterations", 1]
+    code, stdout, err = search(cli, tiny_model_dir, words, out, *settings)
+    assert code == 0, err
+    cost = next(line for line in err.splitlines() if line.startswith("qra search: this search: "))
+    assert "9 plans screened forward only, 1 Bayesian pick scored forward only" in cost
+    assert "proxy fine-tune" not in cost
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {t["phase"] for t in trials} == {"knapsack", "screen", "bayes"} and len(trials) == 10
+    assert all(t["tokens"] == 0 and t["loss"] == t["loss_before"] for t in trials)
+    knapsack = next(t for t in trials if t["phase"] == "knapsack")
+    assert summary["chosen"]["loss"] == min(t["loss"] for t in trials) <= knapsack["loss"]
+    assert json.loads((out / "config.json").read_text())["proxy"]["steps"] == 0
+
+
 def test_the_halving_strategy_writes_its_rungs_and_resumes(cli, tiny_model_dir, words, tmp_path) -> None:
     from qradaptor.search.records import records_from_csv
 
@@ -176,7 +195,13 @@ def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path
         (["--budget", "2.5bits"], "below the smallest plan of the search space: 3 avg bits"),
         (["--fixed-bits", "4", "--fixed-rank", "8"], "give at most one of --fixed-bits and --fixed-rank"),
         (["--fixed-bits", "4"], "with a budget in bits (3.6bits) leaves nothing to search"),
-        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--steps", "-1"], "--steps must be >= 0 (0: plans scored forward only), got -1"),
+        (["--strategy", "halving", "--rungs", "0"], "--steps 0 and --rungs 0 go together"),  # FAST: --steps 2
+        (
+            ["--strategy", "halving", "--steps", "0", "--rungs", "2"],
+            "got --steps 0 --rungs 2: give one of them, or both as 0",
+        ),
+        (["--steps", "0", "--strategy", "paper"], "is for --strategy halving, got --strategy paper"),
         (
             ["--quant-method", "symmetric", "--double-quant"],
             "--quant-method symmetric stores one float16 scale per group and no zero",

@@ -26,6 +26,8 @@ def test_rung_sizes_and_steps() -> None:
     assert config.steps(20) == (0, 7, 20)
     assert HalvingConfig(candidates=10, eta=2, rungs=3).sizes() == (10, 5, 3, 2)
     assert HalvingConfig(candidates=10, eta=2, rungs=3).steps(4) == (0, 1, 2, 4)
+    forward_only = HalvingConfig(candidates=24, rungs=0)  # the screen is the top rung
+    assert forward_only.sizes() == (24,) and forward_only.steps(0) == (0,)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +35,7 @@ def test_rung_sizes_and_steps() -> None:
     [
         ("candidates", 0, "candidates must be an integer >= 1, got 0"),
         ("eta", 1, "eta must be an integer >= 2, got 1"),
-        ("rungs", 0, "rungs must be an integer >= 1, got 0"),
+        ("rungs", -1, "rungs must be an integer >= 0, got -1"),
         ("sweep", True, "sweep must be an integer >= 1, got True"),
     ],
 )

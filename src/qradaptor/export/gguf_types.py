@@ -39,10 +39,11 @@ to keep the codes exact, 3 -> Q3_K, 6 -> Q8_0); any width may also pick a wider 
 (``TypeFamily.wider``: Q5_1 or Q5_0, Q5_K, Q6_K, Q8_0, F16), for a weight an adapter was merged
 into: it is off the plan's grid and is re-quantised anyway, and a fresh rounding at the plan's
 own bits undoes much of what a low-bit adapter learned (docs/EXPORT.md). K-quants need rows of
-a multiple of 256 inputs: other rows fall back (``FALLBACK``) to the 32-block type nearest in bits that holds the plan's
-codes exactly (Q4_1, Q5_1), or to Q8_0 for 6 bits, and the tensor's record says so (llama.cpp's
-``llama-quantize`` falls back the same way). 1 bit has no GGUF type: llama.cpp's ~1-bit formats
-(IQ1_S, IQ1_M, TQ1_0) are codebooks and ternary grids, not 1-bit codes.
+a multiple of 256 inputs: other rows fall back (``FALLBACK``) to the 32-block type nearest in
+bits that holds the plan's codes exactly (Q4_1, Q5_1), or to Q8_0 for 6 bits, and the tensor's
+record says so (llama.cpp's ``llama-quantize`` falls back the same way). 1 bit has no GGUF type:
+llama.cpp's ~1-bit formats (IQ1_S, IQ1_M, TQ1_0) are codebooks and ternary grids, not 1-bit
+codes.
 """
 
 from __future__ import annotations

@@ -87,6 +87,19 @@ def sized(options: SearchOptions) -> SearchOptions:
     preset = options.preset
     if preset == "auto":
         preset = "full" if resolve_device(options.device) == "cuda" else "quick"
+    if options.steps == 0 or options.rungs == 0:  # the forward-only search: both or neither
+        if options.strategy != "halving":
+            raise ValueError(
+                f"--steps 0 (plans scored forward only, no proxy fine-tune) is for --strategy halving, "
+                f"got --strategy {options.strategy}"
+            )
+        if options.steps not in (0, None) or options.rungs not in (0, None):
+            raise ValueError(
+                "--steps 0 and --rungs 0 go together (every plan scored forward only, the screen the "
+                f"top rung); got --steps {options.steps} --rungs {options.rungs}: give one of them, "
+                "or both as 0"
+            )
+        options = replace(options, steps=0, rungs=0)
     given = {name: size for name, size in PRESETS[preset].items() if getattr(options, name) is None}
     return replace(options, preset=preset, **given)
 
@@ -134,9 +147,10 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
         raise ValueError(f"--granularity must be one of {GRANULARITIES}, got {o.granularity!r}")
     assert o.seq_len is not None and o.steps is not None and o.batch_size is not None  # sized
     assert o.eval_batches is not None and o.calibration_samples is not None
+    if o.steps < 0:
+        raise ValueError(f"--steps must be >= 0 (0: plans scored forward only), got {o.steps}")
     check_positive(
         seq_len=o.seq_len,
-        steps=o.steps,
         batch_size=o.batch_size,
         eval_batches=o.eval_batches,
         calibration_samples=o.calibration_samples,
@@ -177,7 +191,10 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
 
     device = resolve_device(o.device)
     config = search_config(o, the_budget, bit_choices, rank_choices)
-    proxy = ProxyConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, eval_batches=o.eval_batches)
+    warmup = 0 if o.steps == 0 else ProxyConfig.warmup  # forward only: nothing to warm up
+    proxy = ProxyConfig(
+        steps=o.steps, batch_size=o.batch_size, lr=o.lr, eval_batches=o.eval_batches, warmup=warmup
+    )
 
     structure = load_structure(o.model)[1]
     if o.serve == "vllm" and o.granularity == "module":  # llama.cpp fuses nothing: no ties

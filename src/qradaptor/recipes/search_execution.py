@@ -107,7 +107,8 @@ def execute(request: SearchRequest, structure: ModelStructure, table: MemoryTabl
         config.group_size,
     )
     train_windows = pack_texts(texts.calibration, loaded.tokenizer, r.seq_len, seed=0)  # the whole corpus
-    train_ids = train_windows[: proxy.steps * proxy.batch_size]
+    # --steps 0 trains nothing; one batch still goes in, the windows the cost line times.
+    train_ids = train_windows[: max(proxy.steps, 1) * proxy.batch_size]
     eval_ids = pack_texts(
         texts.selection, loaded.tokenizer, r.seq_len, num_sequences=proxy.eval_batches * proxy.batch_size
     )

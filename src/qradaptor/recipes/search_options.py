@@ -158,7 +158,8 @@ class SearchOptions:
     seq_len: int | None = None
     """tokens per training and held-out window"""
     steps: int | None = None
-    """proxy fine-tuning steps per candidate"""
+    """proxy fine-tuning steps per candidate (halving: 0 scores every plan by its held-out loss
+    before any tuning, forward passes only, and --rungs is then 0)"""
     batch_size: int | None = None
     """windows per proxy step and per held-out batch"""
     eval_batches: int | None = None
@@ -169,7 +170,7 @@ class SearchOptions:
     """halving: plans screened forward only (a third go on to each next rung)"""
     rungs: int | None = None
     """halving: proxy rungs above the screen; the top one runs --steps, the one below --steps /
-    eta, and so on"""
+    eta, and so on (0: the screen is the top rung, with --steps 0)"""
     bayes_iterations: int | None = None
     """Gaussian-process refinement rounds (0: no refinement)"""
     preset: Literal["auto", "quick", "full"] = "auto"

@@ -86,7 +86,8 @@ def search_work(
         parts.append(f"{evolved} proxy fine-tunes of {proxy.steps} steps (NSGA-II)")
     if refine:
         forwards += refine * proxy_windows(proxy.steps)
-        parts.append(f"{refine} Bayesian pick{'s' if refine > 1 else ''} of {proxy.steps} steps")
+        how = f"of {proxy.steps} steps" if proxy.steps else "scored forward only"
+        parts.append(f"{refine} Bayesian pick{'s' if refine > 1 else ''} {how}")
     fitted = num_blocks * block_weights * len(quantised)
     return SearchWork(", ".join(parts), forwards, fitted)
 

@@ -61,13 +61,15 @@ class HalvingConfig:
     eta: int = 3
     """Each rung keeps the best 1/eta of the rung below (rounded up)."""
     rungs: int = 2
-    """Proxy fine-tune rungs above the forward-only one; the top one runs the full proxy."""
+    """Proxy fine-tune rungs above the forward-only one; the top one runs the full proxy. 0: the
+    forward-only screen is the top rung, so its proxy has 0 steps (a search of forward passes
+    only: the recorded screens chose the full search's plans, docs/ALLOCATION.md)."""
 
     def __post_init__(self) -> None:
         _check_int(self.candidates, "candidates", 1)
         _check_int(self.sweep, "sweep", 1)
         _check_int(self.eta, "eta", 2)
-        _check_int(self.rungs, "rungs", 1)
+        _check_int(self.rungs, "rungs", 0)
 
     def sizes(self) -> tuple[int, ...]:
         """Plans per rung, rung 0 first: ceil(candidates / eta^i) (the knapsack plan may add one)."""
