@@ -25,6 +25,11 @@ def search(cli, tiny_model_dir, words, out: Path, *extra: object) -> tuple[int, 
     )
 
 
+def cost_line(err: str) -> str:
+    """The line a search prints before it starts: what it will do and about how long."""
+    return next(line for line in err.splitlines() if line.startswith("qra search: this search: "))
+
+
 def test_help_names_the_budget_forms_and_the_ablations(cli) -> None:
     code, out, _ = cli("search", "--help")
     assert code == 0
@@ -92,7 +97,7 @@ def test_steps_0_is_a_search_of_forward_passes_only(cli, tiny_model_dir, words, 
     settings = ["--strategy", "halving", "--candidates", 9, "--steps", 0, "--bayes-iterations", 1]
     code, stdout, err = search(cli, tiny_model_dir, words, out, *settings)
     assert code == 0, err
-    cost = next(line for line in err.splitlines() if line.startswith("qra search: this search: "))
+    cost = cost_line(err)
     assert "9 plans screened forward only, 1 Bayesian pick scored forward only" in cost
     assert "proxy fine-tune" not in cost
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
@@ -111,7 +116,7 @@ def test_the_halving_strategy_writes_its_rungs_and_resumes(cli, tiny_model_dir, 
     halving = ["--strategy", "halving", "--candidates", 9, "--rungs", 1, "--eta", 3]
     code, stdout, err = search(cli, tiny_model_dir, words, out, *halving)
     assert code == 0, err
-    cost = next(line for line in err.splitlines() if line.startswith("qra search: this search: "))
+    cost = cost_line(err)
     assert (
         "9 plans screened forward only, 4 proxy fine-tunes of 2 steps" in cost
         and "min on this device" in cost
