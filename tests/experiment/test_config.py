@@ -623,7 +623,8 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert {s: k for s, k in _keys(allocation, "qra-paper@120MB").items() if s < 2} == _keys(
         ablations, "joint@120MB"
     )
-    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 6 - 2 + 3 + 15 + 15  # + qra-dq, qra-module
+    # + qra-dq, qra-module, qra-dq-screen (forward only, over qra-dq's profile)
+    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 6 - 2 + 3 + 15 + 15 + 15
     profiles = [job.name for job in jobs if job.name.startswith("profiles/")]
     # main, ablations, pilot and allocation share one KL table; allocation's knapsack-dq and qra-dq
     # share their own (bits 2-8, 8-bit scales and zeros), knapsack-module has a per-module one
@@ -638,5 +639,8 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     module_search = next(c for c in allocation.cells if c.label == "qra-module@4.0bits").search.step.command
     module_plan = next(c for c in allocation.cells if c.label == "knapsack-module@4.0bits").steps[0].command
     assert "--granularity module" in module_search
+    screen = next(c for c in allocation.cells if c.label == "qra-dq-screen@4.5bits").search.step.command
+    dq = next(c for c in allocation.cells if c.label == "qra-dq@4.5bits").search.step.command
+    assert "--steps 0" in screen and screen.split("--sensitivity ")[1].split()[0] in dq
     sensitivity = module_search.split("--sensitivity ")[1].split()[0]
     assert f"--sensitivity {sensitivity}" in module_plan
