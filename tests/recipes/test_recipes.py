@@ -28,8 +28,8 @@ def test_a_search_in_process_refuses_bad_options_before_anything_loads(tmp_path,
 
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
     out = str(tmp_path / "run")
-    with pytest.raises(ValueError, match="--steps must be >= 1, got 0"):
-        search.run(SearchOptions(budget="4bits", steps=0, device="cpu", output=out))
+    with pytest.raises(ValueError, match=r"--steps must be >= 0 \(0: plans scored forward only\), got -1"):
+        search.run(SearchOptions(budget="4bits", steps=-1, device="cpu", output=out))
     with pytest.raises(ValueError, match="give at most one of --fixed-bits and --fixed-rank"):
         search.run(SearchOptions(budget="4bits", fixed_bits=4, fixed_rank=8, device="cpu", output=out))
     with pytest.raises(ValueError, match="--dtype must be one of fp32, bf16, got .fp16."):
