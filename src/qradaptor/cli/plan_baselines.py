@@ -149,23 +149,17 @@ def knapsack(
         if values != sorted(set(values)):
             raise ValueError(f"--bits must be ascending without repeats, got {bits!r}")
         choices = tuple(values)
-    if serve is not None:
-        from qradaptor.export.serve_targets import check_serve_target
-
-        check_serve_target(serve)
     if serve == "vllm":
-        from qradaptor.export.vllm_constraints import vllm_bits
-
         for option, value in (("--embed-bits", embed_bits), ("--head-bits", head_bits)):
             if value is not None and value != UNQUANTIZED:
                 raise ValueError(
                     f"{option} {value} with --serve vllm: vLLM serves a 16-bit embedding and head"
                 )
-        choices = vllm_bits(choices)
-    if serve == "llama.cpp":
-        from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
+    if serve is not None:
+        from qradaptor.export.serve_targets import served_bits
 
-        choices, group_size, quant_method = llama_cpp_choices(choices, group_size, quant_method, double_quant)
+        choices = served_bits(serve, choices, group_size, quant_method, double_quant)
+    if serve == "llama.cpp":
         if sensitivity is not None and "," in sensitivity:  # one table per group size: a choice of sizes
             raise ValueError(
                 f"--sensitivity {sensitivity} with --serve llama.cpp: GGUF blocks are 32 weights, so "

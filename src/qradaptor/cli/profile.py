@@ -19,7 +19,7 @@ from qradaptor.cli.common import (
     resolve_device,
     write_text_atomic,
 )
-from qradaptor.export.serve_targets import SERVE_TARGETS, check_serve_target, quantiser
+from qradaptor.export.serve_targets import SERVE_TARGETS, quantiser, served_bits
 from qradaptor.plotting import can_plot
 from qradaptor.sensitivity_table import GRANULARITIES
 
@@ -338,19 +338,10 @@ def _choices(
     from qradaptor.plan import UNQUANTIZED
 
     given = tuple(parse_bits(bits)) if bits is not None else None
+    chosen = given or DEFAULT_BITS
     if serve is not None:
-        check_serve_target(serve)
+        chosen = served_bits(serve, given, group_size, quant_method, double_quant)
     group_size, quant_method = quantiser(serve, group_size, quant_method, double_quant)
-    if serve == "llama.cpp":
-        from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
-
-        chosen = llama_cpp_choices(given, group_size, quant_method, double_quant)[0]
-    elif serve == "vllm":
-        from qradaptor.export.vllm_constraints import vllm_bits
-
-        chosen = vllm_bits(given)
-    else:
-        chosen = given or DEFAULT_BITS
     # An engine's 16-bit choice has no KL to measure.
     return [b for b in chosen if b != UNQUANTIZED], group_size, quant_method
 

@@ -41,3 +41,28 @@ def quantiser(
         DEFAULT_GROUP_SIZE if group_size is None else group_size,
         DEFAULT_QUANT_METHOD if quant_method is None else quant_method,
     )
+
+
+def served_bits(
+    serve: str,
+    bits: tuple[int, ...] | None,
+    group_size: int | None,
+    quant_method: str | None,
+    double_quant: bool = False,
+) -> tuple[int, ...]:
+    """The bit choices of a profile, knapsack or search kept to ``serve``: ``bits`` (None: not
+    given) checked against what the engine serves, else the engine's own (16 included).
+
+    Raises:
+        ValueError: an unknown ``serve``, bits the engine would re-quantise, or with --serve
+            llama.cpp a group size, quantiser or --double-quant it would
+            (``llama_cpp_constraints.llama_cpp_choices``; ``vllm_constraints.vllm_bits``).
+    """
+    check_serve_target(serve)
+    if serve == "llama.cpp":
+        from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
+
+        return llama_cpp_choices(bits, group_size, quant_method, double_quant)[0]
+    from qradaptor.export.vllm_constraints import vllm_bits
+
+    return vllm_bits(bits)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
-from qradaptor.export.serve_targets import check_serve_target
+from qradaptor.export.serve_targets import check_serve_target, served_bits
 from qradaptor.export.vllm_constraints import vllm_bits
 from qradaptor.recipes.inputs import parse_int_list
 from qradaptor.search.proxy import ProxyConfig
@@ -100,17 +100,17 @@ def servable_bits(
     if serve == "llama.cpp":  # GGUF types each tensor alone: any granularity, no ties
         if fixed_bits is not None:
             llama_cpp_choices((fixed_bits,), group_size, quant_method, double_quant, "--fixed-bits")
-        given = None if bits is None else choices
-        return llama_cpp_choices(given, group_size, quant_method, double_quant)[0]
-    if granularity != "block" and strategy != "halving":
-        raise ValueError(
-            f"--serve vllm with --strategy {strategy} searches block granularity (a block's q/k/v "
-            f"and gate/up, which vLLM fuses, then share its bits); --granularity {granularity} would "
-            "give them different bits (the halving strategy keeps each fused group tied)"
-        )
-    if fixed_bits is not None:
-        vllm_bits((fixed_bits,), "--fixed-bits")
-    return vllm_bits(None if bits is None else choices)
+    else:
+        if granularity != "block" and strategy != "halving":
+            raise ValueError(
+                f"--serve vllm with --strategy {strategy} searches block granularity (a block's "
+                "q/k/v and gate/up, which vLLM fuses, then share its bits); --granularity "
+                f"{granularity} would give them different bits (the halving strategy keeps each "
+                "fused group tied)"
+            )
+        if fixed_bits is not None:
+            vllm_bits((fixed_bits,), "--fixed-bits")
+    return served_bits(serve, None if bits is None else choices, group_size, quant_method, double_quant)
 
 
 @dataclass(frozen=True, kw_only=True)
