@@ -57,7 +57,9 @@ class IntegerCodes:
         """(rows, cols) float32 ``(q - zp) * s``, what compressed-tensors computes in float32."""
         rows, cols = self.codes.shape
         q = self.codes.float().reshape(rows, -1, self.group_size)
-        z = float(1 << (self.bits - 1)) if self.zero is None else self.zero.float().unsqueeze(-1)
+        from qradaptor.quant.symmetric import code_midpoint
+
+        z = float(code_midpoint(self.bits)) if self.zero is None else self.zero.float().unsqueeze(-1)
         w = (q - z) * self.scale.float().unsqueeze(-1)
         return w.reshape(rows, cols)
 
@@ -151,13 +153,14 @@ def symmetric_refit(
     import torch
 
     from qradaptor.quant.quantizer import quantize
+    from qradaptor.quant.symmetric import code_midpoint
 
     qt = quantize(weight, bits, group_size, "symmetric")
     exact = exact_codes(qt, scale_dtype)
     if exact is not None:
         return exact
     rows, cols = weight.shape
-    mid = 1 << (bits - 1)
+    mid = code_midpoint(bits)
     d = qt.scale.to(scale_dtype)  # (rows, groups)
     w = weight.detach().float().reshape(rows, -1, group_size)
     safe = torch.where(d == 0, torch.ones_like(d), d).float().unsqueeze(-1)  # an all-zero group

@@ -46,7 +46,7 @@ from qradaptor.export.ct_codes import (
     symmetric_refit,
 )
 from qradaptor.export.vllm_constraints import check_vllm_plan
-from qradaptor.plan import UNQUANTIZED
+from qradaptor.plan import SYMMETRIC_METHOD, UNQUANTIZED
 
 if TYPE_CHECKING:
     import torch
@@ -307,8 +307,6 @@ def quantization_config(
     ]
     if structure.head_path is not None:
         ignore.append(structure.head_path)
-    from qradaptor.plan import SYMMETRIC_METHOD
-
     symmetric = plan.quant_method == SYMMETRIC_METHOD
     config_groups = {
         f"int{bits}_g{group_size}": {"targets": paths, "weights": scheme_args(bits, group_size, symmetric)}

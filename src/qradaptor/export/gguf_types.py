@@ -289,13 +289,14 @@ def _symmetric_blocks(qt: QuantizedTensor, type_name: str) -> np.ndarray:
     import numpy as np
 
     from qradaptor.quant.bitpack import unpack
+    from qradaptor.quant.symmetric import code_midpoint
 
     rows, cols = qt.shape
     type_bits = SYMMETRIC.code_bits[type_name]
     per = qt.group_size // BLOCK
     d = qt.scale.float().repeat_interleave(per, dim=1).reshape(-1, 1).numpy().astype(np.float16)  # exact
     q = unpack(qt.packed, qt.bits, cols).reshape(-1, BLOCK).numpy().astype(np.int16)  # (blocks, 32)
-    q += (1 << (type_bits - 1)) - (1 << (qt.bits - 1))  # our midpoint onto the type's
+    q += code_midpoint(type_bits) - code_midpoint(qt.bits)  # our midpoint onto the type's
     if type_name == "Q8_0":  # signed int8 codes, q - 128
         parts = [d.view(np.uint8), (q - 128).astype(np.int8).view(np.uint8)]
     else:

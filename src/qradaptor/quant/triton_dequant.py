@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from qradaptor.quant.symmetric import code_midpoint
+
 
 @triton.jit
 def _dequant_kernel(
@@ -67,7 +69,7 @@ def dequantize_triton(
 ) -> torch.Tensor:
     """Same contract as ``quantizer.dequantize_parts`` for a 2-D packed weight on CUDA."""
     if zero is None:  # symmetric: every group's zero is the code midpoint
-        zero = torch.full_like(scale, 1 << (bits - 1))
+        zero = torch.full_like(scale, code_midpoint(bits))
     rows = packed.shape[0]
     plane_bytes = (cols + 7) // 8
     out = torch.empty(rows, cols, device=packed.device, dtype=dtype)
