@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,14 @@ verb, args = sys.argv[1], sys.argv[2:]
 out = Path(args[args.index("-o") + 1])
 start = time.time()
 slow, _, seconds = os.environ.get("FAKE_SLOW", ":0").rpartition(":")
-time.sleep(float(seconds) if slow and slow in str(out) else float(os.environ.get("FAKE_SLEEP", "0")))
+if slow and slow in str(out):
+    if os.environ.get("FAKE_DEAF"):  # as a child that lost a SIGINT in its start-up
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    Path(os.environ["FAKE_LOG"] + ".slow").write_text("sleeping")
+    time.sleep(float(seconds))
+else:
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 failed = os.environ.get("FAKE_FAIL") == str(out)
 oom_out, _, oom_times = os.environ.get("FAKE_OOM", ":0").rpartition(":")
 if oom_out == str(out):
@@ -67,7 +75,8 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     script = tmp_path / "fake_qra.py"
     script.write_text(FAKE)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "ran.jsonl"))
-    for name in ("FAKE_SLOW", "FAKE_SLEEP", "FAKE_FAIL", "FAKE_NOWRITE", "FAKE_OOM", "CUDA_VISIBLE_DEVICES"):
+    fakes = ("FAKE_SLOW", "FAKE_SLEEP", "FAKE_FAIL", "FAKE_NOWRITE", "FAKE_OOM", "FAKE_DEAF")
+    for name in (*fakes, "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(runner, "POLL_SECONDS", 0.01)
     return [sys.executable, "-S", str(script)]  # -S: no site-packages, a faster start
@@ -311,21 +320,50 @@ def test_ctrl_c_stops_the_running_children(fake, tmp_path: Path, monkeypatch, si
         signal.signal(signal.SIGINT, previous)
 
 
-def _ctrl_c_stops_the_running_children(fake, tmp_path: Path, monkeypatch) -> None:
-    text = "name: stop\nseeds: [0]\nmethods:\n  - {label: quick, method: lora16}\n"
-    text += "  - {label: slow, method: dora}\n"
-    monkeypatch.setenv("FAKE_SLOW", "slow:30")
-    quick, slow = experiment(tmp_path, text).cells
+STOP = "name: stop\nseeds: [0]\nmethods:\n  - {label: quick, method: lora16}\n"
+STOP += "  - {label: slow, method: dora}\n"
+"""Two cells: ``quick``'s first step ends at once, ``slow``'s sleeps under FAKE_SLOW."""
+
+
+def _interrupt_once_slow_sleeps():
+    """An on_step that presses Ctrl-C once the slow child has started and is sleeping."""
 
     def interrupt(name, step, seconds, ok) -> None:
+        deadline = time.monotonic() + 20
+        while not Path(os.environ["FAKE_LOG"] + ".slow").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         raise KeyboardInterrupt
 
+    return interrupt
+
+
+def _ctrl_c_stops_the_running_children(fake, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_SLOW", "slow:30")
+    monkeypatch.setattr(runner, "YOUNG_SECONDS", 0.0)  # every child is interrupted, none terminated
+    quick, slow = experiment(tmp_path, STOP).cells
+    interrupt = _interrupt_once_slow_sleeps()
+
     with pytest.raises(KeyboardInterrupt):
-        Runner(plan_jobs([experiment(tmp_path, text)]), workers=2, command=fake, on_step=interrupt).run()
+        Runner(plan_jobs([experiment(tmp_path, STOP)]), workers=2, command=fake, on_step=interrupt).run()
     record = cell_record(slow)
     assert record["state"] == "stopped" and "run the same command again to resume" in record["error"]
     assert not (slow.folder / "train" / "train.json").exists()
     assert [out_of(r["argv"]) for r in ran(tmp_path)] == [str(quick.folder / "train")]  # slow never logged
+
+
+def test_ctrl_c_terminates_a_child_that_just_started(fake, tmp_path: Path, monkeypatch) -> None:
+    # The slow child ignores SIGINT, as one that lost it while its interpreter started; it is
+    # younger than YOUNG_SECONDS, so the stop terminates it rather than wait out its sleep.
+    monkeypatch.setenv("FAKE_SLOW", "slow:3")
+    monkeypatch.setenv("FAKE_DEAF", "1")
+    monkeypatch.setattr(runner, "YOUNG_SECONDS", 60.0)
+    quick, slow = experiment(tmp_path, STOP).cells
+    with pytest.raises(KeyboardInterrupt):
+        jobs = plan_jobs([experiment(tmp_path, STOP)])
+        Runner(jobs, workers=2, command=fake, on_step=_interrupt_once_slow_sleeps()).run()
+    assert cell_record(slow)["state"] == "stopped"
+    time.sleep(3.5)  # past the sleep a surviving child would have ended with train.json
+    assert not (slow.folder / "train" / "train.json").exists()
 
 
 def test_workers_must_be_positive() -> None:

@@ -30,6 +30,10 @@ POLL_SECONDS = 0.5
 """How often running steps are checked."""
 STOP_SECONDS = 60.0
 """How long stopped children get to put their checkpoints away before they are killed."""
+YOUNG_SECONDS = 5.0
+"""Children started this recently are terminated, not interrupted, by a stop: an interpreter can
+lose a SIGINT that comes while it starts (an import that clears errors swallows the
+KeyboardInterrupt), and a step this young has not loaded a model, so it has nothing to put away."""
 DEVICE_VERBS = ("profile", "search", "train", "eval")
 """Verbs that take --device."""
 OOM_RETRIES = 3
@@ -323,8 +327,10 @@ class Runner:
         import signal
 
         live = [job for job in self.jobs if job.process is not None]
+        now = time.monotonic()
         for job in live:
-            job.process.send_signal(signal.SIGINT)
+            young = now - job.started < YOUNG_SECONDS
+            job.process.send_signal(signal.SIGTERM if young else signal.SIGINT)
         deadline = time.monotonic() + STOP_SECONDS
         for job in live:
             try:
