@@ -172,6 +172,53 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(llama_factor
     assert all(math.isfinite(v) for v in kept.state["losses"])
 
 
+def poison_gradient(model, steps: set[int]) -> str:
+    """NaN in one adapter's gradient at the given steps (1-based); returns the adapter's name."""
+    name, param = list(trainable_tensors(model).items())[5]
+    calls = {"n": 0}
+
+    def hook(grad):
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] in steps else grad
+
+    param.register_hook(hook)
+    return name
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_a_non_finite_gradient_is_skipped_not_applied(llama_factory, max_grad_norm) -> None:
+    # Clipped, one NaN element made the norm NaN and every adapter NaN at the next step.
+    data = pattern_set()
+    model = build(llama_factory)
+    name = poison_gradient(model, {5})
+    notes: list[str] = []
+    trainer = Trainer(model, data, None, config(max_grad_norm=max_grad_norm), on_note=notes.append)
+    result = trainer.run()
+    assert result.skipped_steps == [5] and result.steps == 8
+    assert all(math.isfinite(v) for v in result.losses)
+    assert all(torch.isfinite(t).all() for t in trainable_tensors(model).values())
+    assert notes == [
+        f"step 5: the gradient of {name} is not finite (the loss, {result.losses[4]:.4g}, is); "
+        "the step was skipped and the adapters kept as they were"
+    ]
+
+
+def test_non_finite_gradients_in_a_row_stop_the_run(llama_factory, tmp_path) -> None:
+    model = build(llama_factory)
+    name = poison_gradient(model, {3, 4, 5})
+    trainer = Trainer(model, pattern_set(), None, config(save_every=2), checkpoints=tmp_path, on_note=print)
+    with pytest.raises(TrainingDiverged) as stopped:
+        trainer.run()
+    assert str(stopped.value).startswith(
+        "training diverged at step 5 of 8: the gradient was not finite for 3 steps in a row while the "
+        "loss was (now "
+    )
+    assert f"the first non-finite one is {name}'s. No adapter was written; the last good" in str(
+        stopped.value
+    )
+    assert load_checkpoint(tmp_path / "step-000004").state["skipped_steps"] == [3, 4]
+
+
 def test_exploding_loss_stops(llama_factory) -> None:
     data = pattern_set()
     model = build(llama_factory)

@@ -181,6 +181,8 @@ class TrainRecord:
     """(step, held-out loss) of each evaluation."""
     losses: tuple[float, ...] = ()
     """Train loss of each step."""
+    skipped_steps: tuple[int, ...] = ()
+    """Steps (1-based) not applied because their gradient was not finite; left out when none."""
     device: str | None = None
     """The device trained on, e.g. "cuda"."""
     device_name: str | None = None
@@ -199,7 +201,7 @@ class TrainRecord:
         data: dict[str, Any] = {"format": TRAIN_FORMAT}
         for name in _ORDER:
             value = getattr(self, name)
-            if name in _OPTIONAL and value is None:
+            if name in _OPTIONAL and value is None or name == "skipped_steps" and not value:
                 continue
             if name == "memory":
                 value = self.memory.to_dict()
@@ -207,7 +209,7 @@ class TrainRecord:
                 value = dict(value)
             elif name == "evals":
                 value = [list(e) for e in self.evals]
-            elif name in ("step_seconds", "losses"):
+            elif name in ("step_seconds", "losses", "skipped_steps"):
                 value = list(value)
             data[name] = value
         return {**data, **self.extra}
@@ -246,6 +248,7 @@ class TrainRecord:
             final_eval_loss=number(data.get("final_eval_loss")),
             evals=tuple((int(s), v) for s, v in data.get("evals") or ()),
             losses=tuple(data.get("losses") or ()),
+            skipped_steps=tuple(int(x) for x in data.get("skipped_steps") or ()),
             device=_str(data.get("device")),
             device_name=_str(data.get("device_name")),
             date=_str(data.get("date")),
@@ -301,6 +304,7 @@ _ORDER = (
     "final_eval_loss",
     "evals",
     "losses",
+    "skipped_steps",
     "device",
     "device_name",
     "date",

@@ -10,7 +10,10 @@ so their numbers are comparable. Per optimiser step s (0-based):
 
 A non-finite loss, or one above ``divergence_factor`` x the lowest smoothed loss so far,
 stops the run with ``TrainingDiverged`` before anything else is written; the newest
-checkpoint on disk is the last good state. A collapsed run stops the same way
+checkpoint on disk is the last good state. A finite loss with a non-finite gradient is not
+applied: clipping would spread it to every adapter (a NaN norm scales all of them to NaN), as
+an 8B run on the GPU did at step 70. The step is skipped and said, as AMP's GradScaler skips
+an overflowed step; ``NONFINITE_STEPS`` of them in a row stop the run. A collapsed run stops the same way
 (``TrainingCollapsed``): its training loss sat at or above ln(vocab), what a uniform guess
 over the vocabulary scores, for ``collapse_steps`` steps in a row, or its final held-out
 loss did; ``allow_collapse`` lets it finish and only reports it.
@@ -63,6 +66,8 @@ if TYPE_CHECKING:
 
 EMA_BETA = 0.9
 """Smoothing of the loss the divergence check compares against."""
+NONFINITE_STEPS = 3
+"""Steps in a row with a non-finite gradient (and a finite loss) that stop a run."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -130,7 +135,8 @@ class Trainer:
         self.diagnose = diagnose
         self._on_note = on_note
         self.chance = chance_loss(model)
-        self.params = list(trainable_tensors(model).values())
+        self.named_params = trainable_tensors(model)
+        self.params = list(self.named_params.values())
         if not self.params:
             raise ValueError("the model has no trainable parameters: every rank in the plan is 0")
         self.device = self.params[0].device
@@ -178,6 +184,7 @@ class Trainer:
             "evals": result.evals,
             "step_seconds": result.step_seconds,
             "step_tokens": result.step_tokens,
+            "skipped_steps": result.skipped_steps,
             "ema": ema,
         }
 
@@ -223,6 +230,7 @@ class Trainer:
         result.evals = [tuple(e) for e in ckpt.state["evals"]]  # type: ignore[misc]
         result.step_seconds = [float(x) for x in ckpt.state["step_seconds"]]
         result.step_tokens = [int(x) for x in ckpt.state["step_tokens"]]
+        result.skipped_steps = [int(x) for x in ckpt.state.get("skipped_steps", [])]  # older: none
         result.resumed_from = ckpt.step
         ema.update(ckpt.state["ema"])
         return ckpt.step
@@ -237,13 +245,48 @@ class Trainer:
         else:
             what = f"loss is {loss}"
         cause = self.diagnose(self.model, batch) if self.diagnose else ""
+        self._stop_diverged(step, f"{what}. {cause}")
+
+    def _stop_diverged(self, step: int, what: str) -> None:
         last = complete_checkpoints(self.checkpoints) if self.checkpoints else []
         kept = f"the last good checkpoint is {str(last[-1])!r}" if last else "no checkpoint was written yet"
         raise TrainingDiverged(
-            f"training diverged at step {step + 1} of {self.total_steps}: {what}. {cause} "
+            f"training diverged at step {step + 1} of {self.total_steps}: {what.rstrip()} "
             f"No adapter was written; {kept}. Try a lower --lr (now {self.config.lr:g}), "
             "more warm-up, or more bits for the weakest blocks."
         )
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The gradients' total norm, not clipped yet (a NaN one would clip every adapter to NaN)."""
+        import torch
+
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+
+    def _apply_gradients(
+        self, step: int, norm: float, loss: float, ema: dict[str, float], result: TrainResult
+    ) -> bool:
+        """False for a step whose gradient is not finite: skipped, said, and counted."""
+        if math.isfinite(norm):
+            ema["nonfinite"] = 0.0
+            return True
+        name = next(
+            (n for n, p in self.named_params.items() if p.grad is not None and not p.grad.isfinite().all()),
+            "an adapter",
+        )
+        ema["nonfinite"] = ema.get("nonfinite", 0.0) + 1
+        result.skipped_steps.append(step + 1)
+        if ema["nonfinite"] >= NONFINITE_STEPS:
+            self._stop_diverged(
+                step,
+                f"the gradient was not finite for {NONFINITE_STEPS} steps in a row while the loss was "
+                f"(now {loss:.4g}); the first non-finite one is {name}'s.",
+            )
+        self._note(
+            f"step {step + 1}: the gradient of {name} is not finite (the loss, {loss:.4g}, is); "
+            "the step was skipped and the adapters kept as they were"
+        )
+        return False
 
     def _check_loss(
         self, step: int, loss: float, ema: dict[str, float], batch: dict[str, torch.Tensor]
@@ -331,13 +374,16 @@ class Trainer:
                 step_loss += loss.detach()
                 # A non-finite loss gives non-finite gradients; they are never applied (checked below).
                 loss.backward()
-            value = float(step_loss)  # the step's one host sync
+            norm = self._grad_norm().to(step_loss.device, torch.float32)
+            value, grad_norm = torch.stack([step_loss.float(), norm]).tolist()  # the step's one host sync
             self._check_loss(step, value, ema, batch)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            if rank_allocator(self.model) is not None:  # AdaLoRA scores the gradients: before zero_grad
+            applied = self._apply_gradients(step, grad_norm, value, ema, result)
+            if applied and cfg.max_grad_norm > 0:  # clip_grad_norm_ in two halves, around the check
+                torch.nn.utils.clip_grads_with_norm_(params, cfg.max_grad_norm, norm)
+            if applied:
+                self.optimizer.step()
+            self.scheduler.step()  # a skipped step still counts: the schedule stays the run's
+            if applied and rank_allocator(self.model) is not None:  # AdaLoRA scores the gradients
                 self.model.base_model.update_and_allocate(step)  # type: ignore[union-attr]
             self.optimizer.zero_grad(set_to_none=not graphs)  # graphs: keep_grads_'s own memory
             if on_cuda:

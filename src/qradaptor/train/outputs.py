@@ -71,6 +71,7 @@ def summary(outcome: TrainOutcome, device: str) -> TrainRecord:
         final_eval_loss=evals[-1][1] if evals else None,
         evals=tuple(evals),
         losses=tuple(result.losses),
+        skipped_steps=tuple(result.skipped_steps),
         device=device,
         device_name=_device_name(device),
         date=time.strftime("%Y-%m-%d"),

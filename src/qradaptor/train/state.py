@@ -34,6 +34,8 @@ class TrainResult:
     """Peak CUDA bytes allocated during this process's steps; None on CPU."""
     resumed_from: int | None = None
     """The step of the checkpoint this run continued from."""
+    skipped_steps: list[int] = field(default_factory=list)
+    """Steps (1-based) not applied because their gradient was not finite."""
 
     @property
     def steps(self) -> int:
