@@ -122,6 +122,28 @@ def test_divergence_is_recorded_as_inf(tiny_llama, data) -> None:
     assert math.isfinite(score.loss_before)
 
 
+def test_a_non_finite_gradient_is_skipped_as_in_training(tiny_llama, data) -> None:
+    # Clipped, the NaN would have made every adapter NaN and the plan's score inf.
+    train, held = data
+    evaluator = ProxyEvaluator(tiny_llama, train, held, ProxyConfig(steps=4, eval_batches=1))
+    original = evaluator._train
+
+    def poisoned(model, params):
+        calls = {"n": 0}
+
+        def hook(grad):
+            calls["n"] += 1
+            return grad * float("nan") if calls["n"] == 2 else grad
+
+        params[3].register_hook(hook)
+        return original(model, params)
+
+    evaluator._train = poisoned  # type: ignore[method-assign]
+    score = evaluator(Plan.uniform(3, 4, 8))
+    assert score.skipped_steps == 1 and len(score.train_loss) == 4
+    assert math.isfinite(score.loss) and score.loss < score.loss_before
+
+
 def test_lr_factor_warmup_and_decay() -> None:
     assert [lr_factor(s, 5, 1, "cosine") for s in range(2)] == [0.5, 1.0]
     assert lr_factor(3, 5, 1, "linear") == pytest.approx(0.5)

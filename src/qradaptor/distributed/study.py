@@ -327,9 +327,12 @@ class StudyObjective:
 
 def score_attrs(score: ProxyScore) -> dict[str, Any]:
     """The user attrs a proxy score adds to its trial."""
-    return {
+    attrs = {
         "loss_before": score.loss_before if math.isfinite(score.loss_before) else None,
         "seconds": float(score.seconds),
         "tokens": int(score.tokens),
         "collapsed": bool(score.collapsed),
     }
+    if score.skipped_steps:  # a fault worth seeing in the trial table; none on most trials
+        attrs["skipped_steps"] = int(score.skipped_steps)
+    return attrs

@@ -103,6 +103,8 @@ class ProxyScore:
     collapsed: bool = False
     """The finite score is at or above ln(vocab), a uniform guess's loss: the plan collapsed
     (marked on its trial; the search warns when its choice is one)."""
+    skipped_steps: int = 0
+    """Steps whose gradient was not finite under a finite loss: not applied, as in qra train."""
 
     @property
     def diverged(self) -> bool:
@@ -286,8 +288,9 @@ class ProxyEvaluator:
             loss_before = self.held_out_loss(model)
             params = [p for p in model.parameters() if p.requires_grad]
             train_loss: list[float] = []
+            skipped = 0
             if params and self.config.steps > 0 and math.isfinite(loss_before):
-                train_loss = self._train(model, params)
+                train_loss, skipped = self._train(model, params)
             diverged = bool(train_loss) and not math.isfinite(train_loss[-1])
             loss = math.inf if diverged else (self.held_out_loss(model) if train_loss else loss_before)
         del model
@@ -300,6 +303,7 @@ class ProxyEvaluator:
             seconds=time.perf_counter() - start,
             tokens=tokens,
             collapsed=math.isfinite(loss) and loss >= self.chance,
+            skipped_steps=skipped,
         )
 
     def _batch(self, step: int) -> torch.Tensor:
@@ -309,8 +313,12 @@ class ProxyEvaluator:
         rows = (step * bs + torch.arange(bs, device=self.device)) % n
         return self._train_ids[rows]  # (B, T)
 
-    def _train(self, model: nn.Module, params: list[torch.nn.Parameter]) -> list[float]:
-        """AdamW with warm-up and decay over the fixed batch order; stops at a non-finite loss."""
+    def _train(self, model: nn.Module, params: list[torch.nn.Parameter]) -> tuple[list[float], int]:
+        """AdamW with warm-up and decay over the fixed batch order; stops at a non-finite loss.
+
+        Returns the step losses and the steps skipped for a non-finite gradient (qra train's
+        rule: the norm is checked before clipping, which would spread a NaN to every adapter).
+        """
         import torch
 
         cfg = self.config
@@ -320,6 +328,7 @@ class ProxyEvaluator:
         )
         model.train()
         losses: list[float] = []
+        skipped = 0
         for step in range(cfg.steps):
             ids = self._batch(step)
             loss = model(input_ids=ids, labels=ids).loss
@@ -328,13 +337,17 @@ class ProxyEvaluator:
                 losses.append(math.inf)
                 break
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if math.isfinite(float(norm)):
+                torch.nn.utils.clip_grads_with_norm_(params, cfg.max_grad_norm, norm)
+                optimizer.step()
+            else:
+                skipped += 1
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(value)
         model.eval()
-        return losses
+        return losses, skipped
 
     def held_out_loss(self, model: nn.Module) -> float:
         """Token-weighted mean next-token loss of ``model`` on the held-out rows; inf if non-finite."""
