@@ -87,6 +87,29 @@ def test_profile_peak_counts_the_cache_a_search_fills(model) -> None:
     assert 1.0 <= predicted.total / (peak.peak + model_tensor_bytes(model)) < 1.02
 
 
+@pytest.mark.parametrize(
+    ("method", "double_quant"), [("hqq", True), ("symmetric", False)], ids=["double-quant", "symmetric"]
+)
+def test_cache_bytes_are_the_fits_bytes_as_they_are_stored(model, method, double_quant) -> None:
+    # Priced as if every fit held a float16 scale and zero, the prediction was 1.07x (double
+    # quantisation) and 1.08x (symmetric) what this model's cache holds.
+    ids = torch.randint(0, VOCAB, (2, 32), generator=torch.Generator().manual_seed(0))
+    cache = QuantCache()
+    profile_sensitivity(
+        model,
+        ids,
+        bits=(2, 4),
+        batch_size=2,
+        quant_method=method,
+        double_quant=double_quant,
+        progress=False,
+        cache=cache,
+    )
+    structure = inspect_model(model)
+    stored = {"double_quant": double_quant, "symmetric": method == "symmetric"}
+    assert cache.nbytes == cache_bytes(structure, (2, 4, 16), 64, **stored)
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["deep-copies", "shared-packed"])
 @pytest.mark.parametrize(
     "plan", [Plan.uniform(3, 4, 8), Plan.from_lists([2, 8, 16], [4, 0, 16])], ids=["uniform", "mixed"]

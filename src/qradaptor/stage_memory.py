@@ -121,13 +121,26 @@ def _block_linear_bytes(structure: ModelStructure, weight_bytes: int) -> int:
     )
 
 
-def cache_bytes(structure: ModelStructure, bits: Sequence[int], group_size: int) -> int:
-    """Bytes of a QuantCache holding every block linear at every quantised bit-width of ``bits``."""
+def cache_bytes(
+    structure: ModelStructure,
+    bits: Sequence[int],
+    group_size: int,
+    *,
+    double_quant: bool = False,
+    symmetric: bool = False,
+) -> int:
+    """Bytes of a QuantCache holding every block linear at every quantised bit-width of ``bits``.
+
+    ``double_quant`` (8-bit scales and zeros) and ``symmetric`` (a scale and no zero) as the
+    fits store them: ``memory.quantized_nbytes``, the bytes a built plan holds.
+    """
     from qradaptor.memory import quantized_nbytes
     from qradaptor.plan import UNQUANTIZED
 
     return structure.num_blocks * sum(
-        quantized_nbytes(info.out_features, info.in_features, b, group_size)
+        quantized_nbytes(
+            info.out_features, info.in_features, b, group_size, double_quant=double_quant, symmetric=symmetric
+        )
         for info in structure.linears
         for b in bits
         if b != UNQUANTIZED
@@ -243,6 +256,8 @@ def search_peak(
     gradient_checkpointing: bool = False,
     weight_bytes: int = 4,
     cache_on_device: bool = True,
+    double_quant: bool = False,
+    symmetric: bool = False,
 ) -> StagePeak:
     """Peak of ``qra search``: the larger of its profile and its proxy phase.
 
@@ -258,8 +273,10 @@ def search_peak(
         weight_bytes: 4 for fp32, 2 for ``qra search --dtype bf16``.
         cache_on_device: False: the QuantCache is kept on the host (``QuantCache(storage="cpu")``),
             so neither phase holds it on the device.
+        double_quant, symmetric: how the space's fits store their scales and zeros.
     """
-    cache = cache_bytes(structure, bits, group_size) if cache_on_device else 0
+    stored = {"double_quant": double_quant, "symmetric": symmetric}
+    cache = cache_bytes(structure, bits, group_size, **stored) if cache_on_device else 0
     proxy = proxy_peak(
         structure,
         largest,

@@ -69,29 +69,30 @@ def worker_bytes(
     seq_len: int,
     group_size: int,
     cuda: bool,
+    *,
+    double_quant: bool = False,
+    symmetric: bool = False,
 ) -> int:
     """Predicted peak bytes of one worker: its copies of the model, its fitted codes, one proxy step.
 
     A worker holds the base model and a candidate built from it (simulated layers are
     dense, so each costs ``model_bytes``, the model's fp32 tensors), its ``QuantCache``
-    (every block linear at every quantised bit-width of the space), and the adapters,
+    (``stage_memory.cache_bytes``: every block linear at every quantised bit-width of the
+    space, stored as ``double_quant`` and ``symmetric`` say), and the adapters,
     gradients, AdamW moments and saved activations of the space's largest plan in fp32
     (``memory.training_memory``); on CUDA also the caching allocator's slack and a context.
     """
-    from qradaptor.memory import plan_memory, quantized_nbytes, training_memory
-    from qradaptor.plan import UNQUANTIZED
+    from qradaptor.memory import plan_memory, training_memory
     from qradaptor.search.space import smallest_and_largest
+    from qradaptor.stage_memory import cache_bytes
 
     space = table.space
     _, high = smallest_and_largest(table, space)
     largest = space.to_plan(high, model_signature=structure.signature, group_size=group_size)
     report = plan_memory(structure, largest, weight_bytes=4)
     step = training_memory(structure, report, batch_size=batch_size, seq_len=seq_len, act_bytes=4)
-    cache = structure.num_blocks * sum(
-        quantized_nbytes(lin.out_features, lin.in_features, bits, group_size)
-        for lin in structure.linears
-        for bits in space.bit_choices
-        if bits != UNQUANTIZED
+    cache = cache_bytes(
+        structure, space.bit_choices, group_size, double_quant=double_quant, symmetric=symmetric
     )
     training = step.total - report.total_bytes + report.adapter_bytes  # beyond the frozen weights
     tensors = 2 * model_bytes + training + cache
@@ -139,6 +140,9 @@ def local_worker_devices(
     batch_size: int,
     seq_len: int,
     group_size: int,
+    *,
+    double_quant: bool = False,
+    symmetric: bool = False,
 ) -> tuple[list[str], int]:
     """The device of each of ``workers`` local workers, and the predicted peak bytes of one,
     after checking that they fit in memory.
@@ -150,6 +154,7 @@ def local_worker_devices(
         structure, table: the searched model and space (``search_space``).
         model: the loaded fp32 model (its bytes are a worker's base copy).
         batch_size, seq_len, group_size: the proxy's batch and window, the plans' group size.
+        double_quant, symmetric: how the plans' fits store their scales and zeros.
 
     Raises:
         ValueError: see ``place_workers`` and ``check_memory``.
@@ -171,6 +176,8 @@ def local_worker_devices(
         seq_len,
         group_size,
         cuda=device == "cuda",
+        double_quant=double_quant,
+        symmetric=symmetric,
     )
     check_memory(devices, per_worker, free_memory(devices))
     return devices, per_worker
