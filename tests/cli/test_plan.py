@@ -261,3 +261,18 @@ def test_symmetric_quantiser(cli, tiny_model_dir) -> None:
         "--double-quant",
     )
     assert code == 2 and "--quant-method symmetric stores one float16 scale per group and no zero" in err
+
+
+def test_a_one_bit_symmetric_knapsack_is_refused_before_the_profile(cli, tiny_model_dir, monkeypatch) -> None:
+    # It used to load the model and start fitting before the quantiser refused one bit.
+    import qradaptor.cli.profile
+
+    def no_profile(*args, **kwargs):
+        raise AssertionError("profiled before the bits were checked")
+
+    monkeypatch.setattr(qradaptor.cli.profile, "measure_profile", no_profile)
+    code, _, err = cli(
+        "plan", tiny_model_dir, "--baseline", "knapsack", "--budget", "4bits",
+        "--quant-method", "symmetric", "--bits", "1,4",
+    )  # fmt: skip
+    assert code == 2 and "--quant-method symmetric needs bits >= 2 (one bit holds only" in err

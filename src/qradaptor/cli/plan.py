@@ -148,7 +148,7 @@ def plan(
     if quant_method == "symmetric" and double_quant:  # before a knapsack profiles anything
         from qradaptor.quant.quantizer import check_symmetric
 
-        check_symmetric(2, double_quant, where="--quant-method symmetric")
+        check_symmetric(None, double_quant, where="--quant-method symmetric")  # bits: by the plan
     if baseline == "knapsack":
         from qradaptor.cli.plan_baselines import knapsack
 

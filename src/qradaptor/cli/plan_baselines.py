@@ -149,6 +149,11 @@ def knapsack(
         if values != sorted(set(values)):
             raise ValueError(f"--bits must be ascending without repeats, got {bits!r}")
         choices = tuple(values)
+        quantised = [b for b in choices if b != UNQUANTIZED]
+        if quant_method == "symmetric" and quantised:  # before the profile fits them
+            from qradaptor.quant.quantizer import check_symmetric
+
+            check_symmetric(min(quantised), double_quant, where="--quant-method symmetric")
     if serve == "vllm":
         for option, value in (("--embed-bits", embed_bits), ("--head-bits", head_bits)):
             if value is not None and value != UNQUANTIZED:

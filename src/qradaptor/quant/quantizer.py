@@ -142,9 +142,12 @@ def _check_args(weight: torch.Tensor, bits: int, group_size: int, method: str, d
     check_group_size(weight.shape[1], group_size)
 
 
-def check_symmetric(bits: int, double_quant: bool, *, where: str = "method 'symmetric'") -> None:
-    """Raises ValueError where the symmetric fit cannot serve: one bit, or ``double_quant``."""
-    if bits < SYMMETRIC_MIN_BITS:
+def check_symmetric(bits: int | None, double_quant: bool, *, where: str = "method 'symmetric'") -> None:
+    """Raises ValueError where the symmetric fit cannot serve: one bit, or ``double_quant``.
+
+    ``bits`` None: the bit-widths are not known yet (checked where they are), only ``double_quant``.
+    """
+    if bits is not None and bits < SYMMETRIC_MIN_BITS:
         raise ValueError(
             f"{where} needs bits >= {SYMMETRIC_MIN_BITS} (one bit holds only the extreme and 0), got {bits}"
         )
