@@ -102,11 +102,26 @@ def test_steps_0_is_a_search_of_forward_passes_only(cli, tiny_model_dir, words, 
     assert "proxy fine-tune" not in cost
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    assert {t["phase"] for t in trials} == {"knapsack", "screen", "bayes"} and len(trials) == 10
+    assert {t["phase"] for t in trials} == {"knapsack", "screen", "bayes"}
+    assert len({t["plan_hash"] for t in trials}) == len(trials)  # at one rank, 4 plans of 3 blocks
     assert all(t["tokens"] == 0 and t["loss"] == t["loss_before"] for t in trials)
     knapsack = next(t for t in trials if t["phase"] == "knapsack")
     assert summary["chosen"]["loss"] == min(t["loss"] for t in trials) <= knapsack["loss"]
     assert json.loads((out / "config.json").read_text())["proxy"]["steps"] == 0
+    # Forward only, every adapter starts at zero: ranks are not searched but held at the largest.
+    assert "ranks cannot be told apart: every block gets rank 8 (the largest --ranks choice" in err
+    assert all(set(t["ranks"]) == {8} for t in trials)
+
+
+def test_steps_0_takes_a_fixed_rank_and_refuses_fixed_bits(cli, tiny_model_dir, words, tmp_path) -> None:
+    forward_only = ["--strategy", "halving", "--candidates", 3, "--steps", 0, "--bayes-iterations", 0]
+    code, _, err = search(cli, tiny_model_dir, words, tmp_path / "r4", *forward_only, "--fixed-rank", 4)
+    assert code == 0, err
+    trials = [json.loads(line) for line in (tmp_path / "r4" / "trials.jsonl").read_text().splitlines()]
+    assert all(set(t["ranks"]) == {4} for t in trials) and "cannot be told apart" not in err
+    code, _, err = search(cli, tiny_model_dir, words, tmp_path / "fb", *forward_only, "--fixed-bits", 4)
+    assert code == 2 and "--steps 0 with --fixed-bits 4 leaves nothing to score" in err
+    assert not (tmp_path / "fb").exists()
 
 
 def test_the_halving_strategy_writes_its_rungs_and_resumes(cli, tiny_model_dir, words, tmp_path) -> None:

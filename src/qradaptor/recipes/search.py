@@ -143,6 +143,8 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
     group_size, quant_method = quantiser(o.serve, o.group_size, o.quant_method)
     o = replace(o, group_size=group_size, quant_method=quant_method)  # type: ignore[arg-type]
     rank_choices = parse_choices(o.ranks, "--ranks", check_rank)
+    if o.steps == 0:
+        o = _forward_only_ranks(o, rank_choices)
     if o.granularity not in GRANULARITIES:
         raise ValueError(f"--granularity must be one of {GRANULARITIES}, got {o.granularity!r}")
     assert o.seq_len is not None and o.steps is not None and o.batch_size is not None  # sized
@@ -248,6 +250,29 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
         progress=not o.no_progress,
     )
     return request, structure, table
+
+
+def _forward_only_ranks(o: SearchOptions, ranks: tuple[int, ...]) -> SearchOptions:
+    """``o`` with one rank for every block under --steps 0, which scores plans forward only:
+    every adapter starts at zero (LoRA's B), so all ranks score alike and a search among them
+    would choose by bytes alone (a CPU run at 4.5 bits chose a Bayes pick that only halved one
+    block's rank). The rank is --fixed-rank, else the largest --ranks choice, and said."""
+    if o.fixed_bits is not None:
+        raise ValueError(
+            f"--steps 0 with --fixed-bits {o.fixed_bits} leaves nothing to score: plans are scored "
+            "forward only, where every adapter starts at zero, so ranks cannot be told apart; "
+            "search bits (drop --fixed-bits) or give --steps N for proxy fine-tunes"
+        )
+    if o.fixed_rank is not None:
+        return o
+    rank = max(ranks)
+    print(
+        "qra search: --steps 0 scores plans forward only, where every adapter starts at zero, so "
+        f"ranks cannot be told apart: every block gets rank {rank} (the largest --ranks choice; "
+        "--fixed-rank R for another)",
+        file=sys.stderr,
+    )
+    return replace(o, fixed_rank=rank)
 
 
 def _check_ablations(o: SearchOptions, budget: Budget) -> None:
