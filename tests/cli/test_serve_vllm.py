@@ -88,3 +88,18 @@ def test_search_choices_with_serve_vllm() -> None:
 def test_search_refuses_what_vllm_cannot_serve_before_loading(cli, tmp_path, extra, message) -> None:
     code, _, err = cli("search", "--budget", "5bits", "--serve", "vllm", *extra, "-o", tmp_path / "s")
     assert code == 2 and message in err and not (tmp_path / "s").exists(), err
+
+
+def test_serve_vllm_fits_symmetric_codes_and_refuses_double_quant(tiny_model_dir, tmp_path) -> None:
+    # Symmetric codes go into compressed-tensors unchanged; hqq's real zeros are re-quantised.
+    from qradaptor.recipes.search import prepare
+    from qradaptor.recipes.search_options import SearchOptions
+
+    given = {"model": str(tiny_model_dir), "budget": "6bits", "serve": "vllm", "device": "cpu"}
+    request, _, _ = prepare(SearchOptions(**given, output=str(tmp_path / "s")))
+    assert (request.config.quant_method, request.config.group_size) == ("symmetric", 64)
+    chosen, _, _ = prepare(SearchOptions(**given, output=str(tmp_path / "h"), quant_method="hqq"))
+    assert chosen.config.quant_method == "hqq"  # a quantiser given is kept (re-quantised on export)
+    with pytest.raises(ValueError, match="--double-quant with --serve vllm: compressed-tensors stores"):
+        prepare(SearchOptions(**given, output=str(tmp_path / "d"), double_quant=True))
+    assert not (tmp_path / "d").exists()

@@ -124,7 +124,9 @@ def plan(
             metadata at group 64
         serve: with --baseline knapsack: only plans this engine serves; vllm: bits 4, 8 or 16
             (--bits default 4,8,16; q/k/v and gate/up share a block's bits), 16-bit embedding
-            and head, as ``qra export --format compressed-tensors`` writes them; llama.cpp:
+            and head, no --double-quant, --quant-method symmetric unless another is given (its
+            codes go in unchanged), as ``qra export --format compressed-tensors`` writes them;
+            llama.cpp:
             --quant-method symmetric, --group-size 32, bits 4, 5, 8 or 16 (--bits default
             4,5,8,16), no --double-quant, each block linear written to GGUF unchanged as Q4_0,
             Q5_0, Q8_0 or F16 at the plan's bytes (``qra export --format gguf``); no ties: each

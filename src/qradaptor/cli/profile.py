@@ -218,7 +218,7 @@ def profile(
             process is also capped at SIZE
         serve: profile what this engine's plans quantise with, as qra plan --baseline knapsack
             --serve ENGINE and qra search --serve ENGINE plan: llama.cpp (symmetric, group 32,
-            bits 4,5,8) or vllm (bits 4,8); options given that the engine cannot serve are
+            bits 4,5,8) or vllm (symmetric unless --quant-method is given, bits 4,8); options given that the engine cannot serve are
             refused before anything loads
         force: overwrite sensitivity.* files already in the folder
         no_progress: no progress output

@@ -13,7 +13,12 @@ SERVE_TARGETS: tuple[str, ...] = ("vllm", "llama.cpp")
 DEFAULT_GROUP_SIZE = 64
 """--group-size when not given, but for --serve llama.cpp (``Plan``'s and ``SearchConfig``'s)."""
 DEFAULT_QUANT_METHOD = "hqq"
-"""--quant-method when not given, but for --serve llama.cpp (``Plan``'s and ``SearchConfig``'s)."""
+"""--quant-method when not given, but for --serve (``Plan``'s and ``SearchConfig``'s)."""
+VLLM_QUANT_METHOD = "symmetric"
+"""--quant-method of a --serve vllm plan when not given: compressed-tensors holds a symmetric
+fit's codes and scales unchanged, while an hqq/rtn fit's real-valued zeros are re-quantised to
+integers on export (+5.6% ppl_wiki at uniform 4 bits, and 32.43 served against 31.68 for a
+symmetric fit of 0.25 bit a weight less; docs/EXPORT.md)."""
 
 
 def check_serve_target(serve: str) -> None:
@@ -27,16 +32,26 @@ def quantiser(
 ) -> tuple[int, str]:
     """(group size, quant method) of a profile, knapsack or search kept to ``serve``: those
     given (None: not given), else llama.cpp's for --serve llama.cpp (32, symmetric), else
-    ``DEFAULT_GROUP_SIZE`` and ``DEFAULT_QUANT_METHOD``.
+    ``DEFAULT_GROUP_SIZE`` and, for --serve vllm ``VLLM_QUANT_METHOD``, otherwise
+    ``DEFAULT_QUANT_METHOD``.
 
     Raises:
         ValueError: with --serve llama.cpp, a group size, quantiser or --double-quant that
-            GGUF would re-quantise (``llama_cpp_constraints.llama_cpp_choices``).
+            GGUF would re-quantise (``llama_cpp_constraints.llama_cpp_choices``); with --serve
+            vllm, --double-quant (compressed-tensors stores 16-bit scales).
     """
     if serve == "llama.cpp":
         from qradaptor.export.llama_cpp_constraints import llama_cpp_choices
 
         _, group_size, quant_method = llama_cpp_choices(None, group_size, quant_method, double_quant)
+    if serve == "vllm":
+        if double_quant:
+            raise ValueError(
+                "--double-quant with --serve vllm: compressed-tensors stores each group's scale "
+                "(and zero) at 16 bits, so 8-bit scales and zeros would not survive the export; "
+                "drop --double-quant"
+            )
+        quant_method = VLLM_QUANT_METHOD if quant_method is None else quant_method
     return (
         DEFAULT_GROUP_SIZE if group_size is None else group_size,
         DEFAULT_QUANT_METHOD if quant_method is None else quant_method,

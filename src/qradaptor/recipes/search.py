@@ -140,7 +140,7 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
             o.quant_method,
             o.double_quant,
         )
-    group_size, quant_method = quantiser(o.serve, o.group_size, o.quant_method)
+    group_size, quant_method = quantiser(o.serve, o.group_size, o.quant_method, o.double_quant)
     o = replace(o, group_size=group_size, quant_method=quant_method)  # type: ignore[arg-type]
     rank_choices = parse_choices(o.ranks, "--ranks", check_rank)
     if o.steps == 0:

@@ -145,8 +145,9 @@ class SearchOptions:
     with --serve vllm, 4,5,8,16 with --serve llama.cpp"""
     serve: Serve | None = None
     """search only plans this engine serves; vllm: bits 4, 8 or 16, a block's q/k/v and gate/up
-    sharing one choice (per block, or per fused group with --granularity module), as qra export
-    --format compressed-tensors writes them; llama.cpp: --quant-method symmetric, --group-size
+    sharing one choice (per block, or per fused group with --granularity module), no
+    --double-quant, --quant-method symmetric unless another is given (its codes go in
+    unchanged), as qra export --format compressed-tensors writes them; llama.cpp: --quant-method symmetric, --group-size
     32, bits 4, 5, 8 or 16, no --double-quant, every block linear written to GGUF unchanged as
     Q4_0, Q5_0, Q8_0 or F16 (no ties: each GGUF tensor has its own type)"""
     ranks: str = "4,8,16"
