@@ -204,9 +204,10 @@ def export(
 
     --format compressed-tensors writes OUT as a pack-quantized folder that transformers and vLLM
     read (one config group per bit-width; plans at 4/8/16 bits with q/k/v and gate/up tied, as
-    qra plan/search --serve vllm make them). Our zero points are real numbers and the format's
-    are integers, so linears are re-quantised (--refit) and OUT/qradaptor_export.json records
-    each one's error (docs/EXPORT.md).
+    qra plan/search --serve vllm make them). A symmetric plan's codes go in unchanged; an
+    hqq/rtn plan's zero points are real numbers and the format's are integers, so its linears
+    are re-quantised (--refit) and OUT/qradaptor_export.json records each one's error
+    (docs/EXPORT.md).
 
     Args:
         run: the training run folder (plan.json, adapter/, base.safetensors)

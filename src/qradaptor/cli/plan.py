@@ -106,7 +106,7 @@ def plan(
         quant_method: how codes are fitted: rtn (min-max), hqq (half-quadratic) or symmetric
             (llama.cpp's rounding, no zero: 4, 5 and 8 bits at group 32 export unchanged as
             Q4_0, Q5_0 and Q8_0; bits 2..8, no --double-quant) (default hqq; symmetric with
-            --serve llama.cpp)
+            --serve llama.cpp or --serve vllm)
         alpha: LoRA alpha; an adapter of rank r is scaled by alpha / r
         embed_bits: bits of the input embedding (default 16 = unquantised); on a tied model
             also the head's unless --head-bits is given

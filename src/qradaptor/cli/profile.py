@@ -202,7 +202,7 @@ def profile(
             llama.cpp)
         quant_method: how codes are fitted: rtn (min-max), hqq (half-quadratic) or symmetric
             (llama.cpp's Q4_0/Q5_0/Q8_0 rounding, no zero point; bits 2..8) (default hqq;
-            symmetric with --serve llama.cpp)
+            symmetric with --serve llama.cpp or --serve vllm)
         device: auto (cuda if available), cpu or cuda; fp32 on both unless --dtype bf16, so the
             small KLs of high bit-widths are not rounding noise
         seed: seed of the document shuffle before packing
@@ -218,8 +218,8 @@ def profile(
             process is also capped at SIZE
         serve: profile what this engine's plans quantise with, as qra plan --baseline knapsack
             --serve ENGINE and qra search --serve ENGINE plan: llama.cpp (symmetric, group 32,
-            bits 4,5,8) or vllm (symmetric unless --quant-method is given, bits 4,8); options given that the engine cannot serve are
-            refused before anything loads
+            bits 4,5,8) or vllm (symmetric unless --quant-method is given, bits 4,8); options
+            given that the engine cannot serve are refused before anything loads
         force: overwrite sensitivity.* files already in the folder
         no_progress: no progress output
     """

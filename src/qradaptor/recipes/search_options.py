@@ -147,9 +147,10 @@ class SearchOptions:
     """search only plans this engine serves; vllm: bits 4, 8 or 16, a block's q/k/v and gate/up
     sharing one choice (per block, or per fused group with --granularity module), no
     --double-quant, --quant-method symmetric unless another is given (its codes go in
-    unchanged), as qra export --format compressed-tensors writes them; llama.cpp: --quant-method symmetric, --group-size
-    32, bits 4, 5, 8 or 16, no --double-quant, every block linear written to GGUF unchanged as
-    Q4_0, Q5_0, Q8_0 or F16 (no ties: each GGUF tensor has its own type)"""
+    unchanged), as qra export --format compressed-tensors writes them; llama.cpp:
+    --quant-method symmetric, --group-size 32, bits 4, 5, 8 or 16, no --double-quant, every
+    block linear written to GGUF unchanged as Q4_0, Q5_0, Q8_0 or F16 (no ties: each GGUF
+    tensor has its own type)"""
     ranks: str = "4,8,16"
     """comma-separated LoRA rank choices (0 = no adapter)"""
     granularity: Granularity = "block"
@@ -224,7 +225,7 @@ class SearchOptions:
     quant_method: Literal["hqq", "rtn", "symmetric"] | None = None
     """the quantiser: hqq, rtn or symmetric (llama.cpp's Q4_0/Q5_0/Q8_0 rounding, a scale and no
     zero per group; bits 2..8, no --double-quant) (qra plan's name; --method is qra train's
-    training method) (default hqq; symmetric with --serve llama.cpp)"""
+    training method) (default hqq; symmetric with --serve llama.cpp or --serve vllm)"""
     double_quant: bool = False
     """every plan stores its scales and zeros at 8 bits (QLoRA's double quantisation; about 0.25
     instead of 0.5 bit per weight at group 64), as qra plan --double-quant does; a --sensitivity
