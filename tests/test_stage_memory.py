@@ -106,7 +106,7 @@ def test_cache_bytes_are_the_fits_bytes_as_they_are_stored(model, method, double
         cache=cache,
     )
     structure = inspect_model(model)
-    stored = {"double_quant": double_quant, "symmetric": method == "symmetric"}
+    stored = {"double_quant": double_quant, "quant_method": method}
     assert cache.nbytes == cache_bytes(structure, (2, 4, 16), 64, **stored)
 
 

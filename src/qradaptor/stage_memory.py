@@ -127,20 +127,20 @@ def cache_bytes(
     group_size: int,
     *,
     double_quant: bool = False,
-    symmetric: bool = False,
+    quant_method: str = "hqq",
 ) -> int:
     """Bytes of a QuantCache holding every block linear at every quantised bit-width of ``bits``.
 
-    ``double_quant`` (8-bit scales and zeros) and ``symmetric`` (a scale and no zero) as the
-    fits store them: ``memory.quantized_nbytes``, the bytes a built plan holds.
+    As ``quant_method`` and ``double_quant`` store the fits (a symmetric fit has a scale and no
+    zero; double quantisation 8-bit scales and zeros): ``memory.quantized_nbytes``, the bytes a
+    built plan holds.
     """
     from qradaptor.memory import quantized_nbytes
-    from qradaptor.plan import UNQUANTIZED
+    from qradaptor.plan import SYMMETRIC_METHOD, UNQUANTIZED
 
+    stored = {"double_quant": double_quant, "symmetric": quant_method == SYMMETRIC_METHOD}
     return structure.num_blocks * sum(
-        quantized_nbytes(
-            info.out_features, info.in_features, b, group_size, double_quant=double_quant, symmetric=symmetric
-        )
+        quantized_nbytes(info.out_features, info.in_features, b, group_size, **stored)
         for info in structure.linears
         for b in bits
         if b != UNQUANTIZED
@@ -257,7 +257,7 @@ def search_peak(
     weight_bytes: int = 4,
     cache_on_device: bool = True,
     double_quant: bool = False,
-    symmetric: bool = False,
+    quant_method: str = "hqq",
 ) -> StagePeak:
     """Peak of ``qra search``: the larger of its profile and its proxy phase.
 
@@ -273,9 +273,9 @@ def search_peak(
         weight_bytes: 4 for fp32, 2 for ``qra search --dtype bf16``.
         cache_on_device: False: the QuantCache is kept on the host (``QuantCache(storage="cpu")``),
             so neither phase holds it on the device.
-        double_quant, symmetric: how the space's fits store their scales and zeros.
+        double_quant, quant_method: how the space's fits store their scales and zeros.
     """
-    stored = {"double_quant": double_quant, "symmetric": symmetric}
+    stored = {"double_quant": double_quant, "quant_method": quant_method}
     cache = cache_bytes(structure, bits, group_size, **stored) if cache_on_device else 0
     proxy = proxy_peak(
         structure,

@@ -71,14 +71,14 @@ def worker_bytes(
     cuda: bool,
     *,
     double_quant: bool = False,
-    symmetric: bool = False,
+    quant_method: str = "hqq",
 ) -> int:
     """Predicted peak bytes of one worker: its copies of the model, its fitted codes, one proxy step.
 
     A worker holds the base model and a candidate built from it (simulated layers are
     dense, so each costs ``model_bytes``, the model's fp32 tensors), its ``QuantCache``
     (``stage_memory.cache_bytes``: every block linear at every quantised bit-width of the
-    space, stored as ``double_quant`` and ``symmetric`` say), and the adapters,
+    space, stored as ``quant_method`` and ``double_quant`` say), and the adapters,
     gradients, AdamW moments and saved activations of the space's largest plan in fp32
     (``memory.training_memory``); on CUDA also the caching allocator's slack and a context.
     """
@@ -92,7 +92,7 @@ def worker_bytes(
     report = plan_memory(structure, largest, weight_bytes=4)
     step = training_memory(structure, report, batch_size=batch_size, seq_len=seq_len, act_bytes=4)
     cache = cache_bytes(
-        structure, space.bit_choices, group_size, double_quant=double_quant, symmetric=symmetric
+        structure, space.bit_choices, group_size, double_quant=double_quant, quant_method=quant_method
     )
     training = step.total - report.total_bytes + report.adapter_bytes  # beyond the frozen weights
     tensors = 2 * model_bytes + training + cache
@@ -142,7 +142,7 @@ def local_worker_devices(
     group_size: int,
     *,
     double_quant: bool = False,
-    symmetric: bool = False,
+    quant_method: str = "hqq",
 ) -> tuple[list[str], int]:
     """The device of each of ``workers`` local workers, and the predicted peak bytes of one,
     after checking that they fit in memory.
@@ -154,7 +154,7 @@ def local_worker_devices(
         structure, table: the searched model and space (``search_space``).
         model: the loaded fp32 model (its bytes are a worker's base copy).
         batch_size, seq_len, group_size: the proxy's batch and window, the plans' group size.
-        double_quant, symmetric: how the plans' fits store their scales and zeros.
+        double_quant, quant_method: how the plans' fits store their scales and zeros.
 
     Raises:
         ValueError: see ``place_workers`` and ``check_memory``.
@@ -177,7 +177,7 @@ def local_worker_devices(
         group_size,
         cuda=device == "cuda",
         double_quant=double_quant,
-        symmetric=symmetric,
+        quant_method=quant_method,
     )
     check_memory(devices, per_worker, free_memory(devices))
     return devices, per_worker

@@ -144,7 +144,6 @@ def check_search(
             or the largest cannot at this batch and length with everything on.
     """
     from qradaptor.memory import plan_memory
-    from qradaptor.plan import SYMMETRIC_METHOD
     from qradaptor.search.pipeline import search_space
     from qradaptor.search.space import smallest_and_largest
     from qradaptor.stage_memory import search_peak
@@ -177,7 +176,7 @@ def check_search(
             weight_bytes=weight_bytes,
             cache_on_device=not fit.cache_on_host,
             double_quant=config.double_quant,
-            symmetric=config.quant_method == SYMMETRIC_METHOD,
+            quant_method=config.quant_method,
         )
 
     fits = [SearchFit(False, False), *([SearchFit(False, True)] if host else []), SearchFit(True, False)]

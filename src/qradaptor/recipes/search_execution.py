@@ -83,7 +83,6 @@ def execute(request: SearchRequest, structure: ModelStructure, table: MemoryTabl
     from qradaptor.distributed.queue import display_url
     from qradaptor.distributed.study import sqlite_url
     from qradaptor.models.loading import load_model
-    from qradaptor.plan import SYMMETRIC_METHOD
     from qradaptor.recipes.search_output import print_outcome, write_config, write_run
     from qradaptor.search.cost import cost_line
     from qradaptor.search.pipeline import run_search
@@ -107,7 +106,7 @@ def execute(request: SearchRequest, structure: ModelStructure, table: MemoryTabl
         r.seq_len,
         config.group_size,
         double_quant=config.double_quant,
-        symmetric=config.quant_method == SYMMETRIC_METHOD,
+        quant_method=config.quant_method,
     )
     train_windows = pack_texts(texts.calibration, loaded.tokenizer, r.seq_len, seed=0)  # the whole corpus
     # --steps 0 trains nothing; one batch still goes in, the windows the cost line times.
