@@ -30,6 +30,11 @@ def cost_line(err: str) -> str:
     return next(line for line in err.splitlines() if line.startswith("qra search: this search: "))
 
 
+def trials_of(run: Path) -> list[dict]:
+    """The run's trials.jsonl, one dict per scored plan."""
+    return [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
+
+
 def test_help_names_the_budget_forms_and_the_ablations(cli) -> None:
     code, out, _ = cli("search", "--help")
     assert code == 0
@@ -67,7 +72,7 @@ def test_a_search_writes_its_run_folder_and_a_second_run_resumes_it(
     assert not [n for n in names if n.endswith(".tmp")]
     plan = Plan.from_json((out / "plan.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
-    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    trials = trials_of(out)
     chosen = summary["chosen"]
     assert plan.plan_hash == chosen["plan_hash"] and chosen["avg_bits"] <= 3.6
     assert chosen["loss"] == min(t["loss"] for t in trials if t["avg_bits"] <= 3.6)
@@ -100,7 +105,7 @@ def test_steps_0_is_a_search_of_forward_passes_only(cli, tiny_model_dir, words, 
     cost = cost_line(err)
     assert "9 plans screened forward only, 1 Bayesian pick scored forward only" in cost
     assert "proxy fine-tune" not in cost
-    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    trials = trials_of(out)
     summary = json.loads((out / "summary.json").read_text())
     assert {t["phase"] for t in trials} == {"knapsack", "screen", "bayes"}
     assert len({t["plan_hash"] for t in trials}) == len(trials)  # at one rank, 4 plans of 3 blocks
@@ -117,7 +122,7 @@ def test_steps_0_takes_a_fixed_rank_and_refuses_fixed_bits(cli, tiny_model_dir, 
     forward_only = ["--strategy", "halving", "--candidates", 3, "--steps", 0, "--bayes-iterations", 0]
     code, _, err = search(cli, tiny_model_dir, words, tmp_path / "r4", *forward_only, "--fixed-rank", 4)
     assert code == 0, err
-    trials = [json.loads(line) for line in (tmp_path / "r4" / "trials.jsonl").read_text().splitlines()]
+    trials = trials_of(tmp_path / "r4")
     assert all(set(t["ranks"]) == {4} for t in trials) and "cannot be told apart" not in err
     code, _, err = search(cli, tiny_model_dir, words, tmp_path / "fb", *forward_only, "--fixed-bits", 4)
     assert code == 2 and "--steps 0 with --fixed-bits 4 leaves nothing to score" in err
@@ -137,7 +142,7 @@ def test_the_halving_strategy_writes_its_rungs_and_resumes(cli, tiny_model_dir, 
         and "min on this device" in cost
     )
     summary = json.loads((out / "summary.json").read_text())
-    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    trials = trials_of(out)
     screened = records_from_csv((out / "screened.csv").read_text())
     assert summary["strategy"] == "halving" and summary["screened"] == {"rung0": 9}
     assert [r.phase for r in screened] == ["knapsack"] + ["screen"] * 8
@@ -178,7 +183,7 @@ def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path
         "4.2bits",
     )
     assert code == 0, err
-    trials = [json.loads(line) for line in (tmp_path / "b" / "trials.jsonl").read_text().splitlines()]
+    trials = trials_of(tmp_path / "b")
     assert all(set(t["ranks"]) == {8} for t in trials)
     assert not (tmp_path / "b" / "sensitivity.json").exists()
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
@@ -197,7 +202,7 @@ def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path
         0,
     )
     assert code == 0, err
-    trials = [json.loads(line) for line in (tmp_path / "r" / "trials.jsonl").read_text().splitlines()]
+    trials = trials_of(tmp_path / "r")
     assert all(set(t["bits"]) == {4} for t in trials)
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["evaluations"]["bayes"] == 0
 

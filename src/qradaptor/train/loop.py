@@ -260,8 +260,7 @@ class Trainer:
         """The gradients' total norm, not clipped yet (a NaN one would clip every adapter to NaN)."""
         import torch
 
-        grads = [p.grad for p in self.params if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        return torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
 
     def _apply_gradients(
         self, step: int, norm: float, loss: float, ema: dict[str, float], result: TrainResult
