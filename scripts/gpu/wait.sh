@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# On the GPU machine: wait SECONDS (or until driver.sh and scale.sh have both finished), then
+# put what the runs wrote since go.sh under $OUT: runs.tar.xz (the experiment's new files, no
+# weights), the logs and scale.json. Each call brings back everything so far.
+set -uo pipefail
+end=$(( $(date +%s) + ${1:-450} ))
+while [ "$(date +%s)" -lt "$end" ]; do
+    if [ -f /root/driver.done ] && [ -f /root/scale.done ]; then break; fi
+    sleep 10
+done
+cd /root/repo
+find docs/results -newer /root/start.marker -type f ! -name '*.safetensors' ! -name '*.pt' ! -name '*.bin' \
+    ! -name '*.db' ! -name '*.db-*' -size -4M > /root/new.txt
+tar -cJf "$OUT/runs.tar.xz" -T /root/new.txt
+cp /root/driver.log /root/scale.log "$OUT/" 2>/dev/null
+cp /root/scale/scale.json "$OUT/" 2>/dev/null
+ls /root/scale/runs 2>/dev/null | head
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
+echo "--- driver"; tail -25 /root/driver.log; echo "--- scale"; tail -15 /root/scale.log
+echo "files: $(wc -l < /root/new.txt)"; ls /root/*.done 2>/dev/null
