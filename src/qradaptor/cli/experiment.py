@@ -119,7 +119,8 @@ def experiment(
         config: experiment files (YAML); several share one DIR and its searches
         output: the experiments' folder
         jobs: steps run at once, as separate processes (several fit on one GPU for small
-            models); a step that runs out of GPU memory is run again later with fewer beside it
+            models); a step that runs out of GPU memory is run again later with fewer beside it,
+            and the count climbs back once steps succeed again
         gpus: comma-separated GPU indices the steps are spread over (default: all that the
             processes see)
         device: auto (cuda if available), cpu or cuda, for every search, train and eval
@@ -186,7 +187,18 @@ def _run(job_list: list, jobs: int, gpus: list[int], device: str) -> dict[str, s
                 f"out of GPU memory: {name}: qra {step.verb}; again later, {workers} steps at once from now"
             )
 
-        runner = Runner(job_list, workers=jobs, gpus=gpus, device=device, on_step=on_step, on_retry=on_retry)
+        def on_raise(workers: int) -> None:
+            bar.write(f"no step out of GPU memory lately: {workers} steps at once from now")
+
+        runner = Runner(
+            job_list,
+            workers=jobs,
+            gpus=gpus,
+            device=device,
+            on_step=on_step,
+            on_retry=on_retry,
+            on_raise=on_raise,
+        )
         try:
             summary = runner.run()
         except KeyboardInterrupt:

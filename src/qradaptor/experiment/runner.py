@@ -38,6 +38,11 @@ DEVICE_VERBS = ("profile", "search", "train", "eval")
 """Verbs that take --device."""
 OOM_RETRIES = 3
 """Times a step that ran out of GPU memory is tried again, with fewer steps beside it."""
+RAISE_AFTER = 2
+"""Steps that must succeed, after the last one that ran out of GPU memory, before one more step
+runs at once again (up to ``--jobs``): what crowded the GPU (a step with a larger peak, another
+program) may have gone, and a runner that only ever lowered its count ran a whole batch one step
+at a time once another program's 24 GB had left (docs/GPU.md, 2026-12-05)."""
 OOM_MARKERS = ("torch.OutOfMemoryError", "CUDA out of memory")
 """What a step's log says when it ran out of GPU memory."""
 
@@ -176,10 +181,12 @@ class Runner:
         on_step: called with (job name, step, seconds, ok) when a step ends.
         on_retry: called with (job name, step, steps at once from now on) when a step that
             ran out of GPU memory is put back.
+        on_raise: called with the new number of steps at once when it goes back up.
 
     A step that runs out of GPU memory (its log says so) is not a failure at once: it goes
     back to the queue and the number of steps at once drops to those still running, so it
-    runs again beside fewer others (up to ``OOM_RETRIES`` times). Steps of small models share a
+    runs again beside fewer others (up to ``OOM_RETRIES`` times). After ``RAISE_AFTER`` steps
+    in a row succeed, one more runs at once, up to ``workers``. Steps of small models share a
     GPU well, but the peak of a step is only known once it runs.
     """
 
@@ -193,16 +200,20 @@ class Runner:
         command: Sequence[str] = (sys.executable, "-m", "qradaptor"),
         on_step: Callable[[str, Step, float, bool], None] | None = None,
         on_retry: Callable[[str, Step, int], None] | None = None,
+        on_raise: Callable[[int], None] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"jobs must be >= 1, got {workers}")
         self.jobs = list(jobs)
         self.workers = workers
+        self.most_workers = workers
+        self._since_oom = 0  # steps that succeeded since the last one that ran out of memory
         self.gpus = [str(g) for g in gpus]
         self.device = device
         self.command = list(command)
         self.on_step = on_step
         self.on_retry = on_retry
+        self.on_raise = on_raise
         self.summary = RunSummary()
         self._by_name = {job.name: job for job in self.jobs}
 
@@ -290,6 +301,7 @@ class Runner:
             job.oom_retries += 1
             job.state, job.gpu = "waiting", None
             self.workers = max(1, sum(j.state == "running" for j in self.jobs))
+            self._since_oom = 0
             if self.on_retry is not None:
                 self.on_retry(job.name, step, self.workers)
             return
@@ -297,6 +309,11 @@ class Runner:
             why = f"exit code {code}" if code != 0 else f"no {step.done.name} written"
             self._finish(job, "failed", f"qra {step.verb} failed ({why}); see {log}: {_tail(log)}")
             return
+        self._since_oom += 1
+        if self.workers < self.most_workers and self._since_oom >= RAISE_AFTER:
+            self.workers, self._since_oom = self.workers + 1, 0
+            if self.on_raise is not None:
+                self.on_raise(self.workers)
         job.index += 1
         self._advance(job)
 
