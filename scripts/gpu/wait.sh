@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: wait SECONDS (or until driver.sh and scale.sh have both finished), then
 # put what the runs wrote since go.sh under $OUT: runs.tar.xz (the experiment's new files, no
-# weights), the logs and scale.json. Each call brings back everything so far.
+# weights), the logs, scale.json and scale.tar.xz (the scale stages' logs and JSON). Each call
+# brings back everything so far.
 set -uo pipefail
 end=$(( $(date +%s) + ${1:-450} ))
 while [ "$(date +%s)" -lt "$end" ]; do
@@ -14,6 +15,9 @@ find docs/results -newer /root/start.marker -type f ! -name '*.safetensors' ! -n
 tar -cJf "$OUT/runs.tar.xz" -T /root/new.txt
 cp /root/driver.log /root/scale.log "$OUT/" 2>/dev/null
 cp /root/scale/scale.json "$OUT/" 2>/dev/null
+# The stages' logs and small result files (train.json names skipped steps), no weights.
+(cd /root/scale 2>/dev/null && find logs runs -type f \( -name '*.log' -o -name '*.json' -o -name '*.csv' \) \
+    -size -2M 2>/dev/null | tar -cJf "$OUT/scale.tar.xz" -T -)
 ls /root/scale/runs 2>/dev/null | head
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
 echo "--- driver"; tail -25 /root/driver.log; echo "--- scale"; tail -15 /root/scale.log
