@@ -209,8 +209,20 @@ def test_search_check_turns_checkpointing_on_when_only_that_fits(tiny_model_dir,
     # On a CPU the host is the device: no QuantCache on the host, checkpointing is next.
     assert check_search(plain.total - 1, structure, config, **common) == SearchFit(True, False)
     assert "qra search: gradient checkpointing in the proxy fine-tunes: otherwise" in capsys.readouterr().err
+    # Below that, only leaving out the uniform references fits: the candidate is then the
+    # dearest plan within the budget, and below its own peak the search is refused.
+    from qradaptor.search.knapsack import dearest_within
+
+    dearest = dearest_within(table, config.budget)
+    within = plan_memory(
+        structure, space.to_plan(dearest, model_signature=structure.signature, group_size=32), weight_bytes=4
+    )
+    lean = search_peak(structure, within, **kwargs, shared_base=True, gradient_checkpointing=True)
+    assert lean.total < checkpointed.total
+    assert check_search(checkpointed.total - 1, structure, config, **common).references is False
+    assert "the uniform reference plans left out (as --no-references)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="is below what qra search needs"):
-        check_search(checkpointed.total - 1, structure, config, **common)
+        check_search(lean.total - 1, structure, config, **common)
 
 
 def test_a_search_within_the_limit_chooses_as_the_default_one(cli, tiny_model_dir, words, tmp_path) -> None:
@@ -306,8 +318,14 @@ def test_the_8b_search_fits_24gib_in_bf16_with_the_cache_on_the_host(monkeypatch
     assert "predicted peak 24,17" in err.replace("24,18", "24,17")  # 23.6 GiB
     # 40 GiB: the cache on the host alone fits (39.1 GiB), and costs less time than checkpointing.
     assert check_search(40 * 2**30, structure, config, **common, weight_bytes=2) == SearchFit(False, True)
-    with pytest.raises(ValueError, match=r"--max-memory 22,888 MiB is below what qra search needs"):
-        check_search(24 * 10**9, structure, config, **common, weight_bytes=2)  # 24GB: 22.4 GiB
+    # 24GB (22.4 GiB): only without the uniform references (the 8-bit one is the largest
+    # candidate) does it fit: they are left out and said, and the search runs.
+    assert check_search(24 * 10**9, structure, config, **common, weight_bytes=2) == SearchFit(
+        True, True, references=False
+    )
+    assert "the uniform reference plans left out (as --no-references)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--max-memory 19,073 MiB is below what qra search needs"):
+        check_search(20 * 10**9, structure, config, **common, weight_bytes=2)  # 20GB: 18.6 GiB
     with pytest.raises(ValueError, match=r"even the smallest plan .* load in bf16 \(--dtype bf16\)"):
         check_search(24 * 2**30, structure, config, **common, weight_bytes=4)  # fp32: 27.5 GiB of weights
     # Without the uniform references every plan scored is within 4.0 bits: the candidate is
@@ -344,3 +362,28 @@ def test_without_references_the_candidate_is_the_dearest_plan_within_the_budget(
     assert int(table.bytes_of(dearest)) == best < int(table.bytes_of(smallest_and_largest(table, space)[1]))
     with pytest.raises(ValueError, match="needs an avg-bits budget"):
         dearest_within(table, parse_budget("100MB"))
+
+
+def test_a_search_whose_references_alone_do_not_fit_runs_without_them(
+    cli, tiny_model_dir, words, tmp_path, monkeypatch
+) -> None:
+    """When check_search can fit the search only without the uniform references, the search
+    runs as with --no-references: none is scored (the full preset scores them otherwise)."""
+    import qradaptor.recipes.max_memory as limits
+
+    args = [
+        "search", tiny_model_dir, "--budget", "3.6bits", "--data", words, "--eval-data", words,
+        "--device", "cpu", "--preset", "full",
+        "--seq-len", 16, "--steps", 1, "--batch-size", 2, "--eval-batches", 1, "--calibration-samples", 2,
+        "--group-size", 32, "--ranks", "4,8", "--candidates", 4, "--rungs", 1, "--bayes-iterations", 0,
+        "--no-progress",
+    ]  # fmt: skip
+    code, _, err = cli(*args, "-o", tmp_path / "as-is", "--max-memory", "1GB")
+    assert code == 0, err
+    assert json.loads((tmp_path / "as-is" / "summary.json").read_text())["references"]
+    monkeypatch.setattr(
+        limits, "check_search", lambda *a, **k: limits.SearchFit(False, False, references=False)
+    )
+    code, _, err = cli(*args, "-o", tmp_path / "lean", "--max-memory", "1GB")
+    assert code == 0, err
+    assert not json.loads((tmp_path / "lean" / "summary.json").read_text())["references"]

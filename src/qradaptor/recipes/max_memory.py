@@ -110,6 +110,9 @@ class SearchFit:
     """The proxy steps recompute activations in the backward."""
     cache_on_host: bool
     """The QuantCache stays on the host; each candidate's codes move to the device when built."""
+    references: bool = True
+    """The uniform reference plans are scored (when the config asks for them); False when they
+    alone do not fit: the search then scores only plans within the budget."""
 
     def run_search_options(self) -> dict[str, bool]:
         """``search.pipeline.run_search``'s memory keywords for this fit (the shared base always)."""
@@ -137,7 +140,9 @@ def check_search(
     QuantCache on the host (CUDA only: on a CPU the host is the device), gradient
     checkpointing, both. Says in one line what it turned on. The candidate is priced at the
     space's largest plan, or without uniform references under an avg-bits budget at the dearest
-    plan within the budget (every other plan scored is repaired into it).
+    plan within the budget (every other plan scored is repaired into it). When the references
+    are asked for and only leaving them out fits (an 8B at 24 GB: the uniform 8-bit plan is the
+    largest candidate), they are left out, said, and ``SearchFit.references`` is False.
 
     Raises:
         ValueError: when even the smallest plan of the space cannot be searched within the limit,
@@ -149,13 +154,15 @@ def check_search(
     from qradaptor.stage_memory import search_peak
 
     space, table, _ = search_space(structure, config)
-    low, high = smallest_and_largest(table, space)
-    if not config.references and config.budget.kind == "avg_bits":
+    low, largest = smallest_and_largest(table, space)
+    within = largest
+    if config.budget.kind == "avg_bits":
         # Every plan scored is repaired into the budget (the uniform references are not), so
-        # the dearest plan within it bounds the candidate, not the space's largest.
+        # without references the dearest plan within it bounds the candidate, not the largest.
         from qradaptor.search.knapsack import dearest_within
 
-        high = dearest_within(table, config.budget)
+        within = dearest_within(table, config.budget)
+    references = config.references and config.budget.kind == "avg_bits"
     evaluators = config.halving.rungs + 1 if config.strategy == "halving" else 1
     host = device.startswith("cuda")
 
@@ -181,6 +188,8 @@ def check_search(
 
     fits = [SearchFit(False, False), *([SearchFit(False, True)] if host else []), SearchFit(True, False)]
     fits += [SearchFit(True, True)] if host else []
+    if references:  # the same ladder again without them, after every fit with them
+        fits += [replace(fit, references=False) for fit in fits]
     smallest = peak(low, fits[-1])
     if smallest.total > limit:
         bf16 = ", load in bf16 (--dtype bf16)" if weight_bytes == 4 else ""
@@ -190,10 +199,15 @@ def check_search(
             "--bits choices, or lower --calibration-samples, --seq-len or --batch-size"
         )
     change = "--batch-size, --seq-len or --calibration-samples, or drop the highest --bits or --ranks choices"
-    fit, plain = first_fit("search", fits, lambda f: peak(high, f), limit, device, change)
+
+    def candidate(fit: SearchFit) -> Any:
+        return largest if config.references and fit.references else within
+
+    fit, plain = first_fit("search", fits, lambda f: peak(candidate(f), f), limit, device, change)
     turned = [
         *(["the QuantCache kept on the host"] if fit.cache_on_host else []),
         *(["gradient checkpointing in the proxy fine-tunes"] if fit.gradient_checkpointing else []),
+        *(["the uniform reference plans left out (as --no-references)"] if not fit.references else []),
     ]
     if turned:
         print(

@@ -226,6 +226,8 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
             weight_bytes=DTYPE_BYTES[o.dtype],
         )
         lean = fit.run_search_options()
+        if not fit.references:
+            config = replace(config, references=False)
     texts = search_texts(o.data, o.eval_data)  # a bad or too small --data fails before the lock and the load
     for line in texts.warnings:
         print(f"qra search: {line}", file=sys.stderr)
