@@ -74,6 +74,8 @@ def test_dry_run_prints_the_commands_and_writes_nothing(cli, tiny: Path, tmp_pat
         ("qra", "6 commands to run, in 4 jobs"),
         ("C,lora16", "10 commands to run, in 4 jobs"),
         ("tiny", "16 commands to run, in 8 jobs"),
+        ("qra@3.5bits/seed1", "3 commands to run, in 2 jobs"),  # its search, train and eval
+        ("lora16/seed0,C", "8 commands to run, in 3 jobs"),
     ],
 )
 def test_only_restricts_the_run(cli, tiny: Path, tmp_path: Path, only: str, count: str) -> None:
@@ -91,9 +93,21 @@ def test_only_an_unknown_name_is_one_error_listing_the_known(cli, tiny: Path, tm
     code, stdout, err = cli("experiment", tiny, "-o", tmp_path / "out", "--dry-run", "--only", "lora16,nope")
     assert (code, stdout) == (2, "")
     assert err == (
-        "qra experiment: error: --only 'nope' is no experiment or label here; "
+        "qra experiment: error: --only 'nope' is no experiment, label or LABEL/seedN here; "
         "known: C, lora16, qra, qra@3.5bits, tiny\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("only", "message"),
+    [
+        ("nope/seed0", "--only 'nope/seed0' is no experiment, label or LABEL/seedN here; known: C,"),
+        ("lora16/seed7", "--only 'lora16/seed7': lora16 has no such seed; its seeds: 0, 1"),
+    ],
+)
+def test_only_a_cell_of_no_label_or_seed_is_one_error(cli, tiny: Path, tmp_path: Path, only, message) -> None:
+    code, stdout, err = cli("experiment", tiny, "-o", tmp_path / "out", "--dry-run", "--only", only)
+    assert (code, stdout) == (2, "") and err.startswith(f"qra experiment: error: {message}")
 
 
 @pytest.mark.parametrize(

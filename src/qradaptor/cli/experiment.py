@@ -48,7 +48,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def _select(experiments: list[Experiment], only: str | None) -> list[Experiment]:
-    """Keeps the experiments, or their labels, named by --only."""
+    """Keeps the experiments, their labels, or single cells (LABEL/seedN) named by --only."""
     from dataclasses import replace
 
     if only is None:
@@ -56,17 +56,29 @@ def _select(experiments: list[Experiment], only: str | None) -> list[Experiment]
     names = {n.strip() for n in only.split(",") if n.strip()}
     known = {e.name for e in experiments} | {c.label for e in experiments for c in e.cells}
     known |= {c.label.split("@")[0] for e in experiments for c in e.cells}
-    unknown = sorted(names - known)
-    if unknown:
-        raise ValueError(
-            f"--only {unknown[0]!r} is no experiment or label here; known: {', '.join(sorted(known))}"
-        )
+    cell_names = {f"{c.label}/seed{c.seed}" for e in experiments for c in e.cells}
+    for name in sorted(names - known):
+        label = name.split("/seed")[0] if "/seed" in name else None
+        if label not in known:
+            raise ValueError(
+                f"--only {name!r} is no experiment, label or LABEL/seedN here; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        if name not in cell_names:
+            seeds = sorted({c.seed for e in experiments for c in e.cells if c.label == label})
+            raise ValueError(
+                f"--only {name!r}: {label} has no such seed; its seeds: {', '.join(map(str, seeds))}"
+            )
+
+    def chosen(cell: Any) -> bool:
+        return bool({cell.label, cell.label.split("@")[0], f"{cell.label}/seed{cell.seed}"} & names)
+
     kept = []
     for e in experiments:
         if e.name in names:
             kept.append(e)
             continue
-        cells = tuple(c for c in e.cells if c.label in names or c.label.split("@")[0] in names)
+        cells = tuple(c for c in e.cells if chosen(c))
         if cells:
             kept.append(replace(e, cells=cells))
     return kept
@@ -124,7 +136,8 @@ def experiment(
         gpus: comma-separated GPU indices the steps are spread over (default: all that the
             processes see)
         device: auto (cuda if available), cpu or cuda, for every search, train and eval
-        only: comma-separated experiment names or labels to run (e.g. pilot or qra@3.5bits)
+        only: comma-separated experiment names, labels or single cells to run (e.g. pilot,
+            qra@3.5bits or qra@3.5bits/seed1)
         dry_run: print the commands that would run, and run nothing
         report_only: write the results from the cell folders as they are, and run nothing
     """
