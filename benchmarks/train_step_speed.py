@@ -7,6 +7,12 @@ memory model's training-peak prediction (``training_memory``).
 
     python benchmarks/train_step_speed.py                         # CUDA, batch 8 x 512
     python benchmarks/train_step_speed.py --device cpu --batch-size 1 --seq-len 64 --steps 2
+    python benchmarks/train_step_speed.py --checkpointing   # every plan gradient-checkpointed
+
+With ``--checkpointing`` one more row runs the 4-bit plan with its packed layers dequantising
+in the backward as well as in the checkpoint's recomputation (three dequantisations a step, as
+before ``build.enable_gradient_checkpointing`` kept the recomputed weight): the saving, side by
+side.
 """
 
 from __future__ import annotations
@@ -17,18 +23,20 @@ import time
 
 import torch
 
-from qradaptor.build import apply_plan
+from qradaptor.build import apply_plan, enable_gradient_checkpointing
 from qradaptor.data import load_texts, pack_texts
 from qradaptor.memory import plan_memory, training_memory
 from qradaptor.models import load_model
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
-from qradaptor.quant.modules import COMPILE_ENV
+from qradaptor.quant.modules import COMPILE_ENV, keep_weights_for_recompute
 
 MIB = 2**20
 
 
-def run_plan(args: argparse.Namespace, plan: Plan, batches: torch.Tensor, simulated: bool, compiled: bool):
+def run_plan(
+    args: argparse.Namespace, plan: Plan, batches: torch.Tensor, simulated: bool, compiled: bool, keep: bool
+):
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     os.environ[COMPILE_ENV] = "1" if compiled else "0"  # "1": the Triton kernel
@@ -36,6 +44,9 @@ def run_plan(args: argparse.Namespace, plan: Plan, batches: torch.Tensor, simula
     structure = inspect_model(model)
     model = apply_plan(model, plan, simulated=simulated)
     model.train()
+    if args.checkpointing:
+        enable_gradient_checkpointing(model)
+        keep_weights_for_recompute(model, on=keep)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     if device.type == "cuda":
@@ -65,7 +76,12 @@ def run_plan(args: argparse.Namespace, plan: Plan, batches: torch.Tensor, simula
             structure, Plan.uniform(plan.num_blocks, 16, plan.block_ranks()[0]), weight_bytes=weight_bytes
         )
     predicted = training_memory(
-        structure, report, batch_size=args.batch_size, seq_len=args.seq_len, act_bytes=weight_bytes
+        structure,
+        report,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        act_bytes=weight_bytes,
+        gradient_checkpointing=args.checkpointing,
     )
     del model, opt
     return tokens / seconds, peak, predicted, report, losses[-1]
@@ -80,6 +96,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on every plan")
     args = parser.parse_args()
     tokenizer = load_model(args.model, device="cpu").tokenizer
     n = args.batch_size * 4
@@ -87,20 +104,26 @@ def main() -> None:
     batches = seqs.view(4, args.batch_size, args.seq_len)
     r = args.rank
     runs = [
-        ("lora16 (16-bit base)", Plan.uniform(30, 16, r), False, False),
-        ("8-bit packed", Plan.uniform(30, 8, r), False, True),
-        ("4-bit packed", Plan.uniform(30, 4, r), False, True),
-        ("4-bit packed, eager dequant", Plan.uniform(30, 4, r), False, False),
-        ("3-bit packed", Plan.uniform(30, 3, r), False, True),
-        ("2-bit packed", Plan.uniform(30, 2, r), False, True),
-        ("4-bit simulated (dense)", Plan.uniform(30, 4, r), True, False),
+        ("lora16 (16-bit base)", Plan.uniform(30, 16, r), False, False, True),
+        ("8-bit packed", Plan.uniform(30, 8, r), False, True, True),
+        ("4-bit packed", Plan.uniform(30, 4, r), False, True, True),
+        ("4-bit packed, eager dequant", Plan.uniform(30, 4, r), False, False, True),
+        ("3-bit packed", Plan.uniform(30, 3, r), False, True, True),
+        ("2-bit packed", Plan.uniform(30, 2, r), False, True, True),
+        ("4-bit simulated (dense)", Plan.uniform(30, 4, r), True, False, True),
     ]
+    if args.checkpointing:
+        twice = "4-bit packed, dequantised in the backward too"
+        runs.insert(3, (twice, Plan.uniform(30, 4, r), False, True, False))
     if args.device == "cpu":
-        runs = runs[:1] + runs[2:3]
+        runs = [
+            run for run in runs if run[0].startswith(("lora16", "4-bit packed")) and "eager" not in run[0]
+        ]
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(
         f"device: {name}; torch {torch.__version__}; batch {args.batch_size} x {args.seq_len}; "
         f"rank {r}; {args.steps} timed steps after {args.warmup} warm-up"
+        + ("; gradient checkpointing" if args.checkpointing else "")
     )
     print(
         "| plan | avg bits | tokens/s | vs lora16 | last loss | peak MiB measured | predicted | "
@@ -108,8 +131,8 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = None
-    for label, plan, simulated, compiled in runs:
-        tps, peak, pred, report, loss = run_plan(args, plan, batches, simulated, compiled)
+    for label, plan, simulated, compiled, keep in runs:
+        tps, peak, pred, report, loss = run_plan(args, plan, batches, simulated, compiled, keep)
         base = base or tps
         ratio = pred.total / peak if peak else float("nan")
         print(

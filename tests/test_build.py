@@ -119,3 +119,34 @@ def test_module_granularity(tiny_llama) -> None:
     assert inner.model.layers[0].mlp.down_proj.get_base_layer().bits == 2
     assert isinstance(inner.model.layers[0].mlp.up_proj, nn.Linear)
     assert inner.model.layers[2].self_attn.q_proj.r["default"] == 8
+
+
+def test_a_checkpointed_model_dequantises_each_packed_layer_twice_a_step(llama_factory, monkeypatch) -> None:
+    """enable_gradient_checkpointing marks every packed layer of the decoder layers: a step's
+    forward, the checkpoint's recomputation and the backward dequantise each twice, not three
+    times, and the gradients are those of the model without checkpointing."""
+    from qradaptor.build import enable_gradient_checkpointing
+
+    plan = Plan.uniform(3, 4, 4)
+    grads = {}
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = apply_plan(llama_factory(), plan)
+        model.train()
+        layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+        if checkpointed:
+            assert enable_gradient_checkpointing(model) == len(layers) == 3 * 7
+        calls: list[int] = []
+        for layer in layers:
+            monkeypatch.setattr(
+                layer,
+                "dequantized_weight",
+                lambda dtype=None, _f=layer.dequantized_weight: calls.append(1) or _f(dtype),
+            )
+        model(IDS, labels=IDS).loss.backward()
+        if checkpointed:  # forward, recomputation (whose weight the backward takes), no third
+            assert len(calls) == 2 * len(layers)
+        grads[checkpointed] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[False].keys() == grads[True].keys()
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-6)

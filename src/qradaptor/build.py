@@ -187,3 +187,20 @@ def apply_plan(
 
         apply_loftq_(peft_model, dense, plan, iters=variant.loftq_iters)
     return peft_model
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Gradient checkpointing on every decoder layer (non-reentrant), and its packed layers told
+    to save their dequantised weight, which the checkpoint drops and recomputes for the
+    backward (``quant.modules.keep_weights_for_recompute``: two dequantisations a step, not
+    three). Returns how many packed layers were told."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from qradaptor.quant.modules import keep_weights_for_recompute
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return sum(
+        keep_weights_for_recompute(layer)
+        for layer in model.modules()
+        if isinstance(layer, GradientCheckpointingLayer) and layer.gradient_checkpointing
+    )

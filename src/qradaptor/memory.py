@@ -308,7 +308,8 @@ def training_memory(
           its base output in ``act_bytes``, for the magnitude's gradient;
         * ``adapter="adalora"``: PEFT's AdaLoRA keeps each adapted module's output in fp32.
     With gradient checkpointing only each block's input is kept, plus one block's worth
-    during its recomputation. The logits cost, per token and vocabulary entry, the
+    during its recomputation, plus that block's packed weights dequantised (in ``act_bytes``):
+    its recomputation keeps them for the backward (``build.enable_gradient_checkpointing``). The logits cost, per token and vocabulary entry, the
     ``act_bytes`` logits plus three fp32 tensors at the loss (the saved log-softmax, its
     gradient and the upcast gradient); fp32 logits need no upcast, so two (counted on CPU
     with ``tensor_peak.TensorPeak``, tests/test_stage_memory.py).
@@ -327,8 +328,11 @@ def training_memory(
     dense_block = (inputs + outputs + 2 * hidden) * act_bytes + 2 * hidden * 4
     block_bytes = [dense_block] * structure.num_blocks
     adapted: list[set[tuple[str, int]]] = [set() for _ in range(structure.num_blocks)]
+    dequantised = [0] * structure.num_blocks  # a block's packed weights, dense, in act_bytes
     for layer in report.layers:
         block, _, name = layer.path[len(structure.blocks_path) + 1 :].partition(".")
+        if layer.bits < 16:
+            dequantised[int(block)] += layer.numel * act_bytes
         if layer.rank:
             info = infos[name]
             block_bytes[int(block)] += layer.rank * adapter_bytes + info.out_features * per_output
@@ -343,9 +347,10 @@ def training_memory(
         per_token = sum(block_bytes)
     vocab = structure.head_shape[0] if structure.head_shape else structure.embed_shape[0]
     logits = tokens * vocab * (act_bytes + (8 if act_bytes == 4 else 12))
+    kept = max(dequantised) if gradient_checkpointing else 0
     return TrainingMemory(
         weights=report.total_bytes,
         gradients=report.adapter_params * adapter_bytes,
         optimizer=report.adapter_params * 8,
-        activations=tokens * per_token + logits,
+        activations=tokens * per_token + logits + kept,
     )

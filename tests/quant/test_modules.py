@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qradaptor.quant.modules import QuantEmbedding, QuantLinear, simulated_linear
+from qradaptor.quant.modules import QuantEmbedding, QuantLinear, keep_weights_for_recompute, simulated_linear
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -23,6 +23,52 @@ def test_forward_and_backward_equal_dense_with_dequantized_weight(bits: int) -> 
     y_ref.backward(grad)
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
     assert not any(p.requires_grad for p in layer.parameters())
+
+
+def _count_dequantisations(layers, monkeypatch) -> list[int]:
+    calls: list[int] = []
+    for layer in layers:
+        original = layer.dequantized_weight
+
+        def counted(dtype=None, _original=original):
+            calls.append(1)
+            return _original(dtype)
+
+        monkeypatch.setattr(layer, "dequantized_weight", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("checkpointed", "marked", "dequantisations"), [(False, False, 4), (True, False, 6), (True, True, 4)]
+)
+def test_a_checkpointed_block_dequantises_twice_not_three_times(
+    checkpointed: bool, marked: bool, dequantisations: int, monkeypatch
+) -> None:
+    """Forward and backward dequantise once each. Under gradient checkpointing the block's
+    forward runs again inside the backward (a third time); marked layers save the weight, which
+    the checkpoint drops and that rerun gives back to the backward: twice, same gradients."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    first = QuantLinear.from_weight(torch.randn(64, 32), None, 4, 32, "hqq")
+    second = QuantLinear.from_weight(torch.randn(32, 64), torch.randn(32), 3, 32, "hqq")
+    adapter = nn.Linear(32, 32)  # something trainable, as a LoRA adapter, that saves its input
+
+    def block(x: torch.Tensor) -> torch.Tensor:
+        return adapter(second(torch.relu(first(x))))
+
+    if marked:
+        assert keep_weights_for_recompute(nn.ModuleList([first, second])) == 2
+    x = torch.randn(4, 32, requires_grad=True)
+    reference = block(x)
+    grad = torch.randn_like(reference)
+    (x_grad,) = torch.autograd.grad(reference, x, grad)
+    calls = _count_dequantisations([first, second], monkeypatch)
+    x2 = x.detach().clone().requires_grad_(True)
+    y = checkpoint(block, x2, use_reentrant=False) if checkpointed else block(x2)
+    y.backward(grad)
+    assert len(calls) == dequantisations  # of two layers
+    assert torch.allclose(y, reference) and torch.allclose(x2.grad, x_grad, atol=1e-6)
 
 
 def test_holds_no_dense_copy() -> None:

@@ -2,8 +2,13 @@
 
 No dense copy of the weight is kept: the forward dequantises it, uses it and drops it,
 and the backward dequantises it again rather than saving it (a saved copy per layer would
-give back all the memory that quantisation saved). Gradients flow to the input only; the
-codes are frozen. Compute runs in ``compute_dtype`` (float32 on CPU, bfloat16 on CUDA).
+give back all the memory that quantisation saved). Inside a gradient-checkpointed block
+(``keep_weights_for_recompute``) the forward saves it after all: the checkpoint drops what a
+block saves and recomputes it when the backward asks, so the backward gets the weight its
+block's recomputation dequantised, and each step dequantises twice instead of three times, at
+the cost of one block's dense weights during that block's backward (``memory.training_memory``).
+Gradients flow to the input only; the codes are frozen. Compute runs in ``compute_dtype``
+(float32 on CPU, bfloat16 on CUDA).
 """
 
 from __future__ import annotations
@@ -65,19 +70,24 @@ def _dequantizer(device: torch.device) -> Callable[..., torch.Tensor]:
 
 
 class _DequantLinear(torch.autograd.Function):
-    """y = x W^T + b with W dequantised in forward and again in backward."""
+    """y = x W^T + b with W dequantised in forward and again in backward, or, in a
+    checkpointed block, saved (the checkpoint recomputes it for the backward)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         ctx.layer = layer
-        return F.linear(x, layer.dequantized_weight(x.dtype), layer.bias)
+        weight = layer.dequantized_weight(x.dtype)
+        if layer.checkpointed and ctx.needs_input_grad[0]:
+            ctx.save_for_backward(weight)
+        return F.linear(x, weight, layer.bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None
-        weight = ctx.layer.dequantized_weight(grad_out.dtype)  # (out, in)
-        return grad_out @ weight, None
+        saved = ctx.saved_tensors
+        weight = saved[0] if saved else ctx.layer.dequantized_weight(grad_out.dtype)  # (out, in)
+        return grad_out @ weight.to(grad_out.dtype), None
 
 
 class QuantLinear(nn.Module):
@@ -106,6 +116,8 @@ class QuantLinear(nn.Module):
             self.register_buffer("scale_meta", qt.scale_meta)
             self.register_buffer("zero_meta", qt.zero_meta)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.checkpointed = False
+        """Set by ``keep_weights_for_recompute`` on layers in gradient-checkpointed blocks."""
 
     @classmethod
     def from_weight(
@@ -258,3 +270,14 @@ def simulated_linear(
             dense.bias.copy_(bias)
     dense.requires_grad_(False)
     return dense
+
+
+def keep_weights_for_recompute(blocks: nn.Module, on: bool = True) -> int:
+    """Marks every QuantLinear under ``blocks`` (the gradient-checkpointed decoder layers) to
+    save its dequantised weight for the backward, where the checkpoint recomputes it: two
+    dequantisations a step instead of three. Only for checkpointed blocks: elsewhere the saved
+    weight would stay alive from the forward to the backward. Returns how many were marked."""
+    layers = [m for m in blocks.modules() if isinstance(m, QuantLinear)]
+    for layer in layers:
+        layer.checkpointed = on
+    return len(layers)

@@ -268,7 +268,7 @@ class ProxyEvaluator:
     def _evaluate(self, plan: Plan, key: str) -> ProxyScore:
         import torch
 
-        from qradaptor.build import apply_plan
+        from qradaptor.build import apply_plan, enable_gradient_checkpointing
 
         start = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
@@ -284,7 +284,7 @@ class ProxyEvaluator:
                 cache=self.quant_cache,
             )
             if self.gradient_checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                enable_gradient_checkpointing(model)
             loss_before = self.held_out_loss(model)
             params = [p for p in model.parameters() if p.requires_grad]
             train_loss: list[float] = []

@@ -269,6 +269,7 @@ def train_plan(
     """
     import torch
 
+    from qradaptor.build import enable_gradient_checkpointing
     from qradaptor.fingerprint import weights_digest
     from qradaptor.models.loading import load_model
     from qradaptor.models.structure import inspect_model
@@ -326,7 +327,7 @@ def train_plan(
     torch.manual_seed(config.seed)  # adapter initialisation
     model = build_for_method(loaded.model, the_plan, method, config, total, adalora)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
         model.config.use_cache = False
     memory = _memory(structure, the_plan, method, config, train_set.longest(), dtype, adalora)
     memory = replace(memory, trainable_params=sum(p.numel() for p in trainable_tensors(model).values()))
