@@ -141,7 +141,7 @@ def test_a_checkpointed_model_dequantises_each_packed_layer_twice_a_step(llama_f
             monkeypatch.setattr(
                 layer,
                 "dequantized_weight",
-                lambda dtype=None, _f=layer.dequantized_weight: calls.append(1) or _f(dtype),
+                lambda dtype=None, _f=layer.dequantized_weight, _calls=calls: _calls.append(1) or _f(dtype),
             )
         model(IDS, labels=IDS).loss.backward()
         if checkpointed:  # forward, recomputation (whose weight the backward takes), no third

@@ -309,10 +309,11 @@ def training_memory(
         * ``adapter="adalora"``: PEFT's AdaLoRA keeps each adapted module's output in fp32.
     With gradient checkpointing only each block's input is kept, plus one block's worth
     during its recomputation, plus that block's packed weights dequantised (in ``act_bytes``):
-    its recomputation keeps them for the backward (``build.enable_gradient_checkpointing``). The logits cost, per token and vocabulary entry, the
-    ``act_bytes`` logits plus three fp32 tensors at the loss (the saved log-softmax, its
-    gradient and the upcast gradient); fp32 logits need no upcast, so two (counted on CPU
-    with ``tensor_peak.TensorPeak``, tests/test_stage_memory.py).
+    its recomputation keeps them for the backward (``build.enable_gradient_checkpointing``).
+    The logits cost, per token and vocabulary entry, the ``act_bytes`` logits plus three fp32
+    tensors at the loss (the saved log-softmax, its gradient and the upcast gradient); fp32 logits
+    need no upcast, so two (counted on CPU with ``tensor_peak.TensorPeak``,
+    tests/test_stage_memory.py).
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")

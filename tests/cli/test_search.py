@@ -157,6 +157,14 @@ def test_the_halving_strategy_writes_its_rungs_and_resumes(cli, tiny_model_dir, 
     assert best3 <= {t["plan_hash"] for t in trials}
     assert summary["evaluated_this_run"] == len(trials) + len(screened)
     assert f"({len(screened)} on lower rungs)" in stdout
+    # Where the choice stands against the knapsack plan, which this search always scores.
+    chosen, (plain,) = summary["chosen"], knapsack
+    if chosen["plan_hash"] == plain["plan_hash"]:
+        assert "the chosen plan is the knapsack plan (qra plan --baseline knapsack)" in stdout
+    else:
+        gain = (plain["loss"] - chosen["loss"]) / plain["loss"]
+        said = f"the knapsack plan scored {plain['loss']:.4f}: the chosen plan ({chosen['phase']})"
+        assert f"{said} is {gain:.2%} lower" in stdout
 
     code, stdout, err = search(cli, tiny_model_dir, words, out, *halving)
     again = json.loads((out / "summary.json").read_text())

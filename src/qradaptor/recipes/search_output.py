@@ -134,6 +134,15 @@ def print_outcome(outcome: SearchOutcome, summary: SearchSummary, run_dir: Path)
         f"chosen plan: proxy loss {chosen.loss:.4f}, {chosen.avg_bits:.3f} avg bits, {chosen.bytes} bytes; "
         f"bits {' '.join(map(str, chosen.bits))}; ranks {' '.join(map(str, chosen.ranks))}"
     )
+    knapsack = next((r for r in outcome.records if r.phase == "knapsack"), None)
+    if knapsack is not None and knapsack.plan_hash == chosen.plan_hash:
+        print("the chosen plan is the knapsack plan (qra plan --baseline knapsack): no plan scored lower")
+    elif knapsack is not None and math.isfinite(knapsack.loss):
+        gain = (knapsack.loss - chosen.loss) / knapsack.loss
+        print(
+            f"the knapsack plan scored {knapsack.loss:.4f}: "
+            f"the chosen plan ({chosen.phase}) is {gain:.2%} lower"
+        )
     if summary.chosen_collapsed:
         print(
             f"warning: the chosen plan's proxy loss {chosen.loss:.4f} is at or above ln(vocab) = "
