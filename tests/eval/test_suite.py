@@ -104,3 +104,20 @@ def test_a_corpus_of_ones_own_is_a_perplexity_task(tiny_model_dir, tmp_path, cap
     empty.write_text("\n\n", encoding="utf-8")
     assert main(["eval", str(tiny_model_dir), "--tasks", str(empty), "--device", "cpu"]) == 2
     assert "gave no non-empty text" in capsys.readouterr().err
+
+
+def test_a_packed_plan_is_scored_with_its_weights_dequantised_once(tiny_model_dir, tmp_path, capsys) -> None:
+    """qra eval holds the packed weights dequantised for the run when they fit (the same
+    scores as dequantising in every forward), and not under --max-memory, which prices the
+    packed model."""
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("\n\n".join("a b c d " * 20 for _ in range(4)), encoding="utf-8")
+    argv = ["eval", str(tiny_model_dir), "--plan", "uniform:4:0", "--tasks", str(corpus), "--seq-len", "16"]
+    values = []
+    for extra, said in (([], True), (["--max-memory", "1GB"], False)):
+        out = tmp_path / f"r{len(values)}.json"
+        assert main([*argv, "--device", "cpu", *extra, "-o", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert ("packed weights dequantised once for the run" in err) == said, err
+        values.append(json.loads(out.read_text())["results"][0]["value"])
+    assert values[0] == values[1]

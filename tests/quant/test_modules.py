@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qradaptor.quant.modules import QuantEmbedding, QuantLinear, keep_weights_for_recompute, simulated_linear
+from qradaptor.quant.modules import (
+    QuantEmbedding,
+    QuantLinear,
+    dense_bytes,
+    dequantised_once,
+    keep_weights_for_recompute,
+    simulated_linear,
+)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -69,6 +76,33 @@ def test_a_checkpointed_block_dequantises_twice_not_three_times(
     y.backward(grad)
     assert len(calls) == dequantisations  # of two layers
     assert torch.allclose(y, reference) and torch.allclose(x2.grad, x_grad, atol=1e-6)
+
+
+def test_dequantised_once_gives_the_same_outputs_and_holds_nothing_after() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        QuantLinear.from_weight(torch.randn(48, 64), torch.randn(48), 4, 32, "hqq"),
+        nn.ReLU(),
+        QuantLinear.from_weight(torch.randn(16, 48), None, 3, 16, "hqq"),
+    )
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        packed = model(x)
+    with dequantised_once(model) as held, torch.no_grad():
+        assert held == dense_bytes(model) == (48 * 64 + 16 * 48) * 4
+        assert all(m.dense is not None for m in model if isinstance(m, QuantLinear))
+        assert torch.equal(model(x), packed)  # the very same values, not merely close
+        calls = []
+        monkey = model[0].dequantized_weight
+        model[0].dequantized_weight = lambda dtype=None: calls.append(1) or monkey(dtype)
+        model(x)
+        assert calls == []  # no dequantisation per forward
+        del model[0].dequantized_weight
+    assert all(m.dense is None for m in model if isinstance(m, QuantLinear))
+    with dequantised_once(model):  # with gradients the packed path runs, and they flow
+        y = model(x.requires_grad_(True))
+        y.sum().backward()
+    assert x.grad is not None and torch.equal(y.detach(), packed)
 
 
 def test_holds_no_dense_copy() -> None:

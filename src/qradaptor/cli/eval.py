@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from qradaptor.cli.common import check_device, check_output, read_plan, resolve_device, write_text_atomic
 
@@ -146,21 +147,27 @@ def eval(  # noqa: A001 - the verb's name is the command's
 
         settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed)
         print(f"qra eval: {eval_line(built.model, built.tokenizer, names, settings)}", file=sys.stderr)
-    records = run_suite(
-        built.model,
-        built.tokenizer,
-        names,
-        model_name=built.source,
-        plan_hash=built.plan.plan_hash,
-        adapter=built.adapter,
-        limit=limit,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        stride=stride,
-        backend=backend,
-        seed=seed,
-        progress=not no_progress,
-    )
+    with _dequantised_once_if_room(built.model, device, memory_cap) as held:
+        if held and not no_progress:
+            print(
+                f"qra eval: packed weights dequantised once for the run ({held / 2**20:,.0f} MiB)",
+                file=sys.stderr,
+            )
+        records = run_suite(
+            built.model,
+            built.tokenizer,
+            names,
+            model_name=built.source,
+            plan_hash=built.plan.plan_hash,
+            adapter=built.adapter,
+            limit=limit,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            stride=stride,
+            backend=backend,
+            seed=seed,
+            progress=not no_progress,
+        )
     meta = {
         "model": built.source,
         "plan": built.plan.to_dict(),
@@ -223,3 +230,24 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("-o", "--output", metavar="FILE", help=helps["output"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
     parser.add_argument("--json", dest="as_json", action="store_true", help=helps["as_json"])
+
+
+def _dequantised_once_if_room(model: Any, device: str, memory_cap: int | None) -> Any:
+    """``quant.modules.dequantised_once`` (the same scores, no dequantisation per forward) when
+    its bytes fit: no --max-memory (a capped evaluation is priced packed) and at most half of
+    what the device has free; else a context that holds nothing (yields 0)."""
+    import contextlib
+    import os
+
+    import torch
+
+    from qradaptor.quant.modules import dense_bytes, dequantised_once
+
+    need = dense_bytes(model)
+    if need == 0 or memory_cap is not None:
+        return contextlib.nullcontext(0)
+    if device == "cuda":
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return dequantised_once(model) if need <= free // 2 else contextlib.nullcontext(0)

@@ -13,9 +13,10 @@ Gradients flow to the input only; the codes are frozen. Compute runs in ``comput
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -118,6 +119,8 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.checkpointed = False
         """Set by ``keep_weights_for_recompute`` on layers in gradient-checkpointed blocks."""
+        self.dense: torch.Tensor | None = None
+        """The dequantised weight, held by ``dequantised_once`` for a run without gradients."""
 
     @classmethod
     def from_weight(
@@ -172,6 +175,8 @@ class QuantLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None and not torch.is_grad_enabled():  # the same values, once
+            return F.linear(x.to(self.compute_dtype), self.dense, self.bias)
         return _DequantLinear.apply(x.to(self.compute_dtype), self)
 
     def extra_repr(self) -> str:
@@ -281,3 +286,29 @@ def keep_weights_for_recompute(blocks: nn.Module, on: bool = True) -> int:
     for layer in layers:
         layer.checkpointed = on
     return len(layers)
+
+
+def dense_bytes(model: nn.Module) -> int:
+    """Bytes the QuantLinear layers of ``model`` take dequantised in their compute dtype."""
+    return sum(
+        m.out_features * m.in_features * torch.empty((), dtype=m.compute_dtype).element_size()
+        for m in model.modules()
+        if isinstance(m, QuantLinear)
+    )
+
+
+@contextlib.contextmanager
+def dequantised_once(model: nn.Module) -> Iterator[int]:
+    """Every QuantLinear of ``model`` dequantised once and held (``dense_bytes`` more memory)
+    for what runs inside without gradients, an evaluation: each forward then skips its
+    dequantisations and computes the same values (the weight the layer would dequantise, in
+    the same dtype). Gradients still go through the packed path. Yields the bytes held."""
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                layer.dense = layer.dequantized_weight()
+        yield sum(layer.dense.numel() * layer.dense.element_size() for layer in layers)
+    finally:
+        for layer in layers:
+            layer.dense = None
