@@ -237,17 +237,12 @@ def _dequantised_once_if_room(model: Any, device: str, memory_cap: int | None) -
     its bytes fit: no --max-memory (a capped evaluation is priced packed) and at most half of
     what the device has free; else a context that holds nothing (yields 0)."""
     import contextlib
-    import os
 
-    import torch
-
+    from qradaptor.distributed.launch import free_memory
     from qradaptor.quant.modules import dense_bytes, dequantised_once
 
     need = dense_bytes(model)
     if need == 0 or memory_cap is not None:
         return contextlib.nullcontext(0)
-    if device == "cuda":
-        free = torch.cuda.mem_get_info()[0]
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free = free_memory([device])[device]
     return dequantised_once(model) if need <= free // 2 else contextlib.nullcontext(0)

@@ -291,7 +291,7 @@ def keep_weights_for_recompute(blocks: nn.Module, on: bool = True) -> int:
 def dense_bytes(model: nn.Module) -> int:
     """Bytes the QuantLinear layers of ``model`` take dequantised in their compute dtype."""
     return sum(
-        m.out_features * m.in_features * torch.empty((), dtype=m.compute_dtype).element_size()
+        m.out_features * m.in_features * m.compute_dtype.itemsize
         for m in model.modules()
         if isinstance(m, QuantLinear)
     )
