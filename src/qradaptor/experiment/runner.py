@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qradaptor.experiment.cell_state import write_cell_record
 from qradaptor.experiment.commands import Cell, Experiment, Step
 from qradaptor.redact import redact
-from qradaptor.runfolder.cell import CELL_FILE, CellRecord
+from qradaptor.runfolder.cell import CELL_FILE
+
+__all__ = ["RunSummary", "Runner", "pending_steps", "plan_jobs", "write_cell_record"]
 
 POLL_SECONDS = 0.5
 """How often running steps are checked."""
@@ -129,24 +132,6 @@ def _train_flags(step: Step) -> list[str]:
         return []
     checkpoints = run / "checkpoints"
     return ["--resume"] if checkpoints.is_dir() and any(checkpoints.iterdir()) else ["--force"]
-
-
-def write_cell_record(cell: Cell, state: str, error: str | None = None) -> None:
-    """cell.json: the cell's label, seed, search folder, commands and state."""
-    search = None
-    if cell.search is not None:
-        search = os.path.relpath(cell.search.folder, cell.folder)
-    CellRecord(
-        experiment=cell.experiment,
-        label=cell.label,
-        method=cell.method,
-        budget=cell.budget,
-        seed=cell.seed,
-        search=search,
-        commands=tuple(redact(c) for c in cell.commands),  # a storage URL's password: not on disk
-        state=state,
-        error=error,
-    ).save(cell.folder)
 
 
 def _out_of_memory(log: Path) -> bool:
