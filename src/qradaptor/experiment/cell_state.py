@@ -1,5 +1,5 @@
 """cell.json as ``qra experiment``'s runner moves a cell along: written from the ``Cell`` and its
-state.
+state, read back to see what an earlier run left.
 
 The record itself (its fields, format and checks) is ``runfolder/cell.py``'s.
 """
@@ -13,8 +13,17 @@ from qradaptor.redact import redact
 from qradaptor.runfolder.cell import CellRecord
 
 
-def write_cell_record(cell: Cell, state: str, error: str | None = None) -> None:
-    """cell.json: the cell's label, seed, search folder, commands and state."""
+def write_cell_record(
+    cell: Cell,
+    state: str,
+    error: str | None = None,
+    *,
+    fingerprint: str | None = None,
+    reused_from: str | None = None,
+    reused_run: str | None = None,
+) -> None:
+    """cell.json: the cell's label, seed, search folder, commands and state, and for a done cell
+    its fingerprint and the twin it reused, if any."""
     search = None
     if cell.search is not None:
         search = os.path.relpath(cell.search.folder, cell.folder)
@@ -28,4 +37,15 @@ def write_cell_record(cell: Cell, state: str, error: str | None = None) -> None:
         commands=tuple(redact(c) for c in cell.commands),  # a storage URL's password: not on disk
         state=state,
         error=error,
+        fingerprint=fingerprint,
+        reused_from=reused_from,
+        reused_run=reused_run,
     ).save(cell.folder)
+
+
+def recorded(cell: Cell) -> CellRecord | None:
+    """The cell's cell.json as it is on disk; None when missing or unreadable."""
+    try:
+        return CellRecord.load(cell.folder)
+    except ValueError:
+        return None
