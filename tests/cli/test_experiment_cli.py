@@ -254,3 +254,29 @@ def test_a_run_then_its_resumption(cli, fake_qra: Path, tmp_path: Path, monkeypa
     ]
     text = (out / "e2e" / "results.md").read_text()
     assert "2 of 2 cells done." in text and "| C | 2/2 | 4.50 ± 0.00 | 8.0 ± 0.0 | 20.00 ± 0.00 |" in text
+
+
+TWINS = "name: twins\nseeds: [0]\nmethods:\n  - {label: A, plan: {bits: 4, ranks: 8}}\n"
+TWINS += "  - {label: B, plan: {bits: 4, ranks: 8}}\n"
+"""Two labels of one plan, seed and recipe: B would fine-tune exactly what A did."""
+
+
+@pytest.mark.parametrize("no_reuse", [False, True])
+def test_a_cell_takes_a_done_twins_results_unless_no_reuse(cli, fake_qra, tmp_path, no_reuse) -> None:
+    config, out = tmp_path / "twins.yaml", tmp_path / "out"
+    config.write_text(TWINS)
+    code, stdout, err = cli("experiment", config, "-o", out, *(["--no-reuse"] if no_reuse else []))
+    assert code == 0, err
+    ran = fake_qra.read_text().splitlines()
+    b_steps = [line.split()[0] for line in ran if "/B/" in line]
+    b_record = json.loads((out / "twins" / "B" / "seed0" / "cell.json").read_text())
+    text = (out / "twins" / "results.md").read_text()
+    assert "2 of 2 cells done." in text
+    if no_reuse:
+        assert b_steps == ["plan", "train", "eval"] and "reused_from" not in b_record
+        assert "| B | 1/1 |" in text and "Reused" not in text
+    else:
+        assert b_steps == ["plan"] and "4 commands run in " in stdout  # its plan decides; no train, eval
+        assert b_record["reused_from"] == "twins/A/seed0" and b_record["state"] == "done"
+        assert "reused twins/B/seed0: same plan, seed and options as twins/A/seed0" in stdout + err
+        assert "| B | 1/1 (1 reused) |" in text and "- B seed 0: same plan and seed as twins/A/seed0" in text

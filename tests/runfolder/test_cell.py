@@ -27,6 +27,17 @@ def test_a_cell_record_round_trips_through_its_file(tmp_path: Path) -> None:
     assert CellRecord.load(tmp_path / "a" / "seed1") == failed
 
 
+def test_the_reuse_fields_are_written_only_when_set_and_read_back(tmp_path: Path) -> None:
+    assert {"fingerprint", "reused_from", "reused_run"}.isdisjoint(RECORD.to_dict())
+    reused = replace(
+        RECORD, fingerprint="0123456789abcdef", reused_from="pilot/knapsack@3.5bits/seed1", reused_run="../t"
+    )
+    data = reused.to_dict()
+    assert list(data)[-3:] == ["fingerprint", "reused_from", "reused_run"]
+    reused.save(tmp_path)
+    assert CellRecord.load(tmp_path) == reused
+
+
 def test_every_committed_cell_json_reads_and_round_trips() -> None:
     paths = sorted((ROOT / "docs" / "results" / "paper").glob(f"*/*/seed*/{CELL_FILE}"))
     assert len(paths) > 50
@@ -45,6 +56,7 @@ def test_every_committed_cell_json_reads_and_round_trips() -> None:
         (lambda d: d.update(seed=True), r"field 'seed' must be an integer, got True"),
         (lambda d: d.pop("label"), r"field 'label' is missing"),
         (lambda d: d.update(format=2), r"format 2 is not supported"),
+        (lambda d: d.update(reused_from=3), r"field 'reused_from' must be a string or null, got 3"),
     ],
 )
 def test_a_bad_cell_json_is_one_error_naming_the_file(tmp_path: Path, edit, message: str) -> None:

@@ -113,6 +113,7 @@ def experiment(
     only: str | None = None,
     dry_run: bool = False,
     report_only: bool = False,
+    no_reuse: bool = False,
 ) -> int:
     """Run experiment files end to end (search, train, eval per cell), then write their results.
 
@@ -124,8 +125,11 @@ def experiment(
 
     Running the same command again resumes: finished steps are skipped, a killed fine-tune
     continues from its checkpoint, a killed search from its study, and failed cells are
-    tried again. At the end each experiment gets results.md, results.json and plots in
-    DIR/NAME, made from the cell folders (--report-only makes them without running).
+    tried again. A cell that would fine-tune the plan a done cell of DIR already fine-tuned, with
+    the same seed and the same train and eval options, takes that cell's results instead (its
+    cell.json names it; results.md marks it). At the end each experiment gets results.md,
+    results.json and plots in DIR/NAME, made from the cell folders (--report-only makes them
+    without running).
 
     Args:
         config: experiment files (YAML); several share one DIR and its searches
@@ -140,6 +144,8 @@ def experiment(
             qra@3.5bits or qra@3.5bits/seed1)
         dry_run: print the commands that would run, and run nothing
         report_only: write the results from the cell folders as they are, and run nothing
+        no_reuse: fine-tune and evaluate every cell, even one whose plan, seed and options a done
+            cell of DIR already ran (by default it takes that cell's results)
     """
     from qradaptor.experiment.config import load
     from qradaptor.experiment.runner import pending_steps, plan_jobs
@@ -169,7 +175,7 @@ def experiment(
         return 0
     failed: dict[str, str] = {}
     if not report_only:
-        failed = _run(job_list, jobs, _gpu_list(gpus, device), device)
+        failed = _run(job_list, jobs, _gpu_list(gpus, device), device, reuse=not no_reuse)
     for e in experiments:
         _report(e, root)
     if failed:
@@ -183,7 +189,7 @@ def experiment(
     return 0
 
 
-def _run(job_list: list, jobs: int, gpus: list[int], device: str) -> dict[str, str]:
+def _run(job_list: list, jobs: int, gpus: list[int], device: str, reuse: bool) -> dict[str, str]:
     from qradaptor.experiment.runner import Runner, pending_steps
     from qradaptor.progress import progress_bar
 
@@ -203,6 +209,10 @@ def _run(job_list: list, jobs: int, gpus: list[int], device: str) -> dict[str, s
         def on_raise(workers: int) -> None:
             bar.write(f"no step out of GPU memory lately: {workers} steps at once from now")
 
+        def on_reuse(name: str, twin: str, skipped: int) -> None:
+            bar.update(skipped)
+            bar.write(f"reused {name}: same plan, seed and options as {twin}; its results copied")
+
         runner = Runner(
             job_list,
             workers=jobs,
@@ -211,6 +221,8 @@ def _run(job_list: list, jobs: int, gpus: list[int], device: str) -> dict[str, s
             on_step=on_step,
             on_retry=on_retry,
             on_raise=on_raise,
+            reuse=reuse,
+            on_reuse=on_reuse,
         )
         try:
             summary = runner.run()
@@ -269,3 +281,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, Any]) -> Non
     parser.add_argument("--only", metavar="NAMES", help=helps["only"])
     parser.add_argument("--dry-run", action="store_true", help=helps["dry_run"])
     parser.add_argument("--report-only", action="store_true", help=helps["report_only"])
+    parser.add_argument("--no-reuse", action="store_true", help=helps["no_reuse"])

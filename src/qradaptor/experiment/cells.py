@@ -128,6 +128,9 @@ class CellResult:
     """train.json's date, device and versions, e.g. "2026-11-23, NVIDIA H200, peft 0.21.0, ..."."""
     weights: str | None = None
     """train.json provenance text: what the model source stores (e.g. a GGUF's tensor types)."""
+    reused_from: str | None = None
+    """cell.json reused_from: the cell (``<experiment>/<label>/seed<k>``) whose fine-tune and eval
+    this cell's results are copies of, same plan, seed and recipe; None: measured by its own."""
 
     @property
     def avg_acc(self) -> float | None:
@@ -279,6 +282,7 @@ def _read_cell(cell_json: Path, experiment_dir: Path) -> CellResult:
         error=error,
         folder=folder.relative_to(experiment_dir).as_posix(),
         commands=cell.commands,
+        reused_from=cell.reused_from,
     )
     if not done:
         return CellResult(**common)

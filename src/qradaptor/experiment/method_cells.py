@@ -22,7 +22,7 @@ from qradaptor.experiment.fields import (
     merged_argv,
     options_argv,
 )
-from qradaptor.runfolder.cell import CELL_EVAL, CELL_TRAIN
+from qradaptor.runfolder.cell import CELL_EVAL, CELL_PLAN, CELL_TRAIN
 from qradaptor.runfolder.search_run import SEARCH_SUMMARY
 from qradaptor.runfolder.train_run import RUN_TRAIN
 
@@ -189,7 +189,7 @@ def _cell(
     steps: list[Step] = []
     plan_argv: list[str] = []
     if isinstance(plan_spec, list):
-        made = folder / "plan.json"
+        made = folder / CELL_PLAN
         steps.append(Step("plan", (*model_argv, *plan_spec, "-o", str(made)), made))
         plan_argv = ["--plan", str(made)]
     elif isinstance(plan_spec, str):

@@ -211,10 +211,13 @@ def to_markdown(summary: ExperimentSummary) -> str:
     if weights:  # what the "16-bit" base really is (a GGUF's is its tensors dequantised)
         out += ["Model weights (train.json provenance):", "", *(f"- {w}" for w in weights), ""]
     tasks = list(ZERO_SHOT)
+    reused = [c for c in summary.cells if c.done and c.reused_from]
 
     def quality(r: LabelRow, keys: Sequence[str], avg: str) -> list[str]:
         accs = [_fmt(r.stats.get(k), 1, 100) for k in keys]
-        return [r.label, f"{r.n_done}/{r.n_planned}", *accs, _fmt(r.stats.get(avg), 1, 100)]
+        n_reused = sum(c.label == r.label for c in reused)
+        seeds = f"{r.n_done}/{r.n_planned}" + (f" ({n_reused} reused)" if n_reused else "")
+        return [r.label, seeds, *accs, _fmt(r.stats.get(avg), 1, 100)]
 
     header = ["method", "seeds", "avg bits", "avg rank", "PPL wiki", "PPL LAMBADA", *tasks, "avg acc"]
     header.append("MMLU 5-shot")  # the paper's pilot metric (Fig. 1); dropped where not measured
@@ -253,6 +256,13 @@ def to_markdown(summary: ExperimentSummary) -> str:
         header = ["method", "searches", *_titles(SEARCH_COLUMNS)]
         lines = [[r.label, str(r.n_searches), *_formatted(r, SEARCH_COLUMNS)] for r in searched]
         out += ["", "## Search", "", *_table(header, lines)]
+    if reused:  # two rows share one fine-tune: a reader must not count them as two measurements
+        out += ["", "## Reused fine-tunes", ""]
+        out += [
+            f"- {c.label} seed {c.seed}: same plan and seed as {c.reused_from}: results reused "
+            "(its fine-tune and eval were not run again)"
+            for c in reused
+        ]
     missing = [c for c in summary.cells if not c.done]
     if missing:
         out += ["", "## Not done", ""]

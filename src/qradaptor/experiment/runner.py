@@ -7,6 +7,10 @@ cell costs nothing, a killed fine-tune continues from its last checkpoint (``--r
 and a killed search from its study. A cell waits for the search whose plan it trains;
 the searches shared by several cells run once.
 
+A cell about to fine-tune whose fingerprint (plan, seed, train and eval options) equals that of
+a done cell anywhere in the output folder takes that cell's results instead (``reuse``), unless
+reuse is turned off.
+
 Each step's output goes to a log file beside its folder; the cell's ``cell.json`` records
 its commands and its state (done, failed and why).
 """
@@ -22,9 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qradaptor.experiment.cell_state import recorded, write_cell_record
 from qradaptor.experiment.commands import Cell, Experiment, Step
+from qradaptor.experiment.reuse import cell_fingerprint, find_twin, take_twin, undo_copy
 from qradaptor.redact import redact
-from qradaptor.runfolder.cell import CELL_FILE, CellRecord
+from qradaptor.runfolder.cell import CELL_FILE
+
+__all__ = ["RunSummary", "Runner", "pending_steps", "plan_jobs", "write_cell_record"]
 
 POLL_SECONDS = 0.5
 """How often running steps are checked."""
@@ -64,6 +72,8 @@ class _Job:
     gpu: str | None = None
     started: float = 0.0
     log: Any = None
+    trained: bool = False
+    """Its fine-tune was started in this run (so its results are its own, not a twin's)."""
 
     def next_step(self) -> Step | None:
         """The first step not done yet (skipping finished ones), or None."""
@@ -131,24 +141,6 @@ def _train_flags(step: Step) -> list[str]:
     return ["--resume"] if checkpoints.is_dir() and any(checkpoints.iterdir()) else ["--force"]
 
 
-def write_cell_record(cell: Cell, state: str, error: str | None = None) -> None:
-    """cell.json: the cell's label, seed, search folder, commands and state."""
-    search = None
-    if cell.search is not None:
-        search = os.path.relpath(cell.search.folder, cell.folder)
-    CellRecord(
-        experiment=cell.experiment,
-        label=cell.label,
-        method=cell.method,
-        budget=cell.budget,
-        seed=cell.seed,
-        search=search,
-        commands=tuple(redact(c) for c in cell.commands),  # a storage URL's password: not on disk
-        state=state,
-        error=error,
-    ).save(cell.folder)
-
-
 def _out_of_memory(log: Path) -> bool:
     """True when the last lines of a step's log are a GPU out-of-memory error."""
     try:
@@ -182,6 +174,9 @@ class Runner:
         on_retry: called with (job name, step, steps at once from now on) when a step that
             ran out of GPU memory is put back.
         on_raise: called with the new number of steps at once when it goes back up.
+        reuse: a cell about to fine-tune what a done cell of the same output folder fine-tuned
+            (same fingerprint) copies that cell's results instead of running its train and eval.
+        on_reuse: called with (job name, twin's name, steps not run) when a cell reuses.
 
     A step that runs out of GPU memory (its log says so) is not a failure at once: it goes
     back to the queue and the number of steps at once drops to those still running, so it
@@ -201,6 +196,8 @@ class Runner:
         on_step: Callable[[str, Step, float, bool], None] | None = None,
         on_retry: Callable[[str, Step, int], None] | None = None,
         on_raise: Callable[[int], None] | None = None,
+        reuse: bool = True,
+        on_reuse: Callable[[str, str, int], None] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"jobs must be >= 1, got {workers}")
@@ -214,6 +211,8 @@ class Runner:
         self.on_step = on_step
         self.on_retry = on_retry
         self.on_raise = on_raise
+        self.reuse = reuse
+        self.on_reuse = on_reuse
         self.summary = RunSummary()
         self._by_name = {job.name: job for job in self.jobs}
 
@@ -240,6 +239,7 @@ class Runner:
             argv += ["--device", self.device]
         if step.verb == "train":
             argv.append("--no-progress")
+            job.trained = True
         job.log_dir.mkdir(parents=True, exist_ok=True)
         job.log = open(job.log_dir / f"{step.verb}.log", "a")  # noqa: SIM115 (closed in _finish)
         job.log.write(f"\n$ {redact(step.command)}  # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -263,16 +263,53 @@ class Runner:
             self.summary.done.append(job.name)
         else:
             self.summary.failed[job.name] = error or "failed"
-        if job.cell is not None:
+        if job.cell is None:
+            return
+        if state != "done":
             write_cell_record(job.cell, state, error)
+            return
+        found = None if job.trained else recorded(job.cell)
+        if found is not None and found.reused_from is not None:  # done before, by a reuse: keep saying so
+            reused = {"reused_from": found.reused_from, "reused_run": found.reused_run}
+            write_cell_record(job.cell, state, fingerprint=found.fingerprint, **reused)
+        else:
+            write_cell_record(job.cell, state, fingerprint=cell_fingerprint(job.cell))
 
     def _advance(self, job: _Job) -> None:
-        """Starts the job's next step, or marks it done."""
+        """Starts the job's next step (or takes a twin's results instead), or marks it done."""
         step = job.next_step()
+        if step is not None and job.cell is not None and not job.trained:
+            step = self._reuse_or_not(job, step)
         if step is None:
             self._finish(job, "done")
         else:
             self._start(job, step)
+
+    def _reuse_or_not(self, job: _Job, step: Step) -> Step | None:
+        """Before a cell's fine-tune (its plan now made): its twin's results, or the step to run.
+
+        A cell whose cell.json names a twin but whose copies are not all there (a copy cut short,
+        or a copied file deleted since) copies again, or its copies go and it fine-tunes: its eval
+        never runs on a train folder that holds a copy and no adapter.
+        """
+        assert job.cell is not None
+        found = recorded(job.cell)
+        copied = found is not None and found.reused_from is not None
+        if step.verb != "train" and not (step.verb == "eval" and copied):
+            return step
+        wanted = cell_fingerprint(job.cell) if self.reuse else None
+        twin = find_twin(job.cell.folder.parents[2], job.cell.folder, wanted) if wanted else None
+        if twin is not None:
+            skipped = len(job.steps) - job.index
+            take_twin(job.cell, twin, wanted)
+            job.index = len(job.steps)  # done; _finish keeps the twin's name in cell.json
+            if self.on_reuse is not None:
+                self.on_reuse(job.name, twin.name, skipped)
+            return None
+        if copied:
+            undo_copy(job.cell.folder)
+            job.index = 0  # its train step counts as undone again
+        return job.next_step()
 
     def _ready(self, job: _Job) -> bool:
         if job.after is None:

@@ -1,8 +1,12 @@
 """An experiment cell's record: DIR/<experiment>/<label>/seed<k>/cell.json.
 
     cell.json     label, method, budget, seed, search folder, commands and state (``CellRecord``)
+    plan.json     the plan its ``qra plan`` step made, for a cell with one
     train/        the cell's ``qra train`` run folder (``train_run``)
     eval.json     its ``qra eval`` records
+
+A cell that reused a finished twin's results (``experiment/reuse.py``) holds copies of its
+train/train.json and eval.json, and names it in ``reused_from``; the adapter stays with the twin.
 
 ``qra experiment``'s runner writes cell.json as the cell's state changes; the report reads it back.
 """
@@ -19,6 +23,8 @@ from qradaptor.runfolder.jsonfile import check_format, read_json
 
 CELL_FILE = "cell.json"
 """A cell folder's record."""
+CELL_PLAN = "plan.json"
+"""A cell's own plan, made by its ``qra plan`` step."""
 CELL_TRAIN = "train"
 """A cell's training run folder."""
 CELL_EVAL = "eval.json"
@@ -51,12 +57,23 @@ class CellRecord:
     """One of ``STATES``."""
     error: str | None = None
     """Why the cell failed or stopped; None otherwise."""
+    fingerprint: str | None = None
+    """Digest of what its fine-tune and eval compute (``experiment/reuse.py``); None: not recorded
+    (a cell not done, or written before fingerprints were kept)."""
+    reused_from: str | None = None
+    """The cell whose results it copied instead of fine-tuning, as ``<experiment>/<label>/seed<k>``
+    under the output folder; None: it ran its own fine-tune."""
+    reused_run: str | None = None
+    """That cell's ``qra train`` run folder (adapter, base), relative to this cell's folder: the
+    weights its results are of, never copied; None when nothing was reused."""
 
     def to_dict(self) -> dict[str, Any]:
-        """cell.json's JSON object, ``format`` first."""
+        """cell.json's JSON object, ``format`` first; the optional fields only when set, so the
+        files of cells from before them read back byte for byte."""
         data: dict[str, Any] = {"format": CELL_FORMAT}
-        data.update({f.name: getattr(self, f.name) for f in fields(self)})
+        data.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OPTIONAL})
         data["commands"] = list(self.commands)
+        data.update({key: getattr(self, key) for key in _OPTIONAL if getattr(self, key) is not None})
         return data
 
     @classmethod
@@ -70,8 +87,12 @@ class CellRecord:
                 raise ValueError(f"{path}: field {key!r} is missing (cell.json needs {list(_FIELDS)})")
             if not ok(data[key]):
                 raise ValueError(f"{path}: field {key!r} must be {rule}, got {data[key]!r}")
+        for key in _OPTIONAL:
+            if not _str_or_none(data.get(key)):
+                raise ValueError(f"{path}: field {key!r} must be a string or null, got {data[key]!r}")
         values = {key: data[key] for key in _FIELDS}
-        return cls(**{**values, "commands": tuple(values["commands"])})
+        optional = {key: data.get(key) for key in _OPTIONAL}
+        return cls(**{**values, **optional, "commands": tuple(values["commands"])})
 
     def save(self, folder: Path) -> None:
         """Writes ``folder``/cell.json atomically (the folder is made if missing)."""
@@ -103,3 +124,5 @@ _FIELDS: Mapping[str, tuple[str, Callable[[Any], bool]]] = {
     "error": ("a string or null", _str_or_none),
 }
 """cell.json's fields: the rule each must keep, and its check."""
+_OPTIONAL = ("fingerprint", "reused_from", "reused_run")
+"""cell.json's fields that older files lack (they read as None): each a string or null."""
