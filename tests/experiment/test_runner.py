@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -157,9 +158,28 @@ def test_a_second_run_runs_nothing(fake, tmp_path: Path) -> None:
     before = ran(tmp_path)
     jobs = plan_jobs([small])
     summary = Runner(jobs, command=fake).run()
-    assert summary.steps_run == 0 and summary.failed == {} and len(summary.done) == 8
+    assert summary.steps_run == 0 and summary.failed == {} and len(summary.done) == 6  # the cells
     assert ran(tmp_path) == before and len(before) == 16
     assert all(cell_record(c)["state"] == "done" for c in small.cells)
+
+
+def test_a_done_cell_needs_no_search_even_when_its_folder_is_gone(fake, tmp_path: Path) -> None:
+    # e.g. a search default changed: the same options name another folder; the cells stay done
+    small = experiment(tmp_path)
+    Runner(plan_jobs([small]), command=fake).run()
+    before = ran(tmp_path)
+    searched = [c for c in small.cells if c.search is not None]
+    for cell in searched:
+        shutil.rmtree(cell.search.folder, ignore_errors=True)
+    jobs = plan_jobs([small])
+    assert pending_steps(jobs) == [] and not any(job.name.startswith("searches/") for job in jobs)
+    assert Runner(jobs, command=fake).run().steps_run == 0 and ran(tmp_path) == before
+    (searched[0].folder / "eval.json").unlink()  # a cell with a step to do waits for its search again
+    jobs = plan_jobs([small])
+    assert [name for name, _ in pending_steps(jobs)] == [
+        f"searches/{searched[0].search.key}",
+        "small/qra@3.5bits/seed0",
+    ]
 
 
 def test_only_the_missing_steps_run(fake, tmp_path: Path) -> None:

@@ -95,14 +95,20 @@ class RunSummary:
 
 
 def plan_jobs(experiments: Sequence[Experiment]) -> list[_Job]:
-    """The shared profiles, the searches (each once), then the cells, in file order."""
+    """The shared profiles, the searches (each once), then the cells, in file order.
+
+    A profile or search is a job only for a cell with a step still to run: a cell whose results
+    are all there needs neither again, even when the search its options now name is missing (a
+    default that changed since gives the command another folder, and its cells stay done).
+    """
     shared: dict[str, _Job] = {}
     cells: list[_Job] = []
     for experiment in experiments:
         for cell in experiment.cells:
             after = None
+            finished = all(step.done.exists() for step in cell.steps)
             for kind, prior in (("profiles", cell.profile), ("searches", cell.search)):
-                if prior is None:
+                if prior is None or finished:
                     continue
                 name = f"{kind}/{prior.key}"
                 if name not in shared:
