@@ -195,8 +195,9 @@ def test_a_cell_with_a_done_twin_copies_its_results_and_runs_no_train_or_eval(fa
         assert sorted(p.name for p in (cell.folder / "train").iterdir()) == ["train.json"]  # no adapter copy
     assert record(alloc.cells[0]).fingerprint != record(alloc.cells[1]).fingerprint
     # Run again: nothing runs, and the cells still say whose results they hold.
+    # (four jobs: the cells; no search is needed again)
     again = Runner(plan_jobs([alloc]), command=fake).run()
-    assert again.steps_run == 0 and again.failed == {} and len(again.done) == 4  # the cells: no search is needed again
+    assert again.steps_run == 0 and again.failed == {} and len(again.done) == 4
     assert record(alloc.cells[3]).reused_from == "alloc/knapsack@4.0bits/seed1"
 
 
