@@ -22,6 +22,29 @@ def test_a_search_is_sized_by_its_preset_where_not_given() -> None:
     assert full.bayes_iterations == PRESETS["full"]["bayes_iterations"]
 
 
+def test_the_full_preset_under_a_bits_budget_scores_plans_forward_only(capsys) -> None:
+    from qradaptor.recipes.search import sized
+
+    full = PRESETS["full"]
+    screen = sized(SearchOptions(budget="4.0bits", preset="full"))
+    assert (screen.steps, screen.rungs) == (0, 0)
+    assert "forward only (--steps 0)" in capsys.readouterr().err
+    kept = [  # ranks cost bytes; per module, --serve, the paper, rank-only and the laptop preset
+        SearchOptions(budget="120MB", preset="full"),
+        SearchOptions(budget="4.0bits", preset="full", granularity="module"),
+        SearchOptions(budget="4.0bits", preset="full", serve="vllm"),
+        SearchOptions(budget="4.0bits", preset="full", strategy="paper"),
+        SearchOptions(budget="4.0bits", preset="full", fixed_bits=4),
+        SearchOptions(budget="4.0bits", preset="full", rungs=1),
+    ]
+    for options in kept:
+        assert (sized(options).steps, sized(options).rungs) == (full["steps"], options.rungs or full["rungs"])
+    assert sized(SearchOptions(budget="4.0bits", preset="full", steps=7)).steps == 7
+    quick = sized(SearchOptions(budget="4.0bits", preset="quick"))
+    assert (quick.steps, quick.rungs) == (PRESETS["quick"]["steps"], PRESETS["quick"]["rungs"])
+    assert "forward only" not in capsys.readouterr().err
+
+
 def test_a_search_in_process_refuses_bad_options_before_anything_loads(tmp_path, monkeypatch) -> None:
     import qradaptor.models.loading as loading
     from qradaptor.recipes import search

@@ -87,6 +87,14 @@ def sized(options: SearchOptions) -> SearchOptions:
     preset = options.preset
     if preset == "auto":
         preset = "full" if resolve_device(options.device) == "cuda" else "quick"
+    if _screen_by_default(options, preset):
+        print(
+            "qra search: forward only (--steps 0): under a bits budget the full preset's proxy "
+            "fine-tunes changed no measured choice and cost 1.18 epochs against 0.21 "
+            "(docs/ALLOCATION.md); --steps 20 for them",
+            file=sys.stderr,
+        )
+        options = replace(options, steps=0, rungs=0)
     if options.steps == 0 or options.rungs == 0:  # the forward-only search: both or neither
         if options.strategy != "halving":
             raise ValueError(
@@ -102,6 +110,27 @@ def sized(options: SearchOptions) -> SearchOptions:
         options = replace(options, steps=0, rungs=0)
     given = {name: size for name, size in PRESETS[preset].items() if getattr(options, name) is None}
     return replace(options, preset=preset, **given)
+
+
+def _screen_by_default(options: SearchOptions, preset: str) -> bool:
+    """Whether a search given no --steps and no --rungs scores its plans forward only.
+
+    Yes for the halving strategy at the full preset, per block, under an avg-bits budget with
+    bits to search: there the proxy rungs changed no fine-tuned result at any of the four budgets
+    measured (4.0-5.0 bits, 3 seeds: the screen's picks fine-tuned to the full search's
+    perplexity within its seeds' spread) at 5.6x the cost, and rank, which only a fine-tune can
+    score, costs nothing. Not under a byte budget (ranks cost memory there), per module, for
+    --serve, or at the quick preset (its few short proxies are cheap; issue 15's laptop search).
+    """
+    from qradaptor.search.budget import parse_budget
+
+    if options.strategy != "halving" or preset != "full" or options.granularity != "block":
+        return False
+    if options.steps is not None or options.rungs is not None or options.fixed_bits is not None:
+        return False
+    if options.serve is not None:
+        return False
+    return parse_budget(options.budget).kind == "avg_bits"
 
 
 def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, MemoryTable]:

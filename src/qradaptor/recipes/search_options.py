@@ -161,7 +161,8 @@ class SearchOptions:
     """tokens per training and held-out window"""
     steps: int | None = None
     """proxy fine-tuning steps per candidate (halving: 0 scores every plan by its held-out loss
-    before any tuning, forward passes only, and --rungs is then 0)"""
+    before any tuning, forward passes only, and --rungs is then 0; with neither given, 0 at the
+    full preset under a bits budget per block, where the proxies changed no measured choice)"""
     batch_size: int | None = None
     """windows per proxy step and per held-out batch"""
     eval_batches: int | None = None
