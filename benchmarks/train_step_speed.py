@@ -9,6 +9,13 @@ memory model's training-peak prediction (``training_memory``).
     python benchmarks/train_step_speed.py --device cpu --batch-size 1 --seq-len 64 --steps 2
     python benchmarks/train_step_speed.py --checkpointing   # every plan gradient-checkpointed
 
+``--plans lora16,4-bit`` keeps the rows whose label starts so (e.g. an 8B model, two rows);
+``--profile N`` then runs N more steps of each under ``torch.profiler`` and prints where the time
+goes (the ops and kernels with the most self time, and the dequantisation kernel's share).
+
+    python benchmarks/train_step_speed.py --model /root/scale/models/8b --batch-size 4 \
+        --checkpointing --plans lora16,4-bit --profile 3
+
 With ``--checkpointing`` one more row runs the 4-bit plan with its packed layers dequantising
 in the backward as well as in the checkpoint's recomputation (three dequantisations a step, as
 before ``build.enable_gradient_checkpointing`` kept the recomputed weight): the saving, side by
@@ -27,11 +34,14 @@ from qradaptor.build import apply_plan, enable_gradient_checkpointing
 from qradaptor.data import load_texts, pack_texts
 from qradaptor.memory import plan_memory, training_memory
 from qradaptor.models import load_model
+from qradaptor.models.loading import load_tokenizer
 from qradaptor.models.structure import inspect_model
 from qradaptor.plan import Plan
-from qradaptor.quant.modules import COMPILE_ENV, keep_weights_for_recompute
+from qradaptor.quant.modules import COMPILE_ENV, QuantLinear, keep_weights_for_recompute
+from qradaptor.recipes.inputs import load_structure
 
 MIB = 2**20
+DEQUANT_RANGE = "qradaptor.dequantize"
 
 
 def run_plan(
@@ -67,6 +77,8 @@ def run_plan(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    if args.profile:
+        profile_steps(model, opt, batches, args.profile, device)
     tokens = args.steps * args.batch_size * args.seq_len
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
     weight_bytes = 2 if dtype == torch.bfloat16 else 4
@@ -87,6 +99,47 @@ def run_plan(
     return tokens / seconds, peak, predicted, report, losses[-1]
 
 
+def profile_steps(model, opt, batches: torch.Tensor, steps: int, device: torch.device) -> None:
+    """``steps`` more training steps under torch.profiler: the ops with the most self time, and
+    the share of the dequantisation (our Triton kernel, or the eager unpacking's ops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    dequantize = QuantLinear.dequantized_weight
+
+    def labelled(layer, dtype=None):  # one profiler range per dequantisation, eager or fused
+        with torch.profiler.record_function(DEQUANT_RANGE):
+            return dequantize(layer, dtype)
+
+    QuantLinear.dequantized_weight = labelled
+    try:
+        with profile(activities=activities) as prof:
+            for step in range(steps):
+                batch = batches[step % len(batches)].to(device)
+                model(input_ids=batch, labels=batch).loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+    finally:
+        QuantLinear.dequantized_weight = dequantize
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    averages = prof.key_averages()
+    total = sum(getattr(e, key) for e in averages)
+    print(averages.table(sort_by=key, row_limit=12))
+    if cuda:  # the kernel's own device time (the range's would be its launch on the host)
+        dequant = sum(e.self_device_time_total for e in averages if "dequant_kernel" in e.key)
+    else:
+        dequant = sum(e.cpu_time_total for e in averages if e.key == DEQUANT_RANGE)
+    calls = sum(e.count for e in averages if e.key == DEQUANT_RANGE) // steps
+    print(
+        f"profiled {steps} steps: {total / 1e3 / steps:,.1f} ms of self time a step; "
+        f"dequantisation {dequant / 1e3 / steps:,.1f} ms of it ({dequant / max(total, 1):.1%}), "
+        f"{calls} calls a step"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model source (default: embedded SmolLM2-135M)")
@@ -97,28 +150,38 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on every plan")
+    parser.add_argument("--plans", default=None, help="comma-separated label prefixes of the rows to run")
+    parser.add_argument("--profile", type=int, default=0, help="steps of each row to profile (0: none)")
     args = parser.parse_args()
-    tokenizer = load_model(args.model, device="cpu").tokenizer
+    tokenizer = load_tokenizer(args.model)
+    blocks = load_structure(args.model)[1].num_blocks
     n = args.batch_size * 4
     seqs = pack_texts(load_texts(None), tokenizer, args.seq_len, num_sequences=n, seed=0)
     batches = seqs.view(4, args.batch_size, args.seq_len)
     r = args.rank
     runs = [
-        ("lora16 (16-bit base)", Plan.uniform(30, 16, r), False, False, True),
-        ("8-bit packed", Plan.uniform(30, 8, r), False, True, True),
-        ("4-bit packed", Plan.uniform(30, 4, r), False, True, True),
-        ("4-bit packed, eager dequant", Plan.uniform(30, 4, r), False, False, True),
-        ("3-bit packed", Plan.uniform(30, 3, r), False, True, True),
-        ("2-bit packed", Plan.uniform(30, 2, r), False, True, True),
-        ("4-bit simulated (dense)", Plan.uniform(30, 4, r), True, False, True),
+        ("lora16 (16-bit base)", Plan.uniform(blocks, 16, r), False, False, True),
+        ("8-bit packed", Plan.uniform(blocks, 8, r), False, True, True),
+        ("4-bit packed", Plan.uniform(blocks, 4, r), False, True, True),
+        ("4-bit packed, eager dequant", Plan.uniform(blocks, 4, r), False, False, True),
+        ("3-bit packed", Plan.uniform(blocks, 3, r), False, True, True),
+        ("2-bit packed", Plan.uniform(blocks, 2, r), False, True, True),
+        ("4-bit simulated (dense)", Plan.uniform(blocks, 4, r), True, False, True),
     ]
     if args.checkpointing:
         twice = "4-bit packed, dequantised in the backward too"
-        runs.insert(3, (twice, Plan.uniform(30, 4, r), False, True, False))
+        runs.insert(3, (twice, Plan.uniform(blocks, 4, r), False, True, False))
     if args.device == "cpu":
         runs = [
             run for run in runs if run[0].startswith(("lora16", "4-bit packed")) and "eager" not in run[0]
         ]
+    if args.plans:
+        wanted = tuple(p.strip() for p in args.plans.split(","))
+        runs = [run for run in runs if run[0].startswith(wanted)]
+        if not runs or not runs[0][0].startswith("lora16"):
+            parser.error(
+                f"--plans must keep the lora16 row (the ratios' base) and match a row, got {args.plans!r}"
+            )
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(
         f"device: {name}; torch {torch.__version__}; batch {args.batch_size} x {args.seq_len}; "
