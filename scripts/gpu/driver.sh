@@ -10,8 +10,9 @@ mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -
 jobs=$(( mib > 100000 ? 5 : 4 ))   # H200: five steps at once; H100: four (the runner backs off on out-of-memory)
 batches=(
     # searched at 4.0 bits in the fourth run, not fine-tuned: the paper's search on clean splits
-    # (issue 22's pair) and the per-module search (two seeds reuse knapsack-module's cells)
-    "qra-paper@4.0bits,qra-module@4.0bits,knapsack-module@4.5bits"
+    # (issue 22's pair) and the per-module search (two seeds reuse knapsack-module's cells); bits
+    # per linear with 8-bit scales and zeros, the richer space's two gains at once
+    "qra-paper@4.0bits,qra-module@4.0bits,knapsack-module-dq@4.0bits,knapsack-module@4.5bits,knapsack-module-dq@4.5bits"
     # 120 MB (byte budgets: ranks cost memory, the proxies stay the default there)
     "knapsack-dq@120MB,qra-dq@120MB,qra-dq-screen@120MB,knapsack-module@120MB"
     # the bits {2,3,4,8} labels at 4.25 and 5.0 bits; qra-dq's remaining seeds (their searches

@@ -628,12 +628,14 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 3 - 2 + 3 + 15 + 15 + 15
     profiles = [job.name for job in jobs if job.name.startswith("profiles/")]
     # main, ablations, pilot and allocation share one KL table; allocation's knapsack-dq and qra-dq
-    # share their own (bits 2-8, 8-bit scales and zeros), knapsack-module has a per-module one
-    # and knapsack-llama.cpp a symmetric group-32 one (the quantiser its plans are served in)
-    assert len(profiles) == 4
+    # share their own (bits 2-8, 8-bit scales and zeros), knapsack-module has a per-module one,
+    # knapsack-module-dq a per-module one with 8-bit scales and zeros, and knapsack-llama.cpp a
+    # symmetric group-32 one (the quantiser its plans are served in)
+    assert len(profiles) == 5
     argvs = [" ".join(job.steps[0].argv) for job in jobs if job.name.startswith("profiles/")]
-    assert sorted(a.count("--granularity module") for a in argvs) == [0, 0, 0, 1]
-    assert sorted(a.count("--quant-method symmetric --group-size 32") for a in argvs) == [0, 0, 0, 1]
+    assert sorted(a.count("--granularity module") for a in argvs) == [0, 0, 0, 1, 1]
+    assert sorted(a.count("--quant-method symmetric --group-size 32") for a in argvs) == [0, 0, 0, 0, 1]
+    assert sum("--granularity module" in a and "--double-quant" in a for a in argvs) == 1
     served = next(c for c in allocation.cells if c.label == "knapsack-llama.cpp@5.0bits").steps[0].command
     assert "--serve llama.cpp" in served
     # qra-module searches per module over knapsack-module's per-module profile.
