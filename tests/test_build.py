@@ -150,3 +150,32 @@ def test_a_checkpointed_model_dequantises_each_packed_layer_twice_a_step(llama_f
     assert grads[False].keys() == grads[True].keys()
     for name, grad in grads[False].items():
         torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpointing_the_first_blocks_only_recomputes_those(llama_factory, monkeypatch) -> None:
+    """enable_gradient_checkpointing(model, blocks=2) checkpoints decoder layers 0 and 1 and marks
+    only their packed layers; the third layer keeps its activations and no weight. A step's
+    gradients are those of the model without checkpointing."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from qradaptor.build import enable_gradient_checkpointing
+
+    torch.manual_seed(0)
+    model = apply_plan(llama_factory(), Plan.uniform(3, 4, 4))
+    model.train()
+    decoder = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert enable_gradient_checkpointing(model, blocks=2) == 2 * 7
+    assert [layer.gradient_checkpointing for layer in decoder] == [True, True, False]
+    marked = [[q.checkpointed for q in layer.modules() if isinstance(q, QuantLinear)] for layer in decoder]
+    assert marked == [[True] * 7, [True] * 7, [False] * 7]
+    model(IDS, labels=IDS).loss.backward()
+    partial = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    torch.manual_seed(0)
+    plain = apply_plan(llama_factory(), Plan.uniform(3, 4, 4))
+    plain.train()
+    plain(IDS, labels=IDS).loss.backward()
+    for name, p in plain.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(partial[name], p.grad, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"blocks must be 1..3 \(the model's decoder layers\), got 4"):
+        enable_gradient_checkpointing(apply_plan(llama_factory(), Plan.uniform(3, 4, 4)), blocks=4)

@@ -78,6 +78,28 @@ def test_training_memory_parts(tiny_llama) -> None:
         training_memory(s, report, batch_size=0, seq_len=32)
 
 
+def test_training_memory_of_the_first_blocks_checkpointed(tiny_llama) -> None:
+    """K of N blocks checkpointed: the others keep their activations, each checkpointed block keeps
+    its input, and one of them is recomputed at a time (with its packed weights dense)."""
+    s = inspect_model(tiny_llama)
+    report = plan_memory(s, Plan.uniform(3, 4, 16))
+    kw = dict(batch_size=2, seq_len=32)
+    plain = training_memory(s, report, **kw).activations
+    every = training_memory(s, report, **kw, gradient_checkpointing=True).activations
+    assert (
+        training_memory(s, report, **kw, gradient_checkpointing=True, checkpoint_blocks=3).activations
+        == every
+    )
+    two = training_memory(s, report, **kw, gradient_checkpointing=True, checkpoint_blocks=2).activations
+    one = training_memory(s, report, **kw, gradient_checkpointing=True, checkpoint_blocks=1).activations
+    # Each block not checkpointed keeps its activations (B) instead of its input (h): B - h more.
+    assert every < two < one and two - every == one - two > 0
+    assert one > plain  # one block recomputed beside all the others: no saving, the recompute's cost
+    assert training_memory(s, report, **kw, checkpoint_blocks=2).activations == plain  # off: ignored
+    with pytest.raises(ValueError, match=r"checkpoint_blocks must be 1..3 \(the model's blocks\), got 4"):
+        training_memory(s, report, **kw, gradient_checkpointing=True, checkpoint_blocks=4)
+
+
 def test_training_memory_dropout_and_adapter_terms(tiny_llama) -> None:
     """Hand-computed: per token and block, the tiny Llama's 7 linears have inputs summing to
     6 x 64 + 128 = 512 and outputs 64 + 32 + 32 + 64 + 128 + 128 + 64 = 512."""

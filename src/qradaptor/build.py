@@ -189,18 +189,22 @@ def apply_plan(
     return peft_model
 
 
-def enable_gradient_checkpointing(model: nn.Module) -> int:
-    """Gradient checkpointing on every decoder layer (non-reentrant), and its packed layers told
-    to save their dequantised weight, which the checkpoint drops and recomputes for the
-    backward (``quant.modules.keep_weights_for_recompute``: two dequantisations a step, not
-    three). Returns how many packed layers were told."""
+def enable_gradient_checkpointing(model: nn.Module, blocks: int | None = None) -> int:
+    """Gradient checkpointing on the first ``blocks`` decoder layers (None: every one;
+    non-reentrant), and their packed layers told to save their dequantised weight, which the
+    checkpoint drops and recomputes for the backward (``quant.modules.keep_weights_for_recompute``:
+    two dequantisations a step, not three). The other layers keep their activations: fewer
+    recomputed blocks, less time, where the memory allows (``memory.training_memory``'s
+    ``checkpoint_blocks``). Returns how many packed layers were told."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     from qradaptor.quant.modules import keep_weights_for_recompute
 
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return sum(
-        keep_weights_for_recompute(layer)
-        for layer in model.modules()
-        if isinstance(layer, GradientCheckpointingLayer) and layer.gradient_checkpointing
-    )
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if blocks is not None:
+        if not 1 <= blocks <= len(layers):
+            raise ValueError(f"blocks must be 1..{len(layers)} (the model's decoder layers), got {blocks}")
+        for layer in layers[blocks:]:
+            layer.gradient_checkpointing = False
+    return sum(keep_weights_for_recompute(layer) for layer in layers if layer.gradient_checkpointing)

@@ -291,6 +291,7 @@ def training_memory(
     gradient_checkpointing: bool = False,
     lora_dropout: bool = False,
     adapter: str = "lora",
+    checkpoint_blocks: int | None = None,
 ) -> TrainingMemory:
     """Predicted peak memory of one LoRA training step (an estimate, checked on the GPU).
 
@@ -310,6 +311,8 @@ def training_memory(
     With gradient checkpointing only each block's input is kept, plus one block's worth
     during its recomputation, plus that block's packed weights dequantised (in ``act_bytes``):
     its recomputation keeps them for the backward (``build.enable_gradient_checkpointing``).
+    ``checkpoint_blocks`` K: only the first K blocks are checkpointed (None: every block); the
+    others keep all they save.
     The logits cost, per token and vocabulary entry, the ``act_bytes`` logits plus three fp32
     tensors at the loss (the saved log-softmax, its gradient and the upcast gradient); fp32 logits
     need no upcast, so two (counted on CPU with ``tensor_peak.TensorPeak``,
@@ -342,13 +345,21 @@ def training_memory(
     if act_bytes != adapter_bytes:
         for block, found in enumerate(adapted):
             block_bytes[block] += sum(in_features for _, in_features in found) * adapter_bytes
+    checkpointed = 0
     if gradient_checkpointing:
-        per_token = structure.num_blocks * hidden * act_bytes + max(block_bytes)
-    else:
-        per_token = sum(block_bytes)
+        checkpointed = structure.num_blocks if checkpoint_blocks is None else checkpoint_blocks
+        if not 1 <= checkpointed <= structure.num_blocks:
+            raise ValueError(
+                f"checkpoint_blocks must be 1..{structure.num_blocks} (the model's blocks), "
+                f"got {checkpoint_blocks}"
+            )
+    per_token = sum(block_bytes[checkpointed:])
+    kept = 0
+    if checkpointed:
+        per_token += checkpointed * hidden * act_bytes + max(block_bytes[:checkpointed])
+        kept = max(dequantised[:checkpointed])
     vocab = structure.head_shape[0] if structure.head_shape else structure.embed_shape[0]
     logits = tokens * vocab * (act_bytes + (8 if act_bytes == 4 else 12))
-    kept = max(dequantised) if gradient_checkpointing else 0
     return TrainingMemory(
         weights=report.total_bytes,
         gradients=report.adapter_params * adapter_bytes,

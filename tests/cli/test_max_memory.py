@@ -97,8 +97,9 @@ def test_profile_within_the_limit_runs_and_says_so(cli, tiny_model_dir, words, t
     assert record["settings"]["dtype"] == "bfloat16"
 
 
-def _train_peaks(model_dir: Path, **config) -> tuple[int, int]:
-    """Predicted train peaks of lora16 on CPU without and with gradient checkpointing."""
+def _train_peaks(model_dir: Path, blocks: int | None = None, **config) -> tuple[int, int]:
+    """Predicted train peaks of lora16 on CPU without and with gradient checkpointing (on the
+    first ``blocks`` blocks; None: every one)."""
     import torch
 
     from qradaptor.memory import plan_memory
@@ -113,7 +114,7 @@ def _train_peaks(model_dir: Path, **config) -> tuple[int, int]:
     report = plan_memory(structure, plan, weight_bytes=4)
     totals = []
     for ckpt in (False, True):
-        cfg = TrainConfig(**config, gradient_checkpointing=ckpt)
+        cfg = TrainConfig(**config, gradient_checkpointing=ckpt, checkpoint_blocks=blocks if ckpt else None)
         step = _memory(structure, plan, method, cfg, cfg.seq_len, torch.float32, None).predicted_peak
         totals.append(train_peak(structure, report, step, 4).total)
     return totals[0], totals[1]
@@ -150,7 +151,20 @@ def test_train_turns_gradient_checkpointing_on_when_only_that_fits(
     code, _, err = cli(*base, "-o", tmp_path / "a", "--max-memory", between)
     assert code == 2 and "stopped before training" in err
     assert seen["config"].gradient_checkpointing is True and seen["spec"].limit == 5
-    assert f"qra train: gradient checkpointing on: without it the predicted peak {mib(plain)}" in err
+    # The fewest checkpointed blocks whose peak fits: recomputing a block costs time.
+    blocks = load_structure(str(tiny_model_dir))[1].num_blocks
+    peaks = {k: _train_peaks(tiny_model_dir, k, batch_size=8, seq_len=512)[1] for k in range(1, blocks + 1)}
+    assert all(peaks[k + 1] < peaks[k] for k in range(1, blocks)) and peaks[blocks] == checkpointed
+    fewest = min(k for k, p in peaks.items() if p <= (plain + checkpointed) // 2000 * 1000)
+    assert (seen["config"].checkpoint_blocks or blocks) == fewest
+    assert (
+        f"qra train: gradient checkpointing on {fewest} of {blocks} blocks: without it the predicted "
+        f"peak {mib(plain)}"
+    ) in err
+    # A limit that two checkpointed blocks meet: the third keeps its activations.
+    assert blocks == 3 and peaks[2] < plain
+    code, _, err = cli(*base, "-o", tmp_path / "a2", "--max-memory", f"{(plain + peaks[2]) // 2000}KB")
+    assert code == 2 and seen["config"].checkpoint_blocks == 2 and "on 2 of 3 blocks" in err
     code, _, err = cli(*base, "-o", tmp_path / "b", "--max-memory", "10GB")
     assert seen["config"].gradient_checkpointing is False and "gradient checkpointing on" not in err
     monkeypatch.setattr(run_module, "train_plan", lambda *a, **k: pytest.fail("trained over the limit"))

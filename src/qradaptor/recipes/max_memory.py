@@ -263,13 +263,20 @@ def check_train(
         return train_peak(structure, report, predicted, act)
 
     change = "--batch-size (raise --grad-accum to keep the effective batch) or --seq-len"
-    checkpointed = [] if config.gradient_checkpointing else [replace(config, gradient_checkpointing=True)]
+    # Fewest checkpointed blocks first: each one recomputed costs time, so a base that leaves
+    # more room (a packed one) recomputes fewer; all of them last, as --gradient-checkpointing.
+    blocks = structure.num_blocks
+    checkpointed = [] if config.gradient_checkpointing else [
+        replace(config, gradient_checkpointing=True, checkpoint_blocks=None if k == blocks else k)
+        for k in range(1, blocks + 1)
+    ]  # fmt: skip
     fits = [config, *checkpointed]
     fit, plain = first_fit("train", fits, peak, limit, device, change)
     if fit is not config:
+        k = fit.checkpoint_blocks or blocks
         print(
-            f"qra train: gradient checkpointing on: without it the predicted peak {mib(plain.total)} "
-            f"exceeds --max-memory {mib(limit)}",
+            f"qra train: gradient checkpointing on {k} of {blocks} blocks: without it the predicted "
+            f"peak {mib(plain.total)} exceeds --max-memory {mib(limit)}",
             file=sys.stderr,
         )
     return fit

@@ -59,6 +59,9 @@ class TrainConfig:
     """Dropout on the adapter input."""
     gradient_checkpointing: bool = False
     """Recompute each block's activations in the backward: less memory, ~30% more time."""
+    checkpoint_blocks: int | None = None
+    """With gradient_checkpointing: how many blocks, from the first, recompute (None: every one).
+    ``qra train --max-memory`` takes the fewest that fit: a smaller base recomputes less."""
     compile: CompileMode = "off"
     """off (eager), default (torch.compile) or graphs (torch.compile + CUDA graphs, CUDA only);
     compiled, every micro-batch is padded to one shape (see compiled.py)."""
@@ -96,6 +99,8 @@ class TrainConfig:
         _check_int(self.seq_len, "seq_len", 2)
         if not isinstance(self.lora_dropout, int | float) or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.checkpoint_blocks is not None:
+            _check_int(self.checkpoint_blocks, "checkpoint_blocks", 1)
         check_compile(self.compile)
         _check_int(self.seed, "seed", 0)
         _check_int(self.eval_every, "eval_every", 0)

@@ -222,6 +222,7 @@ def _memory(
         gradient_checkpointing=config.gradient_checkpointing,
         lora_dropout=config.lora_dropout > 0,
         adapter=method.adapter,
+        checkpoint_blocks=config.checkpoint_blocks,
     )
     return TrainMemory(
         avg_bits=report.avg_bits,
@@ -327,7 +328,7 @@ def train_plan(
     torch.manual_seed(config.seed)  # adapter initialisation
     model = build_for_method(loaded.model, the_plan, method, config, total, adalora)
     if config.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        enable_gradient_checkpointing(model, config.checkpoint_blocks)
         model.config.use_cache = False
     memory = _memory(structure, the_plan, method, config, train_set.longest(), dtype, adalora)
     memory = replace(memory, trainable_params=sum(p.numel() for p in trainable_tensors(model).values()))
