@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from qradaptor.train.config import TrainConfig
 
 Fit = TypeVar("Fit")
+PARTIAL_MARGIN = 0.05
+"""Share of --max-memory a fine-tune that checkpoints only some blocks keeps free: the fewest
+blocks that fit put the peak close to the limit by construction, and a cap also counts what the
+allocator holds in reserve (fragmentation), which the prediction does not."""
 
 
 def parse(max_memory: str | None) -> int | None:
@@ -270,8 +274,16 @@ def check_train(
         replace(config, gradient_checkpointing=True, checkpoint_blocks=None if k == blocks else k)
         for k in range(1, blocks + 1)
     ]  # fmt: skip
+
+    def margined(cfg: TrainConfig) -> StagePeak:
+        found = peak(cfg)
+        if cfg.checkpoint_blocks is None:
+            return found
+        margin = ("margin of a partial checkpoint", int(limit * PARTIAL_MARGIN))
+        return replace(found, parts=(*found.parts, margin))
+
     fits = [config, *checkpointed]
-    fit, plain = first_fit("train", fits, peak, limit, device, change)
+    fit, plain = first_fit("train", fits, margined, limit, device, change)
     if fit is not config:
         k = fit.checkpoint_blocks or blocks
         print(
