@@ -19,6 +19,7 @@ from qradaptor.assemble import assemble
 from qradaptor.eval.suite import run_suite
 from qradaptor.plan import Plan
 from qradaptor.quant.modules import dense_bytes, dequantised_once
+from qradaptor.recipes.inputs import load_structure
 
 MODES = ("packed", "once")
 
@@ -52,9 +53,7 @@ def main() -> None:
     bits, rank = (int(v) for v in args.plan.split(":"))
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    built = assemble(args.model, None, dtype=dtype, device=args.device)
-    plan = Plan.uniform(built.plan.num_blocks, bits, rank)
-    del built
+    plan = Plan.uniform(load_structure(args.model)[1].num_blocks, bits, rank)  # from the config
     built = assemble(args.model, plan, dtype=dtype, device=args.device)
     tasks = [args.tasks]
     print(

@@ -243,6 +243,7 @@ def check_train(
     """
     import torch
 
+    from qradaptor.memory import plan_memory
     from qradaptor.stage_memory import train_peak
     from qradaptor.train.adalora import adalora_ranks, mean_adapted_rank
     from qradaptor.train.methods import get_method, method_plan
@@ -258,13 +259,16 @@ def check_train(
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     act = 2 if dtype == torch.bfloat16 else 4
 
-    def peak(cfg: TrainConfig) -> StagePeak:
-        from qradaptor.memory import plan_memory
+    report = plan_memory(structure, the_plan, weight_bytes=act)  # the same for every config tried
 
+    def peak(cfg: TrainConfig) -> StagePeak:
         # The longest example is not known before the data loads: every one at --seq-len.
         predicted = _memory(structure, the_plan, method, cfg, cfg.seq_len, dtype, adalora).predicted_peak
-        report = plan_memory(structure, the_plan, weight_bytes=act)
-        return train_peak(structure, report, predicted, act)
+        found = train_peak(structure, report, predicted, act)
+        if cfg.checkpoint_blocks is None:
+            return found
+        margin = ("margin of a partial checkpoint", int(limit * PARTIAL_MARGIN))
+        return replace(found, parts=(*found.parts, margin))
 
     change = "--batch-size (raise --grad-accum to keep the effective batch) or --seq-len"
     # Fewest checkpointed blocks first: each one recomputed costs time, so a base that leaves
@@ -274,16 +278,8 @@ def check_train(
         replace(config, gradient_checkpointing=True, checkpoint_blocks=None if k == blocks else k)
         for k in range(1, blocks + 1)
     ]  # fmt: skip
-
-    def margined(cfg: TrainConfig) -> StagePeak:
-        found = peak(cfg)
-        if cfg.checkpoint_blocks is None:
-            return found
-        margin = ("margin of a partial checkpoint", int(limit * PARTIAL_MARGIN))
-        return replace(found, parts=(*found.parts, margin))
-
     fits = [config, *checkpointed]
-    fit, plain = first_fit("train", fits, margined, limit, device, change)
+    fit, plain = first_fit("train", fits, peak, limit, device, change)
     if fit is not config:
         k = fit.checkpoint_blocks or blocks
         print(
