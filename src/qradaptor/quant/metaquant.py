@@ -48,14 +48,34 @@ def quantize_meta(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = padded.reshape(-1, META_BLOCK)  # (nb, META_BLOCK)
     lo = blocks.amin(dim=1, keepdim=True)
     hi = blocks.amax(dim=1, keepdim=True)
-    # Round step and offset to their storage type first, so the codes are the best ones for
-    # the step and offset that dequantisation will see.
-    step = ((hi - lo) / META_CODE_MAX).to(META_DTYPE).float()
-    offset = lo.to(META_DTYPE).float()
-    safe = step.clamp_min(torch.finfo(META_DTYPE).tiny)
+    # Step and offset in their storage type, the offset rounded down and the step up, so that
+    # 255 steps from the offset reach every value: a step rounded to nearest can fall short by
+    # 255 half-spacings, which for the subnormal steps of 6- and 8-bit scales (their block
+    # ranges are below 255 x float16's least normal, 6.1e-5) clips the largest scales by a few
+    # percent. The codes are then the best ones for what dequantisation will see.
+    offset = _float16_toward(lo, lo.to(META_DTYPE).float() > lo, down=True)
+    exact = (hi - offset) / META_CODE_MAX
+    step = _float16_toward(exact, exact.to(META_DTYPE).float() < exact, down=False)
+    # Codes against the stored step itself, however small; a block of equal values (step 0)
+    # takes code 0. (Clamping the step to float16's least normal, as this did until 2026-12-06,
+    # coded small scales with a larger step than the one stored: 8-bit weights came back 19x
+    # worse than without double quantisation, docs/ALLOCATION.md "Double quantisation's small
+    # scales".)
+    safe = torch.where(step > 0, step, torch.ones_like(step))
     codes = torch.round((blocks - offset) / safe).clamp_(0, META_CODE_MAX).to(torch.uint8)
     meta = torch.cat([step, offset], dim=1).to(META_DTYPE)  # (nb, 2)
     return codes.reshape(-1)[:n].reshape(values.shape), meta
+
+
+def _float16_toward(values: torch.Tensor, wrong_side: torch.Tensor, *, down: bool) -> torch.Tensor:
+    """float32 ``values`` rounded to float16, moved one float16 spacing down (or up) where
+    ``wrong_side``: arithmetic only, the same on every device."""
+    rounded = values.to(META_DTYPE).float()
+    # The spacing of float16 at |x|: 2^(e - 10) for x in [2^e, 2^(e+1)), 2^-24 below 2^-14.
+    exponent = torch.floor(torch.log2(rounded.abs().clamp_min(2.0**-14)))
+    spacing = torch.exp2(exponent - 10)
+    moved = rounded - spacing if down else rounded + spacing
+    return torch.where(wrong_side, moved, rounded).to(META_DTYPE).float()
 
 
 def dequantize_meta(codes: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
