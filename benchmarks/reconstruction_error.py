@@ -17,6 +17,7 @@ weight (blocks of 32 with a scale and minimum); 4-bit and wider codes fit it unu
 
     python benchmarks/reconstruction_error.py                     # all 30 blocks, bits 1..8
     python benchmarks/reconstruction_error.py --bits 2,4 --limit-blocks 2   # a quick run
+    python benchmarks/reconstruction_error.py --methods hqq,hqq-dq --bits 4,5,6,8 --type-bits ''
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from tqdm import tqdm
 from qradaptor.models.loading import load_model
 from qradaptor.models.structure import inspect_model
 from qradaptor.quant.quantizer import QUANT_METHODS, QuantizedTensor, dequantize, quantize, relative_error
+
+DQ = "-dq"
+"""Suffix of a --methods entry whose scales and zeros are stored as 8-bit codes."""
 
 
 def _ints(text: str) -> list[int]:
@@ -72,7 +76,11 @@ def heldout_loss(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bits", default="1,2,3,4,5,6,7,8", help="comma-separated bit-widths")
-    parser.add_argument("--methods", default=",".join(QUANT_METHODS), help="comma-separated")
+    parser.add_argument(
+        "--methods",
+        default=",".join(QUANT_METHODS),
+        help="comma-separated; a -dq suffix stores the scales and zeros as 8-bit codes (hqq-dq)",
+    )
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--limit-blocks", type=int, default=None, help="only the first N blocks")
     parser.add_argument("--type-bits", default="2,3", help="bit-widths of the per-module table")
@@ -85,6 +93,9 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     bits_list, methods = _ints(args.bits), [m for m in args.methods.split(",") if m]
+    for method in methods:
+        if method.removesuffix(DQ) not in QUANT_METHODS:
+            raise SystemExit(f"--methods: {method!r} is not one of {QUANT_METHODS}, each maybe with {DQ}")
     type_bits = [b for b in _ints(args.type_bits) if b in bits_list]
     loss_bits = [b for b in _ints(args.loss_bits) if b in bits_list]
 
@@ -111,7 +122,13 @@ def main() -> None:
                 errors, qts = [], []
                 for _, w in weights:
                     t0 = time.perf_counter()
-                    qt = quantize(w, bits, args.group_size, method)  # type: ignore[arg-type]
+                    qt = quantize(
+                        w,
+                        bits,
+                        args.group_size,
+                        method.removesuffix(DQ),  # type: ignore[arg-type]
+                        double_quant=method.endswith(DQ),
+                    )
                     seconds[method] += time.perf_counter() - t0
                     errors.append(relative_error(w, qt))
                     if bits in loss_bits:
