@@ -11,6 +11,7 @@ ppl_wiki; then, per label, the mean fine-tuned ppl_wiki of the cells whose plan 
 choice equals. Read-only; no model is loaded.
 
     python benchmarks/screen_replay.py docs/results/paper          # the committed GPU runs
+    python benchmarks/screen_replay.py docs/results/archive/dq-clamped-step   # and the archived ones
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def main() -> None:
             continue
         search = (cell / meta["search"]).resolve()
         summary = json.loads((search / "summary.json").read_text())
-        if summary.get("strategy") != "halving":
-            continue
+        if summary.get("strategy") != "halving" or not (search / "screened.csv").is_file():
+            continue  # the paper strategy, or a forward-only search (its screen is its top rung)
         chosen, first = summary["chosen"], screen_best(search)
         same_bits = " ".join(str(b) for b in chosen["bits"]) == first["bits"]
         same = "yes" if chosen["plan_hash"] == first["plan_hash"] else ("bits" if same_bits else "no")
