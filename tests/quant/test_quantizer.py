@@ -109,3 +109,16 @@ def test_shrink_skips_pow_only_where_the_result_is_zero() -> None:
     assert expected[-2] > 0 and expected[2] == 0  # both sides of the cutoff are covered
     small = x[2:5]  # all below the cutoff: the fast path
     assert torch.equal(_shrink_lp(small, 10.0, 0.7), torch.zeros(3))
+
+
+@pytest.mark.parametrize("method", ["rtn", "hqq"])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_a_fit_of_tiny_weights_is_as_good_as_the_same_fit_scaled_up(method: str, double_quant: bool) -> None:
+    # Weights of std 1e-4: an 8-bit group's scale (range / 255, about 2e-6) is below float16's
+    # least normal (6.1e-5). Clamped up to it, the grid was 30x too coarse for the group and the
+    # zero, fitted for the real scale, pushed codes to the ends: 13x the error of the same
+    # weights scaled up (2026-12-06).
+    w = heavy_tailed(64, 256, seed=3)
+    big = relative_error(w, quantize(w, 8, 64, method, double_quant=double_quant))
+    small = relative_error(w * 5e-3, quantize(w * 5e-3, 8, 64, method, double_quant=double_quant))
+    assert small < 2 * big + 2e-3, (big, small)

@@ -53,8 +53,8 @@ def quantize_meta(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # 255 half-spacings, which for the subnormal steps of 6- and 8-bit scales (their block
     # ranges are below 255 x float16's least normal, 6.1e-5) clips the largest scales by a few
     # percent. The codes are then the best ones for what dequantisation will see.
-    offset = _float16_toward(lo, down=True)
-    step = _float16_toward((hi - offset) / META_CODE_MAX, down=False)
+    offset = float16_toward(lo, down=True)
+    step = float16_toward((hi - offset) / META_CODE_MAX, down=False)
     # Codes against the stored step itself, however small; a block of equal values (step 0)
     # takes code 0. (Clamping the step to float16's least normal, as this did until 2026-12-06,
     # coded small scales with a larger step than the one stored: 8-bit weights came back 19x
@@ -66,7 +66,7 @@ def quantize_meta(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes.reshape(-1)[:n].reshape(values.shape), meta
 
 
-def _float16_toward(values: torch.Tensor, *, down: bool) -> torch.Tensor:
+def float16_toward(values: torch.Tensor, *, down: bool) -> torch.Tensor:
     """float32 ``values`` rounded to float16 and, where that rounded them up (``down``) or down
     (not ``down``), moved one float16 spacing back: at most, or at least, the values.
     Arithmetic only, the same on every device."""

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from qradaptor.quant.bitpack import MAX_BITS, MIN_BITS, pack, unpack
-from qradaptor.quant.metaquant import dequantize_meta, quantize_meta
+from qradaptor.quant.metaquant import dequantize_meta, float16_toward, quantize_meta
 from qradaptor.quant.symmetric import SYMMETRIC_MIN_BITS, code_midpoint, symmetric_fit
 
 QuantMethod = Literal["rtn", "hqq", "symmetric"]
@@ -279,14 +279,32 @@ def quantize(
         scale, zero = _minmax_fit(w, qmax) if method == "rtn" else _hqq_fit(w, qmax)
         # Round the metadata to its storage type before computing codes, so the codes are the
         # best ones for the scale and zero that dequantisation will actually see.
-        scale16 = scale.to(META_DTYPE).clamp_min(torch.finfo(META_DTYPE).tiny).reshape(meta_shape)
-        zero16 = zero.to(META_DTYPE).reshape(meta_shape)
+        scale16, zero16 = (t.reshape(meta_shape) for t in _float16_metadata(scale, zero))
         if double_quant:
             return _double_quantised(w, scale16, zero16, bits, group_size, (rows, cols))
         codes = _codes(w, scale16.float().reshape(-1, 1), zero16.float().reshape(-1, 1), qmax)
     return QuantizedTensor(
         pack(codes.to(torch.uint8).reshape(rows, cols), bits), scale16, zero16, (rows, cols), bits, group_size
     )
+
+
+def _float16_metadata(scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fit's scales and zeros (n, 1) in their float16 storage.
+
+    Scales round to nearest. One below float16's least normal (6.1e-5: an 8-bit group narrower
+    than 0.016, a 4-bit one narrower than 9e-4) rounds up to a subnormal float16 instead, at least
+    2^-24, and its zero moves so that the group's real offset, zero x scale, stays where the fit
+    put it. (Clamped to the least normal, as until 2026-12-06, such a group got a grid many times
+    too coarse and a zero fitted for another scale: weights of std 1e-4 came back with 13x the
+    8-bit error of the same weights scaled up.) Groups in the normal range are untouched.
+    """
+    scale16 = scale.to(META_DTYPE)
+    small = scale < torch.finfo(META_DTYPE).tiny
+    if bool(small.any()):
+        up = float16_toward(scale, down=False).clamp_min(2.0**-24)
+        scale16 = torch.where(small, up.to(META_DTYPE), scale16)
+        zero = torch.where(small, zero * scale / scale16.float(), zero)
+    return scale16, zero.to(META_DTYPE)
 
 
 def _double_quantised(
