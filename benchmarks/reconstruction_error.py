@@ -34,7 +34,15 @@ from tqdm import tqdm
 
 from qradaptor.models.loading import load_model
 from qradaptor.models.structure import inspect_model
-from qradaptor.quant.quantizer import QUANT_METHODS, QuantizedTensor, dequantize, quantize, relative_error
+from qradaptor.quant.quantizer import (
+    QUANT_METHODS,
+    SYMMETRIC,
+    QuantizedTensor,
+    check_symmetric,
+    dequantize,
+    quantize,
+    relative_error,
+)
 
 DQ = "-dq"
 """Suffix of a --methods entry whose scales and zeros are stored as 8-bit codes."""
@@ -96,6 +104,11 @@ def main() -> None:
     for method in methods:
         if method.removesuffix(DQ) not in QUANT_METHODS:
             raise SystemExit(f"--methods: {method!r} is not one of {QUANT_METHODS}, each maybe with {DQ}")
+        if method.removesuffix(DQ) == SYMMETRIC:
+            try:  # refused here, before the model loads, rather than by the first quantize call
+                check_symmetric(min(_ints(args.bits)), method.endswith(DQ), where=f"--methods {method!r}")
+            except ValueError as err:
+                raise SystemExit(str(err)) from None
     type_bits = [b for b in _ints(args.type_bits) if b in bits_list]
     loss_bits = [b for b in _ints(args.loss_bits) if b in bits_list]
 
