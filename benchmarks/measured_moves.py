@@ -75,6 +75,16 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--limit", type=int, default=32, help="test windows of 512 tokens per corpus")
     args = parser.parse_args()
+    try:
+        sensitivity = read_sensitivity(args.sensitivity)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if (tuple(sensitivity.bits), sensitivity.double_quant, sensitivity.granularity) != (BITS, True, "block"):
+        raise SystemExit(
+            f"--sensitivity: a per-block, double-quantised profile of bits {BITS} is needed (the "
+            f"space measured here), got bits {tuple(sensitivity.bits)}, granularity "
+            f"{sensitivity.granularity}, double_quant {sensitivity.double_quant}"
+        )
     torch.set_num_threads(2)
     start = time.perf_counter()
     loaded = load_model(None, device="cpu", dtype=torch.float32)
@@ -95,9 +105,7 @@ def main() -> None:
 
     costs = np.rint(table.unit_bit_weights).astype(np.int64)  # (L, K) stored bits, as the knapsack
     capacity = int(np.floor(budget.value * table.linear_numel + 1e-6))
-    knapsack = knapsack_genome(
-        table, unit_values(space, read_sensitivity(args.sensitivity)), budget, rank=RANK
-    )
+    knapsack = knapsack_genome(table, unit_values(space, sensitivity), budget, rank=RANK)
     rows = [("knapsack", knapsack, score(knapsack))]
     for iteration in range(args.iterations):
         name, genome, loss = rows[-1]
