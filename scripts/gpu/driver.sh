@@ -2,26 +2,24 @@
 # The allocation experiment's cells still to measure (issue 15), batch by batch, most wanted
 # first: each batch is one resumable `qra experiment --only ...` into docs/results/paper, so a
 # cut-off run keeps every finished cell and a later run starts where this one stopped.
-# It starts once scale.sh has timed its fine-tunes alone on the GPU (or after 10 minutes).
+# It starts once scale.sh says so: at once, or with SCALE_8B=1 after the 8B fine-tunes have been
+# timed alone on the GPU (or after 10 minutes).
 source "$(dirname "$0")/env.sh"
 cd /root/repo
 for _ in $(seq 60); do [ -f /root/scale.trained ] && break; sleep 10; done
 mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 jobs=$(( mib > 100000 ? 5 : 4 ))   # H200: five steps at once; H100: four (the runner backs off on out-of-memory)
 batches=(
-    # the double-quantised cells again with the fixed metadata quantiser (the earlier ones are in
-    # docs/results/archive/dq-clamped-step): the screen against the knapsack at 4.5 and 5.0 bits,
-    # where 6- and 8-bit blocks now pay; with the paper's search on clean splits at 4.0 bits
-    # (issue 22's pair; searched in the fourth run, not fine-tuned)
-    "qra-paper@4.0bits,knapsack-dq@4.5bits,qra-dq-screen@4.5bits,knapsack-dq@5.0bits,qra-dq-screen@5.0bits"
-    # 120 MB (a byte budget: ranks cost memory, and the proxy rungs stay the default there), the
-    # budget not yet run, and 4.0 bits again
+    # the double-quantised cells at 4.0 bits and 120 MB with the fixed metadata quantiser (4.5 and
+    # 5.0 bits ran in the fifth run), beside 120 MB's full search (a byte budget: ranks cost
+    # memory, so the proxy rungs stay the default there)
     "knapsack-dq@120MB,qra-dq@120MB,qra-dq-screen@120MB,knapsack-dq@4.0bits,qra-dq-screen@4.0bits"
     # the per-module search (two seeds reuse knapsack-module's cells); bits per linear with 8-bit
     # scales and zeros, the richer space's two gains at once
     "qra-module@4.0bits,knapsack-module-dq@4.0bits,knapsack-module@4.5bits,knapsack-module-dq@4.5bits,knapsack-module@120MB"
     # the bits {2,3,4,8} labels at 4.25 and 5.0 bits, and 4.25 bits double-quantised
     "knapsack@4.25bits,qra@4.25bits,knapsack@5.0bits,qra@5.0bits,knapsack-dq@4.25bits,qra-dq-screen@4.25bits"
+
 )
 for only in "${batches[@]}"; do
     echo "=== $(date -u +%H:%M:%S) batch $only (jobs $jobs)"
