@@ -1,0 +1,70 @@
+"""The selection loss of plans: forward only, as the search's screen scores a plan, on the embedded SmolLM2.
+
+Each plan (a plan JSON: a search's plan.json, a cell's plan.json, ``qra plan -o``) quantises the
+embedded SmolLM2-135M-Instruct (its "16-bit" is the Q4_1 GGUF dequantised), adapters untrained,
+and is scored by its held-out loss on the search's selection text (``embedded:wiki-selection``)
+as ``ProxyEvaluator`` with 0 steps scores it: ``--windows`` of 512 tokens (the full preset's 16;
+the text has 64). Plans share one fitted-weights cache. Prints a table.
+
+    python benchmarks/selection_loss.py --windows 64 a=run/plan.json b=cell/plan.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from qradaptor.cli.common import read_plan
+from qradaptor.data import pack_texts
+from qradaptor.data.search_texts import search_texts
+from qradaptor.models.loading import load_model
+from qradaptor.quant.cache import QuantCache
+from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
+
+BATCH = 4
+"""Windows a forward pass (the search's proxy batch)."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("plans", nargs="+", metavar="NAME=PLAN.json")
+    parser.add_argument("--windows", type=int, default=16, help="selection windows of 512 tokens (4k)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.windows < BATCH or args.windows % BATCH:
+        raise SystemExit(f"--windows must be a positive multiple of {BATCH}, got {args.windows}")
+    named = []
+    for item in args.plans:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"plans are NAME=PLAN.json, got {item!r}")
+        try:
+            named.append((name, read_plan(path)))
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    loaded = load_model(None, device="cpu", dtype=torch.float32)
+    texts = search_texts("embedded:wiki-calibration", "embedded:wiki-selection")
+    train_ids = pack_texts(texts.calibration, loaded.tokenizer, 512, seed=0)[:BATCH]  # 0 steps: unused
+    eval_ids = pack_texts(texts.selection, loaded.tokenizer, 512, num_sequences=args.windows)
+    if len(eval_ids) < args.windows:
+        raise SystemExit(f"--windows {args.windows}: the selection text has {len(eval_ids)} windows of 512")
+    proxy = ProxyConfig(steps=0, batch_size=BATCH, eval_batches=args.windows // BATCH, warmup=0)
+    evaluator = ProxyEvaluator(loaded.model, train_ids, eval_ids, proxy, cache=QuantCache())
+    rows = [(name, plan, evaluator(plan).loss) for name, plan in named]
+    print(
+        f"\n{platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
+        f"{args.windows} x 512 tokens of embedded:wiki-selection; {time.perf_counter() - start:.0f} s\n"
+    )
+    print("| plan | plan name | selection loss |")
+    print("|---|---|---:|")
+    for name, plan, loss in rows:
+        print(f"| {name} | {plan.name} | {loss:.5f} |")
+
+
+if __name__ == "__main__":
+    main()
