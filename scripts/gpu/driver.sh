@@ -2,8 +2,8 @@
 # The allocation experiment's cells still to measure (issue 15), batch by batch, most wanted
 # first: each batch is one resumable `qra experiment --only ...` into docs/results/paper, so a
 # cut-off run keeps every finished cell and a later run starts where this one stopped.
-# It starts once scale.sh says so: at once, or with SCALE_8B=1 after the 8B fine-tunes have been
-# timed alone on the GPU (or after 10 minutes).
+# It starts once scale.sh has timed the 8B fine-tunes alone on the GPU (at once with SCALE_8B=0;
+# or after 10 minutes).
 source "$(dirname "$0")/env.sh"
 cd /root/repo
 for _ in $(seq 60); do [ -f /root/scale.trained ] && break; sleep 10; done

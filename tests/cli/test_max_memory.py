@@ -334,8 +334,9 @@ def test_the_8b_search_fits_24gb_in_bf16_with_the_cache_on_the_host(monkeypatch,
     assert check_search(25 * 2**30, structure, config, **common, weight_bytes=2) == SearchFit(True, True)
     err = capsys.readouterr().err
     assert "the QuantCache kept on the host and gradient checkpointing in the proxy fine-tunes:" in err
-    # 24.0 GiB: the 8-bit plan's peak with one block's weights kept dense for its backward
-    assert "predicted peak 24,59" in err
+    # 24.0 GiB: the 8-bit plan's peak with one block's weights kept dense for its backward, and
+    # 768 MiB for the CUDA process outside the allocator
+    assert "predicted peak 25,361 MiB" in err and "CUDA context" not in err
     # 40 GiB: the cache on the host alone fits (39.1 GiB), and costs less time than checkpointing.
     assert check_search(40 * 2**30, structure, config, **common, weight_bytes=2) == SearchFit(False, True)
     # 24GB (22.4 GiB) and 24GiB: only without the uniform references (the 8-bit one is the
@@ -345,8 +346,12 @@ def test_the_8b_search_fits_24gb_in_bf16_with_the_cache_on_the_host(monkeypatch,
             True, True, references=False
         )
         assert "the uniform reference plans left out (as --no-references)" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"--max-memory 19,550 MiB is below what qra search needs"):
-        check_search(int(20.5e9), structure, config, **common, weight_bytes=2)  # 20.5GB: 19.1 GiB
+    # 21.3GB (20,313 MiB): the smallest plan fits (19,889 MiB), no plan within 4.0 bits does;
+    # the CUDA process's own memory is a part of the peak, named.
+    with pytest.raises(
+        ValueError, match=r"--max-memory 20,313 MiB is below what qra search needs.*CUDA context"
+    ):
+        check_search(int(21.3e9), structure, config, **common, weight_bytes=2)
     with pytest.raises(ValueError, match=r"even the smallest plan .* load in bf16 \(--dtype bf16\)"):
         check_search(24 * 2**30, structure, config, **common, weight_bytes=4)  # fp32: 27.5 GiB of weights
     # Without the uniform references every plan scored is within 4.0 bits: the candidate is
@@ -408,3 +413,30 @@ def test_a_search_whose_references_alone_do_not_fit_runs_without_them(
     code, _, err = cli(*args, "-o", tmp_path / "lean", "--max-memory", "1GB")
     assert code == 0, err
     assert not json.loads((tmp_path / "lean" / "summary.json").read_text())["references"]
+
+
+def test_on_cuda_the_limit_counts_the_process_outside_the_allocator(
+    monkeypatch, capsys, tiny_model_dir
+) -> None:
+    """--max-memory is the whole process, as nvidia-smi counts it: on CUDA the predicted peak
+    includes the context and libraries (768 MiB; the fourth 8B run's fine-tune peaked 100 MiB
+    over a 24GB limit that capped only the allocator), and the allocator is capped that much lower."""
+    import torch
+
+    from qradaptor.recipes.max_memory import CUDA_PROCESS_BYTES, check_profile
+    from qradaptor.stage_memory import profile_peak
+
+    total, fractions = 2**40, []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": total}))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: fractions.append(f))
+    structure = load_structure(str(tiny_model_dir))[1]
+    settings = dict(samples=4, seq_len=64, batch_size=2, weight_bytes=2)
+    tensors = profile_peak(structure, **settings).total
+    check_profile(tensors + 2**20, structure, **settings, device="cpu")  # on CPU the tensors are all
+    with pytest.raises(ValueError, match=r"CUDA context and libraries 768 MiB"):
+        check_profile(tensors + 2**20, structure, **settings, device="cuda")
+    limit = tensors + CUDA_PROCESS_BYTES + 2**20
+    check_profile(limit, structure, **settings, device="cuda")
+    assert fractions == [(limit - CUDA_PROCESS_BYTES) / total]
+    assert f"predicted peak {mib(limit - 2**20)} within --max-memory {mib(limit)}" in capsys.readouterr().err

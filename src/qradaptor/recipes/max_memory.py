@@ -37,6 +37,21 @@ blocks that fit put the peak close to the limit by construction, and a cap also 
 allocator holds in reserve (fragmentation), which the prediction does not."""
 
 
+CUDA_PROCESS_BYTES = 768 * 2**20
+"""A CUDA process's memory outside PyTorch's allocator: the context, cuBLAS and the Triton
+modules. --max-memory counts it, as nvidia-smi counts a process: measured 686-758 MiB on an
+H100 with torch 2.11 (docs/SCALE.md, fourth 8B run, where the allocator alone was capped and the
+packed fine-tune's process peaked 100 MiB over a 24GB limit)."""
+
+
+def with_process(peak: StagePeak, device: str) -> StagePeak:
+    """``peak`` plus, on CUDA, the process's memory outside the allocator (``CUDA_PROCESS_BYTES``)."""
+    if not device.startswith("cuda"):
+        return peak
+    part = ("CUDA context and libraries", CUDA_PROCESS_BYTES)
+    return replace(peak, parts=(*peak.parts, part), fixed=peak.fixed + CUDA_PROCESS_BYTES)
+
+
 def parse(max_memory: str | None) -> int | None:
     """Bytes of ``--max-memory``, None when not given; a bad size fails before anything else.
 
@@ -47,14 +62,16 @@ def parse(max_memory: str | None) -> int | None:
 
 
 def enforce(verb: str, peak: StagePeak, limit: int, device: str, change: str) -> None:
-    """Refuses ``peak`` over ``limit`` (or a limit over the GPU), then caps the GPU and says so.
+    """Refuses ``peak`` (``with_process`` already) over ``limit`` (or a limit over the GPU), then
+    caps the GPU's allocator at the limit less the process's own memory, and says so.
 
     Raises:
         ValueError: see ``stage_memory.check_device_limit`` and ``check_limit``.
     """
     check_device_limit(limit, device)
     check_limit(peak, limit, change=change)
-    fraction = cap_device_(limit, device)
+    outside = CUDA_PROCESS_BYTES if device.startswith("cuda") else 0
+    fraction = cap_device_(limit - outside, device)
     capped = f"; {device} capped at {fraction:.3f} of its memory" if fraction is not None else ""
     print(
         f"qra {verb}: predicted peak {mib(peak.total)} within --max-memory {mib(limit)}" + capped,
@@ -79,7 +96,7 @@ def first_fit(
     """
     peaks: list[StagePeak] = []
     for fit in fits:
-        peaks.append(peak(fit))
+        peaks.append(with_process(peak(fit), device))
         if peaks[-1].total <= limit:
             break
     enforce(verb, peaks[-1], limit, device, change)  # the last one tried: refused if it is over too
@@ -103,7 +120,7 @@ def check_profile(
     change = "--samples, --seq-len or --batch-size" + (
         ", or load in bf16 (--dtype bf16)" if weight_bytes == 4 else ""
     )
-    enforce("profile", peak, limit, device, change)
+    enforce("profile", with_process(peak, device), limit, device, change)
 
 
 @dataclass(frozen=True)
@@ -194,7 +211,7 @@ def check_search(
     fits += [SearchFit(True, True)] if host else []
     if references:  # the same ladder again without them, after every fit with them
         fits += [replace(fit, references=False) for fit in fits]
-    smallest = peak(low, fits[-1])
+    smallest = with_process(peak(low, fits[-1]), device)
     if smallest.total > limit:
         bf16 = ", load in bf16 (--dtype bf16)" if weight_bytes == 4 else ""
         raise ValueError(
@@ -302,4 +319,4 @@ def check_eval(
     the_plan = Plan.uniform(structure.num_blocks, UNQUANTIZED, 0) if plan is None else plan
     report = plan_memory(structure, the_plan, weight_bytes=weight_bytes)
     peak = eval_peak(structure, report, batch_size=batch_size, seq_len=seq_len, weight_bytes=weight_bytes)
-    enforce("eval", peak, limit, device, "--batch-size or --seq-len")
+    enforce("eval", with_process(peak, device), limit, device, "--batch-size or --seq-len")
