@@ -343,8 +343,9 @@ def check_limit(peak: StagePeak, limit: int, *, change: str) -> None:
     head = f"--max-memory {mib(limit)} is below what qra {peak.stage} needs: predicted peak {peak.describe()}"
     if peak.fixed > limit:
         raise ValueError(
-            f"{head}; the weights, copies and codes alone need {mib(peak.fixed)}, so no "
-            f"batch or sequence length fits: give a larger limit or a smaller model or plan"
+            f"{head}; the weights, copies and codes (on CUDA with the process itself) alone need "
+            f"{mib(peak.fixed)}, so no batch or sequence length fits: give a larger limit or a "
+            "smaller model or plan"
         )
     raise ValueError(f"{head}; lower {change}")
 
