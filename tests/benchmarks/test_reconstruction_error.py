@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "reconstruction_error.py"
 
 
 @pytest.mark.parametrize(
@@ -21,14 +13,12 @@ SCRIPT = ROOT / "benchmarks" / "reconstruction_error.py"
         ("foo-dq", "4", "is not one of"),
     ],
 )
-def test_a_bad_method_is_refused_before_the_model_loads(methods: str, bits: str, says: str) -> None:
+def test_a_bad_method_is_refused_before_the_model_loads(
+    methods: str, bits: str, says: str, run_benchmark
+) -> None:
     # The model path does not exist: a refusal that names the method came before loading it.
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--methods", methods, "--bits", bits, "--model", "/nonexistent/model"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    run = run_benchmark(
+        "reconstruction_error.py", "--methods", methods, "--bits", bits, "--model", "/nonexistent/model"
     )
     assert run.returncode != 0 and says in run.stderr, run.stderr[-2000:]
     assert "nonexistent" not in run.stderr

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "selection_loss.py"
 
 
 @pytest.mark.parametrize(
@@ -21,13 +13,7 @@ SCRIPT = ROOT / "benchmarks" / "selection_loss.py"
         (["a=/nonexistent/plan.json"], "does not exist"),
     ],
 )
-def test_bad_arguments_are_refused_before_the_model_loads(args: list[str], says: str) -> None:
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
+def test_bad_arguments_are_refused_before_the_model_loads(args: list[str], says: str, run_benchmark) -> None:
+    run = run_benchmark("selection_loss.py", *args, timeout=60)
     assert run.returncode != 0 and says in run.stderr, run.stderr[-2000:]
     assert "Loading weights" not in run.stderr

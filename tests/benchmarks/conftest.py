@@ -1,0 +1,31 @@
+"""``run_benchmark``: a script of benchmarks/ run as a user would, for the tests of what it refuses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/SCRIPT ARGS`` from benchmarks/ (the scripts import their neighbours),
+    with this checkout's src first on the path; stdout and stderr captured."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT / "benchmarks",
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+
+
+@pytest.fixture
+def run_benchmark() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return _run
