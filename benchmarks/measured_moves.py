@@ -10,7 +10,7 @@ repeats from there while the measured loss falls. Both plans are then scored on 
 ``allocation_quantised.py`` scores plans.
 
     python benchmarks/measured_moves.py --budget 4.0 \
-        --sensitivity docs/results/archive/dq-clamped-step/profiles/profile-a37a7798/sensitivity.json
+        --sensitivity docs/results/paper/profiles/profile-a37a7798/sensitivity.json
 
 Bits {2,3,4,5,6,8}, 8-bit scales and zeros, group 64, rank 16 (the ``qra-dq`` space); selection
 on ``embedded:wiki-selection`` (``--windows`` x 4 windows of 512 tokens, the full preset's 16).
@@ -26,16 +26,14 @@ import time
 import numpy as np
 import torch
 from allocation_quantised import quantised_ppl
+from selection_loss import BATCH, selection_evaluator
 
 from qradaptor.cli.common import read_sensitivity
-from qradaptor.data import pack_texts
-from qradaptor.data.search_texts import search_texts
 from qradaptor.models.loading import load_model
 from qradaptor.models.structure import inspect_model
 from qradaptor.quant.cache import QuantCache
 from qradaptor.search.budget import Budget, violation
 from qradaptor.search.knapsack import knapsack_genome, solve_mckp, unit_values
-from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 from qradaptor.search.space import MemoryTable, SearchSpace
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -93,12 +91,8 @@ def main() -> None:
     plan_kwargs = {"double_quant": True, "model_signature": structure.signature}
     table = MemoryTable.build(structure, space, **plan_kwargs)
     budget = Budget("avg_bits", args.budget)
-    texts = search_texts("embedded:wiki-calibration", "embedded:wiki-selection")
-    train_ids = pack_texts(texts.calibration, loaded.tokenizer, 512, seed=0)[:4]  # 0 steps: unused
-    eval_ids = pack_texts(texts.selection, loaded.tokenizer, 512, num_sequences=args.windows * 4)
-    cache = QuantCache()
-    proxy = ProxyConfig(steps=0, batch_size=4, eval_batches=args.windows, warmup=0)
-    evaluator = ProxyEvaluator(loaded.model, train_ids, eval_ids, proxy, cache=cache)
+    cache = QuantCache()  # shared with the test-text scores below
+    evaluator = selection_evaluator(loaded, args.windows * BATCH, cache)
 
     def score(genome: np.ndarray) -> float:
         return evaluator(space.to_plan(genome, **plan_kwargs)).loss

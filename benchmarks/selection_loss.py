@@ -20,12 +20,24 @@ import torch
 from qradaptor.cli.common import read_plan
 from qradaptor.data import pack_texts
 from qradaptor.data.search_texts import search_texts
-from qradaptor.models.loading import load_model
+from qradaptor.models.loading import LoadedModel, load_model
 from qradaptor.quant.cache import QuantCache
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 
 BATCH = 4
 """Windows a forward pass (the search's proxy batch)."""
+
+
+def selection_evaluator(loaded: LoadedModel, windows: int, cache: QuantCache) -> ProxyEvaluator:
+    """The search's rung-0 scorer on ``windows`` (a multiple of ``BATCH``) windows of 512 tokens
+    of the selection text: ``ProxyEvaluator`` with 0 steps, fits kept in ``cache``."""
+    texts = search_texts("embedded:wiki-calibration", "embedded:wiki-selection")
+    train_ids = pack_texts(texts.calibration, loaded.tokenizer, 512, seed=0)[:BATCH]  # 0 steps: unused
+    eval_ids = pack_texts(texts.selection, loaded.tokenizer, 512, num_sequences=windows)
+    if len(eval_ids) < windows:
+        raise SystemExit(f"--windows {windows}: the selection text has {len(eval_ids)} windows of 512")
+    proxy = ProxyConfig(steps=0, batch_size=BATCH, eval_batches=windows // BATCH, warmup=0)
+    return ProxyEvaluator(loaded.model, train_ids, eval_ids, proxy, cache=cache)
 
 
 def main() -> None:
@@ -48,13 +60,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     loaded = load_model(None, device="cpu", dtype=torch.float32)
-    texts = search_texts("embedded:wiki-calibration", "embedded:wiki-selection")
-    train_ids = pack_texts(texts.calibration, loaded.tokenizer, 512, seed=0)[:BATCH]  # 0 steps: unused
-    eval_ids = pack_texts(texts.selection, loaded.tokenizer, 512, num_sequences=args.windows)
-    if len(eval_ids) < args.windows:
-        raise SystemExit(f"--windows {args.windows}: the selection text has {len(eval_ids)} windows of 512")
-    proxy = ProxyConfig(steps=0, batch_size=BATCH, eval_batches=args.windows // BATCH, warmup=0)
-    evaluator = ProxyEvaluator(loaded.model, train_ids, eval_ids, proxy, cache=QuantCache())
+    evaluator = selection_evaluator(loaded, args.windows, QuantCache())
     rows = [(name, plan, evaluator(plan).loss) for name, plan in named]
     print(
         f"\n{platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
