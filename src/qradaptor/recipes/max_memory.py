@@ -44,12 +44,18 @@ H100 with torch 2.11 (docs/SCALE.md, fourth 8B run, where the allocator alone wa
 packed fine-tune's process peaked 100 MiB over a 24GB limit)."""
 
 
+def _outside_allocator(device: str) -> int:
+    """Bytes of this process on ``device`` that PyTorch's allocator does not hold: 0 off CUDA."""
+    return CUDA_PROCESS_BYTES if device.startswith("cuda") else 0
+
+
 def with_process(peak: StagePeak, device: str) -> StagePeak:
     """``peak`` plus, on CUDA, the process's memory outside the allocator (``CUDA_PROCESS_BYTES``)."""
-    if not device.startswith("cuda"):
+    outside = _outside_allocator(device)
+    if not outside:
         return peak
-    part = ("CUDA context and libraries", CUDA_PROCESS_BYTES)
-    return replace(peak, parts=(*peak.parts, part), fixed=peak.fixed + CUDA_PROCESS_BYTES)
+    part = ("CUDA context and libraries", outside)
+    return replace(peak, parts=(*peak.parts, part), fixed=peak.fixed + outside)
 
 
 def parse(max_memory: str | None) -> int | None:
@@ -70,8 +76,7 @@ def enforce(verb: str, peak: StagePeak, limit: int, device: str, change: str) ->
     """
     check_device_limit(limit, device)
     check_limit(peak, limit, change=change)
-    outside = CUDA_PROCESS_BYTES if device.startswith("cuda") else 0
-    fraction = cap_device_(limit - outside, device)
+    fraction = cap_device_(limit - _outside_allocator(device), device)
     capped = f"; {device} capped at {fraction:.3f} of its memory" if fraction is not None else ""
     print(
         f"qra {verb}: predicted peak {mib(peak.total)} within --max-memory {mib(limit)}" + capped,
