@@ -19,7 +19,6 @@ batches=(
     "qra-module@4.0bits,knapsack-module-dq@4.0bits,knapsack-module@4.5bits,knapsack-module-dq@4.5bits,knapsack-module@120MB"
     # the bits {2,3,4,8} labels at 4.25 and 5.0 bits, and 4.25 bits double-quantised
     "knapsack@4.25bits,qra@4.25bits,knapsack@5.0bits,qra@5.0bits,knapsack-dq@4.25bits,qra-dq-screen@4.25bits"
-
 )
 for only in "${batches[@]}"; do
     echo "=== $(date -u +%H:%M:%S) batch $only (jobs $jobs)"
