@@ -120,6 +120,16 @@ class SensitivityTable:
         """The paper's S_l (Eq. 6): KL per row (block or module) at the lowest candidate bit-width."""
         return self.column(min(self.bits))
 
+    def block_profile(self) -> tuple[float, ...]:
+        """S_l at the lowest bit-width per block; per module, the sum of the block's modules'
+        (the additive approximation the knapsack's objective makes), so a module profile lines
+        up with a plan's blocks."""
+        column = self.min_bits_profile()
+        if not self.modules:
+            return column
+        n = len(self.modules)
+        return tuple(sum(column[b * n : (b + 1) * n]) for b in range(self.num_blocks))
+
     def normalised(self, bits: int | None = None) -> tuple[float, ...]:
         """S_l / sum_l S_l at ``bits`` (default: the lowest), for reports (the search's initial
         population uses a min-max normalisation instead, ``search.initial.normalise``).

@@ -24,6 +24,7 @@ from qradaptor.experiment.report import collect, summarise, to_json, to_markdown
 from qradaptor.plan import Plan
 from qradaptor.search import report as search_report
 from qradaptor.search.records import TrialRecord, records_to_csv
+from qradaptor.sensitivity_table import SensitivityTable
 
 MIB = 2**20
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -277,6 +278,27 @@ def test_json_round_trips_rows_and_cells(experiment: Path) -> None:
     assert len(data["cells"]) == 8 and data["cells"][0]["commands"][1] == "qra eval --run train -o eval.json"
     assert data["cells"][0]["avg_acc"] == pytest.approx(3.7 / 7)
     assert data["cells"][-1]["search"]["best_so_far"] == [2.6, 2.5]
+
+
+def test_a_module_profile_is_read_per_block_and_plotted(experiment: Path) -> None:
+    """A per-module search's sensitivity.json has a row per (block, module); the report sums each
+    block's rows so the profile lines up with the plan's blocks (the sixth GPU run's report
+    stopped on "sensitivity has 210 blocks, its plan 30")."""
+    pytest.importorskip("matplotlib")
+    table = SensitivityTable(
+        bits=(2, 4),
+        kl=((0.2, 0.02), (0.1, 0.01), (0.1, 0.0), (0.1, 0.0), (0.05, 0.0), (0.05, 0.0)),
+        tokens=32,
+        group_size=32,
+        quant_method="hqq",
+        granularity="module",
+        modules=("self_attn.q_proj", "mlp.down_proj"),
+    )
+    (experiment.parent / "searches" / "A" / "sensitivity.json").write_text(json.dumps(table.to_dict()))
+    cells = collect(experiment, ["qra@3.5bits"])
+    assert cells[0].search is not None and cells[0].search.sensitivity == pytest.approx((0.3, 0.2, 0.1))
+    paths = write_report(experiment, summarise(cells), cells)
+    assert "sensitivity_bits.png" in [p.name for p in paths]
 
 
 def test_write_report_writes_tables_and_plots(experiment: Path) -> None:

@@ -34,6 +34,7 @@ from qradaptor.runfolder.search_run import (
 )
 from qradaptor.runfolder.train_run import RUN_TRAIN, TrainRecord
 from qradaptor.search.records import SEARCH_PHASES, best_so_far, records_from_csv
+from qradaptor.sensitivity_table import SensitivityTable
 
 ACC_KEYS = tuple(f"{task}/acc" for task in ZERO_SHOT)
 NORM_KEYS = tuple(f"{task}/acc_norm" for task in ZERO_SHOT)
@@ -73,7 +74,8 @@ class SearchInfo:
     block_ranks: tuple[float, ...]
     """plan.json LoRA rank per block (mean over its modules at module granularity)."""
     sensitivity: tuple[float, ...] | None
-    """sensitivity.json KL per block at its lowest bit-width (Eq. 6); None without the file."""
+    """sensitivity.json KL per block at its lowest bit-width (Eq. 6), a module profile's summed per
+    block; None without the file."""
     best_so_far: tuple[float, ...]
     """Running minimum of the proxy loss over the search evaluations (trials.csv; Fig. 4)."""
     data_roles: tuple[tuple[str, str], ...] = ()
@@ -204,15 +206,10 @@ def _per_block(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def _lowest_bits_kl(path: Path) -> tuple[float, ...] | None:
     if not path.is_file():  # a search run with --no-profile has none
         return None
-    data = read_json(path)
-    bits, kl = need(data, "bits", path), need(data, "kl", path)
     try:
-        column = bits.index(min(bits))
-        return tuple(float(row[column]) for row in kl)
-    except (AttributeError, IndexError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"{path}: 'bits' and 'kl' must be a list and rows of one KL per bit-width ({err!r})"
-        ) from None
+        return SensitivityTable.from_dict(read_json(path)).block_profile()
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a sensitivity file qra profile writes ({err!r})") from None
 
 
 def _best_so_far(path: Path) -> tuple[float, ...]:
