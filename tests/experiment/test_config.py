@@ -104,6 +104,13 @@ def test_a_method_trains_then_evaluates_its_run(tiny, tmp_path: Path) -> None:
     ]
 
 
+def test_a_hand_made_plan_takes_qra_plan_options(tmp_path: Path) -> None:
+    """A uniform plan with 8-bit scales and zeros (the uniform plan that fits a byte budget)."""
+    text = BASE + "methods:\n  - {label: u, plan: {bits: 4, ranks: 4, double_quant: true, group_size: 32}}\n"
+    plan = load(write(tmp_path, text), tmp_path / "out").cells[0].steps[0]
+    assert plan.argv[:8] == ("--bits", "4", "--ranks", "4", "--double-quant", "--group-size", "32", "-o")
+
+
 def test_a_hand_made_plan_is_a_plan_step_in_the_cell(tiny, tmp_path: Path) -> None:
     folder = tmp_path / "out" / "tiny" / "C" / "seed1"
     plan, train, evaluate = tiny.cells[2].steps
@@ -470,8 +477,8 @@ ONE = "methods:\n  - {label: a, method: lora16}\n"
             r"methods\[0\]\.plan must be uniform:BITS:RANK, a plan file, or \{bits: \.\.\., ranks: \.\.\.\}",
         ),
         (
-            BASE + "methods:\n  - {label: a, plan: {bits: 4, ranks: 8, alpha: 2}}\n",
-            r"methods\[0\]\.plan must be uniform:BITS:RANK",
+            BASE + "methods:\n  - {label: a, plan: {bits: 4, ranks: 8, uniform: '4:8'}}\n",
+            r"methods\[0\]\.plan: uniform is set by qra experiment for every cell",
         ),
         (
             BASE + "methods:\n  - {label: a}\n",

@@ -156,19 +156,26 @@ def method_cells(
 
 
 def _plan_spec(plan: Any, where: str) -> list[str] | str:
-    """qra plan arguments for a hand-made plan, or the --plan value (file or uniform:B:R) as is."""
+    """qra plan arguments for a hand-made plan, or the --plan value (file or uniform:B:R) as is.
+
+    A hand-made plan is ``{bits: ..., ranks: ...}`` plus any other ``qra plan`` option (e.g.
+    ``double_quant: true``, so a uniform plan with 8-bit scales and zeros can sit at a budget).
+    """
     if isinstance(plan, str):
         return plan
-    if not isinstance(plan, dict) or set(plan) - {"bits", "ranks"} or not {"bits", "ranks"} <= set(plan):
+    if not isinstance(plan, dict) or not {"bits", "ranks"} <= set(plan):
         raise ValueError(
             f"{where} must be uniform:BITS:RANK, a plan file, or {{bits: ..., ranks: ...}} "
-            f"(each a number, a list or like 4x15,2x15), got {plan!r}"
+            f"(each a number, a list or like 4x15,2x15, with other qra plan options beside them), "
+            f"got {plan!r}"
         )
+    options = {k: v for k, v in plan.items() if k not in ("bits", "ranks")}
     return [
         "--bits",
         expand_per_block(plan["bits"], f"{where}.bits"),
         "--ranks",
         expand_per_block(plan["ranks"], f"{where}.ranks"),
+        *options_argv(options, "plan", where),
     ]
 
 
