@@ -10,15 +10,14 @@ for _ in $(seq 60); do [ -f /root/scale.trained ] && break; sleep 10; done
 mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 jobs=$(( mib > 100000 ? 5 : 4 ))   # H200: five steps at once; H100: four (the runner backs off on out-of-memory)
 batches=(
-    # the double-quantised cells at 4.0 bits and 120 MB with the fixed metadata quantiser (4.5 and
-    # 5.0 bits ran in the fifth run), beside 120 MB's full search (a byte budget: ranks cost
-    # memory, so the proxy rungs stay the default there)
-    "knapsack-dq@120MB,qra-dq@120MB,qra-dq-screen@120MB,knapsack-dq@4.0bits,qra-dq-screen@4.0bits"
-    # the per-module search (two seeds reuse knapsack-module's cells); bits per linear with 8-bit
-    # scales and zeros, the richer space's two gains at once
-    "qra-module@4.0bits,knapsack-module-dq@4.0bits,knapsack-module@4.5bits,knapsack-module-dq@4.5bits,knapsack-module@120MB"
+    # 120 MB's cheapest alternatives: the uniform plans that fit it and the knapsack at the rank
+    # the search chose there (its bits were that knapsack's; the sixth run), then what batch 2
+    # of the sixth run left: bits per linear with 8-bit scales and zeros
+    "uniform-4-dq-r4,uniform-3-dq,knapsack-dq-r4@120MB,knapsack-module-dq@4.0bits,knapsack-module-dq@4.5bits"
     # the bits {2,3,4,8} labels at 4.25 and 5.0 bits, and 4.25 bits double-quantised
     "knapsack@4.25bits,qra@4.25bits,knapsack@5.0bits,qra@5.0bits,knapsack-dq@4.25bits,qra-dq-screen@4.25bits"
+    # the per-module search at 4.5 bits and 120 MB (a byte budget: the proxy rungs price ranks)
+    "qra-module@4.5bits,qra-module@120MB,knapsack-module-dq@120MB"
 )
 for only in "${batches[@]}"; do
     echo "=== $(date -u +%H:%M:%S) batch $only (jobs $jobs)"
