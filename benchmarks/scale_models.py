@@ -248,6 +248,8 @@ def cap_refusal_stage(stage: Stage, limit: str) -> Stage:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     """One row per stage."""
+    # host MiB: the polled tree's RSS peak (ru_maxrss carries this process's own peak, see
+    # scale_measure), ru_maxrss where nothing was polled.
     head = "| model | stage | exit | wall s | GPU MiB (pid / device / torch) | host MiB | tok/s | note |"
     rows = [head, "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
@@ -259,7 +261,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
         note = (r.get("last_error") or r.get("message") or "").replace("|", "/")[:160]
         rows.append(
             f"| {r['model']} | {r['stage']} | {r['exit_code']} | {r.get('wall_s', '')} | {gpu} "
-            f"| {r.get('host_maxrss_mib')} | {r.get('steady_tokens_per_s') or ''} | {note} |"
+            f"| {r.get('host_tree_rss_peak_mib') or r.get('host_maxrss_mib')} "
+            f"| {r.get('steady_tokens_per_s') or ''} | {note} |"
         )
     return "\n".join(rows)
 
