@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# Issue 16's last rows (docs/SCALE.md, fourth run: the 8B is measured): the 1B shape and the
-# embedded SmolLM2 through every stage under --max-memory 24GB, the search at its default
-# settings, beside driver.sh's fine-tunes (time and memory; tokens/s here are shared-GPU
-# figures). First (SCALE_8B=0 skips it) the 8B fine-tunes are timed alone, as in the fourth run,
-# since --max-memory now counts the CUDA process's own 768 MiB and they checkpoint 11 and 26
-# blocks where that run measured 9 and 25 (driver.sh waits for them).
+# Issue 16's runs (docs/SCALE.md; all measured by the fifth run, so by default this does nothing
+# and driver.sh starts at once). SCALE_8B=1: the 8B fine-tunes timed alone on the GPU (driver.sh
+# waits for them). SCALE_STAGES=1: the 1B shape and the embedded SmolLM2 through every stage
+# under --max-memory 24GB, the search at its default settings, beside driver.sh's fine-tunes
+# (time and memory; tokens/s there are shared-GPU figures).
 source "$(dirname "$0")/env.sh"
 cd /root/repo
-if [ "${SCALE_8B:-1}" = 1 ]; then
+if [ "${SCALE_8B:-0}" = 1 ]; then
     python3 benchmarks/scale_models.py --work /root/scale --shapes 8b --no-smollm2 --max-memory 24GB \
         --stages train --train-methods packed4,lora16 --stage-timeout 400 --out /root/scale/train.json
 fi
 # driver.sh starts now: device time is short, so what follows shares the GPU with its steps.
 touch /root/scale.trained
-python3 benchmarks/scale_models.py --work /root/scale --shapes 1b --max-memory 24GB \
-    --stages profile,search,train,eval --train-methods packed4,lora16 --search-preset default \
-    --stage-timeout 600 --out /root/scale/scale.json
+if [ "${SCALE_STAGES:-0}" = 1 ]; then
+    python3 benchmarks/scale_models.py --work /root/scale --shapes 1b --max-memory 24GB \
+        --stages profile,search,train,eval --train-methods packed4,lora16 --search-preset default \
+        --stage-timeout 600 --out /root/scale/scale.json
+fi
 # qra eval's dequantise-once against dequantising in every forward, SmolLM2 (measured alone in
 # the fourth run, docs/EVAL.md: EVAL_ONCE=1 measures it again).
 if [ "${EVAL_ONCE:-0}" = 1 ]; then
