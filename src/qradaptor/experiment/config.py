@@ -26,6 +26,8 @@ The file::
         method: lora16
       - label: C
         plan: {bits: 4x15,2x15, ranks: 8x15,16x15}
+      - label: U4dq                  # other qra plan options beside bits and ranks
+        plan: {bits: 4, ranks: 4, double_quant: true}
       - label: knapsack
         plan: knapsack               # qra plan --baseline knapsack at each budget
         budgets: [4.0bits]
