@@ -178,6 +178,21 @@ def test_strategies_agree_with_the_library() -> None:
     assert STRATEGIES == LIBRARY
 
 
+def test_forward_only_under_a_byte_budget_says_what_the_fixed_rank_costs(
+    cli, tiny_model_dir, words, tmp_path
+) -> None:
+    """Under a byte budget the rank --steps 0 fixes also sets the bytes left for bits."""
+    settings = ["--strategy", "halving", "--candidates", 3, "--steps", 0, "--bayes-iterations", 0]
+    code, _, err = search(cli, tiny_model_dir, words, tmp_path / "run", *settings, "--budget", "200KiB")
+    assert code == 0, err
+    assert (
+        "every block gets rank 8 (the largest --ranks choice; --fixed-rank R for another). Under a byte"
+        in err
+    )
+    assert "leave out --steps 0 to let them choose it" in err
+    assert all(set(t["ranks"]) == {8} for t in trials_of(tmp_path / "run"))
+
+
 def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path) -> None:
     code, _, err = search(
         cli,

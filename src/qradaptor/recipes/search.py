@@ -173,7 +173,7 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
     o = replace(o, group_size=group_size, quant_method=quant_method)  # type: ignore[arg-type]
     rank_choices = parse_choices(o.ranks, "--ranks", check_rank)
     if o.steps == 0:
-        o = _forward_only_ranks(o, rank_choices)
+        o = _forward_only_ranks(o, rank_choices, the_budget)
     if o.granularity not in GRANULARITIES:
         raise ValueError(f"--granularity must be one of {GRANULARITIES}, got {o.granularity!r}")
     assert o.seq_len is not None and o.steps is not None and o.batch_size is not None  # sized
@@ -283,11 +283,12 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
     return request, structure, table
 
 
-def _forward_only_ranks(o: SearchOptions, ranks: tuple[int, ...]) -> SearchOptions:
+def _forward_only_ranks(o: SearchOptions, ranks: tuple[int, ...], budget: Budget) -> SearchOptions:
     """``o`` with one rank for every block under --steps 0, which scores plans forward only:
     every adapter starts at zero (LoRA's B), so all ranks score alike and a search among them
     would choose by bytes alone (a CPU run at 4.5 bits chose a Bayes pick that only halved one
-    block's rank). The rank is --fixed-rank, else the largest --ranks choice, and said."""
+    block's rank). The rank is --fixed-rank, else the largest --ranks choice, and said; under a
+    byte budget, where the rank sets the bytes left for bits, with what that cost when measured."""
     if o.fixed_bits is not None:
         raise ValueError(
             f"--steps 0 with --fixed-bits {o.fixed_bits} leaves nothing to score: plans are scored "
@@ -297,10 +298,18 @@ def _forward_only_ranks(o: SearchOptions, ranks: tuple[int, ...]) -> SearchOptio
     if o.fixed_rank is not None:
         return o
     rank = max(ranks)
+    bytes_note = (
+        " Under a byte budget the rank also sets the bytes left for bits, which no forward pass "
+        "can weigh: at 120 MB on SmolLM2 the largest rank fine-tuned to 3.5x the perplexity of "
+        "the rank proxy fine-tunes chose (docs/ALLOCATION.md); leave out --steps 0 to let them "
+        "choose it."
+        if budget.kind == "bytes"
+        else ""
+    )
     print(
         "qra search: --steps 0 scores plans forward only, where every adapter starts at zero, so "
         f"ranks cannot be told apart: every block gets rank {rank} (the largest --ranks choice; "
-        "--fixed-rank R for another)",
+        f"--fixed-rank R for another).{bytes_note}",
         file=sys.stderr,
     )
     return replace(o, fixed_rank=rank)
