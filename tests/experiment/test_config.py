@@ -631,8 +631,9 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
     assert {s: k for s, k in _keys(allocation, "qra-paper@120MB").items() if s < 2} == _keys(
         ablations, "joint@120MB"
     )
-    # + qra-dq, qra-module, qra-dq-screen (forward only, over qra-dq's profile)
-    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 3 - 2 + 3 + 15 + 15 + 15
+    # + qra-dq, qra-module, qra-dq-screen (forward only, over qra-dq's profile) at 5 budgets, and
+    # qra-dq-ranks (three candidates, one rung) at 120MB
+    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 3 - 2 + 3 + 15 + 15 + 15 + 3
     profiles = [job.name for job in jobs if job.name.startswith("profiles/")]
     # main, ablations, pilot and allocation share one KL table; allocation's knapsack-dq and qra-dq
     # share their own (bits 2-8, 8-bit scales and zeros), knapsack-module has a per-module one,
