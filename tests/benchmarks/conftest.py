@@ -1,12 +1,15 @@
-"""``run_benchmark``: a script of benchmarks/ run as a user would, for the tests of what it refuses."""
+"""``run_benchmark``: a script of benchmarks/ run as a user would, for the tests of what it refuses;
+``load_benchmark``: a script imported as a module, for the tests of its functions."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -24,6 +27,14 @@ def _run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedPro
         cwd=ROOT / "benchmarks",
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/NAME.py imported as the module NAME (without running its main)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ and bad arguments refused before the model loads."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,14 +11,11 @@ import pytest
 from qradaptor.plan import Plan
 from qradaptor.sensitivity_table import SensitivityTable
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fidelity_cells.py"
+from .conftest import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("fidelity_cells", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("fidelity_cells")
 
 
 def _table(**kwargs) -> SensitivityTable:

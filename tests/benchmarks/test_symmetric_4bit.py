@@ -3,23 +3,17 @@ fit stays in Q4_0's layout and is no worse than the reference in squared error."
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-gguf = pytest.importorskip("gguf")
+from .conftest import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "symmetric_4bit.py"
+gguf = pytest.importorskip("gguf")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("symmetric_4bit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("symmetric_4bit")
 
 
 def _weight() -> torch.Tensor:
