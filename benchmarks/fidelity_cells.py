@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from qradaptor.correlation import kendall_tau
+from qradaptor.experiment.cells import collect
 from qradaptor.plan import Plan
 from qradaptor.sensitivity_table import SensitivityTable
 
@@ -40,31 +41,26 @@ NF4_METHODS = ("qlora-nf4", "qlora-nf4-nodq")
 
 
 def done_plans(experiment: Path) -> dict[str, dict]:
-    """Distinct trained plans of the done cells: hash -> plan, labels, budget, mean perplexities."""
+    """Distinct trained plans of the done cells: hash -> plan, labels, budget, perplexities."""
     found: dict[str, dict] = {}
-    for cell_json in sorted(experiment.glob("*/seed*/cell.json")):
-        cell = json.loads(cell_json.read_text())
-        folder = cell_json.parent
-        plan_json, train_json = folder / "train" / "plan.json", folder / "train" / "train.json"
-        if cell.get("state") != "done" or not plan_json.is_file() or cell.get("method") in NF4_METHODS:
-            continue  # a reused cell has no train/ of its own: its twin is counted
+    if not any(experiment.glob("*/seed*/cell.json")):
+        return found  # collect refuses a folder without cells; main says none is done
+    try:
+        cells = collect(experiment)
+    except ValueError as err:  # a cell's file not in its format, named
+        raise SystemExit(str(err)) from None
+    for cell in cells:
+        plan_json = experiment / cell.folder / "train" / "plan.json"
+        if not cell.done or not plan_json.is_file() or cell.method in NF4_METHODS:
+            continue  # a reused cell has no plan of its own: its twin is counted
         plan = Plan.from_json(plan_json.read_text())
-        results = json.loads((folder / "eval.json").read_text())["results"]
-        metric = {f"{r['task']}/{r['metric']}": r["value"] for r in results}
-        avg_bits = json.loads(train_json.read_text())["memory"]["avg_bits"]
+        budget = cell.budget or f"{cell.avg_bits:g}bits"  # a method's uniform plan by its stored bits
         entry = found.setdefault(
-            plan.plan_hash,
-            {
-                "plan": plan,
-                "labels": set(),
-                "budget": cell.get("budget") or f"{avg_bits:g}bits",
-                "wiki": [],
-                "lambada": [],
-            },
+            plan.plan_hash, {"plan": plan, "labels": set(), "budget": budget, "wiki": [], "lambada": []}
         )
-        entry["labels"].add(cell["label"])
-        entry["wiki"].append(metric["ppl_wiki/ppl"])
-        entry["lambada"].append(metric["ppl_lambada/ppl"])
+        entry["labels"].add(cell.label)
+        entry["wiki"].append(cell.metrics["ppl_wiki/ppl"])
+        entry["lambada"].append(cell.metrics["ppl_lambada/ppl"])
     return found
 
 

@@ -4,6 +4,7 @@ and bad arguments refused before the model loads."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,31 +34,20 @@ def test_the_summed_kl_is_read_from_the_profile_of_the_plans_own_quantiser() -> 
     assert summed_kl(dq, [_table()]) is None  # no profile of its quantiser
 
 
-def _cell(root: Path, label: str, seed: int, plan: Plan, wiki: float) -> None:
-    folder = root / label / f"seed{seed}"
-    (folder / "train").mkdir(parents=True)
-    (folder / "cell.json").write_text(json.dumps({"label": label, "state": "done", "method": "lora"}))
-    (folder / "train" / "plan.json").write_text(plan.to_json())
-    (folder / "train" / "train.json").write_text(json.dumps({"memory": {"avg_bits": 4.5}}))
-    results = [
-        {"task": "ppl_wiki", "metric": "ppl", "value": wiki},
-        {"task": "ppl_lambada", "metric": "ppl", "value": 2 * wiki},
-    ]
-    (folder / "eval.json").write_text(json.dumps({"results": results}))
+CELLS = Path(__file__).resolve().parents[2] / "docs" / "results" / "paper" / "allocation"
 
 
 def test_done_cells_of_one_plan_are_one_row(tmp_path: Path) -> None:
-    plan = Plan.from_lists([4, 4, 4], [16, 16, 16])
-    _cell(tmp_path, "qlora-4", 0, plan, 30.0)
-    _cell(tmp_path, "qlora-4", 1, plan, 32.0)
-    _cell(tmp_path, "qra@4.5bits", 0, plan, 31.0)
-    _cell(tmp_path, "other", 0, Plan.from_lists([4, 3, 4], [16, 16, 16]), 40.0)
+    """Real cells of the allocation run: two seeds of one uniform plan are one row; NF4's cell is
+    not our quantiser's and is left out."""
+    for cell in ("qlora-4/seed0", "qlora-4/seed1", "knapsack-dq@4.5bits/seed0", "qlora-nf4/seed0"):
+        shutil.copytree(CELLS / cell, tmp_path / cell)
     found = _module().done_plans(tmp_path)
-    row = found[plan.plan_hash]
-    assert (
-        len(found) == 2 and row["labels"] == {"qlora-4", "qra@4.5bits"} and row["wiki"] == [30.0, 32.0, 31.0]
-    )
-    assert row["budget"] == "4.5bits"  # a method's plan by its stored bits
+    uniform = Plan.from_json((CELLS / "qlora-4/seed0/train/plan.json").read_text()).plan_hash
+    assert len(found) == 2 and found[uniform]["labels"] == {"qlora-4"}
+    assert found[uniform]["budget"] == "4.5bits"  # a method's plan by its stored bits
+    wiki = [json.loads((CELLS / f"qlora-4/seed{s}/eval.json").read_text())["results"][0] for s in (0, 1)]
+    assert found[uniform]["wiki"] == [w["value"] for w in wiki] and {w["task"] for w in wiki} == {"ppl_wiki"}
 
 
 @pytest.mark.parametrize(
