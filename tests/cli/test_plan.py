@@ -166,6 +166,36 @@ def test_knapsack_profiles_first_without_a_file(cli, tiny_model_dir, tmp_path) -
     assert "profiled 1 bit-widths" in err and Plan.from_json(out).block_bits() == [16, 16, 16]
 
 
+def test_knapsack_rank_benefit_chooses_ranks(cli, tiny_model_dir, tiny_profile, structure) -> None:
+    import json
+
+    from qradaptor.search.budget import parse_budget
+    from qradaptor.search.knapsack import knapsack_plan
+    from qradaptor.sensitivity_table import SensitivityTable
+
+    argv = ["--baseline", "knapsack", "--budget", "300KB", "--sensitivity", tiny_profile, "--rank-benefit"]
+    table = SensitivityTable.from_dict(json.loads(tiny_profile.read_text()))
+    for benefit in ("4:0,16:0", "4:0,16:5"):
+        code, out, err = cli("plan", tiny_model_dir, *argv, benefit, *KNAPSACK_QUANT)
+        assert code == 0, err
+        plan = Plan.from_json(out)
+        expected = knapsack_plan(
+            structure,
+            table,
+            parse_budget("300KB"),
+            rank_benefit={4: 0.0, 16: float(benefit[-1])},
+            group_size=32,
+            quant_method="rtn",
+            alpha=16.0,
+        )
+        assert plan == expected.for_model(structure) and plan.name == "knapsack-0.3MB-ranks"
+    # Rank worth nothing: the smallest rank and more bits; worth 5 nats: the largest.
+    assert set(
+        Plan.from_json(cli("plan", tiny_model_dir, *argv, "4:0,16:0", *KNAPSACK_QUANT)[1]).block_ranks()
+    ) == {4}
+    assert set(plan.block_ranks()) == {16}
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -174,6 +204,12 @@ def test_knapsack_profiles_first_without_a_file(cli, tiny_model_dir, tmp_path) -
         (["--baseline", "knapsack", "--budget", "4GBs"], r"budget unit .gbs. is unknown"),
         (["--baseline", "knapsack", "--budget", "4bits", "--uniform", "4:8"], r"without --uniform"),
         (["--baseline", "knapsack", "--budget", "4bits", "--bits", "4,2"], r"ascending without repeats"),
+        (["--baseline", "knapsack", "--budget", "4bits", "--rank-benefit", "4:0,16:x"], r"RANK:NATS pairs"),
+        (
+            ["--baseline", "knapsack", "--budget", "4bits", "--rank-benefit", "4:0", "--rank", "8"],
+            r"without --rank",
+        ),
+        (["--uniform", "4:8", "--rank-benefit", "4:0"], r"--rank-benefit goes with --baseline knapsack"),
         (["--baseline", "knapsack", "--budget", "4bits", "--sensitivity", "nope.json"], r"does not exist"),
         (
             ["--baseline", "knapsack", "--budget", "2.5bits", "--sensitivity", "PROFILE"],

@@ -60,6 +60,7 @@ def plan(
     double_quant: bool = False,
     serve: str | None = None,
     granularity: str = "block",
+    rank_benefit: str | None = None,
 ) -> int:
     """Write a plan (bits and LoRA rank per block) for a model, as JSON.
 
@@ -85,7 +86,10 @@ def plan(
     programming in milliseconds), every block at rank R. Without --sensitivity it profiles
     first, as qra profile does by default (8 x 256 tokens of the embedded calibration text).
     With --granularity module it allocates bits per linear of each block instead, from a
-    per-module profile (qra profile --granularity module).
+    per-module profile (qra profile --granularity module). With --rank-benefit it chooses
+    each block's rank too, among the ranks it prices: under a byte budget a rank's bytes then
+    buy its measured benefit or bits, whichever lowers the summed KL less its benefit more
+    (docs/ALLOCATION.md; benchmarks/rank_benefit.py measures one).
 
     Args:
         model: a local model directory, a .gguf file or a hub id; omitted: the embedded
@@ -134,6 +138,10 @@ def plan(
         granularity: with --baseline knapsack: block (one bit-width per block) or module (one
             per linear; --sensitivity must be a per-module profile; with --serve vllm each
             fused group, q/k/v and gate/up, is one choice whose KL is its members' summed)
+        rank_benefit: with --baseline knapsack: RANK:NATS pairs, e.g. 4:0,8:0.002,16:0.003,
+            the held-out loss (nats per token) each rank gains over the smallest after a
+            proxy fine-tune of one plan at each rank; each block then chooses its rank among
+            these as well as its bits (instead of --rank)
     """
     from qradaptor.plan import Plan, check_bits, check_rank
 
@@ -175,7 +183,10 @@ def plan(
             double_quant,
             serve,
             granularity,
+            rank_benefit,
         )
+    if rank_benefit is not None:
+        raise ValueError(f"--rank-benefit goes with --baseline knapsack, got --baseline {baseline!r}")
     if budget is not None or sensitivity is not None:
         raise ValueError(
             f"--budget and --sensitivity go with --baseline knapsack, got --budget {budget!r} "
@@ -304,3 +315,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--double-quant", action="store_true", help=helps["double_quant"])
     parser.add_argument("--serve", choices=SERVE_TARGETS, help=helps["serve"])
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help=helps["granularity"])
+    parser.add_argument("--rank-benefit", metavar="RANK:NATS[,...]", help=helps["rank_benefit"])

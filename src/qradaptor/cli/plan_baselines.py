@@ -115,6 +115,7 @@ def knapsack(
     double_quant: bool = False,
     serve: str | None = None,
     granularity: str = "block",
+    rank_benefit: str | None = None,
 ) -> int:
     """``--baseline knapsack``: every input checked before the profile or the model loads;
     ``serve="vllm"`` keeps to the bits vLLM serves (``export.vllm_constraints``) and, per
@@ -141,6 +142,16 @@ def knapsack(
     parsed = parse_budget(budget)
     if rank is not None and rank < 0:
         raise ValueError(f"--rank must be an integer >= 0, got {rank}")
+    benefit = None
+    if rank_benefit is not None:
+        from qradaptor.search.knapsack_ranks import parse_rank_benefit
+
+        if rank is not None:
+            raise ValueError(
+                f"--rank-benefit chooses the ranks among those it prices; give it without --rank "
+                f"(got --rank {rank})"
+            )
+        benefit = parse_rank_benefit(rank_benefit)
     choices = None
     if bits is not None:
         values = parse_int_list(bits, "--bits")
@@ -214,6 +225,7 @@ def knapsack(
         rank=16 if rank is None else rank,
         granularity=granularity,  # type: ignore[arg-type]
         tied=tied,
+        rank_benefit=benefit,
         **kwargs,
     )
     if serve == "vllm":  # the knapsack tied every fused group: this only confirms it

@@ -13,10 +13,9 @@ budget: capacity = budget x block-linear weights) or its bytes (a byte budget: c
 budget - the bytes every plan shares). Adding per-unit KLs assumes the errors of different
 units add, the usual first-order view; the search's proxy measures what that misses.
 
-Ranks are not chosen here: every unit keeps one given rank. Under an avg-bits budget rank
-costs nothing, so the largest is free; under a byte budget its bytes are counted exactly,
-and trading rank against bits is the search's job (the proxy measures a rank's benefit, the
-KL table cannot).
+Here every unit keeps one given rank. Under an avg-bits budget rank costs nothing, so the
+largest is free; under a byte budget its bytes are counted exactly, and a rank's benefit, which
+the KL table cannot see, is measured: ``knapsack_ranks`` chooses ranks too from one.
 
 Solved exactly by dynamic programming over the Pareto list of (cost, value) states: after
 each unit only states that no cheaper state beats are kept, so the list stays short when many
@@ -30,7 +29,7 @@ and whose KL is the sum of theirs: the same additivity assumption, now within a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -109,6 +108,42 @@ def solve_mckp(costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int) -> np
         picked[unit] = choice[index]
         index = state[index]
     return picked
+
+
+def unit_costs(table: MemoryTable, budget: Budget) -> tuple[npt.NDArray[np.int64], int]:
+    """(L, K, R) integer cost of each unit's bit and rank choice under ``budget``, and the capacity.
+
+    Avg bits: stored bits (whole numbers, 8 x bytes, so the comparison is exact; rank costs
+    none). Bytes: each unit's bytes, adapters included, within the budget less what every plan
+    shares.
+    """
+    if budget.kind == "avg_bits":
+        bits = np.rint(table.unit_bit_weights).astype(np.int64)  # (L, K)
+        costs = np.repeat(bits[:, :, None], len(table.space.rank_choices), axis=2)
+        return costs, int(np.floor(budget.value * table.linear_numel + 1e-6))
+    return table.unit_bytes, int(np.floor(budget.value)) - table.constant_bytes
+
+
+def solve_items(
+    costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int, items: npt.ArrayLike | None
+) -> npt.NDArray[np.int64] | None:
+    """``solve_mckp`` over units, where units of one item (``tie_items``) take one choice.
+
+    Each item is one row whose costs and values are its members' summed; its choice is then
+    handed back to every member. None of ``items`` solves the units as they are.
+    """
+    c, v = np.asarray(costs), np.asarray(values, dtype=np.float64)
+    if items is None:
+        return solve_mckp(c, v, capacity)
+    _, member_of = np.unique(np.asarray(items), return_inverse=True)
+    if member_of.shape != (c.shape[0],):
+        raise ValueError(f"items must have one entry per unit ({c.shape[0]}), got {np.shape(items)}")
+    item_costs = np.zeros((member_of.max() + 1, c.shape[1]), dtype=np.int64)
+    item_values = np.zeros(item_costs.shape, dtype=np.float64)
+    np.add.at(item_costs, member_of, c)
+    np.add.at(item_values, member_of, v)
+    chosen = solve_mckp(item_costs, item_values, capacity)
+    return None if chosen is None else chosen[member_of]
 
 
 def unit_values(
@@ -257,26 +292,8 @@ def knapsack_genome(
             f"budget {budget.describe()} is below the smallest plan at rank {rank}: "
             f"{_amount(low, budget, table)}; raise the budget or lower the rank"
         )
-    if budget.kind == "avg_bits":
-        # Stored bits are whole numbers (8 x bytes), so the comparison is exact.
-        costs = np.rint(table.unit_bit_weights).astype(np.int64)  # (L, K)
-        capacity = int(np.floor(budget.value * table.linear_numel + 1e-6))
-    else:
-        costs = table.unit_bytes[:, :, j]  # (L, K)
-        capacity = int(np.floor(budget.value)) - table.constant_bytes
-    if items is None:
-        picked = solve_mckp(costs, v, capacity)
-    else:
-        # One row per item: its members' costs and values summed, then handed back to each member.
-        _, member_of = np.unique(np.asarray(items), return_inverse=True)
-        if member_of.shape != (space.num_units,):
-            raise ValueError(f"items must have one entry per unit ({space.num_units}), got {np.shape(items)}")
-        item_costs = np.zeros((member_of.max() + 1, costs.shape[1]), dtype=np.int64)
-        item_values = np.zeros(item_costs.shape, dtype=np.float64)
-        np.add.at(item_costs, member_of, costs)
-        np.add.at(item_values, member_of, v)
-        chosen = solve_mckp(item_costs, item_values, capacity)
-        picked = None if chosen is None else chosen[member_of]
+    costs, capacity = unit_costs(table, budget)
+    picked = solve_items(costs[:, :, j], v, capacity, items)
     assert picked is not None, "the smallest plan fits, so the knapsack has a solution"
     genome = np.stack([picked, np.full_like(picked, j)], axis=1)
     assert violation(genome, budget, table) == 0, "the knapsack's costs are the table's"
@@ -317,6 +334,7 @@ def knapsack_plan(
     rank: int = 16,
     granularity: Granularity = "block",
     tied: Sequence[tuple[str, ...]] = (),
+    rank_benefit: Mapping[int, float] | None = None,
     **plan_kwargs: Any,
 ) -> Plan:
     """The knapsack baseline of a model: least summed KL within ``budget``, per block or per
@@ -330,12 +348,14 @@ def knapsack_plan(
             group size among theirs (entries at another size than the plan's carry their own).
         budget: avg bits or bytes, as ``parse_budget`` reads them.
         bits: the bit choices (ascending; 16 = unquantised, KL 0); default the profiled ones.
-        rank: the LoRA rank of every unit.
+        rank: the LoRA rank of every unit (without ``rank_benefit``).
         granularity: "block" (one choice per block) or "module" (one per linear of a block;
             needs a per-module profile).
         tied: at module granularity, groups of a block's linear names that share one choice
             (e.g. ``export.vllm_constraints.fused_groups``); each group is one knapsack item
             whose KL is the sum of its members' (additivity assumed, not measured).
+        rank_benefit: held-out nats each rank gains over the smallest (``knapsack_ranks``):
+            each unit then chooses its rank among these too, and ``rank`` is unused.
         **plan_kwargs: passed to the Plan (group_size, quant_method, double_quant, alpha,
             embed_bits, ...); ``name`` defaults to e.g. "knapsack-4.0bits-r16".
 
@@ -365,16 +385,25 @@ def knapsack_plan(
             )
     choices = tuple(tables[0].bits) if bits is None else tuple(bits)
     group_sizes = tuple(sorted(t.group_size for t in tables)) if len(tables) > 1 else ()
+    if rank_benefit is not None:
+        from qradaptor.search.knapsack_ranks import check_rank_benefit, knapsack_genome_ranks
+
+        rank_benefit = check_rank_benefit(rank_benefit)
+    ranks = (rank,) if rank_benefit is None else tuple(rank_benefit)
     space = SearchSpace.for_structure(
-        structure, granularity, bits=choices, ranks=(rank,), group_sizes=group_sizes
+        structure, granularity, bits=choices, ranks=ranks, group_sizes=group_sizes
     )
     values = unit_values(space, sensitivity)  # the tables' granularity checked before pricing
     items = tie_items(space, tied)
     per = "-module" if space.modules else ""
-    name = plan_kwargs.pop("name", None) or f"knapsack{per}-{_budget_label(budget)}-r{rank}"
+    tag = f"r{rank}" if rank_benefit is None else "ranks"
+    name = plan_kwargs.pop("name", None) or f"knapsack{per}-{_budget_label(budget)}-{tag}"
     plan_kwargs.setdefault("model_signature", structure.signature)
     table = MemoryTable.build(structure, space, **plan_kwargs)
-    genome = knapsack_genome(table, values, budget, rank=rank, items=items)
+    if rank_benefit is None:
+        genome = knapsack_genome(table, values, budget, rank=rank, items=items)
+    else:
+        genome = knapsack_genome_ranks(table, values, budget, rank_benefit, items=items)
     return space.to_plan(genome, name=name, **plan_kwargs)
 
 
