@@ -1,4 +1,4 @@
-"""benchmarks/rank_benefit.py: one plan's bits at each rank, and bad arguments refused before the model loads."""
+"""benchmarks/rank_benefit.py: one plan's bits at each rank; bad arguments refused before the model loads."""
 
 from __future__ import annotations
 
