@@ -7,7 +7,8 @@ match, and synthetic KLs (4x less per extra bit) for module units and bit-widths
 Prints one row per problem: units, choices, states on the last frontier, and milliseconds;
 "module, tied" ties vLLM's fused groups (q/k/v, gate/up) into one item each. Then the whole
 ``knapsack_plan`` at module granularity (memory table, knapsack and plan) from a synthetic
-per-module table, under an avg-bits and a byte budget.
+per-module table, under an avg-bits and a byte budget; and the knapsack that chooses ranks too
+(``--rank-benefit``), per block and per module, under byte budgets.
 
     python benchmarks/knapsack.py
 """
@@ -33,8 +34,14 @@ ROOT = Path(__file__).parents[1]
 
 def main() -> None:
     structure = load_structure(None)[1]
-    profile = sorted(glob.glob(str(ROOT / "docs/results/paper/searches/4.0bits-s0-*/sensitivity.json")))[0]
-    table_kl = read_sensitivity(profile, structure.signature)
+    # The first per-block table of bits {2,3,4,8} with 16-bit metadata (the searches' folders
+    # also hold per-module and double-quantised ones).
+    for profile in sorted(glob.glob(str(ROOT / "docs/results/paper/searches/4.0bits-s0-*/sensitivity.json"))):
+        table_kl = read_sensitivity(profile, structure.signature)
+        if table_kl.granularity == "block" and table_kl.bits == (2, 3, 4, 8) and not table_kl.double_quant:
+            break
+    else:
+        raise SystemExit("no per-block 4.0bits-s0 profile of bits 2,3,4,8 under docs/results/paper/searches")
     print(f"{platform.processor() or platform.machine()}, numpy {np.__version__}; KL table {profile}")
     print(
         f"{'units':>6} {'bits':>14} {'budget':>9} {'ms':>8} {'avg bits':>9} {'sum KL':>9} "
@@ -86,6 +93,30 @@ def main() -> None:
         knapsack_plan(structure, sens, parse_budget(text), bits=(*bits, 16), granularity="module")
         ms = 1000 * (time.perf_counter() - start)
         print(f"knapsack_plan, {rows} modules x {len(bits) + 1} bits, {text}: {ms:.0f} ms")
+    # Ranks chosen too (--rank-benefit): every unit's bits x ranks {4, 8, 16} under byte budgets,
+    # with a benefit that makes larger ranks worth something, so no rank wins outright.
+    benefit = {4: 0.0, 8: 0.01, 16: 0.02}
+    for granularity, profile_table, choices in (
+        ("block", table_kl, (*table_kl.bits, 16)),
+        ("module", sens, (*bits, 16)),
+    ):
+        for text in ("110MB", "120MB", "130MB"):
+            start = time.perf_counter()
+            plan = knapsack_plan(
+                structure,
+                profile_table,
+                parse_budget(text),
+                bits=choices,
+                granularity=granularity,
+                rank_benefit=benefit,
+                group_size=table_kl.group_size,
+            )
+            ms = 1000 * (time.perf_counter() - start)
+            ranks = sorted({spec.rank for spec in plan.layers.values()})
+            print(
+                f"knapsack_plan --rank-benefit, {len(plan.layers)} {granularity}s x {len(choices)} bits x 3 "
+                f"ranks, {text}: {ms:.0f} ms (ranks used {ranks})"
+            )
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def solve_mckp(costs: npt.ArrayLike, values: npt.ArrayLike, capacity: int) -> np
     if not np.issubdtype(c.dtype, np.integer) or (c < 0).any():
         raise ValueError("costs must be non-negative integers")
     c = c.astype(np.int64)
+    v = _drop_dominated(c, v)
     allowed = np.isfinite(v)
     if not allowed.any(axis=1).all():
         return None
@@ -122,6 +123,18 @@ def unit_costs(table: MemoryTable, budget: Budget) -> tuple[npt.NDArray[np.int64
         costs = np.repeat(bits[:, :, None], len(table.space.rank_choices), axis=2)
         return costs, int(np.floor(budget.value * table.linear_numel + 1e-6))
     return table.unit_bytes, int(np.floor(budget.value)) - table.constant_bytes
+
+
+def _drop_dominated(c: npt.NDArray[np.int64], v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``v`` with inf where another choice of the row costs no more and is worth no more (better
+    in one, or equal in both at a lower index): the tie rules never pick such a choice, so the
+    frontier need not carry it (a rank-16 choice a rank-4 choice one bit up beats on both)."""
+    index = np.arange(c.shape[1])
+    cost_j, cost_k = c[:, :, None], c[:, None, :]  # (L, K, K): is choice j dominated by choice k?
+    value_j, value_k = v[:, :, None], v[:, None, :]
+    no_worse = (cost_k <= cost_j) & (value_k <= value_j) & np.isfinite(value_k)
+    better = (cost_k < cost_j) | (value_k < value_j) | (index[None, None, :] < index[None, :, None])
+    return np.where((no_worse & better).any(axis=2), np.inf, v)
 
 
 def solve_items(
