@@ -12,8 +12,9 @@ jobs=$(( mib > 100000 ? 5 : 4 ))   # H200: five steps at once; H100: four (the r
 batches=(
     # (the seventh run measured 120 MB's uniform plans, its rank-4 and rank-8 knapsacks, the
     # three-candidate search and the per-module double-quantised knapsacks: docs/ALLOCATION.md)
-    # the bits {2,3,4,8} labels at 4.25 and 5.0 bits, and 4.25 bits double-quantised
-    "knapsack@4.25bits,qra@4.25bits,knapsack@5.0bits,qra@5.0bits,knapsack-dq@4.25bits,qra-dq-screen@4.25bits"
+    # the bits {2,3,4,8} labels at 4.25 and 5.0 bits, and 4.25 bits double-quantised; the knapsack
+    # that chooses ranks from a measured benefit at 120 MB
+    "knapsack-dq-ranks@120MB,knapsack@4.25bits,qra@4.25bits,knapsack@5.0bits,qra@5.0bits,knapsack-dq@4.25bits,qra-dq-screen@4.25bits"
     # the per-module search at 4.5 bits and 120 MB (a byte budget: the proxy rungs price ranks)
     "qra-module@4.5bits,qra-module@120MB,knapsack-module-dq@120MB"
 )
