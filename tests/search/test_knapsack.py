@@ -196,3 +196,15 @@ def test_module_sized_problem_beats_uniform_within_its_bytes() -> None:
     assert picked is not None and costs[rows, picked].sum() <= capacity
     uniform = values[:, 2].sum()
     assert values[rows, picked].sum() < 0.8 * uniform  # bits moved to where the KL is
+
+
+def test_dominated_choices_are_dropped_before_the_programme() -> None:
+    from qradaptor.search.knapsack import _drop_dominated
+
+    costs = np.array([[1, 2, 2, 3, 1], [5, 5, 1, 1, 1]])
+    values = np.array([[1.0, 1.0, 0.5, 0.5, np.inf], [0.2, 0.2, 0.9, 0.9, 0.1]])
+    kept = np.isfinite(_drop_dominated(costs, values))
+    # Row 0: choice 1 costs more for the same value than 0; 3 more than 2; 4 is forbidden.
+    # Row 1: 4 beats every other (cheapest, least value); equal twins keep the lower index.
+    assert kept.tolist() == [[True, False, True, False, False], [False, False, False, False, True]]
+    assert solve_mckp(costs, values, 3).tolist() == [2, 4]
