@@ -25,16 +25,13 @@ import time
 import torch
 
 from qradaptor.cli.common import parse_int_list, read_plan
-from qradaptor.data import pack_texts
-from qradaptor.data.search_texts import search_texts
 from qradaptor.models.loading import load_model
 from qradaptor.plan import Plan, check_rank
 from qradaptor.quant.cache import QuantCache
 from qradaptor.search.knapsack_ranks import benefit_from_losses
-from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 
-BATCH, EVAL_BATCHES, SEQ_LEN = 4, 4, 512
-"""The full preset's proxy: 4 windows a step, 4 held-out batches, 512 tokens a window."""
+WINDOWS = 16
+"""Held-out windows of 512 tokens: the full preset's 4 batches of 4."""
 
 
 def at_rank(plan: Plan, rank: int) -> Plan:
@@ -62,17 +59,15 @@ def main() -> None:
             raise ValueError(f"--steps must be >= 1 (a rank is worth nothing untrained), got {args.steps}")
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    from selection_loss import selection_evaluator  # a neighbour: found when run as a script
+
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     loaded = load_model(None, device="cpu", dtype=torch.float32)
-    texts = search_texts("embedded:wiki-calibration", "embedded:wiki-selection")
-    train_ids = pack_texts(texts.calibration, loaded.tokenizer, SEQ_LEN, seed=0)[: args.steps * BATCH]
-    eval_ids = pack_texts(texts.selection, loaded.tokenizer, SEQ_LEN, num_sequences=EVAL_BATCHES * BATCH)
     cache = QuantCache()  # one fit per (linear, bits) across seeds and ranks
     losses: dict[int, list[float]] = {rank: [] for rank in ranks}
     for seed in seeds:
-        config = ProxyConfig(steps=args.steps, batch_size=BATCH, eval_batches=EVAL_BATCHES, seed=seed)
-        evaluator = ProxyEvaluator(loaded.model, train_ids, eval_ids, config, cache=cache)
+        evaluator = selection_evaluator(loaded, WINDOWS, cache, steps=args.steps, seed=seed)
         for rank in ranks:
             score = evaluator(at_rank(plan, rank))
             losses[rank].append(score.loss)

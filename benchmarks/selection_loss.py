@@ -28,15 +28,21 @@ BATCH = 4
 """Windows a forward pass (the search's proxy batch)."""
 
 
-def selection_evaluator(loaded: LoadedModel, windows: int, cache: QuantCache) -> ProxyEvaluator:
-    """The search's rung-0 scorer on ``windows`` (a multiple of ``BATCH``) windows of 512 tokens
-    of the selection text: ``ProxyEvaluator`` with 0 steps, fits kept in ``cache``."""
+def selection_evaluator(
+    loaded: LoadedModel, windows: int, cache: QuantCache, steps: int = 0, seed: int = 0
+) -> ProxyEvaluator:
+    """The search's scorer on ``windows`` (a multiple of ``BATCH``) windows of 512 tokens of the
+    selection text, fits kept in ``cache``: rung 0 (``ProxyEvaluator`` with 0 steps) by default;
+    with ``steps``, its proxy fine-tune on as many batches of the calibration text (the search's
+    warm-up and learning rate, adapters initialised by ``seed``)."""
     texts = search_texts("embedded:wiki-calibration", "embedded:wiki-selection")
-    train_ids = pack_texts(texts.calibration, loaded.tokenizer, 512, seed=0)[:BATCH]  # 0 steps: unused
+    # 0 steps trains nothing; one batch still goes in, as the search does.
+    train_ids = pack_texts(texts.calibration, loaded.tokenizer, 512, seed=0)[: max(steps, 1) * BATCH]
     eval_ids = pack_texts(texts.selection, loaded.tokenizer, 512, num_sequences=windows)
     if len(eval_ids) < windows:
         raise SystemExit(f"--windows {windows}: the selection text has {len(eval_ids)} windows of 512")
-    proxy = ProxyConfig(steps=0, batch_size=BATCH, eval_batches=windows // BATCH, warmup=0)
+    warmup = ProxyConfig.warmup if steps else 0  # the search's default warm-up when it trains
+    proxy = ProxyConfig(steps, BATCH, eval_batches=windows // BATCH, warmup=warmup, seed=seed)
     return ProxyEvaluator(loaded.model, train_ids, eval_ids, proxy, cache=cache)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qradaptor.search.budget import Budget, check_budget, violation
-from qradaptor.search.knapsack import lowest_at_rank, solve_items, unit_costs
+from qradaptor.search.knapsack import solve_items, unit_costs
 from qradaptor.search.space import Genome, MemoryTable
 
 
@@ -119,8 +119,7 @@ def knapsack_genome_ranks(
     if v.shape != (space.num_units, len(space.bit_choices)):
         wanted = (space.num_units, len(space.bit_choices))
         raise ValueError(f"values must have shape {wanted}, got {v.shape}")
-    if violation(lowest_at_rank(space, 0), budget, table) > 0:
-        check_budget(budget, table)  # raises, naming the smallest plan of the space
+    check_budget(budget, table)  # raises, naming the space's smallest plan (every choice its first)
     gain = np.array([priced[r] for r in space.rank_choices]) / space.num_units  # (R,)
     costs, capacity = unit_costs(table, budget)  # (U, K, R)
     joint = v[:, :, None] - gain[None, None, :]  # (U, K, R): choice k * R + j
