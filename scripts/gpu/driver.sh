@@ -10,13 +10,16 @@ for _ in $(seq 60); do [ -f /root/scale.trained ] && break; sleep 10; done
 mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 jobs=$(( mib > 100000 ? 5 : 4 ))   # H200: five steps at once; H100: four (the runner backs off on out-of-memory)
 batches=(
-    # (the seventh run measured 120 MB's uniform plans, its rank-4 and rank-8 knapsacks, the
-    # three-candidate search and the per-module double-quantised knapsacks: docs/ALLOCATION.md)
-    # the bits {2,3,4,8} labels at 4.25 and 5.0 bits, and 4.25 bits double-quantised; the knapsack
-    # that chooses ranks from a measured benefit at 120 MB
-    "knapsack-dq-ranks@120MB,knapsack@4.25bits,qra@4.25bits,knapsack@5.0bits,qra@5.0bits,knapsack-dq@4.25bits,qra-dq-screen@4.25bits"
-    # the per-module search at 4.5 bits and 120 MB (a byte budget: the proxy rungs price ranks)
-    "qra-module@4.5bits,qra-module@120MB,knapsack-module-dq@120MB"
+    # (the eighth run measured 4.25 and 5.0 bits over bits {2,3,4,8}, 4.25 bits double-quantised
+    # and two seeds of the knapsack that prices rank: docs/ALLOCATION.md)
+    # that knapsack's third seed; the per-module search at 4.5 bits and 120 MB (a byte budget:
+    # the proxy rungs price ranks) and the per-linear double-quantised knapsack at 120 MB
+    "knapsack-dq-ranks@120MB,qra-module@4.5bits,qra-module@120MB,knapsack-module-dq@120MB"
+    # bits {2,3,4,8} at 120 MB; the per-linear double-quantised knapsack at 4.25 and 5.0 bits;
+    # the cells of labels that reuse another's plan
+    "knapsack@120MB,qra@120MB,knapsack-module-dq@4.25bits,knapsack-module-dq@5.0bits,knapsack@4.0bits,knapsack@4.5bits"
+    # the paper's search beyond 4.0 bits
+    "qra-paper@4.5bits,qra-paper@120MB"
 )
 for only in "${batches[@]}"; do
     echo "=== $(date -u +%H:%M:%S) batch $only (jobs $jobs)"
