@@ -21,16 +21,13 @@ import statistics
 import time
 
 import torch
+from selection_loss import BATCH, named_plans
 
 from qradaptor.build import apply_plan
-from qradaptor.cli.common import read_plan
 from qradaptor.data import pack_texts
 from qradaptor.data.search_texts import search_texts
 from qradaptor.models.loading import load_model
 from qradaptor.quant.cache import QuantCache
-
-BATCH = 4
-"""Windows a forward pass (the search's proxy batch)."""
 
 
 @torch.inference_mode()
@@ -58,15 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.windows < 2:
         raise SystemExit(f"--windows must be at least 2 (a standard error needs two), got {args.windows}")
-    named = []
-    for item in args.plans:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"plans are NAME=PLAN.json, got {item!r}")
-        try:
-            named.append((name, read_plan(path)))
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
+    named = named_plans(args.plans)
     if len(named) < 2:
         raise SystemExit("give at least two plans: the reference first, then those to compare with it")
     torch.set_num_threads(args.threads)

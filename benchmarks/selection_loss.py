@@ -21,6 +21,7 @@ from qradaptor.cli.common import read_plan
 from qradaptor.data import pack_texts
 from qradaptor.data.search_texts import search_texts
 from qradaptor.models.loading import LoadedModel, load_model
+from qradaptor.plan import Plan
 from qradaptor.quant.cache import QuantCache
 from qradaptor.search.proxy import ProxyConfig, ProxyEvaluator
 
@@ -46,6 +47,21 @@ def selection_evaluator(
     return ProxyEvaluator(loaded.model, train_ids, eval_ids, proxy, cache=cache)
 
 
+def named_plans(items: list[str]) -> list[tuple[str, Plan]]:
+    """``NAME=PLAN.json`` arguments as (name, plan); a malformed one or an unreadable plan ends
+    the run with one line, before the model loads."""
+    named = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"plans are NAME=PLAN.json, got {item!r}")
+        try:
+            named.append((name, read_plan(path)))
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    return named
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plans", nargs="+", metavar="NAME=PLAN.json")
@@ -54,15 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.windows < BATCH or args.windows % BATCH:
         raise SystemExit(f"--windows must be a positive multiple of {BATCH}, got {args.windows}")
-    named = []
-    for item in args.plans:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"plans are NAME=PLAN.json, got {item!r}")
-        try:
-            named.append((name, read_plan(path)))
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
+    named = named_plans(args.plans)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     loaded = load_model(None, device="cpu", dtype=torch.float32)

@@ -30,7 +30,10 @@ def _run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedPro
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """benchmarks/NAME.py imported as the module NAME (without running its main)."""
+    """benchmarks/NAME.py imported as the module NAME (without running its main); benchmarks/ goes
+    on the path first, as for a script run there, so a script that imports a neighbour loads."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
