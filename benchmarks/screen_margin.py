@@ -21,10 +21,9 @@ import statistics
 import time
 
 import torch
-from selection_loss import BATCH, named_plans
+from selection_loss import BATCH, named_plans, selection_windows
 
 from qradaptor.build import apply_plan
-from qradaptor.data import pack_texts
 from qradaptor.data.search_texts import search_texts
 from qradaptor.models.loading import load_model
 from qradaptor.quant.cache import QuantCache
@@ -62,9 +61,7 @@ def main() -> None:
     start = time.perf_counter()
     loaded = load_model(None, device="cpu", dtype=torch.float32)
     texts = search_texts("embedded:wiki-calibration", "embedded:wiki-selection")
-    ids = pack_texts(texts.selection, loaded.tokenizer, 512, num_sequences=args.windows)
-    if len(ids) < args.windows:
-        raise SystemExit(f"--windows {args.windows}: the selection text has {len(ids)} windows of 512")
+    ids = selection_windows(loaded, texts.selection, args.windows)
     cache = QuantCache()
     losses = {}
     for name, plan in named:
@@ -84,7 +81,8 @@ def main() -> None:
             print(f"| {name} | {plan.plan_hash} | {mean:.5f} | | | |")
             continue
         diff, se = paired(losses[reference], losses[name])
-        print(f"| {name} | {plan.plan_hash} | {mean:.5f} | {diff:+.5f} | {se:.5f} | {diff / se:+.1f} |")
+        errors = f"{diff / se:+.1f}" if se > 0 else "–"  # the same plan twice: every window equal
+        print(f"| {name} | {plan.plan_hash} | {mean:.5f} | {diff:+.5f} | {se:.5f} | {errors} |")
 
 
 if __name__ == "__main__":

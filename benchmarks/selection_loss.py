@@ -29,6 +29,16 @@ BATCH = 4
 """Windows a forward pass (the search's proxy batch)."""
 
 
+def selection_windows(loaded: LoadedModel, selection: list[str], windows: int) -> torch.Tensor:
+    """The first ``windows`` windows of 512 tokens of the selection text, (windows, 512), as the
+    search packs them; more than the text holds ends the run with one line (pack_texts refuses
+    to pack fewer than asked)."""
+    try:
+        return pack_texts(selection, loaded.tokenizer, 512, num_sequences=windows)
+    except ValueError as err:
+        raise SystemExit(f"--windows {windows}: {err}") from None
+
+
 def selection_evaluator(
     loaded: LoadedModel, windows: int, cache: QuantCache, steps: int = 0, seed: int = 0
 ) -> ProxyEvaluator:
@@ -39,9 +49,7 @@ def selection_evaluator(
     texts = search_texts("embedded:wiki-calibration", "embedded:wiki-selection")
     # 0 steps trains nothing; one batch still goes in, as the search does.
     train_ids = pack_texts(texts.calibration, loaded.tokenizer, 512, seed=0)[: max(steps, 1) * BATCH]
-    eval_ids = pack_texts(texts.selection, loaded.tokenizer, 512, num_sequences=windows)
-    if len(eval_ids) < windows:
-        raise SystemExit(f"--windows {windows}: the selection text has {len(eval_ids)} windows of 512")
+    eval_ids = selection_windows(loaded, texts.selection, windows)
     warmup = ProxyConfig.warmup if steps else 0  # the search's default warm-up when it trains
     proxy = ProxyConfig(steps, BATCH, eval_batches=windows // BATCH, warmup=warmup, seed=seed)
     return ProxyEvaluator(loaded.model, train_ids, eval_ids, proxy, cache=cache)
