@@ -90,7 +90,7 @@ def main() -> None:
     )
     for text in ("4.0bits", "4.5bits", "110MB"):
         start = time.perf_counter()
-        knapsack_plan(structure, sens, parse_budget(text), bits=(*bits, 16), granularity="module")
+        knapsack_plan(structure, sens, parse_budget(text), bits=(*bits, 16), granularity="module", rank=16)
         ms = 1000 * (time.perf_counter() - start)
         print(f"knapsack_plan, {rows} modules x {len(bits) + 1} bits, {text}: {ms:.0f} ms")
     # Ranks chosen too (--rank-benefit): every unit's bits x ranks {4, 8, 16} under byte budgets,

@@ -27,7 +27,7 @@ def test_help_lists_the_options(cli) -> None:
     code, out, _ = cli("plan", "--help")
     assert code == 0 and "--baseline NAME" in out and "--rank R" in out
     assert "rank-gradient (proportional to per-block gradient norms, measured by a probe" in out
-    assert "base LoRA rank of --baseline (default 16)" in out
+    assert "base LoRA rank of --baseline (default 16; the knapsack" in out
 
 
 def test_decay_with_rank_and_bits(cli, tiny_model_dir, structure) -> None:
@@ -194,6 +194,51 @@ def test_knapsack_rank_benefit_chooses_ranks(cli, tiny_model_dir, tiny_profile, 
         Plan.from_json(cli("plan", tiny_model_dir, *argv, "4:0,16:0", *KNAPSACK_QUANT)[1]).block_ranks()
     ) == {4}
     assert set(plan.block_ranks()) == {16}
+
+
+def test_knapsack_under_a_byte_budget_chooses_ranks_bits_first(cli, tiny_model_dir, tiny_profile, structure):
+    import json
+
+    from qradaptor.search.budget import parse_budget
+    from qradaptor.search.knapsack import knapsack_plan
+    from qradaptor.search.knapsack_ranks import bytes_left_to_ranks
+    from qradaptor.sensitivity_table import SensitivityTable
+
+    table = SensitivityTable.from_dict(json.loads(tiny_profile.read_text()))
+
+    def made(budget: str, *more: str) -> tuple[Plan, str]:
+        code, out, err = cli(
+            "plan", tiny_model_dir, "--baseline", "knapsack", "--budget", budget, "--sensitivity",
+            tiny_profile, *KNAPSACK_QUANT, *more,
+        )  # fmt: skip
+        assert code == 0, err
+        return Plan.from_json(out), err
+
+    def summed_kl(plan: Plan) -> float:
+        return sum(table.column(b)[i] for i, b in enumerate(plan.block_bits()))
+
+    plan, err = made("290KB")
+    expected = knapsack_plan(
+        structure, table, parse_budget("290KB"), rank_benefit=bytes_left_to_ranks(), group_size=32,
+        quant_method="rtn", alpha=16.0,
+    )  # fmt: skip
+    assert plan == expected.for_model(structure) and plan.name == "knapsack-0.29MB-ranks"
+    # The library's default is the command's: no rank under a byte budget chooses them.
+    kwargs = {"group_size": 32, "quant_method": "rtn", "alpha": 16.0}
+    assert knapsack_plan(structure, table, parse_budget("290KB"), **kwargs) == expected
+    assert "290KB is a byte budget: the knapsack chooses each unit's rank among 4, 8, 16" in err
+    # Bits first: the smallest rank's summed KL (every block at 4 bits), below what one fixed
+    # rank 16 leaves (2 bits on two blocks); the bytes left over go to the adapters.
+    smallest, largest = made("290KB", "--rank", "4")[0], made("290KB", "--rank", "16")[0]
+    assert summed_kl(plan) == pytest.approx(summed_kl(smallest)) and summed_kl(plan) < summed_kl(largest)
+    assert plan.block_bits() == [4, 4, 4] and sorted(plan.block_ranks()) == [8, 16, 16]
+    # Where rank 16 everywhere does not fit at all, the knapsack still makes a plan.
+    assert made("200KB")[0].block_bits() == [4, 4, 4]
+    # Bytes to spare once every block has the top bits: all of it to the adapters.
+    spare = made("400KB")[0]
+    assert set(spare.block_bits()) == {4} and set(spare.block_ranks()) == {16}
+    # A bits budget prices no adapter: rank 16, as before.
+    assert made("3.7bits")[0].name == "knapsack-3.7bits-r16"
 
 
 @pytest.mark.parametrize(

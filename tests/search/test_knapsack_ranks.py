@@ -14,6 +14,7 @@ from qradaptor.search.budget import Budget, parse_budget, violation
 from qradaptor.search.knapsack import knapsack_genome, knapsack_plan, unit_values
 from qradaptor.search.knapsack_ranks import (
     benefit_from_losses,
+    bytes_left_to_ranks,
     check_rank_benefit,
     knapsack_genome_ranks,
     parse_rank_benefit,
@@ -80,6 +81,37 @@ def test_a_large_benefit_buys_the_rank_and_avg_bits_gives_rank_for_free(llama_fa
     genome = knapsack_genome_ranks(table, values, parse_budget("3.5bits"), {4: 0.0, 8: 1e-6, 16: 2e-6})
     assert (genome[:, 1] == 2).all()
     assert (genome[:, 0] == knapsack_genome(table, values, parse_budget("3.5bits"), rank=16)[:, 0]).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bytes_left_to_ranks_is_least_kl_then_largest_ranks(llama_factory, seed: int) -> None:
+    # The default under a byte budget: brute force over every plan within the budget, the least
+    # summed KL first, then the largest summed rank among the plans that reach it.
+    structure, table, _, values = _setup(llama_factory(layers=3), 3, seed)
+    rng = np.random.default_rng(200 + seed)
+    lowest = int(table.bytes_of(np.zeros((3, 2), dtype=np.int64)))
+    highest = int(table.bytes_of(np.stack([np.full(3, 3), np.full(3, 2)], axis=1)))
+    budget = Budget("bytes", float(lowest + (highest - lowest) * rng.uniform(0.1, 1.0)))
+    genome = knapsack_genome_ranks(table, values, budget, bytes_left_to_ranks(RANKS))
+    assert violation(genome, budget, table) == 0
+    units = np.arange(3)
+    fits = [
+        np.array(g).reshape(3, 2)
+        for g in itertools.product(*[list(itertools.product(range(4), range(3)))] * 3)
+        if violation(np.array(g).reshape(3, 2), budget, table) == 0
+    ]
+    least = min(float(values[units, g[:, 0]].sum()) for g in fits)
+    assert float(values[units, genome[:, 0]].sum()) == pytest.approx(least, rel=1e-12)
+    reach = [g for g in fits if float(values[units, g[:, 0]].sum()) <= least * (1 + 1e-12)]
+    assert sum(RANKS[j] for j in genome[:, 1]) == max(sum(RANKS[j] for j in g[:, 1]) for g in reach)
+
+
+def test_bytes_left_to_ranks_orders_the_ranks_and_refuses_bad_ones() -> None:
+    assert bytes_left_to_ranks() == pytest.approx({4: 0.0, 8: 4e-10, 16: 1.2e-9})
+    assert bytes_left_to_ranks((16, 0)) == pytest.approx({0: 0.0, 16: 1.6e-9})
+    for bad in ((), (4, 4), (-1, 4)):
+        with pytest.raises(ValueError, match="distinct integers >= 0"):
+            bytes_left_to_ranks(bad)
 
 
 def test_plan_names_its_ranks_and_its_memory_is_the_tables(llama_factory) -> None:

@@ -83,7 +83,9 @@ def plan(
     Or --baseline knapsack --budget B [--sensitivity FILE] [--bits 2,3,4,8] [--rank R]: the
     exact allocation of bits per block that minimises the summed KL sensitivity (Eq. 6)
     within the budget (a multiple-choice knapsack over the profile, solved by dynamic
-    programming in milliseconds), every block at rank R. Without --sensitivity it profiles
+    programming in milliseconds), every block at rank R (default 16; under a byte budget
+    without --rank, each block's rank among 4, 8, 16: bits first, a larger rank only with
+    bytes that buy no bits). Without --sensitivity it profiles
     first, as qra profile does by default (8 x 256 tokens of the embedded calibration text).
     With --granularity module it allocates bits per linear of each block instead, from a
     per-module profile (qra profile --granularity module). With --rank-benefit it chooses
@@ -102,7 +104,8 @@ def plan(
         baseline: a named baseline plan: knapsack, lora16, qlora, qlora-4, qlora-3, qlora-2,
             embed8-body4, rank-linear-decay, rank-linear-growth, rank-attn-focus,
             rank-ffn-focus, rank-attn-focus-matched, rank-ffn-focus-matched, rank-gradient
-        rank: base LoRA rank of --baseline (default 16)
+        rank: base LoRA rank of --baseline (default 16; the knapsack under a byte budget
+            chooses ranks without it)
         output: write the plan to this file (default: print it)
         force: overwrite --output if it exists
         group_size: input columns per quantisation group (one 16-bit scale and zero each; a

@@ -152,6 +152,15 @@ def knapsack(
                 f"(got --rank {rank})"
             )
         benefit = parse_rank_benefit(rank_benefit)
+    elif rank is None and parsed.kind == "bytes":  # knapsack_plan's default: say what it does
+        from qradaptor.search.space import DEFAULT_RANKS
+
+        print(
+            f"{budget} is a byte budget: the knapsack chooses each unit's rank among "
+            f"{', '.join(map(str, DEFAULT_RANKS))}, spending bytes on bits first and on rank only "
+            "where they buy no bits (--rank R fixes one rank; --rank-benefit prices them)",
+            file=sys.stderr,
+        )
     choices = None
     if bits is not None:
         values = parse_int_list(bits, "--bits")
@@ -222,7 +231,7 @@ def knapsack(
         table,
         parsed,
         bits=choices,
-        rank=16 if rank is None else rank,
+        rank=rank,
         granularity=granularity,  # type: ignore[arg-type]
         tied=tied,
         rank_benefit=benefit,

@@ -344,14 +344,14 @@ def knapsack_plan(
     budget: Budget,
     *,
     bits: tuple[int, ...] | None = None,
-    rank: int = 16,
+    rank: int | None = None,
     granularity: Granularity = "block",
     tied: Sequence[tuple[str, ...]] = (),
     rank_benefit: Mapping[int, float] | None = None,
     **plan_kwargs: Any,
 ) -> Plan:
     """The knapsack baseline of a model: least summed KL within ``budget``, per block or per
-    module, at one rank.
+    module, at one rank or with the ranks chosen too.
 
     Args:
         structure: the model's blocks and linears.
@@ -361,7 +361,9 @@ def knapsack_plan(
             group size among theirs (entries at another size than the plan's carry their own).
         budget: avg bits or bytes, as ``parse_budget`` reads them.
         bits: the bit choices (ascending; 16 = unquantised, KL 0); default the profiled ones.
-        rank: the LoRA rank of every unit (without ``rank_benefit``).
+        rank: the LoRA rank of every unit (without ``rank_benefit``). None: 16 under an avg
+            bits budget (adapters cost no bits); under a byte budget each unit's rank among
+            4, 8, 16, bits first (``knapsack_ranks.bytes_left_to_ranks``).
         granularity: "block" (one choice per block) or "module" (one per linear of a block;
             needs a per-module profile).
         tied: at module granularity, groups of a block's linear names that share one choice
@@ -398,6 +400,11 @@ def knapsack_plan(
             )
     choices = tuple(tables[0].bits) if bits is None else tuple(bits)
     group_sizes = tuple(sorted(t.group_size for t in tables)) if len(tables) > 1 else ()
+    if rank_benefit is None and rank is None and budget.kind == "bytes":
+        from qradaptor.search.knapsack_ranks import bytes_left_to_ranks
+
+        rank_benefit = bytes_left_to_ranks()
+    rank = 16 if rank is None else rank
     if rank_benefit is not None:
         from qradaptor.search.knapsack_ranks import check_rank_benefit, knapsack_genome_ranks
 
