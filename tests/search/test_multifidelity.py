@@ -14,6 +14,7 @@ from qradaptor.search.bayes import BayesConfig
 from qradaptor.search.budget import Budget, parse_budget, violation
 from qradaptor.search.candidates import knapsack_candidates, neighbours
 from qradaptor.search.knapsack import knapsack_genome
+from qradaptor.search.knapsack_ranks import bytes_left_to_ranks, knapsack_genome_ranks
 from qradaptor.search.multifidelity import HalvingConfig, promote, run_halving
 from qradaptor.search.pipeline import SearchConfig
 from qradaptor.search.proxy import ProxyConfig
@@ -82,9 +83,14 @@ def test_candidates_start_at_the_knapsack_plan_and_all_fit(table, kind) -> None:
     sweep = knapsack_candidates(table, values, budget, 6)
     if kind == "avg_bits":  # rank is free: the largest
         assert (sweep[0] == knapsack_genome(table, values, budget, rank=8)).all()
-    else:  # both ranks fit: the knapsack plan at each comes first, the largest rank leading
-        assert (sweep[0] == knapsack_genome(table, values, budget, rank=8)).all()
-        assert {tuple(g[:, 1]) for g in sweep[:2]} == {(1,) * 6, (0,) * 6}
+    else:  # the knapsack plan as qra plan makes it (ranks chosen, bits first), then each rank's
+        first = knapsack_genome_ranks(table, values, budget, bytes_left_to_ranks((4, 8)))
+        assert (sweep[0] == first).all()
+        assert values[np.arange(6), first[:, 0]].sum() == pytest.approx(
+            values[np.arange(6), knapsack_genome(table, values, budget, rank=4)[:, 0]].sum()
+        )
+        at_rank = {tuple(g[:, 1]) for g in sweep[1:3]}
+        assert (1,) * 6 in at_rank and ((0,) * 6 in at_rank or tuple(first[:, 1]) == (0,) * 6)
     near = neighbours(np.random.default_rng(0), sweep, table, budget, values[:, 0], 10)
     every = sweep + near
     assert len({g.tobytes() for g in every}) == len(every) >= 8

@@ -5,7 +5,9 @@ table already says. This one starts where the exact allocator stands (``knapsack
 looks around it, because the table's one assumption, that the KLs of separately quantised
 blocks add, is where a measured score can do better:
 
-    1. knapsack plans over a sweep of budgets b, b(1 - d), b(1 - 2d), ... (each then
+    1. the knapsack plan at b as ``qra plan --baseline knapsack`` makes it (under a byte
+       budget its ranks chosen too, bits first: ``knapsack_ranks.bytes_left_to_ranks``), then
+       knapsack plans over a sweep of budgets b, b(1 - d), b(1 - 2d), ... (each then
        filled back up to b, most sensitive units first), at each rank choice that a
        byte budget can afford (one rank, the largest, under an avg-bits budget, where
        rank costs nothing): different allocations, each close to the table's optimum;
@@ -24,6 +26,7 @@ import numpy.typing as npt
 from qradaptor.search.budget import Budget, check_budget, fill, repair, violation
 from qradaptor.search.initial import normalise
 from qradaptor.search.knapsack import knapsack_genome, lowest_at_rank
+from qradaptor.search.knapsack_ranks import bytes_left_to_ranks, knapsack_genome_ranks
 from qradaptor.search.nsga2 import layerwise_crossover, proximity_mutation
 from qradaptor.search.space import Genome, MemoryTable
 
@@ -45,7 +48,9 @@ def knapsack_candidates(
 ) -> list[Genome]:
     """Up to ``count`` distinct genomes: knapsack solutions over a budget sweep, filled to ``budget``.
 
-    The first is the knapsack plan at ``budget`` itself (at the largest affordable rank).
+    The first is the knapsack plan at ``budget`` itself: at the largest rank under an avg-bits
+    budget, with each unit's rank chosen, bits first, under a byte budget (as ``knapsack_plan``
+    makes it by default, so the search's guarantee is against the baseline users get).
 
     Raises:
         ValueError: if no plan of the space fits ``budget`` (naming the smallest).
@@ -56,6 +61,10 @@ def knapsack_candidates(
     ranks = _affordable_ranks(table, budget)
     out: list[Genome] = []
     seen: set[bytes] = set()
+    if budget.kind == "bytes" and count >= 1:
+        first = knapsack_genome_ranks(table, v, budget, bytes_left_to_ranks(table.space.rank_choices))
+        seen.add(first.tobytes())
+        out.append(first)
     for step in range(max(count, 1) * 4):
         if len(out) >= count:
             break
