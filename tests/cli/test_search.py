@@ -189,7 +189,7 @@ def test_forward_only_under_a_byte_budget_says_what_the_fixed_rank_costs(
         "every block gets rank 8 (the largest --ranks choice; --fixed-rank R for another). Under a byte"
         in err
     )
-    assert "leave out --steps 0 to let them choose it" in err
+    assert "leave out --steps 0 to let them choose it, or take `qra plan --baseline knapsack`" in err
     assert all(set(t["ranks"]) == {8} for t in trials_of(tmp_path / "run"))
 
 

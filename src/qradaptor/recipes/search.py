@@ -302,7 +302,8 @@ def _forward_only_ranks(o: SearchOptions, ranks: tuple[int, ...], budget: Budget
         " Under a byte budget the rank also sets the bytes left for bits, which no forward pass "
         "can weigh: at 120 MB on SmolLM2 the largest rank fine-tuned to 3.5x the perplexity of "
         "the rank proxy fine-tunes chose (docs/ALLOCATION.md); leave out --steps 0 to let them "
-        "choose it."
+        "choose it, or take `qra plan --baseline knapsack` at this budget, which chooses ranks "
+        "bits first for no fine-tune (there, the plan the proxies chose)."
         if budget.kind == "bytes"
         else ""
     )
