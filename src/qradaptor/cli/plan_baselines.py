@@ -152,15 +152,6 @@ def knapsack(
                 f"(got --rank {rank})"
             )
         benefit = parse_rank_benefit(rank_benefit)
-    elif rank is None and parsed.kind == "bytes":  # knapsack_plan's default: say what it does
-        from qradaptor.search.space import DEFAULT_RANKS
-
-        print(
-            f"{budget} is a byte budget: the knapsack chooses each unit's rank among "
-            f"{', '.join(map(str, DEFAULT_RANKS))}, spending bytes on bits first and on rank only "
-            "where they buy no bits (--rank R fixes one rank; --rank-benefit prices them)",
-            file=sys.stderr,
-        )
     choices = None
     if bits is not None:
         values = parse_int_list(bits, "--bits")
@@ -193,6 +184,15 @@ def knapsack(
     check_device(device)
     if output is not None:
         check_output(output, force=force)
+    if benefit is None and rank is None and parsed.kind == "bytes":  # knapsack_plan's default
+        from qradaptor.search.space import DEFAULT_RANKS
+
+        print(
+            f"{budget} is a byte budget: the knapsack chooses each unit's rank among "
+            f"{', '.join(map(str, DEFAULT_RANKS))}, spending bytes on bits first and on rank only "
+            "where they buy no bits (--rank R fixes one rank; --rank-benefit prices them)",
+            file=sys.stderr,
+        )
     _, structure = load_structure(model)
     kwargs = plan_options(
         structure, group_size, quant_method, alpha, embed_bits, head_bits, name, double_quant
