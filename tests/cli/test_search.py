@@ -178,19 +178,16 @@ def test_strategies_agree_with_the_library() -> None:
     assert STRATEGIES == LIBRARY
 
 
-def test_forward_only_under_a_byte_budget_says_what_the_fixed_rank_costs(
+def test_forward_only_under_a_byte_budget_holds_the_smallest_rank(
     cli, tiny_model_dir, words, tmp_path
 ) -> None:
-    """Under a byte budget the rank --steps 0 fixes also sets the bytes left for bits."""
+    """Under a byte budget the rank --steps 0 fixes also sets the bytes left for bits: bits first."""
     settings = ["--strategy", "halving", "--candidates", 3, "--steps", 0, "--bayes-iterations", 0]
     code, _, err = search(cli, tiny_model_dir, words, tmp_path / "run", *settings, "--budget", "200KiB")
     assert code == 0, err
-    assert (
-        "every block gets rank 8 (the largest --ranks choice; --fixed-rank R for another). Under a byte"
-        in err
-    )
-    assert "leave out --steps 0 to let them choose it, or take `qra plan --baseline knapsack`" in err
-    assert all(set(t["ranks"]) == {8} for t in trials_of(tmp_path / "run"))
+    assert "every block gets rank 4 (the smallest --ranks choice: under a byte budget" in err
+    assert "bits come first, as in `qra plan --baseline knapsack`" in err
+    assert all(set(t["ranks"]) == {4} for t in trials_of(tmp_path / "run"))
 
 
 def test_the_ablations_search_what_they_say(cli, tiny_model_dir, words, tmp_path) -> None:

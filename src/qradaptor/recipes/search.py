@@ -287,8 +287,10 @@ def _forward_only_ranks(o: SearchOptions, ranks: tuple[int, ...], budget: Budget
     """``o`` with one rank for every block under --steps 0, which scores plans forward only:
     every adapter starts at zero (LoRA's B), so all ranks score alike and a search among them
     would choose by bytes alone (a CPU run at 4.5 bits chose a Bayes pick that only halved one
-    block's rank). The rank is --fixed-rank, else the largest --ranks choice, and said; under a
-    byte budget, where the rank sets the bytes left for bits, with what that cost when measured."""
+    block's rank). The rank is --fixed-rank, else under an avg-bits budget (rank costs no bits)
+    the largest --ranks choice, and under a byte budget the smallest: bits first, as the
+    knapsack's default is (measured at 120 MB on SmolLM2: the largest rank fine-tuned to 3.5x
+    the perplexity of the rank the proxies chose, the smallest). Said either way."""
     if o.fixed_bits is not None:
         raise ValueError(
             f"--steps 0 with --fixed-bits {o.fixed_bits} leaves nothing to score: plans are scored "
@@ -297,20 +299,23 @@ def _forward_only_ranks(o: SearchOptions, ranks: tuple[int, ...], budget: Budget
         )
     if o.fixed_rank is not None:
         return o
-    rank = max(ranks)
-    bytes_note = (
-        " Under a byte budget the rank also sets the bytes left for bits, which no forward pass "
-        "can weigh: at 120 MB on SmolLM2 the largest rank fine-tuned to 3.5x the perplexity of "
-        "the rank proxy fine-tunes chose (docs/ALLOCATION.md); leave out --steps 0 to let them "
-        "choose it, or take `qra plan --baseline knapsack` at this budget, which chooses ranks "
-        "bits first for no fine-tune (there, the plan the proxies chose)."
-        if budget.kind == "bytes"
-        else ""
-    )
+    if budget.kind == "avg_bits":
+        rank, which = max(ranks), "the largest --ranks choice: under an avg-bits budget rank costs no bits"
+    else:
+        rank, which = (
+            min(ranks),
+            (
+                "the smallest --ranks choice: under a byte budget the rank also sets the bytes left for "
+                "bits, which no forward pass can weigh, so bits come first, as in `qra plan --baseline "
+                "knapsack`; at 120 MB on SmolLM2 the largest rank fine-tuned to 3.5x the perplexity of "
+                "the smallest, the rank proxy fine-tunes chose (docs/ALLOCATION.md); leave out --steps 0 "
+                "to let them choose"
+            ),
+        )
     print(
         "qra search: --steps 0 scores plans forward only, where every adapter starts at zero, so "
-        f"ranks cannot be told apart: every block gets rank {rank} (the largest --ranks choice; "
-        f"--fixed-rank R for another).{bytes_note}",
+        f"ranks cannot be told apart: every block gets rank {rank} ({which}; --fixed-rank R for "
+        "another).",
         file=sys.stderr,
     )
     return replace(o, fixed_rank=rank)
