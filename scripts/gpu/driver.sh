@@ -14,8 +14,9 @@ batches=(
     # Each entry: the configs, then "--only LABELS" or nothing for all their cells.
     # (the ninth run measured bits {2,3,4,8} at 120 MB and the paper's search at 4.5 bits and
     # 120 MB, and ran the paper's searches at 4.25 bits and one at 5.0: docs/ALLOCATION.md)
-    # The last of what issue 15 asks for at every budget: the paper's search at 4.25 and 5.0 bits
-    "configs/allocation.yaml --only qra-paper@4.25bits,qra-paper@5.0bits"
+    # The last of what issue 15 asks for at every budget: the paper's search at 4.25 and 5.0 bits;
+    # and the screen under a byte budget at the smallest rank (its new default, 0 epochs)
+    "configs/allocation.yaml --only qra-paper@4.25bits,qra-paper@5.0bits,qra-dq-screen-r4@120MB"
     # Issue 20: main, pilot and ablations with the new search, the knapsack and the fixed
     # baselines (the cells already measured under the same options are kept)
     "configs/main.yaml configs/pilot.yaml configs/ablations.yaml"

@@ -632,8 +632,8 @@ def test_the_ablations_share_searches_with_main(paper) -> None:
         ablations, "joint@120MB"
     )
     # + qra-dq, qra-module, qra-dq-screen (forward only, over qra-dq's profile) at 5 budgets, and
-    # qra-dq-ranks (three candidates, one rung) at 120MB
-    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 3 - 2 + 3 + 15 + 15 + 15 + 3
+    # qra-dq-ranks (three candidates, one rung) and qra-dq-screen-r4 (forward only, rank 4) at 120MB
+    assert len(searches) == 21 + 3 * 2 + 5 * 2 + 15 + 15 - 3 - 2 + 3 + 15 + 15 + 15 + 3 + 3
     profiles = [job.name for job in jobs if job.name.startswith("profiles/")]
     # main, ablations, pilot and allocation share one KL table; allocation's knapsack-dq and qra-dq
     # share their own (bits 2-8, 8-bit scales and zeros), knapsack-module has a per-module one,
