@@ -1,6 +1,6 @@
 """scripts/gpu/: the GPU recipe runs where nothing can be fixed mid-session (30 minutes of device
 time, no network), so what can be checked here is: every script parses, and every batch of
-driver.sh names cells that configs/allocation.yaml has."""
+driver.sh names configs that exist and, where it has --only, cells that they have."""
 
 from __future__ import annotations
 
@@ -34,8 +34,15 @@ def test_the_driver_has_batches() -> None:
 
 
 @pytest.mark.parametrize("batch", driver_batches())
-def test_every_batch_names_cells_of_the_allocation_experiment(cli, tmp_path: Path, batch: str) -> None:
-    config = ROOT / "configs" / "allocation.yaml"
-    code, stdout, err = cli("experiment", config, "-o", tmp_path / "out", "--dry-run", "--only", batch)
+def test_every_batch_names_configs_and_cells_that_exist(cli, tmp_path: Path, batch: str) -> None:
+    words = batch.split()
+    configs = words[: words.index("--only")] if "--only" in words else words
+    assert configs and all((ROOT / c).is_file() for c in configs), f"{batch!r}: configs first"
+    options = words[len(configs) :]
+    assert options == [] or (len(options) == 2 and options[0] == "--only"), (
+        f"{batch!r}: --only LABELS or nothing"
+    )
+    argv = [ROOT / c for c in configs]
+    code, stdout, err = cli("experiment", *argv, "-o", tmp_path / "out", "--dry-run", *options)
     assert code == 0, err
     assert "commands to run" in stdout.splitlines()[-1]
