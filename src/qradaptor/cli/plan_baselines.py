@@ -126,7 +126,7 @@ def knapsack(
     from qradaptor.cli.profile import parse_bits
     from qradaptor.plan import UNQUANTIZED, check_bits
     from qradaptor.search.budget import parse_budget
-    from qradaptor.search.knapsack import knapsack_plan
+    from qradaptor.search.knapsack import chooses_ranks_by_default, knapsack_plan
 
     if uniform is not None or ranks is not None:
         raise ValueError(
@@ -184,7 +184,7 @@ def knapsack(
     check_device(device)
     if output is not None:
         check_output(output, force=force)
-    if benefit is None and rank is None and parsed.kind == "bytes":  # knapsack_plan's default
+    if benefit is None and chooses_ranks_by_default(parsed, rank):  # say what knapsack_plan will do
         from qradaptor.search.space import DEFAULT_RANKS
 
         print(

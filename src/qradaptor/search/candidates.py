@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from qradaptor.search.budget import Budget, check_budget, fill, repair, violation
 from qradaptor.search.initial import normalise
-from qradaptor.search.knapsack import knapsack_genome, lowest_at_rank
+from qradaptor.search.knapsack import chooses_ranks_by_default, knapsack_genome, lowest_at_rank
 from qradaptor.search.knapsack_ranks import bytes_left_to_ranks, knapsack_genome_ranks
 from qradaptor.search.nsga2 import layerwise_crossover, proximity_mutation
 from qradaptor.search.space import Genome, MemoryTable
@@ -61,7 +61,7 @@ def knapsack_candidates(
     ranks = _affordable_ranks(table, budget)
     out: list[Genome] = []
     seen: set[bytes] = set()
-    if budget.kind == "bytes" and count >= 1:
+    if count >= 1 and chooses_ranks_by_default(budget, rank=None):  # as knapsack_plan makes it
         first = knapsack_genome_ranks(table, v, budget, bytes_left_to_ranks(table.space.rank_choices))
         seen.add(first.tobytes())
         out.append(first)

@@ -338,6 +338,13 @@ def _amount(genome: Genome, budget: Budget, table: MemoryTable) -> str:
     return f"{int(table.bytes_of(genome))} bytes"
 
 
+def chooses_ranks_by_default(budget: Budget, rank: int | None) -> bool:
+    """Whether ``knapsack_plan`` given no ``rank`` and no ``rank_benefit`` chooses each unit's
+    rank (bits first, ``knapsack_ranks.bytes_left_to_ranks``): under a byte budget, where
+    adapters cost bytes; under avg bits they cost none and every unit gets rank 16."""
+    return rank is None and budget.kind == "bytes"
+
+
 def knapsack_plan(
     structure: ModelStructure,
     sensitivity: SensitivityTable | Sequence[SensitivityTable],
@@ -400,7 +407,7 @@ def knapsack_plan(
             )
     choices = tuple(tables[0].bits) if bits is None else tuple(bits)
     group_sizes = tuple(sorted(t.group_size for t in tables)) if len(tables) > 1 else ()
-    if rank_benefit is None and rank is None and budget.kind == "bytes":
+    if rank_benefit is None and chooses_ranks_by_default(budget, rank):
         from qradaptor.search.knapsack_ranks import bytes_left_to_ranks
 
         rank_benefit = bytes_left_to_ranks()
