@@ -196,6 +196,27 @@ def test_only_the_missing_steps_run(fake, tmp_path: Path) -> None:
     assert [r["verb"] for r in ran(tmp_path) if "/C/seed0/" in " ".join(r["argv"])] == ["eval"]
 
 
+def test_an_evaluation_that_lacks_tasks_is_completed_with_resume(fake, tmp_path: Path) -> None:
+    # e.g. the pilot study's MMLU added to eval options its cells were already scored with
+    text = THREE.replace("name: three\n", "name: three\neval: {tasks: [suite, mmlu]}\n")
+    three = experiment(tmp_path, text)
+    Runner(plan_jobs([three]), command=fake).run()
+    before = len(ran(tmp_path))
+    first, second, third = (cell.steps[-1] for cell in three.cells)
+    suite = ["ppl_wiki", "ppl_lambada", "arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande"]
+    suite += ["boolq", "openbookqa"]
+    first.done.write_text(json.dumps({"meta": {"tasks": suite}, "results": []}))
+    second.done.write_text(json.dumps({"meta": {"tasks": [*suite, "mmlu"]}, "results": []}))
+    assert first.missing_tasks() == ["mmlu"] and not first.finished()
+    assert second.finished() and third.finished()  # all held; a file that lists none is left alone
+    jobs = plan_jobs([three])
+    assert [(name, step.verb) for name, step in pending_steps(jobs)] == [("three/lora16/seed0", "eval")]
+    summary = Runner(jobs, command=fake).run()
+    assert summary.steps_run == 1 and summary.failed == {}
+    (again,) = ran(tmp_path)[before:]
+    assert again["verb"] == "eval" and again["argv"] == [*first.argv, "--resume"]
+
+
 def test_a_killed_fine_tune_resumes_or_starts_over(fake, tmp_path: Path) -> None:
     small = experiment(
         tmp_path, "name: resume\nseeds: [0, 1, 2, 3]\nmethods:\n  - {label: lora16, method: lora16}\n"

@@ -33,6 +33,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     seed: int = 1234,
     output: str | None = None,
     force: bool = False,
+    resume: bool = False,
     as_json: bool = False,
     no_progress: bool = False,
 ) -> int:
@@ -70,6 +71,9 @@ def eval(  # noqa: A001 - the verb's name is the command's
         seed: random seed
         output: write the results as JSON to this file (written atomically)
         force: overwrite --output if it exists
+        resume: complete --output, if it exists, with the tasks it lacks: the tasks it holds are
+            kept and not scored again; it must have been written with this plan and these
+            settings (limit, batch size, seq len, stride, backend, seed, dtype)
         as_json: print JSON instead of the table
         no_progress: no progress output
     """
@@ -99,7 +103,16 @@ def eval(  # noqa: A001 - the verb's name is the command's
         from qradaptor.runs import read_run
 
         files = read_run(run)  # a bad or unfinished run folder fails now, before any model is loaded
-    if output is not None:
+    if resume and force:
+        raise ValueError("--resume keeps what --output holds and --force overwrites it; give one of them")
+    prior = _prior_results(output, resume, limit, batch_size, seq_len, stride, backend, seed)
+    if prior is not None:
+        done = set(prior[1].get("tasks") or ())
+        if all(name in done for name in names):
+            held = ", ".join(names)
+            print(f"qra eval: {output!r} already holds {held}; nothing to evaluate", file=sys.stderr)
+            return 0
+    elif output is not None:
         check_output(output, force=force)  # fail now, not after an hour of evaluation
     if files is not None and not files.finished:
         print(UNFINISHED.format(run=run), file=sys.stderr)
@@ -123,6 +136,9 @@ def eval(  # noqa: A001 - the verb's name is the command's
         structure = load_structure(model)[1]  # the config only: a plan that does not fit fails before loading
         the_plan = Plan.uniform(structure.num_blocks, *given) if isinstance(given, tuple) else given
         the_plan.validate(structure)
+    if prior is not None:
+        known = files.plan if files is not None else the_plan
+        _check_same_model(output, prior[1], str(dtype).removeprefix("torch."), known)
     if memory_cap is not None:
         from qradaptor.cli.common import load_structure
 
@@ -141,12 +157,16 @@ def eval(  # noqa: A001 - the verb's name is the command's
         built = assemble_run(run, model, dtype=dtype, device=device, progress=not no_progress)
     else:
         built = assemble(model, the_plan, adapter, dtype=dtype, device=device, progress=not no_progress)
+    scored = names
+    if prior is not None:
+        _check_same_model(output, prior[1], str(dtype).removeprefix("torch."), built.plan)
+        scored = [name for name in names if name not in prior[1]["tasks"]]
     if not no_progress:  # what it will do, priced here, before doing it
         from qradaptor.eval.cost import eval_line
         from qradaptor.eval.task import EvalSettings
 
         settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed)
-        print(f"qra eval: {eval_line(built.model, built.tokenizer, names, settings)}", file=sys.stderr)
+        print(f"qra eval: {eval_line(built.model, built.tokenizer, scored, settings)}", file=sys.stderr)
     with _dequantised_once_if_room(built.model, device, memory_cap) as held:
         if held and not no_progress:
             print(
@@ -156,7 +176,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         records = run_suite(
             built.model,
             built.tokenizer,
-            names,
+            scored,
             model_name=built.source,
             plan_hash=built.plan.plan_hash,
             adapter=built.adapter,
@@ -168,6 +188,12 @@ def eval(  # noqa: A001 - the verb's name is the command's
             seed=seed,
             progress=not no_progress,
         )
+    seconds = time.perf_counter() - started
+    if prior is not None:  # the tasks it held first, in their order, then the new ones
+        names = [*prior[1]["tasks"], *(name for name in names if name not in prior[1]["tasks"])]
+        order = {name: i for i, name in enumerate(names)}
+        records = sorted([*prior[0], *records], key=lambda r: order.get(r.task, len(order)))
+        seconds += prior[1].get("seconds") or 0.0
     meta = {
         "model": built.source,
         "plan": built.plan.to_dict(),
@@ -184,14 +210,14 @@ def eval(  # noqa: A001 - the verb's name is the command's
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "seed": seed,
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(seconds, 2),
         "zero_shot_avg_acc": zero_shot_average(records, "acc"),
         "zero_shot_avg_acc_norm": zero_shot_average(records, "acc_norm"),
         "provenance": read_provenance(built.source).to_dict(),  # what the "16-bit" base really is
     }
     text = to_json(records, meta)
     if output is not None:
-        write_text_atomic(output, text + "\n", force=force)
+        write_text_atomic(output, text + "\n", force=force or prior is not None)
     if as_json:
         print(text)
     else:
@@ -229,6 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--seed", type=int, default=1234, help=helps["seed"])
     parser.add_argument("-o", "--output", metavar="FILE", help=helps["output"])
     parser.add_argument("--force", action="store_true", help=helps["force"])
+    parser.add_argument("--resume", action="store_true", help=helps["resume"])
     parser.add_argument("--json", dest="as_json", action="store_true", help=helps["as_json"])
 
 
@@ -246,3 +273,58 @@ def _dequantised_once_if_room(model: Any, device: str, memory_cap: int | None) -
         return contextlib.nullcontext(0)
     free = free_memory([device])[device]
     return dequantised_once(model) if need <= free // 2 else contextlib.nullcontext(0)
+
+
+def _prior_results(
+    output: str | None,
+    resume: bool,
+    limit: int | None,
+    batch_size: int,
+    seq_len: int,
+    stride: int | None,
+    backend: str,
+    seed: int,
+) -> tuple[list[Any], dict[str, Any]] | None:
+    """With --resume and an existing --output: its records and meta, once its settings are these.
+
+    Raises:
+        ValueError: --resume without --output, a file qra eval did not write, or one written
+            with other settings (naming each).
+    """
+    if not resume:
+        return None
+    if output is None:
+        raise ValueError("--resume completes the results file that --output names; give -o FILE")
+    from pathlib import Path
+
+    from qradaptor.eval.results import read_results
+
+    if not Path(output).expanduser().is_file():
+        return None  # nothing to complete yet: a fresh evaluation
+    records, meta = read_results(output)
+    asked = {"limit": limit, "batch_size": batch_size, "seq_len": seq_len, "stride": stride}
+    asked |= {"backend": backend, "seed": seed}
+    differ = [f"{key} {meta.get(key)!r} (asked {v!r})" for key, v in asked.items() if meta.get(key) != v]
+    if differ or not isinstance(meta.get("tasks"), list):
+        why = ", ".join(differ) if differ else "no list of tasks in its meta"
+        raise ValueError(
+            f"--resume: {output!r} was written with other settings: {why}; give the same settings, "
+            "or --force without --resume to evaluate everything again"
+        )
+    return records, meta
+
+
+def _check_same_model(output: str | None, meta: dict[str, Any], dtype: str, plan: Any) -> None:
+    """--resume: the results being completed were scored on this plan and in this dtype.
+
+    Raises:
+        ValueError: naming what differs (the plan hash or the dtype).
+    """
+    differ = [f"dtype {meta.get('dtype')!r} (now {dtype!r})"] if meta.get("dtype") != dtype else []
+    if plan is not None and not isinstance(plan, tuple) and meta.get("plan_hash") != plan.plan_hash:
+        differ.append(f"plan {meta.get('plan_hash')!r} (now {plan.plan_hash!r})")
+    if differ:
+        raise ValueError(
+            f"--resume: {output!r} was scored on another model: {', '.join(differ)}; "
+            "evaluate into another file, or --force without --resume to start over"
+        )

@@ -124,8 +124,9 @@ def experiment(
     seed, into DIR/searches/ (shared by every cell that trains that plan).
 
     Running the same command again resumes: finished steps are skipped, a killed fine-tune
-    continues from its checkpoint, a killed search from its study, and failed cells are
-    tried again. A cell that would fine-tune the plan a done cell of DIR already fine-tuned, with
+    continues from its checkpoint, a killed search from its study, an eval.json that lacks a
+    task the file now asks for is completed (qra eval --resume scores only those), and failed
+    cells are tried again. A cell that would fine-tune the plan a done cell of DIR already fine-tuned, with
     the same seed and the same train and eval options, takes that cell's results instead (its
     cell.json names it; results.md marks it). At the end each experiment gets results.md,
     results.json and plots in DIR/NAME, made from the cell folders (--report-only makes them

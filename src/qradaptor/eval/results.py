@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 
@@ -75,3 +77,28 @@ def format_table(records: Sequence[EvalRecord]) -> str:
         stderr = f"{r.stderr:.4f}" if r.stderr is not None else ""
         lines.append(f"{r.task:<16} {r.metric:<22} {value:>10} {stderr:>9} {r.n:>8} {r.seconds:>7.1f}")
     return "\n".join(lines)
+
+
+def read_results(path: str | os.PathLike[str]) -> tuple[list[EvalRecord], dict[str, Any]]:
+    """The records and meta of a results file that ``qra eval --output`` wrote (``to_json``).
+
+    Raises:
+        ValueError: naming the file, when it is not such a file (not JSON, no "meta" object or no
+            "results" list of records).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"results file {os.fspath(path)!r} cannot be read as JSON: {e}") from None
+    meta, rows = (data.get("meta"), data.get("results")) if isinstance(data, dict) else (None, None)
+    names = {f.name for f in fields(EvalRecord)}
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(rows, list)
+        or not all(isinstance(r, dict) and names >= set(r) >= names - {"details"} for r in rows)
+    ):
+        raise ValueError(
+            f"results file {os.fspath(path)!r} is not what qra eval writes: a JSON object with "
+            '"meta" and a "results" list of records'
+        )
+    return [EvalRecord(**r) for r in rows], meta

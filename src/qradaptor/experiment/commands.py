@@ -33,6 +33,32 @@ class Step:
 
         return shlex.join(["qra", self.verb, *self.argv])
 
+    def finished(self) -> bool:
+        """Its file is there and, for an evaluation, holds every task it asks for.
+
+        An eval.json written before the experiment's tasks grew (the pilot study's MMLU) is not
+        finished: the runner completes it with ``qra eval --resume``, which scores only the
+        missing tasks. A file that lists no tasks (not written by ``qra eval``) counts as
+        finished, as any step's file does.
+        """
+        return self.done.exists() and not self.missing_tasks()
+
+    def missing_tasks(self) -> list[str]:
+        """For an eval step whose results file lists its tasks: those it asks for and lacks."""
+        if self.verb != "eval" or not self.done.is_file():
+            return []
+        try:
+            held = json.loads(self.done.read_text()).get("meta", {}).get("tasks")
+        except (OSError, ValueError, AttributeError):
+            return []
+        if not isinstance(held, list):
+            return []
+        from qradaptor.eval.suite import resolve_tasks
+
+        argv = list(self.argv)
+        asked = argv[argv.index("--tasks") + 1] if "--tasks" in argv else "suite"
+        return [name for name in resolve_tasks(asked.split(",")) if name not in held]
+
 
 @dataclass(frozen=True)
 class Profile:

@@ -77,7 +77,7 @@ class _Job:
 
     def next_step(self) -> Step | None:
         """The first step not done yet (skipping finished ones), or None."""
-        while self.index < len(self.steps) and self.steps[self.index].done.exists():
+        while self.index < len(self.steps) and self.steps[self.index].finished():
             self.index += 1
         return self.steps[self.index] if self.index < len(self.steps) else None
 
@@ -106,7 +106,7 @@ def plan_jobs(experiments: Sequence[Experiment]) -> list[_Job]:
     for experiment in experiments:
         for cell in experiment.cells:
             after = None
-            finished = all(step.done.exists() for step in cell.steps)
+            finished = all(step.finished() for step in cell.steps)
             for kind, prior in (("profiles", cell.profile), ("searches", cell.search)):
                 if prior is None or finished:
                     continue
@@ -135,7 +135,7 @@ def _interruptible() -> None:
 
 def pending_steps(jobs: Sequence[_Job]) -> list[tuple[str, Step]]:
     """Every (job, step) whose output is missing: what a run would execute."""
-    return [(job.name, step) for job in jobs for step in job.steps if not step.done.exists()]
+    return [(job.name, step) for job in jobs for step in job.steps if not step.finished()]
 
 
 def _train_flags(step: Step) -> list[str]:
@@ -145,6 +145,11 @@ def _train_flags(step: Step) -> list[str]:
         return []
     checkpoints = run / "checkpoints"
     return ["--resume"] if checkpoints.is_dir() and any(checkpoints.iterdir()) else ["--force"]
+
+
+def _eval_flags(step: Step) -> list[str]:
+    """--resume for an evaluation whose results file lacks tasks it now asks for (``Step.finished``)."""
+    return ["--resume"] if step.verb == "eval" and step.done.exists() else []
 
 
 def _out_of_memory(log: Path) -> bool:
@@ -240,7 +245,7 @@ class Runner:
         return min(self.gpus, key=lambda g: load[g])
 
     def _start(self, job: _Job, step: Step) -> None:
-        argv = [*step.argv, *_train_flags(step)]
+        argv = [*step.argv, *_train_flags(step), *_eval_flags(step)]
         if self.device != "auto" and step.verb in DEVICE_VERBS:
             argv += ["--device", self.device]
         if step.verb == "train":
@@ -336,7 +341,7 @@ class Runner:
         job.log.close()
         job.process = None
         self.summary.steps_run += 1
-        ok = code == 0 and step.done.exists()
+        ok = code == 0 and step.finished()
         if self.on_step is not None:
             self.on_step(job.name, step, seconds, ok)
         log = job.log_dir / f"{step.verb}.log"
@@ -349,7 +354,14 @@ class Runner:
                 self.on_retry(job.name, step, self.workers)
             return
         if not ok:
-            why = f"exit code {code}" if code != 0 else f"no {step.done.name} written"
+            lacking = step.missing_tasks()
+            why = (
+                f"exit code {code}"
+                if code != 0
+                else f"{step.done.name} lacks {', '.join(lacking)}"
+                if lacking
+                else f"no {step.done.name} written"
+            )
             self._finish(job, "failed", f"qra {step.verb} failed ({why}); see {log}: {_tail(log)}")
             return
         self._since_oom += 1
