@@ -12,6 +12,7 @@ import pytest
 
 from qradaptor.eval.results import EvalRecord
 from qradaptor.eval.results import to_json as eval_to_json
+from qradaptor.eval.suite import GROUPS
 from qradaptor.experiment import runner
 from qradaptor.experiment.config import load
 from qradaptor.experiment.runner import write_cell_record
@@ -153,10 +154,11 @@ def train_json(avg_bits: float, tokens_per_s: float) -> str:
 
 
 def eval_json(ppl: float) -> str:
-    """eval.json through the real writer: the two perplexity corpora."""
+    """eval.json through the real writer: the two perplexity corpora, its meta naming the suite
+    (the tasks a cell asks for by default; one it lacks would be scored again with --resume)."""
     corpora = (("ppl_wiki", ppl), ("ppl_lambada", 2 * ppl))
     records = [EvalRecord(task, "ppl", v, None, 100, "/m", "h", "run/adapter", 1.0) for task, v in corpora]
-    return eval_to_json(records, {"model": "/m", "tasks": ["ppl_wiki", "ppl_lambada"]})
+    return eval_to_json(records, {"model": "/m", "tasks": list(GROUPS["suite"])})
 
 
 def test_report_only_tabulates_the_cell_folders_and_runs_nothing(cli, tiny: Path, tmp_path: Path) -> None:
