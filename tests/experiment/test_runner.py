@@ -436,6 +436,20 @@ def test_a_step_out_of_gpu_memory_runs_again_beside_fewer_others(fake, tmp_path,
     assert cell_record(three.cells[1])["state"] == "done"
 
 
+@pytest.mark.parametrize(
+    ("tail", "out_of_memory"),
+    [
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 96.00 MiB.", True),
+        ("RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", True),
+        ("RuntimeError: CUDA error: an illegal memory access was encountered", False),
+    ],
+)
+def test_out_of_memory_is_read_from_the_log_in_each_way_cuda_says_it(tmp_path, tail, out_of_memory) -> None:
+    log = tmp_path / "eval.log"
+    log.write_text("Traceback (most recent call last):\n  ...\n" + tail + "\n")
+    assert runner._out_of_memory(log) is out_of_memory
+
+
 def test_steps_at_once_go_back_up_once_steps_succeed_again(fake, tmp_path, monkeypatch) -> None:
     five = experiment(tmp_path, THREE.replace("[0, 1, 2]", "[0, 1, 2, 3, 4]"))
     train = five.cells[1].folder / "train"

@@ -51,8 +51,9 @@ RAISE_AFTER = 2
 runs at once again (up to ``--jobs``): what crowded the GPU (a step with a larger peak, another
 program) may have gone, and a runner that only ever lowered its count ran a whole batch one step
 at a time once another program's 24 GB had left (docs/GPU.md, 2026-12-05)."""
-OOM_MARKERS = ("torch.OutOfMemoryError", "CUDA out of memory")
-"""What a step's log says when it ran out of GPU memory."""
+OOM_MARKERS = ("torch.OutOfMemoryError", "CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
+"""What a step's log says when it ran out of GPU memory (cuBLAS says it its own way when a full
+GPU leaves no room for its handle: a main-table evaluation on the H100, 2026-12-06)."""
 
 
 @dataclass
