@@ -34,6 +34,7 @@ _METAVARS = {
     "sensitivity": "FILE",
     "fixed_bits": "B",
     "fixed_rank": "R",
+    "screen_margin": "E",
 }
 
 

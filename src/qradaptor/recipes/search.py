@@ -8,6 +8,7 @@ a runner calls it in-process with the same dataclass.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -180,6 +181,8 @@ def prepare(options: SearchOptions) -> tuple[SearchRequest, ModelStructure, Memo
     assert o.eval_batches is not None and o.calibration_samples is not None
     if o.steps < 0:
         raise ValueError(f"--steps must be >= 0 (0: plans scored forward only), got {o.steps}")
+    if not 0 <= o.screen_margin < math.inf:
+        raise ValueError(f"--screen-margin must be a number of standard errors >= 0, got {o.screen_margin}")
     check_positive(
         seq_len=o.seq_len,
         batch_size=o.batch_size,
@@ -356,7 +359,13 @@ def search_config(
     return SearchConfig(
         budget=budget,
         strategy=o.strategy,
-        halving=HalvingConfig(candidates=o.candidates, sweep=min(8, o.candidates), eta=o.eta, rungs=o.rungs),
+        halving=HalvingConfig(
+            candidates=o.candidates,
+            sweep=min(8, o.candidates),
+            eta=o.eta,
+            rungs=o.rungs,
+            screen_margin=o.screen_margin,
+        ),
         bits=bits,
         ranks=ranks,
         granularity=o.granularity,

@@ -182,6 +182,10 @@ class SearchOptions:
     (full on CUDA, quick on the CPU)"""
     eta: int = 3
     """halving: each rung keeps the best 1/eta of the one below"""
+    screen_margin: float = 2.0
+    """halving with --steps 0: standard errors, paired over the held-out windows, by which the
+    screen's best plan must lie below the knapsack plan to be chosen over it (its near-tie picks
+    fine-tuned worse in all three GPU runs, docs/ALLOCATION.md); 0: the lowest mean wins"""
     population: int = 5
     """paper: NSGA-II population size"""
     generations: int = 5

@@ -64,12 +64,19 @@ class HalvingConfig:
     """Proxy fine-tune rungs above the forward-only one; the top one runs the full proxy. 0: the
     forward-only screen is the top rung, so its proxy has 0 steps (a search of forward passes
     only: the recorded screens chose the full search's plans, docs/ALLOCATION.md)."""
+    screen_margin: float = 2.0
+    """With the screen the top rung: standard errors (paired over the held-out windows) by which
+    its best plan must lie below the knapsack plan to be chosen over it (``screen_choice``); 0:
+    the lowest mean wins."""
 
     def __post_init__(self) -> None:
         _check_int(self.candidates, "candidates", 1)
         _check_int(self.sweep, "sweep", 1)
         _check_int(self.eta, "eta", 2)
         _check_int(self.rungs, "rungs", 0)
+        margin = self.screen_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+            raise ValueError(f"screen_margin must be a number of standard errors >= 0, got {margin!r}")
 
     def sizes(self) -> tuple[int, ...]:
         """Plans per rung, rung 0 first: ceil(candidates / eta^i) (the knapsack plan may add one)."""

@@ -298,6 +298,19 @@ def run_search(
 
     records = list(objective.records)
     chosen = largest if largest is not None else choose(records, table, config.budget)
+    if largest is None and config.strategy == "halving" and proxy.steps == 0:
+        from qradaptor.search.screen_choice import settle_screen
+
+        screen = evaluator or ProxyEvaluator(
+            model, train_ids, eval_ids, proxy, device=device, cache=quant_cache, **lean
+        )
+        chosen, said = settle_screen(
+            chosen,
+            records,
+            lambda r: screen.window_losses(space.to_plan(genome_of(r, space), **plan_kwargs)),
+            config.halving.screen_margin,
+        )
+        note = said
     return SearchOutcome(
         records=tuple(records),
         pareto=pareto_numbers(records, table, config.budget),

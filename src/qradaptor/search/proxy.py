@@ -265,26 +265,52 @@ class ProxyEvaluator:
         self._evaluations += 1
         return score
 
-    def _evaluate(self, plan: Plan, key: str) -> ProxyScore:
+    def window_losses(self, plan: Plan) -> list[float]:
+        """The forward-only loss of each held-out window under ``plan`` (adapters as initialised,
+        no step): the terms whose mean is its 0-step score, for comparing two plans window by
+        window (``screen_choice``). Not cached: a search calls it for two plans at most."""
+        import torch
+
+        out: list[float] = []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            model = self._built(plan)
+            with torch.inference_mode():
+                for ids in self._eval_ids.split(self.config.batch_size):  # (b, T')
+                    logits = model(input_ids=ids).logits[:, :-1].float()  # (b, T'-1, V)
+                    nll = torch.nn.functional.cross_entropy(
+                        logits.transpose(1, 2), ids[:, 1:], reduction="none"
+                    )
+                    out += nll.mean(dim=1).tolist()  # (b,): every window has T'-1 targets
+        del model
+        return out
+
+    def _built(self, plan: Plan) -> nn.Module:
+        """``plan`` applied to a fresh copy of the base; seeding first makes every plan's adapter
+        init (A) the same draw. Call it inside a forked RNG."""
         import torch
 
         from qradaptor.build import apply_plan, enable_gradient_checkpointing
 
+        torch.manual_seed(self.config.seed)
+        model = apply_plan(
+            shared_copy(self._base) if self.shared_base else copy.deepcopy(self._base),
+            plan,
+            simulated=not self.shared_base,
+            lora_dropout=self.config.lora_dropout,
+            cache=self.quant_cache,
+        )
+        if self.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
+
+    def _evaluate(self, plan: Plan, key: str) -> ProxyScore:
+        import torch
+
         start = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
-        # Fork the RNG so the evaluator's seeding never leaks into the caller's stream;
-        # seeding before apply_plan makes every plan's adapter init (A) the same draw.
+        # Fork the RNG so the evaluator's seeding never leaks into the caller's stream.
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.config.seed)
-            model = apply_plan(
-                shared_copy(self._base) if self.shared_base else copy.deepcopy(self._base),
-                plan,
-                simulated=not self.shared_base,
-                lora_dropout=self.config.lora_dropout,
-                cache=self.quant_cache,
-            )
-            if self.gradient_checkpointing:
-                enable_gradient_checkpointing(model)
+            model = self._built(plan)
             loss_before = self.held_out_loss(model)
             params = [p for p in model.parameters() if p.requires_grad]
             train_loss: list[float] = []
