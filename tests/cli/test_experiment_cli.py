@@ -258,6 +258,46 @@ def test_a_run_then_its_resumption(cli, fake_qra: Path, tmp_path: Path, monkeypa
     assert "2 of 2 cells done." in text and "| C | 2/2 | 4.50 ± 0.00 | 8.0 ± 0.0 | 20.00 ± 0.00 |" in text
 
 
+def test_redo_moves_the_named_cells_aside_and_a_run_makes_them_again(
+    cli, fake_qra: Path, tmp_path: Path
+) -> None:
+    # e.g. a label redefined since its cells ran (main.yaml's qra: the paper's search, then the halving one)
+    config, out = tmp_path / "e2e.yaml", tmp_path / "out"
+    config.write_text("name: e2e\nseeds: [0, 1]\nmethods:\n  - {label: C, plan: {bits: 4, ranks: 8}}\n")
+    assert cli("experiment", config, "-o", out)[0] == 0
+    before = (out / "e2e" / "C" / "seed1" / "eval.json").read_text()
+    code, stdout, err = cli("experiment", config, "-o", out, "--redo", "C/seed1", "--report-only")
+    assert code == 0 and "1 of 2 cells done." in (out / "e2e" / "results.md").read_text()
+    (stamp,) = (out / "archive").iterdir()
+    assert f"qra experiment: moved 1 cell to {stamp}" in err
+    assert (stamp / "e2e" / "C" / "seed1" / "eval.json").read_text() == before  # kept, not deleted
+    assert (
+        not (out / "e2e" / "C" / "seed1").exists() and (out / "e2e" / "C" / "seed0" / "eval.json").is_file()
+    )
+    ran = len(fake_qra.read_text().splitlines())
+    code, stdout, err = cli("experiment", config, "-o", out)
+    assert code == 0 and "3 commands run in " in stdout
+    assert [line.split()[0] for line in fake_qra.read_text().splitlines()[ran:]] == ["plan", "train", "eval"]
+    assert "2 of 2 cells done." in (out / "e2e" / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--redo", "D"], "--redo 'D' is no experiment, label or LABEL/seedN here; known: C, e2e"),
+        (["--redo", "C/seed5"], "--redo 'C/seed5': C has no such seed; its seeds: 0, 1"),
+        (["--redo", "C", "--dry-run"], "--redo moves cells; not with --dry-run"),
+    ],
+)
+def test_bad_redo_is_one_error_and_moves_nothing(cli, fake_qra: Path, tmp_path: Path, argv, message) -> None:
+    config, out = tmp_path / "e2e.yaml", tmp_path / "out"
+    config.write_text("name: e2e\nseeds: [0, 1]\nmethods:\n  - {label: C, plan: {bits: 4, ranks: 8}}\n")
+    assert cli("experiment", config, "-o", out)[0] == 0
+    code, _, err = cli("experiment", config, "-o", out, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (out / "archive").exists()
+
+
 TWINS = "name: twins\nseeds: [0]\nmethods:\n  - {label: A, plan: {bits: 4, ranks: 8}}\n"
 TWINS += "  - {label: B, plan: {bits: 4, ranks: 8}}\n"
 """Two labels of one plan, seed and recipe: B would fine-tune exactly what A did."""

@@ -47,7 +47,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _select(experiments: list[Experiment], only: str | None) -> list[Experiment]:
+def _select(experiments: list[Experiment], only: str | None, option: str = "--only") -> list[Experiment]:
     """Keeps the experiments, their labels, or single cells (LABEL/seedN) named by --only."""
     from dataclasses import replace
 
@@ -61,13 +61,13 @@ def _select(experiments: list[Experiment], only: str | None) -> list[Experiment]
         label = name.split("/seed")[0] if "/seed" in name else None
         if label not in known:
             raise ValueError(
-                f"--only {name!r} is no experiment, label or LABEL/seedN here; "
+                f"{option} {name!r} is no experiment, label or LABEL/seedN here; "
                 f"known: {', '.join(sorted(known))}"
             )
         if name not in cell_names:
             seeds = sorted({c.seed for e in experiments for c in e.cells if c.label == label})
             raise ValueError(
-                f"--only {name!r}: {label} has no such seed; its seeds: {', '.join(map(str, seeds))}"
+                f"{option} {name!r}: {label} has no such seed; its seeds: {', '.join(map(str, seeds))}"
             )
 
     def chosen(cell: Any) -> bool:
@@ -114,6 +114,7 @@ def experiment(
     dry_run: bool = False,
     report_only: bool = False,
     no_reuse: bool = False,
+    redo: str | None = None,
 ) -> int:
     """Run experiment files end to end (search, train, eval per cell), then write their results.
 
@@ -147,6 +148,10 @@ def experiment(
         report_only: write the results from the cell folders as they are, and run nothing
         no_reuse: fine-tune and evaluate every cell, even one whose plan, seed and options a done
             cell of DIR already ran (by default it takes that cell's results)
+        redo: comma-separated experiment names, labels or single cells (as --only) to make
+            again although they ran: their folders move to DIR/archive/STAMP/ first (for a label
+            whose meaning changed since its cells ran; a done cell is otherwise kept); with
+            --report-only they are moved and the run is left for later
     """
     from qradaptor.experiment.config import load
     from qradaptor.experiment.runner import pending_steps, plan_jobs
@@ -167,6 +172,10 @@ def experiment(
         )
     experiments = _select(experiments, only)
     _check_commands(experiments)
+    if redo is not None:
+        if dry_run:
+            raise ValueError("--redo moves cells; not with --dry-run (which changes nothing)")
+        _redo(_select(experiments, redo, "--redo"), root)
     job_list = plan_jobs(experiments)
     if dry_run:
         todo = pending_steps(job_list)
@@ -188,6 +197,15 @@ def experiment(
             print(f"  {name}: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def _redo(named: list[Experiment], root: Path) -> None:
+    """Moves the named cells' folders to DIR/archive/STAMP/ (``experiment.archive``), said on stderr."""
+    from qradaptor.experiment.archive import ARCHIVE, archive_cells
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = archive_cells([cell for e in named for cell in e.cells], root, stamp)
+    print(f"qra experiment: moved {_count(len(moved), 'cell')} to {root / ARCHIVE / stamp}", file=sys.stderr)
 
 
 def _run(job_list: list, jobs: int, gpus: list[int], device: str, reuse: bool) -> dict[str, str]:
@@ -283,3 +301,4 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, Any]) -> Non
     parser.add_argument("--dry-run", action="store_true", help=helps["dry_run"])
     parser.add_argument("--report-only", action="store_true", help=helps["report_only"])
     parser.add_argument("--no-reuse", action="store_true", help=helps["no_reuse"])
+    parser.add_argument("--redo", metavar="NAMES", help=helps["redo"])
