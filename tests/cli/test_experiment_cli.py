@@ -279,6 +279,9 @@ def test_redo_moves_the_named_cells_aside_and_a_run_makes_them_again(
     assert code == 0 and "3 commands run in " in stdout
     assert [line.split()[0] for line in fake_qra.read_text().splitlines()[ran:]] == ["plan", "train", "eval"]
     assert "2 of 2 cells done." in (out / "e2e" / "results.md").read_text()
+    code, _, err = cli("experiment", config, "-o", out, "--redo", "C", "--report-only")  # the whole label
+    assert code == 0 and "moved 2 cells to " in err and not (out / "e2e" / "C").exists()
+    assert "0 of 2 cells done." in (out / "e2e" / "results.md").read_text()
 
 
 @pytest.mark.parametrize(

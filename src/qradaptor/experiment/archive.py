@@ -40,4 +40,6 @@ def archive_cells(cells: Sequence[Cell], root: Path, stamp: str) -> list[Path]:
     for cell, target in zip(present, targets, strict=True):
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(cell.folder, target)  # one rename: the cell is either here or there
+        if not any(cell.folder.parent.iterdir()):  # a label with no cell left: as if never run
+            cell.folder.parent.rmdir()
     return targets
