@@ -12,13 +12,10 @@ mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -
 jobs=$(( mib > 100000 ? 5 : 4 ))   # H200: five steps at once; H100: four (the runner backs off on out-of-memory)
 batches=(
     # Each entry: the configs, then "--only LABELS" or nothing for all their cells.
-    # (the ninth run measured bits {2,3,4,8} at 120 MB and the paper's search at 4.5 bits and
-    # 120 MB, and ran the paper's searches at 4.25 bits and one at 5.0: docs/ALLOCATION.md)
-    # The last of what issue 15 asks for at every budget: the paper's search at 4.25 and 5.0 bits;
-    # and the screen under a byte budget at the smallest rank (its new default, 0 epochs)
-    "configs/allocation.yaml --only qra-paper@4.25bits,qra-paper@5.0bits,qra-dq-screen-r4@120MB"
+    # (the tenth run measured the last cells issue 15 requires: docs/ALLOCATION.md)
     # Issue 20: main, pilot and ablations with the new search, the knapsack and the fixed
-    # baselines (the cells already measured under the same options are kept)
+    # baselines (the cells already measured under the same options are kept; the labels whose
+    # meaning changed were archived on 2026-12-06; the pilot's earlier cells get MMLU by resume)
     "configs/main.yaml configs/pilot.yaml configs/ablations.yaml"
     # The richer space's remaining cells: the per-module search at 4.5 bits and 120 MB (a byte
     # budget: the proxy rungs price ranks), the per-linear double-quantised knapsack, the full
