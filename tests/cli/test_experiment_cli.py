@@ -280,7 +280,8 @@ def test_redo_moves_the_named_cells_aside_and_a_run_makes_them_again(
     assert [line.split()[0] for line in fake_qra.read_text().splitlines()[ran:]] == ["plan", "train", "eval"]
     assert "2 of 2 cells done." in (out / "e2e" / "results.md").read_text()
     code, _, err = cli("experiment", config, "-o", out, "--redo", "C", "--report-only")  # the whole label
-    assert code == 0 and "moved 2 cells to " in err and not (out / "e2e" / "C").exists()
+    assert code == 0 and "moved 2 cells to " in err and not (out / "e2e" / "C").exists(), err
+    assert len(list((out / "archive").iterdir())) == 2  # a second archive, even within the same second
     assert "0 of 2 cells done." in (out / "e2e" / "results.md").read_text()
 
 
@@ -325,3 +326,13 @@ def test_a_cell_takes_a_done_twins_results_unless_no_reuse(cli, fake_qra, tmp_pa
         assert b_record["reused_from"] == "twins/A/seed0" and b_record["state"] == "done"
         assert "reused twins/B/seed0: same plan, seed and options as twins/A/seed0" in stdout + err
         assert "| B | 1/1 (1 reused) |" in text and "- B seed 0: same plan and seed as twins/A/seed0" in text
+
+
+def test_a_stamp_taken_gets_a_suffix(tmp_path: Path) -> None:
+    from qradaptor.experiment.archive import ARCHIVE, fresh_stamp
+
+    assert fresh_stamp(tmp_path, "20261206T184913Z") == "20261206T184913Z"
+    (tmp_path / ARCHIVE / "20261206T184913Z").mkdir(parents=True)
+    assert fresh_stamp(tmp_path, "20261206T184913Z") == "20261206T184913Z-2"
+    (tmp_path / ARCHIVE / "20261206T184913Z-2").mkdir()
+    assert fresh_stamp(tmp_path, "20261206T184913Z") == "20261206T184913Z-3"

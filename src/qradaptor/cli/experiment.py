@@ -201,9 +201,9 @@ def experiment(
 
 def _redo(named: list[Experiment], root: Path) -> None:
     """Moves the named cells' folders to DIR/archive/STAMP/ (``experiment.archive``), said on stderr."""
-    from qradaptor.experiment.archive import ARCHIVE, archive_cells
+    from qradaptor.experiment.archive import ARCHIVE, archive_cells, fresh_stamp
 
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = fresh_stamp(root, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     moved = archive_cells([cell for e in named for cell in e.cells], root, stamp)
     print(f"qra experiment: moved {_count(len(moved), 'cell')} to {root / ARCHIVE / stamp}", file=sys.stderr)
 

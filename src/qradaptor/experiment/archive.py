@@ -23,6 +23,16 @@ ARCHIVE = "archive"
 """Folder of DIR that holds the cells moved aside."""
 
 
+def fresh_stamp(root: Path, now: str) -> str:
+    """``now`` (a UTC time stamp), or ``now-2``, ``now-3``, ... when an archive of that name exists
+    (two moves in one second)."""
+    stamp, n = now, 1
+    while (root / ARCHIVE / stamp).exists():
+        n += 1
+        stamp = f"{now}-{n}"
+    return stamp
+
+
 def archive_cells(cells: Sequence[Cell], root: Path, stamp: str) -> list[Path]:
     """Moves each cell's folder that exists to ``root/archive/stamp/EXPERIMENT/LABEL/seedK``.
 
