@@ -18,10 +18,11 @@ This module is the glue between a model and the search: the search itself only s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -272,45 +273,38 @@ class ProxyEvaluator:
         import torch
 
         out: list[float] = []
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            model = self._built(plan)
-            with torch.inference_mode():
-                for ids in self._eval_ids.split(self.config.batch_size):  # (b, T')
-                    logits = model(input_ids=ids).logits[:, :-1].float()  # (b, T'-1, V)
-                    nll = torch.nn.functional.cross_entropy(
-                        logits.transpose(1, 2), ids[:, 1:], reduction="none"
-                    )
-                    out += nll.mean(dim=1).tolist()  # (b,): every window has T'-1 targets
-        del model
+        with self._built(plan) as model, torch.inference_mode():
+            for ids in self._eval_ids.split(self.config.batch_size):  # (b, T')
+                logits = model(input_ids=ids).logits[:, :-1].float()  # (b, T'-1, V)
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+                out += nll.mean(dim=1).tolist()  # (b,): every window has T'-1 targets
         return out
 
-    def _built(self, plan: Plan) -> nn.Module:
-        """``plan`` applied to a fresh copy of the base; seeding first makes every plan's adapter
-        init (A) the same draw. Call it inside a forked RNG."""
+    @contextlib.contextmanager
+    def _built(self, plan: Plan) -> Iterator[nn.Module]:
+        """``plan`` applied to a fresh copy of the base, inside a forked RNG (the evaluator's
+        seeding never leaks into the caller's stream); seeding first makes every plan's adapter
+        init (A) the same draw."""
         import torch
 
         from qradaptor.build import apply_plan, enable_gradient_checkpointing
 
-        torch.manual_seed(self.config.seed)
-        model = apply_plan(
-            shared_copy(self._base) if self.shared_base else copy.deepcopy(self._base),
-            plan,
-            simulated=not self.shared_base,
-            lora_dropout=self.config.lora_dropout,
-            cache=self.quant_cache,
-        )
-        if self.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        return model
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.config.seed)
+            model = apply_plan(
+                shared_copy(self._base) if self.shared_base else copy.deepcopy(self._base),
+                plan,
+                simulated=not self.shared_base,
+                lora_dropout=self.config.lora_dropout,
+                cache=self.quant_cache,
+            )
+            if self.gradient_checkpointing:
+                enable_gradient_checkpointing(model)
+            yield model
 
     def _evaluate(self, plan: Plan, key: str) -> ProxyScore:
-        import torch
-
         start = time.perf_counter()
-        devices = [self.device] if self.device.type == "cuda" else []
-        # Fork the RNG so the evaluator's seeding never leaks into the caller's stream.
-        with torch.random.fork_rng(devices=devices):
-            model = self._built(plan)
+        with self._built(plan) as model:
             loss_before = self.held_out_loss(model)
             params = [p for p in model.parameters() if p.requires_grad]
             train_loss: list[float] = []
@@ -319,7 +313,6 @@ class ProxyEvaluator:
                 train_loss, skipped = self._train(model, params)
             diverged = bool(train_loss) and not math.isfinite(train_loss[-1])
             loss = math.inf if diverged else (self.held_out_loss(model) if train_loss else loss_before)
-        del model
         tokens = len(train_loss) * self.config.batch_size * self._train_ids.shape[1]
         return ProxyScore(
             plan_hash=key,
