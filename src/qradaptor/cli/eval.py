@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qradaptor.cli.common import check_device, check_output, read_plan, resolve_device, write_text_atomic
+
+if TYPE_CHECKING:
+    from qradaptor.plan import Plan
 
 UNFINISHED = (
     "warning: run {run!r} has no train.json, which qra train writes last: it was put together by hand "
@@ -107,7 +110,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         raise ValueError("--resume keeps what --output holds and --force overwrites it; give one of them")
     prior = _prior_results(output, resume, limit, batch_size, seq_len, stride, backend, seed)
     if prior is not None:
-        done = set(prior[1].get("tasks") or ())
+        done = set(prior[1]["tasks"])  # a list: _prior_results checked
         if all(name in done for name in names):
             held = ", ".join(names)
             print(f"qra eval: {output!r} already holds {held}; nothing to evaluate", file=sys.stderr)
@@ -136,8 +139,8 @@ def eval(  # noqa: A001 - the verb's name is the command's
         structure = load_structure(model)[1]  # the config only: a plan that does not fit fails before loading
         the_plan = Plan.uniform(structure.num_blocks, *given) if isinstance(given, tuple) else given
         the_plan.validate(structure)
+    known = files.plan if files is not None else the_plan  # None: the base as loaded, known once built
     if prior is not None:
-        known = files.plan if files is not None else the_plan
         _check_same_model(output, prior[1], str(dtype).removeprefix("torch."), known)
     if memory_cap is not None:
         from qradaptor.cli.common import load_structure
@@ -159,7 +162,8 @@ def eval(  # noqa: A001 - the verb's name is the command's
         built = assemble(model, the_plan, adapter, dtype=dtype, device=device, progress=not no_progress)
     scored = names
     if prior is not None:
-        _check_same_model(output, prior[1], str(dtype).removeprefix("torch."), built.plan)
+        if known is None:
+            _check_same_model(output, prior[1], str(dtype).removeprefix("torch."), built.plan)
         scored = [name for name in names if name not in prior[1]["tasks"]]
     if not no_progress:  # what it will do, priced here, before doing it
         from qradaptor.eval.cost import eval_line
@@ -314,14 +318,14 @@ def _prior_results(
     return records, meta
 
 
-def _check_same_model(output: str | None, meta: dict[str, Any], dtype: str, plan: Any) -> None:
+def _check_same_model(output: str | None, meta: dict[str, Any], dtype: str, plan: Plan | None) -> None:
     """--resume: the results being completed were scored on this plan and in this dtype.
 
     Raises:
         ValueError: naming what differs (the plan hash or the dtype).
     """
     differ = [f"dtype {meta.get('dtype')!r} (now {dtype!r})"] if meta.get("dtype") != dtype else []
-    if plan is not None and not isinstance(plan, tuple) and meta.get("plan_hash") != plan.plan_hash:
+    if plan is not None and meta.get("plan_hash") != plan.plan_hash:
         differ.append(f"plan {meta.get('plan_hash')!r} (now {plan.plan_hash!r})")
     if differ:
         raise ValueError(
