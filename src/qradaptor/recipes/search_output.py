@@ -136,8 +136,8 @@ def print_outcome(outcome: SearchOutcome, summary: SearchSummary, run_dir: Path)
     )
     knapsack = next((r for r in outcome.records if r.phase == "knapsack"), None)
     if knapsack is not None and knapsack.plan_hash == chosen.plan_hash:
-        lower = any(r.loss < chosen.loss for r in outcome.records)  # kept by the screen's margin (above)
-        why = "no other plan was clearly lower (above)" if lower else "no plan scored lower"
+        # A note beside the knapsack plan chosen is the screen's comparison (screen_choice).
+        why = "no other plan was clearly lower (above)" if outcome.note else "no plan scored lower"
         print(f"the chosen plan is the knapsack plan (qra plan --baseline knapsack): {why}")
     elif knapsack is not None and math.isfinite(knapsack.loss):
         gain = (knapsack.loss - chosen.loss) / knapsack.loss
