@@ -4,10 +4,11 @@ When the forward-only screen is the top rung (``qra search --steps 0``), the cho
 one with the lowest mean held-out loss. Three times on the GPU the screen chose a near-tie
 neighbour of the knapsack plan, 0.0002 to 0.006 nats below it, and all three fine-tuned worse
 than the knapsack plan (+1.1%, +2.1%, +0.8% PPL wiki in every seed; docs/ALLOCATION.md). On 64
-selection windows those margins were about one standard error of the paired difference: the
-windows disagree about such plans by as much as they differ. So the screen's best plan replaces
-the knapsack plan only when it is below it by more than ``errors`` standard errors, paired
-window by window (the same windows, both plans built as the screen built them).
+selection windows two of those margins were about one standard error of the paired difference
+(the windows disagree about such plans by as much as they differ), the third 2.2. So the
+screen's best plan replaces the knapsack plan only when it is below it by more than ``errors``
+standard errors, paired window by window (the same windows, both plans built as the screen
+built them): a guard against choosing on noise, which the third pick passes.
 
 The proxy rungs are left alone: a 20-step proxy's near-tie departure won once and lost once,
 and the same rule would have got both wrong (docs/ALLOCATION.md "Eighth GPU run").
