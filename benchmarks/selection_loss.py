@@ -42,7 +42,7 @@ def selection_windows(loaded: LoadedModel, selection: list[str], windows: int) -
 def selection_evaluator(
     loaded: LoadedModel, windows: int, cache: QuantCache, steps: int = 0, seed: int = 0
 ) -> ProxyEvaluator:
-    """The search's scorer on ``windows`` (a multiple of ``BATCH``) windows of 512 tokens of the
+    """The search's scorer on ``windows`` windows of 512 tokens of the
     selection text, fits kept in ``cache``: rung 0 (``ProxyEvaluator`` with 0 steps) by default;
     with ``steps``, its proxy fine-tune on as many batches of the calibration text (the search's
     warm-up and learning rate, adapters initialised by ``seed``)."""
@@ -51,7 +51,8 @@ def selection_evaluator(
     train_ids = pack_texts(texts.calibration, loaded.tokenizer, 512, seed=0)[: max(steps, 1) * BATCH]
     eval_ids = selection_windows(loaded, texts.selection, windows)
     warmup = ProxyConfig.warmup if steps else 0  # the search's default warm-up when it trains
-    proxy = ProxyConfig(steps, BATCH, eval_batches=windows // BATCH, warmup=warmup, seed=seed)
+    eval_batches = -(-windows // BATCH)  # every window scored: a last batch may be short
+    proxy = ProxyConfig(steps, BATCH, eval_batches=eval_batches, warmup=warmup, seed=seed)
     return ProxyEvaluator(loaded.model, train_ids, eval_ids, proxy, cache=cache)
 
 
