@@ -16,7 +16,11 @@ batches=(
     # Issue 20: main, pilot and ablations with the new search, the knapsack and the fixed
     # baselines (the cells already measured under the same options are kept; the labels whose
     # meaning changed were archived on 2026-12-06; the pilot's earlier cells get MMLU by resume)
-    "configs/main.yaml configs/pilot.yaml configs/ablations.yaml"
+    # one config a batch, Table 1 first: the runner starts every pending search before any cell,
+    # so three configs at once would spend a short session on searches alone
+    "configs/main.yaml"
+    "configs/pilot.yaml"
+    "configs/ablations.yaml"
     # The richer space's remaining cells: the per-module search at 4.5 bits and 120 MB (a byte
     # budget: the proxy rungs price ranks), the per-linear double-quantised knapsack, the full
     # search with 8-bit metadata at bits budgets, the rest per module, llama.cpp's plans
