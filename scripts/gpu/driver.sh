@@ -18,8 +18,9 @@ batches=(
     # meaning changed were archived on 2026-12-06; the pilot's earlier cells get MMLU by resume)
     # one config a batch, Table 1 first: the runner starts every pending search before any cell,
     # so three configs at once would spend a short session on searches alone
-    # (main's cells whose plans need no search first: a session cut short still gives them)
-    "configs/main.yaml --only knapsack@4.0bits,knapsack@5.5bits,amq-adalora@4.0bits,rank-attn-focus-matched,rank-ffn-focus-matched"
+    # (main's cells whose plans need no new search first: a session cut short still gives them;
+    # the eleventh run measured the knapsack plans, amq-adalora and the matched focus heuristics)
+    "configs/main.yaml --only amq-lora@4.0bits,qra-paper@5.5bits,rank-linear-decay,rank-linear-growth,rank-attn-focus,rank-ffn-focus"
     "configs/main.yaml"
     "configs/pilot.yaml"
     "configs/ablations.yaml"
