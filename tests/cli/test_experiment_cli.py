@@ -285,6 +285,43 @@ def test_redo_moves_the_named_cells_aside_and_a_run_makes_them_again(
     assert "0 of 2 cells done." in (out / "e2e" / "results.md").read_text()
 
 
+def test_an_eval_on_a_fine_tune_copied_without_its_adapter_is_one_error_before_anything_runs(
+    cli, fake_qra: Path, tmp_path: Path
+) -> None:
+    # The GPU runs bring cells back with their results only; a task added to the file since (the
+    # pilot's MMLU) would need the adapter again, and qra eval would refuse each cell on the GPU.
+    config, out = tmp_path / "e2e.yaml", tmp_path / "out"
+    config.write_text("name: e2e\nseeds: [0, 1]\nmethods:\n  - {label: C, plan: {bits: 4, ranks: 8}}\n")
+    assert cli("experiment", config, "-o", out)[0] == 0
+    run = out / "e2e" / "C" / "seed1" / "train"
+    layers = {str(b): {"bits": 4, "rank": 8} for b in range(2)}
+    (run / "plan.json").write_text(json.dumps({"format": 1, "layers": layers}))
+    (out / "e2e" / "C" / "seed1" / "eval.json").unlink()
+    ran = fake_qra.read_text()
+    for extra in ([], ["--dry-run"]):
+        code, stdout, err = cli("experiment", config, "-o", out, *extra)
+        assert (code, stdout) == (2, "") and err == (
+            "qra experiment: error: 1 cell to evaluate on a fine-tune whose adapter is not here (copied "
+            "with its results only): e2e/C/seed1; fine-tune them again with --redo C\n"
+        )
+    assert fake_qra.read_text() == ran and cli("experiment", config, "-o", out, "--report-only")[0] == 0
+    (run / "adapter").mkdir()  # the weights are here after all: only the evaluation runs
+    code, stdout, err = cli("experiment", config, "-o", out)
+    assert code == 0 and "1 command run in " in stdout, err
+    assert fake_qra.read_text()[len(ran) :].split() == [
+        "eval",
+        str(out / "e2e" / "C" / "seed1" / "eval.json"),
+    ]
+    (run / "adapter").rmdir()
+    (out / "e2e" / "C" / "seed1" / "eval.json").unlink()
+    plain = {str(b): {"bits": 4, "rank": 0} for b in range(2)}  # a plan without adapters needs none
+    (run / "plan.json").write_text(json.dumps({"format": 1, "layers": plain}))
+    assert cli("experiment", config, "-o", out, "--dry-run")[0] == 0
+    (run / "plan.json").write_text(json.dumps({"format": 1, "layers": layers}))
+    code, stdout, err = cli("experiment", config, "-o", out, "--redo", "C/seed1")  # made again
+    assert code == 0 and "moved 1 cell to " in err and "3 commands run in " in stdout
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -177,6 +177,8 @@ def experiment(
             raise ValueError("--redo moves cells; not with --dry-run (which changes nothing)")
         _redo(_select(experiments, redo, "--redo"), root)
     job_list = plan_jobs(experiments)
+    if not report_only:
+        _check_weights(experiments)
     if dry_run:
         todo = pending_steps(job_list)
         for name, step in todo:
@@ -197,6 +199,20 @@ def experiment(
             print(f"  {name}: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_weights(experiments: list[Experiment]) -> None:
+    """One error, before any step runs, for cells whose evaluation needs weights that are not here."""
+    lacking = [
+        f"{c.experiment}/{c.label}/seed{c.seed}" for e in experiments for c in e.cells if c.lacks_weights()
+    ]
+    if lacking:
+        labels = sorted({name.split("/")[1] for name in lacking})
+        raise ValueError(
+            f"{_count(len(lacking), 'cell')} to evaluate on a fine-tune whose adapter is not here "
+            f"(copied with its results only): {', '.join(lacking[:6])}"
+            f"{' ...' if len(lacking) > 6 else ''}; fine-tune them again with --redo {','.join(labels)}"
+        )
 
 
 def _redo(named: list[Experiment], root: Path) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qradaptor.runfolder.search_run import SEARCH_PLAN
+from qradaptor.runfolder.train_run import RUN_ADAPTER, RUN_PLAN
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,24 @@ class Cell:
     def commands(self) -> list[str]:
         """Every shell line that reproduces the cell: the profile's and the search's first."""
         return [s.command for s in (*self.before, *self.steps)]
+
+    def lacks_weights(self) -> bool:
+        """True when its evaluation is still to run (or to complete) on a finished fine-tune whose
+        adapter is not here: a cell folder copied with its results only (the GPU runs bring back
+        no weights), which ``qra eval`` would refuse. Only a fine-tune again (``--redo``) helps.
+        """
+        train = next((s for s in self.steps if s.verb == "train"), None)
+        evals = [s for s in self.steps if s.verb == "eval"]
+        if train is None or not train.finished() or all(s.finished() for s in evals):
+            return False
+        run = train.done.parent
+        if (run / RUN_ADAPTER).is_dir():
+            return False
+        try:
+            layers = json.loads((run / RUN_PLAN).read_text(encoding="utf-8")).get("layers", {})
+            return any(int(spec.get("rank", 0)) > 0 for spec in layers.values())
+        except (OSError, ValueError, AttributeError, TypeError):
+            return False  # qra eval names what is wrong with the folder
 
 
 @dataclass(frozen=True)
