@@ -230,9 +230,21 @@ def fake_qra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "ran.log"
 
 
+E2E = "name: e2e\nseeds: [0, 1]\nmethods:\n  - {label: C, plan: {bits: 4, ranks: 8}}\n"
+"""One label, two seeds: each cell runs plan, train and eval."""
+
+
+def ran_e2e(cli, tmp_path: Path) -> tuple[Path, Path]:
+    """E2E's file and output folder, after one whole run with the fake qra."""
+    config, out = tmp_path / "e2e.yaml", tmp_path / "out"
+    config.write_text(E2E)
+    assert cli("experiment", config, "-o", out)[0] == 0
+    return config, out
+
+
 def test_a_run_then_its_resumption(cli, fake_qra: Path, tmp_path: Path, monkeypatch) -> None:
     config = tmp_path / "e2e.yaml"
-    config.write_text("name: e2e\nseeds: [0, 1]\nmethods:\n  - {label: C, plan: {bits: 4, ranks: 8}}\n")
+    config.write_text(E2E)
     out = tmp_path / "out"
     monkeypatch.setenv("FAKE_FAIL", str(out / "e2e" / "C" / "seed1" / "train"))
     code, stdout, err = cli("experiment", config, "-o", out, "--jobs", "2")
@@ -262,9 +274,7 @@ def test_redo_moves_the_named_cells_aside_and_a_run_makes_them_again(
     cli, fake_qra: Path, tmp_path: Path
 ) -> None:
     # e.g. a label redefined since its cells ran (main.yaml's qra: the paper's search, then the halving one)
-    config, out = tmp_path / "e2e.yaml", tmp_path / "out"
-    config.write_text("name: e2e\nseeds: [0, 1]\nmethods:\n  - {label: C, plan: {bits: 4, ranks: 8}}\n")
-    assert cli("experiment", config, "-o", out)[0] == 0
+    config, out = ran_e2e(cli, tmp_path)
     before = (out / "e2e" / "C" / "seed1" / "eval.json").read_text()
     code, stdout, err = cli("experiment", config, "-o", out, "--redo", "C/seed1", "--report-only")
     assert code == 0 and "1 of 2 cells done." in (out / "e2e" / "results.md").read_text()
@@ -290,9 +300,7 @@ def test_an_eval_on_a_fine_tune_copied_without_its_adapter_is_one_error_before_a
 ) -> None:
     # The GPU runs bring cells back with their results only; a task added to the file since (the
     # pilot's MMLU) would need the adapter again, and qra eval would refuse each cell on the GPU.
-    config, out = tmp_path / "e2e.yaml", tmp_path / "out"
-    config.write_text("name: e2e\nseeds: [0, 1]\nmethods:\n  - {label: C, plan: {bits: 4, ranks: 8}}\n")
-    assert cli("experiment", config, "-o", out)[0] == 0
+    config, out = ran_e2e(cli, tmp_path)
     run = out / "e2e" / "C" / "seed1" / "train"
     layers = {str(b): {"bits": 4, "rank": 8} for b in range(2)}
     (run / "plan.json").write_text(json.dumps({"format": 1, "layers": layers}))
@@ -331,9 +339,7 @@ def test_an_eval_on_a_fine_tune_copied_without_its_adapter_is_one_error_before_a
     ],
 )
 def test_bad_redo_is_one_error_and_moves_nothing(cli, fake_qra: Path, tmp_path: Path, argv, message) -> None:
-    config, out = tmp_path / "e2e.yaml", tmp_path / "out"
-    config.write_text("name: e2e\nseeds: [0, 1]\nmethods:\n  - {label: C, plan: {bits: 4, ranks: 8}}\n")
-    assert cli("experiment", config, "-o", out)[0] == 0
+    config, out = ran_e2e(cli, tmp_path)
     code, _, err = cli("experiment", config, "-o", out, *argv)
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (out / "archive").exists()
