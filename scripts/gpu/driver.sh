@@ -15,7 +15,8 @@ batches=(
     # (the tenth run measured the last cells issue 15 requires: docs/ALLOCATION.md)
     # Issue 20: main, pilot and ablations with the new search, the knapsack and the fixed
     # baselines (the cells already measured under the same options are kept; the labels whose
-    # meaning changed were archived on 2026-12-06; the pilot's earlier cells get MMLU by resume)
+    # meaning changed were archived on 2026-12-06, and the pilot's A-D, which came back without
+    # weights, so MMLU could not be added by resume)
     # one config a batch, Table 1 first: the runner starts every pending search before any cell,
     # so three configs at once would spend a short session on searches alone
     # (main's cells whose plans need no new search first: a session cut short still gives them;

@@ -203,14 +203,13 @@ def experiment(
 
 def _check_weights(experiments: list[Experiment]) -> None:
     """One error, before any step runs, for cells whose evaluation needs weights that are not here."""
-    lacking = [
-        f"{c.experiment}/{c.label}/seed{c.seed}" for e in experiments for c in e.cells if c.lacks_weights()
-    ]
+    lacking = [c for e in experiments for c in e.cells if c.lacks_weights()]
     if lacking:
-        labels = sorted({name.split("/")[1] for name in lacking})
+        names = [f"{c.experiment}/{c.label}/seed{c.seed}" for c in lacking[:6]]
+        labels = sorted({c.label for c in lacking})
         raise ValueError(
             f"{_count(len(lacking), 'cell')} to evaluate on a fine-tune whose adapter is not here "
-            f"(copied with its results only): {', '.join(lacking[:6])}"
+            f"(copied with its results only): {', '.join(names)}"
             f"{' ...' if len(lacking) > 6 else ''}; fine-tune them again with --redo {','.join(labels)}"
         )
 
