@@ -144,6 +144,23 @@ def test_the_fingerprint_is_of_the_plans_content_seed_and_options() -> None:
     assert fingerprint("uniform:4:8", 1, train, evaluate) != fingerprint("uniform:4:16", 1, train, evaluate)
 
 
+def test_amq_lora_on_a_plan_of_one_rank_is_lora_and_on_any_other_keeps_its_name() -> None:
+    """amq-lora trains a bits-only plan as lora does (train/methods.py), so main's amq-lora cells,
+    whose searches chose the knapsack plan, take the knapsack cells' results; on a mixed-rank plan,
+    which amq-lora refuses, it must not take a lora twin's."""
+    evaluate = ["--run", "a/train", "--tasks", "suite", "-o", "a/eval.json"]
+
+    def of(method: str, plan: Plan) -> str:
+        content = {k: v for k, v in plan.to_dict().items() if k != "name"}
+        train = ["/m", "--method", method, "--plan", "a/plan.json", "--seed", "0", "-o", "a/train"]
+        return fingerprint(content, 0, train, evaluate)
+
+    one_rank = Plan.from_lists([4, 3, 8], [16, 16, 16])
+    assert of("amq-lora", one_rank) == of("lora", one_rank)
+    assert of("dora", one_rank) != of("lora", one_rank)
+    assert of("amq-lora", PLAN) != of("lora", PLAN)  # ranks 8, 8, 16
+
+
 def test_an_old_cell_json_without_one_gets_the_same_fingerprint_from_its_files(fake, tmp_path) -> None:
     alloc = experiment(tmp_path)
     Runner(plan_jobs([alloc]), command=fake, reuse=False).run()

@@ -8,7 +8,9 @@ Their **fingerprint** is a digest of
     plan    the plan file's JSON less its ``name`` (or the ``uniform:B:R`` spec as written; None
             for a named method without --plan)
     seed    the fine-tune's seed
-    train   ``qra train``'s arguments, with --plan and -o (which name cell folders) as placeholders
+    train   ``qra train``'s arguments, with --plan and -o (which name cell folders) as placeholders,
+            and a method that trains as another on this plan under that other's name
+            (``TRAINS_AS``: amq-lora is LoRA on a plan of one rank)
     eval    ``qra eval``'s arguments, with --run and -o as placeholders
 
 so the model, method, data, lr, limit, tasks and every other option count, and the folders do
@@ -47,6 +49,10 @@ PATH_FLAGS: Mapping[str, Mapping[str, str]] = {
 }
 """Per verb, the options that name a cell's own files (config sets them: a file may not), and
 what stands in for their values. The plan's content enters the fingerprint on its own."""
+TRAINS_AS: Mapping[str, str] = {"amq-lora": "lora"}
+"""Methods that, on a plan of one rank everywhere, train exactly as another (train/methods.py:
+amq-lora checks that its plan has one rank, then trains it as lora does). On any other plan the
+name is kept, so a cell whose plan the method refuses never takes a twin's results."""
 UNIFORM = "uniform:"
 """How a --plan value that is a spec, not a file, begins (``qra train --plan uniform:B:R``)."""
 
@@ -73,6 +79,23 @@ def normalised(verb: str, argv: Sequence[str]) -> list[str]:
         if token in flags:
             out[i + 1] = flags[token]
     return out
+
+
+def _one_rank(plan: Mapping[str, Any] | str | None) -> bool:
+    """True for a plan file's content whose every layer has one and the same rank."""
+    layers = plan.get("layers") if isinstance(plan, Mapping) else None
+    if not isinstance(layers, Mapping) or not layers:
+        return False
+    ranks = {layer.get("rank") if isinstance(layer, Mapping) else None for layer in layers.values()}
+    return len(ranks) == 1 and None not in ranks
+
+
+def _trained_as(argv: list[str], plan: Mapping[str, Any] | str | None) -> list[str]:
+    """``argv`` (normalised) with a ``TRAINS_AS`` method renamed where the plan has one rank."""
+    i = argv.index("--method") + 1 if "--method" in argv[:-1] else None
+    if i is None or argv[i] not in TRAINS_AS or not _one_rank(plan):
+        return argv
+    return [*argv[:i], TRAINS_AS[argv[i]], *argv[i + 1 :]]
 
 
 def plan_content(path: Path) -> dict[str, Any] | None:
@@ -110,7 +133,7 @@ def fingerprint(
         "version": FINGERPRINT_VERSION,
         "plan": plan,
         "seed": seed,
-        "train": normalised("train", train_argv),
+        "train": _trained_as(normalised("train", train_argv), plan),
         "eval": normalised("eval", eval_argv),
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
