@@ -21,7 +21,7 @@ batches=(
     # so three configs at once would spend a short session on searches alone
     # (main's cells whose plans need no new search first: a session cut short still gives them;
     # the eleventh run measured the knapsack plans, amq-adalora and the matched focus heuristics)
-    "configs/main.yaml --only amq-lora@4.0bits,qra-paper@5.5bits,rank-linear-decay,rank-linear-growth,rank-attn-focus,rank-ffn-focus"
+    "configs/main.yaml --only qra-paper@5.5bits,rank-linear-decay,rank-linear-growth,rank-attn-focus,rank-ffn-focus"
     "configs/main.yaml"
     "configs/pilot.yaml"
     "configs/ablations.yaml"
