@@ -161,7 +161,11 @@ def eval_json(ppl: float) -> str:
     return eval_to_json(records, {"model": "/m", "tasks": list(GROUPS["suite"])})
 
 
-def test_report_only_tabulates_the_cell_folders_and_runs_nothing(cli, tiny: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("only", [[], ["--only", "C"]])
+def test_report_only_tabulates_the_cell_folders_and_runs_nothing(
+    cli, tiny: Path, tmp_path: Path, only
+) -> None:
+    """With --only too: it picks what runs, and the report still has every label's rows."""
     out = tmp_path / "out"
     cells = load(tiny, out).cells
     for cell, ppl, tps in ((cells[0], 10.0, 1000.0), (cells[1], 12.0, 1200.0)):  # lora16 seeds 0 and 1
@@ -171,7 +175,7 @@ def test_report_only_tabulates_the_cell_folders_and_runs_nothing(cli, tiny: Path
         (cell.folder / "eval.json").write_text(eval_json(ppl))
     write_cell_record(cells[2], "failed", "CUDA out of memory")  # C seed 0
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    code, stdout, err = cli("experiment", tiny, "-o", out, "--report-only")
+    code, stdout, err = cli("experiment", tiny, "-o", out, "--report-only", *only)
     assert code == 0 and err == ""
     folder = out / "tiny"
     assert stdout.startswith(f"tiny: {folder / 'results.md'}, {folder / 'results.json'}, ")

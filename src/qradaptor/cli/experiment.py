@@ -143,7 +143,7 @@ def experiment(
             processes see)
         device: auto (cuda if available), cpu or cuda, for every search, train and eval
         only: comma-separated experiment names, labels or single cells to run (e.g. pilot,
-            qra@3.5bits or qra@3.5bits/seed1)
+            qra@3.5bits or qra@3.5bits/seed1); the results still cover every cell
         dry_run: print the commands that would run, and run nothing
         report_only: write the results from the cell folders as they are, and run nothing
         no_reuse: fine-tune and evaluate every cell, even one whose plan, seed and options a done
@@ -170,6 +170,9 @@ def experiment(
         raise ValueError(
             f"two experiment files have the name {sorted(n for n in names if names.count(n) > 1)[0]!r}"
         )
+    # The reports cover each whole experiment: --only picks what runs, and a report of the picked
+    # labels alone would overwrite results.md's other rows.
+    whole = {e.name: e for e in experiments}
     experiments = _select(experiments, only)
     _check_commands(experiments)
     if redo is not None:
@@ -189,7 +192,7 @@ def experiment(
     if not report_only:
         failed = _run(job_list, jobs, _gpu_list(gpus, device), device, reuse=not no_reuse)
     for e in experiments:
-        _report(e, root)
+        _report(whole[e.name], root)
     if failed:
         print(
             f"{_count(len(failed), 'job')} failed (run the same command again to retry them):",
