@@ -92,10 +92,11 @@ def _one_rank(plan: Mapping[str, Any] | str | None) -> bool:
 
 def _trained_as(argv: list[str], plan: Mapping[str, Any] | str | None) -> list[str]:
     """``argv`` (normalised) with a ``TRAINS_AS`` method renamed where the plan has one rank."""
-    i = argv.index("--method") + 1 if "--method" in argv[:-1] else None
-    if i is None or argv[i] not in TRAINS_AS or not _one_rank(plan):
+    method = _value(argv, "--method")
+    if method not in TRAINS_AS or not _one_rank(plan):
         return argv
-    return [*argv[:i], TRAINS_AS[argv[i]], *argv[i + 1 :]]
+    i = argv.index("--method") + 1
+    return [*argv[:i], TRAINS_AS[method], *argv[i + 1 :]]
 
 
 def plan_content(path: Path) -> dict[str, Any] | None:
