@@ -59,6 +59,6 @@ def test_done_cells_of_one_plan_are_one_row(tmp_path: Path) -> None:
     ],
 )
 def test_bad_arguments_are_refused_before_the_model_loads(args: list[str], says: str, run_benchmark) -> None:
-    run = run_benchmark("fidelity_cells.py", *args, timeout=60)
+    run = run_benchmark("fidelity_cells.py", *args)
     assert run.returncode != 0 and says in run.stderr, run.stderr[-2000:]
     assert "Loading weights" not in run.stderr

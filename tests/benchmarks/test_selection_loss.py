@@ -14,6 +14,6 @@ import pytest
     ],
 )
 def test_bad_arguments_are_refused_before_the_model_loads(args: list[str], says: str, run_benchmark) -> None:
-    run = run_benchmark("selection_loss.py", *args, timeout=60)
+    run = run_benchmark("selection_loss.py", *args)
     assert run.returncode != 0 and says in run.stderr, run.stderr[-2000:]
     assert "Loading weights" not in run.stderr
