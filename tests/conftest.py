@@ -262,6 +262,21 @@ def pytest_configure(config: pytest.Config) -> None:
         f"postgres: needs the PostgreSQL test server named by ${POSTGRES_ENV}; skipped without it, "
         "except under CI=true where a missing server fails",
     )
+    _share_the_cores_among_workers()
+
+
+def _share_the_cores_among_workers() -> None:
+    """Under pytest-xdist each worker gets its share of the cores for torch and for the ``qra``
+    children its tests start: two workers of two torch threads each on CI's two cores
+    oversubscribe them, and torch's threads then spin against each other."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2:
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def _under_ci() -> bool:
