@@ -18,11 +18,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _finish(exit: SystemExit) -> int:
-    """The exit status Python gives a script that raised ``exit``, printing a message as it would."""
-    if exit.code is None or isinstance(exit.code, int):
-        return exit.code or 0
-    print(exit.code, file=sys.stderr)
+def _finish(exited: SystemExit) -> int:
+    """The exit status Python gives a script that raised ``exited``, printing a message as it would."""
+    if exited.code is None or isinstance(exited.code, int):
+        return exited.code or 0
+    print(exited.code, file=sys.stderr)
     return 1
 
 
@@ -56,8 +56,8 @@ def run_benchmark(capfd, monkeypatch) -> Callable[..., subprocess.CompletedProce
         try:
             runpy.run_path(str(path), run_name="__main__")
             code = 0
-        except SystemExit as exit:
-            code = _finish(exit)
+        except SystemExit as exited:
+            code = _finish(exited)
         except Exception:  # noqa: BLE001 - reported as the interpreter would, for the test to judge
             traceback.print_exc()
             code = 1
