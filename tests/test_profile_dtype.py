@@ -31,7 +31,8 @@ def test_a_bf16_smollm2_profile_keeps_the_fp32_order_at_the_lowest_bits() -> Non
     blocks in 15 s (one 256-token window: 0.996 at 2 bits, 0.976 at 4 bits, in 36 s). About
     2 x 30 forwards of SmolLM2 on the CPU, bf16 ones slow there: on a CPU without AVX-512 BF16
     (AMD EPYC Zen 3, 2026-12-07) the 128-token window took 120 s, so the window is 64 tokens,
-    where that machine measured Spearman 0.997 in 35 s."""
+    where that machine measured Spearman 0.997 in 35 s of profiling (the whole test: 50 s alone,
+    62 s beside another xdist worker)."""
     from qradaptor.data import load_texts, pack_texts
     from qradaptor.models.loading import load_model
 
