@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,29 @@ def test_crash_while_writing_leaves_nothing_behind(
     monkeypatch.undo()
     monkeypatch.setenv("QRADAPTOR_CACHE", str(tmp_cache))
     assert load_model(tiny_gguf).origin == "gguf"
+
+
+def test_two_processes_needing_the_cache_at_once_build_it_once(
+    tiny_gguf: Path, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second waits on the build lock, then reads the first's folder (threads open the lock
+    file separately, so flock excludes them as it does two processes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    builds: list[Path] = []
+    write = gguf_cache._write_checkpoint
+
+    def slow_write(gguf: Path, folder: Path) -> None:
+        builds.append(folder)
+        time.sleep(0.5)  # long enough that the other caller checks while this one builds
+        write(gguf, folder)
+
+    monkeypatch.setattr(gguf_cache, "_write_checkpoint", slow_write)
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: dequantized_checkpoint(tiny_gguf), range(2)))
+    assert len(builds) == 1, builds
+    assert folders[0] == folders[1] and (folders[0] / "model.safetensors").is_file()
+    assert cache_entries(tmp_cache) == [folders[0].name]
 
 
 def test_incomplete_cache_folder_is_rebuilt(tiny_gguf: Path, tmp_cache: Path) -> None:

@@ -4,17 +4,20 @@ transformers dequantizes a GGUF on load (~30 s) into a model ``save_pretrained``
 to write, so we dequantize once into a plain fp32 checkpoint under ``$QRADAPTOR_CACHE``
 (default ``~/.cache/qradaptor``), keyed by the GGUF's resolved path, size and mtime, and load
 that afterwards (under a second). The folder is built in a temporary sibling and renamed into
-place: a crash never leaves a half-written checkpoint that a later run would pick up.
+place: a crash never leaves a half-written checkpoint that a later run would pick up. One
+process builds it at a time (a lock under ``locks/``): the others wait, then read its folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,8 +56,29 @@ def dequantized_checkpoint(gguf_path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"gguf_path must be an existing .gguf file; got {os.fspath(gguf_path)!r}")
     final = _cache_folder(gguf)
     if not _is_complete(final):
-        _build_checkpoint(gguf, final)
+        with _build_lock(final):
+            if not _is_complete(final):  # built by the process this one waited for
+                _build_checkpoint(gguf, final)
     return final
+
+
+@contextlib.contextmanager
+def _build_lock(final: Path) -> Iterator[None]:
+    """Holds ``locks/<folder>.lock`` exclusively, waiting while another process holds it.
+
+    ``qra experiment --jobs N`` on a fresh machine starts N children that each need the
+    checkpoint: without the lock each dequantizes the same GGUF, N times the CPU time and N
+    fp32 copies in memory at once (for a 7B GGUF, 28 GB each). ``flock`` is dropped by the
+    kernel when its holder dies, so a killed build never blocks the next one. The lock files
+    live outside ``gguf/`` so that folder holds only checkpoints (and a build's temp sibling).
+    """
+    import fcntl
+
+    locks = final.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{final.name}.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _cache_folder(gguf: Path) -> Path:
