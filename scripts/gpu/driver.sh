@@ -19,9 +19,9 @@ batches=(
     # weights, so MMLU could not be added by resume)
     # one config a batch, Table 1 first: the runner starts every pending search before any cell,
     # so three configs at once would spend a short session on searches alone
-    # (main's cells whose plans need no new search first: a session cut short still gives them;
-    # the eleventh run measured the knapsack plans, amq-adalora and the matched focus heuristics)
-    "configs/main.yaml --only qra-paper@5.5bits,rank-linear-decay,rank-linear-growth,rank-attn-focus,rank-ffn-focus"
+    # (the eleventh run measured main's knapsack plans, amq-adalora and the matched focus
+    # heuristics, the twelfth qra-paper@5.5bits and the four redefined heuristics: main's
+    # qra-qa fine-tunes are what is left of it)
     "configs/main.yaml"
     "configs/pilot.yaml"
     "configs/ablations.yaml"
