@@ -216,7 +216,7 @@ def test_crash_while_writing_leaves_nothing_behind(
 
 
 def test_two_processes_needing_the_cache_at_once_build_it_once(
-    tiny_gguf: Path, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_gguf: Path, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """The second waits on the build lock, then reads the first's folder (threads open the lock
     file separately, so flock excludes them as it does two processes)."""
@@ -236,6 +236,7 @@ def test_two_processes_needing_the_cache_at_once_build_it_once(
     assert len(builds) == 1, builds
     assert folders[0] == folders[1] and (folders[0] / "model.safetensors").is_file()
     assert cache_entries(tmp_cache) == [folders[0].name]
+    assert f"waiting for another process to finish {folders[0]}" in capfd.readouterr().err
 
 
 def test_incomplete_cache_folder_is_rebuilt(tiny_gguf: Path, tmp_cache: Path) -> None:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -77,7 +78,11 @@ def _build_lock(final: Path) -> Iterator[None]:
     locks = final.parent.parent / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / f"{final.name}.lock", "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say why nothing happens for a while, then wait
+            print(f"waiting for another process to finish {final}", file=sys.stderr, flush=True)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         yield
 
 
