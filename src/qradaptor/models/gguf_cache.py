@@ -121,7 +121,9 @@ def _build_checkpoint(gguf: Path, final: Path) -> None:
         try:
             os.replace(tmp, final)
         except OSError:
-            # Another process renamed its copy in first; it is equivalent to ours.
+            # Another process renamed its copy in first (only one that built without the lock:
+            # an older qradaptor, or a file system whose flock excludes nothing); it is
+            # equivalent to ours.
             if not _is_complete(final):
                 raise
     finally:
