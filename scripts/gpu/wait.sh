@@ -14,7 +14,8 @@ find docs/results -newer /root/start.marker -type f ! -name '*.safetensors' ! -n
     ! -name '*.db' ! -name '*.db-*' -size -4M > /root/new.txt
 tar -cJf "$OUT/runs.tar.xz" -T /root/new.txt
 cp /root/driver.log /root/scale.log "$OUT/" 2>/dev/null
-cp /root/scale/scale.json /root/scale/train.json /root/scale/eval_once.txt /root/scale/step_profile.txt "$OUT/" 2>/dev/null
+cp /root/scale/scale.json /root/scale/train.json /root/scale/eval_once.txt /root/scale/step_profile.txt \
+    /root/scale/eval_prefix.txt "$OUT/" 2>/dev/null
 # The stages' logs and small result files (train.json names skipped steps), no weights.
 (cd /root/scale 2>/dev/null && find logs runs -type f \( -name '*.log' -o -name '*.json' -o -name '*.csv' \) \
     -size -2M 2>/dev/null | tar -cJf "$OUT/scale.tar.xz" -T -)

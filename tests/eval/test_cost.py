@@ -38,6 +38,27 @@ def test_each_task_counts_what_its_scorer_will_score(word_tokenizer_factory, tin
     assert wino.what == "3 questions, 6 inputs" and wino.tokens > 0
 
 
+@needs_data
+def test_mmlu_counts_each_subjects_shared_prefix_once(word_tokenizer_factory) -> None:
+    from qradaptor.eval.mmlu import load_mmlu, mmlu_fewshot, mmlu_head, mmlu_prompt
+
+    tokenizer = word_tokenizer_factory()
+    work = task_work("mmlu", tokenizer, EvalSettings(limit=2, batch_size=2))
+    items = load_mmlu(None, 2)
+    shots = {s: mmlu_fewshot(s) for s in dict.fromkeys(item.subject for item in items)}
+
+    def count(texts: list[str]) -> int:
+        return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+    heads = count([mmlu_head(s, shots[s]) for s in shots])
+    prompts = count([mmlu_prompt(item, shots[item.subject]) for item in items])
+    shared = heads + prompts - count([mmlu_head(item.subject, shots[item.subject]) for item in items])
+    assert work.what == f"{len(items):,} questions (5-shot) after 57 shared prefixes"
+    assert work.tokens == pytest.approx(shared, rel=0.1)  # own parts priced from a sample
+    assert work.tokens < 0.6 * prompts  # each subject's head once, not once per question
+    assert work.forwards == 57 * 2  # per subject: the prefix, then one batch of its 2 questions
+
+
 def test_the_line_prices_what_it_can_and_names_the_rest() -> None:
     works = [TaskWork("ppl_wiki", "2 windows of 512 tokens", 1024, 1), TaskWork("gsm8k", "5 questions", None)]
     # 1 forward x 30 s + 1,024 tokens x 0.06 s = 91.4 s: 2 min

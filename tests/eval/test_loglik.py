@@ -191,6 +191,7 @@ def test_matches_lm_eval_hflm_on_smollm2() -> None:
     from lm_eval.models.huggingface import HFLM
 
     from qradaptor.data.loading import load_texts
+    from qradaptor.eval.mmlu import LETTERS, load_mmlu, mmlu_fewshot, mmlu_prompt
     from qradaptor.models.loading import load_model
 
     loaded = load_model(None)
@@ -202,12 +203,23 @@ def test_matches_lm_eval_hflm_on_smollm2() -> None:
         ("Question: Is water wet?\nAnswer:", " yes"),
         ("", "Hello world, this is a test."),
     ]
+    # MMLU 5-shot prompts of one subject share about 460 tokens, which run once here
+    # (eval.prefix) and whole in the harness.
+    mmlu = load_mmlu(["astronomy"], limit=3)
+    shots = mmlu_fewshot("astronomy")
+    requests += [(mmlu_prompt(item, shots), f" {letter}") for item in mmlu for letter in LETTERS]
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=4)
     instances = [
         Instance(request_type="loglikelihood", doc={}, arguments=req, idx=i) for i, req in enumerate(requests)
     ]
     want = lm.loglikelihood(instances, disable_tqdm=True)
+    seen: list[int] = []
+    embed = loaded.model.get_input_embeddings()
+    embed.register_forward_hook(lambda _m, args, _out: seen.append(int(args[0].numel())))
+    loglikelihoods(loaded.model, loaded.tokenizer, requests, batch_size=3, progress=False, share_prefix=None)
+    whole, seen[:] = sum(seen), []
     got = loglikelihoods(loaded.model, loaded.tokenizer, requests, batch_size=3, progress=False)
+    assert sum(seen) < whole - 800  # two of the three MMLU prompts skipped their ~460 shared tokens
     for g, (lp, greedy) in zip(got, want, strict=True):
         assert g.logprob == pytest.approx(lp, abs=1e-4)
         assert g.is_greedy == greedy

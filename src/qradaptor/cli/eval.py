@@ -124,6 +124,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     import torch
 
     from qradaptor.assemble import assemble
+    from qradaptor.eval.prefix import DEFAULT_MIN_TOKENS
     from qradaptor.eval.results import format_table, to_json
     from qradaptor.eval.suite import run_suite, zero_shot_average
     from qradaptor.models.provenance import read_provenance
@@ -211,6 +212,8 @@ def eval(  # noqa: A001 - the verb's name is the command's
         "seq_len": seq_len,
         "stride": stride,
         "backend": backend,
+        # Our scorer (MMLU's always) runs a prefix that inputs share over this many tokens once.
+        "shared_prefix_min_tokens": DEFAULT_MIN_TOKENS,
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "seed": seed,

@@ -80,16 +80,25 @@ def task_work(name: str, tokenizer: Any, settings: EvalSettings) -> TaskWork:
         batches = math.ceil(len(inputs) / settings.batch_size)
         return TaskWork(name, f"{len(items):,} questions, {len(inputs):,} inputs", tokens, batches)
     if name == "mmlu":
-        from qradaptor.eval.mmlu import LETTERS, load_mmlu, mmlu_fewshot, mmlu_prompt
+        from collections import Counter
 
+        from qradaptor.eval.mmlu import load_mmlu, mmlu_fewshot, mmlu_head, mmlu_prompt
+
+        # One input per question (its four letters share it), and each subject's description
+        # and solved shots run once (eval.prefix), then its questions in batches.
         items = load_mmlu(None, settings.limit)
-        head = items[:SAMPLE]
-        shots = {s: mmlu_fewshot(s) for s in dict.fromkeys(item.subject for item in head)}
-        sample = [mmlu_prompt(item, shots[item.subject]) + " A" for item in head]
-        tokens = round(len(items) * len(LETTERS) * _mean_tokens(tokenizer, sample)) if items else 0
-        return TaskWork(
-            name, f"{len(items):,} questions (5-shot), {len(items) * len(LETTERS):,} inputs", tokens
-        )
+        per_subject = Counter(item.subject for item in items)
+        shots = {s: mmlu_fewshot(s) for s in per_subject}
+        heads = {s: mmlu_head(s, shots[s]) for s in per_subject}
+        sample = items[:SAMPLE]
+        whole = _mean_tokens(tokenizer, [mmlu_prompt(i, shots[i.subject]) for i in sample])
+        own = whole - _mean_tokens(tokenizer, [heads[i.subject] for i in sample])
+        head_tokens = _mean_tokens(tokenizer, list(heads.values())) * len(heads)
+        tokens = round(head_tokens + len(items) * own) if items else 0
+        # A subject of one question has nothing to share: its prompt runs whole.
+        forwards = sum((n > 1) + math.ceil(n / settings.batch_size) for n in per_subject.values())
+        what = f"{len(items):,} questions (5-shot) after {len(heads)} shared prefixes"
+        return TaskWork(name, what, tokens, forwards)
     if name == "gsm8k":
         from qradaptor.eval.gsm8k import load_gsm8k
 

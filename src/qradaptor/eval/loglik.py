@@ -21,6 +21,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from qradaptor.eval.prefix import (
+    DEFAULT_MIN_TOKENS,
+    PrefixGroup,
+    batch_cache,
+    cache_keyword,
+    prefix_cache,
+    shared_prefix_groups,
+)
+
 if TYPE_CHECKING:
     import torch
 
@@ -66,7 +75,9 @@ def _tok_encode(tokenizer: Any, text: str, add_special_tokens: bool | None = Non
     return list(tokenizer.encode(text, **kwargs))
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: Any, context: str, continuation: str, *, memo: dict[str, list[int]] | None = None
+) -> tuple[list[int], list[int]]:
     """Tokenize a request exactly as lm-eval's ``HFLM.loglikelihood`` does.
 
     * Trailing whitespace of the context moves to the front of the continuation.
@@ -81,6 +92,8 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
         tokenizer: A Hugging Face tokenizer.
         context: The conditioning text; may be empty.
         continuation: The text to score.
+        memo: Contexts already encoded, read and filled here, so the requests of one
+            multiple-choice question encode their shared context once.
 
     Returns:
         ``(context_ids, continuation_ids)``, both non-empty.
@@ -98,7 +111,11 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
         if n_spaces > 0:
             context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
         whole = _tok_encode(tokenizer, context + continuation)
-        ctx = _tok_encode(tokenizer, context)
+        ctx = None if memo is None else memo.get(context)
+        if ctx is None:
+            ctx = _tok_encode(tokenizer, context)
+            if memo is not None:
+                memo[context] = ctx
         cont = whole[len(ctx) :]
     if not ctx:
         raise ValueError(
@@ -164,15 +181,24 @@ def forward_logits(
     attention_mask: torch.Tensor | None = None,
     *,
     keep_last: int | None = None,
+    past_key_values: Any = None,
 ) -> torch.Tensor:
     """Logits of the last ``keep_last`` positions (all when None), ``(B, K, V)``.
 
     Uses the model's ``logits_to_keep`` when it has one, so the LM head and its
-    ``(B, T, V)`` output are spent only on the positions that are scored.
+    ``(B, T, V)`` output are spent only on the positions that are scored. With
+    ``past_key_values`` (a cache of P earlier positions, ``eval.prefix``) the inputs follow
+    those positions, and ``attention_mask`` covers them too, ``(B, P + T)``.
     """
     params = _forward_params(model)
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if "use_cache" in params:
+    if past_key_values is not None:
+        keyword = cache_keyword(params)
+        if keyword is None:
+            raise TypeError(f"{type(model).__name__}.forward takes no key/value cache")
+        kwargs[keyword] = past_key_values
+        kwargs["use_cache"] = True
+    elif "use_cache" in params:
         kwargs["use_cache"] = False
     sliced = keep_last is not None and "logits_to_keep" in params
     if sliced:
@@ -190,8 +216,13 @@ def _score_batch(
     spans: list[tuple[int, int, list[int]]],
     pad_id: int,
     device: torch.device,
+    past: tuple[Any, int] | None = None,
 ) -> tuple[list[float], list[bool]]:
-    """Score ``spans`` = ``(row, start, continuation)`` against one padded batch of ``rows``."""
+    """Score ``spans`` = ``(row, start, continuation)`` against one padded batch of ``rows``.
+
+    ``past``: a batch-1 cache of P shared positions and P; then ``rows`` are the tokens after
+    them and each start counts from P.
+    """
     import torch
 
     lengths = torch.tensor([len(r) for r in rows])
@@ -200,12 +231,18 @@ def _score_batch(
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # (B, T)
+    cache = None
+    if past is not None:
+        cache = batch_cache(past[0], len(rows))
+        mask = torch.cat([torch.ones(len(rows), past[1], dtype=torch.long), mask], dim=1)  # (B, P + T)
 
     row_of = torch.tensor([s[0] for s in spans])  # (R,)
     start = torch.tensor([s[1] for s in spans])  # (R,) input position predicting token 1
     n_tok = torch.tensor([len(s[2]) for s in spans])  # (R,)
     keep = width - int(start.min())
-    logits = forward_logits(model, ids.to(device), mask.to(device), keep_last=keep)  # (B, K, V)
+    logits = forward_logits(
+        model, ids.to(device), mask.to(device), keep_last=keep, past_key_values=cache
+    )  # (B, K, V)
 
     seg = torch.repeat_interleave(torch.arange(len(spans)), n_tok)  # (N,) request of each token
     offset = torch.arange(int(n_tok.sum())) - torch.repeat_interleave(n_tok.cumsum(0) - n_tok, n_tok)
@@ -221,6 +258,37 @@ def _score_batch(
     return total.tolist(), (misses == 0).tolist()
 
 
+def _batches(
+    rows: list[tuple[int, ...]],
+    by_input: list[list[int]],
+    span_of: list[tuple[int, list[int]]],
+    batch_size: int,
+    share_prefix: int | None,
+    forward_params: frozenset[str],
+) -> list[tuple[PrefixGroup | None, list[int]]]:
+    """The order of work: batches of whole rows, then each prefix group's batches.
+
+    Within each, rows go longest first, so a batch pads little.
+    """
+    groups: list[PrefixGroup] = []
+    if share_prefix is not None and cache_keyword(forward_params) is not None:
+        starts = [min(len(rows[i]) - len(span_of[u][1]) for u in by_input[i]) for i in range(len(rows))]
+        groups = shared_prefix_groups(rows, starts, share_prefix)
+    grouped = {i for g in groups for i in g.rows}
+
+    def longest_first(indices: Sequence[int]) -> list[int]:
+        return sorted(indices, key=lambda i: (-len(rows[i]), rows[i]))
+
+    def chunks(indices: list[int]) -> list[list[int]]:
+        return [indices[b : b + batch_size] for b in range(0, len(indices), batch_size)]
+
+    whole = longest_first([i for i in range(len(rows)) if i not in grouped])
+    work: list[tuple[PrefixGroup | None, list[int]]] = [(None, c) for c in chunks(whole)]
+    for g in groups:
+        work += [(g, c) for c in chunks(longest_first(g.rows))]
+    return work
+
+
 def loglikelihoods(
     model: Any,
     tokenizer: Any,
@@ -231,6 +299,7 @@ def loglikelihoods(
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str = "loglikelihood",
+    share_prefix: int | None = DEFAULT_MIN_TOKENS,
 ) -> list[Loglik]:
     """Score ``log p(continuation | context)`` for each request, batched.
 
@@ -252,12 +321,15 @@ def loglikelihoods(
             The model is not moved.
         progress: Show progress (with ETA) over the requests: a bar on a terminal, lines in a log.
         desc: Label of the progress bar.
+        share_prefix: Inputs that share at least this many unscored leading tokens run that
+            prefix once (``eval.prefix``; MMLU's 5-shot examples); None runs every input
+            whole, as lm-eval does. Models whose forward takes no cache run whole anyway.
 
     Returns:
         One ``Loglik`` per request, in the order of ``requests``.
 
     Raises:
-        ValueError: If ``batch_size`` or ``max_length`` is below 1, or a request cannot
+        ValueError: If ``batch_size``, ``max_length`` or ``share_prefix`` is below 1, or a request cannot
             be tokenized (see ``encode_pair``) or has a continuation longer than
             ``max_length`` tokens.
     """
@@ -271,6 +343,8 @@ def loglikelihoods(
         max_length = default_max_length(model)
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
+    if share_prefix is not None and share_prefix < 1:
+        raise ValueError(f"share_prefix must be >= 1 or None, got {share_prefix}")
     device = model_device(model) if device is None else torch.device(device)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = int(pad_id if pad_id is not None else _prefix_token_id(tokenizer))
@@ -284,8 +358,9 @@ def loglikelihoods(
         counts[u] += 1
     inputs: dict[tuple[int, ...], int] = {}
     span_of: list[tuple[int, list[int]]] = []  # per unique request: (input id, continuation)
+    memo: dict[str, list[int]] = {}
     for ctx_text, cont_text in unique:
-        ctx, cont = encode_pair(tokenizer, ctx_text, cont_text)
+        ctx, cont = encode_pair(tokenizer, ctx_text, cont_text, memo=memo)
         if len(cont) > max_length:
             raise ValueError(
                 f"continuation must be at most max_length={max_length} tokens, got {len(cont)} "
@@ -298,23 +373,29 @@ def loglikelihoods(
     for u, (i, _) in enumerate(span_of):
         by_input[i].append(u)
     rows = list(inputs)
-    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), rows[i]))  # longest first
+    batches = _batches(rows, by_input, span_of, batch_size, share_prefix, _forward_params(model))
 
     logprob = [0.0] * len(unique)
     greedy = [False] * len(unique)
+    cached: tuple[PrefixGroup, Any] | None = None  # the group being scored and its prefix's cache
     with (
         inference(model),
         progress_bar(total=len(requests), desc=desc, unit="request", enabled=progress) as bar,
     ):
-        for b in range(0, len(order), batch_size):
-            chunk = order[b : b + batch_size]
+        for group, chunk in batches:
+            past, skip = None, 0
+            if group is not None:
+                if cached is None or cached[0] is not group:
+                    prefix = rows[chunk[0]][: group.length]
+                    cached = (group, prefix_cache(model, prefix, device, _forward_params(model)))
+                past, skip = (cached[1], group.length), group.length
             members = [u for i in chunk for u in by_input[i]]
             spans = []
             for local, i in enumerate(chunk):
                 for u in by_input[i]:
                     cont = span_of[u][1]
-                    spans.append((local, len(rows[i]) - len(cont), cont))
-            sums, flags = _score_batch(model, [rows[i] for i in chunk], spans, pad_id, device)
+                    spans.append((local, len(rows[i]) - len(cont) - skip, cont))
+            sums, flags = _score_batch(model, [rows[i][skip:] for i in chunk], spans, pad_id, device, past)
             for u, s, g in zip(members, sums, flags, strict=True):
                 logprob[u], greedy[u] = s, g
             bar.update(sum(counts[u] for u in members))

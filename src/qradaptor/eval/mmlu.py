@@ -118,6 +118,13 @@ def _render(item: MMLUItem) -> str:
     return f"{item.question.strip()}{options}\nAnswer:"
 
 
+def mmlu_head(subject: str, shots: Sequence[MMLUItem]) -> str:
+    """What every prompt of ``subject`` starts with: the description and the solved shots."""
+    topic = subject.replace("_", " ")
+    description = f"The following are multiple choice questions (with answers) about {topic}.\n\n"
+    return description + "".join(f"{_render(shot)} {LETTERS[shot.answer]}\n\n" for shot in shots)
+
+
 def mmlu_prompt(item: MMLUItem, shots: Sequence[MMLUItem]) -> str:
     """The harness's few-shot prompt for ``item``, ending in ``"Answer:"``.
 
@@ -128,10 +135,7 @@ def mmlu_prompt(item: MMLUItem, shots: Sequence[MMLUItem]) -> str:
     Returns:
         Description, each shot followed by ``" <letter>"`` and a blank line, then the item.
     """
-    subject = item.subject.replace("_", " ")
-    description = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
-    solved = "".join(f"{_render(shot)} {LETTERS[shot.answer]}\n\n" for shot in shots)
-    return description + solved + _render(item)
+    return mmlu_head(item.subject, shots) + _render(item)
 
 
 def _model_scorer(

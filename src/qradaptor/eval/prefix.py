@@ -1,0 +1,130 @@
+"""Model inputs that share a long token prefix, scored with that prefix run once.
+
+MMLU's 5-shot prompts repeat a subject's five solved examples, about 460 of a prompt's
+565 tokens (SmolLM2's tokenizer), before every question; BoolQ's two answers share a passage. lm-eval runs each
+input whole. Here inputs that share at least ``min_tokens`` leading tokens, all before
+their first scored position, form a group: the shared prefix runs once through the model
+(batch 1, with a key/value cache), and each batch of the group runs only its own tokens
+against a copy of that cache. Each position attends to the same keys and values as in the
+whole-input pass, so the scores agree with it to float tolerance (tests/eval/test_prefix.py),
+and MMLU's forward passes embed about a quarter of the tokens (docs/EVAL.md).
+
+Notation: a row is one model input (token ids); its *start* is the first input position
+whose logits are scored; a group's *length* P is the number of leading tokens all its rows
+share, at most every member's start, so each row's scored positions lie in its own part,
+``row[P:]``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+CACHE_KEYWORDS = ("cache", "past_key_values")
+"""What a Hugging Face forward calls its key/value cache, argument and output alike:
+``cache`` since transformers 5.2x (``past_key_values`` deprecated), ``past_key_values`` before."""
+
+DEFAULT_MIN_TOKENS = 128
+"""Shortest prefix worth running once: below it a group's extra forward and padding cost
+more than the tokens saved (the zero-shot tasks' contexts are mostly shorter)."""
+
+
+@dataclass(frozen=True)
+class PrefixGroup:
+    """Rows that share their first ``length`` tokens."""
+
+    length: int
+    """Tokens shared by every row, none of them scored (P in the module docstring)."""
+    rows: tuple[int, ...]
+    """Indices of the rows, at least two."""
+
+
+def _common_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
+    n = min(len(a), len(b), limit)
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+def shared_prefix_groups(
+    rows: Sequence[Sequence[int]], starts: Sequence[int], min_tokens: int
+) -> list[PrefixGroup]:
+    """Groups of rows that share at least ``min_tokens`` unscored leading tokens.
+
+    Rows are sorted by their tokens, so rows with a common prefix are neighbours and a run of
+    neighbours shares the smallest of its adjacent common prefixes; a run is extended while
+    that stays at least ``min_tokens`` (capped by each member's start).
+
+    Args:
+        rows: Model inputs (token ids).
+        starts: Per row, the first position whose logits are scored (1 <= start < len(row)).
+        min_tokens: Shortest shared prefix that makes a group, at least 1.
+
+    Returns:
+        Disjoint groups of at least two rows each; rows in no group are scored whole.
+
+    Raises:
+        ValueError: If ``min_tokens`` is below 1 or ``starts`` does not match ``rows``.
+    """
+    if min_tokens < 1:
+        raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
+    if len(starts) != len(rows):
+        raise ValueError(f"starts must give one position per row ({len(rows)}), got {len(starts)}")
+    order = sorted(range(len(rows)), key=lambda i: tuple(rows[i]))
+    groups: list[PrefixGroup] = []
+    k = 0
+    while k < len(order):
+        members = [order[k]]
+        length = starts[order[k]]
+        j = k + 1
+        while j < len(order):
+            nxt = order[j]
+            shared = min(_common_length(rows[order[j - 1]], rows[nxt], length), starts[nxt])
+            if shared < min_tokens:
+                break
+            length = shared
+            members.append(nxt)
+            j += 1
+        if len(members) >= 2:
+            groups.append(PrefixGroup(length, tuple(members)))
+        k = j
+    return groups
+
+
+def prefix_cache(model: Any, prefix: Sequence[int], device: Any, forward_params: frozenset[str]) -> Any:
+    """The key/value cache of ``prefix`` (batch 1), from one forward pass.
+
+    ``forward_params``: the model forward's keyword names; with ``logits_to_keep`` the LM
+    head runs on the last position only (the prefix's logits are not scored).
+    """
+    import torch
+
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)  # (1, P)
+    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": True}
+    if "logits_to_keep" in forward_params:
+        kwargs["logits_to_keep"] = 1
+    out = model(**kwargs)
+    for name in CACHE_KEYWORDS:
+        cache = getattr(out, name, None)
+        if cache is not None:
+            return cache
+    raise TypeError(f"{type(model).__name__} returned no cache with use_cache=True")
+
+
+def batch_cache(cache: Any, batch: int) -> Any:
+    """A copy of a batch-1 cache repeated ``batch`` times; the forward extends the copy, not
+    ``cache``."""
+    copied = copy.deepcopy(cache)
+    copied.batch_repeat_interleave(batch)
+    return copied
+
+
+def cache_keyword(forward_params: frozenset[str]) -> str | None:
+    """The keyword a forward with these parameter names takes its cache as; None if none."""
+    if "use_cache" not in forward_params:
+        return None
+    return next((name for name in CACHE_KEYWORDS if name in forward_params), None)
