@@ -17,15 +17,16 @@ import torch
 from qradaptor.assemble import assemble
 from qradaptor.eval.loglik import loglikelihoods
 from qradaptor.eval.mmlu import LETTERS, load_mmlu, mmlu_fewshot, mmlu_prompt, mmlu_subjects
+from qradaptor.eval.prefix import PrefixSharing
 from qradaptor.plan import Plan
 from qradaptor.recipes.inputs import load_structure
 
-MODES = {"whole": None, "shared": 128}
+MODES = {"whole": None, "shared": PrefixSharing()}
 """Mode name -> ``share_prefix``."""
 
 
 def score(
-    built, requests: list[tuple[str, str]], batch_size: int, share_prefix: int | None
+    built, requests: list[tuple[str, str]], batch_size: int, share_prefix: PrefixSharing | None
 ) -> tuple[float, int, list[float]]:
     """Seconds, tokens the model embedded, and the log-likelihoods of one pass over ``requests``."""
     seen: list[int] = []

@@ -39,24 +39,38 @@ def test_each_task_counts_what_its_scorer_will_score(word_tokenizer_factory, tin
 
 
 @needs_data
-def test_mmlu_counts_each_subjects_shared_prefix_once(word_tokenizer_factory) -> None:
+@pytest.mark.parametrize("limit", [2, 20])
+def test_mmlu_counts_a_shared_prefix_once_where_the_scorer_shares_it(
+    word_tokenizer_factory, limit: int
+) -> None:
     from qradaptor.eval.mmlu import load_mmlu, mmlu_fewshot, mmlu_head, mmlu_prompt
+    from qradaptor.eval.prefix import PrefixSharing
 
     tokenizer = word_tokenizer_factory()
-    work = task_work("mmlu", tokenizer, EvalSettings(limit=2, batch_size=2))
-    items = load_mmlu(None, 2)
+    work = task_work("mmlu", tokenizer, EvalSettings(limit=limit, batch_size=8))
+    items = load_mmlu(None, limit)
     shots = {s: mmlu_fewshot(s) for s in dict.fromkeys(item.subject for item in items)}
 
     def count(texts: list[str]) -> int:
         return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
-    heads = count([mmlu_head(s, shots[s]) for s in shots])
+    rule = PrefixSharing()
+    head = {s: count([mmlu_head(s, shots[s])]) for s in shots}
+    n = {s: sum(item.subject == s for item in items) for s in shots}
+    shared = [s for s in shots if head[s] >= rule.min_tokens and (n[s] - 1) * head[s] >= rule.min_saved]
     prompts = count([mmlu_prompt(item, shots[item.subject]) for item in items])
-    shared = heads + prompts - count([mmlu_head(item.subject, shots[item.subject]) for item in items])
-    assert work.what == f"{len(items):,} questions (5-shot) after 57 shared prefixes"
-    assert work.tokens == pytest.approx(shared, rel=0.1)  # own parts priced from a sample
-    assert work.tokens < 0.6 * prompts  # each subject's head once, not once per question
-    assert work.forwards == 57 * 2  # per subject: the prefix, then one batch of its 2 questions
+    want = prompts - sum((n[s] - 1) * head[s] for s in shared)  # each shared head once
+    assert (
+        work.what
+        == f"{len(items):,} questions (5-shot), {len(items):,} inputs, {len(shared)} shared prefixes"
+    )
+    assert work.tokens == pytest.approx(want, rel=0.1)  # own parts priced from a sample
+    alone = sum(n[s] for s in shots if s not in shared)
+    assert work.forwards == sum(1 + -(-n[s] // 8) for s in shared) + -(-alone // 8)
+    if limit == 2:  # (2 - 1) x a head of a few hundred tokens saves too little: all run whole
+        assert not shared
+    else:  # 19 x a few hundred tokens: most subjects' heads run once
+        assert len(shared) > 40 and work.tokens < 0.5 * prompts
 
 
 def test_the_line_prices_what_it_can_and_names_the_rest() -> None:

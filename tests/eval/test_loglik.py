@@ -192,6 +192,7 @@ def test_matches_lm_eval_hflm_on_smollm2() -> None:
 
     from qradaptor.data.loading import load_texts
     from qradaptor.eval.mmlu import LETTERS, load_mmlu, mmlu_fewshot, mmlu_prompt
+    from qradaptor.eval.prefix import PrefixSharing
     from qradaptor.models.loading import load_model
 
     loaded = load_model(None)
@@ -218,7 +219,10 @@ def test_matches_lm_eval_hflm_on_smollm2() -> None:
     embed.register_forward_hook(lambda _m, args, _out: seen.append(int(args[0].numel())))
     loglikelihoods(loaded.model, loaded.tokenizer, requests, batch_size=3, progress=False, share_prefix=None)
     whole, seen[:] = sum(seen), []
-    got = loglikelihoods(loaded.model, loaded.tokenizer, requests, batch_size=3, progress=False)
+    sharing = PrefixSharing(min_saved=0)  # 3 questions of a subject save less than the default asks
+    got = loglikelihoods(
+        loaded.model, loaded.tokenizer, requests, batch_size=3, progress=False, share_prefix=sharing
+    )
     assert sum(seen) < whole - 800  # two of the three MMLU prompts skipped their ~460 shared tokens
     for g, (lp, greedy) in zip(got, want, strict=True):
         assert g.logprob == pytest.approx(lp, abs=1e-4)

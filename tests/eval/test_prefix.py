@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from qradaptor.eval.loglik import loglikelihoods
-from qradaptor.eval.prefix import PrefixGroup, shared_prefix_groups
+from qradaptor.eval.prefix import PrefixGroup, PrefixSharing, shared_prefix_groups
+
+EVERY = PrefixSharing(min_tokens=16, min_saved=0)
+"""Share any prefix of 16 tokens or more: the tiny prompts here are short."""
+LONG = PrefixSharing(min_tokens=10_000, min_saved=0)
+"""A prefix longer than any here: nothing is shared."""
 
 SHARED = (
     "Question: is the sky blue? Answer: yes, because of Rayleigh scattering.\n\n"
@@ -29,29 +34,44 @@ REQUESTS = [(SHARED + q, f" {letter}") for q in QUESTIONS for letter in "ABCD"] 
 def test_groups_take_the_longest_prefix_a_run_of_sorted_rows_shares() -> None:
     rows = [(1, 2, 3, 4, 5), (7, 8), (1, 2, 3, 4, 6), (1, 2, 9, 9)]
     starts = [4, 1, 4, 3]
-    assert shared_prefix_groups(rows, starts, 2) == [PrefixGroup(2, (0, 2, 3))]
-    assert shared_prefix_groups(rows, starts, 3) == [PrefixGroup(4, (0, 2))]
-    assert shared_prefix_groups(rows, starts, 5) == []
+    assert shared_prefix_groups(rows, starts, PrefixSharing(2, 0)) == [PrefixGroup(2, (0, 2, 3))]
+    assert shared_prefix_groups(rows, starts, PrefixSharing(3, 0)) == [PrefixGroup(4, (0, 2))]
+    assert shared_prefix_groups(rows, starts, PrefixSharing(5, 0)) == []
 
 
 def test_a_group_stops_before_any_members_first_scored_position() -> None:
     rows = [(1, 2, 3, 4, 5), (1, 2, 3, 4, 6)]
-    assert shared_prefix_groups(rows, [4, 2], 2) == [PrefixGroup(2, (0, 1))]
-    assert shared_prefix_groups(rows, [4, 1], 2) == []
+    assert shared_prefix_groups(rows, [4, 2], PrefixSharing(2, 0)) == [PrefixGroup(2, (0, 1))]
+    assert shared_prefix_groups(rows, [4, 1], PrefixSharing(2, 0)) == []
+
+
+def test_a_group_must_save_min_saved_tokens() -> None:
+    rows = [(1, 2, 3, 4, 5), (1, 2, 3, 4, 6), (1, 2, 3, 4, 7)]  # 3 rows share 4 tokens: 8 saved
+    assert shared_prefix_groups(rows, [4, 4, 4], PrefixSharing(2, 8)) == [PrefixGroup(4, (0, 1, 2))]
+    assert shared_prefix_groups(rows, [4, 4, 4], PrefixSharing(2, 9)) == []
+    assert shared_prefix_groups(rows[:2], [4, 4], PrefixSharing(2, 8)) == []  # 4 saved
 
 
 @pytest.mark.parametrize(
-    ("rows", "starts", "min_tokens", "match"),
+    ("make", "match"),
     [
-        ([(1, 2)], [1], 0, "min_tokens must be >= 1, got 0"),
-        ([(1, 2)], [], 1, r"starts must give one position per row \(1\), got 0"),
+        (
+            lambda: PrefixSharing(min_tokens=0),
+            "share_prefix needs min_tokens >= 1 and min_saved >= 0, got 0 and 4096",
+        ),
+        (
+            lambda: PrefixSharing(min_saved=-1),
+            "share_prefix needs min_tokens >= 1 and min_saved >= 0, got 128 and -1",
+        ),
+        (
+            lambda: shared_prefix_groups([(1, 2)], [], EVERY),
+            r"starts must give one position per row \(1\), got 0",
+        ),
     ],
 )
-def test_rejects_bad_arguments(
-    rows: list[tuple[int, ...]], starts: list[int], min_tokens: int, match: str
-) -> None:
+def test_rejects_bad_arguments(make: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        shared_prefix_groups(rows, starts, min_tokens)
+        make()
 
 
 def count_tokens(model: Any) -> list[int]:
@@ -81,7 +101,7 @@ def test_a_shared_prefix_scores_as_the_whole_inputs_with_fewer_tokens(
     whole_tokens = sum(seen)
     seen.clear()
     shared = loglikelihoods(
-        model, tokenizer, REQUESTS, batch_size=batch_size, progress=False, share_prefix=16
+        model, tokenizer, REQUESTS, batch_size=batch_size, progress=False, share_prefix=EVERY
     )
     assert_same_scores(shared, whole)
     # The prefix (about 40 tokens) runs once, not once per input (six inputs share it).
@@ -95,7 +115,15 @@ def test_a_prefix_longer_than_every_shared_run_changes_nothing(make_model: Any, 
     whole_tokens = sum(seen)
     seen.clear()
     assert (
-        loglikelihoods(model, tokenizer, REQUESTS, batch_size=4, progress=False, share_prefix=10_000) == whole
+        loglikelihoods(
+            model,
+            tokenizer,
+            REQUESTS,
+            batch_size=4,
+            progress=False,
+            share_prefix=LONG,
+        )
+        == whole
     )
     assert sum(seen) == whole_tokens
 
@@ -117,10 +145,42 @@ def test_adapters_and_packed_quantised_layers_see_the_cached_prefix(make_model: 
     )
     for model in (quantised, peft_dense):
         whole = loglikelihoods(model, tokenizer, REQUESTS, batch_size=5, progress=False, share_prefix=None)
-        shared = loglikelihoods(model, tokenizer, REQUESTS, batch_size=5, progress=False, share_prefix=16)
+        shared = loglikelihoods(model, tokenizer, REQUESTS, batch_size=5, progress=False, share_prefix=EVERY)
         assert_same_scores(shared, whole)
 
 
-def test_rejects_a_share_prefix_below_one(model: Any, tokenizer: Any) -> None:
-    with pytest.raises(ValueError, match="share_prefix must be >= 1 or None, got 0"):
-        loglikelihoods(model, tokenizer, REQUESTS, progress=False, share_prefix=0)
+def test_the_default_leaves_a_few_short_shared_prompts_whole(make_model: Any, tokenizer: Any) -> None:
+    model = make_model(len(tokenizer))
+    seen = count_tokens(model)
+    whole = loglikelihoods(model, tokenizer, REQUESTS, batch_size=4, progress=False, share_prefix=None)
+    whole_tokens, seen[:] = sum(seen), []
+    assert loglikelihoods(model, tokenizer, REQUESTS, batch_size=4, progress=False) == whole
+    assert sum(seen) == whole_tokens  # 5 inputs x a 40-token prefix save far below 4,096 tokens
+
+
+@pytest.mark.parametrize("whole_inputs", [False, True])
+def test_qra_eval_whole_inputs_reaches_the_scorer_and_the_results_file(
+    cli: Any, tiny_model_dir: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, whole_inputs: bool
+) -> None:
+    import json
+
+    from qradaptor.eval import loglik
+
+    asked: list[Any] = []
+    real = loglik.loglikelihoods
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs["share_prefix"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loglik, "loglikelihoods", spy)
+    out = tmp_path / "eval.json"
+    flag = ["--whole-inputs"] if whole_inputs else []
+    args = ["--plan", "uniform:4:0", "--tasks", "arc_easy", "--limit", "2", "--device", "cpu"]
+    args.append("--no-progress")
+    code, _, err = cli("eval", tiny_model_dir, *args, *flag, "-o", out)
+    assert code == 0, err
+    want = None if whole_inputs else PrefixSharing()
+    assert asked == [want]
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["shared_prefix"] == (None if whole_inputs else {"min_tokens": 128, "min_saved": 4096})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     resume: bool = False,
     as_json: bool = False,
     no_progress: bool = False,
+    whole_inputs: bool = False,
 ) -> int:
     """Evaluate a model (quantised per plan, with or without a trained adapter) on the suite.
 
@@ -79,6 +81,9 @@ def eval(  # noqa: A001 - the verb's name is the command's
             settings (limit, batch size, seq len, stride, backend, seed, dtype)
         as_json: print JSON instead of the table
         no_progress: no progress output
+        whole_inputs: run every input whole, as lm-eval does; by default inputs that share a
+            long prefix (MMLU's 5-shot examples of a subject) run it once, about 3x faster for
+            MMLU, with scores that agree to float tolerance
     """
     from qradaptor.cli import max_memory as limits
     from qradaptor.eval.suite import resolve_tasks
@@ -124,7 +129,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
     import torch
 
     from qradaptor.assemble import assemble
-    from qradaptor.eval.prefix import DEFAULT_MIN_TOKENS
+    from qradaptor.eval.prefix import PrefixSharing
     from qradaptor.eval.results import format_table, to_json
     from qradaptor.eval.suite import run_suite, zero_shot_average
     from qradaptor.models.provenance import read_provenance
@@ -170,7 +175,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         from qradaptor.eval.cost import eval_line
         from qradaptor.eval.task import EvalSettings
 
-        settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed)
+        settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed, whole_inputs=whole_inputs)
         print(f"qra eval: {eval_line(built.model, built.tokenizer, scored, settings)}", file=sys.stderr)
     with _dequantised_once_if_room(built.model, device, memory_cap) as held:
         if held and not no_progress:
@@ -192,6 +197,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
             backend=backend,
             seed=seed,
             progress=not no_progress,
+            whole_inputs=whole_inputs,
         )
     seconds = time.perf_counter() - started
     if prior is not None:  # the tasks it held first, in their order, then the new ones
@@ -212,8 +218,8 @@ def eval(  # noqa: A001 - the verb's name is the command's
         "seq_len": seq_len,
         "stride": stride,
         "backend": backend,
-        # Our scorer (MMLU's always) runs a prefix that inputs share over this many tokens once.
-        "shared_prefix_min_tokens": DEFAULT_MIN_TOKENS,
+        # When our scorer (MMLU's always) runs a prefix that inputs share once (eval.prefix).
+        "shared_prefix": None if whole_inputs else dataclasses.asdict(PrefixSharing()),
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "seed": seed,
@@ -264,6 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser, helps: dict[str, str]) -> Non
     parser.add_argument("--force", action="store_true", help=helps["force"])
     parser.add_argument("--resume", action="store_true", help=helps["resume"])
     parser.add_argument("--json", dest="as_json", action="store_true", help=helps["as_json"])
+    parser.add_argument("--whole-inputs", action="store_true", help=helps["whole_inputs"])
 
 
 def _dequantised_once_if_room(model: Any, device: str, memory_cap: int | None) -> Any:

@@ -2,9 +2,10 @@
 
 The work of each task is counted in model-input tokens, from its own data and tokenizer:
 perplexity scores its windows (``windows x seq_len``, the corpus tokenised only as far as the
-windows need); a multiple-choice task and MMLU score one input per choice, whose mean length is
-measured on the first ``SAMPLE`` documents and multiplied out. GSM8K generates up to 256 tokens
-a question, which token counts do not price: it is named, not priced.
+windows need); a multiple-choice task scores one input per choice, whose mean length is
+measured on the first ``SAMPLE`` documents and multiplied out; MMLU one input per question, after
+each subject's shared description and shots run once where ``eval.prefix`` groups them. GSM8K
+generates up to 256 tokens a question, which token counts do not price: it is named, not priced.
 
 A forward costs a fixed part (on a packed model every linear is dequantised once per forward,
 whatever the batch holds) plus a part per token, so both are timed on the model just now: a
@@ -80,30 +81,51 @@ def task_work(name: str, tokenizer: Any, settings: EvalSettings) -> TaskWork:
         batches = math.ceil(len(inputs) / settings.batch_size)
         return TaskWork(name, f"{len(items):,} questions, {len(inputs):,} inputs", tokens, batches)
     if name == "mmlu":
-        from collections import Counter
-
-        from qradaptor.eval.mmlu import load_mmlu, mmlu_fewshot, mmlu_head, mmlu_prompt
-
-        # One input per question (its four letters share it), and each subject's description
-        # and solved shots run once (eval.prefix), then its questions in batches.
-        items = load_mmlu(None, settings.limit)
-        per_subject = Counter(item.subject for item in items)
-        shots = {s: mmlu_fewshot(s) for s in per_subject}
-        heads = {s: mmlu_head(s, shots[s]) for s in per_subject}
-        sample = items[:SAMPLE]
-        whole = _mean_tokens(tokenizer, [mmlu_prompt(i, shots[i.subject]) for i in sample])
-        own = whole - _mean_tokens(tokenizer, [heads[i.subject] for i in sample])
-        head_tokens = _mean_tokens(tokenizer, list(heads.values())) * len(heads)
-        tokens = round(head_tokens + len(items) * own) if items else 0
-        # A subject of one question has nothing to share: its prompt runs whole.
-        forwards = sum((n > 1) + math.ceil(n / settings.batch_size) for n in per_subject.values())
-        what = f"{len(items):,} questions (5-shot) after {len(heads)} shared prefixes"
-        return TaskWork(name, what, tokens, forwards)
+        return _mmlu_work(tokenizer, settings)
     if name == "gsm8k":
         from qradaptor.eval.gsm8k import load_gsm8k
 
         return TaskWork(name, f"{len(load_gsm8k(settings.limit)):,} questions generated (not priced)", None)
     raise ValueError(f"unknown task {name!r}")
+
+
+def _mmlu_work(tokenizer: Any, settings: EvalSettings) -> TaskWork:
+    """MMLU: one input per question (its four letters share it); a subject whose questions
+    share enough of their description and solved shots runs that head once (``eval.prefix``)."""
+    from collections import Counter
+
+    from qradaptor.eval.mmlu import load_mmlu, mmlu_fewshot, mmlu_head, mmlu_prompt
+    from qradaptor.eval.prefix import PrefixSharing
+
+    sharing = None if settings.whole_inputs else PrefixSharing()
+    items = load_mmlu(None, settings.limit)
+    per_subject = Counter(item.subject for item in items)
+    shots = {s: mmlu_fewshot(s) for s in per_subject}
+    heads = dict(
+        zip(per_subject, _lengths(tokenizer, [mmlu_head(s, shots[s]) for s in per_subject]), strict=True)
+    )
+    sample = items[:: max(1, len(items) // SAMPLE)]  # across subjects: their questions' lengths differ
+    whole = _lengths(tokenizer, [mmlu_prompt(item, shots[item.subject]) for item in sample])
+    own = sum(w - heads[item.subject] for w, item in zip(whole, sample, strict=True)) / max(len(sample), 1)
+    tokens = 0.0
+    alone = 0  # questions of subjects that run whole, batched together
+    forwards = shared = 0
+    for subject, n in per_subject.items():
+        head = heads[subject]
+        if sharing and n > 1 and head >= sharing.min_tokens and (n - 1) * head >= sharing.min_saved:
+            tokens += head + n * own
+            forwards += 1 + math.ceil(n / settings.batch_size)
+            shared += 1
+        else:
+            tokens += n * (head + own)
+            alone += n
+    forwards += math.ceil(alone / settings.batch_size)
+    what = f"{len(items):,} questions (5-shot), {len(items):,} inputs, {shared} shared prefixes"
+    return TaskWork("mmlu", what, round(tokens), forwards)
+
+
+def _lengths(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def forward_cost(model: Any, batch_size: int, seq_len: int, vocab_size: int) -> tuple[float, float]:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qradaptor.eval.prefix import (
-    DEFAULT_MIN_TOKENS,
     PrefixGroup,
+    PrefixSharing,
     batch_cache,
     cache_keyword,
     prefix_cache,
@@ -263,7 +263,7 @@ def _batches(
     by_input: list[list[int]],
     span_of: list[tuple[int, list[int]]],
     batch_size: int,
-    share_prefix: int | None,
+    share_prefix: PrefixSharing | None,
     forward_params: frozenset[str],
 ) -> list[tuple[PrefixGroup | None, list[int]]]:
     """The order of work: batches of whole rows, then each prefix group's batches.
@@ -299,7 +299,7 @@ def loglikelihoods(
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str = "loglikelihood",
-    share_prefix: int | None = DEFAULT_MIN_TOKENS,
+    share_prefix: PrefixSharing | None = PrefixSharing(),  # noqa: B008 (frozen, never mutated)
 ) -> list[Loglik]:
     """Score ``log p(continuation | context)`` for each request, batched.
 
@@ -321,15 +321,15 @@ def loglikelihoods(
             The model is not moved.
         progress: Show progress (with ETA) over the requests: a bar on a terminal, lines in a log.
         desc: Label of the progress bar.
-        share_prefix: Inputs that share at least this many unscored leading tokens run that
-            prefix once (``eval.prefix``; MMLU's 5-shot examples); None runs every input
-            whole, as lm-eval does. Models whose forward takes no cache run whole anyway.
+        share_prefix: When inputs that share unscored leading tokens run them once
+            (``eval.prefix``; MMLU's 5-shot examples); None runs every input whole, as
+            lm-eval does. Models whose forward takes no cache run whole anyway.
 
     Returns:
         One ``Loglik`` per request, in the order of ``requests``.
 
     Raises:
-        ValueError: If ``batch_size``, ``max_length`` or ``share_prefix`` is below 1, or a request cannot
+        ValueError: If ``batch_size`` or ``max_length`` is below 1, or a request cannot
             be tokenized (see ``encode_pair``) or has a continuation longer than
             ``max_length`` tokens.
     """
@@ -343,8 +343,6 @@ def loglikelihoods(
         max_length = default_max_length(model)
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
-    if share_prefix is not None and share_prefix < 1:
-        raise ValueError(f"share_prefix must be >= 1 or None, got {share_prefix}")
     device = model_device(model) if device is None else torch.device(device)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = int(pad_id if pad_id is not None else _prefix_token_id(tokenizer))

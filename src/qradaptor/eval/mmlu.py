@@ -139,14 +139,23 @@ def mmlu_prompt(item: MMLUItem, shots: Sequence[MMLUItem]) -> str:
 
 
 def _model_scorer(
-    model: Any, tokenizer: Any, *, batch_size: int, progress: bool
+    model: Any, tokenizer: Any, *, batch_size: int, progress: bool, whole_inputs: bool
 ) -> Callable[[Sequence[tuple[str, str]]], list[float]]:
     """``loglikelihoods`` on ``model``, reduced to the log-probabilities."""
     from qradaptor.eval.loglik import loglikelihoods
+    from qradaptor.eval.prefix import PrefixSharing
+
+    sharing = None if whole_inputs else PrefixSharing()
 
     def score(requests: Sequence[tuple[str, str]]) -> list[float]:
         results = loglikelihoods(
-            model, tokenizer, requests, batch_size=batch_size, progress=progress, desc="mmlu"
+            model,
+            tokenizer,
+            requests,
+            batch_size=batch_size,
+            progress=progress,
+            desc="mmlu",
+            share_prefix=sharing,
         )
         return [r.logprob for r in results]
 
@@ -161,6 +170,7 @@ def evaluate_mmlu(
     limit_per_subject: int | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    whole_inputs: bool = False,
     loglik_fn: Callable[[Sequence[tuple[str, str]]], list[float]] | None = None,
 ) -> dict[str, float]:
     """MMLU 5-shot accuracy by log-likelihood of the answer letter.
@@ -172,6 +182,8 @@ def evaluate_mmlu(
         limit_per_subject: Evaluate only the first items of each subject; None for all.
         batch_size: Model inputs per forward pass in ``loglikelihoods``.
         progress: Show a progress bar.
+        whole_inputs: Run every prompt whole, as lm-eval does, instead of each subject's
+            shared 5-shot prefix once (``eval.prefix``; the scores agree to float tolerance).
         loglik_fn: Scores ``(context, continuation)`` pairs, returning one log-probability
             each; defaults to ``qradaptor.eval.loglik.loglikelihoods`` on ``model``.
 
@@ -183,7 +195,9 @@ def evaluate_mmlu(
             ``loglik_fn`` returning the wrong number of scores.
     """
     items = load_mmlu(subjects, limit_per_subject)
-    score = loglik_fn or _model_scorer(model, tokenizer, batch_size=batch_size, progress=progress)
+    score = loglik_fn or _model_scorer(
+        model, tokenizer, batch_size=batch_size, progress=progress, whole_inputs=whole_inputs
+    )
     shots = {s: mmlu_fewshot(s) for s in dict.fromkeys(item.subject for item in items)}
     requests = [
         (mmlu_prompt(item, shots[item.subject]), f" {letter}") for item in items for letter in LETTERS

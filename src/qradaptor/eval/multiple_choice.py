@@ -122,6 +122,7 @@ def score_task(
     limit: int | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    whole_inputs: bool = False,
 ) -> MCResult:
     """Score a model zero-shot on one task with our own log-likelihood code.
 
@@ -132,6 +133,8 @@ def score_task(
         limit: Score only the first ``limit`` documents; ``None`` scores all.
         batch_size: Requests per forward pass.
         progress: Show a progress bar.
+        whole_inputs: Run every input whole, as lm-eval does, instead of a prefix that many
+            inputs share once (``eval.prefix``).
 
     Returns:
         The task's ``acc``, ``acc_norm``, their standard errors and ``n``.
@@ -140,10 +143,19 @@ def score_task(
         ValueError: If the task is unknown, its data is missing or ``limit`` is below 1.
     """
     from qradaptor.eval.loglik import loglikelihoods
+    from qradaptor.eval.prefix import PrefixSharing
+
+    sharing = None if whole_inputs else PrefixSharing()
 
     def loglik_fn(requests: list[tuple[str, str]]) -> list[float]:
         results = loglikelihoods(
-            model, tokenizer, requests, batch_size=batch_size, progress=progress, desc=name
+            model,
+            tokenizer,
+            requests,
+            batch_size=batch_size,
+            progress=progress,
+            desc=name,
+            share_prefix=sharing,
         )
         return [r.logprob for r in results]
 

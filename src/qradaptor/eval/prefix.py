@@ -1,13 +1,13 @@
 """Model inputs that share a long token prefix, scored with that prefix run once.
 
-MMLU's 5-shot prompts repeat a subject's five solved examples, about 460 of a prompt's
-565 tokens (SmolLM2's tokenizer), before every question; BoolQ's two answers share a passage. lm-eval runs each
-input whole. Here inputs that share at least ``min_tokens`` leading tokens, all before
-their first scored position, form a group: the shared prefix runs once through the model
-(batch 1, with a key/value cache), and each batch of the group runs only its own tokens
-against a copy of that cache. Each position attends to the same keys and values as in the
-whole-input pass, so the scores agree with it to float tolerance (tests/eval/test_prefix.py),
-and MMLU's forward passes embed about a quarter of the tokens (docs/EVAL.md).
+MMLU's 5-shot prompts repeat a subject's five solved examples, about 460 of a prompt's 565
+tokens (SmolLM2's tokenizer), before every question. lm-eval runs each input whole. Here rows
+that share enough leading tokens (``PrefixSharing``), all before their first scored position,
+form a group: the shared prefix runs once through the model (batch 1, with a key/value cache),
+and each batch of the group runs only its own tokens against a copy of that cache. Each
+position attends to the same keys and values as in the whole-input pass, so the scores agree
+with it to float tolerance (tests/eval/test_prefix.py), and MMLU's forward passes embed about
+a quarter of the tokens (docs/EVAL.md).
 
 Notation: a row is one model input (token ids); its *start* is the first input position
 whose logits are scored; a group's *length* P is the number of leading tokens all its rows
@@ -26,9 +26,23 @@ CACHE_KEYWORDS = ("cache", "past_key_values")
 """What a Hugging Face forward calls its key/value cache, argument and output alike:
 ``cache`` since transformers 5.2x (``past_key_values`` deprecated), ``past_key_values`` before."""
 
-DEFAULT_MIN_TOKENS = 128
-"""Shortest prefix worth running once: below it a group's extra forward and padding cost
-more than the tokens saved (the zero-shot tasks' contexts are mostly shorter)."""
+
+@dataclass(frozen=True)
+class PrefixSharing:
+    """When inputs share a prefix run once (``loglikelihoods(share_prefix=...)``)."""
+
+    min_tokens: int = 128
+    """Shortest shared prefix a group may have. MMLU's prompts all open with the same dozen
+    tokens of description; this keeps each subject its own group."""
+    min_saved: int = 4096
+    """Fewest tokens a group must save, (rows - 1) x prefix length. A group costs a forward of
+    its own and batches of its rows alone, which on a GPU outweigh a few hundred tokens: BoolQ's
+    answer pairs (about 200 tokens each) and a subject of two MMLU questions run whole."""
+
+    def __post_init__(self) -> None:
+        if self.min_tokens < 1 or self.min_saved < 0:
+            got = f"got {self.min_tokens} and {self.min_saved}"
+            raise ValueError(f"share_prefix needs min_tokens >= 1 and min_saved >= 0, {got}")
 
 
 @dataclass(frozen=True)
@@ -51,27 +65,26 @@ def _common_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 
 def shared_prefix_groups(
-    rows: Sequence[Sequence[int]], starts: Sequence[int], min_tokens: int
+    rows: Sequence[Sequence[int]], starts: Sequence[int], sharing: PrefixSharing
 ) -> list[PrefixGroup]:
-    """Groups of rows that share at least ``min_tokens`` unscored leading tokens.
+    """Groups of rows that share at least ``sharing.min_tokens`` unscored leading tokens.
 
     Rows are sorted by their tokens, so rows with a common prefix are neighbours and a run of
     neighbours shares the smallest of its adjacent common prefixes; a run is extended while
-    that stays at least ``min_tokens`` (capped by each member's start).
+    that stays at least ``min_tokens`` (capped by each member's start), and kept as a group if
+    it saves at least ``min_saved`` tokens.
 
     Args:
         rows: Model inputs (token ids).
         starts: Per row, the first position whose logits are scored (1 <= start < len(row)).
-        min_tokens: Shortest shared prefix that makes a group, at least 1.
+        sharing: The thresholds.
 
     Returns:
         Disjoint groups of at least two rows each; rows in no group are scored whole.
 
     Raises:
-        ValueError: If ``min_tokens`` is below 1 or ``starts`` does not match ``rows``.
+        ValueError: If ``starts`` does not match ``rows``.
     """
-    if min_tokens < 1:
-        raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
     if len(starts) != len(rows):
         raise ValueError(f"starts must give one position per row ({len(rows)}), got {len(starts)}")
     order = sorted(range(len(rows)), key=lambda i: tuple(rows[i]))
@@ -84,12 +97,12 @@ def shared_prefix_groups(
         while j < len(order):
             nxt = order[j]
             shared = min(_common_length(rows[order[j - 1]], rows[nxt], length), starts[nxt])
-            if shared < min_tokens:
+            if shared < sharing.min_tokens:
                 break
             length = shared
             members.append(nxt)
             j += 1
-        if len(members) >= 2:
+        if len(members) >= 2 and (len(members) - 1) * length >= sharing.min_saved:
             groups.append(PrefixGroup(length, tuple(members)))
         k = j
     return groups

@@ -107,6 +107,7 @@ def run_suite(
     backend: Backend = "qradaptor",
     seed: int = 1234,
     progress: bool = True,
+    whole_inputs: bool = False,
 ) -> list[EvalRecord]:
     """Evaluates an in-memory model on ``tasks`` (names or groups, see module docstring).
 
@@ -124,6 +125,8 @@ def run_suite(
             for the seven zero-shot tasks; both read the same offline files.
         seed: seeds torch before each task (scoring is deterministic; generation is greedy).
         progress: show progress bars.
+        whole_inputs: run every input whole, as lm-eval does, instead of a prefix that many
+            inputs share once (``eval.prefix``; MMLU's 5-shot examples).
 
     Returns:
         One record per (task, metric).
@@ -138,7 +141,7 @@ def run_suite(
     if backend not in ("qradaptor", "harness"):
         raise ValueError(f"backend must be 'qradaptor' or 'harness', got {backend!r}")
     names = resolve_tasks(tasks)
-    settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed, progress)
+    settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed, progress, whole_inputs)
     records: list[EvalRecord] = []
     for name in names:
         torch.manual_seed(seed)

@@ -32,6 +32,9 @@ class EvalSettings:
     """Passed to the harness (scoring is deterministic; generation is greedy)."""
     progress: bool = True
     """Show progress."""
+    whole_inputs: bool = False
+    """Run every input whole, as lm-eval does, instead of a prefix that many inputs share once
+    (``eval.prefix``: MMLU's 5-shot examples; the scores agree to float tolerance)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class MultipleChoiceTask:
                 limit=settings.limit,
                 batch_size=settings.batch_size,
                 progress=settings.progress,
+                whole_inputs=settings.whole_inputs,
             )
         backend = {"backend": settings.backend}
         return [
@@ -171,6 +175,7 @@ class MmluTask:
             limit_per_subject=settings.limit,
             batch_size=settings.batch_size,
             progress=settings.progress,
+            whole_inputs=settings.whole_inputs,
         )
         details = {"shots": 5, "limit_per_subject": settings.limit}
         return [Metric("acc", out["acc"], out["acc_stderr"], out["n"], details)]
