@@ -452,3 +452,26 @@ def test_panels_draw_only_what_was_measured(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"rows must measure one of \['tokens_per_s', 'peak_mib'\]"):
         plot_panels([ppl_only], EFFICIENCY_PANELS, tmp_path / "efficiency.png")
     assert not (tmp_path / "efficiency.png").exists()
+
+
+def test_the_efficiency_table_says_which_device_each_labels_searches_ran_on(experiment: Path) -> None:
+    from qradaptor.runfolder.search_run import SearchSettings
+
+    # A's config.json: the CPU (fp32); B's: the GPU with no dtype recorded (an older search).
+    searches = experiment.parent / "searches"
+    SearchSettings({"device": "cpu", "dtype": "fp32"}, "qra search ...").save(searches / "A")
+    SearchSettings({"device": "cuda"}, "qra search ...").save(searches / "B")
+    summary = summarise(collect(experiment, LABELS), reference="lora16")
+    lora, _, qra = summary.rows
+    assert qra.search_devices == ("cpu fp32", "cuda") and lora.search_devices == ()
+    table = to_markdown(summary).split("## Efficiency")[1].split("\n\n")[1].splitlines()
+    assert table[0].endswith("| search ran on |")
+    assert table[2 + LABELS.index("qra@3.5bits")].endswith("| cpu fp32, cuda |")
+    assert table[2 + LABELS.index("lora16")].endswith("| – |")
+
+
+def test_a_search_without_config_json_has_no_device(experiment: Path) -> None:
+    summary = summarise(collect(experiment, LABELS), reference="lora16")
+    assert summary.rows[2].search_devices == ()
+    header = to_markdown(summary).split("## Efficiency")[1].split("\n\n")[1].splitlines()[0]
+    assert "search ran on" not in header  # a column nothing measured is left out

@@ -26,10 +26,12 @@ from qradaptor.eval.suite import ZERO_SHOT
 from qradaptor.runfolder.cell import CELL_EVAL, CELL_FILE, CELL_TRAIN, STATES, CellRecord  # noqa: F401
 from qradaptor.runfolder.jsonfile import need, number, read_json
 from qradaptor.runfolder.search_run import (
+    SEARCH_CONFIG,
     SEARCH_PLAN,
     SEARCH_SENSITIVITY,
     SEARCH_SUMMARY,
     SEARCH_TRIALS_CSV,
+    SearchSettings,
     SearchSummary,
 )
 from qradaptor.runfolder.train_run import RUN_TRAIN, TrainRecord
@@ -80,6 +82,9 @@ class SearchInfo:
     """Running minimum of the proxy loss over the search evaluations (trials.csv; Fig. 4)."""
     data_roles: tuple[tuple[str, str], ...] = ()
     """summary.json data_roles: (role, source) pairs; empty for searches from before it was kept."""
+    device: str | None = None
+    """config.json device and dtype, e.g. "cuda fp32" or "cpu fp32": its seconds compare only
+    within one; None where config.json is missing, the device alone where it has no dtype."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +262,17 @@ def read_search(folder: Path, experiment_dir: Path) -> SearchInfo:
         sensitivity=_lowest_bits_kl(folder / SEARCH_SENSITIVITY),
         best_so_far=_best_so_far(folder / SEARCH_TRIALS_CSV),
         data_roles=tuple((str(k), str(v)) for k, v in (summary.data_roles or {}).items()),
+        device=_search_device(folder),
     )
+
+
+def _search_device(folder: Path) -> str | None:
+    """config.json's device and dtype (see ``SearchInfo.device``)."""
+    if not (folder / SEARCH_CONFIG).is_file():
+        return None
+    settings = SearchSettings.load(folder).settings
+    parts = [str(settings[k]) for k in ("device", "dtype") if settings.get(k)]
+    return " ".join(parts) or None
 
 
 def _read_cell(cell_json: Path, experiment_dir: Path) -> CellResult:

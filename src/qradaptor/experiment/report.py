@@ -102,7 +102,10 @@ def _row(label: str, cells: Sequence[CellResult]) -> LabelRow:
         keys = list(dict.fromkeys(k for values in group for k in values))
         stats.update({k: _stat([values.get(k) for values in group]) for k in keys})
     first = cells[0]
-    return LabelRow(label, first.method, first.budget, len(done), len(cells), stats, None, len(searches))
+    devices = tuple(sorted({s.device for s in searches if s.device}))
+    return LabelRow(
+        label, first.method, first.budget, len(done), len(cells), stats, None, len(searches), devices
+    )
 
 
 def summarise(cells: Sequence[CellResult], reference: str | None = "lora16") -> ExperimentSummary:
@@ -233,13 +236,14 @@ def to_markdown(summary: ExperimentSummary) -> str:
     if any(value != MISSING for line in lines for value in line[2:]):
         out += ["", "## Zero-shot acc_norm (%)", "", *_table(header, lines, keep=2)]
     ref = f"x {summary.reference}" if summary.reference else "x reference"
-    header = ["method", *_titles(EFFICIENCY_COLUMNS), ref, *_titles(SEARCH_COST_COLUMNS)]
+    header = ["method", *_titles(EFFICIENCY_COLUMNS), ref, *_titles(SEARCH_COST_COLUMNS), "search ran on"]
     lines = [
         [
             r.label,
             *_formatted(r, EFFICIENCY_COLUMNS),
             MISSING if r.tokens_per_s_ratio is None else f"{r.tokens_per_s_ratio:.2f}",
             *_formatted(r, SEARCH_COST_COLUMNS),
+            ", ".join(r.search_devices) or MISSING,
         ]
         for r in rows
     ]
@@ -249,7 +253,8 @@ def to_markdown(summary: ExperimentSummary) -> str:
         "tokens/s: steady (after the warm-up steps). They compare only between cells that had their GPU "
         "to themselves (`qra experiment --jobs` at most the number of GPUs). Search epochs: the proxy "
         "fine-tunes' tokens over one epoch of the search's data; search tokens / fine-tune tokens: the "
-        "same tokens over the cell's own fine-tune.",
+        "same tokens over the cell's own fine-tune; search ran on: the device and dtype of the label's "
+        "searches (config.json), so search seconds compare only between labels on one.",
     ]
     searched = [r for r in rows if r.n_searches]
     if searched:

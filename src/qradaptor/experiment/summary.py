@@ -49,6 +49,8 @@ class LabelRow:
     """Mean tokens/s over the reference label's mean tokens/s; None without a reference."""
     n_searches: int
     """Distinct searches among the done cells."""
+    search_devices: tuple[str, ...] = ()
+    """The devices (and dtypes) those searches ran on, sorted; empty where not recorded."""
 
 
 @dataclass(frozen=True)
