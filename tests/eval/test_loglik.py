@@ -204,26 +204,33 @@ def test_matches_lm_eval_hflm_on_smollm2() -> None:
         ("Question: Is water wet?\nAnswer:", " yes"),
         ("", "Hello world, this is a test."),
     ]
-    # MMLU 5-shot prompts of one subject share about 460 tokens, which run once here
-    # (eval.prefix) and whole in the harness.
-    mmlu = load_mmlu(["astronomy"], limit=3)
-    shots = mmlu_fewshot("astronomy")
-    requests += [(mmlu_prompt(item, shots), f" {letter}") for item in mmlu for letter in LETTERS]
+    # MMLU 5-shot prompts of one subject share their head (world_religions: 214 tokens, the
+    # shortest), which runs once here (eval.prefix) and whole in the harness.
+    mmlu = load_mmlu(["world_religions"], limit=2)
+    shots = mmlu_fewshot("world_religions")
+    prompts = [(mmlu_prompt(item, shots), f" {letter}") for item in mmlu for letter in LETTERS]
+    requests += prompts
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=4)
     instances = [
         Instance(request_type="loglikelihood", doc={}, arguments=req, idx=i) for i, req in enumerate(requests)
     ]
     want = lm.loglikelihood(instances, disable_tqdm=True)
-    seen: list[int] = []
-    embed = loaded.model.get_input_embeddings()
-    embed.register_forward_hook(lambda _m, args, _out: seen.append(int(args[0].numel())))
-    loglikelihoods(loaded.model, loaded.tokenizer, requests, batch_size=3, progress=False, share_prefix=None)
-    whole, seen[:] = sum(seen), []
-    sharing = PrefixSharing(min_saved=0)  # 3 questions of a subject save less than the default asks
+    sharing = PrefixSharing(min_saved=0)  # 2 questions of a subject save less than the default asks
     got = loglikelihoods(
         loaded.model, loaded.tokenizer, requests, batch_size=3, progress=False, share_prefix=sharing
     )
-    assert sum(seen) < whole - 800  # two of the three MMLU prompts skipped their ~460 shared tokens
+    embedded: list[int] = []  # what the model embeds for the MMLU prompts, whole then shared
+    for share in (None, sharing):
+        seen: list[int] = []
+        hook = loaded.model.get_input_embeddings().register_forward_hook(
+            lambda _m, args, _out, seen=seen: seen.append(int(args[0].numel()))
+        )
+        loglikelihoods(
+            loaded.model, loaded.tokenizer, prompts, batch_size=3, progress=False, share_prefix=share
+        )
+        hook.remove()
+        embedded.append(sum(seen))
+    assert embedded[1] < embedded[0] - 150  # the second prompt skipped the ~210 tokens it shares
     for g, (lp, greedy) in zip(got, want, strict=True):
         assert g.logprob == pytest.approx(lp, abs=1e-4)
         assert g.is_greedy == greedy
