@@ -129,9 +129,9 @@ def eval(  # noqa: A001 - the verb's name is the command's
     import torch
 
     from qradaptor.assemble import assemble
-    from qradaptor.eval.prefix import PrefixSharing
     from qradaptor.eval.results import format_table, to_json
     from qradaptor.eval.suite import run_suite, zero_shot_average
+    from qradaptor.eval.task import EvalSettings
     from qradaptor.models.provenance import read_provenance
     from qradaptor.plan import Plan
     from qradaptor.runs import assemble_run
@@ -171,11 +171,10 @@ def eval(  # noqa: A001 - the verb's name is the command's
         if known is None:
             _check_same_model(output, prior[1], str(dtype).removeprefix("torch."), built.plan)
         scored = [name for name in names if name not in prior[1]["tasks"]]
+    settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed, whole_inputs=whole_inputs)
     if not no_progress:  # what it will do, priced here, before doing it
         from qradaptor.eval.cost import eval_line
-        from qradaptor.eval.task import EvalSettings
 
-        settings = EvalSettings(limit, batch_size, seq_len, stride, backend, seed, whole_inputs=whole_inputs)
         print(f"qra eval: {eval_line(built.model, built.tokenizer, scored, settings)}", file=sys.stderr)
     with _dequantised_once_if_room(built.model, device, memory_cap) as held:
         if held and not no_progress:
@@ -219,7 +218,7 @@ def eval(  # noqa: A001 - the verb's name is the command's
         "stride": stride,
         "backend": backend,
         # When our scorer (MMLU's always) runs a prefix that inputs share once (eval.prefix).
-        "shared_prefix": None if whole_inputs else dataclasses.asdict(PrefixSharing()),
+        "shared_prefix": dataclasses.asdict(settings.share_prefix) if settings.share_prefix else None,
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "seed": seed,

@@ -43,8 +43,8 @@ class TaskWork:
 
 
 def _mean_tokens(tokenizer: Any, texts: Sequence[str]) -> float:
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return sum(len(x) for x in ids) / max(len(ids), 1)
+    lengths = _lengths(tokenizer, texts)
+    return sum(lengths) / max(len(lengths), 1)
 
 
 def task_work(name: str, tokenizer: Any, settings: EvalSettings) -> TaskWork:
@@ -95,9 +95,8 @@ def _mmlu_work(tokenizer: Any, settings: EvalSettings) -> TaskWork:
     from collections import Counter
 
     from qradaptor.eval.mmlu import load_mmlu, mmlu_fewshot, mmlu_head, mmlu_prompt
-    from qradaptor.eval.prefix import PrefixSharing
 
-    sharing = None if settings.whole_inputs else PrefixSharing()
+    sharing = settings.share_prefix
     items = load_mmlu(None, settings.limit)
     per_subject = Counter(item.subject for item in items)
     shots = {s: mmlu_fewshot(s) for s in per_subject}
@@ -112,7 +111,7 @@ def _mmlu_work(tokenizer: Any, settings: EvalSettings) -> TaskWork:
     forwards = shared = 0
     for subject, n in per_subject.items():
         head = heads[subject]
-        if sharing and n > 1 and head >= sharing.min_tokens and (n - 1) * head >= sharing.min_saved:
+        if sharing is not None and sharing.worth(n, head):
             tokens += head + n * own
             forwards += 1 + math.ceil(n / settings.batch_size)
             shared += 1

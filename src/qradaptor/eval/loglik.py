@@ -371,7 +371,8 @@ def loglikelihoods(
     for u, (i, _) in enumerate(span_of):
         by_input[i].append(u)
     rows = list(inputs)
-    batches = _batches(rows, by_input, span_of, batch_size, share_prefix, _forward_params(model))
+    params = _forward_params(model)
+    batches = _batches(rows, by_input, span_of, batch_size, share_prefix, params)
 
     logprob = [0.0] * len(unique)
     greedy = [False] * len(unique)
@@ -385,7 +386,7 @@ def loglikelihoods(
             if group is not None:
                 if cached is None or cached[0] is not group:
                     prefix = rows[chunk[0]][: group.length]
-                    cached = (group, prefix_cache(model, prefix, device, _forward_params(model)))
+                    cached = (group, prefix_cache(model, prefix, device, params))
                 past, skip = (cached[1], group.length), group.length
             members = [u for i in chunk for u in by_input[i]]
             spans = []

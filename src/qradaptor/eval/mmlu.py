@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qradaptor.eval.gsm8k import mean_stderr
+from qradaptor.eval.prefix import PrefixSharing
 
 LETTERS = ("A", "B", "C", "D")
 """Answer labels (``doc_to_choice``); each is scored with a leading space."""
@@ -139,13 +140,10 @@ def mmlu_prompt(item: MMLUItem, shots: Sequence[MMLUItem]) -> str:
 
 
 def _model_scorer(
-    model: Any, tokenizer: Any, *, batch_size: int, progress: bool, whole_inputs: bool
+    model: Any, tokenizer: Any, *, batch_size: int, progress: bool, share_prefix: PrefixSharing | None
 ) -> Callable[[Sequence[tuple[str, str]]], list[float]]:
     """``loglikelihoods`` on ``model``, reduced to the log-probabilities."""
     from qradaptor.eval.loglik import loglikelihoods
-    from qradaptor.eval.prefix import PrefixSharing
-
-    sharing = None if whole_inputs else PrefixSharing()
 
     def score(requests: Sequence[tuple[str, str]]) -> list[float]:
         results = loglikelihoods(
@@ -155,7 +153,7 @@ def _model_scorer(
             batch_size=batch_size,
             progress=progress,
             desc="mmlu",
-            share_prefix=sharing,
+            share_prefix=share_prefix,
         )
         return [r.logprob for r in results]
 
@@ -170,7 +168,7 @@ def evaluate_mmlu(
     limit_per_subject: int | None = None,
     batch_size: int = 16,
     progress: bool = True,
-    whole_inputs: bool = False,
+    share_prefix: PrefixSharing | None = PrefixSharing(),  # noqa: B008 (frozen, never mutated)
     loglik_fn: Callable[[Sequence[tuple[str, str]]], list[float]] | None = None,
 ) -> dict[str, float]:
     """MMLU 5-shot accuracy by log-likelihood of the answer letter.
@@ -182,8 +180,8 @@ def evaluate_mmlu(
         limit_per_subject: Evaluate only the first items of each subject; None for all.
         batch_size: Model inputs per forward pass in ``loglikelihoods``.
         progress: Show a progress bar.
-        whole_inputs: Run every prompt whole, as lm-eval does, instead of each subject's
-            shared 5-shot prefix once (``eval.prefix``; the scores agree to float tolerance).
+        share_prefix: As ``loglikelihoods``: when each subject's shared 5-shot prefix runs
+            once (``eval.prefix``); None runs every prompt whole, as lm-eval does.
         loglik_fn: Scores ``(context, continuation)`` pairs, returning one log-probability
             each; defaults to ``qradaptor.eval.loglik.loglikelihoods`` on ``model``.
 
@@ -196,7 +194,7 @@ def evaluate_mmlu(
     """
     items = load_mmlu(subjects, limit_per_subject)
     score = loglik_fn or _model_scorer(
-        model, tokenizer, batch_size=batch_size, progress=progress, whole_inputs=whole_inputs
+        model, tokenizer, batch_size=batch_size, progress=progress, share_prefix=share_prefix
     )
     shots = {s: mmlu_fewshot(s) for s in dict.fromkeys(item.subject for item in items)}
     requests = [

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from qradaptor.eval.prefix import PrefixSharing
 from qradaptor.eval.results import mean_and_stderr
 from qradaptor.eval.tasks import MCItem, load_task
 
@@ -122,7 +123,7 @@ def score_task(
     limit: int | None = None,
     batch_size: int = 16,
     progress: bool = False,
-    whole_inputs: bool = False,
+    share_prefix: PrefixSharing | None = PrefixSharing(),  # noqa: B008 (frozen, never mutated)
 ) -> MCResult:
     """Score a model zero-shot on one task with our own log-likelihood code.
 
@@ -133,8 +134,8 @@ def score_task(
         limit: Score only the first ``limit`` documents; ``None`` scores all.
         batch_size: Requests per forward pass.
         progress: Show a progress bar.
-        whole_inputs: Run every input whole, as lm-eval does, instead of a prefix that many
-            inputs share once (``eval.prefix``).
+        share_prefix: As ``loglikelihoods``: when a prefix that many inputs share runs once
+            (``eval.prefix``); None runs every input whole, as lm-eval does.
 
     Returns:
         The task's ``acc``, ``acc_norm``, their standard errors and ``n``.
@@ -143,9 +144,6 @@ def score_task(
         ValueError: If the task is unknown, its data is missing or ``limit`` is below 1.
     """
     from qradaptor.eval.loglik import loglikelihoods
-    from qradaptor.eval.prefix import PrefixSharing
-
-    sharing = None if whole_inputs else PrefixSharing()
 
     def loglik_fn(requests: list[tuple[str, str]]) -> list[float]:
         results = loglikelihoods(
@@ -155,7 +153,7 @@ def score_task(
             batch_size=batch_size,
             progress=progress,
             desc=name,
-            share_prefix=sharing,
+            share_prefix=share_prefix,
         )
         return [r.logprob for r in results]
 

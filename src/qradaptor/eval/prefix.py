@@ -44,6 +44,10 @@ class PrefixSharing:
             got = f"got {self.min_tokens} and {self.min_saved}"
             raise ValueError(f"share_prefix needs min_tokens >= 1 and min_saved >= 0, {got}")
 
+    def worth(self, rows: int, length: int) -> bool:
+        """Whether ``rows`` inputs sharing ``length`` tokens make a group."""
+        return rows >= 2 and length >= self.min_tokens and (rows - 1) * length >= self.min_saved
+
 
 @dataclass(frozen=True)
 class PrefixGroup:
@@ -102,7 +106,7 @@ def shared_prefix_groups(
             length = shared
             members.append(nxt)
             j += 1
-        if len(members) >= 2 and (len(members) - 1) * length >= sharing.min_saved:
+        if sharing.worth(len(members), length):
             groups.append(PrefixGroup(length, tuple(members)))
         k = j
     return groups

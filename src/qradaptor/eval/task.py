@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from qradaptor.eval.prefix import PrefixSharing
+
 Backend = Literal["qradaptor", "harness"]
 
 
@@ -35,6 +37,11 @@ class EvalSettings:
     whole_inputs: bool = False
     """Run every input whole, as lm-eval does, instead of a prefix that many inputs share once
     (``eval.prefix``: MMLU's 5-shot examples; the scores agree to float tolerance)."""
+
+    @property
+    def share_prefix(self) -> PrefixSharing | None:
+        """What ``loglikelihoods(share_prefix=...)`` gets: None with ``whole_inputs``."""
+        return None if self.whole_inputs else PrefixSharing()
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,7 @@ class MultipleChoiceTask:
                 limit=settings.limit,
                 batch_size=settings.batch_size,
                 progress=settings.progress,
-                whole_inputs=settings.whole_inputs,
+                share_prefix=settings.share_prefix,
             )
         backend = {"backend": settings.backend}
         return [
@@ -175,7 +182,7 @@ class MmluTask:
             limit_per_subject=settings.limit,
             batch_size=settings.batch_size,
             progress=settings.progress,
-            whole_inputs=settings.whole_inputs,
+            share_prefix=settings.share_prefix,
         )
         details = {"shots": 5, "limit_per_subject": settings.limit}
         return [Metric("acc", out["acc"], out["acc_stderr"], out["n"], details)]
