@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from qradaptor.eval.loglik import Loglik, encode_pair, loglikelihoods
+from qradaptor.eval.loglik import Loglik, loglikelihoods
+from qradaptor.eval.tokens import encode_pair
 
 REQUESTS = [
     ("The quick brown fox", " jumps over the lazy dog."),
@@ -100,28 +101,6 @@ def test_is_greedy_for_the_models_own_argmax_continuation(model: Any, tokenizer:
     assert got[0].is_greedy and got[0].num_tokens == 3
     assert not got[1].is_greedy
     assert got[0].logprob > got[1].logprob
-
-
-def test_empty_context_uses_bos_else_eos(tokenizer: Any, bos_tokenizer: Any) -> None:
-    cont = "Berlin is the capital"
-    ctx, ids = encode_pair(tokenizer, "", cont)
-    assert ctx == [tokenizer.eos_token_id]
-    assert ids == tokenizer.encode(cont, add_special_tokens=False)
-    ctx, ids = encode_pair(bos_tokenizer, "", cont)
-    assert ctx == [bos_tokenizer.bos_token_id]
-    assert ids == bos_tokenizer.encode(cont, add_special_tokens=False)
-    # A continuation that starts with the prefix token: that token becomes the context.
-    ctx, ids = encode_pair(tokenizer, "", "<eos>" + cont)
-    assert ctx == [tokenizer.eos_token_id]
-    assert ids == tokenizer.encode(cont, add_special_tokens=False)
-
-
-def test_bos_tokenizer_adds_bos_once(bos_tokenizer: Any) -> None:
-    ctx, cont = encode_pair(bos_tokenizer, "The quick ", "brown fox")
-    assert ctx[0] == bos_tokenizer.bos_token_id and ctx.count(bos_tokenizer.bos_token_id) == 1
-    assert ctx + cont == bos_tokenizer.encode("The quick brown fox")
-    ctx2, cont2 = encode_pair(bos_tokenizer, "<bos>The quick ", "brown fox")
-    assert (ctx2, cont2) == (ctx, cont)
 
 
 def test_truncation_keeps_the_last_tokens(model: Any, tokenizer: Any) -> None:

@@ -1,7 +1,7 @@
 """Log-likelihoods of (context, continuation) pairs, scored as lm-evaluation-harness does.
 
 For a request ``(c, x)`` tokenized into context ids ``c_1..c_m`` and continuation ids
-``x_1..x_n`` (see ``encode_pair``) the score is
+``x_1..x_n`` (see ``eval.tokens.encode_pair``) the score is
 
     log p(x | c) = sum_{i=1..n} log softmax(f(c, x_{<i}))[x_i]
 
@@ -29,6 +29,7 @@ from qradaptor.eval.prefix import (
     prefix_cache,
     shared_prefix_groups,
 )
+from qradaptor.eval.tokens import encode_pairs, prefix_token_id
 
 if TYPE_CHECKING:
     import torch
@@ -47,86 +48,6 @@ class Loglik:
     """Number of continuation tokens scored."""
     is_greedy: bool
     """Whether greedy decoding from the context reproduces the continuation exactly."""
-
-
-def _prefix_token_id(tokenizer: Any) -> int:
-    """The token that stands in for an empty context: BOS, else EOS (as ``HFLM``)."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    token = bos if bos is not None else getattr(tokenizer, "eos_token_id", None)
-    if token is None:
-        raise ValueError(
-            "tokenizer must define bos_token_id or eos_token_id (an empty context is "
-            f"scored after it), got neither on {type(tokenizer).__name__}"
-        )
-    return int(token)
-
-
-def _tok_encode(tokenizer: Any, text: str, add_special_tokens: bool | None = None) -> list[int]:
-    """``HFLM.tok_encode``: the tokenizer's default special tokens, unless told otherwise.
-
-    A Llama-style tokenizer that adds BOS by default gets it here too; a string that
-    already starts with the BOS (prefix) token's text is encoded without adding another.
-    """
-    kwargs: dict[str, bool] = {}
-    if add_special_tokens is not None:
-        kwargs["add_special_tokens"] = add_special_tokens
-    elif text.startswith(tokenizer.decode(_prefix_token_id(tokenizer))):
-        kwargs["add_special_tokens"] = False
-    return list(tokenizer.encode(text, **kwargs))
-
-
-def encode_pair(
-    tokenizer: Any, context: str, continuation: str, *, memo: dict[str, list[int]] | None = None
-) -> tuple[list[int], list[int]]:
-    """Tokenize a request exactly as lm-eval's ``HFLM.loglikelihood`` does.
-
-    * Trailing whitespace of the context moves to the front of the continuation.
-    * ``whole = encode(context + continuation)``, ``ctx = encode(context)`` and the
-      continuation is ``whole[len(ctx):]``, so merges across the boundary follow the
-      tokenizer, with its default special tokens (a BOS for Llama-style tokenizers).
-    * An empty context becomes ``[prefix]`` (BOS, else EOS) and the continuation is
-      encoded without special tokens; if it already starts with the prefix token, that
-      token is the context instead.
-
-    Args:
-        tokenizer: A Hugging Face tokenizer.
-        context: The conditioning text; may be empty.
-        continuation: The text to score.
-        memo: Contexts already encoded, read and filled here, so the requests of one
-            multiple-choice question encode their shared context once.
-
-    Returns:
-        ``(context_ids, continuation_ids)``, both non-empty.
-
-    Raises:
-        ValueError: If the continuation gives no tokens, or the context is whitespace
-            only and encodes to nothing (lm-eval asserts on both).
-    """
-    if context == "":
-        cont = _tok_encode(tokenizer, continuation, add_special_tokens=False)
-        prefix = _prefix_token_id(tokenizer)
-        ctx, cont = ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
-    else:
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces > 0:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        whole = _tok_encode(tokenizer, context + continuation)
-        ctx = None if memo is None else memo.get(context)
-        if ctx is None:
-            ctx = _tok_encode(tokenizer, context)
-            if memo is not None:
-                memo[context] = ctx
-        cont = whole[len(ctx) :]
-    if not ctx:
-        raise ValueError(
-            f"context must be empty or hold non-whitespace text that gives tokens, got {context!r}"
-        )
-    if not cont:
-        raise ValueError(
-            f"continuation must give at least one token after the context, got {continuation!r} "
-            f"(context {context[-40:]!r})"
-        )
-    return ctx, cont
 
 
 def default_max_length(model: Any) -> int:
@@ -303,7 +224,7 @@ def loglikelihoods(
 ) -> list[Loglik]:
     """Score ``log p(continuation | context)`` for each request, batched.
 
-    Each request is tokenized by ``encode_pair``; the model input is
+    Each request is tokenized by ``eval.tokens.encode_pair``; the model input is
     ``(ctx + cont)[-(max_length + 1):][:-1]`` and the ``n`` continuation tokens are
     scored from the last ``n`` positions (module docstring). Log-softmax runs in
     float32 on the scored positions only (lm-eval's ``softmax_dtype="float32"``; the
@@ -330,7 +251,7 @@ def loglikelihoods(
 
     Raises:
         ValueError: If ``batch_size`` or ``max_length`` is below 1, or a request cannot
-            be tokenized (see ``encode_pair``) or has a continuation longer than
+            be tokenized (see ``eval.tokens.encode_pair``) or has a continuation longer than
             ``max_length`` tokens.
     """
     import torch
@@ -345,7 +266,7 @@ def loglikelihoods(
         raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
     device = model_device(model) if device is None else torch.device(device)
     pad_id = getattr(tokenizer, "pad_token_id", None)
-    pad_id = int(pad_id if pad_id is not None else _prefix_token_id(tokenizer))
+    pad_id = int(pad_id if pad_id is not None else prefix_token_id(tokenizer))
 
     # Unique requests -> unique model inputs; a model input serves every request whose
     # continuation ends right after it, whatever the split between context and continuation.
@@ -356,9 +277,7 @@ def loglikelihoods(
         counts[u] += 1
     inputs: dict[tuple[int, ...], int] = {}
     span_of: list[tuple[int, list[int]]] = []  # per unique request: (input id, continuation)
-    memo: dict[str, list[int]] = {}
-    for ctx_text, cont_text in unique:
-        ctx, cont = encode_pair(tokenizer, ctx_text, cont_text, memo=memo)
+    for (_, cont_text), (ctx, cont) in zip(unique, encode_pairs(tokenizer, list(unique)), strict=True):
         if len(cont) > max_length:
             raise ValueError(
                 f"continuation must be at most max_length={max_length} tokens, got {len(cont)} "
