@@ -69,7 +69,7 @@ def _bars(ax: Any, rows: Sequence[LabelRow], key: str, scale: float, ylabel: str
 METRIC_PANELS = (
     ("avg_acc", 100.0, "avg acc over 7 tasks (%)", "Zero-shot accuracy (higher is better)"),
     ("ppl_wiki/ppl", 1.0, "perplexity", "PPL wiki (lower is better)"),
-    ("mmlu/acc", 100.0, "MMLU 5-shot acc (%)", "MMLU 5-shot, the paper's pilot metric (higher is better)"),
+    ("mmlu/acc", 100.0, "MMLU 5-shot acc (%)", "MMLU 5-shot, Fig. 1's metric (higher is better)"),
 )
 """metrics.png: (stat key, scale, y label, title) per panel; a panel no label measured is left out."""
 EFFICIENCY_PANELS = (
