@@ -3,8 +3,8 @@
 # allocation cells, then issue 20's re-run of main, pilot and ablations. Each batch is one
 # resumable `qra experiment CONFIGS [--only LABELS]` into docs/results/paper, so a cut-off run
 # keeps every finished cell and a later run starts where this one stopped.
-# It starts once scale.sh has finished what it runs alone on the GPU (the MMLU prefix benchmark,
-# about a minute; the 8B fine-tunes too with SCALE_8B=1), or after 10 minutes.
+# It starts once scale.sh has finished what it runs alone on the GPU (nothing by default; the
+# MMLU prefix benchmark with EVAL_PREFIX=1, the 8B fine-tunes with SCALE_8B=1), or after 10 minutes.
 source "$(dirname "$0")/env.sh"
 cd /root/repo
 for _ in $(seq 60); do [ -f /root/scale.trained ] && break; sleep 10; done

@@ -12,9 +12,9 @@ if [ "${SCALE_8B:-0}" = 1 ]; then
         --stages train --train-methods packed4,lora16 --stage-timeout 400 --out /root/scale/train.json
 fi
 # MMLU 5-shot with each subject's shared prefix run once (eval.prefix, the default since
-# 2026-12-07) against every prompt whole, alone on the GPU before driver.sh starts: how far bf16
-# moves the scores, and the speed-up (about a minute; EVAL_PREFIX=0 skips it).
-if [ "${EVAL_PREFIX:-1}" = 1 ]; then
+# 2026-12-07) against every prompt whole, alone on the GPU before driver.sh starts (about a
+# minute; measured by the fourteenth run, docs/EVAL.md: EVAL_PREFIX=1 measures it again).
+if [ "${EVAL_PREFIX:-0}" = 1 ]; then
     mkdir -p /root/scale
     timeout 240 python3 benchmarks/eval_prefix.py --limit 20 --repeats 2 > /root/scale/eval_prefix.txt 2>&1
 fi
