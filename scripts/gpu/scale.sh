@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 16's runs (docs/SCALE.md; all measured by the fifth run, so by default they are
-# skipped and driver.sh starts after the MMLU prefix benchmark below). SCALE_8B=1: the 8B
+# skipped, as is the MMLU prefix benchmark below, and driver.sh starts at once). SCALE_8B=1: the 8B
 # fine-tunes timed alone on the GPU (driver.sh waits for them). SCALE_STAGES=1: the 1B shape
 # and the embedded SmolLM2 through every stage under --max-memory 24GB, the search at its
 # default settings, beside driver.sh's fine-tunes (time and memory; tokens/s there are
