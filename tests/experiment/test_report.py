@@ -475,3 +475,31 @@ def test_a_search_without_config_json_has_no_device(experiment: Path) -> None:
     assert summary.rows[2].search_devices == ()
     header = to_markdown(summary).split("## Efficiency")[1].split("\n\n")[1].splitlines()[0]
     assert "search ran on" not in header  # a column nothing measured is left out
+
+
+def test_an_unmeasured_bar_says_n_a_inside_its_panel() -> None:
+    pytest.importorskip("matplotlib")
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qradaptor.experiment.plots import _bars
+    from qradaptor.experiment.report import LabelRow, Stat
+
+    done = LabelRow("B", "B", None, 1, 1, {"mmlu/acc": Stat(0.243, 0.001, 3)}, None, 0)
+    pending = LabelRow("D", "D", None, 0, 3, {}, None, 0)
+    fig, ax = plt.subplots()
+    try:
+        _bars(ax, [done, pending], "mmlu/acc", 100.0, "MMLU 5-shot acc (%)")
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        where = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts if t.get_text()}
+        assert set(where) == {"24.3", "n/a"}
+        box, panel = where["n/a"], ax.get_window_extent(renderer)
+        assert all(math.isfinite(v) for v in box.bounds)
+        assert panel.x0 <= box.x0 and box.x1 <= panel.x1 and panel.y0 <= box.y0 <= panel.y1
+    finally:
+        plt.close(fig)

@@ -57,9 +57,17 @@ def _bars(ax: Any, rows: Sequence[LabelRow], key: str, scale: float, ylabel: str
     means = [math.nan if s.mean is None else s.mean * scale for s in stats]
     errors = [0.0 if s.std is None else s.std * scale for s in stats]
     bars = ax.bar(xs, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
-    # An empty slot must not read as a zero: it is labelled n/a.
-    ax.bar_label(bars, labels=[_bar_text(m) for m in means], fontsize=8)
+    ax.bar_label(bars, labels=["" if math.isnan(m) else _bar_text(m) for m in means], fontsize=8)
+    # An empty slot must not read as a zero: it says n/a at the axis' foot (bar_label would put
+    # it at the bar's NaN top, where matplotlib draws nothing).
+    for x, mean in zip(xs, means, strict=True):
+        if math.isnan(mean):
+            ax.annotate(
+                _bar_text(mean), (x, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                textcoords="offset points", ha="center", fontsize=8,
+            )  # fmt: skip
     ax.set_xticks(xs)
+    ax.set_xlim(-0.6, len(rows) - 0.4)  # every slot whole, measured or not (autoscale sees no NaN bar)
     ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
