@@ -30,34 +30,40 @@ def prefix_token_id(tokenizer: Any) -> int:
     return int(token)
 
 
-def _keeps_default_specials(tokenizer: Any, text: str) -> bool:
-    """``HFLM.tok_encode``'s rule: a text that already starts with the prefix token's text is
-    encoded without the tokenizer's special tokens, so it gets no second BOS."""
-    return not text.startswith(tokenizer.decode(prefix_token_id(tokenizer)))
+def _prefix_text(tokenizer: Any) -> str:
+    return tokenizer.decode(prefix_token_id(tokenizer))
+
+
+def _encode_kwargs(text: str, prefix_text: str) -> dict[str, bool]:
+    """``HFLM.tok_encode``'s rule: the tokenizer's default special tokens (a Llama-style
+    tokenizer's BOS), except for a text that already starts with the prefix token's text, which
+    gets no second one."""
+    return {"add_special_tokens": False} if text.startswith(prefix_text) else {}
 
 
 def _tok_encode(tokenizer: Any, text: str, add_special_tokens: bool | None = None) -> list[int]:
-    """``HFLM.tok_encode``: the tokenizer's default special tokens (a Llama-style tokenizer's
-    BOS), unless told otherwise or the text already starts with the prefix token's text."""
-    if add_special_tokens is None and not _keeps_default_specials(tokenizer, text):
-        add_special_tokens = False
-    kwargs = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+    """``HFLM.tok_encode``: ``_encode_kwargs``'s rule unless ``add_special_tokens`` is given."""
+    if add_special_tokens is None:
+        kwargs = _encode_kwargs(text, _prefix_text(tokenizer))
+    else:
+        kwargs = {"add_special_tokens": add_special_tokens}
     return list(tokenizer.encode(text, **kwargs))
 
 
 def encode_texts(tokenizer: Any, texts: Iterable[str], memo: dict[str, list[int]]) -> None:
-    """Put each text's ``_tok_encode`` ids into ``memo``, the texts not in it in one call.
+    """Put each text's ``_tok_encode`` ids into ``memo``, the texts not in it in one call per
+    special-tokens setting.
 
     A fast tokenizer's ``encode`` is its ``encode_batch`` of one text, so the ids are the
     same as one call per text (tests/eval/test_tokens.py checks it on MMLU's prompts).
     """
-    todo = [text for text in dict.fromkeys(texts) if text not in memo]
-    bos_text = tokenizer.decode(prefix_token_id(tokenizer))
-    for specials in (True, False):
-        group = [text for text in todo if (not text.startswith(bos_text)) == specials]
-        if group:
-            kwargs = {} if specials else {"add_special_tokens": False}
-            memo.update(zip(group, map(list, tokenizer(group, **kwargs)["input_ids"]), strict=True))
+    prefix_text = _prefix_text(tokenizer)
+    by_kwargs: dict[tuple[tuple[str, bool], ...], list[str]] = {}
+    for text in dict.fromkeys(texts):
+        if text not in memo:
+            by_kwargs.setdefault(tuple(_encode_kwargs(text, prefix_text).items()), []).append(text)
+    for kwargs, group in by_kwargs.items():
+        memo.update(zip(group, map(list, tokenizer(group, **dict(kwargs))["input_ids"]), strict=True))
 
 
 def _move_spaces(context: str, continuation: str) -> tuple[str, str]:
