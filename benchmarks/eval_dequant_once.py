@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from typing import Any
 
 import torch
 
@@ -40,25 +41,37 @@ def score(built, tasks: list[str], limit: int, batch_size: int, mode: str) -> tu
     return time.perf_counter() - start, {(r.task, r.metric): r.value for r in records}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --device and --plan: the model an eval benchmark scores (``uniform_model``;
+    eval_prefix.py takes them from here)."""
     parser.add_argument("--model", default=None, help="omitted: the embedded SmolLM2-135M-Instruct")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--plan", default="4:16", help="uniform BITS:RANK (default 4:16)")
-    parser.add_argument("--tasks", default="suite")
-    parser.add_argument("--limit", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating")
-    args = parser.parse_args()
+
+
+def uniform_model(args: argparse.Namespace) -> tuple[Any, str]:
+    """The uniform plan ``--plan`` on ``--model``, built on ``--device`` (bf16 on CUDA, fp32 on
+    the CPU), and a line naming the device, dtype, torch and plan."""
     bits, rank = (int(v) for v in args.plan.split(":"))
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     plan = Plan.uniform(load_structure(args.model)[1].num_blocks, bits, rank)  # from the config
     built = assemble(args.model, plan, dtype=dtype, device=args.device)
+    return built, f"device {name}, {dtype}, torch {torch.__version__}, plan uniform {bits}-bit rank {rank}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--tasks", default="suite")
+    parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating")
+    args = parser.parse_args()
+    built, described = uniform_model(args)
     tasks = [args.tasks]
     print(
-        f"device {name}, {dtype}, torch {torch.__version__}, plan uniform {bits}-bit rank {rank}, "
-        f"tasks {args.tasks}, limit {args.limit}, batch {args.batch_size}, "
+        f"{described}, tasks {args.tasks}, limit {args.limit}, batch {args.batch_size}, "
         f"dense weights held by 'once': {dense_bytes(built.model) / 2**20:,.0f} MiB"
     )
     score(built, tasks, 2, args.batch_size, "packed")  # warm-up: kernels, caches, tokeniser

@@ -13,13 +13,11 @@ import argparse
 import time
 
 import torch
+from eval_dequant_once import add_model_arguments, uniform_model  # benchmarks/, the script's folder
 
-from qradaptor.assemble import assemble
 from qradaptor.eval.loglik import loglikelihoods
 from qradaptor.eval.mmlu import LETTERS, load_mmlu, mmlu_fewshot, mmlu_prompt, mmlu_subjects
 from qradaptor.eval.prefix import PrefixSharing
-from qradaptor.plan import Plan
-from qradaptor.recipes.inputs import load_structure
 
 MODES = {"whole": None, "shared": PrefixSharing()}
 """Mode name -> ``share_prefix``."""
@@ -56,28 +54,19 @@ def answers(logprobs: list[float]) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="omitted: the embedded SmolLM2-135M-Instruct")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--plan", default="4:16", help="uniform BITS:RANK (default 4:16)")
+    add_model_arguments(parser)
     parser.add_argument("--subjects", type=int, default=57, help="the first N subjects, sorted")
     parser.add_argument("--limit", type=int, default=20, help="items per subject")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating")
     args = parser.parse_args()
-    bits, rank = (int(v) for v in args.plan.split(":"))
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    plan = Plan.uniform(load_structure(args.model)[1].num_blocks, bits, rank)
-    built = assemble(args.model, plan, dtype=dtype, device=args.device)
+    built, described = uniform_model(args)
     items = load_mmlu(mmlu_subjects()[: args.subjects], args.limit)
     shots = {s: mmlu_fewshot(s) for s in dict.fromkeys(item.subject for item in items)}
     requests = [
         (mmlu_prompt(item, shots[item.subject]), f" {letter}") for item in items for letter in LETTERS
     ]
-    print(
-        f"device {name}, {dtype}, torch {torch.__version__}, plan uniform {bits}-bit rank {rank}, "
-        f"MMLU 5-shot: {len(shots)} subjects, {len(items)} items, batch {args.batch_size}"
-    )
+    print(f"{described}, MMLU 5-shot: {len(shots)} subjects, {len(items)} items, batch {args.batch_size}")
     # Warm-up (kernels, allocator, tokeniser) on the first subject whole: its questions form a
     # shared group where the timed runs do (8 questions, the old warm-up, saved too few tokens to
     # group, so the first shared run also paid for the cached-attention kernels).
