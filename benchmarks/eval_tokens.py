@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=2000, help="MMLU questions (4 requests each)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per way (the best is kept)")
     args = parser.parse_args()
+    if args.questions < 1 or args.repeats < 1:
+        parser.error(f"--questions and --repeats must be at least 1, got {args.questions} and {args.repeats}")
     tokenizer = load_tokenizer(None)
     requests = requests_of(args.questions)
     questions = len(requests) // len(LETTERS)
