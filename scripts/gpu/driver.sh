@@ -9,7 +9,8 @@ source "$(dirname "$0")/env.sh"
 cd /root/repo
 for _ in $(seq 60); do [ -f /root/scale.trained ] && break; sleep 10; done
 mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
-# H200: five steps at once; H100: four (the runner backs off on out-of-memory); JOBS=N overrides
+# H200: five steps at once; H100: four (the runner backs off on out-of-memory; five on the H100
+# ran five fine-tunes out of memory at the start, each peaking at about 30 GB); JOBS=N overrides
 jobs=${JOBS:-$(( mib > 100000 ? 5 : 4 ))}
 batches=(
     # Each entry: the configs, then "--only LABELS" or nothing for all their cells.
