@@ -40,7 +40,9 @@ def tiny(tmp_path: Path) -> Path:
 def test_dry_run_prints_the_commands_and_writes_nothing(cli, tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, stdout, err = cli("experiment", tiny, "-o", out, "--dry-run")
-    assert code == 0 and err == ""
+    # qra's searches name no --preset, so their size would follow the device: said once.
+    assert code == 0 and err.count("\n") == 1
+    assert err.startswith("qra experiment: 2 searches to run name no preset")
     lines = stdout.splitlines()
     cells = load(tiny, out).cells
     key = cells[4].search.key
@@ -65,6 +67,12 @@ def test_dry_run_prints_the_commands_and_writes_nothing(cli, tiny: Path, tmp_pat
     code, stdout, _ = cli("experiment", tiny, "-o", out, "--dry-run")
     assert stdout.splitlines()[-1] == "15 commands to run, in 8 jobs"
     assert "tiny/lora16/seed0: qra eval" not in stdout and "tiny/lora16/seed1: qra eval" in stdout
+
+
+def test_searches_with_a_preset_run_without_a_note(cli, tiny: Path, tmp_path: Path) -> None:
+    tiny.write_text(TINY.replace("search: {steps: 2}", "search: {steps: 2, preset: quick}"))
+    code, stdout, err = cli("experiment", tiny, "-o", tmp_path / "out", "--dry-run")
+    assert code == 0 and err == "" and "--preset quick" in stdout
 
 
 @pytest.mark.parametrize(

@@ -457,16 +457,18 @@ def test_panels_draw_only_what_was_measured(tmp_path: Path) -> None:
 def test_the_efficiency_table_says_which_device_each_labels_searches_ran_on(experiment: Path) -> None:
     from qradaptor.runfolder.search_run import SearchSettings
 
-    # A's config.json: the CPU (fp32); B's: the GPU with no dtype recorded (an older search).
+    # A's config.json: the CPU (fp32) at the quick preset, which `qra search` picks on the CPU
+    # when none is given; B's: the GPU with no dtype or preset recorded (an older search).
     searches = experiment.parent / "searches"
-    SearchSettings({"device": "cpu", "dtype": "fp32"}, "qra search ...").save(searches / "A")
+    cpu = {"device": "cpu", "dtype": "fp32", "preset": "quick"}
+    SearchSettings(cpu, "qra search ...").save(searches / "A")
     SearchSettings({"device": "cuda"}, "qra search ...").save(searches / "B")
     summary = summarise(collect(experiment, LABELS), reference="lora16")
     lora, _, qra = summary.rows
-    assert qra.search_devices == ("cpu fp32", "cuda") and lora.search_devices == ()
+    assert qra.search_devices == ("cpu fp32 quick preset", "cuda") and lora.search_devices == ()
     table = to_markdown(summary).split("## Efficiency")[1].split("\n\n")[1].splitlines()
     assert table[0].endswith("| search ran on |")
-    assert table[2 + LABELS.index("qra@3.5bits")].endswith("| cpu fp32, cuda |")
+    assert table[2 + LABELS.index("qra@3.5bits")].endswith("| cpu fp32 quick preset, cuda |")
     assert table[2 + LABELS.index("lora16")].endswith("| – |")
 
 

@@ -184,13 +184,16 @@ def experiment(
         _check_weights(experiments)
     if dry_run:
         todo = pending_steps(job_list)
+        _note_unsized_searches(todo)
         for name, step in todo:
             print(f"{name}: {step.command}")
         print(f"{_count(len(todo), 'command')} to run, in {_count(len(job_list), 'job')}")
         return 0
     failed: dict[str, str] = {}
     if not report_only:
-        failed = _run(job_list, jobs, _gpu_list(gpus, device), device, reuse=not no_reuse)
+        gpu_list = _gpu_list(gpus, device)
+        _note_unsized_searches(pending_steps(job_list))
+        failed = _run(job_list, jobs, gpu_list, device, reuse=not no_reuse)
     for e in experiments:
         _report(whole[e.name], root)
     if failed:
@@ -214,6 +217,22 @@ def _check_weights(experiments: list[Experiment]) -> None:
             f"{_count(len(lacking), 'cell')} to evaluate on a fine-tune whose adapter is not here "
             f"(copied with its results only): {', '.join(names)}"
             f"{' ...' if len(lacking) > 6 else ''}; fine-tune them again with --redo {','.join(labels)}"
+        )
+
+
+def _note_unsized_searches(todo: list[tuple[str, Any]]) -> None:
+    """Says, on stderr, when searches to run name no --preset: each then sizes itself by the
+    device it runs on (``recipes.search.sized``), so a file resumed on another machine can hold
+    searches of two sizes under one label (docs/RESULTS.md: main's default searches ran at the
+    quick preset on a CPU, its GPU-run neighbours at the full one)."""
+    unsized = sum(1 for _, step in todo if step.verb == "search" and "--preset" not in step.argv)
+    if unsized:
+        print(
+            f"qra experiment: {unsized} search{'' if unsized == 1 else 'es'} to run "
+            f"name{'s' if unsized == 1 else ''} no preset, so each takes its "
+            "device's (quick on the CPU, full on CUDA); `preset: full` or `preset: quick` in the "
+            "file's search options makes them one size wherever they run",
+            file=sys.stderr,
         )
 
 

@@ -267,11 +267,15 @@ def read_search(folder: Path, experiment_dir: Path) -> SearchInfo:
 
 
 def _search_device(folder: Path) -> str | None:
-    """config.json's device and dtype (see ``SearchInfo.device``)."""
+    """config.json's device, dtype and --preset (see ``SearchInfo.device``): a search given no
+    --preset sizes itself by its device (quick on the CPU, full on CUDA), so one experiment
+    resumed on another machine can hold searches of two sizes under one label."""
     if not (folder / SEARCH_CONFIG).is_file():
         return None
     settings = SearchSettings.load(folder).settings
     parts = [str(settings[k]) for k in ("device", "dtype") if settings.get(k)]
+    if settings.get("preset"):
+        parts.append(f"{settings['preset']} preset")
     return " ".join(parts) or None
 
 

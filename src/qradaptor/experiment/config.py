@@ -18,7 +18,9 @@ The file::
     reference: lora16                # tokens/s are also given relative to this label
     train: {epochs: 1, batch_size: 32}    # qra train options of every cell
     eval: {tasks: suite, limit: 1000}     # qra eval options of every cell
-    search: {steps: 30}                   # qra search options of every searched method
+    search: {preset: full}                # qra search options of every searched method
+                                          # (with no preset each search takes its device's:
+                                          # quick on the CPU, full on CUDA)
     profile: {samples: 8, seq_len: 512}   # optional: one qra profile that every search and
                                           # knapsack plan reads (--sensitivity), not one each
     methods:

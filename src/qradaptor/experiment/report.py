@@ -253,8 +253,9 @@ def to_markdown(summary: ExperimentSummary) -> str:
         "tokens/s: steady (after the warm-up steps). They compare only between cells that had their GPU "
         "to themselves (`qra experiment --jobs` at most the number of GPUs). Search epochs: the proxy "
         "fine-tunes' tokens over one epoch of the search's data; search tokens / fine-tune tokens: the "
-        "same tokens over the cell's own fine-tune; search ran on: the device and dtype of the label's "
-        "searches (config.json), so search seconds compare only between labels on one.",
+        "same tokens over the cell's own fine-tune; search ran on: the device, dtype and `qra search "
+        "--preset` of the label's searches (config.json), so search seconds compare only between labels "
+        "on one device, and search costs only between labels of one preset.",
     ]
     searched = [r for r in rows if r.n_searches]
     if searched:
