@@ -27,6 +27,8 @@ batches=(
     "configs/main.yaml"
     "configs/pilot.yaml"
     "configs/ablations.yaml"
+    # Table 4's one missing cell (qlora-nf4-nodq), alone on the GPU: one run at a time
+    "configs/efficiency.yaml --jobs 1"
     # The richer space's remaining cells: the per-module search at 4.5 bits and 120 MB (a byte
     # budget: the proxy rungs price ranks), the per-linear double-quantised knapsack, the full
     # search with 8-bit metadata at bits budgets, the rest per module, llama.cpp's plans
@@ -37,7 +39,8 @@ batches=(
 for batch in "${batches[@]}"; do
     echo "=== $(date -u +%H:%M:%S) batch $batch (jobs $jobs)"
     # shellcheck disable=SC2086  # the entry is configs and options, split on purpose
-    python3 -m qradaptor experiment $batch -o docs/results/paper --jobs "$jobs" --no-progress
+    # The entry comes last, so its own options (--jobs 1) win over the driver's.
+    python3 -m qradaptor experiment -o docs/results/paper --jobs "$jobs" --no-progress $batch
     echo "=== $(date -u +%H:%M:%S) exit $?"
 done
 touch /root/driver.done
