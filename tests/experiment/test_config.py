@@ -589,6 +589,14 @@ def test_every_config_loads_and_passes_the_verbs_parsers(paper) -> None:
     nf4 = next(c for c in pilot.cells if c.label == "qlora-nf4")
     assert "--method qlora-nf4 --seed 0" in nf4.steps[0].command and "--rank 8" in nf4.steps[0].command
     main = paper["main"]
+    # Table 4's knapsack plans read main's profile (the same qra profile command, one folder).
+    efficiency = paper["efficiency"]
+
+    def table(experiment):
+        plan = next(c for c in experiment.cells if c.label == "knapsack@4.0bits").steps[0]
+        return plan.argv[plan.argv.index("--sensitivity") + 1]
+
+    assert table(efficiency) == table(main)
     assert "qra@4.0bits" in main.labels and "qra@5.5bits" in main.labels and main.reference == "lora16"
     # Ten unsearched labels at three seeds; amq-lora, amq-adalora, and two budgets each of qra,
     # qra-paper, qra-qa and knapsack at three seeds; eight one-seed heuristics.
