@@ -33,15 +33,28 @@ def test_the_driver_has_batches() -> None:
     assert len(driver_batches()) >= 1
 
 
+def test_a_batchs_own_options_come_after_the_drivers() -> None:
+    # argparse keeps the last --jobs, so an entry's --jobs 1 wins only when the entry comes last.
+    text = (ROOT / "scripts" / "gpu" / "driver.sh").read_text()
+    lines = [x for x in text.splitlines() if not x.lstrip().startswith("#")]
+    line = next(x for x in lines if "qradaptor experiment" in x)
+    assert line.index('--jobs "$jobs"') < line.index("$batch"), line
+
+
 @pytest.mark.parametrize("batch", driver_batches())
 def test_every_batch_names_configs_and_cells_that_exist(cli, tmp_path: Path, batch: str) -> None:
     words = batch.split()
-    configs = words[: words.index("--only")] if "--only" in words else words
+    flags = [i for i, w in enumerate(words) if w.startswith("--")]
+    configs = words[: flags[0]] if flags else words
     assert configs and all((ROOT / c).is_file() for c in configs), f"{batch!r}: configs first"
     options = words[len(configs) :]
-    assert options == [] or (len(options) == 2 and options[0] == "--only"), (
-        f"{batch!r}: --only LABELS or nothing"
+    pairs = dict(zip(options[::2], options[1::2], strict=True)) if len(options) % 2 == 0 else None
+    # --jobs N (a batch that must run alone, e.g. Table 4's one run per GPU) wins over the
+    # driver's own, which comes before the entry on its command line.
+    assert pairs is not None and set(pairs) <= {"--only", "--jobs"}, (
+        f"{batch!r}: --only LABELS, --jobs N, or nothing"
     )
+    assert "--jobs" not in pairs or pairs["--jobs"].isdigit(), f"{batch!r}: --jobs takes a count"
     argv = [ROOT / c for c in configs]
     code, stdout, err = cli("experiment", *argv, "-o", tmp_path / "out", "--dry-run", *options)
     assert code == 0, err
