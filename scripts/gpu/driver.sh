@@ -13,7 +13,8 @@ mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -
 # ran five fine-tunes out of memory at the start, each peaking at about 30 GB); JOBS=N overrides
 jobs=${JOBS:-$(( mib > 100000 ? 5 : 4 ))}
 batches=(
-    # Each entry: the configs, then "--only LABELS" or nothing for all their cells.
+    # Each entry: the configs, then "--only LABELS" or nothing for all their cells, and
+    # "--jobs N" where a batch must run fewer steps at once than the driver's.
     # (the tenth run measured the last cells issue 15 requires: docs/ALLOCATION.md)
     # Issue 20: main, pilot and ablations with the new search, the knapsack and the fixed
     # baselines (the cells already measured under the same options are kept; the labels whose
@@ -27,7 +28,8 @@ batches=(
     "configs/main.yaml"
     "configs/pilot.yaml"
     "configs/ablations.yaml"
-    # Table 4's one missing cell (qlora-nf4-nodq), alone on the GPU: one run at a time
+    # Table 4's missing cells (qlora-nf4-nodq, the knapsack at 4.0 and 5.5 bits), each alone on
+    # the GPU: one run at a time
     "configs/efficiency.yaml --jobs 1"
     # The richer space's remaining cells: the per-module search at 4.5 bits and 120 MB (a byte
     # budget: the proxy rungs price ranks), the per-linear double-quantised knapsack, the full

@@ -42,7 +42,7 @@ def test_dry_run_prints_the_commands_and_writes_nothing(cli, tiny: Path, tmp_pat
     code, stdout, err = cli("experiment", tiny, "-o", out, "--dry-run")
     # qra's searches name no --preset, so their size would follow the device: said once.
     assert code == 0 and err.count("\n") == 1
-    assert err.startswith("qra experiment: 2 searches to run name no preset")
+    assert err.startswith("qra experiment: 2 searches to run name no fixed preset")
     lines = stdout.splitlines()
     cells = load(tiny, out).cells
     key = cells[4].search.key
@@ -73,6 +73,10 @@ def test_searches_with_a_preset_run_without_a_note(cli, tiny: Path, tmp_path: Pa
     tiny.write_text(TINY.replace("search: {steps: 2}", "search: {steps: 2, preset: quick}"))
     code, stdout, err = cli("experiment", tiny, "-o", tmp_path / "out", "--dry-run")
     assert code == 0 and err == "" and "--preset quick" in stdout
+    # auto is the device's size again, so it is said as no preset is.
+    tiny.write_text(TINY.replace("search: {steps: 2}", "search: {steps: 2, preset: auto}"))
+    code, _, err = cli("experiment", tiny, "-o", tmp_path / "out", "--dry-run")
+    assert code == 0 and err.startswith("qra experiment: 2 searches to run name no fixed preset")
 
 
 @pytest.mark.parametrize(

@@ -225,15 +225,21 @@ def _note_unsized_searches(todo: list[tuple[str, Any]]) -> None:
     device it runs on (``recipes.search.sized``), so a file resumed on another machine can hold
     searches of two sizes under one label (docs/RESULTS.md: main's default searches ran at the
     quick preset on a CPU, its GPU-run neighbours at the full one)."""
-    unsized = sum(1 for _, step in todo if step.verb == "search" and "--preset" not in step.argv)
+    unsized = sum(1 for _, step in todo if step.verb == "search" and _preset(step.argv) in (None, "auto"))
     if unsized:
         print(
             f"qra experiment: {unsized} search{'' if unsized == 1 else 'es'} to run "
-            f"name{'s' if unsized == 1 else ''} no preset, so each takes its "
+            f"name{'s' if unsized == 1 else ''} no fixed preset (or auto), so each takes its "
             "device's (quick on the CPU, full on CUDA); `preset: full` or `preset: quick` in the "
             "file's search options makes them one size wherever they run",
             file=sys.stderr,
         )
+
+
+def _preset(argv: tuple[str, ...] | list[str]) -> str | None:
+    """The --preset a command names, or None."""
+    argv = list(argv)
+    return argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else None
 
 
 def _redo(named: list[Experiment], root: Path) -> None:
