@@ -225,7 +225,10 @@ def _note_unsized_searches(todo: list[tuple[str, Any]]) -> None:
     device it runs on (``recipes.search.sized``), so a file resumed on another machine can hold
     searches of two sizes under one label (docs/RESULTS.md: main's default searches ran at the
     quick preset on a CPU, its GPU-run neighbours at the full one)."""
-    unsized = sum(1 for _, step in todo if step.verb == "search" and _preset(step.argv) in (None, "auto"))
+    from qradaptor.experiment.commands import flag_value
+
+    searches = [step for _, step in todo if step.verb == "search"]
+    unsized = sum(1 for step in searches if flag_value(step.argv, "--preset") in (None, "auto"))
     if unsized:
         print(
             f"qra experiment: {unsized} search{'' if unsized == 1 else 'es'} to run "
@@ -234,12 +237,6 @@ def _note_unsized_searches(todo: list[tuple[str, Any]]) -> None:
             "file's search options makes them one size wherever they run",
             file=sys.stderr,
         )
-
-
-def _preset(argv: tuple[str, ...] | list[str]) -> str | None:
-    """The --preset a command names, or None."""
-    argv = list(argv)
-    return argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else None
 
 
 def _redo(named: list[Experiment], root: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,8 +57,7 @@ class Step:
             return []
         from qradaptor.eval.suite import resolve_tasks
 
-        argv = list(self.argv)
-        asked = argv[argv.index("--tasks") + 1] if "--tasks" in argv else "suite"
+        asked = flag_value(self.argv, "--tasks") or "suite"
         return [name for name in resolve_tasks(asked.split(",")) if name not in held]
 
 
@@ -167,6 +167,12 @@ class Experiment:
     """Label whose tokens/s the others are divided by."""
     cells: tuple[Cell, ...] = field(default_factory=tuple)
     """Every cell, method by method, budget by budget, seed by seed."""
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value a command line gives ``flag`` (the word after it), or None without one."""
+    argv = list(argv)
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
 
 
 def digest(argv: list[str]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qradaptor.experiment.commands import Cell, Profile, Search, Step, digest, search_key
+from qradaptor.experiment.commands import Cell, Profile, Search, Step, digest, flag_value, search_key
 from qradaptor.experiment.fields import (
     KNAPSACK_RESERVED,
     check_name,
@@ -30,16 +30,12 @@ KNAPSACK = "knapsack"
 """``plan: knapsack`` (with budgets): ``qra plan --baseline knapsack --budget B`` in each cell."""
 
 
-def _flag_value(argv: list[str] | tuple[str, ...], flag: str) -> str | None:
-    return argv[argv.index(flag) + 1] if flag in argv else None
-
-
 def _reads(profile: Profile, search_argv: list[str]) -> bool:
     """Whether a search takes the shared table: it profiles (no --no-profile), has no table of
     its own, and calibrates on the profile's text (a search on other --data profiles that)."""
     if {"--sensitivity", "--no-profile"} & set(search_argv):
         return False
-    return _flag_value(search_argv, "--data") == _flag_value(profile.step.argv, "--data")
+    return flag_value(search_argv, "--data") == flag_value(profile.step.argv, "--data")
 
 
 def shared_profile(options: Any, root: Path, model_argv: list[str], where: str) -> Profile:

@@ -35,7 +35,7 @@ from typing import Any
 
 from qradaptor.atomic import atomic_file
 from qradaptor.experiment.cell_state import write_cell_record
-from qradaptor.experiment.commands import Cell
+from qradaptor.experiment.commands import Cell, flag_value
 from qradaptor.redact import redact
 from qradaptor.runfolder.cell import CELL_EVAL, CELL_FILE, CELL_PLAN, CELL_TRAIN, CellRecord
 from qradaptor.runfolder.search_run import SEARCH_PLAN
@@ -92,7 +92,7 @@ def _one_rank(plan: Mapping[str, Any] | str | None) -> bool:
 
 def _trained_as(argv: list[str], plan: Mapping[str, Any] | str | None) -> list[str]:
     """``argv`` (normalised) with a ``TRAINS_AS`` method renamed where the plan has one rank."""
-    method = _value(argv, "--method")
+    method = flag_value(argv, "--method")
     if method not in TRAINS_AS or not _one_rank(plan):
         return argv
     i = argv.index("--method") + 1
@@ -141,10 +141,6 @@ def fingerprint(
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _value(argv: Sequence[str], flag: str) -> str | None:
-    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
-
-
 def _plan(value: str | None, file: Path | None) -> tuple[bool, Mapping[str, Any] | str | None]:
     """(known, plan) for a --plan value: a spec as is, a file's content, or None without one."""
     if value is None:
@@ -160,7 +156,7 @@ def cell_fingerprint(cell: Cell) -> str | None:
     cannot be read."""
     steps = {step.verb: step for step in cell.steps}
     train, evaluate = steps["train"], steps["eval"]
-    known, plan = _plan(_value(train.argv, "--plan"), None)
+    known, plan = _plan(flag_value(train.argv, "--plan"), None)
     return fingerprint(plan, cell.seed, train.argv, evaluate.argv) if known else None
 
 
@@ -187,7 +183,7 @@ def recorded_fingerprint(folder: Path, record: CellRecord) -> str | None:
         file = folder / CELL_PLAN
     elif record.search is not None:
         file = folder / record.search / SEARCH_PLAN
-    known, plan = _plan(_value(lines["train"], "--plan"), file)
+    known, plan = _plan(flag_value(lines["train"], "--plan"), file)
     return fingerprint(plan, record.seed, lines["train"], lines["eval"]) if known else None
 
 
