@@ -49,6 +49,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", default="4:16", help="uniform BITS:RANK (default 4:16)")
 
 
+def require_counts(parser: argparse.ArgumentParser, args: argparse.Namespace, *options: str) -> None:
+    """One argparse error, before the model loads, when a count option is below 1."""
+    values = {o: getattr(args, o.lstrip("-").replace("-", "_")) for o in options}
+    if min(values.values()) < 1:
+        names = ", ".join(values)
+        got = ", ".join(str(v) for v in values.values())
+        parser.error(f"{names} must each be at least 1, got {got}")
+
+
 def uniform_model(args: argparse.Namespace) -> tuple[Any, str]:
     """The uniform plan ``--plan`` on ``--model``, built on ``--device`` (bf16 on CUDA, fp32 on
     the CPU), and a line naming the device, dtype, torch and plan."""
@@ -68,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating")
     args = parser.parse_args()
+    require_counts(parser, args, "--limit", "--batch-size", "--repeats")
     built, described = uniform_model(args)
     tasks = [args.tasks]
     print(

@@ -13,7 +13,11 @@ import argparse
 import time
 
 import torch
-from eval_dequant_once import add_model_arguments, uniform_model  # benchmarks/, the script's folder
+from eval_dequant_once import (  # benchmarks/, the script's folder
+    add_model_arguments,
+    require_counts,
+    uniform_model,
+)
 
 from qradaptor.eval.loglik import loglikelihoods
 from qradaptor.eval.mmlu import LETTERS, load_mmlu, mmlu_fewshot, mmlu_prompt, mmlu_subjects
@@ -60,9 +64,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating")
     args = parser.parse_args()
-    if min(args.subjects, args.limit, args.batch_size, args.repeats) < 1:
-        got = f"{args.subjects}, {args.limit}, {args.batch_size} and {args.repeats}"
-        parser.error(f"--subjects, --limit, --batch-size and --repeats must be at least 1, got {got}")
+    require_counts(parser, args, "--subjects", "--limit", "--batch-size", "--repeats")
     built, described = uniform_model(args)
     items = load_mmlu(mmlu_subjects()[: args.subjects], args.limit)
     shots = {s: mmlu_fewshot(s) for s in dict.fromkeys(item.subject for item in items)}

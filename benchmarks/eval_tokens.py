@@ -2,7 +2,7 @@
 ``eval.tokens.encode_pairs`` (the texts of 1,024 requests to one tokenizer call).
 
 Three ways, ids checked equal, each with the fast tokenizer's thread pool on and off
-(``TOKENIZERS_PARALLELISM``; the GPU scripts turn it off):
+(``TOKENIZERS_PARALLELISM``; unset, as the GPU scripts leave it, means on):
 - ``per request``: ``encode(context)`` and ``encode(context + answer)`` for every request, as
   lm-eval does;
 - ``per text``: every distinct text once, one call each (a question's context once);
