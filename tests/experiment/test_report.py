@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -233,6 +234,42 @@ def test_summarise_gives_hand_computed_means_and_stds(experiment: Path) -> None:
         0.05 * math.sqrt(2)
     )
     assert q["search_bits_early"].mean == 4.0 and q["search_bits_late"].mean == 2.5
+
+
+def _set_device_name(experiment: Path, label: str, name: str, seeds: Sequence[int] = (0, 1, 2)) -> None:
+    """train.json's device_name of a label's done cells, as train/outputs.summary records a GPU's."""
+    for seed in seeds:
+        path = experiment / label / f"seed{seed}" / "train" / "train.json"
+        if path.exists():
+            path.write_text(json.dumps({**json.loads(path.read_text()), "device_name": name}, indent=1))
+
+
+def test_a_ratio_only_for_labels_trained_on_the_references_device(experiment: Path) -> None:
+    # The efficiency run of 2026-11-23 was on H200s and its later cells on an H100: a ratio across
+    # them measures the cards. Those rows get none, and the table says where each label trained.
+    for label in ("lora16", "qra@3.5bits"):
+        _set_device_name(experiment, label, "NVIDIA H200")
+    _set_device_name(experiment, "qlora-4", "NVIDIA H100 80GB HBM3")
+    summary = summarise(collect(experiment, LABELS), reference="lora16")
+    lora, qlora, qra = summary.rows
+    assert lora.trained_on == ("NVIDIA H200",) and qlora.trained_on == ("NVIDIA H100 80GB HBM3",)
+    assert lora.tokens_per_s_ratio == 1.0 and qra.tokens_per_s_ratio == pytest.approx(1600 / 1100)
+    assert qlora.tokens_per_s_ratio is None
+    text = to_markdown(summary)
+    assert "| method | trained on | avg bits |" in text
+    assert "| qlora-4 | NVIDIA H100 80GB HBM3 | 4.50 | – | 800 | – |" in text
+    assert "| lora16 | NVIDIA H200 | 16.00 ± 0.00 |" in text
+    # A reference trained on two devices has no one base: no label gets a ratio.
+    _set_device_name(experiment, "lora16", "NVIDIA H100 80GB HBM3", seeds=(1,))
+    summary = summarise(collect(experiment, LABELS), reference="lora16")
+    assert summary.rows[0].trained_on == ("NVIDIA H100 80GB HBM3", "NVIDIA H200")
+    assert all(r.tokens_per_s_ratio is None for r in summary.rows)
+
+
+def test_one_device_for_every_cell_gets_no_trained_on_column(experiment: Path) -> None:
+    summary = summarise(collect(experiment, LABELS), reference="lora16")
+    assert all(r.trained_on == ("cuda",) for r in summary.rows)  # no device_name: the device
+    assert "| trained on |" not in to_markdown(summary)
 
 
 def test_no_reference_gives_no_ratio(experiment: Path) -> None:

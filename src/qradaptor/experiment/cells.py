@@ -133,6 +133,9 @@ class CellResult:
     """The search whose plan the cell trained; None for an unsearched method or an unfinished cell."""
     measured_on: str | None = None
     """train.json's date, device and versions, e.g. "2026-11-23, NVIDIA H200, peft 0.21.0, ..."."""
+    trained_on: str | None = None
+    """train.json's device name (e.g. "NVIDIA H200"), or its device where no name was recorded:
+    tokens/s compare only between cells trained on one."""
     weights: str | None = None
     """train.json provenance text: what the model source stores (e.g. a GGUF's tensor types)."""
     reused_from: str | None = None
@@ -175,6 +178,7 @@ def _read_train(path: Path) -> dict[str, Any]:
         "train_tokens": record.tokens,
         "final_eval_loss": record.final_eval_loss,
         "measured_on": record.measured_on,
+        "trained_on": record.device_name or record.device,
         "weights": record.weights,
     }
 

@@ -103,8 +103,18 @@ def _row(label: str, cells: Sequence[CellResult]) -> LabelRow:
         stats.update({k: _stat([values.get(k) for values in group]) for k in keys})
     first = cells[0]
     devices = tuple(sorted({s.device for s in searches if s.device}))
+    trained_on = tuple(sorted({c.trained_on for c in done if c.trained_on}))
     return LabelRow(
-        label, first.method, first.budget, len(done), len(cells), stats, None, len(searches), devices
+        label,
+        first.method,
+        first.budget,
+        len(done),
+        len(cells),
+        stats,
+        None,
+        len(searches),
+        devices,
+        trained_on,
     )
 
 
@@ -114,7 +124,8 @@ def summarise(cells: Sequence[CellResult], reference: str | None = "lora16") -> 
     Args:
         cells: From ``collect``.
         reference: The label whose mean tokens/s the others are divided by; None, or a label
-            without done cells, gives no ratio.
+            without done cells, gives no ratio. Only labels trained on the reference's one device
+            get a ratio: an H100's tokens/s over an H200's measures the cards, not the methods.
 
     Returns:
         The summary; ``reference`` is kept only if it is one of the labels.
@@ -133,9 +144,10 @@ def summarise(cells: Sequence[CellResult], reference: str | None = "lora16") -> 
     rows = [_row(label, group) for label, group in by_label.items()]
     if reference not in by_label:
         reference = None
-    base = next((r.stats["tokens_per_s"].mean for r in rows if r.label == reference and r.n_done), None)
-    if base:
-        rows = [_with_ratio(r, base) for r in rows]
+    ref_row = next((r for r in rows if r.label == reference and r.n_done), None)
+    base = ref_row.stats["tokens_per_s"].mean if ref_row is not None else None
+    if ref_row is not None and base and len(ref_row.trained_on) <= 1:
+        rows = [_with_ratio(r, base) if r.trained_on == ref_row.trained_on else r for r in rows]
     return ExperimentSummary(experiments[0], reference, tuple(rows), tuple(cells))
 
 
@@ -236,10 +248,15 @@ def to_markdown(summary: ExperimentSummary) -> str:
     if any(value != MISSING for line in lines for value in line[2:]):
         out += ["", "## Zero-shot acc_norm (%)", "", *_table(header, lines, keep=2)]
     ref = f"x {summary.reference}" if summary.reference else "x reference"
-    header = ["method", *_titles(EFFICIENCY_COLUMNS), ref, *_titles(SEARCH_COST_COLUMNS), "search ran on"]
+    # One device for every cell goes unsaid (the "Measured on" line names it); two or more get a
+    # column, since tokens/s and peak memory then compare only between rows of one device.
+    mixed = len({d for r in rows for d in r.trained_on}) > 1
+    header = ["method", *(["trained on"] if mixed else []), *_titles(EFFICIENCY_COLUMNS), ref]
+    header += [*_titles(SEARCH_COST_COLUMNS), "search ran on"]
     lines = [
         [
             r.label,
+            *([", ".join(r.trained_on) or MISSING] if mixed else []),
             *_formatted(r, EFFICIENCY_COLUMNS),
             MISSING if r.tokens_per_s_ratio is None else f"{r.tokens_per_s_ratio:.2f}",
             *_formatted(r, SEARCH_COST_COLUMNS),
@@ -251,7 +268,8 @@ def to_markdown(summary: ExperimentSummary) -> str:
     out += [
         "",
         "tokens/s: steady (after the warm-up steps). They compare only between cells that had their GPU "
-        "to themselves (`qra experiment --jobs` at most the number of GPUs). Search epochs: the proxy "
+        "to themselves (`qra experiment --jobs` at most the number of GPUs) on one kind of device: the "
+        "ratio is given only for labels trained on the reference's device. Search epochs: the proxy "
         "fine-tunes' tokens over one epoch of the search's data; search tokens / fine-tune tokens: the "
         "same tokens over the cell's own fine-tune; search ran on: the device, dtype and `qra search "
         "--preset` of the label's searches (config.json), so search seconds compare only between labels "

@@ -46,11 +46,14 @@ class LabelRow:
     search_gain (best proxy loss after the initial population minus the final best); per cell
     search_per_finetune (search proxy tokens over the cell's fine-tune tokens)."""
     tokens_per_s_ratio: float | None
-    """Mean tokens/s over the reference label's mean tokens/s; None without a reference."""
+    """Mean tokens/s over the reference label's mean tokens/s; None without a reference, or where
+    the label's cells were not all trained on the one device the reference's were."""
     n_searches: int
     """Distinct searches among the done cells."""
     search_devices: tuple[str, ...] = ()
     """The devices (and dtypes) those searches ran on, sorted; empty where not recorded."""
+    trained_on: tuple[str, ...] = ()
+    """The devices the done cells were fine-tuned on (train.json), sorted; empty where not recorded."""
 
 
 @dataclass(frozen=True)
