@@ -1,12 +1,16 @@
 """scripts/gpu/: the GPU recipe runs where nothing can be fixed mid-session (30 minutes of device
 time, no network), so what can be checked here is: every script parses, and every batch of
-driver.sh names configs that exist and, where it has --only, cells that they have."""
+driver.sh names configs that exist and, where it has --only, cells that they have; and wait.sh,
+run against a stand-in for the machine's /root, brings back what it should, even when killed."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,59 @@ def test_every_batch_names_configs_and_cells_that_exist(cli, tmp_path: Path, bat
     code, stdout, err = cli("experiment", *argv, "-o", tmp_path / "out", "--dry-run", *options)
     assert code == 0, err
     assert "commands to run" in stdout.splitlines()[-1]
+
+
+def _gpu_root(tmp_path: Path) -> tuple[Path, Path]:
+    """A machine's /root after go.sh: start.marker, then a finished cell (train.json and its
+    adapter weights) and the driver's log; and an empty $OUT."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    cell = root / "repo" / "docs" / "results" / "paper" / "pilot" / "A" / "seed0"
+    (cell / "train").mkdir(parents=True)
+    out.mkdir()
+    old = cell / "plan.json"
+    old.write_text("{}")  # written before go.sh: not this run's
+    (root / "start.marker").write_text("")
+    past = time.time() - 60
+    os.utime(old, (past - 60, past - 60))
+    os.utime(root / "start.marker", (past, past))
+    (cell / "train" / "train.json").write_text("{}")
+    (cell / "train" / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    (root / "driver.log").write_text("=== batch configs/pilot.yaml\n")
+    return root, out
+
+
+def _archived(out: Path) -> list[str]:
+    listing = subprocess.run(["tar", "-tJf", str(out / "runs.tar.xz")], capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    return sorted(listing.stdout.split())
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("xz") is None, reason="needs bash, xz")
+def test_wait_brings_back_the_runs_new_small_files(tmp_path: Path) -> None:
+    root, out = _gpu_root(tmp_path)
+    (root / "driver.done").write_text("")
+    (root / "scale.done").write_text("")
+    env = {"PATH": "/usr/bin:/bin", "GPU_ROOT": str(root), "OUT": str(out)}
+    script = ROOT / "scripts" / "gpu" / "wait.sh"
+    result = subprocess.run(["bash", str(script), "30"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert _archived(out) == ["docs/results/paper/pilot/A/seed0/train/train.json"]  # no weights, nothing old
+    assert (out / "driver.log").read_text().startswith("=== batch")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("xz") is None, reason="needs bash, xz")
+def test_a_wait_killed_at_its_time_limit_still_brings_back_what_had_finished(tmp_path: Path) -> None:
+    # On 2026-12-07 `setup.sh && go.sh 585` ran past its call's 595 s and was killed before
+    # wait.sh wrote anything: now $OUT is refreshed during the wait (every 120 s; 1 s here).
+    root, out = _gpu_root(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "GPU_ROOT": str(root), "OUT": str(out), "WAIT_REFRESH_S": "1"}
+    script = ROOT / "scripts" / "gpu" / "wait.sh"
+    process = subprocess.Popen(["bash", str(script), "600"], env=env, start_new_session=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=6)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert _archived(out) == ["docs/results/paper/pilot/A/seed0/train/train.json"]
+    assert not (out / ".runs.tar.xz").exists()

@@ -5,30 +5,34 @@
 # brings back everything so far. $OUT is also refreshed every two minutes of the wait, so a call
 # killed at its time limit still brings back what had finished by the last refresh.
 set -uo pipefail
+# For tests (tests/test_gpu_scripts.py): the machine's /root, and the refresh's 120 s.
+root=${GPU_ROOT:-/root}
+refresh=${WAIT_REFRESH_S:-120}
 
 collect() {
     # Each archive is written beside its final name, then renamed: a kill mid-write leaves the
     # previous refresh whole.
-    (cd /root/repo && find docs/results -newer /root/start.marker -type f ! -name '*.safetensors' \
-        ! -name '*.pt' ! -name '*.bin' ! -name '*.db' ! -name '*.db-*' -size -4M > /root/new.txt)
-    tar -C /root/repo -cJf "$OUT/.runs.tar.xz" -T /root/new.txt && mv "$OUT/.runs.tar.xz" "$OUT/runs.tar.xz"
-    cp /root/driver.log /root/scale.log "$OUT/" 2>/dev/null
-    cp /root/scale/scale.json /root/scale/train.json /root/scale/eval_once.txt /root/scale/step_profile.txt \
-        /root/scale/eval_prefix.txt "$OUT/" 2>/dev/null
+    (cd "$root/repo" && find docs/results -newer "$root/start.marker" -type f ! -name '*.safetensors' \
+        ! -name '*.pt' ! -name '*.bin' ! -name '*.db' ! -name '*.db-*' -size -4M > "$root/new.txt")
+    tar -C "$root/repo" -cJf "$OUT/.runs.tar.xz" -T "$root/new.txt" && mv "$OUT/.runs.tar.xz" "$OUT/runs.tar.xz"
+    cp "$root/driver.log" "$root/scale.log" "$OUT/" 2>/dev/null
+    local scale=$root/scale
+    cp "$scale/scale.json" "$scale/train.json" "$scale/eval_once.txt" "$scale/step_profile.txt" \
+        "$scale/eval_prefix.txt" "$OUT/" 2>/dev/null
     # The stages' logs and small result files (train.json names skipped steps), no weights.
-    (cd /root/scale 2>/dev/null && find logs runs -type f \( -name '*.log' -o -name '*.json' -o -name '*.csv' \) \
+    (cd "$scale" 2>/dev/null && find logs runs -type f \( -name '*.log' -o -name '*.json' -o -name '*.csv' \) \
         -size -2M 2>/dev/null | tar -cJf "$OUT/.scale.tar.xz" -T - && mv "$OUT/.scale.tar.xz" "$OUT/scale.tar.xz")
 }
 
 end=$(( $(date +%s) + ${1:-450} ))
-next=$(( $(date +%s) + 120 ))
+next=$(( $(date +%s) + refresh ))
 while [ "$(date +%s)" -lt "$end" ]; do
-    if [ -f /root/driver.done ] && [ -f /root/scale.done ]; then break; fi
-    if [ "$(date +%s)" -ge "$next" ]; then collect; next=$(( $(date +%s) + 120 )); fi
-    sleep 10
+    if [ -f "$root/driver.done" ] && [ -f "$root/scale.done" ]; then break; fi
+    if [ "$(date +%s)" -ge "$next" ]; then collect; next=$(( $(date +%s) + refresh )); fi
+    sleep 1
 done
 collect
-ls /root/scale/runs 2>/dev/null | head
-nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
-echo "--- driver"; tail -25 /root/driver.log; echo "--- scale"; tail -15 /root/scale.log
-echo "files: $(wc -l < /root/new.txt)"; ls /root/*.done 2>/dev/null
+ls "$root/scale/runs" 2>/dev/null | head
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv 2>/dev/null
+echo "--- driver"; tail -25 "$root/driver.log"; echo "--- scale"; tail -15 "$root/scale.log" 2>/dev/null
+echo "files: $(wc -l < "$root/new.txt")"; ls "$root"/*.done 2>/dev/null
