@@ -21,7 +21,7 @@ from qradaptor.eval.results import EvalRecord
 from qradaptor.eval.results import to_json as eval_to_json
 from qradaptor.eval.suite import ZERO_SHOT
 from qradaptor.experiment.plots import pearson
-from qradaptor.experiment.report import collect, summarise, to_json, to_markdown, write_report
+from qradaptor.experiment.report import LabelRow, Stat, collect, summarise, to_json, to_markdown, write_report
 from qradaptor.plan import Plan
 from qradaptor.search import report as search_report
 from qradaptor.search.records import TrialRecord, records_to_csv
@@ -542,3 +542,37 @@ def test_an_unmeasured_bar_says_n_a_inside_its_panel() -> None:
         assert panel.x0 <= box.x0 and box.x1 <= panel.x1 and panel.y0 <= box.y0 <= panel.y1
     finally:
         plt.close(fig)
+
+
+def test_efficiency_bars_take_a_colour_per_device_where_devices_differ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Table 4 holds H200 cells of 2026-11-23 and H100 cells of 2026-12-07: their tokens/s bars
+    # must not read as one series. One device for all keeps one colour and no legend.
+    pytest.importorskip("matplotlib")
+    from qradaptor import plotting
+    from qradaptor.experiment.plots import EFFICIENCY_PANELS, plot_panels
+
+    figures: list = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: figures.append(fig))
+    stats = {"tokens_per_s": Stat(1000.0, None, 1), "peak_mib": Stat(30000.0, None, 1)}
+
+    def row(label: str, device: str) -> LabelRow:
+        return LabelRow(label, label, None, 1, 1, stats, None, 0, (), (device,))
+
+    rows = [row("lora16", "NVIDIA H200"), row("qlora-4", "NVIDIA H200"), row("knapsack", "NVIDIA H100")]
+    try:
+        plot_panels(rows, EFFICIENCY_PANELS, tmp_path / "efficiency.png", by_device=True)
+        plot_panels(rows[:2], EFFICIENCY_PANELS, tmp_path / "efficiency.png", by_device=True)
+        mixed, single = figures
+        for ax in mixed.axes:
+            colours = [tuple(p.get_facecolor()) for p in ax.patches]
+            assert colours[0] == colours[1] != colours[2]
+            assert [t.get_text() for t in ax.get_legend().get_texts()] == ["NVIDIA H200", "NVIDIA H100"]
+        for ax in single.axes:
+            assert len({tuple(p.get_facecolor()) for p in ax.patches}) == 1 and ax.get_legend() is None
+    finally:
+        import matplotlib.pyplot as plt
+
+        for fig in figures:
+            plt.close(fig)

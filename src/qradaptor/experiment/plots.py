@@ -50,13 +50,26 @@ def _bar_text(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
-def _bars(ax: Any, rows: Sequence[LabelRow], key: str, scale: float, ylabel: str) -> list[float]:
-    """Bars of ``key``'s mean (times ``scale``) with std error bars, each labelled; returns the means."""
+def _bars(
+    ax: Any, rows: Sequence[LabelRow], key: str, scale: float, ylabel: str, groups: Sequence[str] = ()
+) -> list[float]:
+    """Bars of ``key``'s mean (times ``scale``) with std error bars, each labelled; returns the means.
+
+    With ``groups`` (one name per row), each group's bars get their own colour and a legend entry.
+    """
     stats = [r.stats.get(key, Stat(None, None, 0)) for r in rows]
     xs = list(range(len(rows)))
     means = [math.nan if s.mean is None else s.mean * scale for s in stats]
     errors = [0.0 if s.std is None else s.std * scale for s in stats]
-    bars = ax.bar(xs, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    names = list(dict.fromkeys(groups))
+    colors = [f"C{names.index(g) % 10}" for g in groups] if groups else "tab:blue"
+    bars = ax.bar(xs, means, yerr=errors, capsize=4, color=colors, alpha=0.8)
+    if groups:
+        from matplotlib.patches import Patch
+
+        ax.legend(
+            handles=[Patch(color=f"C{i % 10}", alpha=0.8, label=n) for i, n in enumerate(names)], fontsize=8
+        )
     ax.bar_label(bars, labels=["" if math.isnan(m) else _bar_text(m) for m in means], fontsize=8)
     # An empty slot must not read as a zero: it says n/a at the axis' foot (bar_label would put
     # it at the bar's NaN top, where matplotlib draws nothing).
@@ -92,11 +105,18 @@ def measured(rows: Sequence[LabelRow], key: str) -> bool:
     return any(r.stats.get(key, Stat(None, None, 0)).mean is not None for r in rows)
 
 
-def plot_panels(rows: Sequence[LabelRow], panels: Sequence[tuple[str, float, str, str]], path: Path) -> None:
+def plot_panels(
+    rows: Sequence[LabelRow],
+    panels: Sequence[tuple[str, float, str, str]],
+    path: Path,
+    by_device: bool = False,
+) -> None:
     """One bar panel per (key, scale, y label, title) that some label measured, mean ± std over seeds.
 
     A perplexity axis is logarithmic when the perplexities span 10x or more (a 2-bit baseline
-    next to lora16), so that the others stay readable.
+    next to lora16), so that the others stay readable. With ``by_device``, labels trained on
+    different devices (LabelRow.trained_on) get different colours, as their tokens/s compare only
+    within one device; one device for all keeps one colour.
 
     Raises:
         ValueError: ``rows`` is empty, or no label measured any of the panels' keys.
@@ -112,8 +132,10 @@ def plot_panels(rows: Sequence[LabelRow], panels: Sequence[tuple[str, float, str
     fig, axes = plt.subplots(
         1, len(shown), squeeze=False, figsize=(max(4.0, 0.7 * len(rows)) * len(shown), 4.5)
     )
+    devices = [", ".join(r.trained_on) or "device not recorded" for r in rows]
+    groups = devices if by_device and len(set(devices)) > 1 else ()
     for ax, (key, scale, ylabel, title) in zip(axes[0], shown, strict=True):
-        values = _bars(ax, rows, key, scale, ylabel)
+        values = _bars(ax, rows, key, scale, ylabel, groups)
         if key.startswith("ppl") and values and min(values) > 0 and max(values) >= 10 * min(values):
             ax.set_yscale("log")
         ax.set_title(title)
@@ -240,7 +262,11 @@ def plot_all(experiment_dir: Path, summary: ExperimentSummary, cells: Sequence[C
 
     wanted = [
         ("metrics.png", has(METRIC_PANELS), lambda p: plot_metrics(summary.rows, p)),
-        ("efficiency.png", has(EFFICIENCY_PANELS), lambda p: plot_panels(summary.rows, EFFICIENCY_PANELS, p)),
+        (
+            "efficiency.png",
+            has(EFFICIENCY_PANELS),
+            lambda p: plot_panels(summary.rows, EFFICIENCY_PANELS, p, by_device=True),
+        ),
         ("allocation.png", bool(searched), lambda p: plot_allocation(done, p)),
         ("convergence.png", any(s.best_so_far for s in searched), lambda p: plot_convergence(done, p)),
         (
