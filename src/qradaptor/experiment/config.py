@@ -15,7 +15,8 @@ The file::
     description: ...                 # one paragraph for the results page
     model: null                      # hub id, directory or .gguf; omitted: embedded SmolLM2
     seeds: [0, 1, 2]
-    reference: lora16                # tokens/s are also given relative to this label
+    reference: lora16                # tokens/s are also given relative to this label (for
+                                     # the labels trained on its device)
     train: {epochs: 1, batch_size: 32}    # qra train options of every cell
     eval: {tasks: suite, limit: 1000}     # qra eval options of every cell
     search: {preset: full}                # qra search options of every searched method
