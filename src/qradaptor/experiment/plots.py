@@ -18,7 +18,7 @@ from typing import Any
 
 from qradaptor import correlation
 from qradaptor.experiment.cells import CellResult, SearchInfo
-from qradaptor.experiment.summary import ExperimentSummary, LabelRow, Stat
+from qradaptor.experiment.summary import ExperimentSummary, LabelRow, Stat, trained_on_several
 
 
 def searches_by_label(cells: Sequence[CellResult]) -> dict[str, list[tuple[SearchInfo, list[int]]]]:
@@ -132,8 +132,8 @@ def plot_panels(
     fig, axes = plt.subplots(
         1, len(shown), squeeze=False, figsize=(max(4.0, 0.7 * len(rows)) * len(shown), 4.5)
     )
-    devices = [", ".join(r.trained_on) or "device not recorded" for r in rows]
-    groups = devices if by_device and len(set(devices)) > 1 else ()
+    several = by_device and trained_on_several(rows)
+    groups = [", ".join(r.trained_on) or "device not recorded" for r in rows] if several else ()
     for ax, (key, scale, ylabel, title) in zip(axes[0], shown, strict=True):
         values = _bars(ax, rows, key, scale, ylabel, groups)
         if key.startswith("ppl") and values and min(values) > 0 and max(values) >= 10 * min(values):

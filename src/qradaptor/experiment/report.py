@@ -19,7 +19,7 @@ from typing import Any
 
 from qradaptor.eval.suite import ZERO_SHOT
 from qradaptor.experiment.cells import ACC_KEYS, NORM_KEYS, CellResult, SearchInfo, collect
-from qradaptor.experiment.summary import ExperimentSummary, LabelRow, Stat
+from qradaptor.experiment.summary import ExperimentSummary, LabelRow, Stat, trained_on_several
 
 __all__ = [
     "CellResult",
@@ -250,7 +250,7 @@ def to_markdown(summary: ExperimentSummary) -> str:
     ref = f"x {summary.reference}" if summary.reference else "x reference"
     # One device for every cell goes unsaid (the "Measured on" line names it); two or more get a
     # column, since tokens/s and peak memory then compare only between rows of one device.
-    mixed = len({d for r in rows for d in r.trained_on}) > 1
+    mixed = trained_on_several(rows)
     header = ["method", *(["trained on"] if mixed else []), *_titles(EFFICIENCY_COLUMNS), ref]
     header += [*_titles(SEARCH_COST_COLUMNS), "search ran on"]
     lines = [

@@ -1,12 +1,13 @@
 """The record types of an experiment's summary: a number over seeds, a label's row, the whole.
 
 Kept apart from ``report`` (which computes and writes them) so that ``plots`` can draw them
-without importing the module that imports it.
+without importing the module that imports it; so is the one rule both apply to the rows'
+devices (``trained_on_several``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from qradaptor.experiment.cells import CellResult
@@ -68,3 +69,10 @@ class ExperimentSummary:
     """One per label, in the order of the cells."""
     cells: tuple[CellResult, ...]
     """Every cell, done or not."""
+
+
+def trained_on_several(rows: Sequence[LabelRow]) -> bool:
+    """Whether the rows' done cells were fine-tuned on more than one device (train.json): then
+    tokens/s compare only between rows of one, so the Efficiency table names each row's devices
+    and efficiency.png colours its bars by them."""
+    return len({device for row in rows for device in row.trained_on}) > 1
