@@ -119,3 +119,22 @@ def test_a_wait_killed_at_its_time_limit_still_brings_back_what_had_finished(tmp
         process.wait()
     assert _archived(out) == ["docs/results/paper/pilot/A/seed0/train/train.json"]
     assert not (out / ".runs.tar.xz").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("xz") is None, reason="needs bash, xz")
+def test_wait_without_a_run_says_so_and_leaves_no_half_written_archive(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "GPU_ROOT": str(tmp_path / "root"), "OUT": str(out)}
+    script = ROOT / "scripts" / "gpu" / "wait.sh"
+    result = subprocess.run(["bash", str(script), "5"], capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 1 and "no run to wait for: go.sh writes" in result.stderr
+    assert list(out.iterdir()) == []
+    # A run whose checkout is gone (start.marker, no repo/): the archives fail, and their
+    # temporary files go with them.
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "start.marker").write_text("")
+    (tmp_path / "root" / "driver.done").write_text("")
+    (tmp_path / "root" / "scale.done").write_text("")
+    subprocess.run(["bash", str(script), "5"], capture_output=True, text=True, env=env, timeout=30)
+    assert not (out / ".runs.tar.xz").exists() and not (out / ".scale.tar.xz").exists()

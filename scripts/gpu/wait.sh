@@ -8,13 +8,15 @@ set -uo pipefail
 # For tests (tests/test_gpu_scripts.py): the machine's /root, and the refresh's 120 s.
 root=${GPU_ROOT:-/root}
 refresh=${WAIT_REFRESH_S:-120}
+[ -f "$root/start.marker" ] || { echo "wait.sh: no run to wait for: go.sh writes $root/start.marker" >&2; exit 1; }
 
 collect() {
     # Each archive is written beside its final name, then renamed: a kill mid-write leaves the
     # previous refresh whole.
     (cd "$root/repo" && find docs/results -newer "$root/start.marker" -type f ! -name '*.safetensors' \
         ! -name '*.pt' ! -name '*.bin' ! -name '*.db' ! -name '*.db-*' -size -4M > "$root/new.txt")
-    tar -C "$root/repo" -cJf "$OUT/.runs.tar.xz" -T "$root/new.txt" && mv "$OUT/.runs.tar.xz" "$OUT/runs.tar.xz"
+    tar -C "$root/repo" -cJf "$OUT/.runs.tar.xz" -T "$root/new.txt" && mv "$OUT/.runs.tar.xz" "$OUT/runs.tar.xz" \
+        || rm -f "$OUT/.runs.tar.xz"
     cp "$root/driver.log" "$root/scale.log" "$OUT/" 2>/dev/null
     local scale=$root/scale
     cp "$scale/scale.json" "$scale/train.json" "$scale/eval_once.txt" "$scale/step_profile.txt" \
@@ -22,6 +24,7 @@ collect() {
     # The stages' logs and small result files (train.json names skipped steps), no weights.
     (cd "$scale" 2>/dev/null && find logs runs -type f \( -name '*.log' -o -name '*.json' -o -name '*.csv' \) \
         -size -2M 2>/dev/null | tar -cJf "$OUT/.scale.tar.xz" -T - && mv "$OUT/.scale.tar.xz" "$OUT/scale.tar.xz")
+    rm -f "$OUT/.scale.tar.xz"  # left by a tar that failed
 }
 
 end=$(( $(date +%s) + ${1:-450} ))
