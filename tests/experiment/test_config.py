@@ -577,8 +577,8 @@ def test_every_config_loads_and_passes_the_verbs_parsers(paper) -> None:
     assert "knapsack@4.25bits" in allocation.labels and "qra-paper@120MB" in allocation.labels
     _check_commands(list(paper.values()))
     pilot = paper["pilot"]
-    labels = ("A", "B", "C", "D", "knapsack@3.5bits", "knapsack-r12@3.5bits", "qlora-nf4")
-    assert pilot.labels == labels and len(pilot.cells) == 21
+    labels = ("A", "B", "C", "D", "knapsack@3.5bits", "knapsack-r12@3.5bits", "uniform3-r12", "qlora-nf4")
+    assert pilot.labels == labels and len(pilot.cells) == 24
     plan = pilot.cells[6].steps[0]  # C seed 0
     bits, ranks = ",".join(["4"] * 15 + ["2"] * 15), ",".join(["8"] * 15 + ["16"] * 15)
     assert plan.verb == "plan" and plan.argv[:4] == ("--bits", bits, "--ranks", ranks)
@@ -586,6 +586,9 @@ def test_every_config_loads_and_passes_the_verbs_parsers(paper) -> None:
     # The knapsack at C and D's bytes: their ranks average 12 (the default rank 16 is 4.1% more).
     r12 = next(c for c in pilot.cells if c.label == "knapsack-r12@3.5bits").steps[0]
     assert r12.verb == "plan" and "--rank 12" in r12.command and "--budget 3.5bits" in r12.command
+    # Uniform at the budget and at their bytes: 3-bit (3.5 bits with the scales), rank 12.
+    uniform = next(c for c in pilot.cells if c.label == "uniform3-r12").steps[0]
+    assert uniform.verb == "plan" and uniform.argv[:4] == ("--bits", "3", "--ranks", "12")
     nf4 = next(c for c in pilot.cells if c.label == "qlora-nf4")
     assert "--method qlora-nf4 --seed 0" in nf4.steps[0].command and "--rank 8" in nf4.steps[0].command
     main = paper["main"]
