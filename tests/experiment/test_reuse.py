@@ -305,3 +305,27 @@ def test_the_report_marks_reused_rows(fake, tmp_path) -> None:
         "- C seed 1: same plan and seed as alloc/knapsack@4.0bits/seed1: results reused "
         "(its fine-tune and eval were not run again)"
     ) in text
+
+
+def test_the_dry_run_names_the_twin_a_run_would_take_and_counts_only_what_runs(fake, cli, tmp_path) -> None:
+    """Issue 20's ablations: three no-bayes searches chose the joint search's plans, and the dry
+    run listed their fine-tunes and evaluations, which the run then did not start."""
+    alloc = experiment(tmp_path)
+    Runner([job for job in plan_jobs([alloc]) if "/qra@" not in job.name], command=fake).run()
+    qra0, qra1 = alloc.cells[2:]
+    made(qra1, Plan.from_lists([4, 4, 3], [8, 8, 16]), "search-made")  # seed 1's search chose another
+    config, out = tmp_path / "exp.yaml", tmp_path / "out"
+    code, stdout, _ = cli("experiment", config, "-o", out, "--dry-run")
+    assert code == 0
+    same = "(the same plan, seed and options)"
+    assert stdout.splitlines() == [
+        f"alloc/qra@4.0bits/seed0: takes alloc/knapsack@4.0bits/seed0's results {same}",
+        *(f"alloc/qra@4.0bits/seed1: {step.command}" for step in qra1.steps),
+        "2 commands to run, in 6 jobs; 1 cell takes a done cell's results",
+    ]
+    code, stdout, _ = cli("experiment", config, "-o", out, "--dry-run", "--no-reuse")
+    assert "takes" not in stdout and stdout.splitlines()[-1] == "4 commands to run, in 6 jobs"
+    # The run does what the dry run said.
+    summary = Runner(plan_jobs([alloc]), command=fake).run()
+    assert summary.steps_run == 2 and summary.failed == {}
+    assert record(qra0).reused_from == "alloc/knapsack@4.0bits/seed0" and record(qra1).reused_from is None

@@ -144,7 +144,8 @@ def experiment(
         device: auto (cuda if available), cpu or cuda, for every search, train and eval
         only: comma-separated experiment names, labels or single cells to run (e.g. pilot,
             qra@3.5bits or qra@3.5bits/seed1); the results still cover every cell
-        dry_run: print the commands that would run, and run nothing
+        dry_run: print the commands that would run, and run nothing (a cell that would take a
+            done cell's results is one line naming it)
         report_only: write the results from the cell folders as they are, and run nothing
         no_reuse: fine-tune and evaluate every cell, even one whose plan, seed and options a done
             cell of DIR already ran (by default it takes that cell's results)
@@ -183,11 +184,7 @@ def experiment(
     if not report_only:
         _check_weights(experiments)
     if dry_run:
-        todo = pending_steps(job_list)
-        _note_unsized_searches(todo)
-        for name, step in todo:
-            print(f"{name}: {step.command}")
-        print(f"{_count(len(todo), 'command')} to run, in {_count(len(job_list), 'job')}")
+        _dry_run(job_list, reuse=not no_reuse)
         return 0
     failed: dict[str, str] = {}
     if not report_only:
@@ -205,6 +202,36 @@ def experiment(
             print(f"  {name}: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def _dry_run(job_list: list, reuse: bool) -> None:
+    """Prints each command a run would start, in order, and their count.
+
+    A cell that would take a done twin's results (``reuse.twin_before_run``) is one line naming
+    the twin instead of its train and eval: a run copies those results and starts neither, so the
+    count is of the commands that would run (issue 20's ablations: three no-bayes searches chose
+    the joint search's plans, and the dry run counted six fine-tunes and evaluations too many).
+    """
+    from qradaptor.experiment.reuse import twin_before_run
+    from qradaptor.experiment.runner import pending_steps
+
+    todo = pending_steps(job_list)
+    _note_unsized_searches(todo)
+    twins = {}
+    if reuse:
+        cells = [job for job in job_list if job.cell is not None]
+        twins = {job.name: twin for job in cells if (twin := twin_before_run(job.cell)) is not None}
+    said: set[str] = set()
+    for name, step in todo:
+        if name not in twins:
+            print(f"{name}: {step.command}")
+        elif name not in said:
+            said.add(name)
+            print(f"{name}: takes {twins[name].name}'s results (the same plan, seed and options)")
+    runs = sum(1 for name, _ in todo if name not in twins)
+    verb = "takes" if len(twins) == 1 else "take"
+    reused = f"; {_count(len(twins), 'cell')} {verb} a done cell's results" if twins else ""
+    print(f"{_count(runs, 'command')} to run, in {_count(len(job_list), 'job')}{reused}")
 
 
 def _check_weights(experiments: list[Experiment]) -> None:

@@ -211,6 +211,19 @@ def find_twin(root: Path, folder: Path, wanted: str) -> Twin | None:
     return None
 
 
+def twin_before_run(cell: Cell) -> Twin | None:
+    """The twin a run would give ``cell`` at its fine-tune, as far as the files tell before the run
+    starts (``qra experiment --dry-run``): its fine-tune is still to run, its plan is made (a search
+    or ``qra plan`` step that finished, or a uniform spec) and a done cell of its output folder has
+    its fingerprint. A cell whose plan is still to be made, or whose twin the run itself would
+    finish first, is not foreseen: None, as for a cell that fine-tunes."""
+    train = next(step for step in cell.steps if step.verb == "train")
+    if train.finished():
+        return None
+    wanted = cell_fingerprint(cell)
+    return find_twin(cell.folder.parents[2], cell.folder, wanted) if wanted else None
+
+
 def _copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(target) as tmp:
