@@ -187,17 +187,19 @@ def recorded_fingerprint(folder: Path, record: CellRecord) -> str | None:
     return fingerprint(plan, record.seed, lines["train"], lines["eval"]) if known else None
 
 
-def find_twin(root: Path, folder: Path, wanted: str) -> Twin | None:
-    """The first done cell under ``root`` (any experiment) with fingerprint ``wanted``, other than
-    ``folder``, that ran its own fine-tune; None if there is none.
+def find_twin(cell: Cell, wanted: str) -> Twin | None:
+    """The first done cell of ``cell``'s output folder (any experiment there) with fingerprint
+    ``wanted``, other than ``cell``, that ran its own fine-tune; None if there is none.
 
     Done as ``cells.py`` has it (state "done" and eval.json present) and with its train.json: a
     failed, stopped or half-copied cell is never a twin. A cell that itself reused is skipped: its
     twin, where the adapter is, matches as well.
     """
+    root = cell.folder.parents[2]  # DIR of DIR/NAME/LABEL/seedK
+    here = cell.folder.resolve()
     for path in sorted(root.glob(f"*/*/seed*/{CELL_FILE}")):
         other = path.parent
-        if other.resolve() == folder.resolve():
+        if other.resolve() == here:
             continue
         try:
             record = CellRecord.load(other)
@@ -221,7 +223,7 @@ def twin_before_run(cell: Cell) -> Twin | None:
     if train.finished():
         return None
     wanted = cell_fingerprint(cell)
-    return find_twin(cell.folder.parents[2], cell.folder, wanted) if wanted else None
+    return find_twin(cell, wanted) if wanted else None
 
 
 def _copy(source: Path, target: Path) -> None:

@@ -310,7 +310,7 @@ class Runner:
         if step.verb != "train" and not (step.verb == "eval" and copied):
             return step
         wanted = cell_fingerprint(job.cell) if self.reuse else None
-        twin = find_twin(job.cell.folder.parents[2], job.cell.folder, wanted) if wanted else None
+        twin = find_twin(job.cell, wanted) if wanted else None
         if twin is not None:
             skipped = len(job.steps) - job.index
             take_twin(job.cell, twin, wanted)
