@@ -25,6 +25,14 @@ from pathlib import Path
 verb, args = sys.argv[1], sys.argv[2:]
 out = Path(args[args.index("-o") + 1])
 start = time.time()
+if os.environ.get("FAKE_MEET"):  # wait, up to 30 s, until this many steps have started
+    log = Path(os.environ["FAKE_LOG"])
+    (log.parent / f"{log.name}.meet{os.getpid()}").write_text("started")
+    deadline = time.monotonic() + 30
+    while len(list(log.parent.glob(log.name + ".meet*"))) < int(os.environ["FAKE_MEET"]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
 slow, _, seconds = os.environ.get("FAKE_SLOW", ":0").rpartition(":")
 if slow and slow in str(out):
     if os.environ.get("FAKE_DEAF"):  # as a child that lost a SIGINT in its start-up
@@ -76,7 +84,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     script = tmp_path / "fake_qra.py"
     script.write_text(FAKE)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "ran.jsonl"))
-    fakes = ("FAKE_SLOW", "FAKE_SLEEP", "FAKE_FAIL", "FAKE_NOWRITE", "FAKE_OOM", "FAKE_DEAF")
+    fakes = ("FAKE_SLOW", "FAKE_SLEEP", "FAKE_FAIL", "FAKE_NOWRITE", "FAKE_OOM", "FAKE_DEAF", "FAKE_MEET")
     for name in (*fakes, "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(runner, "POLL_SECONDS", 0.01)
@@ -294,6 +302,10 @@ def overlaps(records: list[dict]) -> int:
 
 
 def test_two_workers_run_two_steps_at_once_and_never_more(fake, tmp_path: Path, monkeypatch) -> None:
+    # The first two steps wait for each other, so they overlap however slowly a loaded machine
+    # starts them (a sleep alone did not, on CI); one worker would leave the first waiting 30 s
+    # alone, and the overlap would be 1.
+    monkeypatch.setenv("FAKE_MEET", "2")
     monkeypatch.setenv("FAKE_SLEEP", "0.15")
     small = experiment(tmp_path, THREE)
     summary = Runner(plan_jobs([small]), workers=2, command=fake).run()
