@@ -223,16 +223,26 @@ def test_two_processes_needing_the_cache_at_once_build_it_once(
     from concurrent.futures import ThreadPoolExecutor
 
     builds: list[Path] = []
+    callers: list[int] = []
     write = gguf_cache._write_checkpoint
 
     def slow_write(gguf: Path, folder: Path) -> None:
         builds.append(folder)
-        time.sleep(0.5)  # long enough that the other caller checks while this one builds
+        # Once the other caller has started too (a loaded machine may start its thread late),
+        # long enough that it reaches the lock while this one builds.
+        deadline = time.monotonic() + 30
+        while len(callers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
         write(gguf, folder)
+
+    def call(number: int) -> Path:
+        callers.append(number)
+        return dequantized_checkpoint(tiny_gguf)
 
     monkeypatch.setattr(gguf_cache, "_write_checkpoint", slow_write)
     with ThreadPoolExecutor(2) as pool:
-        folders = list(pool.map(lambda _: dequantized_checkpoint(tiny_gguf), range(2)))
+        folders = list(pool.map(call, range(2)))
     assert len(builds) == 1, builds
     assert folders[0] == folders[1] and (folders[0] / "model.safetensors").is_file()
     assert cache_entries(tmp_cache) == [folders[0].name]
