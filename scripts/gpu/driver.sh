@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The experiment cells still to measure, batch by batch, most wanted first: issue 15's
-# allocation cells, then issue 20's re-run of main, pilot and ablations. Each batch is one
+# The experiment cells still to measure, batch by batch, most wanted first: issue 20's re-run
+# (main, pilot, efficiency, ablations), then issue 15's remaining allocation cells. Each batch is one
 # resumable `qra experiment CONFIGS [--only LABELS]` into docs/results/paper, so a cut-off run
 # keeps every finished cell and a later run starts where this one stopped.
 # It starts once scale.sh has finished what it runs alone on the GPU (nothing by default; the

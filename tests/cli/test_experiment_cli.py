@@ -219,6 +219,9 @@ verb, args = sys.argv[1], sys.argv[2:]
 out = Path(args[args.index("-o") + 1])
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(verb + " " + str(out) + "\\n")
+if os.environ.get("FAKE_GPU_LOG"):
+    with open(os.environ["FAKE_GPU_LOG"], "a") as log:
+        log.write(os.environ.get("CUDA_VISIBLE_DEVICES", "unset") + "\\n")
 if os.environ.get("FAKE_FAIL") == str(out):
     sys.exit("fake failure")
 files = {"train": (out / "train.json", TRAIN), "eval": (out, EVAL), "plan": (out, "{}")}
@@ -243,6 +246,7 @@ def fake_qra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(runner, "POLL_SECONDS", 0.01)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "ran.log"))
     monkeypatch.delenv("FAKE_FAIL", raising=False)
+    monkeypatch.delenv("FAKE_GPU_LOG", raising=False)
     return tmp_path / "ran.log"
 
 
@@ -284,6 +288,42 @@ def test_a_run_then_its_resumption(cli, fake_qra: Path, tmp_path: Path, monkeypa
     ]
     text = (out / "e2e" / "results.md").read_text()
     assert "2 of 2 cells done." in text and "| C | 2/2 | 4.50 ± 0.00 | 8.0 ± 0.0 | 20.00 ± 0.00 |" in text
+
+
+@pytest.mark.parametrize(
+    ("visible", "gpus", "given"),
+    [
+        ("5,7", None, {"5", "7"}),  # every GPU this process sees, by the machine's numbers
+        ("5,7", "1", {"7"}),  # index 1 of this process's two is the machine's GPU 7
+        (None, None, {"0", "1"}),
+    ],
+)
+def test_steps_get_the_gpus_as_this_process_numbers_them(
+    cli, fake_qra: Path, tmp_path: Path, monkeypatch, visible, gpus, given
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setenv("FAKE_GPU_LOG", str(tmp_path / "gpus.log"))
+    config = tmp_path / "e2e.yaml"
+    config.write_text(E2E)
+    options = ["--gpus", gpus] if gpus else []
+    code, _, err = cli("experiment", config, "-o", tmp_path / "out", "--jobs", "2", *options)
+    assert code == 0, err
+    assert set((tmp_path / "gpus.log").read_text().split()) == given
+
+
+def test_gpus_beyond_those_seen_are_one_error(cli, tiny: Path, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    code, stdout, err = cli("experiment", tiny, "-o", tmp_path / "out", "--gpus", "0", "--dry-run")
+    assert (code, stdout) == (2, "")
+    assert err == "qra experiment: error: --gpus 0: GPU 0 does not exist; this process sees none\n"
 
 
 def test_redo_moves_the_named_cells_aside_and_a_run_makes_them_again(

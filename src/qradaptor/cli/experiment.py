@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,23 +85,35 @@ def _select(experiments: list[Experiment], only: str | None, option: str = "--on
     return kept
 
 
-def _gpu_list(gpus: str | None, device: str) -> list[int]:
-    if gpus is None:
-        return []
+def _gpu_list(gpus: str | None, device: str) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES value each step on a GPU gets: the GPUs ``--gpus`` names, else
+    every GPU this process sees where it sees several (none where it sees one: a step sees it).
+
+    Indices are this process's own, as torch numbers them: under CUDA_VISIBLE_DEVICES=2,3 index
+    0 is GPU 2, so a step is given "2", not "0" (which a child reads as the machine's GPU 0).
+    """
+    if gpus is not None:
+        if device == "cpu":
+            raise ValueError("--gpus goes with a GPU; it was given with --device cpu")
+        parts = [p.strip() for p in gpus.split(",")]
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(f"--gpus must be GPU indices separated by commas (e.g. 0,1), got {gpus!r}")
     if device == "cpu":
-        raise ValueError("--gpus goes with a GPU; it was given with --device cpu")
-    parts = [p.strip() for p in gpus.split(",")]
-    if not all(p.isdigit() for p in parts):
-        raise ValueError(f"--gpus must be GPU indices separated by commas (e.g. 0,1), got {gpus!r}")
+        return []
     import torch
 
     count = torch.cuda.device_count()
-    bad = [int(p) for p in parts if int(p) >= count]
-    if bad:
-        raise ValueError(
-            f"--gpus {gpus}: GPU {bad[0]} does not exist; this machine has {count} (0..{count - 1})"
-        )
-    return [int(p) for p in parts]
+    if gpus is None:
+        indices = list(range(count)) if count > 1 else []
+    else:
+        indices = [int(p) for p in parts]
+        bad = [i for i in indices if i >= count]
+        if bad:
+            seen = f"{count} (0..{count - 1})" if count else "none"
+            raise ValueError(f"--gpus {gpus}: GPU {bad[0]} does not exist; this process sees {seen}")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    names = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(count)]
+    return [names[i] for i in indices]
 
 
 def experiment(
@@ -139,8 +152,8 @@ def experiment(
         jobs: steps run at once, as separate processes (several fit on one GPU for small
             models); a step that runs out of GPU memory is run again later with fewer beside it,
             and the count climbs back once steps succeed again
-        gpus: comma-separated GPU indices the steps are spread over (default: all that the
-            processes see)
+        gpus: comma-separated GPU indices the steps are spread over, as this process numbers
+            them (default: every GPU it sees)
         device: auto (cuda if available), cpu or cuda, for every search, train and eval
         only: comma-separated experiment names, labels or single cells to run (e.g. pilot,
             qra@3.5bits or qra@3.5bits/seed1); the results still cover every cell
@@ -183,12 +196,12 @@ def experiment(
     job_list = plan_jobs(experiments)
     if not report_only:
         _check_weights(experiments)
+        gpu_list = _gpu_list(gpus, device)
     if dry_run:
         _dry_run(job_list, reuse=not no_reuse)
         return 0
     failed: dict[str, str] = {}
     if not report_only:
-        gpu_list = _gpu_list(gpus, device)
         _note_unsized_searches(pending_steps(job_list))
         failed = _run(job_list, jobs, gpu_list, device, reuse=not no_reuse)
     for e in experiments:

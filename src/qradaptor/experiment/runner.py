@@ -178,8 +178,8 @@ class Runner:
     Args:
         jobs: the searches and cells (``plan_jobs``).
         workers: how many steps run at once.
-        gpus: GPU indices the steps are spread over (each step sees one); empty: no
-            CUDA_VISIBLE_DEVICES is set.
+        gpus: the GPUs the steps are spread over, as CUDA_VISIBLE_DEVICES values (each step
+            sees one); empty: no CUDA_VISIBLE_DEVICES is set.
         device: auto, cpu or cuda, passed to every search, train and eval.
         command: the program a step runs as, before ``VERB ARGS``.
         on_step: called with (job name, step, seconds, ok) when a step ends.
@@ -202,7 +202,7 @@ class Runner:
         jobs: Sequence[_Job],
         *,
         workers: int = 1,
-        gpus: Sequence[int] = (),
+        gpus: Sequence[int | str] = (),
         device: str = "auto",
         command: Sequence[str] = (sys.executable, "-m", "qradaptor"),
         on_step: Callable[[str, Step, float, bool], None] | None = None,

@@ -29,7 +29,7 @@ class TrainOptions:
     """the run folder"""
     plan: str | None = None
     """a plan JSON file (e.g. from qra search) or uniform:BITS:RANK; trains it with LoRA (or with
-    --method dora, qdora, loftq, amq-lora)"""
+    --method dora, qdora, loftq, adalora, amq-lora)"""
     method: str | None = None
     """a named method: lora, lora16, qlora, qlora-4, qlora-3, qlora-2, qlora-nf4 (QLoRA:
     bitsandbytes NF4 with double quantisation), qlora-nf4-nodq (NF4 without it), adalora,
