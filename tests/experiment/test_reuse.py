@@ -321,10 +321,10 @@ def test_the_dry_run_names_the_twin_a_run_would_take_and_counts_only_what_runs(f
     assert stdout.splitlines() == [
         f"alloc/qra@4.0bits/seed0: takes alloc/knapsack@4.0bits/seed0's results {same}",
         *(f"alloc/qra@4.0bits/seed1: {step.command}" for step in qra1.steps),
-        "2 commands to run, in 6 jobs; 1 cell takes a done cell's results",
+        "2 commands to run, in 1 job (4 done); 1 cell takes a done cell's results",
     ]
     code, stdout, _ = cli("experiment", config, "-o", out, "--dry-run", "--no-reuse")
-    assert "takes" not in stdout and stdout.splitlines()[-1] == "4 commands to run, in 6 jobs"
+    assert "takes" not in stdout and stdout.splitlines()[-1] == "4 commands to run, in 2 jobs (4 done)"
     # The run does what the dry run said.
     summary = Runner(plan_jobs([alloc]), command=fake).run()
     assert summary.steps_run == 2 and summary.failed == {}

@@ -224,6 +224,7 @@ def _dry_run(job_list: list, reuse: bool) -> None:
     the twin instead of its train and eval: a run copies those results and starts neither, so the
     count is of the commands that would run (issue 20's ablations: three no-bayes searches chose
     the joint search's plans, and the dry run counted six fine-tunes and evaluations too many).
+    The jobs counted are those with a command to run; finished ones are counted apart.
     """
     from qradaptor.experiment.reuse import twin_before_run
     from qradaptor.experiment.runner import pending_steps
@@ -242,9 +243,12 @@ def _dry_run(job_list: list, reuse: bool) -> None:
             said.add(name)
             print(f"{name}: takes {twins[name].name}'s results (the same plan, seed and options)")
     runs = sum(1 for name, _ in todo if name not in twins)
+    busy = len({name for name, _ in todo if name not in twins})
+    done = len(job_list) - busy - len(twins)
+    finished = f" ({done} done)" if done else ""
     verb = "takes" if len(twins) == 1 else "take"
     reused = f"; {_count(len(twins), 'cell')} {verb} a done cell's results" if twins else ""
-    print(f"{_count(runs, 'command')} to run, in {_count(len(job_list), 'job')}{reused}")
+    print(f"{_count(runs, 'command')} to run, in {_count(busy, 'job')}{finished}{reused}")
 
 
 def _check_weights(experiments: list[Experiment]) -> None:
