@@ -29,7 +29,11 @@ CONFIG = SearchConfig(
     group_size=32,
 )
 """Batches of 4 (references, initial population, each generation, the Bayes round): 4 workers stay busy."""
-SETTINGS = QueueSettings(heartbeat_seconds=1, grace_seconds=3, poll_seconds=0.3)
+SETTINGS = QueueSettings(heartbeat_seconds=1, grace_seconds=30, poll_seconds=0.3)
+"""Nothing dies: a grace long enough that a worker whose writes wait on SQLite's lock on a loaded
+machine is never taken for dead (and its trial scored twice, under another number)."""
+KILL_SETTINGS = QueueSettings(heartbeat_seconds=1, grace_seconds=10, poll_seconds=0.3)
+"""A worker is killed: its trial goes back to the queue once its heartbeat is 10 s old."""
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +59,25 @@ def single_process(model, pattern_search, tmp_path_factory):
     return pattern_search(model, sqlite_url(tmp_path_factory.mktemp("single") / "study.db"), CONFIG, PROXY)
 
 
+def _start_all(pool: LocalWorkers) -> None:
+    """Starts the workers and waits (up to 180 s) until each has loaded the model, so the first
+    to load on a loaded machine cannot score every batch before the others join."""
+    pool.start()
+    deadline = time.monotonic() + 180
+    while not all(
+        p.log.is_file() and ": ready in " in p.log.read_text(errors="replace") for p in pool.processes
+    ):
+        exited = [p for p in pool.processes if p.popen.poll() is not None]
+        assert not exited, exited[0].log.read_text(errors="replace")[-2000:]
+        assert time.monotonic() < deadline, "the workers did not load the model in 180 s"
+        time.sleep(0.2)
+
+
 def _with_workers(model, model_dir, pattern_search, storage, count, tmp_path, during=None):
-    pool = LocalWorkers(storage, "qradaptor", ["cpu"] * count, tmp_path / "logs", SETTINGS)
+    settings = SETTINGS if during is None else KILL_SETTINGS
+    pool = LocalWorkers(storage, "qradaptor", ["cpu"] * count, tmp_path / "logs", settings)
     queue = WorkerQueue(
-        str(model_dir), SETTINGS, on_ready=lambda _: pool.start(), check_alive=pool.check_alive
+        str(model_dir), settings, on_ready=lambda _: _start_all(pool), check_alive=pool.check_alive
     )
     watcher = None
     if during is not None:
@@ -118,14 +137,28 @@ def test_workers_give_the_single_process_search_with_no_duplicate_or_missing_tri
     assert _same_records(again, outcome)
 
 
+def _scoring(storage: str) -> bool:
+    """True when worker-0 holds a running trial that names it."""
+    running = _study(storage).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return any(t.user_attrs.get("worker", "").startswith("worker-0@") for t in running)
+
+
 def _kill_first_worker_mid_trial(pool: LocalWorkers, storage: str) -> None:
+    # Stopped, then checked again, then killed: a trial seen running may have ended before a
+    # kill sent straight away (a trial takes well under a second).
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if pool.processes:
-            running = _study(storage).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if any(t.user_attrs.get("worker", "").startswith("worker-0@") for t in running):
-                pool.processes[0].popen.send_signal(signal.SIGKILL)
+        if pool.processes and _scoring(storage):
+            worker = pool.processes[0].popen
+            worker.send_signal(signal.SIGSTOP)
+            try:
+                still = _scoring(storage)
+            except Exception:  # noqa: BLE001 - the stopped worker may hold SQLite's lock; look again
+                still = False
+            if still:
+                worker.send_signal(signal.SIGKILL)
                 return
+            worker.send_signal(signal.SIGCONT)
         time.sleep(0.2)
 
 
