@@ -122,8 +122,9 @@ def test_a_wait_killed_at_its_time_limit_still_brings_back_what_had_finished(tmp
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    # The last whole refresh is there (a kill during a later one leaves that one's .runs.tar.xz
+    # beside it, never a half-written runs.tar.xz).
     assert _archived(out) == ["docs/results/paper/pilot/A/seed0/train/train.json"]
-    assert not (out / ".runs.tar.xz").exists()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("xz") is None, reason="needs bash, xz")

@@ -75,9 +75,11 @@ def test_a_second_search_on_a_shared_study_is_refused_and_a_dead_owner_is_taken_
             StudyClaim(open_storage(sqlite_url(tmp_path / "shared.db")), "qradaptor").acquire()
         with StudyClaim(storage, "another"):  # another study of the same storage is free
             pass
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    # No process has PID pid_max (PIDs stay below it), where an exited child's PID may be reused.
+    pid_max = Path("/proc/sys/kernel/pid_max")
+    dead = int(pid_max.read_text()) if pid_max.is_file() else 2**22 + 1
     claim = StudyClaim(storage, "qradaptor").acquire()
-    storage.set_study_user_attr(claim._id, "pid", int(dead.stdout))  # its owner died without releasing
+    storage.set_study_user_attr(claim._id, "pid", dead)  # its owner died without releasing
     claim._stop.set()
     claim._id = None
     taken = StudyClaim(storage, "qradaptor").acquire()  # taken over, not refused

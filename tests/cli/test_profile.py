@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,9 @@ def test_outputs_equal_the_library_on_the_same_calibration(
     code, out, err = cli("profile", tiny_model_dir, *options, *settings.split(), "-o", out_dir)
     assert code == 0, err
     # Before the work, one line of what it is and its cost here (timing the model does not change it).
-    assert "qra profile: this profile: 3 blocks x 2 bit-widths over 3 windows; about 1 min" in err
+    # The cost is timed here, so a busy machine may say more than 1 min.
+    announced = "qra profile: this profile: 3 blocks x 2 bit-widths over 3 windows; about "
+    assert re.search(re.escape(announced) + r"\d+ min", err), err
     expected = _library_table(tiny_model_dir, data)
 
     record = json.loads((out_dir / "sensitivity.json").read_text(encoding="utf-8"))

@@ -71,6 +71,12 @@ def _claim_worker(url: str, study_name: str, folder: Path, name: str) -> None:
     claimed: list[int] = []
     while (trial := claim(study)) is not None:  # the oldest first; the others race for the same ones
         claimed.append(trial._trial_id)
+        if len(claimed) == 1:  # each holds one before any takes more: none drains the queue alone
+            (folder / f"{name}.first").touch()
+            deadline = time.monotonic() + 60
+            claimers = len(list(folder.glob("*.ready")))  # all are ready before "go"
+            while len(list(folder.glob("*.first"))) < claimers and time.monotonic() < deadline:
+                time.sleep(0.01)
         time.sleep(0.005)  # the evaluation a real worker would now run
     (folder / f"{name}.ids").write_text(" ".join(map(str, claimed)))
 
@@ -138,12 +144,16 @@ def test_concurrent_claims_are_exclusive(storage_url, tmp_path):
     assert all(t.state == TrialState.RUNNING for t in study.get_trials())
 
 
-def _interleaved_claims(url: str, open_storage: Callable[[str], Any]) -> tuple[bool, bool]:
+def _interleaved_claims(
+    url: str, open_storage: Callable[[str], Any], b_may_wait: bool = True
+) -> tuple[bool, bool]:
     """Two claims of one WAITING trial, the second run while the first is about to write.
 
     Claimer A reads the trial; just before A's UPDATE, claimer B (its own engine, in a
     thread) claims the same trial. A continues once B has finished or has waited 1 s for
-    a lock A holds. Returns (A's result, B's result).
+    a lock A holds. Where B cannot wait on A (``b_may_wait`` False: plain SQLite holds no lock
+    after a read), A waits up to 60 s for B to finish, so a B started late on a loaded machine
+    still claims first. Returns (A's result, B's result).
     """
     import optuna
     import sqlalchemy
@@ -163,7 +173,7 @@ def _interleaved_claims(url: str, open_storage: Callable[[str], Any]) -> tuple[b
     def before_update(conn, cursor, statement, parameters, context, executemany) -> None:
         if statement.lstrip().upper().startswith("UPDATE TRIALS") and thread.ident is None:
             thread.start()
-            thread.join(timeout=1.0)
+            thread.join(timeout=1.0 if b_may_wait else 60.0)
 
     sqlalchemy.event.listen(a.engine, "before_cursor_execute", before_update)
     results["a"] = a.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
@@ -176,7 +186,8 @@ def test_plain_rdb_claim_is_exclusive(storage_url, request):
     import optuna
     import pytest
 
-    if storage_url.startswith("sqlite"):
+    sqlite = storage_url.startswith("sqlite")
+    if sqlite:
         request.applymarker(
             pytest.mark.xfail(
                 strict=True,
@@ -184,7 +195,8 @@ def test_plain_rdb_claim_is_exclusive(storage_url, request):
                 "and sqlite3 takes the write lock only after the read (queue.open_storage fixes it)",
             )
         )
-    assert sorted(_interleaved_claims(storage_url, optuna.storages.RDBStorage)) == [False, True]
+    claims = _interleaved_claims(storage_url, optuna.storages.RDBStorage, b_may_wait=not sqlite)
+    assert sorted(claims) == [False, True]
 
 
 def test_our_sqlite_claim_is_exclusive(tmp_path):

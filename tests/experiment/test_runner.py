@@ -382,8 +382,9 @@ def _interrupt_once_slow_sleeps():
     """An on_step that presses Ctrl-C once the slow child has started and is sleeping."""
 
     def interrupt(name, step, seconds, ok) -> None:
-        deadline = time.monotonic() + 20
-        while not Path(os.environ["FAKE_LOG"] + ".slow").exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not Path(os.environ["FAKE_LOG"] + ".slow").exists():
+            assert time.monotonic() < deadline, "the slow child did not start sleeping in 60 s"
             time.sleep(0.01)
         raise KeyboardInterrupt
 
