@@ -18,6 +18,7 @@ weight (blocks of 32 with a scale and minimum); 4-bit and wider codes fit it unu
     python benchmarks/reconstruction_error.py                     # all 30 blocks, bits 1..8
     python benchmarks/reconstruction_error.py --bits 2,4 --limit-blocks 2   # a quick run
     python benchmarks/reconstruction_error.py --methods hqq,hqq-dq --bits 4,5,6,8 --type-bits ''
+    python benchmarks/reconstruction_error.py --methods rtn,symmetric --bits 2,3,4,8   # vLLM's codes
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ def main() -> None:
     parser.add_argument("--bits", default="1,2,3,4,5,6,7,8", help="comma-separated bit-widths")
     parser.add_argument(
         "--methods",
-        default=",".join(QUANT_METHODS),
-        help="comma-separated; a -dq suffix stores the scales and zeros as 8-bit codes (hqq-dq)",
+        default="rtn,hqq",
+        help=f"comma-separated, of {', '.join(QUANT_METHODS)}; a -dq suffix stores the scales and "
+        "zeros as 8-bit codes (hqq-dq); symmetric needs --bits from 2",
     )
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--limit-blocks", type=int, default=None, help="only the first N blocks")

@@ -22,3 +22,9 @@ def test_a_bad_method_is_refused_before_the_model_loads(
     )
     assert run.returncode != 0 and says in run.stderr, run.stderr[-2000:]
     assert "nonexistent" not in run.stderr
+
+
+def test_the_defaults_pass_the_checks_and_reach_the_model(run_benchmark) -> None:
+    # The documented bare command: bits 1..8 with rtn and hqq (symmetric in the defaults refused it).
+    run = run_benchmark("reconstruction_error.py", "--model", "/nonexistent/model")
+    assert run.returncode != 0 and "nonexistent" in run.stderr, run.stderr[-2000:]
