@@ -196,7 +196,9 @@ def experiment(
     job_list = plan_jobs(experiments)
     if not report_only:
         _check_weights(experiments)
-        gpu_list = _gpu_list(gpus, device)
+        # A named --gpus is checked before a dry run too; the default list needs torch, which a
+        # dry run does not otherwise import (about 3 s).
+        gpu_list = _gpu_list(gpus, device) if gpus is not None or not dry_run else []
     if dry_run:
         _dry_run(job_list, reuse=not no_reuse)
         return 0
@@ -242,13 +244,13 @@ def _dry_run(job_list: list, reuse: bool) -> None:
         elif name not in said:
             said.add(name)
             print(f"{name}: takes {twins[name].name}'s results (the same plan, seed and options)")
-    runs = sum(1 for name, _ in todo if name not in twins)
-    busy = len({name for name, _ in todo if name not in twins})
+    to_run = [name for name, _ in todo if name not in twins]  # a job's name once per command
+    busy = len(set(to_run))
     done = len(job_list) - busy - len(twins)
     finished = f" ({done} done)" if done else ""
     verb = "takes" if len(twins) == 1 else "take"
     reused = f"; {_count(len(twins), 'cell')} {verb} a done cell's results" if twins else ""
-    print(f"{_count(runs, 'command')} to run, in {_count(busy, 'job')}{finished}{reused}")
+    print(f"{_count(len(to_run), 'command')} to run, in {_count(busy, 'job')}{finished}{reused}")
 
 
 def _check_weights(experiments: list[Experiment]) -> None:
