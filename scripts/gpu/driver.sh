@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The experiment cells still to measure, batch by batch, most wanted first: issue 20's re-run
-# (main, pilot, efficiency, ablations), then issue 15's remaining allocation cells. Each batch is one
+# (main, pilot, efficiency, ablations; all measured by the eighteenth run, 2026-12-07, so each is a
+# 2-4 s no-op that keeps the order if a cell is ever redone), then issue 15's optional allocation
+# cells. Each batch is one
 # resumable `qra experiment CONFIGS [--only LABELS]` into docs/results/paper, so a cut-off run
 # keeps every finished cell and a later run starts where this one stopped.
 # It starts once scale.sh has finished what it runs alone on the GPU (nothing by default; the
@@ -33,8 +35,9 @@ batches=(
     "configs/efficiency.yaml --jobs 1"
     "configs/ablations.yaml"
     # The richer space's remaining cells: the per-module search at 4.5 bits and 120 MB (a byte
-    # budget: the proxy rungs price ranks), the per-linear double-quantised knapsack, the full
-    # search with 8-bit metadata at bits budgets, the rest per module, llama.cpp's plans
+    # budget: the proxy rungs price ranks; measured by the eighteenth run), the per-linear
+    # double-quantised knapsack, the full search with 8-bit metadata at bits budgets, the rest
+    # per module, llama.cpp's plans
     "configs/allocation.yaml --only qra-module@4.5bits,qra-module@120MB,knapsack-module-dq@120MB,knapsack-module-dq@4.25bits,knapsack-module-dq@5.0bits"
     "configs/allocation.yaml --only qra-dq@4.0bits,qra-dq@4.25bits,qra-dq@4.5bits,qra-dq@5.0bits"
     "configs/allocation.yaml --only knapsack-module@4.25bits,knapsack-module@5.0bits,qra-module@4.25bits,qra-module@5.0bits,knapsack-llama.cpp"
