@@ -104,6 +104,25 @@ def test_wait_brings_back_the_runs_new_small_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("xz") is None, reason="needs bash, xz")
+def test_wait_leaves_out_hidden_temporaries_and_locks(tmp_path: Path) -> None:
+    # A run writes each file as a hidden temporary, then renames it; one that find lists and
+    # tar no longer finds failed a whole refresh on 2026-12-07. None of them is a result.
+    root, out = _gpu_root(tmp_path)
+    cell = root / "repo" / "docs" / "results" / "paper" / "pilot" / "A" / "seed0"
+    (cell / "train" / ".qra.lock").write_text("")
+    (cell / ".eval.json.k2x9.json").write_text("{}")
+    (cell / "train" / ".adapter.tmp-3fq1").mkdir()
+    (cell / "train" / ".adapter.tmp-3fq1" / "adapter_config.json").write_text("{}")
+    (root / "driver.done").write_text("")
+    (root / "scale.done").write_text("")
+    env = {"PATH": "/usr/bin:/bin", "GPU_ROOT": str(root), "OUT": str(out)}
+    script = ROOT / "scripts" / "gpu" / "wait.sh"
+    result = subprocess.run(["bash", str(script), "30"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert _archived(out) == ["docs/results/paper/pilot/A/seed0/train/train.json"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("xz") is None, reason="needs bash, xz")
 def test_a_wait_killed_at_its_time_limit_still_brings_back_what_had_finished(tmp_path: Path) -> None:
     # On 2026-12-07 `setup.sh && go.sh 585` ran past its call's 595 s and was killed before
     # wait.sh wrote anything: now $OUT is refreshed during the wait (every 120 s; 1 s here).

@@ -12,11 +12,16 @@ refresh=${WAIT_REFRESH_S:-120}
 
 collect() {
     # Each archive is written beside its final name, then renamed: a kill mid-write leaves the
-    # previous refresh whole.
-    (cd "$root/repo" && find docs/results -newer "$root/start.marker" -type f ! -name '*.safetensors' \
-        ! -name '*.pt' ! -name '*.bin' ! -name '*.db' ! -name '*.db-*' -size -4M > "$root/new.txt")
-    tar -C "$root/repo" -cJf "$OUT/.runs.tar.xz" -T "$root/new.txt" && mv "$OUT/.runs.tar.xz" "$OUT/runs.tar.xz" \
-        || rm -f "$OUT/.runs.tar.xz"
+    # previous refresh whole. No hidden paths: the runs write each file as a hidden temporary
+    # and rename it (qradaptor/atomic.py), so one listed by find may be gone when tar reads it;
+    # on 2026-12-07 such a plot (.sensitivity.png.syofwihu.png) failed a refresh's whole archive.
+    # Locks (.qra.lock) are hidden too, and import.sh needs none. --ignore-failed-read keeps any
+    # other file removed meanwhile from doing the same.
+    (cd "$root/repo" && find docs/results -newer "$root/start.marker" -type f ! -path '*/.*' \
+        ! -name '*.safetensors' ! -name '*.pt' ! -name '*.bin' ! -name '*.db' ! -name '*.db-*' -size -4M \
+        > "$root/new.txt")
+    tar -C "$root/repo" --ignore-failed-read -cJf "$OUT/.runs.tar.xz" -T "$root/new.txt" \
+        && mv "$OUT/.runs.tar.xz" "$OUT/runs.tar.xz" || rm -f "$OUT/.runs.tar.xz"
     cp "$root/driver.log" "$root/scale.log" "$OUT/" 2>/dev/null
     local scale=$root/scale
     cp "$scale/scale.json" "$scale/train.json" "$scale/eval_once.txt" "$scale/step_profile.txt" \
