@@ -84,6 +84,16 @@ def _gpu_root(tmp_path: Path) -> tuple[Path, Path]:
     return root, out
 
 
+def _wait_for_finished_run(root: Path, out: Path) -> None:
+    """wait.sh where driver.sh and scale.sh have both finished: it collects at once and exits 0."""
+    (root / "driver.done").write_text("")
+    (root / "scale.done").write_text("")
+    env = {"PATH": "/usr/bin:/bin", "GPU_ROOT": str(root), "OUT": str(out)}
+    script = ROOT / "scripts" / "gpu" / "wait.sh"
+    result = subprocess.run(["bash", str(script), "30"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 def _archived(out: Path) -> list[str]:
     listing = subprocess.run(["tar", "-tJf", str(out / "runs.tar.xz")], capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
@@ -93,12 +103,7 @@ def _archived(out: Path) -> list[str]:
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("xz") is None, reason="needs bash, xz")
 def test_wait_brings_back_the_runs_new_small_files(tmp_path: Path) -> None:
     root, out = _gpu_root(tmp_path)
-    (root / "driver.done").write_text("")
-    (root / "scale.done").write_text("")
-    env = {"PATH": "/usr/bin:/bin", "GPU_ROOT": str(root), "OUT": str(out)}
-    script = ROOT / "scripts" / "gpu" / "wait.sh"
-    result = subprocess.run(["bash", str(script), "30"], capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode == 0, result.stderr
+    _wait_for_finished_run(root, out)
     assert _archived(out) == ["docs/results/paper/pilot/A/seed0/train/train.json"]  # no weights, nothing old
     assert (out / "driver.log").read_text().startswith("=== batch")
 
@@ -113,12 +118,7 @@ def test_wait_leaves_out_hidden_temporaries_and_locks(tmp_path: Path) -> None:
     (cell / ".eval.json.k2x9.json").write_text("{}")
     (cell / "train" / ".adapter.tmp-3fq1").mkdir()
     (cell / "train" / ".adapter.tmp-3fq1" / "adapter_config.json").write_text("{}")
-    (root / "driver.done").write_text("")
-    (root / "scale.done").write_text("")
-    env = {"PATH": "/usr/bin:/bin", "GPU_ROOT": str(root), "OUT": str(out)}
-    script = ROOT / "scripts" / "gpu" / "wait.sh"
-    result = subprocess.run(["bash", str(script), "30"], capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode == 0, result.stderr
+    _wait_for_finished_run(root, out)
     assert _archived(out) == ["docs/results/paper/pilot/A/seed0/train/train.json"]
 
 
